@@ -1,0 +1,86 @@
+// Config files: `name = value` lines whose names are the long flag names.
+// `#` and `;` start comments; a repeated name adds to a list option; an
+// optional `[udprepeater]` section header is accepted for uWSGI-style files.
+
+import { readFileSync } from 'node:fs';
+import { ConfigError, describe } from './errors.js';
+import type { OptionSpec, RawOptions, RawValue } from './options.js';
+
+const TRUE = new Set(['true', 'yes', 'on', '1']);
+const FALSE = new Set(['false', 'no', 'off', '0']);
+
+/** Converts one textual value to the option's kind; throws a plain message. */
+export function coerce(spec: OptionSpec, text: string): RawValue {
+  switch (spec.kind) {
+    case 'bool': {
+      const t = text.toLowerCase();
+      if (TRUE.has(t)) return true;
+      if (FALSE.has(t)) return false;
+      throw new Error(`expects true or false, got "${text}"`);
+    }
+    case 'int': {
+      if (!/^[0-9]+$/.test(text)) throw new Error(`expects a whole number, got "${text}"`);
+      const n = Number(text);
+      if (!Number.isSafeInteger(n)) throw new Error(`"${text}" is too large`);
+      return n;
+    }
+    case 'number': {
+      if (!/^[0-9]+(\.[0-9]+)?$/.test(text)) throw new Error(`expects a number, got "${text}"`);
+      return Number(text);
+    }
+    case 'list':
+      return [text];
+    case 'string':
+      return text;
+  }
+}
+
+export function parseConfigText(text: string, file: string, specs: readonly OptionSpec[]): RawOptions {
+  const byName = new Map(specs.filter((s) => !s.cliOnly).map((s) => [s.name, s]));
+  const out: RawOptions = {};
+  const lines = text.split(/\r?\n/);
+  for (let i = 0; i < lines.length; i++) {
+    const where = `${file}:${i + 1}`;
+    const line = lines[i]!.trim();
+    if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
+    if (line.startsWith('[')) {
+      if (line !== '[udprepeater]') throw new ConfigError(`${where}: unknown section ${line} (only [udprepeater] is allowed)`);
+      continue;
+    }
+    const eq = line.indexOf('=');
+    if (eq < 0) throw new ConfigError(`${where}: expected "name = value", got "${line}"`);
+    const name = line.slice(0, eq).trim();
+    const value = line.slice(eq + 1).trim();
+    const spec = byName.get(name);
+    if (spec === undefined) throw new ConfigError(`${where}: unknown option "${name}"`);
+    let v: RawValue;
+    try {
+      v = coerce(spec, value);
+    } catch (err) {
+      throw new ConfigError(`${where}: ${name} ${describe(err)}`);
+    }
+    const prev = out[name];
+    if (spec.kind === 'list') out[name] = [...((prev as string[] | undefined) ?? []), ...(v as string[])];
+    else if (prev !== undefined) throw new ConfigError(`${where}: ${name} is set twice`);
+    else out[name] = v;
+  }
+  return out;
+}
+
+export function readConfigFile(file: string, specs: readonly OptionSpec[]): RawOptions {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError(`config file ${file}: ${describe(err)}`);
+  }
+  return parseConfigText(text, file, specs);
+}
+
+/**
+ * Layers option values: defaults, then the config file, then the command
+ * line. A list given on the command line replaces the file's list.
+ */
+export function layerOptions(defaults: RawOptions, file: RawOptions, cli: RawOptions): RawOptions {
+  return { ...defaults, ...file, ...cli };
+}

@@ -1,0 +1,15 @@
+// The small typed set of errors the daemon reports to operators.
+
+/** A config, flag, or key file problem. The message names the source. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Formats any thrown value for a log line or a refusal message. */
+export function describe(err: unknown): string {
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

@@ -1,0 +1,146 @@
+// Prometheus metrics via prom-client. The datagram path only bumps plain
+// numbers (see repeater/stats.ts); everything here runs on scrape.
+
+import { Counter, Gauge, collectDefaultMetrics, type Metric, Registry } from 'prom-client';
+import { type ChannelStats, DROP_REASONS, EVENTS, type FastHistogram, KINDS } from '../repeater/stats.js';
+
+export interface ChannelView {
+  readonly name: string;
+  readonly stats: ChannelStats;
+  readonly subscribers: number;
+}
+
+/** Publishes a counter whose values are read from our own numbers on scrape. */
+export function counterFrom<L extends string>(
+  register: Registry,
+  name: string,
+  help: string,
+  labelNames: readonly L[],
+  read: () => Iterable<readonly [Partial<Record<L, string>>, number]>,
+): Counter<L> {
+  return new Counter<L>({
+    name,
+    help,
+    labelNames,
+    registers: [register],
+    collect() {
+      this.reset();
+      for (const [labels, v] of read()) this.inc(labels, v);
+    },
+  });
+}
+
+export function gaugeFrom<L extends string>(
+  register: Registry,
+  name: string,
+  help: string,
+  labelNames: readonly L[],
+  read: () => Iterable<readonly [Partial<Record<L, string>>, number]>,
+): Gauge<L> {
+  return new Gauge<L>({
+    name,
+    help,
+    labelNames,
+    registers: [register],
+    collect() {
+      this.reset();
+      for (const [labels, v] of read()) this.set(labels, v);
+    },
+  });
+}
+
+/** Exposes a FastHistogram in the Prometheus histogram shape. */
+export function histogramFrom(register: Registry, name: string, help: string, h: FastHistogram): void {
+  const metric = {
+    name,
+    help,
+    type: 'histogram',
+    aggregator: 'sum',
+    get: async () => {
+      const values: Array<{ labels: Record<string, string | number>; value: number; metricName: string }> = [];
+      let cumulative = 0;
+      h.bounds.forEach((le, i) => {
+        cumulative += h.counts[i]!;
+        values.push({ labels: { le }, value: cumulative, metricName: `${name}_bucket` });
+      });
+      values.push({ labels: { le: '+Inf' }, value: h.count, metricName: `${name}_bucket` });
+      values.push({ labels: {}, value: h.sum, metricName: `${name}_sum` });
+      values.push({ labels: {}, value: h.count, metricName: `${name}_count` });
+      return { name, help, type: 'histogram', aggregator: 'sum', values };
+    },
+    reset: () => undefined,
+  };
+  register.registerMetric(metric as unknown as Metric);
+}
+
+function* perChannel<T>(channels: () => Iterable<ChannelView>, f: (c: ChannelView) => Iterable<T>): Iterable<T> {
+  for (const c of channels()) yield* f(c);
+}
+
+/**
+ * The datagram-path metrics shared by the repeater and the agent (the agent
+ * presents its directions as channels). `prefix` is `udprepeater` or
+ * `udprepeater_agent`.
+ */
+export function registerChannelMetrics(register: Registry, prefix: string, channels: () => Iterable<ChannelView>, fanout: FastHistogram): void {
+  counterFrom(register, `${prefix}_datagrams_received_total`, 'Datagrams received, by what their header says', ['channel', 'kind'], () =>
+    perChannel(channels, (c) => KINDS.map((kind, i) => [{ channel: c.name, kind }, c.stats.received[i]!] as const)),
+  );
+  counterFrom(register, `${prefix}_datagrams_forwarded_total`, 'Output datagrams handed to the kernel (one per subscriber per accepted datagram)', ['channel'], () =>
+    perChannel(channels, (c) => [[{ channel: c.name }, c.stats.forwarded] as const]),
+  );
+  counterFrom(
+    register,
+    `${prefix}_datagrams_dropped_total`,
+    'Datagrams not forwarded, by reason (queue_full and send_error count output copies)',
+    ['channel', 'reason'],
+    () => perChannel(channels, (c) => DROP_REASONS.map((reason, i) => [{ channel: c.name, reason }, c.stats.dropped[i]!] as const)),
+  );
+  counterFrom(register, `${prefix}_bytes_received_total`, 'Bytes received', ['channel'], () =>
+    perChannel(channels, (c) => [[{ channel: c.name }, c.stats.bytesReceived] as const]),
+  );
+  counterFrom(register, `${prefix}_bytes_forwarded_total`, 'Bytes sent in output datagrams', ['channel'], () =>
+    perChannel(channels, (c) => [[{ channel: c.name }, c.stats.bytesForwarded] as const]),
+  );
+  histogramFrom(register, `${prefix}_fanout_seconds`, 'Time from receiving a datagram to handing its last copy to the kernel', fanout);
+}
+
+export function registerSubscriptionMetrics(register: Registry, channels: () => Iterable<ChannelView>): void {
+  gaugeFrom(register, 'udprepeater_subscribers', 'Current subscribers (dynamic and static)', ['channel'], () =>
+    perChannel(channels, (c) => [[{ channel: c.name }, c.subscribers] as const]),
+  );
+  counterFrom(register, 'udprepeater_subscription_events_total', 'Subscription events', ['channel', 'event'], () =>
+    perChannel(channels, (c) => EVENTS.map((event, i) => [{ channel: c.name, event }, c.stats.events[i]!] as const)),
+  );
+}
+
+/** Reload outcomes and build info, common to both daemons. */
+export class OpsMetrics {
+  reloadsOk = 0;
+  reloadsFailed = 0;
+  lastReloadOk = 1;
+  lastReloadTime = Date.now() / 1000;
+
+  constructor(register: Registry, prefix: string, version: string) {
+    counterFrom(register, `${prefix}_config_reloads_total`, 'Config reloads (SIGHUP), by result', ['result'], () => [
+      [{ result: 'ok' }, this.reloadsOk],
+      [{ result: 'error' }, this.reloadsFailed],
+    ]);
+    gaugeFrom(register, `${prefix}_config_last_reload_successful`, '1 when the last reload was applied', [], () => [[{}, this.lastReloadOk]]);
+    gaugeFrom(register, `${prefix}_config_last_reload_timestamp_seconds`, 'When the config was last (re)loaded', [], () => [[{}, this.lastReloadTime]]);
+    gaugeFrom(register, `${prefix}_build_info`, 'Version of the running build', ['version'], () => [[{ version }, 1]]);
+  }
+
+  reloaded(ok: boolean): void {
+    if (ok) this.reloadsOk++;
+    else this.reloadsFailed++;
+    this.lastReloadOk = ok ? 1 : 0;
+    if (ok) this.lastReloadTime = Date.now() / 1000;
+  }
+}
+
+export function newRegistry(): Registry {
+  const register = new Registry();
+  collectDefaultMetrics({ register });
+  return register;
+}

@@ -1,0 +1,91 @@
+// Every tunable of `serve` and `agent`, with its default, in one table.
+// The CLI and the config file are both generated from these specs, so a flag
+// and its config-file key can never drift apart.
+
+export type OptionKind = 'string' | 'int' | 'number' | 'bool' | 'list';
+
+export interface OptionSpec {
+  /** Long flag name without dashes; also the config-file key. */
+  readonly name: string;
+  readonly kind: OptionKind;
+  readonly help: string;
+  /** Placeholder shown in help, e.g. ADDR. */
+  readonly arg?: string;
+  readonly short?: string;
+  readonly default?: string | number | boolean | readonly string[];
+  /** Boolean options that default to true are spelled `--no-NAME` on the CLI. */
+  readonly negatable?: boolean;
+  /** Not accepted in a config file (e.g. the config path itself). */
+  readonly cliOnly?: boolean;
+}
+
+export type RawValue = string | number | boolean | string[];
+export type RawOptions = Record<string, RawValue>;
+
+export const DEFAULT_LISTEN = '127.0.0.1:7171';
+export const DEFAULT_METRICS = '127.0.0.1:9171';
+export const LOOPBACK_ALLOW: readonly string[] = ['127.0.0.0/8', '::1/128'];
+
+const common: OptionSpec[] = [
+  { name: 'config', short: 'c', kind: 'string', arg: 'FILE', help: 'read options from FILE (key = value lines); SIGHUP reloads it', cliOnly: true },
+  { name: 'log-level', kind: 'string', arg: 'LEVEL', default: 'info', help: 'debug, info, warn or error' },
+  { name: 'log-format', kind: 'string', arg: 'FORMAT', default: 'json', help: 'json (one object per line) or text' },
+];
+
+const network: OptionSpec[] = [
+  { name: 'recv-buffer', kind: 'int', arg: 'BYTES', default: 4 << 20, help: 'SO_RCVBUF asked for each listener (the kernel caps it at net.core.rmem_max)' },
+  { name: 'send-buffer', kind: 'int', arg: 'BYTES', default: 0, help: 'SO_SNDBUF for each outgoing socket (0 = kernel default)' },
+  { name: 'max-datagram', kind: 'int', arg: 'BYTES', default: 65507, help: 'drop datagrams larger than this' },
+  { name: 'multicast-interface', kind: 'string', arg: 'IP', help: 'local interface address used to join multicast listeners and to send to multicast --to outputs' },
+];
+
+const sealing: OptionSpec[] = [
+  { name: 'key-file', kind: 'list', arg: 'FILE', default: [], help: 'secretbox key (repeatable): the first seals, every listed key opens; SIGHUP reloads' },
+  { name: 'max-skew', kind: 'number', arg: 'SECONDS', default: 30, help: 'drop sealed frames whose send time is further than this from our clock' },
+];
+
+export const SERVE_OPTIONS: readonly OptionSpec[] = [
+  ...common,
+  { name: 'listen', kind: 'list', arg: 'ADDR[,channel=NAME][,key=KEY]', default: [DEFAULT_LISTEN], help: 'plain UDP listener (repeatable); each address is a channel unless channel= groups several; key= refuses subscriptions for any other key' },
+  { name: 'listen-sealed', kind: 'list', arg: 'ADDR[,channel=NAME][,key=KEY]', default: [], help: 'sealed (secretbox) listener (repeatable); needs --key-file' },
+  { name: 'to', kind: 'list', arg: 'ADDR[,channel=NAME][,ttl=N][,sealed]', default: [], help: 'static subscriber that never expires (repeatable); without channel= it receives every channel' },
+  { name: 'allow', kind: 'list', arg: 'CIDR', default: LOOPBACK_ALLOW, help: 'who may send, subscribe, and be subscribed (repeatable); default loopback only' },
+  { name: 'allow-any', kind: 'bool', default: false, help: 'accept every source and subscriber address (needed for a non-loopback listener without --allow)' },
+  { name: 'tolerance', kind: 'number', arg: 'SECONDS', default: 30, help: 'forget a subscriber that has not re-announced for this long' },
+  { name: 'max-subscribers', kind: 'int', arg: 'N', default: 1024, help: 'subscribers per channel; further subscriptions are refused' },
+  { name: 'subscribe-rate', kind: 'number', arg: 'PER_SECOND', default: 10, help: 'subscription datagrams accepted per source address per second' },
+  { name: 'subscribe-burst', kind: 'int', arg: 'N', default: 40, help: 'subscription datagrams a source may send at once' },
+  { name: 'send-queue', kind: 'int', arg: 'N', default: 256, help: 'datagrams queued in memory per subscriber when its socket buffer is full; past it they are dropped' },
+  { name: 'repair-deletes', kind: 'bool', default: true, negatable: true, help: 'forward deletes in the padded form uWSGI applies (--no-repair-deletes forwards them as received)' },
+  { name: 'forward-unknown', kind: 'bool', default: false, help: 'forward every datagram that is not a valid subscription, opaquely (generic fan-out)' },
+  { name: 'multicast-ttl', kind: 'int', arg: 'N', default: 1, help: 'default TTL of multicast --to outputs' },
+  ...network,
+  ...sealing,
+  { name: 'subscriptions-sign-check', kind: 'string', arg: 'DIGEST:DIR', help: 'on plain listeners, accept only uWSGI-signed subscriptions verified with DIR/<key>.pem' },
+  { name: 'subscriptions-sign-tolerance', kind: 'number', arg: 'SECONDS', default: 30, help: 'clock tolerance for the unix var of signed subscriptions' },
+  { name: 'state-dir', kind: 'string', arg: 'DIR', help: 'persist the subscriber registry here so a restart forwards at once' },
+  { name: 'metrics', kind: 'string', arg: 'ADDR', default: DEFAULT_METRICS, help: 'HTTP address for /metrics, /healthz and /subscribers ("off" disables)' },
+];
+
+export const AGENT_OPTIONS: readonly OptionSpec[] = [
+  ...common,
+  { name: 'repeater', kind: 'list', arg: 'ADDR', default: [], help: 'sealed listener of the repeater (repeatable: every datagram goes to each)' },
+  { name: 'local', kind: 'string', arg: 'ADDR', default: '127.0.0.1:7171', help: "loopback address receiving the node's plain cache updates (the node's cache-udp-node)" },
+  { name: 'deliver', kind: 'string', arg: 'ADDR', help: "the node's cache-udp-server, where opened datagrams are delivered" },
+  { name: 'channel-key', kind: 'string', arg: 'KEY', help: 'subscription key announced to the repeater (the uWSGI cache name)' },
+  { name: 'subscribe-interval', kind: 'number', arg: 'SECONDS', default: 10, help: 'how often the agent re-announces its subscription' },
+  { name: 'repair-deletes', kind: 'bool', default: true, negatable: true, help: 'deliver deletes in the padded form uWSGI applies' },
+  ...network,
+  ...sealing,
+  { name: 'metrics', kind: 'string', arg: 'ADDR', default: 'off', help: 'HTTP address for /metrics and /healthz ("off" disables)' },
+];
+
+/** Defaults of a spec table as raw values. */
+export function defaultsOf(specs: readonly OptionSpec[]): RawOptions {
+  const out: RawOptions = {};
+  for (const s of specs) {
+    if (s.default === undefined) continue;
+    out[s.name] = Array.isArray(s.default) ? [...(s.default as readonly string[])] : (s.default as RawValue);
+  }
+  return out;
+}

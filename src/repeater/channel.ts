@@ -1,0 +1,117 @@
+// A channel: the subscribers that receive everything its listeners accept.
+// The hot path iterates a flat array snapshot of outlets, rebuilt only when
+// the registry changes, so subscription traffic never slows forwarding.
+
+import { isMulticast, type Endpoint } from '../wire/address.js';
+import { Outlet, type OutletErrorHandler, type OutletOptions } from './outlet.js';
+import { type Entry, type Form, Registry } from './registry.js';
+import { ChannelStats, D } from './stats.js';
+
+export interface ChannelOptions {
+  readonly maxSubscribers: number;
+  readonly toleranceMs: number;
+  readonly outlet: OutletOptions;
+  readonly multicastTtl: number;
+  readonly multicastInterface: string | null;
+}
+
+export type Subscriber = Entry<Outlet>;
+
+export class Channel {
+  readonly stats = new ChannelStats();
+  readonly registry: Registry<Outlet>;
+  /** Subscriptions for another key are refused; null accepts any key. */
+  key: string | null;
+  /** TTLs of static multicast outputs, by endpoint text. */
+  readonly staticTtl = new Map<string, number>();
+
+  private plain: Outlet[] = [];
+  private sealed: Subscriber[] = [];
+  private dirty = false;
+
+  constructor(
+    readonly name: string,
+    key: string | null,
+    private opts: ChannelOptions,
+    onOutletError?: OutletErrorHandler,
+  ) {
+    this.key = key;
+    this.registry = new Registry<Outlet>(
+      (ep, _form, isStatic) => this.openOutlet(ep, isStatic, onOutletError),
+      () => (this.dirty = true),
+      opts.maxSubscribers,
+      opts.toleranceMs,
+    );
+  }
+
+  configure(key: string | null, opts: ChannelOptions): void {
+    this.key = key;
+    this.opts = opts;
+    this.registry.maxDynamic = opts.maxSubscribers;
+    this.registry.toleranceMs = opts.toleranceMs;
+  }
+
+  private openOutlet(ep: Endpoint, isStatic: boolean, onError?: OutletErrorHandler): Outlet {
+    const o = this.opts;
+    const multicast = isStatic && isMulticast(ep.host);
+    const ttl = this.staticTtl.get(ep.text) ?? o.multicastTtl;
+    return new Outlet(ep, multicast ? { ...o.outlet, ttl, multicastInterface: o.multicastInterface } : o.outlet, onError);
+  }
+
+  private rebuild(): void {
+    const plain: Outlet[] = [];
+    const sealed: Subscriber[] = [];
+    for (const e of this.registry.values()) {
+      if (e.form === 'plain') plain.push(e.outlet);
+      else sealed.push(e);
+    }
+    this.plain = plain;
+    this.sealed = sealed;
+    this.dirty = false;
+  }
+
+  subscribersOf(form: Form): number {
+    if (this.dirty) this.rebuild();
+    return form === 'plain' ? this.plain.length : this.sealed.length;
+  }
+
+  /**
+   * Sends one accepted datagram to every subscriber: `plain` bytes to plain
+   * subscribers; to sealed ones, the frame `seal()` builds, sealed at most
+   * once and skipped for the subscriber whose origin is `origin`.
+   * Returns the number of copies handed to the kernel.
+   */
+  forward(plain: Buffer, seal: (() => Buffer | null) | null, origin: bigint | null): number {
+    if (this.dirty) this.rebuild();
+    const st = this.stats;
+    const outs = this.plain;
+    let sent = 0;
+    for (let i = 0; i < outs.length; i++) {
+      if (outs[i]!.send(plain)) sent++;
+      else st.dropped[D.queue_full]++;
+    }
+    st.bytesForwarded += sent * plain.length;
+    const sealed = this.sealed;
+    if (sealed.length > 0 && seal !== null) {
+      let frame: Buffer | null | undefined;
+      let sentSealed = 0;
+      for (let i = 0; i < sealed.length; i++) {
+        const s = sealed[i]!;
+        if (origin !== null && s.origin === origin) continue;
+        if (frame === undefined) frame = seal();
+        if (frame === null) break;
+        if (s.outlet.send(frame)) sentSealed++;
+        else st.dropped[D.queue_full]++;
+      }
+      if (frame) st.bytesForwarded += sentSealed * frame.length;
+      sent += sentSealed;
+    }
+    st.forwarded += sent;
+    if (outs.length === 0 && sealed.length === 0) st.dropped[D.no_subscribers]++;
+    return sent;
+  }
+
+  close(): void {
+    this.registry.clear();
+  }
+}

@@ -1,0 +1,86 @@
+// One bound UDP socket per configured address. Multicast addresses are
+// joined; IPv6 sockets are v6-only so `[::]:P` and `0.0.0.0:P` can coexist.
+
+import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
+import type { ListenerConfig } from '../ops/serve-config.js';
+import type { Endpoint } from '../wire/address.js';
+
+export interface ListenerOptions {
+  readonly recvBuffer: number;
+  readonly multicastInterface: string | null;
+}
+
+export type DatagramHandler = (msg: Buffer, rinfo: RemoteInfo) => void;
+
+/** Binds a UDP socket for `ep` and resolves once it is listening. */
+export function bindUdp(
+  ep: Endpoint,
+  opts: { recvBuffer: number; multicast: boolean; multicastInterface: string | null },
+  onMessage: DatagramHandler,
+): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = createSocket({
+      type: ep.family === 6 ? 'udp6' : 'udp4',
+      reuseAddr: opts.multicast,
+      ipv6Only: ep.family === 6,
+    });
+    const fail = (err: Error) => {
+      socket.close();
+      reject(new Error(`cannot listen on ${ep.text}: ${err.message}`));
+    };
+    socket.once('error', fail);
+    socket.on('message', onMessage);
+    const address = opts.multicast && ep.family === 6 ? '::' : ep.host;
+    socket.bind({ port: ep.port, address, exclusive: true }, () => {
+      socket.off('error', fail);
+      try {
+        if (opts.recvBuffer > 0) socket.setRecvBufferSize(opts.recvBuffer);
+        if (opts.multicast) socket.addMembership(ep.host, opts.multicastInterface ?? undefined);
+      } catch (err) {
+        fail(err as Error);
+        return;
+      }
+      resolve(socket);
+    });
+  });
+}
+
+export class Listener {
+  private constructor(
+    readonly config: ListenerConfig,
+    private readonly socket: Socket,
+  ) {}
+
+  /** The address actually bound (differs from the config when port 0 was asked). */
+  get bound(): string {
+    const a = this.socket.address();
+    return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+  }
+
+  get port(): number {
+    return this.socket.address().port;
+  }
+
+  static async open(config: ListenerConfig, opts: ListenerOptions, onMessage: DatagramHandler): Promise<Listener> {
+    const socket = await bindUdp(
+      config.endpoint,
+      { recvBuffer: opts.recvBuffer, multicast: config.multicast, multicastInterface: opts.multicastInterface },
+      onMessage,
+    );
+    // A socket error after bind (rare for UDP) must not crash the process;
+    // the repeater's handler counts and logs it.
+    return new Listener(config, socket);
+  }
+
+  onError(handler: (err: Error) => void): void {
+    this.socket.on('error', handler);
+  }
+
+  close(): void {
+    try {
+      this.socket.close();
+    } catch {
+      // already closed
+    }
+  }
+}

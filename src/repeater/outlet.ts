@@ -1,0 +1,98 @@
+// One subscriber's way out: a connected UDP socket (about 20% cheaper per
+// send than addressing every datagram) with a bounded queue. ICMP errors
+// (ECONNREFUSED and friends) arrive as socket errors, are counted here, and
+// never reach the other outlets.
+
+import { createSocket, type Socket } from 'node:dgram';
+import type { Endpoint } from '../wire/address.js';
+
+export interface OutletOptions {
+  /** Datagrams Node may hold for this socket when the kernel buffer is full. */
+  readonly sendQueue: number;
+  /** SO_SNDBUF; 0 keeps the kernel default. */
+  readonly sendBuffer: number;
+  /** Multicast outputs only. */
+  readonly ttl?: number;
+  readonly multicastInterface?: string | null;
+}
+
+export type OutletErrorHandler = (outlet: Outlet, err: NodeJS.ErrnoException) => void;
+
+export class Outlet {
+  sent = 0;
+  bytes = 0;
+  /** Copies dropped because the queue was full (or the socket not yet connected and full). */
+  dropped = 0;
+  errors = 0;
+  lastError: string | null = null;
+  lastErrorAt = 0;
+
+  private readonly socket: Socket;
+  private ready = false;
+  private closed = false;
+  /** Sends that arrived while the socket was connecting; bounded by sendQueue. */
+  private pending: Buffer[] | null = [];
+
+  constructor(
+    readonly endpoint: Endpoint,
+    private readonly opts: OutletOptions,
+    onError?: OutletErrorHandler,
+  ) {
+    const socket = createSocket({
+      type: endpoint.family === 6 ? 'udp6' : 'udp4',
+      ...(opts.sendBuffer > 0 ? { sendBufferSize: opts.sendBuffer } : {}),
+    });
+    this.socket = socket;
+    socket.on('error', (err: NodeJS.ErrnoException) => {
+      this.errors++;
+      this.lastError = err.code ?? err.message;
+      this.lastErrorAt = Date.now();
+      onError?.(this, err);
+    });
+    socket.connect(endpoint.port, endpoint.host, () => this.onConnect());
+  }
+
+  private onConnect(): void {
+    if (this.closed) return;
+    if (this.opts.ttl !== undefined) {
+      this.socket.setMulticastTTL(this.opts.ttl);
+      if (this.opts.multicastInterface) this.socket.setMulticastInterface(this.opts.multicastInterface);
+    }
+    this.ready = true;
+    const queued = this.pending ?? [];
+    this.pending = null;
+    for (const buf of queued) this.send(buf);
+  }
+
+  /** Sends one copy; false when it was dropped (queue full). Never throws. */
+  send(buf: Buffer): boolean {
+    if (!this.ready) {
+      const p = this.pending;
+      if (p === null || p.length >= this.opts.sendQueue) {
+        this.dropped++;
+        return false;
+      }
+      p.push(buf);
+      return true;
+    }
+    if (this.socket.getSendQueueCount() >= this.opts.sendQueue) {
+      this.dropped++;
+      return false;
+    }
+    this.socket.send(buf);
+    this.sent++;
+    this.bytes += buf.length;
+    return true;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.pending = null;
+    try {
+      this.socket.close();
+    } catch {
+      // already closed by an error path: nothing left to release
+    }
+  }
+}

@@ -1,0 +1,164 @@
+// The subscribers of one channel: who, since when, until when. Pure
+// bookkeeping over a clock the caller passes in; the outlet of each entry is
+// opened and closed through the factory so tests can run it without sockets.
+
+import type { Endpoint } from '../wire/address.js';
+
+export type Form = 'plain' | 'sealed';
+
+export interface Closable {
+  close(): void;
+}
+
+export interface Entry<O extends Closable> {
+  readonly endpoint: Endpoint;
+  readonly form: Form;
+  readonly isStatic: boolean;
+  readonly firstSeen: number;
+  key: string;
+  lastSeen: number;
+  /** ms timestamp after which the entry expires; Infinity for static ones. */
+  deadline: number;
+  /** Address that sent the last announce (null for static entries). */
+  source: string | null;
+  /** Sealed subscribers: the agent's origin id, so its own frames are not echoed back. */
+  origin: bigint | null;
+  readonly outlet: O;
+}
+
+export interface Announce {
+  readonly endpoint: Endpoint;
+  readonly key: string;
+  readonly form: Form;
+  readonly source: string;
+  readonly origin?: bigint | null;
+}
+
+export type UpsertResult<O extends Closable> =
+  | { readonly event: 'subscribe' | 'refresh'; readonly entry: Entry<O> }
+  | { readonly event: 'full' };
+
+export class Registry<O extends Closable> {
+  private readonly entries = new Map<string, Entry<O>>();
+  private dynamicCount = 0;
+
+  constructor(
+    private readonly open: (endpoint: Endpoint, form: Form, isStatic: boolean) => O,
+    private readonly onChange: () => void,
+    public maxDynamic: number,
+    public toleranceMs: number,
+  ) {}
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  get dynamicSize(): number {
+    return this.dynamicCount;
+  }
+
+  get(text: string): Entry<O> | undefined {
+    return this.entries.get(text);
+  }
+
+  values(): IterableIterator<Entry<O>> {
+    return this.entries.values();
+  }
+
+  /** Adds or refreshes a subscriber announced over the network. */
+  upsert(a: Announce, now: number): UpsertResult<O> {
+    const existing = this.entries.get(a.endpoint.text);
+    if (existing !== undefined) {
+      existing.lastSeen = now;
+      existing.source = a.source;
+      // A static entry stays as the operator configured it.
+      if (existing.isStatic) return { event: 'refresh', entry: existing };
+      existing.deadline = now + this.toleranceMs;
+      existing.key = a.key;
+      if (a.origin !== undefined) existing.origin = a.origin;
+      if (existing.form === a.form) return { event: 'refresh', entry: existing };
+      // The same address now wants the other form: replace its outlet.
+      this.remove(a.endpoint.text);
+    }
+    if (this.dynamicCount >= this.maxDynamic) return { event: 'full' };
+    return { event: 'subscribe', entry: this.insert(a.endpoint, a.key, a.form, false, now, now + this.toleranceMs, a.source, a.origin ?? null) };
+  }
+
+  /**
+   * Restores an entry from saved state, keeping its original deadline.
+   * Returns null when it has already expired or the registry is full.
+   */
+  restore(a: Announce, firstSeen: number, lastSeen: number, deadline: number, now: number): Entry<O> | null {
+    if (deadline <= now || this.entries.has(a.endpoint.text) || this.dynamicCount >= this.maxDynamic) return null;
+    const e = this.insert(a.endpoint, a.key, a.form, false, firstSeen, deadline, a.source, a.origin ?? null);
+    e.lastSeen = lastSeen;
+    return e;
+  }
+
+  /** Adds a static subscriber (never expires, not counted against the cap). */
+  addStatic(endpoint: Endpoint, form: Form, now: number): Entry<O> {
+    const existing = this.entries.get(endpoint.text);
+    if (existing !== undefined) {
+      if (existing.isStatic && existing.form === form) return existing;
+      this.remove(endpoint.text);
+    }
+    return this.insert(endpoint, '', form, true, now, Infinity, null, null);
+  }
+
+  private insert(
+    endpoint: Endpoint,
+    key: string,
+    form: Form,
+    isStatic: boolean,
+    firstSeen: number,
+    deadline: number,
+    source: string | null,
+    origin: bigint | null,
+  ): Entry<O> {
+    const entry: Entry<O> = {
+      endpoint,
+      form,
+      isStatic,
+      firstSeen,
+      key,
+      lastSeen: firstSeen,
+      deadline,
+      source,
+      origin,
+      outlet: this.open(endpoint, form, isStatic),
+    };
+    this.entries.set(endpoint.text, entry);
+    if (!isStatic) this.dynamicCount++;
+    this.onChange();
+    return entry;
+  }
+
+  remove(text: string): Entry<O> | undefined {
+    const e = this.entries.get(text);
+    if (e === undefined) return undefined;
+    this.entries.delete(text);
+    if (!e.isStatic) this.dynamicCount--;
+    e.outlet.close();
+    this.onChange();
+    return e;
+  }
+
+  /** Removes and returns the entries whose deadline has passed. */
+  sweep(now: number): Entry<O>[] {
+    const gone: Entry<O>[] = [];
+    for (const e of this.entries.values()) if (e.deadline <= now) gone.push(e);
+    for (const e of gone) this.remove(e.endpoint.text);
+    return gone;
+  }
+
+  /** Removes every entry matching `pred`, returning them. */
+  removeWhere(pred: (e: Entry<O>) => boolean): Entry<O>[] {
+    const gone = [...this.entries.values()].filter(pred);
+    for (const e of gone) this.remove(e.endpoint.text);
+    return gone;
+  }
+
+  clear(): void {
+    this.removeWhere(() => true);
+  }
+}

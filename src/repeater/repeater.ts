@@ -1,0 +1,340 @@
+// The repeater: listeners feed channels, channels fan out to subscribers.
+// Owns the datagram path and applies configs (first start and reloads)
+// atomically: a config that cannot be applied leaves the running one intact.
+
+import type { RemoteInfo } from 'node:dgram';
+import type { Logger } from '../ops/log.js';
+import type { ListenerConfig, ServeConfig } from '../ops/serve-config.js';
+import { CACHE_DELETE, classifyCacheUpdate, repairDelete } from '../wire/cache.js';
+import { decodeSubscription } from '../wire/subscription.js';
+import { checkHeader, MODIFIER1_CACHE, MODIFIER1_SUBSCRIPTION } from '../wire/uwsgi.js';
+import { AccessList } from './acl.js';
+import { Channel, type ChannelOptions } from './channel.js';
+import { Listener } from './listener.js';
+import type { Outlet } from './outlet.js';
+import { RateLimiter } from './ratelimit.js';
+import { D, E, FANOUT_BUCKETS, FastHistogram, K } from './stats.js';
+import { OwnAddresses, type SignatureCheck, SubscriptionDesk } from './subscriptions.js';
+
+/** A listener's current place in the config; mutated in place on reload. */
+interface Route {
+  config: ListenerConfig;
+  channel: Channel;
+  readonly listener: Listener;
+}
+
+/** Extension point for sealed listeners (secure mode). */
+export interface SealedPath {
+  /** Handles one datagram that arrived on a sealed listener. */
+  onDatagram(ch: Channel, msg: Buffer, rinfo: RemoteInfo, t0: number): void;
+  /** Seals `plain` for sealed subscribers of `ch`; null when it cannot. */
+  sealer(ch: Channel, plain: Buffer, kind: number): () => Buffer | null;
+}
+
+export interface RepeaterHooks {
+  /** Builds the sealed path for a config (loads keys); throws to refuse the config. */
+  sealed?: (config: ServeConfig, repeater: Repeater) => SealedPath | null;
+  /** Builds the uWSGI signature checker for a config; throws to refuse it. */
+  signatures?: (config: ServeConfig) => SignatureCheck | null;
+}
+
+/** Peeks at the header only: what arrived, for the received{kind} counters. */
+export function peekKind(msg: Buffer): number {
+  if (msg.length >= 4) {
+    const m1 = msg[0];
+    const m2 = msg[3];
+    if (m1 === MODIFIER1_CACHE) {
+      if (m2 === 10) return K.set;
+      if (m2 === 11) return K.delete;
+    } else if (m1 === MODIFIER1_SUBSCRIPTION) {
+      if (m2 === 0) return K.subscribe;
+      if (m2 === 1) return K.unsubscribe;
+    }
+  }
+  return K.other;
+}
+
+export class Repeater {
+  readonly fanout = new FastHistogram(FANOUT_BUCKETS);
+  readonly channels = new Map<string, Channel>();
+  /** Listener socket errors and outlet ICMP errors, all channels. */
+  socketErrors = 0;
+
+  private config!: ServeConfig;
+  private acl!: AccessList;
+  private readonly limiter = new RateLimiter(1, 1);
+  private desk!: SubscriptionDesk;
+  private sealed: SealedPath | null = null;
+  private readonly routes = new Map<string, Route>();
+  private sweeper: NodeJS.Timeout | null = null;
+  private closed = false;
+
+  constructor(
+    readonly log: Logger,
+    private readonly hooks: RepeaterHooks = {},
+  ) {}
+
+  get current(): ServeConfig {
+    return this.config;
+  }
+
+  get sealedPath(): SealedPath | null {
+    return this.sealed;
+  }
+
+  /** Bound address of each listener, by configured address. */
+  listeners(): Array<{ address: string; bound: string; channel: string; sealed: boolean }> {
+    return [...this.routes.values()].map((r) => ({
+      address: r.config.endpoint.text,
+      bound: r.listener.bound,
+      channel: r.channel.name,
+      sealed: r.config.sealed,
+    }));
+  }
+
+  /** Port actually bound for a configured listener address. */
+  portOf(address: string): number {
+    const r = this.routes.get(address);
+    if (r === undefined) throw new Error(`no listener ${address}`);
+    return r.listener.port;
+  }
+
+  static async start(config: ServeConfig, log: Logger, hooks: RepeaterHooks = {}): Promise<Repeater> {
+    const r = new Repeater(log, hooks);
+    await r.apply(config);
+    return r;
+  }
+
+  /**
+   * Applies a config. Everything that can fail (keys, signature dir, new
+   * sockets) is prepared first; only then is the running state swapped, so a
+   * failure leaves the previous config running untouched.
+   */
+  async apply(next: ServeConfig): Promise<void> {
+    if (this.closed) throw new Error('repeater is closed');
+    const sealed = this.hooks.sealed?.(next, this) ?? null;
+    if (sealed === null && (next.listeners.some((l) => l.sealed) || next.statics.some((s) => s.sealed))) {
+      throw new Error('sealed listeners need secure mode, which this build did not enable');
+    }
+    const signatures = this.hooks.signatures?.(next) ?? null;
+
+    const opened: Route[] = [];
+    const keptAddresses = new Set<string>();
+    try {
+      for (const lc of next.listeners) {
+        if (this.routes.has(lc.endpoint.text)) {
+          keptAddresses.add(lc.endpoint.text);
+          continue;
+        }
+        const route = { config: lc } as Route;
+        const listener = await Listener.open(
+          lc,
+          { recvBuffer: next.recvBuffer, multicastInterface: next.multicastInterface },
+          (msg, rinfo) => this.onDatagram(route, msg, rinfo),
+        );
+        (route as { listener: Listener }).listener = listener;
+        listener.onError((err) => {
+          this.socketErrors++;
+          this.log.throttle('warn', `listener:${lc.endpoint.text}`, 'listener socket error', { address: lc.endpoint.text, error: err.message });
+        });
+        opened.push(route);
+      }
+    } catch (err) {
+      for (const r of opened) r.listener.close();
+      throw err;
+    }
+
+    // Nothing below can fail: swap in the new state.
+    const first = this.config === undefined;
+    this.config = next;
+    this.acl = new AccessList(next.allow);
+    this.limiter.configure(next.limits.subscribeRate, next.limits.subscribeBurst);
+    this.sealed = sealed;
+    const deskDeps = {
+      acl: this.acl,
+      limiter: this.limiter,
+      log: this.log,
+      own: new OwnAddresses(next.listeners.map((l) => l.endpoint)),
+      signatures,
+    };
+    if (this.desk === undefined) this.desk = new SubscriptionDesk(deskDeps);
+    else this.desk.configure(deskDeps);
+
+    const chOpts: ChannelOptions = {
+      maxSubscribers: next.limits.maxSubscribers,
+      toleranceMs: next.toleranceMs,
+      outlet: { sendQueue: next.limits.sendQueue, sendBuffer: next.sendBuffer },
+      multicastTtl: next.multicastTtl,
+      multicastInterface: next.multicastInterface,
+    };
+    const wanted = new Map<string, string | null>();
+    for (const l of next.listeners) wanted.set(l.channel, l.key);
+    for (const [name, key] of wanted) {
+      const ch = this.channels.get(name);
+      if (ch !== undefined) ch.configure(key, chOpts);
+      else this.channels.set(name, new Channel(name, key, chOpts, (o, err) => this.onOutletError(o, err)));
+    }
+    for (const [name, ch] of this.channels) {
+      if (wanted.has(name)) continue;
+      this.log.info('channel removed', { channel: name, subscribers: ch.registry.size });
+      ch.close();
+      this.channels.delete(name);
+    }
+
+    for (const [address, route] of this.routes) {
+      if (keptAddresses.has(address)) continue;
+      route.listener.close();
+      this.routes.delete(address);
+      this.log.info('listener closed', { address });
+    }
+    for (const lc of next.listeners) {
+      const existing = this.routes.get(lc.endpoint.text);
+      const route = existing ?? opened.find((r) => r.config === lc)!;
+      route.config = lc;
+      route.channel = this.channels.get(lc.channel)!;
+      if (existing === undefined) {
+        this.routes.set(lc.endpoint.text, route);
+        this.log.info('listening', { address: lc.endpoint.text, bound: route.listener.bound, channel: lc.channel, sealed: lc.sealed });
+      }
+    }
+
+    this.applyStatics(next);
+    this.evictDisallowed();
+    if (this.sweeper === null) {
+      this.sweeper = setInterval(() => this.sweep(Date.now()), Math.min(1000, Math.max(50, next.toleranceMs / 4)));
+    }
+    if (!first) this.log.info('config applied', { listeners: next.listeners.length, channels: this.channels.size });
+  }
+
+  private applyStatics(next: ServeConfig): void {
+    const now = Date.now();
+    for (const ch of this.channels.values()) {
+      const want = next.statics.filter((s) => s.channel === null || s.channel === ch.name);
+      const wantKey = new Set(want.map((s) => `${s.endpoint.text}/${s.sealed ? 'sealed' : 'plain'}/${s.ttl}`));
+      ch.registry.removeWhere((e) => e.isStatic && !wantKey.has(`${e.endpoint.text}/${e.form}/${ch.staticTtl.get(e.endpoint.text) ?? next.multicastTtl}`));
+      ch.staticTtl.clear();
+      for (const s of want) {
+        ch.staticTtl.set(s.endpoint.text, s.ttl);
+        ch.registry.addStatic(s.endpoint, s.sealed ? 'sealed' : 'plain', now);
+      }
+    }
+  }
+
+  /** After a reload narrows the allow-list, subscribers outside it go. */
+  private evictDisallowed(): void {
+    for (const ch of this.channels.values()) {
+      const gone = ch.registry.removeWhere((e) => !e.isStatic && !this.acl.allows(e.endpoint.host));
+      for (const e of gone) {
+        ch.stats.events[E.evict]++;
+        this.log.info('subscriber evicted: address no longer allowed', { channel: ch.name, address: e.endpoint.text });
+      }
+    }
+  }
+
+  sweep(now: number): void {
+    for (const ch of this.channels.values()) {
+      for (const e of ch.registry.sweep(now)) {
+        ch.stats.events[E.expire]++;
+        this.log.info('subscriber expired', { channel: ch.name, address: e.endpoint.text, key: e.key, lastSeen: new Date(e.lastSeen).toISOString() });
+      }
+    }
+    this.limiter.sweep(now);
+  }
+
+  private onOutletError(o: Outlet, err: NodeJS.ErrnoException): void {
+    this.socketErrors++;
+    this.log.throttle('warn', `outlet:${o.endpoint.text}`, 'subscriber unreachable', { address: o.endpoint.text, error: err.code ?? err.message });
+  }
+
+  private onDatagram(route: Route, msg: Buffer, rinfo: RemoteInfo): void {
+    const t0 = performance.now();
+    const ch = route.channel;
+    const st = ch.stats;
+    st.bytesReceived += msg.length;
+    if (route.config.sealed) {
+      st.received[K.sealed]++;
+      if (msg.length > this.config.limits.maxDatagram) st.dropped[D.too_large]++;
+      else if (!this.acl.allows(rinfo.address)) st.dropped[D.not_allowed]++;
+      else this.sealed!.onDatagram(ch, msg, rinfo, t0);
+      return;
+    }
+    const kind = peekKind(msg);
+    st.received[kind]++;
+    if (msg.length > this.config.limits.maxDatagram) {
+      st.dropped[D.too_large]++;
+      return;
+    }
+    if (!this.acl.allows(rinfo.address)) {
+      st.dropped[D.not_allowed]++;
+      return;
+    }
+    if (kind === K.set || kind === K.delete) {
+      const cmd = classifyCacheUpdate(msg);
+      if (typeof cmd === 'number') {
+        const out = cmd === CACHE_DELETE && this.config.repairDeletes ? repairDelete(msg) : msg;
+        this.forward(ch, out, kind, t0);
+        return;
+      }
+      if (!this.config.forwardUnknown) {
+        st.dropped[D[cmd]]++;
+        return;
+      }
+    } else if (kind === K.subscribe || kind === K.unsubscribe) {
+      if (this.onSubscription(ch, msg, rinfo.address) || !this.config.forwardUnknown) return;
+    }
+    if (this.config.forwardUnknown) {
+      this.forward(ch, msg, K.other, t0);
+      return;
+    }
+    const bad = checkHeader(msg);
+    st.dropped[bad === undefined ? D.unknown_type : D[bad]]++;
+  }
+
+  /** Forwards an accepted plain datagram to every subscriber of `ch`. */
+  forward(ch: Channel, plain: Buffer, kind: number, t0: number, origin: bigint | null = null): void {
+    const sealer = this.sealed === null ? null : this.sealed.sealer(ch, plain, kind);
+    if (ch.forward(plain, sealer, origin) > 0) this.fanout.observe((performance.now() - t0) / 1000);
+  }
+
+  /**
+   * Handles a plain subscription datagram. Returns false when it did not
+   * decode (so --forward-unknown may pass it on as opaque data).
+   */
+  private onSubscription(ch: Channel, msg: Buffer, source: string): boolean {
+    const now = Date.now();
+    if (!this.limiter.allow(source, now)) {
+      this.desk.refuse(ch, 'rate_limited', source);
+      return true;
+    }
+    const sub = decodeSubscription(msg);
+    if (typeof sub === 'string') {
+      if (!this.config.forwardUnknown) ch.stats.dropped[D[sub]]++;
+      return false;
+    }
+    this.desk.apply(ch, sub, 'plain', source, now);
+    return true;
+  }
+
+  /** Entry point for the sealed path: a subscription opened from a valid frame. */
+  get subscriptions(): SubscriptionDesk {
+    return this.desk;
+  }
+
+  get rateLimiter(): RateLimiter {
+    return this.limiter;
+  }
+
+  get access(): AccessList {
+    return this.acl;
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.sweeper !== null) clearInterval(this.sweeper);
+    for (const r of this.routes.values()) r.listener.close();
+    this.routes.clear();
+    for (const ch of this.channels.values()) ch.close();
+    this.channels.clear();
+  }
+}
