@@ -1,0 +1,119 @@
+// Real loopback sockets for tests. Every wait is bounded so a lost datagram
+// fails the test quickly instead of hanging the run.
+
+import { createSocket, type Socket } from 'node:dgram';
+import { createServer } from 'node:net';
+
+export const WAIT_MS = 5000;
+
+/** A UDP socket that queues what it receives and hands it out on demand. */
+export class Receiver {
+  readonly received: Buffer[] = [];
+  private waiters: Array<() => void> = [];
+  private constructor(readonly socket: Socket) {
+    socket.on('message', (m) => {
+      this.received.push(m);
+      const w = this.waiters;
+      this.waiters = [];
+      for (const f of w) f();
+    });
+  }
+
+  static open(host = '127.0.0.1', port = 0): Promise<Receiver> {
+    return new Promise((resolve, reject) => {
+      const s = createSocket(host.includes(':') ? 'udp6' : 'udp4');
+      s.once('error', reject);
+      s.bind(port, host, () => {
+        s.off('error', reject);
+        resolve(new Receiver(s));
+      });
+    });
+  }
+
+  get port(): number {
+    return this.socket.address().port;
+  }
+
+  get address(): string {
+    const a = this.socket.address();
+    return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+  }
+
+  /** Resolves once `n` datagrams in total have arrived; rejects after `ms`. */
+  async waitFor(n: number, ms = WAIT_MS): Promise<Buffer[]> {
+    const deadline = Date.now() + ms;
+    while (this.received.length < n) {
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`${this.address}: got ${this.received.length} datagrams, wanted ${n} within ${ms} ms`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    return this.received.slice(0, n);
+  }
+
+  /** Waits for the next datagram after those already seen. */
+  async next(ms = WAIT_MS): Promise<Buffer> {
+    const all = await this.waitFor(this.received.length + 1, ms);
+    return all[all.length - 1]!;
+  }
+
+  close(): void {
+    try {
+      this.socket.close();
+    } catch {
+      // already closed
+    }
+  }
+}
+
+/** Sends datagrams from one unbound socket, like uWSGI does. */
+export class Sender {
+  private constructor(private readonly socket: Socket) {}
+
+  static open(family: 4 | 6 = 4): Sender {
+    return new Sender(createSocket(family === 6 ? 'udp6' : 'udp4'));
+  }
+
+  send(buf: Buffer, port: number, host = '127.0.0.1'): Promise<void> {
+    return new Promise((resolve, reject) => this.socket.send(buf, port, host, (err) => (err ? reject(err) : resolve())));
+  }
+
+  close(): void {
+    this.socket.close();
+  }
+}
+
+/** A port nobody listens on right now (UDP and TCP), for configs that need a fixed one. */
+export function freePort(host = '127.0.0.1'): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, host, () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => {
+        const u = createSocket(host.includes(':') ? 'udp6' : 'udp4');
+        u.once('error', () => {
+          u.close();
+          resolve(freePort(host));
+        });
+        u.bind(port, host, () => u.close(() => resolve(port)));
+      });
+    });
+  });
+}
+
+/** Polls `check` until it returns a value other than undefined, or fails after `ms`. */
+export async function eventually<T>(what: string, check: () => T | undefined | Promise<T | undefined>, ms = WAIT_MS): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const v = await check();
+    if (v !== undefined) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
