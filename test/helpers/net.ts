@@ -79,6 +79,15 @@ export class Sender {
     return new Sender(createSocket(family === 6 ? 'udp6' : 'udp4'));
   }
 
+  /** A sender bound to a given local address (e.g. 127.0.0.2), to test source checks. */
+  static bound(host: string): Promise<Sender> {
+    return new Promise((resolve, reject) => {
+      const s = createSocket(host.includes(':') ? 'udp6' : 'udp4');
+      s.once('error', reject);
+      s.bind(0, host, () => resolve(new Sender(s)));
+    });
+  }
+
   send(buf: Buffer, port: number, host = '127.0.0.1'): Promise<void> {
     return new Promise((resolve, reject) => this.socket.send(buf, port, host, (err) => (err ? reject(err) : resolve())));
   }

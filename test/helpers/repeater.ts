@@ -1,0 +1,64 @@
+// Starts a repeater in-process from CLI-style arguments, with its logs in a
+// LogTap, so tests read the bound ports and await its events.
+
+import { coerce } from '../../src/ops/config-file.js';
+import { defaultsOf, SERVE_OPTIONS, type RawOptions } from '../../src/ops/options.js';
+import { buildServeConfig, type ServeConfig } from '../../src/ops/serve-config.js';
+import { type ServeHandle, startServe } from '../../src/serve.js';
+import { LogTap } from './logtap.js';
+
+/** Parses `--name value` / `--flag` / `--no-flag` pairs with the real option table. */
+export function parseArgs(args: readonly string[]): { raw: RawOptions; explicit: Set<string> } {
+  const raw: RawOptions = defaultsOf(SERVE_OPTIONS);
+  const explicit = new Set<string>();
+  const lists = new Set<string>();
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i]!;
+    if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}`);
+    let name = a.slice(2);
+    const negated = name.startsWith('no-') && SERVE_OPTIONS.some((s) => s.negatable && s.name === name.slice(3));
+    if (negated) name = name.slice(3);
+    const spec = SERVE_OPTIONS.find((s) => s.name === name);
+    if (spec === undefined) throw new Error(`unknown option ${a}`);
+    explicit.add(name);
+    if (spec.kind === 'bool') {
+      raw[name] = !negated;
+      continue;
+    }
+    const v = coerce(spec, args[++i]!);
+    if (spec.kind === 'list') {
+      raw[name] = lists.has(name) ? [...(raw[name] as string[]), ...(v as string[])] : (v as string[]);
+      lists.add(name);
+    } else raw[name] = v;
+  }
+  return { raw, explicit };
+}
+
+export function configOf(args: readonly string[]): ServeConfig {
+  const { raw, explicit } = parseArgs(args);
+  return buildServeConfig(raw, explicit);
+}
+
+export interface TestRepeater {
+  readonly handle: ServeHandle;
+  readonly tap: LogTap;
+  /** Bound port of the listener configured as `address` (default the first one). */
+  port(address?: string): number;
+  reload(args: readonly string[]): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+/** Starts a repeater with `--metrics off` unless the args set it. */
+export async function startRepeater(args: readonly string[]): Promise<TestRepeater> {
+  const tap = new LogTap();
+  const all = args.includes('--metrics') ? args : [...args, '--metrics', 'off'];
+  const config = configOf(all);
+  const handle = await startServe(config, tap.logger());
+  return {
+    handle,
+    tap,
+    port: (address) => handle.repeater.portOf(address ?? config.listeners[0]!.endpoint.text),
+    reload: (next) => handle.reload(() => configOf(next.includes('--metrics') ? next : [...next, '--metrics', 'off'])),
+    close: () => handle.close(),
+  };
+}
