@@ -9,6 +9,8 @@ export const WAIT_MS = 5000;
 /** A UDP socket that queues what it receives and hands it out on demand. */
 export class Receiver {
   readonly received: Buffer[] = [];
+  /** How many datagrams next()/waitFor() have handed out. */
+  private cursor = 0;
   private waiters: Array<() => void> = [];
   private constructor(readonly socket: Socket) {
     socket.on('message', (m) => {
@@ -39,7 +41,10 @@ export class Receiver {
     return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
   }
 
-  /** Resolves once `n` datagrams in total have arrived; rejects after `ms`. */
+  /**
+   * Resolves with the first `n` datagrams once they have arrived (and counts
+   * them as handed out for next()); rejects after `ms`.
+   */
   async waitFor(n: number, ms = WAIT_MS): Promise<Buffer[]> {
     const deadline = Date.now() + ms;
     while (this.received.length < n) {
@@ -53,12 +58,13 @@ export class Receiver {
         });
       });
     }
+    this.cursor = Math.max(this.cursor, n);
     return this.received.slice(0, n);
   }
 
-  /** Waits for the next datagram after those already seen. */
+  /** The next datagram not yet handed out, waiting for it if needed. */
   async next(ms = WAIT_MS): Promise<Buffer> {
-    const all = await this.waitFor(this.received.length + 1, ms);
+    const all = await this.waitFor(this.cursor + 1, ms);
     return all[all.length - 1]!;
   }
 

@@ -1,0 +1,374 @@
+// Real uWSGI nodes for interop tests. Each node is a uWSGI master with one
+// worker running test/fixtures/cacheapp.py, a cache "ssl" whose udp server
+// listens on a loopback port, and a subscription to the repeater: exactly the
+// two lines of config PROTOCOL.md says a node needs. Tests drive the cache
+// over the node's HTTP socket.
+//
+// Lifetime: every node runs in its own process group (so SIGKILL reaches the
+// worker too) and, where setpriv exists, with a parent-death signal, so no
+// uWSGI process outlives the test process even if that is SIGKILLed. Every
+// live node is also killed on process exit and on SIGINT/SIGTERM/SIGHUP.
+//
+// Signals (uWSGI 2.0.21, master mode): SIGINT is the clean stop: the master
+// sends the unsubscribe, stops the worker and exits 0 (about a second later).
+// SIGQUIT does the same. SIGTERM is a brutal *reload* unless --die-on-term is
+// given (it unsubscribes, re-execs, and subscribes again); nodes here run with
+// --die-on-term so a stray SIGTERM also stops them, but stop() uses SIGINT.
+
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { existsSync, readFileSync } from 'node:fs';
+import { request } from 'node:http';
+import { dirname, join } from 'node:path';
+import { freePort } from './net.js';
+
+/** How long a node may take to become ready, stop, or answer one request. */
+export const UWSGI_START_MS = 15_000;
+export const UWSGI_STOP_MS = 10_000;
+export const HTTP_MS = 3_000;
+
+/** The uWSGI binary: $UDPREPEATER_UWSGI or `uwsgi` from PATH. */
+export const UWSGI_BIN = process.env['UDPREPEATER_UWSGI'] ?? 'uwsgi';
+
+export const INSTALL_HINT = 'install with: apt-get install uwsgi-core uwsgi-plugin-python3';
+
+/** The repository root: the nearest directory above `from` holding our package.json. */
+export function repoRoot(from = __dirname): string {
+  for (let dir = from; ; dir = dirname(dir)) {
+    const pkg = join(dir, 'package.json');
+    if (existsSync(pkg)) {
+      try {
+        if ((JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name === 'udprepeater') return dir;
+      } catch {
+        // not ours; keep walking
+      }
+    }
+    if (dirname(dir) === dir) throw new Error(`no udprepeater package.json above ${from}`);
+  }
+}
+
+export const CACHE_APP = join(repoRoot(), 'test', 'fixtures', 'cacheapp.py');
+
+export type Availability = { ok: true; version: string } | { ok: false; reason: string };
+
+let probed: Availability | undefined;
+
+/** Whether uWSGI and its python3 plugin can be loaded here (probed once, bounded). */
+export function uwsgiAvailability(): Availability {
+  if (probed !== undefined) return probed;
+  const r = spawnSync(UWSGI_BIN, ['--need-plugin', 'python3', '--version'], { encoding: 'utf8', timeout: 10_000 });
+  if (r.error !== undefined) {
+    const code = (r.error as NodeJS.ErrnoException).code;
+    probed = { ok: false, reason: code === 'ENOENT' ? `"${UWSGI_BIN}" not found on PATH` : `cannot run "${UWSGI_BIN}": ${r.error.message}` };
+  } else if (r.status !== 0) {
+    const why = `${r.stdout ?? ''}${r.stderr ?? ''}`.trim().split('\n').slice(-1)[0] ?? '';
+    probed = { ok: false, reason: `"${UWSGI_BIN}" cannot load the python3 plugin (${why || `exit ${r.status}`})` };
+  } else if (!existsSync(CACHE_APP)) {
+    probed = { ok: false, reason: `fixture ${CACHE_APP} is missing` };
+  } else {
+    probed = { ok: true, version: r.stdout.trim() };
+  }
+  return probed;
+}
+
+/** `setpriv --pdeathsig KILL` when available: the node dies with the test process. */
+let deathWrapper: string[] | undefined;
+function parentDeathWrapper(): string[] {
+  if (deathWrapper === undefined) {
+    const r = spawnSync('setpriv', ['--pdeathsig', 'KILL', '--', 'true'], { timeout: 5000 });
+    deathWrapper = r.error === undefined && r.status === 0 ? ['setpriv', '--pdeathsig', 'KILL', '--'] : [];
+  }
+  return deathWrapper;
+}
+
+// ---- process bookkeeping: nothing may outlive the run ----
+
+const live = new Set<UwsgiNode>();
+let hooksInstalled = false;
+
+/** SIGKILLs every node still running (synchronous: safe in an exit handler). */
+export function killAllUwsgi(): void {
+  for (const n of live) n.killGroupSync();
+}
+
+function installExitHooks(): void {
+  if (hooksInstalled) return;
+  hooksInstalled = true;
+  process.on('exit', killAllUwsgi);
+  for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+    process.once(sig, () => {
+      killAllUwsgi();
+      // Nobody else handles it: die of the signal as we would have.
+      if (process.listenerCount(sig) === 0) process.kill(process.pid, sig);
+    });
+  }
+}
+
+// ---- a node ----
+
+export interface NodeOptions {
+  /** The repeater, `host:port`: the node's only cache-udp-node and subscription server. */
+  readonly repeater: string;
+  /** A label for messages. */
+  readonly name?: string;
+  readonly cache?: string;
+  readonly items?: number;
+  /** Largest value the cache stores, in bytes (uWSGI refuses anything bigger). */
+  readonly blocksize?: number;
+  /** Seconds between announces (uWSGI's default is 10). */
+  readonly subscribeFreq?: number;
+  readonly extraArgs?: readonly string[];
+  readonly ms?: number;
+}
+
+export interface Exit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+/** One uWSGI node with the cache app, started by `UwsgiNode.start`. */
+export class UwsgiNode {
+  /** Everything the node wrote (stdout and stderr interleaved), capped. */
+  output = '';
+  readonly exited: Promise<Exit>;
+  private lineWaiters: Array<() => void> = [];
+  private exitInfo: Exit | null = null;
+
+  private constructor(
+    readonly name: string,
+    readonly child: ChildProcess,
+    readonly httpPort: number,
+    /** The node's cache-udp-server, `127.0.0.1:P`: what it announces and where the repeater sends. */
+    readonly udpAddress: string,
+    readonly cache: string,
+  ) {
+    const feed = (d: string) => {
+      this.output += d;
+      if (this.output.length > 4 << 20) this.output = this.output.slice(-(2 << 20));
+      const w = this.lineWaiters;
+      this.lineWaiters = [];
+      for (const f of w) f();
+    };
+    child.stdout!.setEncoding('utf8').on('data', feed);
+    child.stderr!.setEncoding('utf8').on('data', feed);
+    this.exited = new Promise((resolve) =>
+      child.once('exit', (code, signal) => {
+        this.exitInfo = { code, signal };
+        // The group may still hold a worker; it must not outlive its master.
+        this.killGroupSync();
+        live.delete(this);
+        const w = this.lineWaiters;
+        this.lineWaiters = [];
+        for (const f of w) f();
+        resolve({ code, signal });
+      }),
+    );
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  get running(): boolean {
+    return this.exitInfo === null;
+  }
+
+  /**
+   * Starts a node and resolves once it serves HTTP and its cache udp server
+   * runs. Retries with fresh ports if one was taken between probe and bind.
+   */
+  static async start(opts: NodeOptions): Promise<UwsgiNode> {
+    const avail = uwsgiAvailability();
+    if (!avail.ok) throw new Error(`uWSGI unavailable: ${avail.reason}; ${INSTALL_HINT}`);
+    let lastErr: unknown;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const node = await UwsgiNode.spawn(opts);
+      try {
+        await node.ready(opts.ms ?? UWSGI_START_MS);
+        return node;
+      } catch (err) {
+        lastErr = err;
+        await node.kill();
+        if (!/Address already in use/.test(node.output)) break;
+      }
+    }
+    throw lastErr;
+  }
+
+  private static async spawn(opts: NodeOptions): Promise<UwsgiNode> {
+    installExitHooks();
+    const cache = opts.cache ?? 'ssl';
+    const httpPort = await freePort();
+    let udpPort = await freePort();
+    while (udpPort === httpPort) udpPort = await freePort();
+    const udp = `127.0.0.1:${udpPort}`;
+    const args = [
+      '--plugin', 'python3',
+      '--strict',
+      '--master',
+      '--die-on-term',
+      '--processes', '1',
+      '--need-app',
+      '--http-socket', `127.0.0.1:${httpPort}`,
+      '--wsgi-file', CACHE_APP,
+      '--env', `CACHEAPP_CACHE=${cache}`,
+      '--cache2', `name=${cache},items=${opts.items ?? 1000},blocksize=${opts.blocksize ?? 4096},udp=${udp},node=${opts.repeater}`,
+      '--subscribe2', `server=${opts.repeater},key=${cache},addr=${udp}`,
+      '--subscribe-freq', String(opts.subscribeFreq ?? 1),
+      ...(opts.extraArgs ?? []),
+    ];
+    const wrap = parentDeathWrapper();
+    const [cmd, ...rest] = [...wrap, UWSGI_BIN, ...args];
+    const child = spawn(cmd!, rest, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    const node = new UwsgiNode(opts.name ?? `uwsgi@${httpPort}`, child, httpPort, udp, cache);
+    live.add(node);
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', (err) => {
+        live.delete(node);
+        reject(err);
+      });
+    });
+    return node;
+  }
+
+  /** Ready: the cache udp server runs, the worker is up, and /health answers. */
+  private async ready(ms: number): Promise<void> {
+    const deadline = Date.now() + ms;
+    await this.waitForOutput(/\*\*\* udp server for cache "[^"]+" running on /, deadline - Date.now());
+    await this.waitForOutput(/spawned uWSGI worker 1 /, deadline - Date.now());
+    // The socket is bound before the worker starts, so a connection made now
+    // is accepted as soon as the worker is; one retry covers a reset.
+    for (;;) {
+      try {
+        const r = await this.http('GET', '/health', undefined, Math.max(100, deadline - Date.now()));
+        if (r.status === 200) return;
+        throw new Error(`${this.name}: /health answered ${r.status}`);
+      } catch (err) {
+        if (!this.running || Date.now() >= deadline) throw this.failure(`not ready: ${(err as Error).message}`);
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    }
+  }
+
+  /** Resolves when the node's output matches `re`; rejects on exit or after `ms`. */
+  async waitForOutput(re: RegExp, ms: number): Promise<RegExpMatchArray> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const m = this.output.match(re);
+      if (m !== null) return m;
+      if (!this.running) throw this.failure(`exited (${JSON.stringify(this.exitInfo)}) before printing ${re}`);
+      const left = deadline - Date.now();
+      if (left <= 0) throw this.failure(`no output matching ${re} within ${ms} ms`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.lineWaiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  }
+
+  private failure(what: string): Error {
+    const tail = this.output.split('\n').slice(-25).join('\n    ');
+    return new Error(`${this.name} ${what}; last output:\n    ${tail}`);
+  }
+
+  // ---- the cache, through the app ----
+
+  /** Stores `value` under `key` (relative lifetime in seconds, 0 = never); returns the HTTP status. */
+  async trySet(key: Buffer | string, value: Buffer | string, expires = 0): Promise<number> {
+    const r = await this.http('PUT', `/cache?key=${encodeKey(key)}&expires=${expires}`, Buffer.from(value));
+    return r.status;
+  }
+
+  async set(key: Buffer | string, value: Buffer | string, expires = 0): Promise<void> {
+    const status = await this.trySet(key, value, expires);
+    if (status !== 204) throw new Error(`${this.name}: set ${describeKey(key)} answered ${status}`);
+  }
+
+  /** The value, or null when the key is absent. */
+  async get(key: Buffer | string): Promise<Buffer | null> {
+    const r = await this.http('GET', `/cache?key=${encodeKey(key)}`);
+    if (r.status === 404) return null;
+    if (r.status !== 200) throw new Error(`${this.name}: get ${describeKey(key)} answered ${r.status}`);
+    return r.body;
+  }
+
+  /** Deletes `key`; false when it was not there. */
+  async del(key: Buffer | string): Promise<boolean> {
+    const r = await this.http('DELETE', `/cache?key=${encodeKey(key)}`);
+    if (r.status === 204) return true;
+    if (r.status === 404) return false;
+    throw new Error(`${this.name}: del ${describeKey(key)} answered ${r.status}`);
+  }
+
+  private http(method: string, path: string, body?: Buffer, ms = HTTP_MS): Promise<{ status: number; body: Buffer }> {
+    return new Promise((resolve, reject) => {
+      const req = request(
+        {
+          host: '127.0.0.1',
+          port: this.httpPort,
+          method,
+          path,
+          agent: false,
+          headers: { connection: 'close', ...(body !== undefined ? { 'content-length': body.length, 'content-type': 'application/octet-stream' } : {}) },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            clearTimeout(t);
+            resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) });
+          });
+          res.on('error', reject);
+        },
+      );
+      const t = setTimeout(() => req.destroy(new Error(`${this.name}: ${method} ${path} got no answer within ${ms} ms`)), ms);
+      req.on('error', (err) => {
+        clearTimeout(t);
+        reject(err);
+      });
+      req.end(body);
+    });
+  }
+
+  // ---- stopping ----
+
+  /** Clean stop: SIGINT to the master (it unsubscribes), then waits for the exit; SIGKILL past `ms`. */
+  async stop(ms = UWSGI_STOP_MS): Promise<Exit> {
+    if (!this.running) return this.exited;
+    this.child.kill('SIGINT');
+    const t = setTimeout(() => this.killGroupSync(), ms);
+    const r = await this.exited;
+    clearTimeout(t);
+    return r;
+  }
+
+  /** SIGKILL to the whole process group (master and worker): a crash, no unsubscribe. */
+  async kill(): Promise<Exit> {
+    this.killGroupSync();
+    return this.exited;
+  }
+
+  killGroupSync(): void {
+    const pid = this.child.pid;
+    if (pid === undefined) return;
+    try {
+      process.kill(-pid, 'SIGKILL');
+    } catch {
+      // the group is already gone
+    }
+  }
+}
+
+/** Every byte percent-encoded: binary keys survive the query string. */
+function encodeKey(key: Buffer | string): string {
+  let out = '';
+  for (const b of Buffer.from(key)) out += '%' + b.toString(16).padStart(2, '0');
+  return out;
+}
+
+function describeKey(key: Buffer | string): string {
+  return typeof key === 'string' ? JSON.stringify(key) : `0x${key.toString('hex')}`;
+}
