@@ -120,12 +120,15 @@ export async function runServe(inv: Invocation, hooks: RepeaterHooks = {}): Prom
   const log = new Logger(config.logLevel, config.logFormat);
   installCrashLog(log);
   const handle = await startServe(config, log, hooks);
-  log.info('udprepeater started', { version: VERSION, pid: process.pid, config: inv.configFile });
+  // Handlers go in before "started" is announced: a supervisor may signal
+  // the moment it reads that line.
   process.on('SIGHUP', () => {
     log.info('SIGHUP: reloading', { config: inv.configFile });
     void handle.reload(load);
   });
-  await untilSignal(log);
+  const stopped = untilSignal(log);
+  log.info('udprepeater started', { version: VERSION, pid: process.pid, config: inv.configFile });
+  await stopped;
   await handle.close();
   log.info('udprepeater stopped');
 }
