@@ -5,10 +5,12 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { coerce } from './ops/config-file.js';
 import { ConfigError, describe } from './ops/errors.js';
-import { SERVE_OPTIONS, type OptionSpec, type RawOptions } from './ops/options.js';
+import { runAgent } from './agent/daemon.js';
+import { generateKeyFile } from './crypto/keyring.js';
+import { AGENT_OPTIONS, SERVE_OPTIONS, type OptionSpec, type RawOptions } from './ops/options.js';
 import { VERSION } from './ops/package.js';
 import { endpointOption } from './ops/serve-config.js';
-import { runServe } from './serve.js';
+import { runServe } from './repeater/daemon.js';
 import { sendCommand } from './tools/send.js';
 import { readSignSpec, subscribeCommand } from './tools/subscribe.js';
 
@@ -71,6 +73,23 @@ const program = new Command('udprepeater')
 const serve = program.command('serve').description('run the repeater daemon');
 addOptions(serve, SERVE_OPTIONS);
 serve.action(async (_opts: unknown, cmd: Command) => guarded(() => runServe(typed(cmd, SERVE_OPTIONS))));
+
+const agent = program
+  .command('agent')
+  .description("run beside a uWSGI node: seal its cache updates to the repeater, deliver the repeater's frames to it");
+addOptions(agent, AGENT_OPTIONS);
+agent.action(async (_opts: unknown, cmd: Command) => guarded(() => runAgent(typed(cmd, AGENT_OPTIONS))));
+
+program
+  .command('keygen')
+  .description('write a new random 32-byte secretbox key to FILE (mode 0600; never overwrites)')
+  .argument('<FILE>')
+  .action(async (file: string) =>
+    guarded(async () => {
+      const { id } = generateKeyFile(file);
+      process.stdout.write(`wrote a new key to ${file} (key id ${id})\n`);
+    }),
+  );
 
 program
   .command('send')

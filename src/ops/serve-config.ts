@@ -25,6 +25,8 @@ export interface StaticConfig {
   readonly channel: string | null;
   readonly ttl: number;
   readonly sealed: boolean;
+  /** Sealed outputs: the channel key put in frames (default: the channel's key=, else its name). */
+  readonly key: string | null;
 }
 
 export interface Limits {
@@ -135,7 +137,7 @@ function listeners(raw: RawOptions, name: string, sealed: boolean): ListenerConf
 
 function statics(raw: RawOptions, defaultTtl: number): StaticConfig[] {
   return list(raw, 'to').map((text) => {
-    const { addr, params } = splitSpec('to', text, ['channel', 'ttl', 'sealed']);
+    const { addr, params } = splitSpec('to', text, ['channel', 'ttl', 'sealed', 'key']);
     const endpoint = endpointOption('to', addr);
     if (isUnspecified(endpoint.host)) throw new ConfigError(`--to ${text}: cannot send to an unspecified address`);
     const ttlText = params.get('ttl');
@@ -146,7 +148,9 @@ function statics(raw: RawOptions, defaultTtl: number): StaticConfig[] {
     if (sealed && params.get('sealed') !== '') throw new ConfigError(`--to ${text}: "sealed" takes no value`);
     const channel = params.get('channel') ?? null;
     if (channel === '') throw new ConfigError(`--to ${text}: empty channel name`);
-    return { endpoint, channel, ttl, sealed };
+    const key = params.get('key') ?? null;
+    if (key !== null && (key === '' || !sealed)) throw new ConfigError(`--to ${text}: key= needs a value and applies to sealed outputs only`);
+    return { endpoint, channel, ttl, sealed, key };
   });
 }
 

@@ -17,6 +17,11 @@ export interface ChannelOptions {
 
 export type Subscriber = Entry<Outlet>;
 
+/** Seals a datagram for the sealed subscribers of one channel key. */
+export interface FrameSealer {
+  sealDatagram(channelKey: string, datagram: Buffer): Buffer | null;
+}
+
 export class Channel {
   readonly stats = new ChannelStats();
   readonly registry: Registry<Outlet>;
@@ -65,6 +70,8 @@ export class Channel {
       if (e.form === 'plain') plain.push(e.outlet);
       else sealed.push(e);
     }
+    // Grouped by key so each distinct key is sealed once per datagram.
+    sealed.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
     this.plain = plain;
     this.sealed = sealed;
     this.dirty = false;
@@ -76,35 +83,40 @@ export class Channel {
   }
 
   /**
-   * Sends one accepted datagram to every subscriber: `plain` bytes to plain
-   * subscribers; to sealed ones, the frame `seal()` builds, sealed at most
-   * once and skipped for the subscriber whose origin is `origin`.
+   * Sends one accepted datagram to every subscriber: `plainOut` (the
+   * original, delete-repaired) to plain subscribers; to sealed ones, a frame
+   * of `original` sealed once per subscriber key, skipping the subscriber
+   * whose origin is `origin` (a frame never goes back where it came from).
    * Returns the number of copies handed to the kernel.
    */
-  forward(plain: Buffer, seal: (() => Buffer | null) | null, origin: bigint | null): number {
+  forward(plainOut: Buffer, original: Buffer, sealer: FrameSealer | null, origin: bigint | null): number {
     if (this.dirty) this.rebuild();
     const st = this.stats;
     const outs = this.plain;
     let sent = 0;
     for (let i = 0; i < outs.length; i++) {
-      if (outs[i]!.send(plain)) sent++;
+      if (outs[i]!.send(plainOut)) sent++;
       else st.dropped[D.queue_full]++;
     }
-    st.bytesForwarded += sent * plain.length;
+    st.bytesForwarded += sent * plainOut.length;
     const sealed = this.sealed;
-    if (sealed.length > 0 && seal !== null) {
-      let frame: Buffer | null | undefined;
-      let sentSealed = 0;
+    if (sealed.length > 0 && sealer !== null) {
+      let key: string | null = null;
+      let frame: Buffer | null = null;
       for (let i = 0; i < sealed.length; i++) {
         const s = sealed[i]!;
         if (origin !== null && s.origin === origin) continue;
-        if (frame === undefined) frame = seal();
-        if (frame === null) break;
-        if (s.outlet.send(frame)) sentSealed++;
-        else st.dropped[D.queue_full]++;
+        if (s.key !== key) {
+          key = s.key;
+          frame = sealer.sealDatagram(key, original);
+        }
+        if (frame === null) {
+          st.dropped[D.too_large]++;
+        } else if (s.outlet.send(frame)) {
+          sent++;
+          st.bytesForwarded += frame.length;
+        } else st.dropped[D.queue_full]++;
       }
-      if (frame) st.bytesForwarded += sentSealed * frame.length;
-      sent += sentSealed;
     }
     st.forwarded += sent;
     if (outs.length === 0 && sealed.length === 0) st.dropped[D.no_subscribers]++;

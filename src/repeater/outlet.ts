@@ -17,6 +17,8 @@ export interface OutletOptions {
 }
 
 export type OutletErrorHandler = (outlet: Outlet, err: NodeJS.ErrnoException) => void;
+/** Datagrams the peer sends back on a connected socket (only the agent listens to them). */
+export type OutletMessageHandler = (msg: Buffer) => void;
 
 export class Outlet {
   sent = 0;
@@ -37,6 +39,9 @@ export class Outlet {
     readonly endpoint: Endpoint,
     private readonly opts: OutletOptions,
     onError?: OutletErrorHandler,
+    onMessage?: OutletMessageHandler,
+    /** Local address to bind before connecting (default: any). */
+    bindHost?: string,
   ) {
     const socket = createSocket({
       type: endpoint.family === 6 ? 'udp6' : 'udp4',
@@ -49,7 +54,18 @@ export class Outlet {
       this.lastErrorAt = Date.now();
       onError?.(this, err);
     });
-    socket.connect(endpoint.port, endpoint.host, () => this.onConnect());
+    // A connected socket only receives from its peer: the kernel filters
+    // everyone else out before we see a byte.
+    if (onMessage !== undefined) socket.on('message', onMessage);
+    if (bindHost !== undefined) socket.bind(0, bindHost, () => socket.connect(endpoint.port, endpoint.host, () => this.onConnect()));
+    else socket.connect(endpoint.port, endpoint.host, () => this.onConnect());
+  }
+
+  /** The local address this socket sends from (once connected). */
+  get local(): string | null {
+    if (!this.ready) return null;
+    const a = this.socket.address();
+    return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
   }
 
   private onConnect(): void {
@@ -83,6 +99,25 @@ export class Outlet {
     this.sent++;
     this.bytes += buf.length;
     return true;
+  }
+
+  /** Sends one datagram and resolves once the kernel took it (for goodbyes). */
+  sendAndWait(buf: Buffer, ms = 1000): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (this.closed) {
+        reject(new Error('outlet closed'));
+        return;
+      }
+      const t = setTimeout(() => reject(new Error(`send to ${this.endpoint.text} timed out`)), ms);
+      const go = () =>
+        this.socket.send(buf, (err) => {
+          clearTimeout(t);
+          if (err) reject(err);
+          else resolve();
+        });
+      if (this.ready) go();
+      else this.socket.once('connect', go);
+    });
   }
 
   close(): void {

@@ -96,13 +96,16 @@ export class Registry<O extends Closable> {
   }
 
   /** Adds a static subscriber (never expires, not counted against the cap). */
-  addStatic(endpoint: Endpoint, form: Form, now: number): Entry<O> {
+  addStatic(endpoint: Endpoint, form: Form, now: number, key = ''): Entry<O> {
     const existing = this.entries.get(endpoint.text);
     if (existing !== undefined) {
-      if (existing.isStatic && existing.form === form) return existing;
+      if (existing.isStatic && existing.form === form) {
+        existing.key = key;
+        return existing;
+      }
       this.remove(endpoint.text);
     }
-    return this.insert(endpoint, '', form, true, now, Infinity, null, null);
+    return this.insert(endpoint, key, form, true, now, Infinity, null, null);
   }
 
   private insert(

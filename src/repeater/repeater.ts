@@ -9,7 +9,7 @@ import { CACHE_DELETE, classifyCacheUpdate, repairDelete } from '../wire/cache.j
 import { decodeSubscription } from '../wire/subscription.js';
 import { checkHeader, MODIFIER1_CACHE, MODIFIER1_SUBSCRIPTION } from '../wire/uwsgi.js';
 import { AccessList } from './acl.js';
-import { Channel, type ChannelOptions } from './channel.js';
+import { Channel, type ChannelOptions, type FrameSealer } from './channel.js';
 import { Listener } from './listener.js';
 import type { Outlet } from './outlet.js';
 import { RateLimiter } from './ratelimit.js';
@@ -23,12 +23,14 @@ interface Route {
   readonly listener: Listener;
 }
 
-/** Extension point for sealed listeners (secure mode). */
-export interface SealedPath {
+/** Secure mode as the repeater sees it: built per config by a hook. */
+export interface SealedPath extends FrameSealer {
   /** Handles one datagram that arrived on a sealed listener. */
   onDatagram(ch: Channel, msg: Buffer, rinfo: RemoteInfo, t0: number): void;
-  /** Seals `plain` for sealed subscribers of `ch`; null when it cannot. */
-  sealer(ch: Channel, plain: Buffer, kind: number): () => Buffer | null;
+  /** Releases the key ring once this path is no longer used. */
+  dispose(): void;
+  /** Ids of the keys in the ring, sealing key first. */
+  keyIds(): string[];
 }
 
 export interface RepeaterHooks {
@@ -112,11 +114,11 @@ export class Repeater {
    */
   async apply(next: ServeConfig): Promise<void> {
     if (this.closed) throw new Error('repeater is closed');
+    const signatures = this.hooks.signatures?.(next) ?? null;
     const sealed = this.hooks.sealed?.(next, this) ?? null;
     if (sealed === null && (next.listeners.some((l) => l.sealed) || next.statics.some((s) => s.sealed))) {
-      throw new Error('sealed listeners need secure mode, which this build did not enable');
+      throw new Error('sealed listeners and outputs need --key-file');
     }
-    const signatures = this.hooks.signatures?.(next) ?? null;
 
     const opened: Route[] = [];
     const keptAddresses = new Set<string>();
@@ -141,6 +143,7 @@ export class Repeater {
       }
     } catch (err) {
       for (const r of opened) r.listener.close();
+      sealed?.dispose();
       throw err;
     }
 
@@ -149,6 +152,7 @@ export class Repeater {
     this.config = next;
     this.acl = new AccessList(next.allow);
     this.limiter.configure(next.limits.subscribeRate, next.limits.subscribeBurst);
+    if (this.sealed !== sealed) this.sealed?.dispose();
     this.sealed = sealed;
     const deskDeps = {
       acl: this.acl,
@@ -215,7 +219,7 @@ export class Repeater {
       ch.staticTtl.clear();
       for (const s of want) {
         ch.staticTtl.set(s.endpoint.text, s.ttl);
-        ch.registry.addStatic(s.endpoint, s.sealed ? 'sealed' : 'plain', now);
+        ch.registry.addStatic(s.endpoint, s.sealed ? 'sealed' : 'plain', now, s.sealed ? (s.key ?? ch.key ?? ch.name) : '');
       }
     }
   }
@@ -271,8 +275,7 @@ export class Repeater {
     if (kind === K.set || kind === K.delete) {
       const cmd = classifyCacheUpdate(msg);
       if (typeof cmd === 'number') {
-        const out = cmd === CACHE_DELETE && this.config.repairDeletes ? repairDelete(msg) : msg;
-        this.forward(ch, out, kind, t0);
+        this.forward(ch, msg, cmd === CACHE_DELETE && this.config.repairDeletes ? repairDelete(msg) : msg, t0);
         return;
       }
       if (!this.config.forwardUnknown) {
@@ -283,17 +286,19 @@ export class Repeater {
       if (this.onSubscription(ch, msg, rinfo.address) || !this.config.forwardUnknown) return;
     }
     if (this.config.forwardUnknown) {
-      this.forward(ch, msg, K.other, t0);
+      this.forward(ch, msg, msg, t0);
       return;
     }
     const bad = checkHeader(msg);
     st.dropped[bad === undefined ? D.unknown_type : D[bad]]++;
   }
 
-  /** Forwards an accepted plain datagram to every subscriber of `ch`. */
-  forward(ch: Channel, plain: Buffer, kind: number, t0: number, origin: bigint | null = null): void {
-    const sealer = this.sealed === null ? null : this.sealed.sealer(ch, plain, kind);
-    if (ch.forward(plain, sealer, origin) > 0) this.fanout.observe((performance.now() - t0) / 1000);
+  /**
+   * Forwards an accepted datagram to every subscriber of `ch`: plain ones get
+   * `plainOut` (repaired), sealed ones a frame of `original`.
+   */
+  forward(ch: Channel, original: Buffer, plainOut: Buffer, t0: number, origin: bigint | null = null): void {
+    if (ch.forward(plainOut, original, this.sealed, origin) > 0) this.fanout.observe((performance.now() - t0) / 1000);
   }
 
   /**
@@ -336,5 +341,7 @@ export class Repeater {
     this.routes.clear();
     for (const ch of this.channels.values()) ch.close();
     this.channels.clear();
+    this.sealed?.dispose();
+    this.sealed = null;
   }
 }

@@ -32,6 +32,7 @@ export const DROP_REASONS = [
   'stale_signature',
   // sealed frames
   'unsealed',
+  'bad_version',
   'unknown_key',
   'auth_failed',
   'stale',

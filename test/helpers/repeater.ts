@@ -4,7 +4,7 @@
 import { coerce } from '../../src/ops/config-file.js';
 import { defaultsOf, SERVE_OPTIONS, type RawOptions } from '../../src/ops/options.js';
 import { buildServeConfig, type ServeConfig } from '../../src/ops/serve-config.js';
-import { type ServeHandle, startServe } from '../../src/serve.js';
+import { type ServeHandle, startServe } from '../../src/repeater/daemon.js';
 import { LogTap } from './logtap.js';
 
 /** Parses `--name value` / `--flag` / `--no-flag` pairs with the real option table. */

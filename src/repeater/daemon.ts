@@ -1,15 +1,20 @@
 // `udprepeater serve`: wires config, repeater, metrics and signals together.
 
 import type { Registry } from 'prom-client';
-import { describe } from './ops/errors.js';
-import { StatusServer } from './ops/http.js';
-import { type Invocation, loadConfig } from './ops/load.js';
-import { Logger } from './ops/log.js';
-import { newRegistry, OpsMetrics, registerChannelMetrics, registerSubscriptionMetrics } from './ops/metrics.js';
-import { SERVE_OPTIONS } from './ops/options.js';
-import { VERSION } from './ops/package.js';
-import { buildServeConfig, type ServeConfig } from './ops/serve-config.js';
-import { Repeater, type RepeaterHooks } from './repeater/repeater.js';
+import { installCrashLog, Reloads, untilSignal } from '../ops/lifecycle.js';
+import { StatusServer } from '../ops/http.js';
+import { type Invocation, loadConfig } from '../ops/load.js';
+import { Logger } from '../ops/log.js';
+import { counterFrom, gaugeFrom, newRegistry, OpsMetrics, registerChannelMetrics, registerSubscriptionMetrics } from '../ops/metrics.js';
+import { SERVE_OPTIONS } from '../ops/options.js';
+import { VERSION } from '../ops/package.js';
+import { buildServeConfig, type ServeConfig } from '../ops/serve-config.js';
+import { KeyRing } from '../crypto/keyring.js';
+import { sodiumReady } from '../crypto/secretbox.js';
+import { SecureSession } from '../crypto/session.js';
+import { Repeater, type RepeaterHooks } from './repeater.js';
+import { SealedListenerPath } from './sealed-path.js';
+import { UwsgiSignatureCheck } from './signcheck.js';
 
 export interface ServeHandle {
   readonly repeater: Repeater;
@@ -47,15 +52,52 @@ export function subscribersView(r: Repeater): unknown {
   return out;
 }
 
+/**
+ * Secure mode and signed subscriptions, built per config. The session (origin,
+ * sequence, replay windows) and the signed-subscription clocks live as long
+ * as the process; key rings and public keys are re-read on every reload.
+ */
+export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { session(): SecureSession | null }> {
+  await sodiumReady();
+  let session: SecureSession | null = null;
+  const signedClocks = new Map<string, number>();
+  return {
+    session: () => session,
+    sealed(config, repeater) {
+      if (config.keyFiles.length === 0) return null;
+      const ring = KeyRing.load(config.keyFiles);
+      session ??= new SecureSession();
+      log.info('key ring loaded', { keys: ring.describe(), origin: session.origin.toString(16) });
+      return new SealedListenerPath(session, ring, repeater, {
+        maxSkewMs: config.maxSkewMs,
+        repairDeletes: config.repairDeletes,
+        forwardUnknown: config.forwardUnknown,
+      });
+    },
+    signatures: (config) => (config.signCheck === null ? null : new UwsgiSignatureCheck(config.signCheck, log, signedClocks)),
+  };
+}
+
 /** Starts a repeater with its status server; used by the CLI and by tests. */
-export async function startServe(config: ServeConfig, log: Logger, hooks: RepeaterHooks = {}): Promise<ServeHandle> {
-  const repeater = await Repeater.start(config, log, hooks);
+export async function startServe(config: ServeConfig, log: Logger, hooks?: RepeaterHooks): Promise<ServeHandle> {
+  const h = hooks ?? (await repeaterHooks(log));
+  const repeater = await Repeater.start(config, log, h);
   const register = newRegistry();
   const channels = () =>
     [...repeater.channels.values()].map((ch) => ({ name: ch.name, stats: ch.stats, subscribers: ch.registry.size }));
   registerChannelMetrics(register, 'udprepeater', channels, repeater.fanout);
   registerSubscriptionMetrics(register, channels);
   const ops = new OpsMetrics(register, 'udprepeater', VERSION);
+  const session = 'session' in h ? (h as { session(): SecureSession | null }).session : () => null;
+  gaugeFrom(register, 'udprepeater_keys', 'Secure mode: keys in the ring, by role', ['role'], () => {
+    const ids = repeater.sealedPath?.keyIds() ?? [];
+    return [
+      [{ role: 'sealing' }, ids.length > 0 ? 1 : 0],
+      [{ role: 'opening' }, ids.length],
+    ];
+  });
+  counterFrom(register, 'udprepeater_sealed_frames_total', 'Secure mode: frames sealed (once per datagram and subscriber key)', [], () => [[{}, session()?.sealed ?? 0]]);
+  gaugeFrom(register, 'udprepeater_replay_origins', 'Secure mode: origins with a replay window', [], () => [[{}, session()?.origins ?? 0]]);
   const started = Date.now();
   let status: StatusServer | null = null;
   if (config.metrics !== null) {
@@ -70,6 +112,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks: Repeat
             uptimeSeconds: Math.round((Date.now() - started) / 1000),
             listeners: repeater.listeners(),
             channels: repeater.channels.size,
+            keys: repeater.sealedPath?.keyIds() ?? [],
           }),
           '/subscribers': () => subscribersView(repeater),
         },
@@ -82,29 +125,18 @@ export async function startServe(config: ServeConfig, log: Logger, hooks: Repeat
     }
   }
 
-  let chain: Promise<unknown> = Promise.resolve();
+  const reloads = new Reloads(log, (ok) => ops.reloaded(ok));
   const handle: ServeHandle = {
     repeater,
     register,
     status,
     ops,
-    reload(next) {
-      const run = chain.then(async () => {
-        try {
-          const cfg = next();
-          await repeater.apply(cfg);
-          log.configure(cfg.logLevel, cfg.logFormat);
-          ops.reloaded(true);
-          return true;
-        } catch (err) {
-          ops.reloaded(false);
-          log.error('reload refused; keeping the running config', { error: describe(err) });
-          return false;
-        }
-      });
-      chain = run;
-      return run;
-    },
+    reload: (next) =>
+      reloads.run(async () => {
+        const cfg = next();
+        await repeater.apply(cfg);
+        log.configure(cfg.logLevel, cfg.logFormat);
+      }),
     async close() {
       repeater.close();
       if (status !== null) await status.close();
@@ -114,7 +146,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks: Repeat
 }
 
 /** The CLI entry: runs until SIGTERM/SIGINT; SIGHUP reloads. */
-export async function runServe(inv: Invocation, hooks: RepeaterHooks = {}): Promise<void> {
+export async function runServe(inv: Invocation, hooks?: RepeaterHooks): Promise<void> {
   const load = () => loadConfig(inv, SERVE_OPTIONS, buildServeConfig);
   const config = load();
   const log = new Logger(config.logLevel, config.logFormat);
@@ -131,28 +163,4 @@ export async function runServe(inv: Invocation, hooks: RepeaterHooks = {}): Prom
   await stopped;
   await handle.close();
   log.info('udprepeater stopped');
-}
-
-/** Resolves on the first SIGTERM or SIGINT. */
-export function untilSignal(log: Logger): Promise<void> {
-  return new Promise((resolve) => {
-    const stop = (sig: NodeJS.Signals) => {
-      log.info('shutting down', { signal: sig });
-      process.off('SIGTERM', stop);
-      process.off('SIGINT', stop);
-      resolve();
-    };
-    process.on('SIGTERM', stop);
-    process.on('SIGINT', stop);
-  });
-}
-
-/** A bug must still leave one structured line before the process dies. */
-export function installCrashLog(log: Logger): void {
-  const fatal = (err: unknown) => {
-    log.error('fatal error, exiting', { error: describe(err), stack: err instanceof Error ? err.stack : undefined });
-    process.exit(70);
-  };
-  process.on('uncaughtException', fatal);
-  process.on('unhandledRejection', fatal);
 }

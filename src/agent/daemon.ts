@@ -1,0 +1,104 @@
+// `udprepeater agent`: wires config, the agent, metrics and signals together.
+
+import type { Registry } from 'prom-client';
+import { sodiumReady } from '../crypto/secretbox.js';
+import { SecureSession } from '../crypto/session.js';
+import { buildAgentConfig, type AgentConfig } from '../ops/agent-config.js';
+import { StatusServer } from '../ops/http.js';
+import { installCrashLog, Reloads, untilSignal } from '../ops/lifecycle.js';
+import { type Invocation, loadConfig } from '../ops/load.js';
+import { Logger } from '../ops/log.js';
+import { counterFrom, gaugeFrom, newRegistry, OpsMetrics, registerChannelMetrics } from '../ops/metrics.js';
+import { AGENT_OPTIONS } from '../ops/options.js';
+import { VERSION } from '../ops/package.js';
+import { Agent } from './agent.js';
+
+export interface AgentHandle {
+  readonly agent: Agent;
+  readonly register: Registry;
+  readonly status: StatusServer | null;
+  readonly ops: OpsMetrics;
+  reload(config: () => AgentConfig): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+/** Starts an agent with its status server; used by the CLI and by tests. */
+export async function startAgent(config: AgentConfig, log: Logger, session?: SecureSession): Promise<AgentHandle> {
+  await sodiumReady();
+  const s = session ?? new SecureSession();
+  const agent = await Agent.start(config, log, s);
+  const register = newRegistry();
+  registerChannelMetrics(
+    register,
+    'udprepeater_agent',
+    () => [
+      { name: 'to_repeater', stats: agent.toRepeater, subscribers: agent.current.repeaters.length },
+      { name: 'to_node', stats: agent.toNode, subscribers: 1 },
+    ],
+    agent.fanout,
+  );
+  counterFrom(register, 'udprepeater_agent_announces_total', 'Sealed subscription announces sent to the repeaters', [], () => [[{}, agent.announcesSent]]);
+  gaugeFrom(register, 'udprepeater_agent_keys', 'Keys in the ring, by role', ['role'], () => [
+    [{ role: 'sealing' }, 1],
+    [{ role: 'opening' }, agent.keyIds.length],
+  ]);
+  const ops = new OpsMetrics(register, 'udprepeater_agent', VERSION);
+  let status: StatusServer | null = null;
+  if (config.metrics !== null) {
+    try {
+      status = await StatusServer.listen(
+        config.metrics,
+        register,
+        {
+          '/healthz': () => ({
+            status: 'ok',
+            version: VERSION,
+            channelKey: agent.current.channelKey,
+            origin: s.origin.toString(16),
+            keys: agent.keyIds,
+            links: agent.repeaterLinks(),
+          }),
+        },
+        log,
+      );
+      log.info('status server listening', { address: config.metrics.text, port: status.port });
+    } catch (err) {
+      await agent.stop();
+      throw err;
+    }
+  }
+  const reloads = new Reloads(log, (ok) => ops.reloaded(ok));
+  return {
+    agent,
+    register,
+    status,
+    ops,
+    reload: (next) =>
+      reloads.run(async () => {
+        const cfg = next();
+        await agent.apply(cfg);
+        log.configure(cfg.logLevel, cfg.logFormat);
+      }),
+    async close() {
+      await agent.stop();
+      if (status !== null) await status.close();
+    },
+  };
+}
+
+export async function runAgent(inv: Invocation): Promise<void> {
+  const load = () => loadConfig(inv, AGENT_OPTIONS, buildAgentConfig);
+  const config = load();
+  const log = new Logger(config.logLevel, config.logFormat);
+  installCrashLog(log);
+  const handle = await startAgent(config, log);
+  process.on('SIGHUP', () => {
+    log.info('SIGHUP: reloading', { config: inv.configFile });
+    void handle.reload(load);
+  });
+  const stopped = untilSignal(log);
+  log.info('udprepeater agent running', { version: VERSION, pid: process.pid, config: inv.configFile });
+  await stopped;
+  await handle.close();
+  log.info('udprepeater agent stopped');
+}

@@ -1,0 +1,93 @@
+// A process's sealed-mode identity and the gate every sealed frame passes.
+// The origin id, sequence counter, nonce source and replay windows live for
+// the whole process (a key-ring reload must not reset them: a receiver would
+// take the restarted sequence for replays); the key ring is passed per call.
+
+import { randomBytes } from 'node:crypto';
+import { type Envelope, type EnvelopeKind, bigintToLong, decodeEnvelope, encodeEnvelope } from '../wire/envelope.js';
+import { FRAME_HEADER, FRAME_OVERHEAD, MAX_UDP_PAYLOAD, NONCE_BYTES, frameKeyId, writeFrameHeader } from '../wire/frame.js';
+import type { KeyRing } from './keyring.js';
+import { NonceSource } from './nonce.js';
+import { ReplayGuard } from './replay.js';
+import { Secretbox } from './secretbox.js';
+
+/** Why a sealed frame was refused. Stable strings: they become metric labels. */
+export type OpenError =
+  | 'unsealed' // not a frame at all (e.g. a plain datagram on a sealed port)
+  | 'too_short'
+  | 'bad_version'
+  | 'unknown_key' // key id not in the ring
+  | 'auth_failed' // the MAC does not verify
+  | 'bad_payload' // authentic, but not a valid Envelope
+  | 'own_origin' // one of our own frames, reflected back
+  | 'stale' // sent_at outside the allowed clock skew
+  | 'replay'; // sequence already seen, or older than the window
+
+export interface SealFields {
+  readonly kind: EnvelopeKind;
+  readonly channelKey: string;
+  readonly datagram: Buffer | null;
+  readonly address: string | null;
+}
+
+export class SecureSession {
+  readonly origin: bigint;
+  private readonly originLong: ReturnType<typeof bigintToLong>;
+  private sequence = 0;
+  private readonly nonces = new NonceSource();
+  private readonly box = new Secretbox();
+  private readonly replay = new ReplayGuard();
+  private readonly nonceView = Buffer.alloc(NONCE_BYTES);
+
+  constructor(origin?: bigint) {
+    let o = origin ?? randomBytes(8).readBigUInt64LE(0);
+    if (o === 0n) o = 1n;
+    this.origin = o;
+    this.originLong = bigintToLong(o);
+  }
+
+  get sealed(): number {
+    return this.sequence;
+  }
+
+  /** Seals one Envelope under the ring's first key; null when it would not fit a UDP datagram. */
+  seal(ring: KeyRing, f: SealFields, nowMs = Date.now()): Buffer | null {
+    const plain = encodeEnvelope(
+      { kind: f.kind, channelKey: f.channelKey, sequence: this.sequence + 1, sentAtMs: nowMs, datagram: f.datagram, address: f.address },
+      this.originLong,
+    );
+    if (plain.length + FRAME_OVERHEAD > MAX_UDP_PAYLOAD) return null;
+    this.sequence++;
+    const key = ring.sealing;
+    const out = Buffer.allocUnsafe(FRAME_OVERHEAD + plain.length);
+    writeFrameHeader(out, key.id);
+    this.nonces.next(out, FRAME_HEADER);
+    this.box.seal(key.box, out.subarray(FRAME_HEADER, FRAME_HEADER + NONCE_BYTES), plain, out, FRAME_HEADER + NONCE_BYTES);
+    return out;
+  }
+
+  /**
+   * The gate: header, key, one open, payload, origin, skew, then replay.
+   * Anything unauthenticated costs at most one failed open and changes no
+   * state; the replay window is updated only for frames that pass all else.
+   */
+  open(ring: KeyRing, frame: Buffer, maxSkewMs: number, nowMs = Date.now()): Envelope | OpenError {
+    const id = frameKeyId(frame);
+    if (typeof id === 'string') return id === 'unknown_version' ? 'bad_version' : id;
+    const key = ring.get(id);
+    if (key === undefined) return 'unknown_key';
+    frame.copy(this.nonceView, 0, FRAME_HEADER, FRAME_HEADER + NONCE_BYTES);
+    const plain = this.box.open(key.box, this.nonceView, frame.subarray(FRAME_HEADER + NONCE_BYTES));
+    if (plain === null) return 'auth_failed';
+    const env = decodeEnvelope(plain);
+    if (typeof env === 'string') return env;
+    if (env.origin === this.origin) return 'own_origin';
+    if (Math.abs(nowMs - env.sentAtMs) > maxSkewMs) return 'stale';
+    if (!this.replay.accept(env.origin, env.sequence)) return 'replay';
+    return env;
+  }
+
+  get origins(): number {
+    return this.replay.origins;
+  }
+}

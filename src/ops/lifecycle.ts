@@ -1,0 +1,57 @@
+// Process lifecycle shared by the daemons: signals and last-resort logging.
+
+import { describe } from './errors.js';
+import type { Logger } from './log.js';
+
+/** Resolves on the first SIGTERM or SIGINT. */
+export function untilSignal(log: Logger): Promise<void> {
+  return new Promise((resolve) => {
+    const stop = (sig: NodeJS.Signals) => {
+      log.info('shutting down', { signal: sig });
+      process.off('SIGTERM', stop);
+      process.off('SIGINT', stop);
+      resolve();
+    };
+    process.on('SIGTERM', stop);
+    process.on('SIGINT', stop);
+  });
+}
+
+/** A bug must still leave one structured line before the process dies. */
+export function installCrashLog(log: Logger): void {
+  const fatal = (err: unknown) => {
+    log.error('fatal error, exiting', { error: describe(err), stack: err instanceof Error ? err.stack : undefined });
+    process.exit(70);
+  };
+  process.on('uncaughtException', fatal);
+  process.on('unhandledRejection', fatal);
+}
+
+/**
+ * Serialises reloads: each runs after the previous one settled. A failed
+ * reload is logged with its reason and leaves the running config in place.
+ */
+export class Reloads {
+  private chain: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    private readonly log: Logger,
+    private readonly onResult: (ok: boolean) => void,
+  ) {}
+
+  run(apply: () => Promise<void>): Promise<boolean> {
+    const next = this.chain.then(async () => {
+      try {
+        await apply();
+        this.onResult(true);
+        return true;
+      } catch (err) {
+        this.onResult(false);
+        this.log.error('reload refused; keeping the running config', { error: describe(err) });
+        return false;
+      }
+    });
+    this.chain = next;
+    return next;
+  }
+}

@@ -1,0 +1,91 @@
+// The plaintext of a sealed frame: proto/udprepeater.proto's Envelope,
+// encoded with protobufjs. Decoding never throws: garbage inside a valid box
+// is reported as 'bad_payload'.
+
+import { join } from 'node:path';
+import protobuf from 'protobufjs';
+import { PACKAGE_ROOT } from '../ops/package.js';
+
+export enum EnvelopeKind {
+  CacheDatagram = 1,
+  Subscribe = 2,
+  Unsubscribe = 3,
+}
+
+export interface Envelope {
+  readonly kind: EnvelopeKind;
+  readonly channelKey: string;
+  readonly origin: bigint;
+  readonly sequence: number;
+  readonly sentAtMs: number;
+  readonly datagram: Buffer | null;
+  /** SUBSCRIBE/UNSUBSCRIBE: where to send; '' = the frame's source address. */
+  readonly address: string | null;
+}
+
+export const PROTO_FILE = join(PACKAGE_ROOT, 'proto', 'udprepeater.proto');
+export const protoRoot = protobuf.loadSync(PROTO_FILE);
+const EnvelopeType = protoRoot.lookupType('udprepeater.Envelope');
+
+type LongLike = { low: number; high: number; unsigned: boolean } | number;
+
+export function longToBigint(v: LongLike | null | undefined): bigint {
+  if (v === null || v === undefined) return 0n;
+  if (typeof v === 'number') return BigInt(v);
+  return (BigInt(v.high >>> 0) << 32n) | BigInt(v.low >>> 0);
+}
+
+export function longToNumber(v: LongLike | null | undefined): number {
+  if (v === null || v === undefined) return 0;
+  if (typeof v === 'number') return v;
+  return (v.high >>> 0) * 0x1_0000_0000 + (v.low >>> 0);
+}
+
+/** protobufjs writes 64-bit fields from any {low, high} pair. */
+export function bigintToLong(v: bigint): { low: number; high: number; unsigned: boolean } {
+  return { low: Number(v & 0xffffffffn) | 0, high: Number((v >> 32n) & 0xffffffffn) | 0, unsigned: true };
+}
+
+/** Encodes an Envelope; `originLong` is the origin pre-converted by bigintToLong. */
+export function encodeEnvelope(e: Omit<Envelope, 'origin'>, originLong: unknown): Uint8Array {
+  const msg: Record<string, unknown> = {
+    kind: e.kind,
+    channelKey: e.channelKey,
+    origin: originLong,
+    sequence: e.sequence,
+    sentAtMs: e.sentAtMs,
+  };
+  if (e.datagram !== null) msg['datagram'] = e.datagram;
+  if (e.address !== null) msg['subscription'] = { address: e.address };
+  return EnvelopeType.encode(msg).finish();
+}
+
+const MAX_NAME = 255;
+
+/** Decodes and validates an Envelope; 'bad_payload' for anything malformed. */
+export function decodeEnvelope(buf: Uint8Array): Envelope | 'bad_payload' {
+  let m: Record<string, unknown>;
+  try {
+    m = EnvelopeType.decode(buf) as unknown as Record<string, unknown>;
+  } catch {
+    return 'bad_payload';
+  }
+  const kind = m['kind'] as number;
+  const channelKey = m['channelKey'] as string;
+  const sequence = longToNumber(m['sequence'] as LongLike);
+  const sentAtMs = longToNumber(m['sentAtMs'] as LongLike);
+  if (sequence < 1 || !Number.isSafeInteger(sequence) || !Number.isSafeInteger(sentAtMs) || channelKey.length > MAX_NAME) return 'bad_payload';
+  const datagram = (m['datagram'] as Buffer | undefined) ?? null;
+  const sub = m['subscription'] as { address?: string } | undefined;
+  if (kind === EnvelopeKind.CacheDatagram) {
+    if (datagram === null || datagram.length === 0) return 'bad_payload';
+    return { kind, channelKey, origin: longToBigint(m['origin'] as LongLike), sequence, sentAtMs, datagram: Buffer.from(datagram.buffer, datagram.byteOffset, datagram.length), address: null };
+  }
+  if (kind === EnvelopeKind.Subscribe || kind === EnvelopeKind.Unsubscribe) {
+    if (sub === undefined || channelKey.length === 0) return 'bad_payload';
+    const address = sub.address ?? '';
+    if (address.length > MAX_NAME) return 'bad_payload';
+    return { kind, channelKey, origin: longToBigint(m['origin'] as LongLike), sequence, sentAtMs, datagram: null, address };
+  }
+  return 'bad_payload';
+}
