@@ -1,24 +1,27 @@
 // Starts a repeater in-process from CLI-style arguments, with its logs in a
 // LogTap, so tests read the bound ports and await its events.
 
+import { type AgentHandle, startAgent } from '../../src/agent/daemon.js';
+import type { SecureSession } from '../../src/crypto/session.js';
+import { buildAgentConfig } from '../../src/ops/agent-config.js';
 import { coerce } from '../../src/ops/config-file.js';
-import { defaultsOf, SERVE_OPTIONS, type RawOptions } from '../../src/ops/options.js';
+import { AGENT_OPTIONS, defaultsOf, type OptionSpec, SERVE_OPTIONS, type RawOptions } from '../../src/ops/options.js';
 import { buildServeConfig, type ServeConfig } from '../../src/ops/serve-config.js';
 import { type ServeHandle, startServe } from '../../src/repeater/daemon.js';
 import { LogTap } from './logtap.js';
 
 /** Parses `--name value` / `--flag` / `--no-flag` pairs with the real option table. */
-export function parseArgs(args: readonly string[]): { raw: RawOptions; explicit: Set<string> } {
-  const raw: RawOptions = defaultsOf(SERVE_OPTIONS);
+export function parseArgs(args: readonly string[], specs: readonly OptionSpec[] = SERVE_OPTIONS): { raw: RawOptions; explicit: Set<string> } {
+  const raw: RawOptions = defaultsOf(specs);
   const explicit = new Set<string>();
   const lists = new Set<string>();
   for (let i = 0; i < args.length; i++) {
     const a = args[i]!;
     if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}`);
     let name = a.slice(2);
-    const negated = name.startsWith('no-') && SERVE_OPTIONS.some((s) => s.negatable && s.name === name.slice(3));
+    const negated = name.startsWith('no-') && specs.some((s) => s.negatable && s.name === name.slice(3));
     if (negated) name = name.slice(3);
-    const spec = SERVE_OPTIONS.find((s) => s.name === name);
+    const spec = specs.find((s) => s.name === name);
     if (spec === undefined) throw new Error(`unknown option ${a}`);
     explicit.add(name);
     if (spec.kind === 'bool') {
@@ -59,6 +62,25 @@ export async function startRepeater(args: readonly string[]): Promise<TestRepeat
     tap,
     port: (address) => handle.repeater.portOf(address ?? config.listeners[0]!.endpoint.text),
     reload: (next) => handle.reload(() => configOf(next.includes('--metrics') ? next : [...next, '--metrics', 'off'])),
+    close: () => handle.close(),
+  };
+}
+
+export interface TestAgent {
+  readonly handle: AgentHandle;
+  readonly tap: LogTap;
+  reload(args: readonly string[]): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+/** Starts an agent in-process from CLI-style arguments. */
+export async function startTestAgent(args: readonly string[], session?: SecureSession): Promise<TestAgent> {
+  const tap = new LogTap();
+  const handle = await startAgent(buildAgentConfig(parseArgs(args, AGENT_OPTIONS).raw), tap.logger(), session);
+  return {
+    handle,
+    tap,
+    reload: (next) => handle.reload(() => buildAgentConfig(parseArgs(next, AGENT_OPTIONS).raw)),
     close: () => handle.close(),
   };
 }
