@@ -159,7 +159,9 @@ function statics(raw: RawOptions, defaultTtl: number): StaticConfig[] {
  *   to tell a default allow-list from a deliberate one.
  */
 export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>): ServeConfig {
-  const all = [...listeners(raw, 'listen', false), ...listeners(raw, 'listen-sealed', true)];
+  // The default plain listener applies only when no listener was asked for.
+  const plain = explicit.has('listen-sealed') && !explicit.has('listen') ? [] : listeners(raw, 'listen', false);
+  const all = [...plain, ...listeners(raw, 'listen-sealed', true)];
   if (all.length === 0) throw new ConfigError('no listener: give at least one --listen or --listen-sealed');
   const seen = new Set<string>();
   const keys = new Map<string, string | null>();

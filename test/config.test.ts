@@ -1,0 +1,117 @@
+// Option layering and validation, without sockets.
+
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { buildAgentConfig } from '../src/ops/agent-config.js';
+import { layerOptions, parseConfigText } from '../src/ops/config-file.js';
+import { AGENT_OPTIONS, defaultsOf, SERVE_OPTIONS } from '../src/ops/options.js';
+import { configOf, parseArgs } from './helpers/repeater.js';
+
+describe('serve config', () => {
+  test('the embedded default: one plain loopback listener, loopback allow-list, metrics on 9171', () => {
+    const c = configOf([]);
+    assert.deepEqual(c.listeners.map((l) => [l.endpoint.text, l.sealed, l.channel]), [['127.0.0.1:7171', false, '127.0.0.1:7171']]);
+    assert.deepEqual(c.allow, ['127.0.0.0/8', '::1/128']);
+    assert.equal(c.metrics?.text, '127.0.0.1:9171');
+    assert.equal(c.toleranceMs, 30_000);
+    assert.equal(c.repairDeletes, true);
+  });
+
+  test('--listen-sealed alone does not also open the default plain listener', () => {
+    const c = configOf(['--listen-sealed', '127.0.0.1:7272', '--key-file', '/k']);
+    assert.deepEqual(c.listeners.map((l) => [l.endpoint.text, l.sealed]), [['127.0.0.1:7272', true]]);
+  });
+
+  test('listener and output parameters', () => {
+    const c = configOf([
+      '--listen', '127.0.0.1:7171,channel=ssl,key=ssl',
+      '--listen', '[::1]:7171,channel=ssl,key=ssl',
+      '--to', '239.1.2.3:4000,ttl=4',
+      '--to', '127.0.0.1:9000,channel=ssl,sealed,key=ssl',
+      '--key-file', '/k',
+    ]);
+    assert.deepEqual(c.listeners.map((l) => [l.endpoint.text, l.channel, l.key]), [['127.0.0.1:7171', 'ssl', 'ssl'], ['[::1]:7171', 'ssl', 'ssl']]);
+    assert.deepEqual(c.statics.map((s) => [s.endpoint.text, s.channel, s.ttl, s.sealed, s.key]), [
+      ['239.1.2.3:4000', null, 4, false, null],
+      ['127.0.0.1:9000', 'ssl', 1, true, 'ssl'],
+    ]);
+  });
+
+  const refusals: Array<[string, string[], RegExp]> = [
+    ['multicast listener without --allow', ['--listen', '239.1.1.1:7171'], /refusing to listen on 239\.1\.1\.1:7171/],
+    ['channel keys that disagree', ['--listen', '127.0.0.1:1,channel=c,key=a', '--listen', '127.0.0.1:2,channel=c,key=b'], /disagree on key/],
+    ['a duplicate listener', ['--listen', '127.0.0.1:1', '--listen', '127.0.0.1:1'], /given twice/],
+    ['ttl on a unicast output', ['--to', '127.0.0.1:9,ttl=3'], /multicast outputs only/],
+    ['an unknown parameter', ['--listen', '127.0.0.1:1,kye=x'], /unknown parameter "kye"/],
+    ['a zero port for an output', ['--to', '127.0.0.1:0'], /port must be 1-65535/],
+    ['a bad sign-check spec', ['--subscriptions-sign-check', 'SHA256'], /not DIGEST:DIR/],
+    ['a zero tolerance', ['--tolerance', '0'], /tolerance must be above 0/],
+    ['a bad log level', ['--log-level', 'loud'], /log-level "loud"/],
+    ['key= on a plain output', ['--to', '127.0.0.1:9,key=x'], /sealed outputs only/],
+  ];
+  for (const [name, args, why] of refusals) {
+    test(`refuses ${name}`, () => assert.throws(() => configOf(args), why));
+  }
+
+  test('a non-loopback listener is accepted with an explicit allow-list or --allow-any', () => {
+    assert.deepEqual(configOf(['--listen', '0.0.0.0:7171', '--allow', '10.0.0.0/8']).allow, ['10.0.0.0/8']);
+    assert.equal(configOf(['--listen', '0.0.0.0:7171', '--allow-any']).allow, null);
+  });
+});
+
+describe('config file', () => {
+  test('parses name = value lines with comments, lists and booleans', () => {
+    const raw = parseConfigText(
+      '# udprepeater\n[udprepeater]\nlisten = 127.0.0.1:1\nlisten = 127.0.0.1:2\n; note\nforward-unknown = yes\nrepair-deletes = false\ntolerance = 2.5\n',
+      'f.conf',
+      SERVE_OPTIONS,
+    );
+    assert.deepEqual(raw, { listen: ['127.0.0.1:1', '127.0.0.1:2'], 'forward-unknown': true, 'repair-deletes': false, tolerance: 2.5 });
+  });
+
+  const bad: Array<[string, RegExp]> = [
+    ['listen 127.0.0.1:1', /f\.conf:1: expected "name = value"/],
+    ['nope = 1', /f\.conf:1: unknown option "nope"/],
+    ['\ntolerance = x', /f\.conf:2: tolerance expects a number/],
+    ['tolerance = 1\ntolerance = 2', /f\.conf:2: tolerance is set twice/],
+    ['[serve]', /unknown section \[serve\]/],
+    ['config = other.conf', /unknown option "config"/],
+    ['allow-any = maybe', /allow-any expects true or false/],
+  ];
+  for (const [text, why] of bad) {
+    test(`refuses ${JSON.stringify(text)}`, () => assert.throws(() => parseConfigText(text, 'f.conf', SERVE_OPTIONS), why));
+  }
+
+  test('command-line values override the file, lists included', () => {
+    const file = parseConfigText('listen = 127.0.0.1:1\ntolerance = 5\n', 'f', SERVE_OPTIONS);
+    const merged = layerOptions(defaultsOf(SERVE_OPTIONS), file, { listen: ['127.0.0.1:9'] });
+    assert.deepEqual(merged['listen'], ['127.0.0.1:9']);
+    assert.equal(merged['tolerance'], 5);
+  });
+});
+
+describe('agent config', () => {
+  const base = ['--repeater', '10.0.0.1:7272', '--deliver', '127.0.0.1:4141', '--channel-key', 'ssl', '--key-file', '/k'];
+  const agent = (args: string[]) => buildAgentConfig(parseArgs(args, AGENT_OPTIONS).raw);
+
+  test('defaults', () => {
+    const c = agent(base);
+    assert.equal(c.local.text, '127.0.0.1:7171');
+    assert.equal(c.bind.text, '0.0.0.0:0');
+    assert.equal(c.subscribeIntervalMs, 10_000);
+    assert.equal(c.advertise, null);
+  });
+
+  const refusals: Array<[string, string[], RegExp]> = [
+    ['no repeater', base.slice(2), /at least one --repeater/],
+    ['a non-loopback --local', [...base, '--local', '10.0.0.5:7171'], /--local 10\.0\.0\.5:7171 must be a loopback address/],
+    ['a non-loopback --deliver', [...base.slice(0, 2), '--deliver', '10.0.0.5:4141', ...base.slice(4)], /--deliver .* must be a loopback address/],
+    ['no key', base.slice(0, 6), /at least one --key-file/],
+    ['no channel key', [...base.slice(0, 4), ...base.slice(6)], /needs --channel-key/],
+    ['mixed families', [...base, '--repeater', '[::1]:7272'], /all be IPv4 or all IPv6/],
+    ['a bind of the other family', [...base, '--bind', '[::]:0'], /not IPv4 like the repeaters/],
+  ];
+  for (const [name, args, why] of refusals) {
+    test(`refuses ${name}`, () => assert.throws(() => agent(args), why));
+  }
+});

@@ -1,0 +1,233 @@
+// Secure mode over real loopback sockets: agents, sealed listeners, mixed
+// channels, replays, foreign keys, rotation under traffic.
+
+import assert from 'node:assert/strict';
+import { copyFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { KeyRing } from '../src/crypto/keyring.js';
+import { sodiumReady } from '../src/crypto/secretbox.js';
+import { SecureSession } from '../src/crypto/session.js';
+import { DROP_REASONS, type DropReason } from '../src/repeater/stats.js';
+import { encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
+import { EnvelopeKind } from '../src/wire/envelope.js';
+import { encodeSubscription } from '../src/wire/subscription.js';
+import { keyDir, newKeyFile } from './helpers/keys.js';
+import { freePort, Receiver, Sender } from './helpers/net.js';
+import { startRepeater, startTestAgent, type TestAgent, type TestRepeater } from './helpers/repeater.js';
+
+before(() => sodiumReady());
+const sender = Sender.open();
+const open: Array<{ close(): unknown }> = [];
+after(async () => {
+  for (const o of open.reverse()) await o.close();
+  sender.close();
+});
+
+const set = (k: string, v: string) => encodeCacheSet(Buffer.from(k), Buffer.from(v), 0);
+
+async function repeater(args: string[]): Promise<TestRepeater> {
+  const r = await startRepeater(args);
+  open.push(r);
+  return r;
+}
+async function receiver(): Promise<Receiver> {
+  const r = await Receiver.open();
+  open.push(r);
+  return r;
+}
+
+/** An agent whose node is a Receiver (its cache-udp-server) and whose local port is returned. */
+async function agent(repeaterPort: number, keys: string[], extra: string[] = []): Promise<{ a: TestAgent; node: Receiver; local: number }> {
+  const node = await receiver();
+  const local = await freePort();
+  const a = await startTestAgent([
+    '--repeater', `127.0.0.1:${repeaterPort}`,
+    '--local', `127.0.0.1:${local}`,
+    '--deliver', node.address,
+    '--channel-key', 'ssl',
+    ...keys.flatMap((k) => ['--key-file', k]),
+    ...extra,
+  ]);
+  open.push(a);
+  return { a, node, local };
+}
+
+function dropped(r: TestRepeater, reason: DropReason): number {
+  const i = DROP_REASONS.indexOf(reason);
+  let n = 0;
+  for (const ch of r.handle.repeater.channels.values()) n += ch.stats.dropped[i]!;
+  return n;
+}
+
+/** Waits until the repeater logs `count` sealed subscriptions (from the start). */
+function subscribed(r: TestRepeater, count: number): Promise<unknown> {
+  return r.tap.waitFor('subscribed', { form: 'sealed' }, { count });
+}
+
+/** Proves `rx` got nothing beyond its first `seen` datagrams (see the plain tests). */
+async function assertNothingMore(rx: Receiver, seen: number): Promise<void> {
+  const probe = Buffer.from('probe');
+  await sender.send(probe, rx.port);
+  const got = await rx.waitFor(seen + 1);
+  assert.deepEqual(got[seen], probe, `${rx.address} received something it should not have`);
+}
+
+describe('secure mode over loopback', () => {
+  test('agent to repeater to agent, deletes repaired at delivery, never back to the origin', async () => {
+    const k = newKeyFile();
+    const r = await repeater(['--listen-sealed', '127.0.0.1:0', '--key-file', k]);
+    const one = await agent(r.port(), [k]);
+    const two = await agent(r.port(), [k]);
+    await subscribed(r, 2);
+    await sender.send(set('sess1', 'secret-value'), one.local);
+    await sender.send(encodeCacheDelete(Buffer.from('sess1'), false), one.local);
+    assert.deepEqual(await two.node.waitFor(2), [set('sess1', 'secret-value'), encodeCacheDelete(Buffer.from('sess1'), true)]);
+    // And the other way; one's node then sees only two's datagram.
+    await sender.send(set('from-two', 'v'), two.local);
+    assert.deepEqual(await one.node.waitFor(1), [set('from-two', 'v')]);
+    await assertNothingMore(one.node, 1);
+  });
+
+  test('mixed plain and sealed subscribers on one channel', async () => {
+    const k = newKeyFile();
+    const [plainPort, sealedPort] = [await freePort(), await freePort()];
+    const r = await repeater([
+      '--listen', `127.0.0.1:${plainPort},channel=ssl,key=ssl`,
+      '--listen-sealed', `127.0.0.1:${sealedPort},channel=ssl,key=ssl`,
+      '--key-file', k,
+    ]);
+    const plainNode = await receiver();
+    await sender.send(encodeSubscription({ key: 'ssl', address: plainNode.address }), plainPort);
+    await r.tap.waitFor('subscribed', { address: plainNode.address });
+    const sealed = await agent(sealedPort, [k]);
+    await subscribed(r, 1);
+
+    // Sealed in: the plain subscriber gets the original bytes, repaired.
+    await sender.send(encodeCacheDelete(Buffer.from('gone'), false), sealed.local);
+    assert.deepEqual(await plainNode.next(), encodeCacheDelete(Buffer.from('gone'), true));
+    // Plain in: the sealed subscriber gets it through its agent.
+    await sender.send(set('plain-in', 'v'), plainPort);
+    assert.deepEqual(await sealed.node.next(), set('plain-in', 'v'));
+    assert.deepEqual(await plainNode.next(), set('plain-in', 'v'));
+  });
+
+  test('a plain datagram or unsealed subscription on a sealed listener is never forwarded', async () => {
+    const k = newKeyFile();
+    const r = await repeater(['--listen-sealed', '127.0.0.1:0', '--key-file', k]);
+    const good = await agent(r.port(), [k]);
+    const other = await agent(r.port(), [k]);
+    await subscribed(r, 2);
+    const spy = await receiver();
+    await sender.send(encodeSubscription({ key: 'ssl', address: spy.address }), r.port());
+    await sender.send(set('plain', 'x'), r.port());
+    // Datagrams on one socket are handled in order: once a later sealed one is delivered, both were judged.
+    await sender.send(set('marker', 'v'), good.local);
+    assert.deepEqual(await other.node.next(), set('marker', 'v'));
+    await assertNothingMore(other.node, 1);
+    await assertNothingMore(spy, 0);
+    assert.equal(dropped(r, 'unsealed'), 2);
+  });
+
+  test('a captured frame sent again, and a frame sealed with a key the repeater lacks, are dropped', async () => {
+    const k = newKeyFile();
+    const foreign = newKeyFile();
+    const r = await repeater(['--listen-sealed', '127.0.0.1:0', '--key-file', k]);
+    const rx = await agent(r.port(), [k]);
+    await subscribed(r, 1);
+    // The test plays an agent: it seals frames itself and captures them.
+    const attacker = new SecureSession();
+    const ring = KeyRing.load([k]);
+    const frame = attacker.seal(ring, { kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', datagram: set('once', 'v'), address: null })!;
+    await sender.send(frame, r.port());
+    assert.deepEqual(await rx.node.next(), set('once', 'v'));
+    await sender.send(frame, r.port());
+    const alien = attacker.seal(KeyRing.load([foreign]), { kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', datagram: set('alien', 'v'), address: null })!;
+    await sender.send(alien, r.port());
+    const stale = attacker.seal(ring, { kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', datagram: set('old', 'v'), address: null }, Date.now() - 120_000)!;
+    await sender.send(stale, r.port());
+    const marker = attacker.seal(ring, { kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', datagram: set('marker', 'v'), address: null })!;
+    await sender.send(marker, r.port());
+    assert.deepEqual(await rx.node.next(), set('marker', 'v'));
+    await assertNothingMore(rx.node, 2);
+    assert.equal(dropped(r, 'replay'), 1);
+    assert.equal(dropped(r, 'unknown_key'), 1);
+    assert.equal(dropped(r, 'stale'), 1);
+  });
+
+  test('sealed subscriptions for another channel key are refused', async () => {
+    const k = newKeyFile();
+    const r = await repeater(['--listen-sealed', '127.0.0.1:0,key=ssl', '--key-file', k]);
+    const node = await receiver();
+    const local = await freePort();
+    const wrong = await startTestAgent(['--repeater', `127.0.0.1:${r.port()}`, '--local', `127.0.0.1:${local}`, '--deliver', node.address, '--channel-key', 'other', '--key-file', k]);
+    open.push(wrong);
+    await r.tap.waitFor('subscription refused', { reason: 'key_mismatch' });
+  });
+
+  test('an agent that stops unsubscribes at once', async () => {
+    const k = newKeyFile();
+    const r = await repeater(['--listen-sealed', '127.0.0.1:0', '--key-file', k]);
+    const a = await agent(r.port(), [k]);
+    const sub = (await subscribed(r, 1)) as Record<string, unknown>;
+    await a.a.close();
+    await r.tap.waitFor('unsubscribed', { address: sub['address'] });
+  });
+
+  test('key rotation under continuous traffic loses nothing', async () => {
+    const k1 = newKeyFile();
+    const k2 = newKeyFile();
+    // Each process reads its own copy, as separate hosts would.
+    const files = (n: string) => ({ k1: copy(k1, `${n}-1`), k2: copy(k2, `${n}-2`) });
+    const rk = files('rep');
+    const r = await repeater(['--listen-sealed', '127.0.0.1:0', '--key-file', rk.k1]);
+    const sk = files('send');
+    const dk = files('dest');
+    const src = await agent(r.port(), [sk.k1]);
+    const dst = await agent(r.port(), [dk.k1]);
+    await subscribed(r, 2);
+    const argsOf = (t: { local: number; node: Receiver }, keys: string[]) => [
+      '--repeater', `127.0.0.1:${r.port()}`,
+      '--local', `127.0.0.1:${t.local}`,
+      '--deliver', t.node.address,
+      '--channel-key', 'ssl',
+      ...keys.flatMap((k) => ['--key-file', k]),
+    ];
+    let sent = 0;
+    let stop = false;
+    const traffic = (async () => {
+      while (!stop) {
+        await sender.send(set(`k${sent}`, 'v'), src.local);
+        sent++;
+        if (sent % 20 === 0) await new Promise((res) => setImmediate(res));
+      }
+    })();
+    const steps: Array<[string, string[], string[], string[]]> = [
+      ['add the new key everywhere (second)', [rk.k1, rk.k2], [sk.k1, sk.k2], [dk.k1, dk.k2]],
+      ['make it first everywhere', [rk.k2, rk.k1], [sk.k2, sk.k1], [dk.k2, dk.k1]],
+      ['remove the old one', [rk.k2], [sk.k2], [dk.k2]],
+    ];
+    for (const [, rkeys, skeys, dkeys] of steps) {
+      // Let traffic flow under the current rings before each step.
+      await dst.node.waitFor(dst.node.received.length + 200);
+      assert.equal(await r.reload(['--listen-sealed', '127.0.0.1:0', ...rkeys.flatMap((k) => ['--key-file', k])]), true);
+      assert.equal(await src.a.reload(argsOf(src, skeys)), true);
+      assert.equal(await dst.a.reload(argsOf(dst, dkeys)), true);
+    }
+    await dst.node.waitFor(dst.node.received.length + 200);
+    stop = true;
+    await traffic;
+    const got = await dst.node.waitFor(sent);
+    assert.equal(got.length, sent);
+    assert.ok(sent >= 800, `only ${sent} datagrams were sent during the rotation`);
+    for (let i = 0; i < sent; i++) assert.deepEqual(got[i], set(`k${i}`, 'v'), `datagram ${i}`);
+    assert.equal(dropped(r, 'unknown_key') + dropped(r, 'auth_failed'), 0);
+    assert.deepEqual(r.handle.repeater.sealedPath!.keyIds().length, 1);
+  });
+});
+
+function copy(file: string, name: string): string {
+  const to = join(keyDir, name);
+  copyFileSync(file, to);
+  return to;
+}
