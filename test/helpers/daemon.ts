@@ -8,6 +8,12 @@ import { WAIT_MS } from './net.js';
 /** build/src/cli.js, compiled next to the tests. */
 export const CLI = join(__dirname, '..', '..', 'src', 'cli.js');
 
+/** Children still running; killed if the test process exits first. */
+const live = new Set<ChildProcess>();
+process.on('exit', () => {
+  for (const c of live) c.kill('SIGKILL');
+});
+
 export class Daemon {
   readonly log = new LogTap();
   readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
@@ -16,7 +22,13 @@ export class Daemon {
   private constructor(readonly child: ChildProcess) {
     child.stderr!.setEncoding('utf8').on('data', (d: string) => this.log.feed(d));
     child.stdout!.setEncoding('utf8').on('data', (d: string) => (this.stdout += d));
-    this.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    live.add(child);
+    this.exited = new Promise((resolve) =>
+      child.once('exit', (code, signal) => {
+        live.delete(child);
+        resolve({ code, signal });
+      }),
+    );
   }
 
   /** Spawns `udprepeater ...args` (JSON logs at debug unless args say otherwise). */

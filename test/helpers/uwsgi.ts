@@ -132,6 +132,8 @@ export class UwsgiNode {
   readonly exited: Promise<Exit>;
   private lineWaiters: Array<() => void> = [];
   private exitInfo: Exit | null = null;
+  /** Set once the master has exited and its group was swept: the pgid may be reused. */
+  private groupGone = false;
 
   private constructor(
     readonly name: string,
@@ -150,18 +152,25 @@ export class UwsgiNode {
     };
     child.stdout!.setEncoding('utf8').on('data', feed);
     child.stderr!.setEncoding('utf8').on('data', feed);
-    this.exited = new Promise((resolve) =>
-      child.once('exit', (code, signal) => {
+    this.exited = new Promise((resolve) => {
+      const done = (code: number | null, signal: NodeJS.Signals | null) => {
+        if (this.exitInfo !== null) return;
         this.exitInfo = { code, signal };
         // The group may still hold a worker; it must not outlive its master.
         this.killGroupSync();
+        this.groupGone = true;
         live.delete(this);
         const w = this.lineWaiters;
         this.lineWaiters = [];
         for (const f of w) f();
-        resolve({ code, signal });
-      }),
-    );
+        resolve(this.exitInfo);
+      };
+      child.once('exit', done);
+      // Never spawned (e.g. ENOENT): there will be no exit event.
+      child.once('error', () => {
+        if (child.pid === undefined) done(null, null);
+      });
+    });
   }
 
   get pid(): number {
@@ -206,6 +215,10 @@ export class UwsgiNode {
       '--strict',
       '--master',
       '--die-on-term',
+      // The worker dies with its master (PR_SET_PDEATHSIG), and a worker whose
+      // log pipe is gone (test process killed) must not spin on SIGPIPE.
+      '--no-orphans',
+      '--ignore-sigpipe',
       '--processes', '1',
       '--need-app',
       '--http-socket', `127.0.0.1:${httpPort}`,
@@ -305,6 +318,12 @@ export class UwsgiNode {
 
   private http(method: string, path: string, body?: Buffer, ms = HTTP_MS): Promise<{ status: number; body: Buffer }> {
     return new Promise((resolve, reject) => {
+      let t: NodeJS.Timeout | undefined;
+      const settle = (err: Error | null, r?: { status: number; body: Buffer }) => {
+        clearTimeout(t);
+        if (err !== null) reject(err);
+        else resolve(r!);
+      };
       const req = request(
         {
           host: '127.0.0.1',
@@ -317,18 +336,12 @@ export class UwsgiNode {
         (res) => {
           const chunks: Buffer[] = [];
           res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () => {
-            clearTimeout(t);
-            resolve({ status: res.statusCode ?? 0, body: Buffer.concat(chunks) });
-          });
-          res.on('error', reject);
+          res.on('end', () => settle(null, { status: res.statusCode ?? 0, body: Buffer.concat(chunks) }));
+          res.on('error', (err) => settle(err));
         },
       );
-      const t = setTimeout(() => req.destroy(new Error(`${this.name}: ${method} ${path} got no answer within ${ms} ms`)), ms);
-      req.on('error', (err) => {
-        clearTimeout(t);
-        reject(err);
-      });
+      t = setTimeout(() => req.destroy(new Error(`${this.name}: ${method} ${path} got no answer within ${ms} ms`)), ms);
+      req.on('error', (err) => settle(err));
       req.end(body);
     });
   }
@@ -353,7 +366,7 @@ export class UwsgiNode {
 
   killGroupSync(): void {
     const pid = this.child.pid;
-    if (pid === undefined) return;
+    if (pid === undefined || this.groupGone) return;
     try {
       process.kill(-pid, 'SIGKILL');
     } catch {
