@@ -56,6 +56,8 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
   { name: 'subscribe-rate', kind: 'number', arg: 'PER_SECOND', default: 10, help: 'subscription datagrams accepted per source address per second' },
   { name: 'subscribe-burst', kind: 'int', arg: 'N', default: 40, help: 'subscription datagrams a source may send at once' },
   { name: 'send-queue', kind: 'int', arg: 'N', default: 256, help: 'datagrams queued in memory per subscriber when its socket buffer is full; past it they are dropped' },
+  { name: 'dead-after', kind: 'int', arg: 'N', default: 3, help: 'suspend a subscriber after N unreachable errors (ICMP) until it announces again or --dead-retry passes (0: never)' },
+  { name: 'dead-retry', kind: 'number', arg: 'SECONDS', default: 30, help: 'how long a suspension lasts without an announce (static outputs are retried after it)' },
   { name: 'repair-deletes', kind: 'bool', default: true, negatable: true, help: 'forward deletes in the padded form uWSGI applies (--no-repair-deletes forwards them as received)' },
   { name: 'forward-unknown', kind: 'bool', default: false, help: 'forward every datagram that is not a valid subscription, opaquely (generic fan-out)' },
   { name: 'multicast-ttl', kind: 'int', arg: 'N', default: 1, help: 'default TTL of multicast --to outputs' },

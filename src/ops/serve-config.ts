@@ -31,6 +31,8 @@ export interface StaticConfig {
 
 export interface Limits {
   readonly maxSubscribers: number;
+  readonly deadAfter: number;
+  readonly deadRetryMs: number;
   readonly maxDatagram: number;
   readonly subscribeRate: number;
   readonly subscribeBurst: number;
@@ -227,6 +229,8 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
     toleranceMs: tolerance * 1000,
     limits: {
       maxSubscribers: atLeast(raw, 'max-subscribers', 1),
+      deadAfter: atLeast(raw, 'dead-after', 0),
+      deadRetryMs: atLeast(raw, 'dead-retry', 0.01) * 1000,
       maxDatagram: atLeast(raw, 'max-datagram', 4, 65535),
       subscribeRate: rate,
       subscribeBurst: atLeast(raw, 'subscribe-burst', 1),

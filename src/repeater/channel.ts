@@ -5,11 +5,20 @@
 import { isMulticast, type Endpoint } from '../wire/address.js';
 import { Outlet, type OutletErrorHandler, type OutletOptions } from './outlet.js';
 import { type Entry, type Form, Registry } from './registry.js';
-import { ChannelStats, D } from './stats.js';
+import { ChannelStats, D, E } from './stats.js';
+
+/** Errors that say the subscriber's address does not take datagrams. */
+const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN']);
+
+export type SuspendHandler = (ch: Channel, e: Entry<Outlet>) => void;
 
 export interface ChannelOptions {
   readonly maxSubscribers: number;
   readonly toleranceMs: number;
+  /** Unreachable errors after which a subscriber is suspended (0: never). */
+  readonly deadAfter: number;
+  /** How long a suspension lasts when no announce ends it first. */
+  readonly deadRetryMs: number;
   readonly outlet: OutletOptions;
   readonly multicastTtl: number;
   readonly multicastInterface: string | null;
@@ -39,10 +48,15 @@ export class Channel {
     key: string | null,
     private opts: ChannelOptions,
     onOutletError?: OutletErrorHandler,
+    private readonly onSuspend?: SuspendHandler,
   ) {
     this.key = key;
+    const onError: OutletErrorHandler = (o, err) => {
+      this.strike(o, err);
+      onOutletError?.(o, err);
+    };
     this.registry = new Registry<Outlet>(
-      (ep, _form, isStatic) => this.openOutlet(ep, isStatic, onOutletError),
+      (ep, _form, isStatic) => this.openOutlet(ep, isStatic, onError),
       () => (this.dirty = true),
       opts.maxSubscribers,
       opts.toleranceMs,
@@ -63,10 +77,26 @@ export class Channel {
     return new Outlet(ep, multicast ? { ...o.outlet, ttl, multicastInterface: o.multicastInterface } : o.outlet, onError);
   }
 
+  /**
+   * Counts an unreachable error against the subscriber; past the threshold
+   * it is suspended instead of costing a send per datagram until it expires.
+   */
+  private strike(o: Outlet, err: NodeJS.ErrnoException): void {
+    const e = this.registry.get(o.endpoint.text);
+    if (e === undefined || e.outlet !== o || !UNREACHABLE.has(err.code ?? '')) return;
+    e.strikes++;
+    if (this.opts.deadAfter > 0 && e.suspendedUntil === 0 && e.strikes >= this.opts.deadAfter) {
+      this.registry.suspend(e, Date.now() + this.opts.deadRetryMs);
+      this.stats.events[E.suspend]++;
+      this.onSuspend?.(this, e);
+    }
+  }
+
   private rebuild(): void {
     const plain: Outlet[] = [];
     const sealed: Subscriber[] = [];
     for (const e of this.registry.values()) {
+      if (e.suspendedUntil !== 0) continue;
       if (e.form === 'plain') plain.push(e.outlet);
       else sealed.push(e);
     }

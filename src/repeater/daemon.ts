@@ -15,6 +15,7 @@ import { SecureSession } from '../crypto/session.js';
 import { Repeater, type RepeaterHooks } from './repeater.js';
 import { SealedListenerPath } from './sealed-path.js';
 import { UwsgiSignatureCheck } from './signcheck.js';
+import { StateStore } from './state-store.js';
 
 export interface ServeHandle {
   readonly repeater: Repeater;
@@ -41,6 +42,9 @@ export function subscribersView(r: Repeater): unknown {
         firstSeen: iso(e.firstSeen),
         lastSeen: iso(e.lastSeen),
         expires: iso(e.deadline),
+        suspended: e.suspendedUntil !== 0,
+        suspendedUntil: e.suspendedUntil !== 0 ? iso(e.suspendedUntil) : null,
+        strikes: e.strikes,
         datagrams: e.outlet.sent,
         bytes: e.outlet.bytes,
         dropped: e.outlet.dropped,
@@ -81,7 +85,14 @@ export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { sess
 /** Starts a repeater with its status server; used by the CLI and by tests. */
 export async function startServe(config: ServeConfig, log: Logger, hooks?: RepeaterHooks): Promise<ServeHandle> {
   const h = hooks ?? (await repeaterHooks(log));
+  // An unusable state dir refuses the start, before any socket is opened.
+  const store = config.stateDir === null ? null : new StateStore(config.stateDir, log);
   const repeater = await Repeater.start(config, log, h);
+  if (store !== null) {
+    const saved = store.load();
+    if (saved !== null) store.restore(repeater, saved);
+    store.start(repeater);
+  }
   const register = newRegistry();
   const channels = () =>
     [...repeater.channels.values()].map((ch) => ({ name: ch.name, stats: ch.stats, subscribers: ch.registry.size }));
@@ -97,6 +108,10 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
     ];
   });
   counterFrom(register, 'udprepeater_sealed_frames_total', 'Secure mode: frames sealed (once per datagram and subscriber key)', [], () => [[{}, session()?.sealed ?? 0]]);
+  counterFrom(register, 'udprepeater_state_saves_total', 'Registry state files written (--state-dir), by result', ['result'], () => [
+    [{ result: 'ok' }, store?.saves ?? 0],
+    [{ result: 'error' }, store?.saveErrors ?? 0],
+  ]);
   gaugeFrom(register, 'udprepeater_replay_origins', 'Secure mode: origins with a replay window', [], () => [[{}, session()?.origins ?? 0]]);
   const started = Date.now();
   let status: StatusServer | null = null;
@@ -120,6 +135,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
       );
       log.info('status server listening', { address: config.metrics.text, port: status.port });
     } catch (err) {
+      store?.stop(repeater);
       repeater.close();
       throw err;
     }
@@ -134,10 +150,12 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
     reload: (next) =>
       reloads.run(async () => {
         const cfg = next();
+        if (cfg.stateDir !== config.stateDir) log.warn('--state-dir changes take effect at the next restart', { running: config.stateDir, configured: cfg.stateDir });
         await repeater.apply(cfg);
         log.configure(cfg.logLevel, cfg.logFormat);
       }),
     async close() {
+      store?.stop(repeater);
       repeater.close();
       if (status !== null) await status.close();
     },

@@ -23,6 +23,10 @@ export interface Entry<O extends Closable> {
   source: string | null;
   /** Sealed subscribers: the agent's origin id, so its own frames are not echoed back. */
   origin: bigint | null;
+  /** Unreachable errors (ICMP) since the last announce or resume. */
+  strikes: number;
+  /** While > 0: suspended (no sends) until this ms timestamp, or the next announce. */
+  suspendedUntil: number;
   readonly outlet: O;
 }
 
@@ -41,6 +45,10 @@ export type UpsertResult<O extends Closable> =
 export class Registry<O extends Closable> {
   private readonly entries = new Map<string, Entry<O>>();
   private dynamicCount = 0;
+  /** Bumped when an entry is added or removed. */
+  membership = 0;
+  /** Bumped when an entry is refreshed. */
+  refreshes = 0;
 
   constructor(
     private readonly open: (endpoint: Endpoint, form: Form, isStatic: boolean) => O,
@@ -71,11 +79,18 @@ export class Registry<O extends Closable> {
     if (existing !== undefined) {
       existing.lastSeen = now;
       existing.source = a.source;
+      this.refreshes++;
       // A static entry stays as the operator configured it.
       if (existing.isStatic) return { event: 'refresh', entry: existing };
       existing.deadline = now + this.toleranceMs;
       existing.key = a.key;
       if (a.origin !== undefined) existing.origin = a.origin;
+      // An announce proves the node is back: resume a suspended entry.
+      existing.strikes = 0;
+      if (existing.suspendedUntil !== 0) {
+        existing.suspendedUntil = 0;
+        this.onChange();
+      }
       if (existing.form === a.form) return { event: 'refresh', entry: existing };
       // The same address now wants the other form: replace its outlet.
       this.remove(a.endpoint.text);
@@ -128,10 +143,13 @@ export class Registry<O extends Closable> {
       deadline,
       source,
       origin,
+      strikes: 0,
+      suspendedUntil: 0,
       outlet: this.open(endpoint, form, isStatic),
     };
     this.entries.set(endpoint.text, entry);
     if (!isStatic) this.dynamicCount++;
+    this.membership++;
     this.onChange();
     return entry;
   }
@@ -141,6 +159,7 @@ export class Registry<O extends Closable> {
     if (e === undefined) return undefined;
     this.entries.delete(text);
     if (!e.isStatic) this.dynamicCount--;
+    this.membership++;
     e.outlet.close();
     this.onChange();
     return e;
@@ -152,6 +171,26 @@ export class Registry<O extends Closable> {
     for (const e of this.entries.values()) if (e.deadline <= now) gone.push(e);
     for (const e of gone) this.remove(e.endpoint.text);
     return gone;
+  }
+
+  /** Suspends an entry (no sends) until `until`, or its next announce. */
+  suspend(e: Entry<O>, until: number): void {
+    e.suspendedUntil = until;
+    this.onChange();
+  }
+
+  /** Resumes suspended entries whose time is up; returns them. */
+  resumeDue(now: number): Entry<O>[] {
+    const due: Entry<O>[] = [];
+    for (const e of this.entries.values()) {
+      if (e.suspendedUntil !== 0 && e.suspendedUntil <= now) {
+        e.suspendedUntil = 0;
+        e.strikes = 0;
+        due.push(e);
+      }
+    }
+    if (due.length > 0) this.onChange();
+    return due;
   }
 
   /** Removes every entry matching `pred`, returning them. */

@@ -167,6 +167,8 @@ export class Repeater {
     const chOpts: ChannelOptions = {
       maxSubscribers: next.limits.maxSubscribers,
       toleranceMs: next.toleranceMs,
+      deadAfter: next.limits.deadAfter,
+      deadRetryMs: next.limits.deadRetryMs,
       outlet: { sendQueue: next.limits.sendQueue, sendBuffer: next.sendBuffer },
       multicastTtl: next.multicastTtl,
       multicastInterface: next.multicastInterface,
@@ -176,7 +178,18 @@ export class Repeater {
     for (const [name, key] of wanted) {
       const ch = this.channels.get(name);
       if (ch !== undefined) ch.configure(key, chOpts);
-      else this.channels.set(name, new Channel(name, key, chOpts, (o, err) => this.onOutletError(o, err)));
+      else {
+        this.channels.set(
+          name,
+          new Channel(
+            name,
+            key,
+            chOpts,
+            (o, err) => this.onOutletError(o, err),
+            (c, e) => this.log.warn('subscriber suspended: unreachable', { channel: c.name, address: e.endpoint.text, strikes: e.strikes, until: new Date(e.suspendedUntil).toISOString() }),
+          ),
+        );
+      }
     }
     for (const [name, ch] of this.channels) {
       if (wanted.has(name)) continue;
@@ -237,6 +250,10 @@ export class Repeater {
 
   sweep(now: number): void {
     for (const ch of this.channels.values()) {
+      for (const e of ch.registry.resumeDue(now)) {
+        ch.stats.events[E.resume]++;
+        this.log.info('subscriber resumed', { channel: ch.name, address: e.endpoint.text });
+      }
       for (const e of ch.registry.sweep(now)) {
         ch.stats.events[E.expire]++;
         this.log.info('subscriber expired', { channel: ch.name, address: e.endpoint.text, key: e.key, lastSeen: new Date(e.lastSeen).toISOString() });

@@ -46,7 +46,7 @@ export const DROP_REASONS = [
 export type DropReason = (typeof DROP_REASONS)[number];
 export const D = indexOf(DROP_REASONS);
 
-export const EVENTS = ['subscribe', 'refresh', 'unsubscribe', 'expire', 'reject', 'evict', 'suspend'] as const;
+export const EVENTS = ['subscribe', 'refresh', 'unsubscribe', 'expire', 'reject', 'evict', 'suspend', 'resume'] as const;
 export type SubscriptionEvent = (typeof EVENTS)[number];
 export const E = indexOf(EVENTS);
 

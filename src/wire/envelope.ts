@@ -2,9 +2,7 @@
 // encoded with protobufjs. Decoding never throws: garbage inside a valid box
 // is reported as 'bad_payload'.
 
-import { join } from 'node:path';
-import protobuf from 'protobufjs';
-import { PACKAGE_ROOT } from '../ops/package.js';
+import { protoRoot } from './proto.js';
 
 export enum EnvelopeKind {
   CacheDatagram = 1,
@@ -23,11 +21,9 @@ export interface Envelope {
   readonly address: string | null;
 }
 
-export const PROTO_FILE = join(PACKAGE_ROOT, 'proto', 'udprepeater.proto');
-export const protoRoot = protobuf.loadSync(PROTO_FILE);
 const EnvelopeType = protoRoot.lookupType('udprepeater.Envelope');
 
-type LongLike = { low: number; high: number; unsigned: boolean } | number;
+export type LongLike = { low: number; high: number; unsigned: boolean } | number;
 
 export function longToBigint(v: LongLike | null | undefined): bigint {
   if (v === null || v === undefined) return 0n;

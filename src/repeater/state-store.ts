@@ -1,0 +1,154 @@
+// --state-dir: the subscriber registry survives restarts, so a restarted
+// repeater forwards to known subscribers at once instead of waiting for
+// their next announce. Restored entries keep their original deadlines.
+// Writes are atomic (temp file, fsync, rename, fsync of the directory) and
+// at most one per interval; a failing disk never affects forwarding.
+
+import { closeSync, constants, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, accessSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { ConfigError, describe } from '../ops/errors.js';
+import type { Logger } from '../ops/log.js';
+import { parseEndpoint } from '../wire/address.js';
+import { decodeState, encodeState, type RegistryState, type SavedSubscriber } from '../wire/state.js';
+import type { Repeater } from './repeater.js';
+
+export const STATE_FILE = 'registry.pb';
+
+export class StateStore {
+  readonly file: string;
+  saves = 0;
+  saveErrors = 0;
+  private timer: NodeJS.Timeout | null = null;
+  private savedMembership = -1;
+  private savedRefreshes = -1;
+  private lastSaveAt = 0;
+
+  /** Checks (creating if needed) that `dir` is a writable directory; refuses to start otherwise. */
+  constructor(
+    readonly dir: string,
+    private readonly log: Logger,
+  ) {
+    try {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      accessSync(dir, constants.W_OK | constants.X_OK);
+    } catch (err) {
+      throw new ConfigError(`--state-dir ${dir}: not a writable directory (${describe(err)})`);
+    }
+    this.file = join(dir, STATE_FILE);
+  }
+
+  /** Reads the saved registry; null when there is none or it is unreadable (logged). */
+  load(): RegistryState | null {
+    let buf: Buffer;
+    try {
+      buf = readFileSync(this.file);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn('cannot read saved state; starting empty', { file: this.file, error: describe(err) });
+      return null;
+    }
+    const state = decodeState(buf);
+    if (state === null) this.log.warn('saved state is corrupt; starting empty', { file: this.file });
+    return state;
+  }
+
+  /** Puts saved subscribers back into the repeater's channels. */
+  restore(repeater: Repeater, state: RegistryState, now = Date.now()): number {
+    let restored = 0;
+    for (const s of state.subscribers) {
+      const ch = repeater.channels.get(s.channel);
+      const ep = parseEndpoint(s.address);
+      if (ch === undefined || typeof ep === 'string' || !repeater.access.allows(ep.host)) continue;
+      const e = ch.registry.restore(
+        { endpoint: ep, key: s.key, form: s.sealed ? 'sealed' : 'plain', source: s.source, origin: s.sealed ? s.origin : null },
+        s.firstSeenMs,
+        s.lastSeenMs,
+        s.deadlineMs,
+        now,
+      );
+      if (e !== null) restored++;
+    }
+    this.log.info('restored subscribers from saved state', { file: this.file, saved: state.subscribers.length, restored, savedAt: new Date(state.savedAtMs).toISOString() });
+    return restored;
+  }
+
+  snapshot(repeater: Repeater, now = Date.now()): RegistryState {
+    const subscribers: SavedSubscriber[] = [];
+    for (const ch of repeater.channels.values()) {
+      for (const e of ch.registry.values()) {
+        if (e.isStatic) continue;
+        subscribers.push({
+          channel: ch.name,
+          address: e.endpoint.text,
+          key: e.key,
+          sealed: e.form === 'sealed',
+          firstSeenMs: e.firstSeen,
+          lastSeenMs: e.lastSeen,
+          deadlineMs: e.deadline,
+          source: e.source ?? '',
+          origin: e.origin ?? 0n,
+        });
+      }
+    }
+    return { savedAtMs: now, subscribers };
+  }
+
+  /**
+   * Writes the registry when subscribers came or went, or (at most every
+   * `refreshEveryMs`) when refreshes moved deadlines. Never throws.
+   */
+  save(repeater: Repeater, force = false, refreshEveryMs = 15_000): boolean {
+    let membership = 0;
+    let refreshes = 0;
+    for (const ch of repeater.channels.values()) {
+      membership += ch.registry.membership;
+      refreshes += ch.registry.refreshes;
+    }
+    const now = Date.now();
+    const changed = membership !== this.savedMembership;
+    const refreshed = refreshes !== this.savedRefreshes && now - this.lastSaveAt >= refreshEveryMs;
+    if (!force && !changed && !refreshed) return false;
+    try {
+      writeAtomically(this.file, Buffer.from(encodeState(this.snapshot(repeater, now))));
+      this.savedMembership = membership;
+      this.savedRefreshes = refreshes;
+      this.lastSaveAt = now;
+      this.saves++;
+      return true;
+    } catch (err) {
+      this.saveErrors++;
+      this.log.throttle('error', 'state-save', 'cannot save state; forwarding continues', { file: this.file, error: describe(err) }, 60_000);
+      return false;
+    }
+  }
+
+  /** Saves every `intervalMs` while running. */
+  start(repeater: Repeater, intervalMs = 1000): void {
+    this.timer = setInterval(() => this.save(repeater), intervalMs);
+    this.timer.unref();
+  }
+
+  stop(repeater: Repeater): void {
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+    this.save(repeater, true);
+  }
+}
+
+/** Replaces `file` with `data` so a crash leaves either the old or the new file, whole. */
+export function writeAtomically(file: string, data: Buffer): void {
+  const tmp = `${file}.tmp`;
+  const fd = openSync(tmp, 'w', 0o600);
+  try {
+    writeSync(fd, data);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  renameSync(tmp, file);
+  const dir = openSync(join(file, '..'), 'r');
+  try {
+    fsyncSync(dir);
+  } finally {
+    closeSync(dir);
+  }
+}

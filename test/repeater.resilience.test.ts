@@ -1,0 +1,163 @@
+// Dead subscribers are suspended; the registry survives restarts.
+
+import assert from 'node:assert/strict';
+import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, test } from 'node:test';
+import { STATE_FILE } from '../src/repeater/state-store.js';
+import { encodeCacheSet } from '../src/wire/cache.js';
+import { decodeState, encodeState } from '../src/wire/state.js';
+import { encodeSubscription } from '../src/wire/subscription.js';
+import { freePort, Receiver, Sender } from './helpers/net.js';
+import { startRepeater, type TestRepeater } from './helpers/repeater.js';
+
+const sender = Sender.open();
+const open: Array<{ close(): unknown }> = [];
+after(async () => {
+  for (const o of open.reverse()) await o.close();
+  sender.close();
+});
+async function repeater(args: string[]): Promise<TestRepeater> {
+  const r = await startRepeater(args);
+  open.push(r);
+  return r;
+}
+async function receiver(): Promise<Receiver> {
+  const r = await Receiver.open();
+  open.push(r);
+  return r;
+}
+const set = (k: string) => encodeCacheSet(Buffer.from(k), Buffer.from('v'), 0);
+const sub = (address: string) => encodeSubscription({ key: 'ssl', address });
+
+describe('dead subscribers', () => {
+  test('a subscriber answering with ICMP port unreachable is suspended, then resumed by its next announce', async () => {
+    const port = await freePort();
+    const r = await repeater(['--listen', '127.0.0.1:0', '--dead-after', '3', '--dead-retry', '600']);
+    const live = await receiver();
+    for (const a of [`127.0.0.1:${port}`, live.address]) {
+      const from = r.tap.length;
+      await sender.send(sub(a), r.port());
+      await r.tap.waitFor('subscribed', { address: a }, { from });
+    }
+    const ch = [...r.handle.repeater.channels.values()][0]!;
+    const dead = ch.registry.get(`127.0.0.1:${port}`)!;
+    // Keep sending, one datagram per delivery to the live one, until the suspension.
+    let n = 0;
+    while (dead.suspendedUntil === 0) {
+      assert.ok(n < 500, 'never suspended');
+      await sender.send(set(`k${n++}`), r.port());
+      await live.waitFor(n);
+    }
+    await r.tap.waitFor('subscriber suspended: unreachable', { address: `127.0.0.1:${port}` });
+    const sentWhenSuspended = dead.outlet.sent;
+    for (let i = 0; i < 50; i++) await sender.send(set(`after${i}`), r.port());
+    await live.waitFor(n + 50);
+    assert.equal(dead.outlet.sent, sentWhenSuspended, 'a suspended subscriber must cost no sends');
+    assert.equal(ch.stats.events[6], 1, 'one suspend event');
+    // The node comes back: a receiver on that port, and an announce.
+    const back = await Receiver.open('127.0.0.1', port);
+    open.push(back);
+    await sender.send(sub(`127.0.0.1:${port}`), r.port());
+    await r.tap.waitFor('refreshed', { address: `127.0.0.1:${port}` });
+    assert.equal(dead.suspendedUntil, 0);
+    await sender.send(set('resumed'), r.port());
+    assert.deepEqual(await back.next(), set('resumed'));
+  });
+
+  test('a suspension without an announce ends after --dead-retry (static outputs come back)', async () => {
+    const port = await freePort();
+    const r = await repeater(['--listen', '127.0.0.1:0', '--to', `127.0.0.1:${port}`, '--dead-after', '1', '--dead-retry', '0.2']);
+    const e = [...r.handle.repeater.channels.values()][0]!.registry.get(`127.0.0.1:${port}`)!;
+    for (let i = 0; i < 5 && e.suspendedUntil === 0; i++) {
+      await sender.send(set(`k${i}`), r.port());
+      await r.tap.waitFor('subscriber unreachable', {}, { ms: 2000 }).catch(() => undefined);
+    }
+    await r.tap.waitFor('subscriber suspended: unreachable', { address: `127.0.0.1:${port}` });
+    await r.tap.waitFor('subscriber resumed', { address: `127.0.0.1:${port}` });
+    const back = await Receiver.open('127.0.0.1', port);
+    open.push(back);
+    await sender.send(set('again'), r.port());
+    assert.deepEqual(await back.next(), set('again'));
+  });
+});
+
+describe('state across restarts', () => {
+  test('a restarted repeater forwards to known subscribers at once, with their original deadlines', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'udprepeater-state-'));
+    const port = await freePort();
+    const args = ['--listen', `127.0.0.1:${port}`, '--state-dir', dir, '--tolerance', '60'];
+    const first = await startRepeater(args);
+    const rx = await receiver();
+    await sender.send(sub(rx.address), port);
+    await first.tap.waitFor('subscribed', { address: rx.address });
+    const deadline = [...first.handle.repeater.channels.values()][0]!.registry.get(rx.address)!.deadline;
+    await first.close();
+    const saved = decodeState(readFileSync(join(dir, STATE_FILE)))!;
+    assert.deepEqual(saved.subscribers.map((s) => [s.address, s.key, s.deadlineMs]), [[rx.address, 'ssl', deadline]]);
+
+    const second = await repeater(args);
+    await second.tap.waitFor('restored subscribers from saved state', { restored: 1 });
+    const e = [...second.handle.repeater.channels.values()][0]!.registry.get(rx.address)!;
+    assert.equal(e.deadline, deadline, 'the original deadline, not a fresh one');
+    await sender.send(set('after-restart'), port);
+    assert.deepEqual(await rx.next(), set('after-restart'));
+  });
+
+  test('entries past their deadline, outside the allow-list, or of unknown channels are not restored', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'udprepeater-state-'));
+    const port = await freePort();
+    const channel = `127.0.0.1:${port}`;
+    const rx = await receiver();
+    const now = Date.now();
+    const entry = (address: string, deadlineMs: number, ch = channel) => ({
+      channel: ch, address, key: 'ssl', sealed: false, firstSeenMs: now - 5000, lastSeenMs: now - 1000, deadlineMs, source: '127.0.0.1', origin: 0n,
+    });
+    writeFileSync(
+      join(dir, STATE_FILE),
+      encodeState({
+        savedAtMs: now,
+        subscribers: [
+          entry(rx.address, now + 60_000),
+          entry('127.0.0.1:9', now - 1),
+          entry('10.1.2.3:4141', now + 60_000),
+          entry('127.0.0.1:10', now + 60_000, 'gone-channel'),
+        ],
+      }),
+    );
+    const r = await repeater(['--listen', channel, '--state-dir', dir]);
+    await r.tap.waitFor('restored subscribers from saved state', { saved: 4, restored: 1 });
+    await sender.send(set('restored'), port);
+    assert.deepEqual(await rx.next(), set('restored'));
+  });
+
+  test('a corrupt state file is reported and the repeater starts empty', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'udprepeater-state-'));
+    writeFileSync(join(dir, STATE_FILE), Buffer.from([0x12, 0xff, 0xff, 0x01]));
+    const r = await repeater(['--listen', '127.0.0.1:0', '--state-dir', dir]);
+    await r.tap.waitFor('saved state is corrupt; starting empty');
+  });
+
+  test('an unwritable state directory refuses the start, naming it', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'udprepeater-state-'));
+    const ro = join(dir, 'ro');
+    writeFileSync(ro, 'a file, not a directory');
+    await assert.rejects(startRepeater(['--listen', '127.0.0.1:0', '--state-dir', join(ro, 'sub')]), new RegExp(`--state-dir ${ro}/sub: not a writable directory`));
+  });
+
+  test('a state directory that becomes unwritable is reported and forwarding continues', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'udprepeater-state-'));
+    const r = await repeater(['--listen', '127.0.0.1:0', '--state-dir', dir]);
+    const rx = await receiver();
+    // Root ignores directory modes; a directory standing where the temp file goes fails for everyone.
+    const { mkdirSync } = await import('node:fs');
+    mkdirSync(join(dir, `${STATE_FILE}.tmp`));
+    chmodSync(dir, 0o500);
+    await sender.send(sub(rx.address), r.port());
+    await r.tap.waitFor('cannot save state; forwarding continues');
+    await sender.send(set('still'), r.port());
+    assert.deepEqual(await rx.next(), set('still'));
+    chmodSync(dir, 0o700);
+  });
+});
