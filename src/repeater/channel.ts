@@ -1,16 +1,20 @@
 // A channel: the subscribers that receive everything its listeners accept.
-// The hot path iterates a flat array snapshot of outlets, rebuilt only when
-// the registry changes, so subscription traffic never slows forwarding.
+// The hot path iterates flat snapshots of the outputs, rebuilt only when the
+// registry changes, so subscription traffic never slows forwarding. With the
+// native path, one call into C sends a datagram to every plain subscriber.
 
 import { isMulticast, type Endpoint } from '../wire/address.js';
-import { Outlet, type OutletErrorHandler, type OutletOptions } from './outlet.js';
+import { native } from './native.js';
+import { FULL_BUFFER, NativeOutlet, SENT } from './native-outlet.js';
+import { Outlet, type OutletErrorHandler, type OutletOptions, type OutputSocket } from './outlet.js';
 import { type Entry, type Form, Registry } from './registry.js';
 import { ChannelStats, D, E } from './stats.js';
 
 /** Errors that say the subscriber's address does not take datagrams. */
 const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN']);
 
-export type SuspendHandler = (ch: Channel, e: Entry<Outlet>) => void;
+export type Subscriber = Entry<OutputSocket>;
+export type SuspendHandler = (ch: Channel, e: Subscriber) => void;
 
 export interface ChannelOptions {
   readonly maxSubscribers: number;
@@ -24,23 +28,34 @@ export interface ChannelOptions {
   readonly multicastInterface: string | null;
 }
 
-export type Subscriber = Entry<Outlet>;
-
 /** Seals a datagram for the sealed subscribers of one channel key. */
 export interface FrameSealer {
   sealDatagram(channelKey: string, datagram: Buffer): Buffer | null;
 }
 
+/** Grows an Int32Array scratch buffer to at least n entries. */
+function atLeast(a: Int32Array<ArrayBuffer>, n: number): Int32Array<ArrayBuffer> {
+  return a.length >= n ? a : new Int32Array(Math.max(n, a.length * 2));
+}
+
 export class Channel {
   readonly stats = new ChannelStats();
-  readonly registry: Registry<Outlet>;
+  readonly registry: Registry<OutputSocket>;
   /** Subscriptions for another key are refused; null accepts any key. */
   key: string | null;
   /** TTLs of static multicast outputs, by endpoint text. */
   readonly staticTtl = new Map<string, number>();
 
-  private plain: Outlet[] = [];
+  /** Plain subscribers on native sockets, and their fds in the same order. */
+  private plainNative: NativeOutlet[] = [];
+  private plainFds = new Int32Array(8);
+  /** Plain subscribers on node:dgram sockets (no native path, or multicast). */
+  private plainJs: OutputSocket[] = [];
+  /** Sealed subscribers, grouped by key. */
   private sealed: Subscriber[] = [];
+  private scratchFds = new Int32Array(8);
+  private scratchOuts: NativeOutlet[] = [];
+  private errs = new Int32Array(8);
   private dirty = false;
 
   constructor(
@@ -55,7 +70,7 @@ export class Channel {
       this.strike(o, err);
       onOutletError?.(o, err);
     };
-    this.registry = new Registry<Outlet>(
+    this.registry = new Registry<OutputSocket>(
       (ep, _form, isStatic) => this.openOutlet(ep, isStatic, onError),
       () => (this.dirty = true),
       opts.maxSubscribers,
@@ -70,18 +85,27 @@ export class Channel {
     this.registry.toleranceMs = opts.toleranceMs;
   }
 
-  private openOutlet(ep: Endpoint, isStatic: boolean, onError?: OutletErrorHandler): Outlet {
+  private openOutlet(ep: Endpoint, isStatic: boolean, onError: OutletErrorHandler): OutputSocket {
     const o = this.opts;
-    const multicast = isStatic && isMulticast(ep.host);
-    const ttl = this.staticTtl.get(ep.text) ?? o.multicastTtl;
-    return new Outlet(ep, multicast ? { ...o.outlet, ttl, multicastInterface: o.multicastInterface } : o.outlet, onError);
+    if (isStatic && isMulticast(ep.host)) {
+      const ttl = this.staticTtl.get(ep.text) ?? o.multicastTtl;
+      return new Outlet(ep, { ...o.outlet, ttl, multicastInterface: o.multicastInterface }, onError);
+    }
+    if (native !== null) {
+      try {
+        return new NativeOutlet(ep, native, o.outlet.sendBuffer, onError);
+      } catch {
+        // e.g. EMFILE: fall back to node:dgram for this one rather than refuse it
+      }
+    }
+    return new Outlet(ep, o.outlet, onError);
   }
 
   /**
    * Counts an unreachable error against the subscriber; past the threshold
    * it is suspended instead of costing a send per datagram until it expires.
    */
-  private strike(o: Outlet, err: NodeJS.ErrnoException): void {
+  private strike(o: OutputSocket, err: NodeJS.ErrnoException): void {
     const e = this.registry.get(o.endpoint.text);
     if (e === undefined || e.outlet !== o || !UNREACHABLE.has(err.code ?? '')) return;
     e.strikes++;
@@ -93,23 +117,50 @@ export class Channel {
   }
 
   private rebuild(): void {
-    const plain: Outlet[] = [];
+    const plainNative: NativeOutlet[] = [];
+    const plainJs: OutputSocket[] = [];
     const sealed: Subscriber[] = [];
     for (const e of this.registry.values()) {
       if (e.suspendedUntil !== 0) continue;
-      if (e.form === 'plain') plain.push(e.outlet);
-      else sealed.push(e);
+      if (e.form === 'sealed') sealed.push(e);
+      else if (e.outlet instanceof NativeOutlet) plainNative.push(e.outlet);
+      else plainJs.push(e.outlet);
     }
     // Grouped by key so each distinct key is sealed once per datagram.
     sealed.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
-    this.plain = plain;
+    this.plainNative = plainNative;
+    this.plainFds = atLeast(this.plainFds, plainNative.length);
+    plainNative.forEach((o, i) => (this.plainFds[i] = o.fd));
+    this.plainJs = plainJs;
     this.sealed = sealed;
+    this.errs = atLeast(this.errs, Math.max(plainNative.length, sealed.length));
+    this.scratchFds = atLeast(this.scratchFds, sealed.length);
     this.dirty = false;
   }
 
   subscribersOf(form: Form): number {
     if (this.dirty) this.rebuild();
-    return form === 'plain' ? this.plain.length : this.sealed.length;
+    return form === 'plain' ? this.plainNative.length + this.plainJs.length : this.sealed.length;
+  }
+
+  /** One native call for `n` outlets whose fds are in `fds`; settles each. */
+  private sendNative(outs: readonly NativeOutlet[], fds: Int32Array, n: number, buf: Buffer): number {
+    const failures = native!.sendEach(fds, n, buf, this.errs);
+    if (failures === 0) {
+      for (let i = 0; i < n; i++) {
+        const o = outs[i]!;
+        o.sent++;
+        o.bytes += buf.length;
+      }
+      return n;
+    }
+    let sent = 0;
+    for (let i = 0; i < n; i++) {
+      const r = outs[i]!.settle(this.errs[i]!, buf.length);
+      if (r === SENT) sent++;
+      else this.stats.dropped[r === FULL_BUFFER ? D.queue_full : D.send_error]++;
+    }
+    return sent;
   }
 
   /**
@@ -117,39 +168,65 @@ export class Channel {
    * original, delete-repaired) to plain subscribers; to sealed ones, a frame
    * of `original` sealed once per subscriber key, skipping the subscriber
    * whose origin is `origin` (a frame never goes back where it came from).
+   * `stable` says `plainOut` may be kept after this call returns; node:dgram
+   * outlets may queue it, so they get a copy of a volatile one.
    * Returns the number of copies handed to the kernel.
    */
-  forward(plainOut: Buffer, original: Buffer, sealer: FrameSealer | null, origin: bigint | null): number {
+  forward(plainOut: Buffer, original: Buffer, sealer: FrameSealer | null, origin: bigint | null, stable = true): number {
     if (this.dirty) this.rebuild();
     const st = this.stats;
-    const outs = this.plain;
     let sent = 0;
-    for (let i = 0; i < outs.length; i++) {
-      if (outs[i]!.send(plainOut)) sent++;
-      else st.dropped[D.queue_full]++;
+    const nn = this.plainNative.length;
+    if (nn > 0) sent += this.sendNative(this.plainNative, this.plainFds, nn, plainOut);
+    const js = this.plainJs;
+    if (js.length > 0) {
+      const buf = stable ? plainOut : Buffer.from(plainOut);
+      for (let i = 0; i < js.length; i++) {
+        if (js[i]!.send(buf)) sent++;
+        else st.dropped[D.queue_full]++;
+      }
     }
     st.bytesForwarded += sent * plainOut.length;
     const sealed = this.sealed;
-    if (sealed.length > 0 && sealer !== null) {
-      let key: string | null = null;
-      let frame: Buffer | null = null;
-      for (let i = 0; i < sealed.length; i++) {
+    if (sealed.length > 0 && sealer !== null) sent += this.forwardSealed(sealed, original, sealer, origin);
+    st.forwarded += sent;
+    if (nn === 0 && js.length === 0 && sealed.length === 0) st.dropped[D.no_subscribers]++;
+    return sent;
+  }
+
+  /** Sealed subscribers: one frame per key group, batched into one native call per group. */
+  private forwardSealed(sealed: readonly Subscriber[], original: Buffer, sealer: FrameSealer, origin: bigint | null): number {
+    const st = this.stats;
+    let sent = 0;
+    let i = 0;
+    while (i < sealed.length) {
+      const key = sealed[i]!.key;
+      let frame: Buffer | null | undefined;
+      let n = 0;
+      const outs = this.scratchOuts;
+      outs.length = 0;
+      for (; i < sealed.length && sealed[i]!.key === key; i++) {
         const s = sealed[i]!;
         if (origin !== null && s.origin === origin) continue;
-        if (s.key !== key) {
-          key = s.key;
-          frame = sealer.sealDatagram(key, original);
-        }
+        if (frame === undefined) frame = sealer.sealDatagram(key, original);
         if (frame === null) {
           st.dropped[D.too_large]++;
+          continue;
+        }
+        if (s.outlet instanceof NativeOutlet) {
+          this.scratchFds[n++] = s.outlet.fd;
+          outs.push(s.outlet);
         } else if (s.outlet.send(frame)) {
           sent++;
           st.bytesForwarded += frame.length;
         } else st.dropped[D.queue_full]++;
       }
+      if (n > 0 && frame) {
+        const ok = this.sendNative(outs, this.scratchFds, n, frame);
+        sent += ok;
+        st.bytesForwarded += ok * frame.length;
+      }
     }
-    st.forwarded += sent;
-    if (outs.length === 0 && sealed.length === 0) st.dropped[D.no_subscribers]++;
     return sent;
   }
 

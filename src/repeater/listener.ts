@@ -4,6 +4,8 @@
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import type { ListenerConfig } from '../ops/serve-config.js';
 import type { Endpoint } from '../wire/address.js';
+import { native } from './native.js';
+import { NativeListener } from './native-listener.js';
 
 export interface ListenerOptions {
   readonly recvBuffer: number;
@@ -11,6 +13,32 @@ export interface ListenerOptions {
 }
 
 export type DatagramHandler = (msg: Buffer, rinfo: RemoteInfo) => void;
+
+/** A bound listener socket, native or node:dgram. */
+export interface DatagramListener {
+  readonly config: ListenerConfig;
+  /** The address actually bound (differs from the config when port 0 was asked). */
+  readonly bound: string;
+  readonly port: number;
+  onError(handler: (err: Error) => void): void;
+  close(): void;
+}
+
+/**
+ * Opens a listener: on the native path when it is available (unicast only),
+ * else with node:dgram. `stable` tells whether datagrams handed to the
+ * handler may be kept after it returns.
+ */
+export async function openListener(
+  config: ListenerConfig,
+  opts: ListenerOptions,
+  onMessage: DatagramHandler,
+): Promise<{ listener: DatagramListener; stable: boolean }> {
+  if (native !== null && !config.multicast) {
+    return { listener: new NativeListener(config, native, opts, onMessage), stable: false };
+  }
+  return { listener: await Listener.open(config, opts, onMessage), stable: true };
+}
 
 /** Binds a UDP socket for `ep` and resolves once it is listening. */
 export function bindUdp(
@@ -45,7 +73,7 @@ export function bindUdp(
   });
 }
 
-export class Listener {
+export class Listener implements DatagramListener {
   private constructor(
     readonly config: ListenerConfig,
     private readonly socket: Socket,

@@ -16,11 +16,28 @@ export interface OutletOptions {
   readonly multicastInterface?: string | null;
 }
 
-export type OutletErrorHandler = (outlet: Outlet, err: NodeJS.ErrnoException) => void;
+/** What the channel needs of a subscriber's socket, native or node:dgram. */
+export interface OutputSocket {
+  readonly endpoint: Endpoint;
+  /** The native socket, or -1 for a node:dgram one. */
+  readonly fd: number;
+  sent: number;
+  bytes: number;
+  dropped: number;
+  errors: number;
+  lastError: string | null;
+  lastErrorAt: number;
+  /** Sends one copy; false when it was dropped. Never throws. */
+  send(buf: Buffer): boolean;
+  close(): void;
+}
+
+export type OutletErrorHandler = (outlet: OutputSocket, err: NodeJS.ErrnoException) => void;
 /** Datagrams the peer sends back on a connected socket (only the agent listens to them). */
 export type OutletMessageHandler = (msg: Buffer) => void;
 
-export class Outlet {
+export class Outlet implements OutputSocket {
+  readonly fd = -1;
   sent = 0;
   bytes = 0;
   /** Copies dropped because the queue was full (or the socket not yet connected and full). */

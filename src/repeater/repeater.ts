@@ -10,8 +10,8 @@ import { decodeSubscription } from '../wire/subscription.js';
 import { checkHeader, MODIFIER1_CACHE, MODIFIER1_SUBSCRIPTION } from '../wire/uwsgi.js';
 import { AccessList } from './acl.js';
 import { Channel, type ChannelOptions, type FrameSealer } from './channel.js';
-import { Listener } from './listener.js';
-import type { Outlet } from './outlet.js';
+import { type DatagramListener, openListener } from './listener.js';
+import type { OutputSocket } from './outlet.js';
 import { RateLimiter } from './ratelimit.js';
 import { D, E, FANOUT_BUCKETS, FastHistogram, K } from './stats.js';
 import { OwnAddresses, type SignatureCheck, SubscriptionDesk } from './subscriptions.js';
@@ -20,7 +20,9 @@ import { OwnAddresses, type SignatureCheck, SubscriptionDesk } from './subscript
 interface Route {
   config: ListenerConfig;
   channel: Channel;
-  readonly listener: Listener;
+  readonly listener: DatagramListener;
+  /** False when datagrams are views into a native receive arena. */
+  readonly stable: boolean;
 }
 
 /** Secure mode as the repeater sees it: built per config by a hook. */
@@ -129,12 +131,12 @@ export class Repeater {
           continue;
         }
         const route = { config: lc } as Route;
-        const listener = await Listener.open(
+        const { listener, stable } = await openListener(
           lc,
           { recvBuffer: next.recvBuffer, multicastInterface: next.multicastInterface },
           (msg, rinfo) => this.onDatagram(route, msg, rinfo),
         );
-        (route as { listener: Listener }).listener = listener;
+        Object.assign(route, { listener, stable });
         listener.onError((err) => {
           this.socketErrors++;
           this.log.throttle('warn', `listener:${lc.endpoint.text}`, 'listener socket error', { address: lc.endpoint.text, error: err.message });
@@ -262,7 +264,7 @@ export class Repeater {
     this.limiter.sweep(now);
   }
 
-  private onOutletError(o: Outlet, err: NodeJS.ErrnoException): void {
+  private onOutletError(o: OutputSocket, err: NodeJS.ErrnoException): void {
     this.socketErrors++;
     this.log.throttle('warn', `outlet:${o.endpoint.text}`, 'subscriber unreachable', { address: o.endpoint.text, error: err.code ?? err.message });
   }
@@ -292,7 +294,8 @@ export class Repeater {
     if (kind === K.set || kind === K.delete) {
       const cmd = classifyCacheUpdate(msg);
       if (typeof cmd === 'number') {
-        this.forward(ch, msg, cmd === CACHE_DELETE && this.config.repairDeletes ? repairDelete(msg) : msg, t0);
+        const out = cmd === CACHE_DELETE && this.config.repairDeletes ? repairDelete(msg) : msg;
+        this.forward(ch, msg, out, t0, null, route.stable || out !== msg);
         return;
       }
       if (!this.config.forwardUnknown) {
@@ -303,7 +306,7 @@ export class Repeater {
       if (this.onSubscription(ch, msg, rinfo.address) || !this.config.forwardUnknown) return;
     }
     if (this.config.forwardUnknown) {
-      this.forward(ch, msg, msg, t0);
+      this.forward(ch, msg, msg, t0, null, route.stable);
       return;
     }
     const bad = checkHeader(msg);
@@ -314,8 +317,8 @@ export class Repeater {
    * Forwards an accepted datagram to every subscriber of `ch`: plain ones get
    * `plainOut` (repaired), sealed ones a frame of `original`.
    */
-  forward(ch: Channel, original: Buffer, plainOut: Buffer, t0: number, origin: bigint | null = null): void {
-    if (ch.forward(plainOut, original, this.sealed, origin) > 0) this.fanout.observe((performance.now() - t0) / 1000);
+  forward(ch: Channel, original: Buffer, plainOut: Buffer, t0: number, origin: bigint | null = null, stable = true): void {
+    if (ch.forward(plainOut, original, this.sealed, origin, stable) > 0) this.fanout.observe((performance.now() - t0) / 1000);
   }
 
   /**

@@ -72,7 +72,11 @@ export class UwsgiSignatureCheck implements SignatureCheck {
     }
     if (!ok) return 'bad_signature';
     if (Math.abs(nowMs / 1000 - sub.unix) > this.cfg.tolerance) return 'stale_signature';
-    const id = `${sub.key}\0${sub.address}`;
+    // Subscribes and unsubscribes keep separate clocks: uWSGI signs its
+    // unsubscribe with unix = now + 1, and a node restarted within that
+    // second must still be able to subscribe again. Each kind must grow, so
+    // neither a captured announce nor a captured goodbye can be replayed.
+    const id = `${sub.unsubscribe ? 'u' : 's'}\0${sub.key}\0${sub.address}`;
     const last = this.lastUnix.get(id);
     if (last !== undefined && sub.unix <= last) return 'stale_signature';
     if (this.lastUnix.size >= CACHE_LIMIT * 16) this.lastUnix.delete(this.lastUnix.keys().next().value as string);
