@@ -13,7 +13,7 @@ export interface OptionSpec {
   readonly arg?: string;
   readonly short?: string;
   readonly default?: string | number | boolean | readonly string[];
-  /** Boolean options that default to true are spelled `--no-NAME` on the CLI. */
+  /** Boolean options that default to true are spelled `--no-NAME` on the CLI; `help` then describes --no-NAME. */
   readonly negatable?: boolean;
   /** Not accepted in a config file (e.g. the config path itself). */
   readonly cliOnly?: boolean;
@@ -58,7 +58,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
   { name: 'send-queue', kind: 'int', arg: 'N', default: 256, help: 'datagrams queued in memory per subscriber when its socket buffer is full; past it they are dropped' },
   { name: 'dead-after', kind: 'int', arg: 'N', default: 3, help: 'suspend a subscriber after N unreachable errors (ICMP) until it announces again or --dead-retry passes (0: never)' },
   { name: 'dead-retry', kind: 'number', arg: 'SECONDS', default: 30, help: 'how long a suspension lasts without an announce (static outputs are retried after it)' },
-  { name: 'repair-deletes', kind: 'bool', default: true, negatable: true, help: 'forward deletes in the padded form uWSGI applies (--no-repair-deletes forwards them as received)' },
+  { name: 'repair-deletes', kind: 'bool', default: true, negatable: true, help: 'forward deletes byte for byte instead of in the padded form uWSGI applies (uWSGI ignores its own unpadded deletes)' },
   { name: 'forward-unknown', kind: 'bool', default: false, help: 'forward every datagram that is not a valid subscription, opaquely (generic fan-out)' },
   { name: 'multicast-ttl', kind: 'int', arg: 'N', default: 1, help: 'default TTL of multicast --to outputs' },
   ...network,
@@ -78,7 +78,7 @@ export const AGENT_OPTIONS: readonly OptionSpec[] = [
   { name: 'bind', kind: 'string', arg: 'ADDR', help: 'local address (and port) of the socket that talks to the repeaters; frames come back to it (default: any address, any port)' },
   { name: 'advertise', kind: 'string', arg: 'ADDR', help: "address the repeater should send to (default: where the agent's frames come from, which works through NAT)" },
   { name: 'subscribe-interval', kind: 'number', arg: 'SECONDS', default: 10, help: 'how often the agent re-announces its subscription (keep it well under the repeater --tolerance)' },
-  { name: 'repair-deletes', kind: 'bool', default: true, negatable: true, help: 'deliver deletes in the padded form uWSGI applies' },
+  { name: 'repair-deletes', kind: 'bool', default: true, negatable: true, help: 'deliver deletes byte for byte instead of in the padded form uWSGI applies' },
   { name: 'send-queue', kind: 'int', arg: 'N', default: 256, help: 'datagrams queued in memory per socket when its buffer is full; past it they are dropped' },
   ...network,
   ...sealing,
