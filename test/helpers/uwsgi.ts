@@ -4,6 +4,12 @@
 // two lines of config PROTOCOL.md says a node needs. Tests drive the cache
 // over the node's HTTP socket.
 //
+// Variants (NodeOptions): a node behind an agent sends its cache updates to
+// the agent (`cacheNode`) and subscribes nowhere (`subscribeTo: []`); a node
+// of a signed-subscription setup adds `sign=DIGEST:/path/private.pem` to each
+// subscribe2; a node may announce to several servers (e.g. the repeater and a
+// test socket that records the exact datagrams uWSGI sends).
+//
 // Lifetime: every node runs in its own process group (so SIGKILL reaches the
 // worker too) and, where setpriv exists, with a parent-death signal, so no
 // uWSGI process outlives the test process even if that is SIGKILLed. Every
@@ -106,8 +112,25 @@ function installExitHooks(): void {
 // ---- a node ----
 
 export interface NodeOptions {
-  /** The repeater, `host:port`: the node's only cache-udp-node and subscription server. */
-  readonly repeater: string;
+  /**
+   * The repeater, `host:port`: by default the node's only cache-udp-node and
+   * subscription server. Optional when `cacheNode` is given.
+   */
+  readonly repeater?: string;
+  /** Where the node sends its cache updates (cache2 `node=`); default: the repeater. */
+  readonly cacheNode?: string;
+  /**
+   * Subscription servers, one subscribe2 line each (same key and addr);
+   * default: the repeater. `[]` sends no subscriptions (a node behind an agent).
+   */
+  readonly subscribeTo?: readonly string[];
+  /** `DIGEST:/path/private.pem`: every subscribe2 gets `sign=` (signed subscriptions). */
+  readonly sign?: string;
+  /**
+   * With false the node runs without --die-on-term, so SIGTERM is uWSGI's
+   * default brutal reload (unsubscribe, re-exec, subscribe again). Default true.
+   */
+  readonly dieOnTerm?: boolean;
   /** A label for messages. */
   readonly name?: string;
   readonly cache?: string;
@@ -204,6 +227,9 @@ export class UwsgiNode {
   }
 
   private static async spawn(opts: NodeOptions): Promise<UwsgiNode> {
+    const cacheNode = opts.cacheNode ?? opts.repeater;
+    if (cacheNode === undefined) throw new Error('UwsgiNode.start needs a repeater or a cacheNode');
+    const servers = opts.subscribeTo ?? (opts.repeater === undefined ? [] : [opts.repeater]);
     installExitHooks();
     const cache = opts.cache ?? 'ssl';
     const httpPort = await freePort();
@@ -214,7 +240,7 @@ export class UwsgiNode {
       '--plugin', 'python3',
       '--strict',
       '--master',
-      '--die-on-term',
+      ...(opts.dieOnTerm === false ? [] : ['--die-on-term']),
       // The worker dies with its master (PR_SET_PDEATHSIG), and a worker whose
       // log pipe is gone (test process killed) must not spin on SIGPIPE.
       '--no-orphans',
@@ -224,8 +250,8 @@ export class UwsgiNode {
       '--http-socket', `127.0.0.1:${httpPort}`,
       '--wsgi-file', CACHE_APP,
       '--env', `CACHEAPP_CACHE=${cache}`,
-      '--cache2', `name=${cache},items=${opts.items ?? 1000},blocksize=${opts.blocksize ?? 4096},udp=${udp},node=${opts.repeater}`,
-      '--subscribe2', `server=${opts.repeater},key=${cache},addr=${udp}`,
+      '--cache2', `name=${cache},items=${opts.items ?? 1000},blocksize=${opts.blocksize ?? 4096},udp=${udp},node=${cacheNode}`,
+      ...servers.flatMap((server) => ['--subscribe2', `server=${server},key=${cache},addr=${udp}${opts.sign === undefined ? '' : `,sign=${opts.sign}`}`]),
       '--subscribe-freq', String(opts.subscribeFreq ?? 1),
       ...(opts.extraArgs ?? []),
     ];
@@ -346,7 +372,16 @@ export class UwsgiNode {
     });
   }
 
-  // ---- stopping ----
+  // ---- signals and stopping ----
+
+  /**
+   * Sends `sig` to the master only. SIGTERM on a node started with
+   * `dieOnTerm: false` is uWSGI's brutal reload: the master unsubscribes,
+   * re-execs itself (same pid, same output pipes) and subscribes again.
+   */
+  signal(sig: NodeJS.Signals): void {
+    if (this.running) this.child.kill(sig);
+  }
 
   /** Clean stop: SIGINT to the master (it unsubscribes), then waits for the exit; SIGKILL past `ms`. */
   async stop(ms = UWSGI_STOP_MS): Promise<Exit> {
