@@ -136,6 +136,10 @@ describe('running daemon', () => {
     assert.equal(mine['static'], false);
     assert.equal(mine['datagrams'], 3);
     assert.equal(subs.filter((s) => s['static'] === true).length, 2);
+    await sender.send(encodeSubscription({ key: 'ssl', address: '10.9.9.9:4141' }), port);
+    await d.log.waitFor('subscription refused', { reason: 'address_not_allowed' });
+    const refusals = JSON.parse((await get(mport, '/refusals')).body) as Array<Record<string, unknown>>;
+    assert.deepEqual(refusals.map((r) => [r['reason'], r['address'], r['key']]), [['address_not_allowed', '10.9.9.9:4141', 'ssl']]);
     const health = JSON.parse((await get(mport, '/healthz')).body) as Record<string, unknown>;
     assert.equal(health['status'], 'ok');
     assert.equal((await get(mport, '/nope')).status, 404);

@@ -130,6 +130,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
             keys: repeater.sealedPath?.keyIds() ?? [],
           }),
           '/subscribers': () => subscribersView(repeater),
+          '/refusals': () => repeater.subscriptions.recent(),
         },
         log,
       );

@@ -51,8 +51,34 @@ export class OwnAddresses {
   }
 }
 
+/** One refused subscription, kept for /refusals (logs are throttled per reason). */
+export interface Refusal {
+  readonly at: string;
+  readonly channel: string;
+  readonly reason: DropReason;
+  readonly source: string;
+  readonly key: string | null;
+  readonly address: string | null;
+}
+
+const RECENT = 100;
+
 export class SubscriptionDesk {
+  private readonly ring: Refusal[] = [];
+  private next = 0;
+
   constructor(private deps: DeskDeps) {}
+
+  /** The last refusals, oldest first. */
+  recent(): Refusal[] {
+    return [...this.ring.slice(this.next), ...this.ring.slice(0, this.next)];
+  }
+
+  private remember(r: Refusal): void {
+    if (this.ring.length < RECENT) this.ring.push(r);
+    else this.ring[this.next] = r;
+    this.next = (this.next + 1) % RECENT;
+  }
 
   configure(deps: DeskDeps): void {
     this.deps = deps;
@@ -65,6 +91,7 @@ export class SubscriptionDesk {
   apply(ch: Channel, sub: Subscription, form: Form, source: string, now: number, origin: bigint | null = null): DropReason | null {
     const { log } = this.deps;
     const refused = this.vet(ch, sub, now);
+    // Logs are throttled per reason; /refusals keeps every recent one.
     if (typeof refused === 'string') {
       this.reject(ch, refused, sub, source);
       return refused;
@@ -93,12 +120,14 @@ export class SubscriptionDesk {
   refuse(ch: Channel, reason: DropReason, source: string): void {
     ch.stats.dropped[D[reason]]++;
     ch.stats.events[E.reject]++;
+    this.remember({ at: new Date().toISOString(), channel: ch.name, reason, source, key: null, address: null });
     this.deps.log.throttle('warn', `refuse:${reason}`, 'subscription refused', { channel: ch.name, reason, source });
   }
 
   private reject(ch: Channel, reason: DropReason, sub: Subscription, source: string): void {
     ch.stats.dropped[D[reason]]++;
     ch.stats.events[E.reject]++;
+    this.remember({ at: new Date().toISOString(), channel: ch.name, reason, source, key: sub.key, address: sub.address });
     this.deps.log.throttle('warn', `reject:${reason}`, 'subscription refused', {
       channel: ch.name,
       reason,
