@@ -4,11 +4,11 @@ import type { Registry } from 'prom-client';
 import { sodiumReady } from '../crypto/secretbox.js';
 import { SecureSession } from '../crypto/session.js';
 import { buildAgentConfig, type AgentConfig } from '../ops/agent-config.js';
-import { StatusServer } from '../ops/http.js';
-import { installCrashLog, Reloads, untilSignal } from '../ops/lifecycle.js';
+import { type StatusServer, startStatus } from '../ops/http.js';
+import { Reloads, runDaemon } from '../ops/lifecycle.js';
 import { type Invocation, loadConfig } from '../ops/load.js';
-import { Logger } from '../ops/log.js';
-import { counterFrom, gaugeFrom, newRegistry, OpsMetrics, registerChannelMetrics } from '../ops/metrics.js';
+import type { Logger } from '../ops/log.js';
+import { counterFrom, newRegistry, OpsMetrics, registerChannelMetrics, registerKeyMetrics } from '../ops/metrics.js';
 import { AGENT_OPTIONS } from '../ops/options.js';
 import { VERSION } from '../ops/package.js';
 import { Agent } from './agent.js';
@@ -38,35 +38,24 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
     agent.fanout,
   );
   counterFrom(register, 'udprepeater_agent_announces_total', 'Sealed subscription announces sent to the repeaters', [], () => [[{}, agent.announcesSent]]);
-  gaugeFrom(register, 'udprepeater_agent_keys', 'Keys in the ring, by role', ['role'], () => [
-    [{ role: 'sealing' }, 1],
-    [{ role: 'opening' }, agent.keyIds.length],
-  ]);
+  registerKeyMetrics(register, 'udprepeater_agent_keys', () => agent.keyIds);
   const ops = new OpsMetrics(register, 'udprepeater_agent', VERSION);
-  let status: StatusServer | null = null;
-  if (config.metrics !== null) {
-    try {
-      status = await StatusServer.listen(
-        config.metrics,
-        register,
-        {
-          '/healthz': () => ({
-            status: 'ok',
-            version: VERSION,
-            channelKey: agent.current.channelKey,
-            origin: s.origin.toString(16),
-            keys: agent.keyIds,
-            links: agent.repeaterLinks(),
-          }),
-        },
-        log,
-      );
-      log.info('status server listening', { address: config.metrics.text, port: status.port });
-    } catch (err) {
-      await agent.stop();
-      throw err;
-    }
-  }
+  const status = await startStatus(
+    config.metrics,
+    register,
+    {
+      '/healthz': () => ({
+        status: 'ok',
+        version: VERSION,
+        channelKey: agent.current.channelKey,
+        origin: s.origin.toString(16),
+        keys: agent.keyIds,
+        links: agent.repeaterLinks(),
+      }),
+    },
+    log,
+    () => agent.stop(),
+  );
   const reloads = new Reloads(log, (ok) => ops.reloaded(ok));
   return {
     agent,
@@ -86,19 +75,6 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
   };
 }
 
-export async function runAgent(inv: Invocation): Promise<void> {
-  const load = () => loadConfig(inv, AGENT_OPTIONS, buildAgentConfig);
-  const config = load();
-  const log = new Logger(config.logLevel, config.logFormat);
-  installCrashLog(log);
-  const handle = await startAgent(config, log);
-  process.on('SIGHUP', () => {
-    log.info('SIGHUP: reloading', { config: inv.configFile });
-    void handle.reload(load);
-  });
-  const stopped = untilSignal(log);
-  log.info('udprepeater agent running', { version: VERSION, pid: process.pid, config: inv.configFile });
-  await stopped;
-  await handle.close();
-  log.info('udprepeater agent stopped');
+export function runAgent(inv: Invocation): Promise<void> {
+  return runDaemon('udprepeater agent', 'running', inv.configFile, () => loadConfig(inv, AGENT_OPTIONS, buildAgentConfig), (c, log) => startAgent(c, log));
 }

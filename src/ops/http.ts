@@ -63,3 +63,26 @@ export class StatusServer {
     });
   }
 }
+
+/**
+ * Starts the status server when an address is configured, logging where it
+ * listens; on failure runs `cleanup` (the daemon's half-started parts) and
+ * rethrows.
+ */
+export async function startStatus(
+  ep: Endpoint | null,
+  register: Registry,
+  views: Record<string, JsonView>,
+  log: Logger,
+  cleanup: () => unknown,
+): Promise<StatusServer | null> {
+  if (ep === null) return null;
+  try {
+    const status = await StatusServer.listen(ep, register, views, log);
+    log.info('status server listening', { address: ep.text, port: status.port });
+    return status;
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+}

@@ -1,7 +1,9 @@
 // Process lifecycle shared by the daemons: signals and last-resort logging.
 
 import { describe } from './errors.js';
-import type { Logger } from './log.js';
+import { Logger } from './log.js';
+import { VERSION } from './package.js';
+import type { LogFormat, LogLevel } from './serve-config.js';
 
 /** Resolves on the first SIGTERM or SIGINT. */
 export function untilSignal(log: Logger): Promise<void> {
@@ -54,4 +56,36 @@ export class Reloads {
     this.chain = next;
     return next;
   }
+}
+
+export interface Running<C> {
+  reload(config: () => C): Promise<boolean>;
+  close(): Promise<void>;
+}
+
+/**
+ * Runs a daemon until SIGTERM/SIGINT; SIGHUP reloads its config through
+ * `load`. Signal handlers go in before `<name> <startedWord>` is logged: a
+ * supervisor may signal the moment it reads that line.
+ */
+export async function runDaemon<C extends { logLevel: LogLevel; logFormat: LogFormat }>(
+  name: string,
+  startedWord: string,
+  configFile: string | null,
+  load: () => C,
+  start: (config: C, log: Logger) => Promise<Running<C>>,
+): Promise<void> {
+  const config = load();
+  const log = new Logger(config.logLevel, config.logFormat);
+  installCrashLog(log);
+  const handle = await start(config, log);
+  process.on('SIGHUP', () => {
+    log.info('SIGHUP: reloading', { config: configFile });
+    void handle.reload(load);
+  });
+  const stopped = untilSignal(log);
+  log.info(`${name} ${startedWord}`, { version: VERSION, pid: process.pid, config: configFile });
+  await stopped;
+  await handle.close();
+  log.info(`${name} stopped`);
 }

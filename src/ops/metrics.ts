@@ -144,3 +144,14 @@ export function newRegistry(): Registry {
   collectDefaultMetrics({ register });
   return register;
 }
+
+/** Secure mode's key ring size: one sealing key, every key opens. */
+export function registerKeyMetrics(register: Registry, name: string, ids: () => readonly string[]): void {
+  gaugeFrom(register, name, 'Keys in the ring, by role', ['role'], () => {
+    const n = ids().length;
+    return [
+      [{ role: 'sealing' }, n > 0 ? 1 : 0],
+      [{ role: 'opening' }, n],
+    ];
+  });
+}

@@ -1,11 +1,11 @@
 // `udprepeater serve`: wires config, repeater, metrics and signals together.
 
 import type { Registry } from 'prom-client';
-import { installCrashLog, Reloads, untilSignal } from '../ops/lifecycle.js';
-import { StatusServer } from '../ops/http.js';
+import { Reloads, runDaemon } from '../ops/lifecycle.js';
+import { type StatusServer, startStatus } from '../ops/http.js';
 import { type Invocation, loadConfig } from '../ops/load.js';
-import { Logger } from '../ops/log.js';
-import { counterFrom, gaugeFrom, newRegistry, OpsMetrics, registerChannelMetrics, registerSubscriptionMetrics } from '../ops/metrics.js';
+import type { Logger } from '../ops/log.js';
+import { counterFrom, gaugeFrom, newRegistry, OpsMetrics, registerChannelMetrics, registerKeyMetrics, registerSubscriptionMetrics } from '../ops/metrics.js';
 import { SERVE_OPTIONS } from '../ops/options.js';
 import { VERSION } from '../ops/package.js';
 import { buildServeConfig, type ServeConfig } from '../ops/serve-config.js';
@@ -100,13 +100,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   registerSubscriptionMetrics(register, channels);
   const ops = new OpsMetrics(register, 'udprepeater', VERSION);
   const session = 'session' in h ? (h as { session(): SecureSession | null }).session : () => null;
-  gaugeFrom(register, 'udprepeater_keys', 'Secure mode: keys in the ring, by role', ['role'], () => {
-    const ids = repeater.sealedPath?.keyIds() ?? [];
-    return [
-      [{ role: 'sealing' }, ids.length > 0 ? 1 : 0],
-      [{ role: 'opening' }, ids.length],
-    ];
-  });
+  registerKeyMetrics(register, 'udprepeater_keys', () => repeater.sealedPath?.keyIds() ?? []);
   counterFrom(register, 'udprepeater_sealed_frames_total', 'Secure mode: frames sealed (once per datagram and subscriber key)', [], () => [[{}, session()?.sealed ?? 0]]);
   counterFrom(register, 'udprepeater_state_saves_total', 'Registry state files written (--state-dir), by result', ['result'], () => [
     [{ result: 'ok' }, store?.saves ?? 0],
@@ -114,33 +108,27 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   ]);
   gaugeFrom(register, 'udprepeater_replay_origins', 'Secure mode: origins with a replay window', [], () => [[{}, session()?.origins ?? 0]]);
   const started = Date.now();
-  let status: StatusServer | null = null;
-  if (config.metrics !== null) {
-    try {
-      status = await StatusServer.listen(
-        config.metrics,
-        register,
-        {
-          '/healthz': () => ({
-            status: 'ok',
-            version: VERSION,
-            uptimeSeconds: Math.round((Date.now() - started) / 1000),
-            listeners: repeater.listeners(),
-            channels: repeater.channels.size,
-            keys: repeater.sealedPath?.keyIds() ?? [],
-          }),
-          '/subscribers': () => subscribersView(repeater),
-          '/refusals': () => repeater.subscriptions.recent(),
-        },
-        log,
-      );
-      log.info('status server listening', { address: config.metrics.text, port: status.port });
-    } catch (err) {
+  const status = await startStatus(
+    config.metrics,
+    register,
+    {
+      '/healthz': () => ({
+        status: 'ok',
+        version: VERSION,
+        uptimeSeconds: Math.round((Date.now() - started) / 1000),
+        listeners: repeater.listeners(),
+        channels: repeater.channels.size,
+        keys: repeater.sealedPath?.keyIds() ?? [],
+      }),
+      '/subscribers': () => subscribersView(repeater),
+      '/refusals': () => repeater.subscriptions.recent(),
+    },
+    log,
+    () => {
       store?.stop(repeater);
       repeater.close();
-      throw err;
-    }
-  }
+    },
+  );
 
   const reloads = new Reloads(log, (ok) => ops.reloaded(ok));
   const handle: ServeHandle = {
@@ -165,21 +153,6 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
 }
 
 /** The CLI entry: runs until SIGTERM/SIGINT; SIGHUP reloads. */
-export async function runServe(inv: Invocation, hooks?: RepeaterHooks): Promise<void> {
-  const load = () => loadConfig(inv, SERVE_OPTIONS, buildServeConfig);
-  const config = load();
-  const log = new Logger(config.logLevel, config.logFormat);
-  installCrashLog(log);
-  const handle = await startServe(config, log, hooks);
-  // Handlers go in before "started" is announced: a supervisor may signal
-  // the moment it reads that line.
-  process.on('SIGHUP', () => {
-    log.info('SIGHUP: reloading', { config: inv.configFile });
-    void handle.reload(load);
-  });
-  const stopped = untilSignal(log);
-  log.info('udprepeater started', { version: VERSION, pid: process.pid, config: inv.configFile });
-  await stopped;
-  await handle.close();
-  log.info('udprepeater stopped');
+export function runServe(inv: Invocation): Promise<void> {
+  return runDaemon('udprepeater', 'started', inv.configFile, () => loadConfig(inv, SERVE_OPTIONS, buildServeConfig), (c, log) => startServe(c, log));
 }
