@@ -20,7 +20,8 @@ import { bindUdp } from '../repeater/listener.js';
 import { Outlet } from '../repeater/outlet.js';
 import { peekKind } from '../repeater/repeater.js';
 import { ChannelStats, D, FANOUT_BUCKETS, FastHistogram, K } from '../repeater/stats.js';
-import { CACHE_DELETE, classifyCacheUpdate, repairDelete } from '../wire/cache.js';
+import { classifyCacheUpdate, prepareCacheUpdate } from '../wire/cache.js';
+import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
 import { EnvelopeKind } from '../wire/envelope.js';
 
 export class Agent {
@@ -103,7 +104,7 @@ export class Agent {
 
   private bindSealed(config: AgentConfig): Promise<Socket> {
     return bindUdp(config.bind, { recvBuffer: config.recvBuffer, multicast: false, multicastInterface: null }, (msg, rinfo) =>
-      this.onSealed(msg, rinfo),
+      this.guarded(this.toNode, this.onSealed, msg, rinfo),
     ).then((sock) => {
       if (config.sendBuffer > 0) sock.setSendBufferSize(config.sendBuffer);
       sock.on('error', (err) => this.log.throttle('warn', 'sealed-socket', 'sealed socket error', { error: err.message }));
@@ -113,7 +114,7 @@ export class Agent {
 
   private bindLocal(config: AgentConfig): Promise<Socket> {
     return bindUdp(config.local, { recvBuffer: config.recvBuffer, multicast: false, multicastInterface: null }, (msg, rinfo) =>
-      this.onLocal(msg, rinfo),
+      this.guarded(this.toRepeater, this.onLocal, msg, rinfo),
     );
   }
 
@@ -186,6 +187,16 @@ export class Agent {
     this.announcesSent++;
   }
 
+  /** A datagram that makes the code throw (a bug) is dropped, counted and logged, never fatal. */
+  private guarded(st: ChannelStats, handler: (msg: Buffer, rinfo: RemoteInfo) => void, msg: Buffer, rinfo: RemoteInfo): void {
+    try {
+      handler.call(this, msg, rinfo);
+    } catch (err) {
+      st.dropped[D.internal_error]++;
+      this.log.throttle('error', 'internal-error', 'internal error handling a datagram; dropped', { error: (err as Error).message, stack: (err as Error).stack });
+    }
+  }
+
   private onLocal(msg: Buffer, rinfo: RemoteInfo): void {
     const t0 = performance.now();
     const st = this.toRepeater;
@@ -244,13 +255,11 @@ export class Agent {
     }
     from.received++;
     from.lastFrameAt = Date.now();
-    const d = env.datagram!;
-    const cmd = classifyCacheUpdate(d);
-    if (typeof cmd === 'string') {
-      st.dropped[D[cmd]]++;
+    const out = prepareCacheUpdate(env.datagram!, this.config.repairDeletes, Math.min(this.config.maxDatagram, MAX_UDP_PAYLOAD));
+    if (typeof out === 'string') {
+      st.dropped[D[out]]++;
       return;
     }
-    const out = cmd === CACHE_DELETE && this.config.repairDeletes ? repairDelete(d) : d;
     if (this.deliver.send(out)) {
       st.forwarded++;
       st.bytesForwarded += out.length;

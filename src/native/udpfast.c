@@ -261,6 +261,8 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
   CHECK(napi_set_named_property(env, result, "meta", meta));
   CHECK(napi_create_int32(env, bound_port, &num));
   CHECK(napi_set_named_property(env, result, "port", num));
+  CHECK(napi_create_int32(env, fd, &num));
+  CHECK(napi_set_named_property(env, result, "fd", num));
   CHECK(napi_create_int32(env, SLOTS, &num));
   CHECK(napi_set_named_property(env, result, "slots", num));
   CHECK(napi_create_int32(env, SLOT_SIZE, &num));

@@ -3,6 +3,7 @@
 
 import { Counter, Gauge, collectDefaultMetrics, type Metric, Registry } from 'prom-client';
 import { type ChannelStats, DROP_REASONS, EVENTS, type FastHistogram, KINDS } from '../repeater/stats.js';
+import { socketInode, udpSocketStats } from './kernel.js';
 
 export interface ChannelView {
   readonly name: string;
@@ -154,4 +155,21 @@ export function registerKeyMetrics(register: Registry, name: string, ids: () => 
       [{ role: 'opening' }, n],
     ];
   });
+}
+
+/** Kernel-side drops and queue depth of each listener socket, read on scrape. */
+export function registerListenerKernelMetrics(register: Registry, listeners: () => Array<{ address: string; fd: number | null }>): void {
+  const read = () => {
+    const stats = udpSocketStats();
+    return listeners().map((l) => {
+      const ino = l.fd === null ? null : socketInode(l.fd);
+      return { address: l.address, s: ino === null ? undefined : stats.get(ino) };
+    });
+  };
+  counterFrom(register, 'udprepeater_listener_kernel_drops_total', 'Datagrams the kernel dropped at a listener before the repeater read them (receive buffer full)', ['listener'], () =>
+    read().flatMap((l) => (l.s === undefined ? [] : [[{ listener: l.address }, l.s.drops] as const])),
+  );
+  gaugeFrom(register, 'udprepeater_listener_receive_queue_bytes', 'Bytes waiting in a listener socket', ['listener'], () =>
+    read().flatMap((l) => (l.s === undefined ? [] : [[{ listener: l.address }, l.s.rxQueue] as const])),
+  );
 }

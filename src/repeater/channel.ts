@@ -67,6 +67,9 @@ export class Channel {
   ) {
     this.key = key;
     const onError: OutletErrorHandler = (o, err) => {
+      // A failed send lost that copy; an error read on receive (recvmsg)
+      // reports an ICMP answer to an earlier copy that the kernel did send.
+      if (err.syscall === 'send' && !(o instanceof NativeOutlet)) this.stats.dropped[D.send_error]++;
       this.strike(o, err);
       onOutletError?.(o, err);
     };
@@ -210,7 +213,7 @@ export class Channel {
         if (origin !== null && s.origin === origin) continue;
         if (frame === undefined) frame = sealer.sealDatagram(key, original);
         if (frame === null) {
-          st.dropped[D.too_large]++;
+          st.dropped[D.sealed_too_large]++;
           continue;
         }
         if (s.outlet instanceof NativeOutlet) {

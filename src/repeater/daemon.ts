@@ -5,7 +5,16 @@ import { Reloads, runDaemon } from '../ops/lifecycle.js';
 import { type StatusServer, startStatus } from '../ops/http.js';
 import { type Invocation, loadConfig } from '../ops/load.js';
 import type { Logger } from '../ops/log.js';
-import { counterFrom, gaugeFrom, newRegistry, OpsMetrics, registerChannelMetrics, registerKeyMetrics, registerSubscriptionMetrics } from '../ops/metrics.js';
+import {
+  counterFrom,
+  gaugeFrom,
+  newRegistry,
+  OpsMetrics,
+  registerChannelMetrics,
+  registerKeyMetrics,
+  registerListenerKernelMetrics,
+  registerSubscriptionMetrics,
+} from '../ops/metrics.js';
 import { SERVE_OPTIONS } from '../ops/options.js';
 import { VERSION } from '../ops/package.js';
 import { buildServeConfig, type ServeConfig } from '../ops/serve-config.js';
@@ -102,6 +111,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   const session = 'session' in h ? (h as { session(): SecureSession | null }).session : () => null;
   registerKeyMetrics(register, 'udprepeater_keys', () => repeater.sealedPath?.keyIds() ?? []);
   counterFrom(register, 'udprepeater_sealed_frames_total', 'Secure mode: frames sealed (once per datagram and subscriber key)', [], () => [[{}, session()?.sealed ?? 0]]);
+  registerListenerKernelMetrics(register, () => repeater.listenerSockets());
   counterFrom(register, 'udprepeater_state_saves_total', 'Registry state files written (--state-dir), by result', ['result'], () => [
     [{ result: 'ok' }, store?.saves ?? 0],
     [{ result: 'error' }, store?.saveErrors ?? 0],

@@ -20,6 +20,8 @@ export interface DatagramListener {
   /** The address actually bound (differs from the config when port 0 was asked). */
   readonly bound: string;
   readonly port: number;
+  /** The socket's file descriptor, when known (for kernel statistics). */
+  readonly fd: number | null;
   onError(handler: (err: Error) => void): void;
   close(): void;
 }
@@ -87,6 +89,13 @@ export class Listener implements DatagramListener {
 
   get port(): number {
     return this.socket.address().port;
+  }
+
+  get fd(): number | null {
+    // node:dgram keeps its handle behind a symbol; the fd is for statistics only.
+    const state = Object.getOwnPropertySymbols(this.socket).find((s) => s.description === 'state symbol');
+    const handle = state === undefined ? undefined : (this.socket as unknown as Record<symbol, { handle?: { fd?: number } }>)[state]?.handle;
+    return typeof handle?.fd === 'number' && handle.fd >= 0 ? handle.fd : null;
   }
 
   static async open(config: ListenerConfig, opts: ListenerOptions, onMessage: DatagramHandler): Promise<Listener> {

@@ -48,6 +48,10 @@ export class NativeListener implements DatagramListener {
     return this.h.port;
   }
 
+  get fd(): number | null {
+    return this.closed ? null : this.h.fd;
+  }
+
   get bound(): string {
     return formatEndpoint(this.config.endpoint.host, this.h.port);
   }

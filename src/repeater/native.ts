@@ -11,6 +11,7 @@ export interface NativeListenerHandle {
   readonly arena: ArrayBuffer;
   readonly meta: ArrayBuffer;
   readonly port: number;
+  readonly fd: number;
   readonly slots: number;
   readonly slotSize: number;
   readonly metaWords: number;

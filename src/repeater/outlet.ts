@@ -112,11 +112,19 @@ export class Outlet implements OutputSocket {
       this.dropped++;
       return false;
     }
-    this.socket.send(buf);
+    this.socket.send(buf, this.afterSend);
     this.sent++;
     this.bytes += buf.length;
     return true;
   }
+
+  /**
+   * Without a callback node:dgram drops send errors silently; with one it
+   * reports them (one callback per outlet, allocated once).
+   */
+  private readonly afterSend = (err: Error | null): void => {
+    if (err !== null) this.socket.emit('error', err);
+  };
 
   /** Sends one datagram and resolves once the kernel took it (for goodbyes). */
   sendAndWait(buf: Buffer, ms = 1000): Promise<void> {

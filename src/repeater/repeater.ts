@@ -5,7 +5,8 @@
 import type { RemoteInfo } from 'node:dgram';
 import type { Logger } from '../ops/log.js';
 import type { ListenerConfig, ServeConfig } from '../ops/serve-config.js';
-import { CACHE_DELETE, classifyCacheUpdate, repairDelete } from '../wire/cache.js';
+import { prepareCacheUpdate } from '../wire/cache.js';
+import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
 import { decodeSubscription } from '../wire/subscription.js';
 import { checkHeader, MODIFIER1_CACHE, MODIFIER1_SUBSCRIPTION } from '../wire/uwsgi.js';
 import { AccessList } from './acl.js';
@@ -82,6 +83,11 @@ export class Repeater {
     return this.config;
   }
 
+  /** No output may be larger than this (a repaired delete grows by 2 bytes). */
+  get outLimit(): number {
+    return Math.min(this.config.limits.maxDatagram, MAX_UDP_PAYLOAD);
+  }
+
   get sealedPath(): SealedPath | null {
     return this.sealed;
   }
@@ -94,6 +100,11 @@ export class Repeater {
       channel: r.channel.name,
       sealed: r.config.sealed,
     }));
+  }
+
+  /** Each listener's address and socket, for kernel statistics. */
+  listenerSockets(): Array<{ address: string; fd: number | null }> {
+    return [...this.routes.values()].map((r) => ({ address: r.config.endpoint.text, fd: r.listener.fd }));
   }
 
   /** Port actually bound for a configured listener address. */
@@ -269,7 +280,25 @@ export class Repeater {
     this.log.throttle('warn', `outlet:${o.endpoint.text}`, 'subscriber unreachable', { address: o.endpoint.text, error: err.code ?? err.message });
   }
 
+  /**
+   * Last line of defence: a datagram that makes the code throw (a bug) is
+   * dropped, counted and logged with its stack; it must not take the
+   * process, and every other node's sync, down with it.
+   */
   private onDatagram(route: Route, msg: Buffer, rinfo: RemoteInfo): void {
+    try {
+      this.handle(route, msg, rinfo);
+    } catch (err) {
+      route.channel.stats.dropped[D.internal_error]++;
+      this.log.throttle('error', 'internal-error', 'internal error handling a datagram; dropped', {
+        error: (err as Error).message,
+        stack: (err as Error).stack,
+        listener: route.config.endpoint.text,
+      });
+    }
+  }
+
+  private handle(route: Route, msg: Buffer, rinfo: RemoteInfo): void {
     const t0 = performance.now();
     const ch = route.channel;
     const st = ch.stats;
@@ -292,14 +321,13 @@ export class Repeater {
       return;
     }
     if (kind === K.set || kind === K.delete) {
-      const cmd = classifyCacheUpdate(msg);
-      if (typeof cmd === 'number') {
-        const out = cmd === CACHE_DELETE && this.config.repairDeletes ? repairDelete(msg) : msg;
+      const out = prepareCacheUpdate(msg, this.config.repairDeletes, this.outLimit);
+      if (typeof out !== 'string') {
         this.forward(ch, msg, out, t0, null, route.stable || out !== msg);
         return;
       }
-      if (!this.config.forwardUnknown) {
-        st.dropped[D[cmd]]++;
+      if (!this.config.forwardUnknown || out === 'too_large') {
+        st.dropped[D[out]]++;
         return;
       }
     } else if (kind === K.subscribe || kind === K.unsubscribe) {

@@ -7,12 +7,12 @@ import type { RemoteInfo } from 'node:dgram';
 import type { KeyRing } from '../crypto/keyring.js';
 import type { SecureSession } from '../crypto/session.js';
 import { formatEndpoint } from '../wire/address.js';
-import { CACHE_DELETE, classifyCacheUpdate, repairDelete } from '../wire/cache.js';
+import { prepareCacheUpdate } from '../wire/cache.js';
 import { type Envelope, EnvelopeKind } from '../wire/envelope.js';
 import type { Subscription } from '../wire/subscription.js';
 import type { Channel } from './channel.js';
 import type { Repeater, SealedPath } from './repeater.js';
-import { D, K } from './stats.js';
+import { D } from './stats.js';
 
 export interface SealedOptions {
   readonly maxSkewMs: number;
@@ -46,18 +46,19 @@ export class SealedListenerPath implements SealedPath {
 
   private onCacheDatagram(ch: Channel, env: Envelope, t0: number): void {
     const d = env.datagram!;
-    const cmd = classifyCacheUpdate(d);
-    if (typeof cmd === 'string' && !this.opts.forwardUnknown) {
-      ch.stats.dropped[D[cmd]]++;
-      return;
+    let plainOut = prepareCacheUpdate(d, this.opts.repairDeletes, this.repeater.outLimit);
+    if (typeof plainOut === 'string') {
+      if (!this.opts.forwardUnknown || plainOut === 'too_large') {
+        ch.stats.dropped[D[plainOut]]++;
+        return;
+      }
+      plainOut = d;
     }
-    const plainOut = cmd === CACHE_DELETE && this.opts.repairDeletes ? repairDelete(d) : d;
     this.repeater.forward(ch, d, plainOut, t0, env.origin);
   }
 
   private onSubscription(ch: Channel, env: Envelope, rinfo: RemoteInfo): void {
     const unsubscribe = env.kind === EnvelopeKind.Unsubscribe;
-    ch.stats.received[unsubscribe ? K.unsubscribe : K.subscribe]++;
     // An empty address means "where this frame came from" (works through NAT).
     const address = env.address === '' || env.address === null ? formatEndpoint(rinfo.address, rinfo.port) : env.address;
     const sub: Subscription = {

@@ -28,6 +28,7 @@ export const DROP_REASONS = [
   'address_not_allowed',
   'loop',
   'registry_full',
+  'not_subscribed',
   'bad_signature',
   'stale_signature',
   // sealed frames
@@ -42,6 +43,9 @@ export const DROP_REASONS = [
   // output copies
   'queue_full',
   'send_error',
+  'sealed_too_large',
+  // a bug caught at the listener: logged with its stack, never fanned out
+  'internal_error',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
 export const D = indexOf(DROP_REASONS);

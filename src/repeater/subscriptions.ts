@@ -99,7 +99,10 @@ export class SubscriptionDesk {
     const ep = refused;
     if (sub.unsubscribe) {
       const existing = ch.registry.get(ep.text);
-      if (existing === undefined || existing.isStatic) return null;
+      if (existing === undefined || existing.isStatic) {
+        ch.stats.dropped[D.not_subscribed]++;
+        return 'not_subscribed';
+      }
       ch.registry.remove(ep.text);
       ch.stats.events[E.unsubscribe]++;
       log.info('unsubscribed', { channel: ch.name, address: ep.text, key: sub.key, source });

@@ -126,3 +126,16 @@ export function repairDelete(buf: Buffer): Buffer {
   out.writeUInt16LE(buf.length + 2 - HEADER_SIZE, 1);
   return out;
 }
+
+/**
+ * Validates a cache update and returns what to send on: the datagram itself,
+ * or for a delete with `repair` its padded form; 'too_large' when padding
+ * would take it past `limit` bytes (a UDP datagram or the configured cap).
+ */
+export function prepareCacheUpdate(buf: Buffer, repair: boolean, limit: number): Buffer | WireError | 'too_large' {
+  const cmd = classifyCacheUpdate(buf);
+  if (typeof cmd === 'string') return cmd;
+  if (cmd !== CACHE_DELETE || !repair) return buf;
+  const out = repairDelete(buf);
+  return out.length > limit ? 'too_large' : out;
+}

@@ -67,18 +67,20 @@ export function decodeEnvelope(buf: Uint8Array): Envelope | 'bad_payload' {
     return 'bad_payload';
   }
   const kind = m['kind'] as number;
-  const channelKey = m['channelKey'] as string;
+  const channelKey = typeof m['channelKey'] === 'string' ? m['channelKey'] : '';
   const sequence = longToNumber(m['sequence'] as LongLike);
   const sentAtMs = longToNumber(m['sentAtMs'] as LongLike);
   if (sequence < 1 || !Number.isSafeInteger(sequence) || !Number.isSafeInteger(sentAtMs) || channelKey.length > MAX_NAME) return 'bad_payload';
-  const datagram = (m['datagram'] as Buffer | undefined) ?? null;
-  const sub = m['subscription'] as { address?: string } | undefined;
+  // protobufjs leaves absent message fields as null (from the prototype),
+  // absent scalars at their defaults: test with == null, never rely on undefined.
+  const datagram = (m['datagram'] as Buffer | null | undefined) ?? null;
+  const sub = m['subscription'] as { address?: string | null } | null | undefined;
   if (kind === EnvelopeKind.CacheDatagram) {
     if (datagram === null || datagram.length === 0) return 'bad_payload';
     return { kind, channelKey, origin: longToBigint(m['origin'] as LongLike), sequence, sentAtMs, datagram: Buffer.from(datagram.buffer, datagram.byteOffset, datagram.length), address: null };
   }
   if (kind === EnvelopeKind.Subscribe || kind === EnvelopeKind.Unsubscribe) {
-    if (sub === undefined || channelKey.length === 0) return 'bad_payload';
+    if (sub == null || channelKey.length === 0) return 'bad_payload';
     const address = sub.address ?? '';
     if (address.length > MAX_NAME) return 'bad_payload';
     return { kind, channelKey, origin: longToBigint(m['origin'] as LongLike), sequence, sentAtMs, datagram: null, address };

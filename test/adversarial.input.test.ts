@@ -1,0 +1,426 @@
+// Hostile input: random and mutated datagrams (cache updates, subscriptions,
+// sealed frames) at plain and sealed listeners. Nothing may escape, every
+// datagram that arrives must be accounted for (forwarded, one drop reason, or
+// an accepted subscription), and valid traffic between the garbage must keep
+// flowing, in order. The stream is seeded: ADVERSARIAL_SEED reproduces it.
+
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import fc from 'fast-check';
+import { KeyRing } from '../src/crypto/keyring.js';
+import { sodiumReady } from '../src/crypto/secretbox.js';
+import { SecureSession } from '../src/crypto/session.js';
+import { parseEndpoint } from '../src/wire/address.js';
+import { classifyCacheUpdate, decodeCacheUpdate, encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
+import { decodeEnvelope, EnvelopeKind } from '../src/wire/envelope.js';
+import { frameKeyId } from '../src/wire/frame.js';
+import { encodePacket } from '../src/wire/uwsgi.js';
+import { decodeSubscription, encodeSubscription } from '../src/wire/subscription.js';
+import { nativeStatus } from '../src/repeater/native.js';
+import { FuzzRig } from './helpers/adversarial-fuzz.js';
+import {
+  accountingProblems,
+  EscapeTrap,
+  type Ledger,
+  ledgerFromMetrics,
+  ledgerOf,
+  mutate,
+  mutationArb,
+  nonZero,
+  plainOutput,
+  scrape,
+  SEED,
+  snmpUdp,
+  udpDrops,
+  udpSocket,
+} from './helpers/adversarial.js';
+import { Daemon } from './helpers/daemon.js';
+import { newKeyFile } from './helpers/keys.js';
+import { freePort, Receiver, Sender } from './helpers/net.js';
+import { startRepeater, type TestRepeater } from './helpers/repeater.js';
+
+const IN_PROCESS = Number(process.env['ADVERSARIAL_DATAGRAMS'] ?? 100_000);
+const CLI_SHARE = Math.round(IN_PROCESS / 4);
+const BATCH = 200;
+const MAX_DATAGRAM = 4096;
+
+const trap = new EscapeTrap();
+const sender = Sender.open();
+const open: Array<{ close(): unknown }> = [];
+before(() => sodiumReady());
+after(async () => {
+  for (const o of open.reverse()) await o.close();
+  sender.close();
+  trap.dispose();
+});
+async function receiver(): Promise<Receiver> {
+  const r = await Receiver.open();
+  open.push(r);
+  return r;
+}
+async function repeater(args: string[]): Promise<TestRepeater> {
+  const r = await startRepeater(args);
+  open.push(r);
+  return r;
+}
+const channel = (r: TestRepeater, name: string) => r.handle.repeater.channels.get(name)!;
+const set = (k: string, v = 'v') => encodeCacheSet(Buffer.from(k), Buffer.from(v), 0);
+
+console.log(`adversarial seed ${SEED} (set ADVERSARIAL_SEED to reproduce or vary)`);
+
+describe('codecs on hostile bytes (fast-check)', () => {
+  test('decoders never throw, the hot-path classifier agrees with the decoder and with an independent reading of PROTOCOL.md', async () => {
+    await sodiumReady();
+    const raw = (m2: number, ...parts: Buffer[]) => encodePacket(111, m2, Buffer.concat(parts));
+    const u16 = (n: number) => Buffer.from([n & 0xff, n >> 8]);
+    const k = Buffer.from('sess1');
+    const templates = [
+      encodeCacheSet(k, Buffer.from('hello'), 1795213916),
+      encodeCacheDelete(k, false),
+      encodeCacheDelete(k, true),
+      encodeSubscription({ key: 'ssl', address: '127.0.0.1:4141' }),
+      encodeSubscription({ key: 'ssl', address: '[::1]:4141', unsubscribe: true }),
+      // The edges: 20 and 21 digits of expires, an empty expires block, none, a non-digit,
+      // a delete padded with 00 01, with one stray byte, an empty key.
+      raw(10, u16(5), k, u16(1), Buffer.from('v'), u16(20), Buffer.from('9'.repeat(20))),
+      raw(10, u16(5), k, u16(1), Buffer.from('v'), u16(21), Buffer.from('9'.repeat(21))),
+      raw(10, u16(5), k, u16(1), Buffer.from('v'), u16(0)),
+      raw(10, u16(5), k, u16(1), Buffer.from('v')),
+      raw(10, u16(5), k, u16(1), Buffer.from('v'), u16(2), Buffer.from('1x')),
+      raw(11, u16(5), k, Buffer.from([0, 1])),
+      raw(11, u16(5), k, Buffer.from([0])),
+      raw(10, u16(0), u16(1), Buffer.from('v')),
+    ];
+    const bytes = fc.oneof(
+      fc.uint8Array({ maxLength: 300 }).map((u) => Buffer.from(u)),
+      fc.tuple(fc.nat(), fc.array(mutationArb, { maxLength: 4 }), fc.boolean()).map(([i, ops, fix]) => mutate(templates[i % templates.length]!, ops, templates, fix)),
+    );
+    const ring = KeyRing.load([newKeyFile()]);
+    const session = new SecureSession();
+    fc.assert(
+      fc.property(bytes, (b) => {
+        const cmd = classifyCacheUpdate(b);
+        const dec = decodeCacheUpdate(b);
+        assert.equal(typeof cmd === 'number', typeof dec === 'object', 'classify and decode disagree');
+        assert.equal(typeof cmd === 'number', plainOutput(b, 65535) !== null, `classify says ${cmd} for ${b.toString('hex')}`);
+        decodeSubscription(b);
+        frameKeyId(b);
+        decodeEnvelope(b);
+        const env = session.open(ring, b, 30_000);
+        assert.equal(typeof env, 'string', 'random bytes opened as a frame');
+      }),
+      { seed: SEED, numRuns: 20_000 },
+    );
+    fc.assert(
+      fc.property(fc.oneof(fc.string({ maxLength: 80 }), fc.ipV6().map((ip) => `[${ip}]:${ip.length}`), fc.ipV4Extended().map((ip) => `${ip}:80`), fc.webAuthority()), (s) => {
+        parseEndpoint(s);
+        parseEndpoint(s, true);
+      }),
+      { seed: SEED, numRuns: 10_000 },
+    );
+    ring.destroy();
+  });
+});
+
+describe('hostile datagrams at a running repeater', () => {
+  test(`${IN_PROCESS} random and mutated datagrams at plain and sealed listeners (in-process): no escape, exact accounting, valid traffic flows in order`, async () => {
+    const key = newKeyFile();
+    const ring = KeyRing.load([key]);
+    const foreign = KeyRing.load([newKeyFile()]);
+    const [pp, sp] = [await freePort(), await freePort()];
+    const refPlain = await receiver();
+    const refSealed = await receiver();
+    const r = await repeater([
+      '--listen', `127.0.0.1:${pp},channel=plain`,
+      '--listen-sealed', `127.0.0.1:${sp},channel=sealed`,
+      '--key-file', key,
+      '--to', `${refPlain.address},channel=plain`,
+      '--to', `${refSealed.address},channel=sealed,sealed`,
+      '--max-datagram', String(MAX_DATAGRAM),
+      '--max-subscribers', '32',
+      '--subscribe-rate', '1000000',
+      '--subscribe-burst', '1000000',
+      '--dead-after', '1',
+      '--log-level', 'info',
+    ]);
+    const ports = [pp, sp, refPlain.port, refSealed.port];
+    const kernelBefore = udpDrops(ports);
+    const snmpBefore = snmpUdp();
+    const rig = new FuzzRig({ plainPort: pp, sealedPort: sp, maxDatagram: MAX_DATAGRAM, ring, foreign }, refPlain, refSealed, sender, SEED);
+    rig.diagnose = () =>
+      JSON.stringify({
+        escaped: trap.errors.slice(0, 3),
+        sent: rig.sent,
+        received: { plain: ledgerOf(channel(r, 'plain').stats).received, sealed: ledgerOf(channel(r, 'sealed').stats).receivedByKind['sealed'] },
+        listeners: [pp, sp].map((p) => udpSocket(p)),
+        plain: nonZero(ledgerOf(channel(r, 'plain').stats).dropped),
+        sealed: nonZero(ledgerOf(channel(r, 'sealed').stats).dropped),
+        sealedEvents: nonZero(ledgerOf(channel(r, 'sealed').stats).events),
+        refSealedOutlet: (({ sent, dropped, errors }) => ({ sent, dropped, errors }))(channel(r, 'sealed').registry.get(refSealed.address)!.outlet),
+        kernelDrops: udpDrops(ports) - kernelBefore,
+        lastLog: r.tap.records.slice(-5),
+      });
+    const t0 = performance.now();
+    await rig.run(IN_PROCESS, BATCH);
+    const seconds = (performance.now() - t0) / 1000;
+    const kernelDrops = udpDrops(ports) - kernelBefore;
+    const snmpAfter = snmpUdp();
+
+    const plain = ledgerOf(channel(r, 'plain').stats);
+    const sealed = ledgerOf(channel(r, 'sealed').stats);
+    const plainRef = channel(r, 'plain').registry.get(refPlain.address)!.outlet;
+    const sealedRef = channel(r, 'sealed').registry.get(refSealed.address)!.outlet;
+    console.log(
+      JSON.stringify(
+        {
+          seed: SEED,
+          datagrams: rig.sent.plain + rig.sent.sealed,
+          plainListener: rig.sent.plain,
+          sealedListener: rig.sent.sealed,
+          seconds: Number(seconds.toFixed(2)),
+          perSecond: Math.round((rig.sent.plain + rig.sent.sealed) / seconds),
+          categories: rig.tally,
+          plain: { forwarded: refPlain.received.length, dropped: nonZero(plain.dropped), events: nonZero(plain.events), received: nonZero(plain.receivedByKind) },
+          sealed: { forwarded: refSealed.received.length, dropped: nonZero(sealed.dropped), events: nonZero(sealed.events), received: nonZero(sealed.receivedByKind) },
+          dynamicSubscribers: { plain: channel(r, 'plain').registry.dynamicSize, sealed: channel(r, 'sealed').registry.dynamicSize },
+          kernelDropsAtOurSockets: kernelDrops,
+          hostRcvbufErrors: snmpAfter['RcvbufErrors']! - snmpBefore['RcvbufErrors']!,
+        },
+        null,
+        1,
+      ),
+    );
+
+    trap.check('the hostile stream');
+    assert.equal(kernelDrops, 0, 'the kernel dropped datagrams at our sockets: the pacing is too fast for this machine, accounting below would be meaningless');
+    // Valid traffic kept flowing: the plain reference got exactly what the oracle says, in order.
+    assert.equal(refPlain.received.length, rig.expectedPlain.length, 'plain reference: wrong number of datagrams');
+    for (let i = 0; i < rig.expectedPlain.length; i++) {
+      if (!refPlain.received[i]!.equals(rig.expectedPlain[i]!)) {
+        assert.fail(`plain reference datagram ${i}: got ${refPlain.received[i]!.toString('hex').slice(0, 120)} want ${rig.expectedPlain[i]!.toString('hex').slice(0, 120)}`);
+      }
+    }
+    assert.deepEqual(rig.sealedBad, [], 'the sealed reference got frames that do not open or carry garbage');
+    assert.deepEqual(rig.sealedMarkers(), Array.from({ length: rig.markerCount }, (_, i) => `smarker-${i + 1}`), 'sealed markers lost or out of order');
+    // The references' own counters agree with what they received: nothing was queued away.
+    assert.equal(plainRef.sent, refPlain.received.length);
+    assert.equal(sealedRef.sent, refSealed.received.length);
+    assert.equal(plainRef.dropped + sealedRef.dropped, 0);
+    // Accounting, per channel.
+    const problems = [
+      ...accountingProblems('plain channel', rig.sent.plain, refPlain.received.length, plain),
+      ...accountingProblems('sealed channel', rig.sent.sealed, refSealed.received.length, sealed),
+    ];
+    assert.deepEqual(problems, []);
+    ring.destroy();
+    foreign.destroy();
+  });
+
+  test(`${CLI_SHARE} of them at the real binary: it keeps running, forwards the valid ones, and its /metrics balance`, async () => {
+    const key = newKeyFile();
+    const ring = KeyRing.load([key]);
+    const foreign = KeyRing.load([newKeyFile()]);
+    const [pp, sp] = [await freePort(), await freePort()];
+    const refPlain = await receiver();
+    const refSealed = await receiver();
+    const d = await Daemon.serve([
+      '--listen', `127.0.0.1:${pp},channel=plain`,
+      '--listen-sealed', `127.0.0.1:${sp},channel=sealed`,
+      '--key-file', key,
+      '--to', `${refPlain.address},channel=plain`,
+      '--to', `${refSealed.address},channel=sealed,sealed`,
+      '--max-datagram', String(MAX_DATAGRAM),
+      '--max-subscribers', '32',
+      '--subscribe-rate', '1000000',
+      '--subscribe-burst', '1000000',
+      '--dead-after', '1',
+      '--log-level', 'info',
+      '--metrics', '127.0.0.1:0',
+    ]);
+    open.push({ close: () => d.stop() });
+    const mport = await d.metricsPort();
+    const ports = [pp, sp, refPlain.port, refSealed.port];
+    const kernelBefore = udpDrops(ports);
+    const rig = new FuzzRig({ plainPort: pp, sealedPort: sp, maxDatagram: MAX_DATAGRAM, ring, foreign }, refPlain, refSealed, sender, SEED + 1);
+    rig.diagnose = () => JSON.stringify({ exitCode: d.child.exitCode, fatal: d.log.matching('fatal error, exiting'), sent: rig.sent, listeners: [pp, sp].map((p) => udpSocket(p)) });
+    const t0 = performance.now();
+    await rig.run(CLI_SHARE, BATCH);
+    const seconds = (performance.now() - t0) / 1000;
+    const kernelDrops = udpDrops(ports) - kernelBefore;
+    const samples = await scrape(mport);
+    const plain = ledgerFromMetrics(samples, 'plain');
+    const sealed = ledgerFromMetrics(samples, 'sealed');
+    console.log(
+      JSON.stringify({
+        seed: SEED + 1,
+        datagrams: rig.sent.plain + rig.sent.sealed,
+        seconds: Number(seconds.toFixed(2)),
+        plain: { forwarded: refPlain.received.length, dropped: nonZero(plain.dropped) },
+        sealed: { forwarded: refSealed.received.length, dropped: nonZero(sealed.dropped) },
+        kernelDropsAtOurSockets: kernelDrops,
+      }),
+    );
+    assert.equal(d.child.exitCode, null, 'the repeater exited');
+    assert.deepEqual(d.log.matching('fatal error, exiting'), []);
+    assert.deepEqual(d.log.records.filter((x) => x.level === 'error'), [], 'error lines in the log');
+    assert.equal(kernelDrops, 0, 'the kernel dropped datagrams at our sockets: pacing too fast for this machine');
+    assert.equal(refPlain.received.length, rig.expectedPlain.length);
+    for (let i = 0; i < rig.expectedPlain.length; i++) assert.ok(refPlain.received[i]!.equals(rig.expectedPlain[i]!), `plain reference datagram ${i} differs`);
+    assert.deepEqual(rig.sealedBad, []);
+    assert.equal(rig.sealedMarkers().length, rig.markerCount);
+    const problems = [
+      ...accountingProblems('plain channel (metrics)', rig.sent.plain, refPlain.received.length, plain),
+      ...accountingProblems('sealed channel (metrics)', rig.sent.sealed, refSealed.received.length, sealed),
+    ];
+    const exit = await d.stop();
+    assert.equal(exit.code, 0, 'the repeater did not stop cleanly');
+    assert.deepEqual(problems, []);
+    ring.destroy();
+    foreign.destroy();
+  });
+});
+
+describe('accounting, case by case', () => {
+  test('an unsubscribe naming an address that is not subscribed (or a static output) is counted', async () => {
+    const ref = await receiver();
+    const r = await repeater(['--listen', '127.0.0.1:0', '--to', ref.address]);
+    await sender.send(encodeSubscription({ key: 'ssl', address: '127.0.0.1:9', unsubscribe: true }), r.port());
+    await sender.send(encodeSubscription({ key: 'ssl', address: ref.address, unsubscribe: true }), r.port());
+    await sender.send(set('marker'), r.port());
+    assert.deepEqual(await ref.waitFor(1), [set('marker')]);
+    const ch = [...r.handle.repeater.channels.values()][0]!;
+    assert.deepEqual(accountingProblems('channel', 3, 1, ledgerOf(ch.stats)), []);
+  });
+
+  test('a sealed subscription is counted once in received{kind}', async () => {
+    const key = newKeyFile();
+    const r = await repeater(['--listen-sealed', '127.0.0.1:0', '--key-file', key]);
+    const ring = KeyRing.load([key]);
+    const node = await receiver();
+    await sender.send(new SecureSession().seal(ring, { kind: EnvelopeKind.Subscribe, channelKey: 'ssl', datagram: null, address: node.address })!, r.port());
+    await r.tap.waitFor('subscribed', { address: node.address });
+    const l = ledgerOf([...r.handle.repeater.channels.values()][0]!.stats);
+    assert.equal(l.received, 1, `one datagram arrived, received counters say ${JSON.stringify(nonZero(l.receivedByKind))}`);
+    ring.destroy();
+  });
+
+  test('a datagram too large to seal, delivered to the plain subscribers of its channel, is not also counted as a drop', async () => {
+    const key = newKeyFile();
+    const ring = KeyRing.load([key]);
+    const [pp, sp] = [await freePort(), await freePort()];
+    const plainRx = await receiver();
+    const sealedRx = await receiver();
+    const r = await repeater(['--listen', `127.0.0.1:${pp},channel=mix`, '--listen-sealed', `127.0.0.1:${sp},channel=mix`, '--key-file', key, '--to', plainRx.address]);
+    await sender.send(new SecureSession().seal(ring, { kind: EnvelopeKind.Subscribe, channelKey: 'ssl', datagram: null, address: sealedRx.address })!, sp);
+    await r.tap.waitFor('subscribed', { address: sealedRx.address });
+    // 65507 bytes: the largest IPv4 UDP payload; sealed, it would not fit.
+    const big = encodeCacheSet(Buffer.from('k'), Buffer.alloc(65507 - 12, 1), 0);
+    assert.equal(big.length, 65507);
+    await sender.send(big, pp);
+    await sender.send(set('marker'), pp);
+    assert.deepEqual((await plainRx.waitFor(2)).map((b) => b.length), [65507, set('marker').length]);
+    await sealedRx.waitFor(1);
+    const st = r.handle.repeater.channels.get('mix')!.stats;
+    const l = ledgerOf(st);
+    console.log(`too-large-to-seal: dropped ${JSON.stringify(nonZero(l.dropped))}, forwarded copies ${l.forwardedCopies}`);
+    // 2 plain datagrams arrived, both forwarded; the subscription frame is accounted as control.
+    assert.equal(l.inputDrops, 0, `a forwarded datagram was also counted as dropped: ${JSON.stringify(nonZero(l.dropped))}`);
+    ring.destroy();
+  });
+
+  test('the largest valid unpadded delete is delivered (repaired) or counted as a dropped copy, never counted as forwarded and lost', async () => {
+    const ref = await receiver();
+    const r = await repeater(['--listen', '127.0.0.1:0', '--to', ref.address]);
+    await largestDelete(r.port(), ref, async () => {
+      const l = ledgerOf([...r.handle.repeater.channels.values()][0]!.stats);
+      return l;
+    }, `in-process (${nativeStatus === 'loaded' ? 'native path' : 'node:dgram path'})`);
+  });
+
+  test('the same with the real binary on the node:dgram path (UDPREPEATER_NATIVE=0)', async () => {
+    const ref = await receiver();
+    const port = await freePort();
+    const d = Daemon.spawn(['serve', '--log-format', 'json', '--listen', `127.0.0.1:${port}`, '--to', ref.address, '--metrics', '127.0.0.1:0'], { UDPREPEATER_NATIVE: '0' });
+    open.push({ close: () => d.stop() });
+    await d.log.waitFor('udprepeater started');
+    const mport = await d.metricsPort();
+    await largestDelete(port, ref, async () => ledgerFromMetrics(await scrape(mport), `127.0.0.1:${port}`), 'real binary, node:dgram path');
+  });
+});
+
+/** Sends the largest valid unpadded delete, then a marker; checks what was delivered against what was counted. */
+async function largestDelete(port: number, ref: Receiver, ledger: () => Promise<Ledger>, label: string): Promise<void> {
+  // 65507 bytes on the wire; its padded form would be 65509, over the UDP limit.
+  const del = encodeCacheDelete(Buffer.alloc(65507 - 6, 0x61), false);
+  await sender.send(del, port);
+  await sender.send(set('marker'), port);
+  const first = await ref.next();
+  const delivered = first.length > 1000 ? 1 : 0;
+  if (delivered === 0) assert.deepEqual(first, set('marker'));
+  else assert.deepEqual(await ref.next(), set('marker'));
+  const l = await ledger();
+  const copyDrops = (l.dropped['queue_full'] ?? 0) + (l.dropped['send_error'] ?? 0);
+  console.log(`${label}: largest delete delivered ${delivered}, forwarded copies counted ${l.forwardedCopies}, dropped ${JSON.stringify(nonZero(l.dropped))}`);
+  assert.equal(l.forwardedCopies, 1 + delivered, `${label}: forwarded_total counts ${l.forwardedCopies} copies; the subscriber got ${1 + delivered}`);
+  assert.equal(delivered + copyDrops + l.inputDrops, 1, `${label}: the delete is neither delivered nor counted as dropped`);
+}
+
+describe('authenticated garbage must not kill anything', () => {
+  // A key holder can send any Envelope. protobufjs leaves an absent message
+  // field as null (from the prototype), not undefined.
+  const bare = (kind: EnvelopeKind, ring: KeyRing) => new SecureSession().seal(ring, { kind, channelKey: 'ssl', datagram: null, address: null })!;
+
+  test('a sealed Subscribe/Unsubscribe without its subscription field is dropped (in-process)', async () => {
+    const key = newKeyFile();
+    const ring = KeyRing.load([key]);
+    const ref = await receiver();
+    const r = await repeater(['--listen-sealed', '127.0.0.1:0', '--key-file', key, '--to', `${ref.address},sealed`]);
+    const before = trap.errors.length;
+    await sender.send(bare(EnvelopeKind.Subscribe, ring), r.port());
+    await sender.send(bare(EnvelopeKind.Unsubscribe, ring), r.port());
+    await sender.send(new SecureSession().seal(ring, { kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', datagram: set('marker'), address: null })!, r.port());
+    const markerCame = await ref.waitFor(1, 2000).then(
+      () => true,
+      () => false,
+    );
+    const escaped = trap.errors.splice(before);
+    assert.deepEqual(escaped, [], 'an exception escaped the datagram path');
+    assert.ok(markerCame, 'the valid frame sent after them was lost');
+    assert.equal(ledgerOf([...r.handle.repeater.channels.values()][0]!.stats).dropped['bad_payload'], 2);
+    ring.destroy();
+  });
+
+  test('the real repeater and agent survive it', async () => {
+    const key = newKeyFile();
+    const ring = KeyRing.load([key]);
+    const ref = await receiver();
+    const port = await freePort();
+    const d = await Daemon.serve(['--listen-sealed', `127.0.0.1:${port}`, '--key-file', key, '--to', `${ref.address},sealed`, '--metrics', 'off']);
+    open.push({ close: () => d.stop() });
+    const [agentPort, local] = [await freePort(), await freePort()];
+    const node = await receiver();
+    const a = Daemon.spawn(['agent', '--log-format', 'json', '--repeater', `127.0.0.1:${port}`, '--bind', `127.0.0.1:${agentPort}`, '--local', `127.0.0.1:${local}`, '--deliver', node.address, '--channel-key', 'ssl', '--key-file', key]);
+    open.push({ close: () => a.stop() });
+    await a.log.waitFor('udprepeater agent running');
+    const died = (who: string, dd: Daemon) =>
+      dd.exited.then(({ code, signal }) => {
+        throw new Error(`the ${who} exited (code ${code}, signal ${signal}): ${JSON.stringify(dd.log.matching('fatal error, exiting')[0] ?? dd.log.records.slice(-2))}`);
+      });
+    const repeaterDied = died('repeater', d);
+    const agentDied = died('agent', a);
+    repeaterDied.catch(() => undefined);
+    agentDied.catch(() => undefined);
+    // At the repeater's sealed listener, and at the agent's sealed socket (from a repeater address).
+    await sender.send(bare(EnvelopeKind.Subscribe, ring), port);
+    await sender.send(bare(EnvelopeKind.Subscribe, ring), agentPort);
+    const marker = set('marker');
+    const sealedMarker = () => new SecureSession().seal(ring, { kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', datagram: marker, address: null })!;
+    await sender.send(sealedMarker(), port);
+    await sender.send(sealedMarker(), agentPort);
+    await Promise.race([Promise.all([ref.waitFor(1), node.waitFor(1)]), repeaterDied, agentDied]);
+    assert.deepEqual(await node.next(), marker);
+    assert.equal((await d.stop()).code, 0);
+    assert.equal((await a.stop()).code, 0);
+    ring.destroy();
+  });
+});

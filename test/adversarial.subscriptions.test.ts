@@ -1,0 +1,162 @@
+// Subscription abuse: floods of subscriptions for tens of thousands of
+// distinct addresses, addresses outside the allow-list, and sources that
+// exceed their rate. The registry stays at its cap with every refusal
+// counted, memory stays bounded, and subscribers already registered keep
+// receiving every datagram throughout.
+
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import { encodeCacheSet } from '../src/wire/cache.js';
+import { encodeSubscription } from '../src/wire/subscription.js';
+import { EscapeTrap, ledgerOf, mb, MB, nonZero, udpDrops, until } from './helpers/adversarial.js';
+import { Receiver, Sender } from './helpers/net.js';
+import { startRepeater, type TestRepeater } from './helpers/repeater.js';
+
+const trap = new EscapeTrap();
+const sender = Sender.open();
+const open: Array<{ close(): unknown }> = [];
+after(async () => {
+  for (const o of open.reverse()) await o.close();
+  sender.close();
+  trap.dispose();
+});
+async function receiver(): Promise<Receiver> {
+  const r = await Receiver.open();
+  open.push(r);
+  return r;
+}
+async function repeater(args: string[]): Promise<TestRepeater> {
+  const r = await startRepeater(args);
+  open.push(r);
+  return r;
+}
+const only = (r: TestRepeater) => [...r.handle.repeater.channels.values()][0]!;
+const set = (k: string) => encodeCacheSet(Buffer.from(k), Buffer.from('v'), 0);
+const gc = (globalThis as { gc?: () => void }).gc;
+
+function memory(): { heap: number; rss: number } {
+  gc?.();
+  const m = process.memoryUsage();
+  return { heap: m.heapUsed, rss: m.rss };
+}
+
+describe('subscription floods', () => {
+  test('25,000 distinct addresses (10% outside the allow-list): the registry holds at --max-subscribers, refusals are counted, memory stays bounded, live subscribers miss nothing', async () => {
+    const CAP = 1000;
+    const FLOOD = Number(process.env["FLOOD"] ?? 25_000);
+    const r = await repeater(['--listen', '127.0.0.1:0', '--max-subscribers', String(CAP), '--subscribe-rate', '1000000', '--subscribe-burst', '1000000', '--tolerance', '300', '--log-level', 'info']);
+    const port = r.port();
+    const ch = only(r);
+    const live = await Promise.all([1, 2, 3, 4].map(() => receiver()));
+    for (const rx of live) {
+      await sender.send(encodeSubscription({ key: 'ssl', address: rx.address }), port);
+      await r.tap.waitFor('subscribed', { address: rx.address });
+    }
+    const kernelBefore = udpDrops([port, ...live.map((rx) => rx.port)]);
+    let markers = 0;
+    let outside = 0;
+    let inside = 0;
+    let atCap: { heap: number; rss: number } | null = null;
+    const samples: number[] = [];
+    const t0 = performance.now();
+    for (let i = 0; i < FLOOD; i++) {
+      // Distinct (address, port) pairs; every tenth names a host outside 127.0.0.0/8.
+      const host = i % 10 === 9 ? `10.${(i >> 16) & 255}.${(i >> 8) & 255}.${i & 255}` : `127.77.${(i >> 8) & 255}.${1 + (i % 250)}`;
+      if (i % 10 === 9) outside++;
+      else inside++;
+      void sender.send(encodeSubscription({ key: 'ssl', address: `${host}:${10_000 + (i % 50_000)}` }), port);
+      if (i % 500 === 499) {
+        // A datagram between the subscriptions: every live subscriber must get it, in order.
+        await sender.send(set(`during-${++markers}`), port);
+        for (const rx of live) await rx.waitFor(markers);
+        if (atCap === null && ch.registry.dynamicSize >= CAP) atCap = memory();
+        if (atCap !== null) samples.push(memory().heap);
+        // A live subscriber re-announces while the registry is full: a refresh, not a refusal.
+        if (markers % 10 === 0) {
+          await sender.send(encodeSubscription({ key: 'ssl', address: live[markers % live.length]!.address }), port);
+          await sender.send(set(`refresh-${markers}`), port);
+          markers++;
+          for (const rx of live) await rx.waitFor(markers);
+        }
+      }
+    }
+    await sender.send(set('last'), port);
+    markers++;
+    for (const rx of live) await rx.waitFor(markers);
+    const seconds = (performance.now() - t0) / 1000;
+    const end = memory();
+    const l = ledgerOf(ch.stats);
+    const refreshes = Math.floor(FLOOD / 500 / 10);
+    const report = {
+      flood: FLOOD,
+      seconds: Number(seconds.toFixed(2)),
+      registry: ch.registry.size,
+      dropped: nonZero(l.dropped),
+      events: nonZero(l.events),
+      heapAtCap: atCap && mb(atCap.heap),
+      heapAtEnd: mb(end.heap),
+      rssAtCap: atCap && mb(atCap.rss),
+      rssAtEnd: mb(end.rss),
+      gcForced: gc !== undefined,
+    };
+    console.log(JSON.stringify(report));
+    trap.check();
+    assert.equal(udpDrops([port, ...live.map((rx) => rx.port)]) - kernelBefore, 0, 'kernel drops at our sockets: the flood was not all read');
+    assert.equal(ch.registry.size, CAP, 'the registry is not at its cap');
+    assert.equal(ch.registry.dynamicSize, CAP);
+    for (const rx of live) assert.ok(ch.registry.get(rx.address) !== undefined, `live subscriber ${rx.address} was pushed out`);
+    assert.equal(l.events['subscribe'], CAP);
+    assert.equal(l.dropped['address_not_allowed'], outside);
+    assert.equal(l.dropped['registry_full'], inside - (CAP - live.length));
+    assert.equal(l.dropped['rate_limited'], 0);
+    assert.equal(l.events['refresh'], refreshes);
+    assert.equal(l.events['reject'], outside + inside - (CAP - live.length));
+    // Every live subscriber got every datagram, in order.
+    for (const rx of live) {
+      const keys = rx.received.map((d) => d.subarray(6, 6 + d.readUInt16LE(4)).toString());
+      assert.equal(keys.length, markers);
+      assert.equal(keys[keys.length - 1], 'last');
+      assert.equal(new Set(keys).size, markers, 'duplicates');
+    }
+    // Memory: refused subscriptions must not accumulate anything.
+    assert.ok(atCap !== null);
+    const heapGrowth = end.heap - atCap.heap;
+    const bound = gc !== undefined ? 8 * MB : 48 * MB;
+    assert.ok(heapGrowth < bound, `heap grew ${mb(heapGrowth)} while ${FLOOD - CAP} subscriptions were refused (bound ${mb(bound)})`);
+    assert.ok(end.rss - atCap.rss < 96 * MB, `RSS grew ${mb(end.rss - atCap.rss)} after the cap`);
+  });
+
+  test('the per-source rate limit: exactly --subscribe-burst announces per source pass, the rest are counted as rate_limited, other sources are unaffected', async () => {
+    const BURST = 25;
+    const r = await repeater(['--listen', '127.0.0.1:0', '--subscribe-rate', '0.01', '--subscribe-burst', String(BURST), '--max-subscribers', '10000', '--log-level', 'info']);
+    const port = r.port();
+    const ref = await receiver();
+    const sources = await Promise.all(['127.0.0.2', '127.0.0.3', '127.0.0.4', '127.0.0.5'].map((h) => Sender.bound(h)));
+    for (const s of sources) open.push(s);
+    const PER_SOURCE = 120;
+    // The first announce of the test sender subscribes the reference subscriber.
+    await sender.send(encodeSubscription({ key: 'ssl', address: ref.address }), port);
+    await r.tap.waitFor('subscribed', { address: ref.address });
+    for (let i = 0; i < 300; i++) void sender.send(encodeSubscription({ key: 'ssl', address: `127.88.0.${1 + (i % 250)}:${20_000 + i}` }), port);
+    for (const [n, s] of sources.entries()) {
+      for (let i = 0; i < PER_SOURCE; i++) void s.send(encodeSubscription({ key: 'ssl', address: `127.89.${n}.${1 + (i % 250)}:${20_000 + i}` }), port);
+    }
+    await sender.send(set('marker'), port);
+    // The sources' datagrams arrive on the same socket; once the marker is out, the earlier ones from
+    // this sender have been judged; the other sources are polled through the counters.
+    assert.deepEqual(await ref.waitFor(1), [set('marker')]);
+    const ch = only(r);
+    const total = 1 + 300 + sources.length * PER_SOURCE;
+    await until('every announce to be read', () => ledgerOf(ch.stats).received >= total + 1);
+    const l = ledgerOf(ch.stats);
+    console.log(JSON.stringify({ sources: 1 + sources.length, announces: total, events: nonZero(l.events), dropped: nonZero(l.dropped) }));
+    assert.equal(l.received, total + 1, 'not every announce was read');
+    assert.equal(l.events['subscribe'], BURST * (1 + sources.length));
+    assert.equal(l.dropped['rate_limited'], total - BURST * (1 + sources.length));
+    assert.equal(ch.registry.size, BURST * (1 + sources.length));
+    // Rate-limited or not, the data path is untouched.
+    await sender.send(set('after'), port);
+    assert.deepEqual(await ref.next(), set('after'));
+    trap.check();
+  });
+});
