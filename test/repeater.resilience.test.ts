@@ -9,7 +9,7 @@ import { STATE_FILE } from '../src/repeater/state-store.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
 import { decodeState, encodeState } from '../src/wire/state.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
-import { freePort, Receiver, Sender } from './helpers/net.js';
+import { eventually, freePort, Receiver, Sender } from './helpers/net.js';
 import { startRepeater, type TestRepeater } from './helpers/repeater.js';
 
 const sender = Sender.open();
@@ -160,4 +160,57 @@ describe('state across restarts', () => {
     assert.deepEqual(await rx.next(), set('still'));
     chmodSync(dir, 0o700);
   });
+});
+
+describe('running out of sockets', () => {
+  // Each subscriber needs a socket (and an ephemeral port). When the process
+  // runs out, a subscriber must be refused or removed visibly, never kept
+  // as one that silently receives nothing.
+  for (const nativePath of [true, false]) {
+    test(`subscribers beyond the open-file limit are refused or removed, and counted (${nativePath ? 'native' : 'node:dgram'} path)`, async () => {
+      const { spawn } = await import('node:child_process');
+      const { LogTap } = await import('./helpers/logtap.js');
+      const { CLI } = await import('./helpers/daemon.js');
+      const port = await freePort();
+      const child = spawn('bash', ['-c', 'ulimit -n 48 && exec "$0" "$@"', process.execPath, CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--metrics', 'off', '--log-level', 'debug'], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+        env: { ...process.env, UDPREPEATER_NATIVE: nativePath ? '1' : '0' },
+      });
+      const tap = new LogTap();
+      child.stderr.setEncoding('utf8').on('data', (d: string) => tap.feed(d));
+      try {
+        await tap.waitFor('udprepeater started');
+        const rxs = await Promise.all(Array.from({ length: 40 }, () => receiver()));
+        for (const rx of rxs) await sender.send(sub(rx.address), port);
+        // One more, from a receiver that is surely accepted, marks the end of the subscriptions.
+        await sender.send(set('k'), port);
+        const refused = nativePath
+          ? (await tap.waitFor('subscription refused', { reason: 'no_socket' }), tap.matching('subscription refused', { reason: 'no_socket' }))
+          : [await tap.waitFor('subscriber removed: its socket cannot connect')];
+        const subscribed = tap.matching('subscribed').map((r) => r['address']);
+        assert.ok(refused.length > 0, 'the limit was reached');
+        assert.ok(subscribed.length >= 5, `only ${subscribed.length} subscribed`);
+        // Those that kept a socket get every datagram; the others get none.
+        // (On the node:dgram path a socket fails asynchronously, so removals
+        // may still be arriving: wait until each receiver is served or removed.)
+        await sender.send(set('after'), port);
+        const removed = () => new Set(tap.matching('subscriber removed: its socket cannot connect').map((r) => r['address']));
+        const served = (rx: Receiver) => rx.received.some((b) => b.equals(set('after')));
+        await eventually('every receiver served, refused or removed', () =>
+          rxs.every((rx) => served(rx) || !subscribed.includes(rx.address) || removed().has(rx.address)) ? true : undefined,
+        );
+        const kept = rxs.filter((rx) => subscribed.includes(rx.address) && !removed().has(rx.address));
+        const lost = rxs.filter((rx) => !kept.includes(rx));
+        assert.ok(lost.length > 0 && kept.length > 0);
+        for (const rx of kept) assert.deepEqual(await rx.waitFor(2), [set('k'), set('after')], `${rx.address} kept its socket`);
+        for (const rx of lost) {
+          const probe = Buffer.from('probe');
+          await sender.send(probe, rx.port);
+          assert.deepEqual(await rx.waitFor(1), [probe], `${rx.address} has no socket yet received data`);
+        }
+      } finally {
+        child.kill('SIGKILL');
+      }
+    });
+  }
 });

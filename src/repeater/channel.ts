@@ -14,7 +14,8 @@ import { ChannelStats, D, E } from './stats.js';
 const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN']);
 
 export type Subscriber = Entry<OutputSocket>;
-export type SuspendHandler = (ch: Channel, e: Subscriber) => void;
+/** A subscriber taken out of service: suspended (unreachable) or evicted (no socket). */
+export type OutletEventHandler = (ch: Channel, e: Subscriber, event: 'suspend' | 'evict', why: string) => void;
 
 export interface ChannelOptions {
   readonly maxSubscribers: number;
@@ -63,10 +64,17 @@ export class Channel {
     key: string | null,
     private opts: ChannelOptions,
     onOutletError?: OutletErrorHandler,
-    private readonly onSuspend?: SuspendHandler,
+    private readonly onOutletEvent?: OutletEventHandler,
   ) {
     this.key = key;
     const onError: OutletErrorHandler = (o, err) => {
+      // A socket that could not connect never will: take the subscriber out
+      // (a dynamic one comes back with its next announce, a static one when
+      // the repeater retries it).
+      if (err.syscall === 'connect') {
+        this.evict(o, err);
+        return;
+      }
       // A failed send lost that copy; an error read on receive (recvmsg)
       // reports an ICMP answer to an earlier copy that the kernel did send.
       if (err.syscall === 'send' && !(o instanceof NativeOutlet)) this.stats.dropped[D.send_error]++;
@@ -94,14 +102,18 @@ export class Channel {
       const ttl = this.staticTtl.get(ep.text) ?? o.multicastTtl;
       return new Outlet(ep, { ...o.outlet, ttl, multicastInterface: o.multicastInterface }, onError);
     }
-    if (native !== null) {
-      try {
-        return new NativeOutlet(ep, native, o.outlet.sendBuffer, onError);
-      } catch {
-        // e.g. EMFILE: fall back to node:dgram for this one rather than refuse it
-      }
-    }
+    // Throws when no socket can be had (EMFILE, no free port): the caller
+    // refuses the subscription rather than keep one that cannot send.
+    if (native !== null) return new NativeOutlet(ep, native, o.outlet.sendBuffer, onError);
     return new Outlet(ep, o.outlet, onError);
+  }
+
+  private evict(o: OutputSocket, err: NodeJS.ErrnoException): void {
+    const e = this.registry.get(o.endpoint.text);
+    if (e === undefined || e.outlet !== o) return;
+    this.registry.remove(o.endpoint.text);
+    this.stats.events[E.evict]++;
+    this.onOutletEvent?.(this, e, 'evict', err.code ?? err.message);
   }
 
   /**
@@ -115,7 +127,7 @@ export class Channel {
     if (this.opts.deadAfter > 0 && e.suspendedUntil === 0 && e.strikes >= this.opts.deadAfter) {
       this.registry.suspend(e, Date.now() + this.opts.deadRetryMs);
       this.stats.events[E.suspend]++;
-      this.onSuspend?.(this, e);
+      this.onOutletEvent?.(this, e, 'suspend', err.code ?? err.message);
     }
   }
 

@@ -66,6 +66,12 @@ export class Outlet implements OutputSocket {
     });
     this.socket = socket;
     socket.on('error', (err: NodeJS.ErrnoException) => {
+      // Before the connect completed, any error (e.g. EADDRINUSE from the
+      // implicit bind) means the socket will never work.
+      if (!this.ready && !this.broken && !this.closed) {
+        this.fail(err);
+        return;
+      }
       this.errors++;
       this.lastError = err.code ?? err.message;
       this.lastErrorAt = Date.now();
@@ -74,8 +80,26 @@ export class Outlet implements OutputSocket {
     // A connected socket only receives from its peer: the kernel filters
     // everyone else out before we see a byte.
     if (onMessage !== undefined) socket.on('message', onMessage);
-    if (bindHost !== undefined) socket.bind(0, bindHost, () => socket.connect(endpoint.port, endpoint.host, () => this.onConnect()));
-    else socket.connect(endpoint.port, endpoint.host, () => this.onConnect());
+    const connect = () => socket.connect(endpoint.port, endpoint.host, (err?: Error) => (err ? this.fail(err as NodeJS.ErrnoException) : this.onConnect()));
+    if (bindHost !== undefined) socket.bind(0, bindHost, connect);
+    else connect();
+  }
+
+  /** True once the socket could not be bound or connected: it will never send. */
+  broken = false;
+
+  /**
+   * A socket that cannot connect (no free port, no route) must not swallow
+   * datagrams silently: it drops everything from now on and reports the
+   * error once with syscall 'connect', so its owner can remove it.
+   */
+  private fail(err: NodeJS.ErrnoException): void {
+    if (this.broken || this.closed) return;
+    this.broken = true;
+    this.dropped += this.pending?.length ?? 0;
+    this.pending = null;
+    err.syscall = 'connect';
+    this.socket.emit('error', err);
   }
 
   /** The local address this socket sends from (once connected). */
@@ -99,6 +123,10 @@ export class Outlet implements OutputSocket {
 
   /** Sends one copy; false when it was dropped (queue full). Never throws. */
   send(buf: Buffer): boolean {
+    if (this.broken) {
+      this.dropped++;
+      return false;
+    }
     if (!this.ready) {
       const p = this.pending;
       if (p === null || p.length >= this.opts.sendQueue) {

@@ -199,7 +199,13 @@ export class Repeater {
             key,
             chOpts,
             (o, err) => this.onOutletError(o, err),
-            (c, e) => this.log.warn('subscriber suspended: unreachable', { channel: c.name, address: e.endpoint.text, strikes: e.strikes, until: new Date(e.suspendedUntil).toISOString() }),
+            (c, e, event, why) => {
+              if (event === 'suspend') {
+                this.log.warn('subscriber suspended: unreachable', { channel: c.name, address: e.endpoint.text, strikes: e.strikes, error: why, until: new Date(e.suspendedUntil).toISOString() });
+              } else {
+                this.log.throttle('error', `evict:${e.endpoint.text}`, 'subscriber removed: its socket cannot connect', { channel: c.name, address: e.endpoint.text, error: why, static: e.isStatic });
+              }
+            },
           ),
         );
       }
@@ -237,15 +243,33 @@ export class Repeater {
   }
 
   private applyStatics(next: ServeConfig): void {
-    const now = Date.now();
     for (const ch of this.channels.values()) {
       const want = next.statics.filter((s) => s.channel === null || s.channel === ch.name);
       const wantKey = new Set(want.map((s) => `${s.endpoint.text}/${s.sealed ? 'sealed' : 'plain'}/${s.ttl}`));
       ch.registry.removeWhere((e) => e.isStatic && !wantKey.has(`${e.endpoint.text}/${e.form}/${ch.staticTtl.get(e.endpoint.text) ?? next.multicastTtl}`));
       ch.staticTtl.clear();
-      for (const s of want) {
-        ch.staticTtl.set(s.endpoint.text, s.ttl);
-        ch.registry.addStatic(s.endpoint, s.sealed ? 'sealed' : 'plain', now, s.sealed ? (s.key ?? ch.key ?? ch.name) : '');
+      for (const s of want) ch.staticTtl.set(s.endpoint.text, s.ttl);
+    }
+    this.ensureStatics();
+  }
+
+  /**
+   * Adds every configured static output that is missing: at apply time, and
+   * again on each sweep for those whose socket could not be opened or was
+   * evicted (no free port, too many open files).
+   */
+  private ensureStatics(): void {
+    const now = Date.now();
+    for (const ch of this.channels.values()) {
+      for (const s of this.config.statics) {
+        if (s.channel !== null && s.channel !== ch.name) continue;
+        const e = ch.registry.get(s.endpoint.text);
+        if (e !== undefined && e.isStatic) continue;
+        try {
+          ch.registry.addStatic(s.endpoint, s.sealed ? 'sealed' : 'plain', now, s.sealed ? (s.key ?? ch.key ?? ch.name) : '');
+        } catch (err) {
+          this.log.throttle('error', `static:${s.endpoint.text}`, 'cannot open a socket for a static output; retrying', { channel: ch.name, address: s.endpoint.text, error: (err as Error).message }, 60_000);
+        }
       }
     }
   }
@@ -262,6 +286,7 @@ export class Repeater {
   }
 
   sweep(now: number): void {
+    this.ensureStatics();
     for (const ch of this.channels.values()) {
       for (const e of ch.registry.resumeDue(now)) {
         ch.stats.events[E.resume]++;

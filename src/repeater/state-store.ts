@@ -58,14 +58,19 @@ export class StateStore {
       const ch = repeater.channels.get(s.channel);
       const ep = parseEndpoint(s.address);
       if (ch === undefined || typeof ep === 'string' || !repeater.access.allows(ep.host)) continue;
-      const e = ch.registry.restore(
-        { endpoint: ep, key: s.key, form: s.sealed ? 'sealed' : 'plain', source: s.source, origin: s.sealed ? s.origin : null },
-        s.firstSeenMs,
-        s.lastSeenMs,
-        s.deadlineMs,
-        now,
-      );
-      if (e !== null) restored++;
+      try {
+        const e = ch.registry.restore(
+          { endpoint: ep, key: s.key, form: s.sealed ? 'sealed' : 'plain', source: s.source, origin: s.sealed ? s.origin : null },
+          s.firstSeenMs,
+          s.lastSeenMs,
+          s.deadlineMs,
+          now,
+        );
+        if (e !== null) restored++;
+      } catch (err) {
+        // No socket for it: it will be back with its next announce.
+        this.log.throttle('warn', 'restore-socket', 'cannot open a socket for a saved subscriber', { address: s.address, error: describe(err) });
+      }
     }
     this.log.info('restored subscribers from saved state', { file: this.file, saved: state.subscribers.length, restored, savedAt: new Date(state.savedAtMs).toISOString() });
     return restored;

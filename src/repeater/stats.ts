@@ -28,6 +28,7 @@ export const DROP_REASONS = [
   'address_not_allowed',
   'loop',
   'registry_full',
+  'no_socket',
   'not_subscribed',
   'bad_signature',
   'stale_signature',

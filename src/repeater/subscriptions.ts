@@ -108,7 +108,15 @@ export class SubscriptionDesk {
       log.info('unsubscribed', { channel: ch.name, address: ep.text, key: sub.key, source });
       return null;
     }
-    const r = ch.registry.upsert({ endpoint: ep, key: sub.key, form, source, origin }, now);
+    let r;
+    try {
+      r = ch.registry.upsert({ endpoint: ep, key: sub.key, form, source, origin }, now);
+    } catch (err) {
+      // No socket for it (too many open files, no free port): refused, counted and visible.
+      this.reject(ch, 'no_socket', sub, source);
+      this.deps.log.throttle('error', 'no-socket', 'cannot open a socket for a subscriber', { channel: ch.name, address: ep.text, error: (err as Error).message }, 60_000);
+      return 'no_socket';
+    }
     if (r.event === 'full') {
       this.reject(ch, 'registry_full', sub, source);
       return 'registry_full';
