@@ -1,0 +1,481 @@
+// One scenario: receivers, then both fan-outs (the C floor and udprepeater)
+// sending to the same receivers, then repeated measurements alternating
+// between them, so that noise on this shared machine hits both alike.
+//
+// A measurement: arm the receivers for a fresh run id, read the fan-out's
+// counters and CPU time, run the generator for the scenario's duration,
+// wait until arrivals stop, read everything again.
+
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import type { BenchMode } from './modes.js';
+import type { NativeTools } from './native.js';
+import { poolSummary, writePool } from './pool.js';
+import { captureToPool, readPcap } from './pcap.js';
+import { clockTicks, cpuSeconds, ksoftirqdCpu, machineCpu, memory } from './procstat.js';
+import type { Progress } from './progress.js';
+import { BenchError, Child, sleep } from './procs.js';
+import { describeSynthetic, type SyntheticSpec, syntheticPool } from './synthetic.js';
+import { type FanCounters, type FanOut, type RepeaterFanOut, startFloor, startRepeater, subscribeAll, type TargetKind } from './targets.js';
+
+export type Source =
+  | { readonly kind: 'synthetic'; readonly rate: number; readonly spec: SyntheticSpec }
+  | { readonly kind: 'replay'; readonly speed: number; readonly capture: string; readonly dport?: number | undefined; readonly all?: boolean };
+
+export interface Scenario {
+  readonly id: string;
+  readonly title: string;
+  /** Chart series (offered output datagrams/s), or null when not charted. */
+  readonly series: number | null;
+  readonly subscribers: number;
+  /** Subscribe the receivers with uWSGI subscription packets instead of --to. */
+  readonly dynamic: boolean;
+  readonly source: Source;
+  readonly duration: number;
+  readonly repeats: number;
+  readonly targets: readonly TargetKind[];
+}
+
+export interface Context {
+  readonly tools: NativeTools;
+  readonly mode: BenchMode;
+  readonly scratch: string;
+  readonly cpuFanout: string | undefined;
+  readonly cpuLoad: string | undefined;
+  readonly recvBuffer: number;
+  readonly repeaterArgs: readonly string[];
+  readonly warmup: number;
+  readonly progress: Progress;
+  /** Waiting for a quiet machine before each measurement: the threshold (CPUs busy elsewhere) and a total budget in seconds. */
+  readonly quiet: { threshold: number; budget: number; perMeasurement: number; spent: number };
+}
+
+export interface Latency {
+  p50: number;
+  p90: number;
+  p99: number;
+  p999: number;
+  max: number;
+}
+
+/** One measurement of one fan-out. Rates are per second; latencies in µs. */
+export interface Sample {
+  target: TargetKind;
+  rep: number;
+  offeredIn: number | null;
+  genSent: number;
+  genStamped: number;
+  genRate: number;
+  genElapsed: number;
+  genMaxLagMs: number;
+  genErrors: number;
+  genCpuUtil: number;
+  fanIn: number;
+  fanOut: number;
+  fanDrops: Record<string, number>;
+  delivered: number;
+  duplicates: number;
+  reordered: number;
+  receiverKernelDrops: number;
+  window: number;
+  deliveredRate: number;
+  /** Offered output = stamped datagrams sent x subscribers. */
+  offeredOutRate: number;
+  loss: number;
+  inputLoss: number;
+  worstReceiverLoss: number;
+  worstReceiverP99: number;
+  latency: Latency;
+  cpu: number;
+  cpuPerOutUs: number;
+  fanCpuUtil: number;
+  recvCpuUtil: number;
+  /** CPU (in cores) used by everything else on the machine during the run. */
+  otherLoad: number;
+  steal: number;
+  /** ksoftirqd CPU during the run, in CPUs. */
+  softirqd: number;
+  flags: string[];
+  /** [port, delivered, p50 µs, p99 µs, max µs] per receiver (scenarios up to 256 subscribers). */
+  receivers?: Array<[number, number, number, number, number]>;
+}
+
+export interface TargetResult {
+  target: TargetKind;
+  samples: Sample[];
+  peakRssKiB: number;
+  warnings: string[];
+  setupSeconds: number;
+}
+
+export interface ScenarioResult {
+  scenario: Scenario;
+  source: string;
+  results: TargetResult[];
+}
+
+interface GenReport {
+  sent: number;
+  stamped: number;
+  copies: number;
+  errors: number;
+  last_error: string;
+  t0_ns: number;
+  t_end_ns: number;
+  elapsed_s: number;
+  rate: number;
+  max_lag_ms: number;
+  cpu_s: number;
+}
+
+interface RecvSocket {
+  port: number;
+  count: number;
+  uniq: number;
+  dup: number;
+  ooo: number;
+  foreign: number;
+  drops: number;
+  p50: number;
+  p99: number;
+  max: number;
+  first: number;
+  last: number;
+}
+interface RecvTotal {
+  count: number;
+  uniq: number;
+  dup: number;
+  ooo: number;
+  foreign: number;
+  drops: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  p999: number;
+  max: number;
+  first: number;
+  last: number;
+}
+interface RecvDump {
+  run: number;
+  sockets?: RecvSocket[];
+  total: RecvTotal;
+  cpu_s: number;
+}
+
+let runId = (Math.floor(Math.random() * 0x3fffffff) + 1) >>> 0;
+const poolCache = new Map<string, { path: string; text: string; count: number; spanNs: number }>();
+
+/** Writes (once) the pool file a source needs; returns its path and a description. */
+export function poolFor(ctx: Context, src: Source): { path: string; text: string; count: number; spanNs: number } {
+  const key = JSON.stringify(src, (_k, v: unknown) => (typeof v === 'object' && v !== null && 'sample' in v ? (v as unknown as { text: string }).text : v));
+  const hit = poolCache.get(key);
+  if (hit !== undefined) return hit;
+  const path = join(ctx.scratch, `pool-${poolCache.size}.bin`);
+  let out: { path: string; text: string; count: number; spanNs: number };
+  if (src.kind === 'synthetic') {
+    const records = syntheticPool(src.spec);
+    writePool(path, records, 0);
+    const s = poolSummary(records);
+    out = { path, text: `${describeSynthetic(src.spec)} (pool of ${s.count}, mean ${s.meanBytes.toFixed(0)} B)`, count: s.count, spanNs: 0 };
+  } else {
+    const cap = readPcap(readFileSync(src.capture), src.capture);
+    const p = captureToPool(cap, { dport: src.dport, all: src.all === true });
+    writePool(path, p.records, p.spanNs);
+    const s = poolSummary(p.records);
+    const speed = src.speed === 0 ? 'as fast as possible' : `${src.speed}x`;
+    out = {
+      path,
+      text: `replay of ${src.capture.split('/').pop()} at ${speed} (${s.count} datagrams over ${(p.spanNs / 1e9).toFixed(1)} s, mean ${s.meanBytes.toFixed(0)} B, ${s.stamped} stampable)`,
+      count: s.count,
+      spanNs: p.spanNs,
+    };
+  }
+  poolCache.set(key, out);
+  return out;
+}
+
+/** Generator flags that pace a source for `duration` seconds, and the most it may send. */
+function pacing(src: Source, pool: { count: number; spanNs: number }, duration: number): { args: string[]; cap: number; offered: number | null } {
+  if (src.kind === 'synthetic') {
+    const cap = Math.ceil(src.rate * duration) + 64;
+    return { args: ['--rate', String(src.rate)], cap, offered: src.rate };
+  }
+  if (src.speed > 0) {
+    const rate = (pool.count / (pool.spanNs / 1e9)) * src.speed;
+    return { args: ['--timeline', '--loop', '--speed', String(src.speed)], cap: Math.ceil(rate * duration * 1.05) + 1000, offered: rate };
+  }
+  return { args: ['--timeline', '--loop', '--speed', '0'], cap: Math.ceil(2e6 * duration), offered: null };
+}
+
+export async function runGen(
+  ctx: Context,
+  pool: string,
+  to: readonly number[],
+  pace: string[],
+  duration: number,
+  count: number,
+  run: number,
+  cpu: string | undefined,
+  onTick?: (s: number) => void,
+): Promise<GenReport> {
+  const args = ['--pool', pool, ...to.flatMap((p) => ['--to', `127.0.0.1:${p}`]), ...pace];
+  args.push('--duration', String(duration), '--count', String(count), '--run', String(run), ...ctx.mode.genArgs());
+  const gen = Child.spawn('gen', ctx.tools.gen, args, { cpu });
+  const t0 = Date.now();
+  const ticker = setInterval(() => onTick?.((Date.now() - t0) / 1000), 250);
+  try {
+    const { code } = await gen.wait((duration + 15) * 1000);
+    if (code !== 0) throw new BenchError(`gen exited with ${code}:\n${gen.stderrTail}`);
+    const line = gen.drainLines().find((l) => l.startsWith('{'));
+    if (line === undefined) throw new BenchError(`gen printed no report:\n${gen.stderrTail}`);
+    return JSON.parse(line) as GenReport;
+  } finally {
+    clearInterval(ticker);
+  }
+}
+
+/** Starts N receivers; returns the child and their ports. */
+export async function startReceivers(ctx: Context, n: number, tag: string): Promise<{ recv: Child; ports: number[]; portsFile: string }> {
+  const portsFile = join(ctx.scratch, `ports-${tag}.txt`);
+  const recv = Child.spawn('recv', ctx.tools.recv, ['--count', String(n), '--ports-out', portsFile, '--rcvbuf', String(ctx.recvBuffer), ...ctx.mode.recvArgs()], {
+    cpu: ctx.cpuLoad,
+    stdin: true,
+  });
+  await recv.nextLine((l) => l.startsWith('READY'), 30_000, 'READY from the receivers');
+  const ports = readFileSync(portsFile, 'utf8').trim().split('\n').map(Number);
+  if (ports.length !== n) throw new BenchError(`receivers reported ${ports.length} ports, expected ${n}`);
+  return { recv, ports, portsFile };
+}
+
+/** Arms the receivers for run `id` (sequence numbers below `maxseq` are deduplicated). */
+export async function arm(recv: Child, id: number, maxseq: number): Promise<void> {
+  recv.send(`RUN ${id} ${maxseq}`);
+  await recv.nextLine((l) => l === `OK RUN ${id}`, 30_000, `OK RUN ${id}`);
+}
+
+/** Waits until arrivals stop (no change for 80 ms), at most `ms`. */
+export async function drain(recv: Child, ms = 4000): Promise<RecvDump> {
+  const deadline = Date.now() + ms;
+  let prev = -1;
+  for (;;) {
+    const d = await recv.ask<RecvDump>('TOTAL');
+    if (d.total.count === prev || Date.now() > deadline) return d;
+    prev = d.total.count;
+    await sleep(80);
+  }
+}
+
+/**
+ * This machine is shared. Before a measurement, waits (in 100 ms probes)
+ * until the rest of the machine uses less than `threshold` CPUs, drawing on
+ * a run-wide budget so that a busy machine slows the bench down only so much.
+ * Our own idle children count as "the rest" here; they use next to nothing.
+ */
+export async function awaitQuiet(ctx: Context): Promise<void> {
+  const q = ctx.quiet;
+  const until = Date.now() + q.perMeasurement * 1000;
+  for (;;) {
+    const a = machineCpu();
+    await sleep(100);
+    const busy = (machineCpu().busy - a.busy) / 0.1;
+    if (busy < q.threshold || q.spent >= q.budget || Date.now() >= until) return;
+    q.spent += 0.1;
+    ctx.progress.tick(`waiting for a quiet machine (${(busy * 100).toFixed(0)}% of a CPU busy elsewhere)`);
+  }
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length === 0 ? NaN : s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+};
+export { median };
+
+async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child, pool: ReturnType<typeof poolFor>, rep: number, label: string): Promise<Sample> {
+  const { args, cap, offered } = pacing(sc.source, pool, sc.duration);
+  const id = (runId = (runId + 1) >>> 0 || 1);
+  await arm(recv, id, cap + 1);
+  await awaitQuiet(ctx);
+  const recvBefore = await recv.ask<RecvDump>('TOTAL');
+  const before: FanCounters = await fan.counters();
+  const cpu0 = cpuSeconds(fan.child.pid);
+  const m0 = machineCpu();
+  const k0 = ksoftirqdCpu();
+  const gen = await runGen(ctx, pool.path, [fan.inputPort], args, sc.duration, cap, id, ctx.cpuLoad, (s) =>
+    ctx.progress.tick(`${label}: ${s.toFixed(1)}/${sc.duration} s`),
+  );
+  ctx.progress.tick(`${label}: draining`);
+  await drain(recv);
+  const cpu1 = cpuSeconds(fan.child.pid);
+  const m1 = machineCpu();
+  const k1 = ksoftirqdCpu();
+  const after = await fan.counters();
+  const dump = await recv.ask<RecvDump>(sc.subscribers <= 256 ? 'DUMP' : 'TOTAL', 30_000);
+  const t = dump.total;
+  const n = sc.subscribers;
+  const expected = gen.stamped * n;
+  const window = Math.max(gen.elapsed_s, t.last > 0 ? (t.last - gen.t0_ns) / 1e9 : 0);
+  const fanIn = after.received - before.received;
+  const fanOut = after.sent - before.sent;
+  const drops: Record<string, number> = {};
+  for (const [k, v] of Object.entries(after.drops)) {
+    const d = v - (before.drops[k] ?? 0);
+    if (d > 0) drops[k] = d;
+  }
+  const cpu = cpu1 - cpu0;
+  const recvCpu = dump.cpu_s - recvBefore.cpu_s;
+  // Everything else that ran on the machine meanwhile (other users, our own idle children, the driver).
+  const otherLoad = Math.max(0, m1.busy - m0.busy - cpu - recvCpu - gen.cpu_s) / window;
+  const steal = (m1.steal - m0.steal) / window;
+  const flags: string[] = [];
+  if (otherLoad > 0.2) flags.push(`other processes kept ${(otherLoad * 100).toFixed(0)}% of a CPU busy during the run`);
+  const ticks = Math.round(cpu * clockTicks());
+  if (ticks < 30) flags.push(`the CPU figure rests on ${ticks} clock ticks of ${(1000 / clockTicks()).toFixed(0)} ms: rough at this rate`);
+  const softirqd = (k1 - k0) / window;
+  if (softirqd > 0.05) flags.push(`ksoftirqd ran ${(softirqd * 100).toFixed(0)}% of a CPU: softirq work escaped the fan-out's CPU figures`);
+  if (steal > 0.05) flags.push(`the hypervisor stole ${(steal * 100).toFixed(0)}% of a CPU during the run`);
+  if (offered !== null && gen.rate < 0.97 * offered) flags.push(`generator reached only ${(gen.rate / offered * 100).toFixed(0)}% of the offered rate`);
+  if (offered !== null && gen.max_lag_ms > 50) flags.push(`generator fell ${gen.max_lag_ms.toFixed(0)} ms behind schedule`);
+  if (gen.errors > 0) flags.push(`generator send errors: ${gen.errors} (${gen.last_error})`);
+  if (recvCpu / window > 0.85) flags.push(`receivers busy ${(recvCpu / window * 100).toFixed(0)}% of a core`);
+  if (t.drops > 0) flags.push(`receiver sockets overflowed: ${t.drops} dropped by the kernel at the receivers`);
+  const sockets = dump.sockets ?? [];
+  const worstLoss = sockets.length ? Math.max(...sockets.map((s) => (gen.stamped ? 1 - s.uniq / gen.stamped : 0))) : expected ? 1 - t.uniq / expected : 0;
+  const sample: Sample = {
+    target: fan.kind,
+    rep,
+    offeredIn: offered,
+    genSent: gen.sent,
+    genStamped: gen.stamped,
+    genRate: gen.rate,
+    genElapsed: gen.elapsed_s,
+    genMaxLagMs: gen.max_lag_ms,
+    genErrors: gen.errors,
+    genCpuUtil: gen.elapsed_s > 0 ? gen.cpu_s / gen.elapsed_s : 0,
+    fanIn,
+    fanOut,
+    fanDrops: drops,
+    delivered: t.uniq,
+    duplicates: t.dup,
+    reordered: t.ooo,
+    receiverKernelDrops: t.drops,
+    window,
+    deliveredRate: t.uniq / window,
+    offeredOutRate: (gen.stamped * n) / Math.max(gen.elapsed_s, 1e-9),
+    loss: expected > 0 ? 1 - t.uniq / expected : 0,
+    inputLoss: gen.sent > 0 ? Math.max(0, 1 - fanIn / gen.sent) : 0,
+    worstReceiverLoss: worstLoss,
+    worstReceiverP99: sockets.length ? Math.max(...sockets.map((s) => s.p99)) / 1000 : t.p99 / 1000,
+    latency: { p50: t.p50 / 1000, p90: t.p90 / 1000, p99: t.p99 / 1000, p999: t.p999 / 1000, max: t.max / 1000 },
+    cpu,
+    cpuPerOutUs: fanOut > 0 ? (cpu / fanOut) * 1e6 : NaN,
+    fanCpuUtil: cpu / window,
+    recvCpuUtil: recvCpu / window,
+    otherLoad,
+    steal,
+    softirqd,
+    flags,
+  };
+  if (sockets.length > 0) {
+    sample.receivers = sockets.map((s) => [s.port, s.uniq, Math.round(s.p50 / 100) / 10, Math.round(s.p99 / 100) / 10, Math.round(s.max / 100) / 10]);
+  }
+  return sample;
+}
+
+async function warm(ctx: Context, sc: Scenario, fan: FanOut, pool: ReturnType<typeof poolFor>): Promise<void> {
+  if (ctx.warmup <= 0) return;
+  const { args } = pacing(sc.source, pool, ctx.warmup);
+  // A run id the receivers are not armed for: its arrivals are counted as foreign and ignored.
+  await runGen(ctx, pool.path, [fan.inputPort], args, ctx.warmup, Math.ceil(2e6 * ctx.warmup), 0, ctx.cpuLoad);
+  await sleep(100);
+}
+
+export function fmtRate(r: number): string {
+  return r >= 1e6 ? `${(r / 1e6).toFixed(2)}M` : r >= 1e3 ? `${(r / 1e3).toFixed(1)}k` : r.toFixed(0);
+}
+
+/** Ephemeral ports the kernel hands out (bind to port 0, or connect on an unbound socket). */
+function ephemeralPorts(): number {
+  try {
+    const [lo, hi] = readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/).map(Number);
+    return hi! - lo! + 1;
+  } catch {
+    return 28232;
+  }
+}
+
+/**
+ * Both fan-outs normally run side by side and the measurements alternate
+ * between them. Each output socket of a fan-out holds an ephemeral port, as
+ * does each receiver: with many subscribers they would not all fit (and the
+ * second fan-out would fail to connect some outputs), so then the fan-outs
+ * run one after the other.
+ */
+export function interleaves(sc: Scenario): boolean {
+  return sc.subscribers * (sc.targets.length + 1) + 2000 < ephemeralPorts();
+}
+
+export async function runScenario(ctx: Context, sc: Scenario): Promise<ScenarioResult> {
+  const pool = poolFor(ctx, sc.source);
+  const { recv, ports, portsFile } = await startReceivers(ctx, sc.subscribers, sc.id);
+  const live: FanOut[] = [];
+  const setup = new Map<TargetKind, number>();
+  const start = async (kind: TargetKind): Promise<FanOut> => {
+    const t0 = Date.now();
+    const opts = { cpu: ctx.cpuFanout, repeaterArgs: ctx.repeaterArgs, recvBuffer: ctx.recvBuffer };
+    let fan: FanOut;
+    if (kind === 'floor') fan = await startFloor(ctx.tools, ctx.mode, portsFile, opts);
+    else {
+      const dynArgs = sc.dynamic
+        ? ['--max-subscribers', String(sc.subscribers + 16), '--subscribe-rate', '1000000', '--subscribe-burst', '1000000', '--tolerance', '3600']
+        : [];
+      const rep: RepeaterFanOut = await startRepeater(ctx.mode, sc.dynamic ? [] : ports, { ...opts, repeaterArgs: [...dynArgs, ...ctx.repeaterArgs] }, kind);
+      live.push(rep);
+      if (sc.dynamic) {
+        ctx.progress.tick(`subscribing ${sc.subscribers} receivers`);
+        await subscribeAll(rep, ctx.mode, ports, 'ssl', (n) => ctx.progress.tick(`subscribed ${n}/${sc.subscribers}`));
+      }
+      fan = rep;
+    }
+    if (!live.includes(fan)) live.push(fan);
+    setup.set(kind, (Date.now() - t0) / 1000);
+    await warm(ctx, sc, fan, pool);
+    return fan;
+  };
+  const samples = new Map<TargetKind, Sample[]>(sc.targets.map((k) => [k, []]));
+  const results: TargetResult[] = [];
+  const finish = async (fan: FanOut) => {
+    const mem = memory(fan.child.pid);
+    results.push({ target: fan.kind, samples: samples.get(fan.kind)!, peakRssKiB: mem.peakKiB, warnings: [...fan.warnings], setupSeconds: setup.get(fan.kind) ?? 0 });
+    await fan.stop();
+    live.splice(live.indexOf(fan), 1);
+  };
+  const measure = async (fan: FanOut, rep: number) => {
+    const label = `${sc.title}: ${fan.kind} ${rep + 1}/${sc.repeats}`;
+    ctx.progress.next(label);
+    samples.get(fan.kind)!.push(await measureOnce(ctx, sc, fan, recv, pool, rep, label));
+  };
+  try {
+    if (interleaves(sc)) {
+      const fans: FanOut[] = [];
+      for (const kind of sc.targets) fans.push(await start(kind));
+      for (let rep = 0; rep < sc.repeats; rep++) {
+        // Alternate the order so that neither fan-out always runs first.
+        for (const fan of rep % 2 === 0 ? fans : [...fans].reverse()) await measure(fan, rep);
+      }
+      for (const fan of fans) await finish(fan);
+    } else {
+      for (const kind of sc.targets) {
+        const fan = await start(kind);
+        for (let rep = 0; rep < sc.repeats; rep++) await measure(fan, rep);
+        await finish(fan);
+      }
+    }
+    return { scenario: sc, source: pool.text, results };
+  } finally {
+    for (const f of live) await f.stop();
+    await recv.stop();
+  }
+}

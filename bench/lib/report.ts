@@ -1,0 +1,369 @@
+// Turns measurements into bench/results/<name>.json (every raw sample),
+// <name>.md (tables of medians, udprepeater as ratios to the floor) and
+// <name>.svg (delivered rate and CPU per output datagram against the number
+// of subscribers). Hand-written SVG: no dependencies.
+
+import { writeFileSync } from 'node:fs';
+import type { CapacityResult } from './capacity.js';
+import type { Machine } from './machine.js';
+import { fmtRate, interleaves, median, type Sample, type ScenarioResult } from './measure.js';
+import { kfmt } from './plan.js';
+import type { TargetKind } from './targets.js';
+
+export interface RunInfo {
+  readonly command: string;
+  readonly mode: string;
+  readonly quick: boolean;
+  readonly started: string;
+  readonly seconds: number;
+  readonly pinning: string;
+  readonly repeats: number;
+  readonly duration: number;
+  readonly warmup: number;
+  readonly machine: Machine;
+  readonly repeaterArgs: readonly string[];
+  readonly recvBuffer: number;
+  readonly gitHead: string | null;
+  readonly quiet: { threshold: number; budget: number; perMeasurement: number; spent: number };
+  readonly repeaterPath: string;
+  readonly targets: readonly TargetKind[];
+}
+
+export interface TargetSummary {
+  target: TargetKind;
+  repeats: number;
+  /** Measurements the medians are taken over. */
+  used: number;
+  /** True when those are the quiet ones only. */
+  quietUsed: boolean;
+  offeredIn: number | null;
+  inRate: number;
+  offeredOutRate: number;
+  deliveredRate: number;
+  loss: number;
+  inputLoss: number;
+  worstReceiverLoss: number;
+  p50: number;
+  p90: number;
+  p99: number;
+  max: number;
+  worstReceiverP99: number;
+  cpuPerOutUs: number;
+  fanCpuUtil: number;
+  recvCpuUtil: number;
+  otherLoad: number;
+  peakRssMiB: number;
+  drops: Record<string, number>;
+  flags: string[];
+}
+
+export interface Ratios {
+  deliveredRate: number;
+  cpuPerOut: number;
+  p50: number;
+  p99: number;
+  max: number;
+}
+
+export interface ScenarioSummary {
+  id: string;
+  title: string;
+  series: number | null;
+  subscribers: number;
+  dynamic: boolean;
+  interleaved: boolean;
+  source: string;
+  targets: Partial<Record<TargetKind, TargetSummary>>;
+  /** Each udprepeater variant / floor, when both ran. */
+  ratios: Partial<Record<TargetKind, Ratios>>;
+}
+
+/** A measurement counts as quiet when everything else on the machine used less than this many CPUs. */
+export const QUIET_LOAD = 0.1;
+
+export function summarize(r: ScenarioResult): ScenarioSummary {
+  const targets: Partial<Record<TargetKind, TargetSummary>> = {};
+  for (const t of r.results) {
+    // Medians over the measurements the rest of the machine left alone, when there are at least two.
+    const quiet = t.samples.filter((x) => x.otherLoad < QUIET_LOAD && x.steal < 0.05);
+    const s = quiet.length >= Math.min(2, t.samples.length) ? quiet : t.samples;
+    const m = (f: (x: Sample) => number) => median(s.map(f));
+    const drops: Record<string, number> = {};
+    for (const x of s) for (const [k, v] of Object.entries(x.fanDrops)) drops[k] = (drops[k] ?? 0) + v / s.length;
+    // Group flags by kind (numbers masked), say in how many measurements each came up.
+    const kinds = new Map<string, { first: string; n: number }>();
+    for (const x of s) {
+      // "Behind schedule" means nothing for an as-fast-as-possible source (results of older runs carry it).
+      for (const f of new Set(x.flags.filter((g) => x.offeredIn !== null || !g.includes('behind schedule')))) {
+        const k = f.replace(/[0-9]+(\.[0-9]+)?/g, '#');
+        const e = kinds.get(k);
+        if (e === undefined) kinds.set(k, { first: f, n: 1 });
+        else e.n++;
+      }
+    }
+    targets[t.target] = {
+      target: t.target,
+      repeats: t.samples.length,
+      used: s.length,
+      quietUsed: s === quiet,
+      offeredIn: s[0]?.offeredIn ?? null,
+      inRate: m((x) => x.genRate),
+      offeredOutRate: m((x) => x.offeredOutRate),
+      deliveredRate: m((x) => x.deliveredRate),
+      loss: m((x) => x.loss),
+      inputLoss: m((x) => x.inputLoss),
+      worstReceiverLoss: m((x) => x.worstReceiverLoss),
+      p50: m((x) => x.latency.p50),
+      p90: m((x) => x.latency.p90),
+      p99: m((x) => x.latency.p99),
+      max: m((x) => x.latency.max),
+      worstReceiverP99: m((x) => x.worstReceiverP99),
+      cpuPerOutUs: m((x) => x.cpuPerOutUs),
+      fanCpuUtil: m((x) => x.fanCpuUtil),
+      recvCpuUtil: m((x) => x.recvCpuUtil),
+      peakRssMiB: t.peakRssKiB / 1024,
+      drops,
+      otherLoad: m((x) => x.otherLoad),
+      flags: [...kinds.values()].map((e) => `${e.first} (${e.n} of ${s.length} measurements${e.n > 1 ? '; first shown' : ''})`),
+    };
+  }
+  const f = targets.floor;
+  const ratios: Partial<Record<TargetKind, Ratios>> = {};
+  for (const u of Object.values(targets)) {
+    if (f === undefined || u.target === 'floor') continue;
+    ratios[u.target] = { deliveredRate: u.deliveredRate / f.deliveredRate, cpuPerOut: u.cpuPerOutUs / f.cpuPerOutUs, p50: u.p50 / f.p50, p99: u.p99 / f.p99, max: u.max / f.max };
+  }
+  const sc = r.scenario;
+  return { id: sc.id, title: sc.title, series: sc.series, subscribers: sc.subscribers, dynamic: sc.dynamic, interleaved: interleaves(sc), source: r.source, targets, ratios };
+}
+
+const pct = (x: number) => (!Number.isFinite(x) ? '-' : x === 0 ? '0' : x < 0.0001 ? '<0.01%' : `${(x * 100).toFixed(x < 0.01 ? 2 : 1)}%`);
+const us = (x: number) => (!Number.isFinite(x) ? '-' : x >= 100000 ? `${(x / 1000).toFixed(0)} ms` : x >= 1000 ? `${(x / 1000).toFixed(1)} ms` : `${x.toFixed(x < 10 ? 1 : 0)} µs`);
+const ratio = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}x` : '-');
+const cpuUs = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '-');
+
+export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityResult[]): string {
+  const m = info.machine;
+  const L: string[] = [];
+  L.push(`# udprepeater bench (${info.quick ? 'quick' : 'full'} run, ${info.mode} mode)`, '');
+  L.push(`Produced by \`${info.command}\` on ${info.started} in ${info.seconds.toFixed(0)} s${info.gitHead ? ` (tree at ${info.gitHead})` : ''}.`, '');
+  L.push(
+    `Machine: ${m.nproc} x ${m.cpuModel}, Linux ${m.kernel}, Node ${m.node}, ${m.memGiB} GiB RAM, ` +
+      `net.core.rmem_max ${m.rmemMax}, wmem_max ${m.wmemMax}, rmem_default ${m.rmemDefault}, netdev_max_backlog ${m.netdevMaxBacklog}, ` +
+      `load average ${m.loadAvg1m} at start, cgroup cpu.max ${m.cgroupCpuMax ?? 'n/a'}, open files ${m.fdLimit ?? '?'}, ${m.compiler}.`,
+    '',
+  );
+  L.push(
+    `Method: ${info.pinning}. Every figure is a median over ${info.repeats} measurements of ${info.duration} s (the 10k-subscriber run may be longer), ` +
+      `taken over the quiet ones only (the rest of the machine used less than ${QUIET_LOAD} CPU) when at least two were quiet; the last column says which; ` +
+      `the fan-outs (${info.targets.join(', ')}) alternating, after a ${info.warmup} s warm-up of each. ` +
+      `SO_RCVBUF ${info.recvBuffer} for the fan-out input and every receiver. udprepeater flags added: \`${info.repeaterArgs.join(' ') || '(none)'}\`. ` +
+      `Before each measurement the bench waited for the rest of the machine to use less than ${info.quiet.threshold} CPU ` +
+      `(${info.quiet.spent.toFixed(1)} s spent waiting, budget ${info.quiet.budget} s).`,
+    '',
+  );
+
+  L.push('## udprepeater against the floor', '');
+  L.push('Ratios are udprepeater / floor: above 1x is worse for CPU and latency, below 1x is worse for delivered rate.', '');
+  L.push(
+    'On this shared VM a single scheduling stall of a few tens of ms during a measurement sets its p99 and max (1% of a 3 s run is 30 ms of traffic): ' +
+      'compare p50 and p90, and CPU per output, before reading anything into p99.',
+    '',
+  );
+  L.push(`udprepeater's datagram path in this run: ${info.repeaterPath}${info.targets.includes('udprepeater-dgram') ? '; udprepeater-dgram is the same build with UDPREPEATER_NATIVE=0 (node:dgram)' : ''}.`, '');
+  L.push('| scenario | target | delivered out/s: target / floor | ratio | loss: target / floor | CPU µs per output: target / floor | ratio | p50 latency | p90 latency | p99 latency | max latency | peak RSS MiB | medians of (target / floor) |');
+  L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  const usedText = (t: TargetSummary) => (t.quietUsed ? `${t.used} quiet` : `all ${t.repeats}`);
+  for (const s of sums) {
+    const f = s.targets.floor;
+    for (const u of Object.values(s.targets)) {
+      const r = s.ratios[u.target];
+      if (!f || !r) continue;
+      L.push(
+        `| ${s.title} | ${u.target} | ${fmtRate(u.deliveredRate)} / ${fmtRate(f.deliveredRate)} | ${ratio(r.deliveredRate)} | ${pct(u.loss)} / ${pct(f.loss)} | ` +
+          `${cpuUs(u.cpuPerOutUs)} / ${cpuUs(f.cpuPerOutUs)} | ${ratio(r.cpuPerOut)} | ${us(u.p50)} / ${us(f.p50)} (${ratio(r.p50)}) | ${us(u.p90)} / ${us(f.p90)} | ` +
+          `${us(u.p99)} / ${us(f.p99)} (${ratio(r.p99)}) | ${us(u.max)} / ${us(f.max)} | ${u.peakRssMiB.toFixed(0)} / ${f.peakRssMiB.toFixed(1)} | ` +
+          `${usedText(u)} / ${usedText(f)} |`,
+      );
+    }
+  }
+  L.push('');
+
+  L.push('## All figures (medians)', '');
+  L.push('| scenario | target | offered in/s | sent in/s | offered out/s | delivered out/s | loss | lost at input | worst receiver loss | p50 | p99 | max | worst receiver p99 | CPU µs per output | fan-out CPU | receivers CPU | other load | peak RSS MiB | medians of |');
+  L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const s of sums) {
+    for (const t of Object.values(s.targets)) {
+      L.push(
+        `| ${s.title} | ${t.target} | ${t.offeredIn === null ? 'max' : fmtRate(t.offeredIn)} | ${fmtRate(t.inRate)} | ${fmtRate(t.offeredOutRate)} | ` +
+          `${fmtRate(t.deliveredRate)} | ${pct(t.loss)} | ${pct(t.inputLoss)} | ${pct(t.worstReceiverLoss)} | ${us(t.p50)} | ${us(t.p99)} | ${us(t.max)} | ` +
+          `${us(t.worstReceiverP99)} | ${cpuUs(t.cpuPerOutUs)} | ${pct(t.fanCpuUtil)} | ${pct(t.recvCpuUtil)} | ${pct(t.otherLoad)} | ${t.peakRssMiB.toFixed(1)} | ${t.quietUsed ? `${t.used} quiet of ${t.repeats}` : `all ${t.repeats}`} |`,
+      );
+    }
+  }
+  L.push('');
+  L.push('Sources:', '');
+  for (const s of sums) {
+    const how = s.dynamic ? '; receivers subscribed with uWSGI subscription packets (224/0)' : '; static --to subscribers';
+    const order = s.interleaved ? '' : '; the fan-outs ran one after the other (side by side they would need more ephemeral ports than the kernel has)';
+    L.push(`- ${s.title} (id ${s.id}): ${s.source}${how}${order}`);
+  }
+  L.push('');
+
+  const dropLines = sums.flatMap((s) =>
+    Object.values(s.targets)
+      .filter((t) => Object.keys(t.drops).length > 0)
+      .map((t) => `- ${s.title}, ${t.target}: ${Object.entries(t.drops).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ')} (mean per measurement)`),
+  );
+  const flagLines = sums.flatMap((s) => Object.values(s.targets).flatMap((t) => t.flags.map((f) => `- ${s.title}, ${t.target}: ${f}`)));
+  L.push('## Drops reported by the fan-outs', '');
+  L.push(...(dropLines.length ? dropLines : ['None.']), '');
+  L.push('## Warnings about the load itself', '');
+  L.push('A figure measured while the generator or the receivers were the limit is about the load tools, not the fan-out.', '');
+  L.push(...(flagLines.length ? flagLines : ['None: the generator kept its schedule and the receivers kept up in every measurement.']), '');
+
+  if (cap.length > 0) {
+    L.push('## Load tools on their own (generator straight to receivers)', '');
+    L.push('The generator sends each datagram to every receiver itself (no fan-out); it runs on the fan-out CPU, the receivers on theirs.', '');
+    L.push('| check | offered copies/s | sent copies/s | delivered/s | loss | kernel drops at receivers | p50 | p99 | max | generator µs CPU per copy | receivers µs CPU per datagram | generator CPU | receivers CPU | other load |');
+    L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+    for (const c of cap) {
+      const x = c.median;
+      L.push(
+        `| ${c.case.title} | ${x.offeredCopies === null ? 'max' : fmtRate(x.offeredCopies)} | ${fmtRate(x.copiesRate)} | ${fmtRate(x.deliveredRate)} | ${pct(x.loss)} | ${x.receiverKernelDrops.toFixed(0)} | ` +
+          `${us(x.latency.p50)} | ${us(x.latency.p99)} | ${us(x.latency.max)} | ${cpuUs(x.genCpuPerCopyUs)} | ${cpuUs(x.recvCpuPerDatagramUs)} | ${pct(x.genCpuUtil)} | ${pct(x.recvCpuUtil)} | ${pct(x.otherLoad)} |`,
+      );
+    }
+    L.push('');
+    L.push(
+      'Per-datagram CPU costs are the capacity figures: one core sends about 1/(generator µs) copies per second and receives about ' +
+        '1/(receivers µs) datagrams per second (at low rates wake-ups dominate and the per-datagram figures are higher). ' +
+        'In the fan-out runs the generator sends only the input rate, and the receivers\' CPU column shows how much room they had.',
+      '',
+    );
+  }
+
+  L.push('## Reading the figures', '');
+  L.push(
+    '- offered in/s: the generator schedule; sent in/s: what it achieved; offered out/s = sent stamped datagrams x subscribers.',
+    '- delivered out/s: distinct (run, sequence) datagrams that reached the receivers, all receivers together, per second of the run.',
+    '- loss: 1 - delivered / offered out; lost at input: datagrams the fan-out never read (kernel drops at its input socket).',
+    '- latency: generator send time (stamped in the datagram) to the receiver\'s return from recvmmsg, CLOCK_MONOTONIC, all receivers together; ' +
+      'it includes two loopback hops and the receivers\' own wake-up, so compare it with the direct generator-to-receiver figures above.',
+    '- CPU µs per output: the fan-out process\'s user+system CPU (all threads, /proc/PID/stat) during the run divided by the output datagrams it handed to the kernel.',
+    '- fan-out CPU: that CPU time over the run\'s wall time (100% = one core busy). peak RSS: VmHWM at the end of the scenario.',
+    '- other load: CPU time used by everything else on the machine during the run (from /proc/stat, minus the fan-out, generator and receivers), in cores. ' +
+      'This machine is shared: when it is high, latency and delivered rate suffer for reasons outside the fan-out.',
+    '- CPU time is tick-sampled by the kernel; softirq work (loopback delivery into the receivers\' sockets) is charged to whichever task the tick interrupts, ' +
+      'which under load is mostly the sending fan-out itself.',
+    '',
+  );
+  return L.join('\n');
+}
+
+const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');
+
+/** Two panels: delivered output rate and CPU per output datagram, both against subscribers (log scale). */
+export function svg(info: RunInfo, sums: ScenarioSummary[]): string {
+  const charted = sums.filter((s) => s.series !== null);
+  const seriesList = [...new Set(charted.map((s) => s.series!))].sort((a, b) => a - b);
+  const xs = [...new Set(charted.map((s) => s.subscribers))].sort((a, b) => a - b);
+  const W = 1000;
+  const H = 460;
+  const panelW = 420;
+  const panelH = 300;
+  const top = 70;
+  const lefts = [70, 570];
+  const colors: Record<TargetKind, string> = { floor: '#4c72b0', udprepeater: '#dd8452', 'udprepeater-dgram': '#55a868' };
+  const kinds = info.targets;
+  const dashes = ['', '7 4', '2 3', '10 3 2 3'];
+  const out: string[] = [];
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
+  out.push(`<rect width="${W}" height="${H}" fill="white"/>`);
+  out.push(
+    `<text x="${W / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">udprepeater vs C floor: fan-out of uWSGI cache datagrams over loopback</text>`,
+    `<text x="${W / 2}" y="40" text-anchor="middle" fill="#555">${esc(`${info.machine.nproc} x ${info.machine.cpuModel}, Linux ${info.machine.kernel}, Node ${info.machine.node}; ${info.quick ? 'quick' : 'full'} run, medians of ${info.repeats}; ${info.started.slice(0, 16)}`)}</text>`,
+  );
+  if (xs.length === 0) {
+    out.push(`<text x="${W / 2}" y="200" text-anchor="middle">no charted scenarios in this run</text></svg>`);
+    return out.join('\n');
+  }
+  const lx = (n: number) => Math.log10(n);
+  const x0 = lx(xs[0]!) - 0.15;
+  const x1 = lx(xs[xs.length - 1]!) + 0.15;
+  const panels: Array<{ title: string; y: (t: TargetSummary) => number; fmt: (v: number) => string; offered: boolean }> = [
+    { title: 'delivered output datagrams/s (higher is better)', y: (t) => t.deliveredRate, fmt: fmtRate, offered: true },
+    { title: 'fan-out CPU µs per output datagram (lower is better)', y: (t) => t.cpuPerOutUs, fmt: (v) => v.toFixed(1), offered: false },
+  ];
+  panels.forEach((p, pi) => {
+    const L0 = lefts[pi]!;
+    const values = charted.flatMap((s) => Object.values(s.targets).map(p.y)).filter(Number.isFinite);
+    if (p.offered) values.push(...seriesList);
+    const ymax = niceMax(Math.max(...values, 1e-9) * 1.08);
+    const px = (n: number) => L0 + ((lx(n) - x0) / (x1 - x0)) * panelW;
+    const py = (v: number) => top + panelH - (v / ymax) * panelH;
+    out.push(`<text x="${L0 + panelW / 2}" y="${top - 12}" text-anchor="middle" font-weight="bold">${esc(p.title)}</text>`);
+    out.push(`<rect x="${L0}" y="${top}" width="${panelW}" height="${panelH}" fill="none" stroke="#999"/>`);
+    for (let i = 0; i <= 5; i++) {
+      const v = (ymax * i) / 5;
+      out.push(`<line x1="${L0}" x2="${L0 + panelW}" y1="${py(v)}" y2="${py(v)}" stroke="#eee"/>`);
+      out.push(`<text x="${L0 - 6}" y="${py(v) + 4}" text-anchor="end">${esc(p.fmt(v))}</text>`);
+    }
+    for (const n of xs) {
+      out.push(`<line x1="${px(n)}" x2="${px(n)}" y1="${top}" y2="${top + panelH}" stroke="#f2f2f2"/>`);
+      out.push(`<text x="${px(n)}" y="${top + panelH + 16}" text-anchor="middle">${n}</text>`);
+    }
+    out.push(`<text x="${L0 + panelW / 2}" y="${top + panelH + 34}" text-anchor="middle">subscribers (log scale)</text>`);
+    seriesList.forEach((ser, si) => {
+      if (p.offered) {
+        out.push(`<line x1="${L0}" x2="${L0 + panelW}" y1="${py(ser)}" y2="${py(ser)}" stroke="#999" stroke-dasharray="${dashes[si % dashes.length] || '1 0'}" stroke-width="0.8"/>`);
+        out.push(`<text x="${L0 + panelW - 4}" y="${py(ser) - 4}" text-anchor="end" fill="#777">offered ${kfmt(ser)}/s</text>`);
+      }
+      for (const kind of kinds) {
+        const pts = charted
+          .filter((s) => s.series === ser && s.targets[kind] !== undefined)
+          .sort((a, b) => a.subscribers - b.subscribers)
+          .map((s) => [px(s.subscribers), py(p.y(s.targets[kind]!))] as const)
+          .filter(([, y]) => Number.isFinite(y));
+        if (pts.length === 0) continue;
+        const d = dashes[si % dashes.length];
+        out.push(`<polyline fill="none" stroke="${colors[kind]}" stroke-width="2"${d ? ` stroke-dasharray="${d}"` : ''} points="${pts.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(' ')}"/>`);
+        for (const [x, y] of pts) out.push(`<circle cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="3.5" fill="${colors[kind]}"/>`);
+      }
+    });
+  });
+  // Legend, wrapped to the width.
+  let ly = top + panelH + 52;
+  let lxp = 70;
+  seriesList.forEach((ser, si) => {
+    for (const kind of kinds) {
+      const d = dashes[si % dashes.length];
+      const label = `${kind}, offered ${kfmt(ser)} out/s`;
+      const width = 36 + label.length * 6.6 + 24;
+      if (lxp + width > W - 10) {
+        lxp = 70;
+        ly += 18;
+      }
+      out.push(`<line x1="${lxp}" x2="${lxp + 30}" y1="${ly}" y2="${ly}" stroke="${colors[kind]}" stroke-width="2"${d ? ` stroke-dasharray="${d}"` : ''}/>`);
+      out.push(`<text x="${lxp + 36}" y="${ly + 4}">${esc(label)}</text>`);
+      lxp += width;
+    }
+  });
+  out.push('</svg>');
+  return out.join('\n');
+}
+
+function niceMax(v: number): number {
+  const p = 10 ** Math.floor(Math.log10(v));
+  for (const m of [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10]) if (m * p >= v) return m * p;
+  return 10 * p;
+}
+
+export function writeReports(base: string, info: RunInfo, results: ScenarioResult[], cap: CapacityResult[]): { md: string; svg: string; json: string } {
+  const sums = results.map(summarize);
+  const paths = { md: `${base}.md`, svg: `${base}.svg`, json: `${base}.json` };
+  writeFileSync(paths.json, JSON.stringify({ info, summaries: sums, capacity: cap, scenarios: results }, null, 1) + '\n');
+  writeFileSync(paths.md, markdown(info, sums, cap) + '\n');
+  writeFileSync(paths.svg, svg(info, sums) + '\n');
+  return paths;
+}

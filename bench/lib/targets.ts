@@ -1,0 +1,243 @@
+// The fan-outs under test: the C floor and udprepeater. Both listen on an
+// ephemeral 127.0.0.1 port, send to the same receiver ports, report their
+// own input/output counters, and expose a pid for CPU and memory.
+
+import { createSocket } from 'node:dgram';
+import { request } from 'node:http';
+import type { BenchMode } from './modes.js';
+import type { NativeTools } from './native.js';
+import { join } from 'node:path';
+import { REPEATER_CLI, ROOT } from './paths.js';
+import { BenchError, Child, sleep, within } from './procs.js';
+
+/**
+ * floor: the C reference. udprepeater: `serve` as installed (with its native
+ * datagram path when the udpfast addon is built). udprepeater-dgram: the same
+ * with UDPREPEATER_NATIVE=0, i.e. the pure node:dgram path.
+ */
+export type TargetKind = 'floor' | 'udprepeater' | 'udprepeater-dgram';
+export const TARGETS: readonly TargetKind[] = ['floor', 'udprepeater', 'udprepeater-dgram'];
+export const DEFAULT_TARGETS: readonly TargetKind[] = ['floor', 'udprepeater'];
+
+/** Which datagram path `udprepeater` (as installed) takes, as the repeater itself decides it. */
+export function repeaterPath(env: NodeJS.ProcessEnv = process.env): string {
+  if (env['UDPREPEATER_NATIVE'] === '0') return 'node:dgram (UDPREPEATER_NATIVE=0)';
+  try {
+    // The repeater's own loader (build/src/repeater/native.js), when this tree has one.
+    const m = require(join(ROOT, 'build', 'src', 'repeater', 'native.js')) as { nativeStatus?: string };
+    if (m.nativeStatus === undefined) return 'unknown';
+    return m.nativeStatus === 'loaded' ? 'native (udpfast addon)' : `node:dgram (native path ${m.nativeStatus})`;
+  } catch {
+    return 'node:dgram (this tree has no native path)';
+  }
+}
+
+export interface FanCounters {
+  /** Datagrams the fan-out read from its input. */
+  received: number;
+  /** Output datagrams it handed to the kernel. */
+  sent: number;
+  /** Its own drop counters by reason (udprepeater), or kernel input drops (floor). */
+  drops: Record<string, number>;
+}
+
+export interface FanOut {
+  readonly kind: TargetKind;
+  readonly child: Child;
+  readonly inputPort: number;
+  counters(): Promise<FanCounters>;
+  /** Warnings and errors the fan-out logged (udprepeater), for the report. */
+  readonly warnings: string[];
+  stop(): Promise<void>;
+}
+
+export interface TargetOptions {
+  readonly cpu: string | undefined;
+  /** udprepeater: --send-queue, --recv-buffer and anything else to pass. */
+  readonly repeaterArgs: readonly string[];
+  readonly recvBuffer: number;
+}
+
+export async function startFloor(tools: NativeTools, mode: BenchMode, portsFile: string, opts: TargetOptions): Promise<FanOut> {
+  const child = Child.spawn(
+    'floor',
+    tools.floor,
+    ['--listen', '127.0.0.1:0', '--to-file', portsFile, '--rcvbuf', String(opts.recvBuffer), ...mode.floorArgs()],
+    { cpu: opts.cpu, stdin: true },
+  );
+  const ready = await child.nextLine((l) => l.startsWith('READY '), 15_000, 'READY from the floor');
+  const inputPort = Number(ready.split(' ')[1]);
+  return {
+    kind: 'floor',
+    child,
+    inputPort,
+    warnings: [],
+    async counters() {
+      const c = await child.ask<{ received: number; sent: number; errors: number; rxq_drops: number }>('DUMP');
+      return { received: c.received, sent: c.sent, drops: { send_error: c.errors, input_rcvbuf: c.rxq_drops } };
+    },
+    stop: () => child.stop(),
+  };
+}
+
+function httpGet(port: number, path: string, ms = 5000): Promise<string> {
+  return within(
+    new Promise<string>((resolve, reject) => {
+      const req = request({ host: '127.0.0.1', port, path, method: 'GET' }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (body += d));
+        res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new BenchError(`GET ${path}: HTTP ${res.statusCode}`))));
+      });
+      req.on('error', reject);
+      req.end();
+    }),
+    ms,
+    `GET http://127.0.0.1:${port}${path}`,
+  );
+}
+
+/** Sums a Prometheus text exposition by metric name and, optionally, one label. */
+export function parseMetrics(text: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const line of text.split('\n')) {
+    if (line === '' || line.startsWith('#')) continue;
+    const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
+    if (m === null) continue;
+    const v = Number(m[3]);
+    if (!Number.isFinite(v)) continue;
+    const name = m[1]!;
+    out.set(name, (out.get(name) ?? 0) + v);
+    const reason = /reason="([^"]*)"/.exec(m[2] ?? '');
+    if (reason !== null) out.set(`${name}{${reason[1]}}`, (out.get(`${name}{${reason[1]}}`) ?? 0) + v);
+  }
+  return out;
+}
+
+export interface RepeaterFanOut extends FanOut {
+  readonly metricsPort: number;
+  metrics(): Promise<Map<string, number>>;
+}
+
+/**
+ * Starts `udprepeater serve` on 127.0.0.1:0. Logs at info, because the
+ * lines that say which ports it bound ("listening", "status server
+ * listening") and that it is ready ("udprepeater started") are info lines.
+ */
+export async function startRepeater(
+  mode: BenchMode,
+  staticPorts: readonly number[],
+  opts: TargetOptions,
+  kind: 'udprepeater' | 'udprepeater-dgram' = 'udprepeater',
+): Promise<RepeaterFanOut> {
+  const args = [
+    REPEATER_CLI,
+    'serve',
+    ...mode.repeaterArgs('127.0.0.1:0', staticPorts),
+    '--metrics',
+    '127.0.0.1:0',
+    '--log-level',
+    'info',
+    '--log-format',
+    'json',
+    '--recv-buffer',
+    String(opts.recvBuffer),
+    ...opts.repeaterArgs,
+  ];
+  const env = kind === 'udprepeater-dgram' ? { ...process.env, UDPREPEATER_NATIVE: '0' } : process.env;
+  const child = Child.spawn(kind, process.execPath, args, { cpu: opts.cpu, env });
+  const warnings: string[] = [];
+  let inputPort = 0;
+  let metricsPort = 0;
+  let started = false;
+  child.onStderrLine = (line) => {
+    let r: Record<string, unknown>;
+    try {
+      r = JSON.parse(line) as Record<string, unknown>;
+    } catch {
+      if (line.trim() !== '') warnings.push(line);
+      return;
+    }
+    if (r['msg'] === 'listening') inputPort = Number(String(r['bound']).split(':').pop());
+    else if (r['msg'] === 'status server listening') metricsPort = Number(r['port']);
+    else if (r['msg'] === 'udprepeater started') started = true;
+    else if (r['level'] === 'warn' || r['level'] === 'error') {
+      if (warnings.length < 50) warnings.push(line);
+    }
+  };
+  const deadline = Date.now() + 20_000;
+  while (!started) {
+    if (!child.running) throw new BenchError(`udprepeater exited before it started:\n${child.stderrTail}`);
+    if (Date.now() > deadline) {
+      child.proc.kill('SIGKILL');
+      throw new BenchError(`udprepeater did not log "udprepeater started" within 20 s:\n${child.stderrTail}`);
+    }
+    await sleep(20);
+  }
+  if (inputPort === 0 || metricsPort === 0) throw new BenchError('udprepeater started without logging its listener and metrics ports');
+  const metrics = async () => parseMetrics(await httpGet(metricsPort, '/metrics'));
+  return {
+    kind,
+    child,
+    inputPort,
+    metricsPort,
+    warnings,
+    metrics,
+    async counters() {
+      const m = await metrics();
+      const drops: Record<string, number> = {};
+      for (const [k, v] of m) {
+        const r = /^udprepeater_datagrams_dropped_total\{(.+)\}$/.exec(k);
+        if (r !== null && v > 0) drops[r[1]!] = v;
+      }
+      // Kernel drops at the listening socket, where this build of udprepeater reports them.
+      const kernel = m.get('udprepeater_listener_kernel_drops_total');
+      if (kernel !== undefined && kernel > 0) drops['input_rcvbuf'] = kernel;
+      return {
+        received: m.get('udprepeater_datagrams_received_total') ?? 0,
+        sent: m.get('udprepeater_datagrams_forwarded_total') ?? 0,
+        drops,
+      };
+    },
+    stop: () => child.stop(5000),
+  };
+}
+
+/**
+ * Subscribes every port to the repeater the way uWSGI nodes do (one 224/0
+ * announce each) and waits until its /metrics count them all. Announces are
+ * re-sent when the count stalls (UDP may drop a few under a burst).
+ */
+export async function subscribeAll(rep: RepeaterFanOut, mode: BenchMode, ports: readonly number[], key: string, onProgress: (n: number) => void): Promise<void> {
+  const sock = createSocket('udp4');
+  await new Promise<void>((resolve) => sock.bind(0, '127.0.0.1', resolve));
+  const sendAll = async () => {
+    for (let i = 0; i < ports.length; i++) {
+      const buf = mode.subscribeDatagram(key, ports[i]!);
+      await new Promise<void>((resolve, reject) => sock.send(buf, rep.inputPort, '127.0.0.1', (err) => (err ? reject(err) : resolve())));
+      if (i % 200 === 199) await sleep(5);
+    }
+  };
+  try {
+    const deadline = Date.now() + 60_000;
+    let last = -1;
+    let lastChange = Date.now();
+    await sendAll();
+    for (;;) {
+      const n = (await rep.metrics()).get('udprepeater_subscribers') ?? 0;
+      onProgress(n);
+      if (n >= ports.length) return;
+      if (n !== last) {
+        last = n;
+        lastChange = Date.now();
+      } else if (Date.now() - lastChange > 2000) {
+        await sendAll();
+        lastChange = Date.now();
+      }
+      if (Date.now() > deadline) throw new BenchError(`only ${n} of ${ports.length} dynamic subscriptions registered within 60 s`);
+      await sleep(200);
+    }
+  } finally {
+    sock.close();
+  }
+}

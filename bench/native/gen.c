@@ -1,0 +1,209 @@
+/* gen: the bench's load generator.
+ *
+ * Sends the datagrams of a pool file (written by bench/lib/pool.ts: synthetic
+ * uWSGI cache updates or a capture's payloads) to one or more 127.0.0.1
+ * targets, with sendmmsg, stamping each copy with the run id, a sequence
+ * number and its CLOCK_MONOTONIC send time (see common.h).
+ *
+ * Pacing: --rate R sends R datagrams/s cycling through the pool;
+ * --timeline follows the pool's own timestamps divided by --speed (0 = as
+ * fast as possible), looping with --loop. Between bursts it sleeps
+ * (clock_nanosleep) at least --tick-us, so it never spins a core.
+ * With several --to targets each datagram goes to every target with the same
+ * sequence number (direct mode: measures the receivers without a fan-out).
+ *
+ * --no-stamp sends the pool byte for byte (replaying a capture into real nodes).
+ * Prints one JSON object on stdout when done (duration, --count, end of
+ * pool, or SIGTERM/SIGINT). */
+#include "common.h"
+
+#include <signal.h>
+#include <sys/prctl.h>
+
+#define POOL_MAGIC "UDPBPOOL"
+
+struct rec {
+  uint64_t t;
+  uint32_t len;
+  int32_t stamp;
+  uint8_t *data;
+};
+
+static volatile sig_atomic_t stop_flag;
+static void on_stop(int sig) { (void)sig; stop_flag = 1; }
+
+static struct rec *recs;
+static uint64_t nrecs, span_ns;
+static int timeline, loop_pool, no_stamp;
+static double rate, speed, period_ns;
+
+static void load_pool(const char *path, uint32_t *maxlen) {
+  FILE *f = fopen(path, "rb");
+  if (!f) die("cannot open pool %s: %s", path, strerror(errno));
+  uint8_t hdr[24];
+  if (fread(hdr, 1, 24, f) != 24 || memcmp(hdr, POOL_MAGIC, 8) != 0) die("%s is not a pool file", path);
+  if (get_u32(hdr + 8) != 1) die("%s: unsupported pool version", path);
+  nrecs = get_u32(hdr + 12);
+  span_ns = get_u64(hdr + 16);
+  if (nrecs == 0) die("%s: empty pool", path);
+  recs = calloc(nrecs, sizeof *recs);
+  *maxlen = 0;
+  for (uint64_t i = 0; i < nrecs; i++) {
+    uint8_t rh[16];
+    if (fread(rh, 1, 16, f) != 16) die("%s: truncated", path);
+    recs[i].t = get_u64(rh);
+    recs[i].len = get_u32(rh + 8);
+    recs[i].stamp = (int32_t)get_u32(rh + 12);
+    if (recs[i].len > 65507) die("%s: record %llu too large", path, (unsigned long long)i);
+    if (recs[i].stamp >= 0 && (uint64_t)recs[i].stamp + STAMP_LEN > recs[i].len) die("%s: bad stamp offset", path);
+    recs[i].data = malloc(recs[i].len ? recs[i].len : 1);
+    if (fread(recs[i].data, 1, recs[i].len, f) != recs[i].len) die("%s: truncated", path);
+    if (recs[i].len > *maxlen) *maxlen = recs[i].len;
+  }
+  fclose(f);
+}
+
+/* When (ns after start) datagram i is due. */
+static inline uint64_t due(uint64_t i) {
+  double d = 0;
+  if (timeline) {
+    uint64_t lap = i / nrecs;
+    if (speed > 0) d = ((double)lap * (double)span_ns + (double)recs[i % nrecs].t) / speed;
+  }
+  if (rate > 0) {
+    double r = (double)i * period_ns;
+    if (r > d) d = r;
+  }
+  return (uint64_t)d;
+}
+
+static void usage(void) {
+  fprintf(stderr,
+          "usage: gen --pool FILE --to 127.0.0.1:PORT [--to ...] (--rate N | --timeline [--speed X] [--loop])\n"
+          "           [--duration S] [--count N] [--run ID] [--batch N] [--tick-us N] [--sndbuf BYTES]\n");
+  exit(2);
+}
+
+int main(int argc, char **argv) {
+  const char *pool = NULL;
+  struct sockaddr_in *to = calloc((size_t)argc, sizeof *to);
+  size_t nto = 0;
+  double duration = 5;
+  uint64_t count = 0;
+  uint32_t run = 1;
+  unsigned batch = 64, tick_us = 50;
+  int sndbuf = 4 << 20;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define ARG(name) (strcmp(a, name) == 0 && (v != NULL || (usage(), 0)) && ++i)
+    if (ARG("--pool")) pool = v;
+    else if (ARG("--to")) parse_loopback(v, &to[nto++], 0);
+    else if (ARG("--rate")) rate = atof(v);
+    else if (strcmp(a, "--timeline") == 0) timeline = 1;
+    else if (ARG("--speed")) speed = atof(v);
+    else if (strcmp(a, "--loop") == 0) loop_pool = 1;
+    else if (strcmp(a, "--no-stamp") == 0) no_stamp = 1;
+    else if (ARG("--duration")) duration = atof(v);
+    else if (ARG("--count")) count = strtoull(v, NULL, 10);
+    else if (ARG("--run")) run = (uint32_t)strtoul(v, NULL, 10);
+    else if (ARG("--batch")) batch = (unsigned)atoi(v);
+    else if (ARG("--tick-us")) tick_us = (unsigned)atoi(v);
+    else if (ARG("--sndbuf")) sndbuf = atoi(v);
+    else usage();
+#undef ARG
+  }
+  if (pool == NULL || nto == 0 || duration <= 0 || batch == 0 || rate < 0 || speed < 0) usage();
+  if (!timeline && rate <= 0) die("give --rate N (datagrams/s) or --timeline");
+  period_ns = rate > 0 ? 1e9 / rate : 0;
+  prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+
+  uint32_t maxlen;
+  load_pool(pool, &maxlen);
+  if (batch * nto > 65536) batch = (unsigned)(65536 / nto) ? (unsigned)(65536 / nto) : 1;
+
+  int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  if (fd < 0) die("socket: %s", strerror(errno));
+  set_buf(fd, SO_SNDBUF, sndbuf);
+  int connected = nto == 1;
+  if (connected && connect(fd, (struct sockaddr *)&to[0], sizeof to[0]) != 0) die("connect: %s", strerror(errno));
+
+  uint8_t *slots = malloc((size_t)batch * maxlen + 1);
+  struct iovec *iov = calloc(batch, sizeof *iov);
+  struct mmsghdr *msgs = calloc((size_t)batch * nto, sizeof *msgs);
+
+  struct sigaction sa = {0};
+  sa.sa_handler = on_stop;
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+
+  const uint64_t dur_ns = (uint64_t)(duration * 1e9), tick_ns = (uint64_t)tick_us * 1000;
+  uint64_t sent = 0, stamped = 0, copies = 0, errors = 0, bursts = 0, max_lag = 0;
+  int last_errno = 0;
+  const uint64_t t0 = mono_ns();
+  uint64_t t_last = t0;
+  while (!stop_flag) {
+    uint64_t now = mono_ns(), el = now - t0;
+    if (el >= dur_ns) break;
+    if (count && sent >= count) break;
+    if (timeline && !loop_pool && sent >= nrecs) break;
+    unsigned k = 0;
+    while (k < batch && (!count || sent + k < count) && (!timeline || loop_pool || sent + k < nrecs) && due(sent + k) <= el) k++;
+    if (k == 0) {
+      uint64_t d = due(sent), wake = d > el + tick_ns ? d : el + tick_ns;
+      if (wake > dur_ns) wake = dur_ns;
+      uint64_t abs_ns = t0 + wake;
+      struct timespec ts = {(time_t)(abs_ns / 1000000000ull), (long)(abs_ns % 1000000000ull)};
+      clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL);
+      continue;
+    }
+    uint64_t lag = el - due(sent);
+    if (lag > max_lag) max_lag = lag;
+    uint64_t ts = mono_ns();
+    for (unsigned j = 0; j < k; j++) {
+      const struct rec *r = &recs[(sent + j) % nrecs];
+      uint8_t *slot = slots + (size_t)j * maxlen;
+      memcpy(slot, r->data, r->len);
+      if (r->stamp >= 0 && !no_stamp) {
+        write_stamp(slot + r->stamp, run, sent + j, ts);
+        stamped++;
+      }
+      iov[j].iov_base = slot;
+      iov[j].iov_len = r->len;
+      for (size_t t = 0; t < nto; t++) {
+        struct msghdr *h = &msgs[(size_t)j * nto + t].msg_hdr;
+        memset(h, 0, sizeof *h);
+        h->msg_iov = &iov[j];
+        h->msg_iovlen = 1;
+        if (!connected) {
+          h->msg_name = &to[t];
+          h->msg_namelen = sizeof to[t];
+        }
+      }
+    }
+    size_t total = (size_t)k * nto, off = 0;
+    while (off < total) {
+      size_t n = total - off > 1024 ? 1024 : total - off;
+      int r = sendmmsg(fd, msgs + off, (unsigned)n, 0);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        last_errno = errno;
+        errors++;
+        off++; /* this copy is lost; go on with the next */
+        continue;
+      }
+      off += (size_t)r;
+      copies += (size_t)r;
+    }
+    sent += k;
+    bursts++;
+    t_last = mono_ns();
+  }
+  double elapsed = (double)(t_last - t0) / 1e9;
+  printf("{\"sent\":%llu,\"stamped\":%llu,\"copies\":%llu,\"errors\":%llu,\"last_error\":\"%s\",\"targets\":%zu,"
+         "\"bursts\":%llu,\"t0_ns\":%llu,\"t_end_ns\":%llu,\"elapsed_s\":%.6f,\"rate\":%.1f,\"max_lag_ms\":%.3f,\"cpu_s\":%.3f}\n",
+         (unsigned long long)sent, (unsigned long long)stamped, (unsigned long long)copies, (unsigned long long)errors,
+         last_errno ? strerror(last_errno) : "", nto, (unsigned long long)bursts, (unsigned long long)t0,
+         (unsigned long long)t_last, elapsed, elapsed > 0 ? (double)sent / elapsed : 0.0, (double)max_lag / 1e6, cpu_seconds());
+  return 0;
+}

@@ -1,0 +1,270 @@
+/* recv: the bench's subscribers.
+ *
+ * Binds --count UDP sockets on 127.0.0.1 (ephemeral ports, written one per
+ * line to --ports-out) and serves them all from one epoll loop with
+ * recvmmsg. For every datagram carrying the current run's stamp (common.h)
+ * it counts the arrival per socket, deduplicates by sequence number (bitmap
+ * sized by RUN), notes reordering, and records latency = receive time
+ * (CLOCK_MONOTONIC after recvmmsg returns) - send stamp in a log-linear
+ * histogram (32 sub-buckets per power of two: about 3% resolution).
+ * SO_RXQ_OVFL reports datagrams the kernel dropped at each socket, so loss
+ * caused by the receivers themselves is visible.
+ *
+ * Control, one line each on stdin (answers on stdout):
+ *   RUN <id> <maxseq>   reset counters, accept only stamps of run <id>  -> "OK RUN <id>"
+ *   DUMP                one JSON line of figures (per socket and total)
+ *   TOTAL               the same without the per-socket list
+ *   QUIT / EOF          exit */
+#include "common.h"
+
+#include <sys/epoll.h>
+
+#define SUB_BITS 5
+#define SUB (1u << SUB_BITS)
+#define MAX_EXP 36 /* ~68 s; larger latencies land in the last bucket */
+#define NBUCKETS (SUB + (MAX_EXP - SUB_BITS + 1) * SUB)
+#define BATCH 64
+#define BUFSZ 65536
+
+struct sock {
+  int fd, port;
+  uint64_t count, uniq, dup, ooo, foreign, bytes, beyond;
+  uint64_t last_seq, max_lat, first_ns, last_ns;
+  uint32_t ovfl_base, ovfl_last;
+  int ovfl_seen;
+  uint32_t *hist;
+  uint8_t *seen;
+};
+
+static struct sock *socks;
+static int nsocks;
+static uint32_t cur_run;
+static uint64_t maxseq;
+
+static inline unsigned bucket(uint64_t v) {
+  if (v < SUB) return (unsigned)v;
+  unsigned e = 63u - (unsigned)__builtin_clzll(v);
+  if (e > MAX_EXP) return NBUCKETS - 1;
+  unsigned mant = (unsigned)(v >> (e - SUB_BITS)) & (SUB - 1);
+  return SUB + (e - SUB_BITS) * SUB + mant;
+}
+/* Middle of bucket b, in ns. */
+static inline double bucket_mid(unsigned b) {
+  if (b < SUB) return b;
+  unsigned e = (b - SUB) / SUB + SUB_BITS, mant = (b - SUB) % SUB;
+  double lo = (double)((uint64_t)(SUB + mant) << (e - SUB_BITS)), width = (double)(1ull << (e - SUB_BITS));
+  return lo + width / 2;
+}
+static double percentile(const uint64_t *h, uint64_t total, double q, uint64_t max) {
+  if (total == 0) return 0;
+  uint64_t want = (uint64_t)(q * (double)total), acc = 0;
+  if (want >= total) want = total - 1;
+  for (unsigned b = 0; b < NBUCKETS; b++) {
+    acc += h[b];
+    if (acc > want) {
+      double m = bucket_mid(b);
+      return m > (double)max ? (double)max : m;
+    }
+  }
+  return (double)max;
+}
+
+static void reset(uint32_t run, uint64_t mseq) {
+  cur_run = run;
+  maxseq = mseq;
+  for (int i = 0; i < nsocks; i++) {
+    struct sock *s = &socks[i];
+    s->count = s->uniq = s->dup = s->ooo = s->foreign = s->bytes = s->beyond = 0;
+    s->last_seq = s->max_lat = s->first_ns = s->last_ns = 0;
+    s->ovfl_base = s->ovfl_last;
+    memset(s->hist, 0, NBUCKETS * sizeof *s->hist);
+    free(s->seen);
+    s->seen = calloc(maxseq / 8 + 1, 1);
+    if (s->seen == NULL) die("out of memory for %llu-entry sequence bitmaps", (unsigned long long)maxseq);
+  }
+}
+
+static void dump(int full) {
+  static uint64_t tot_hist[NBUCKETS];
+  uint64_t h64[NBUCKETS];
+  memset(tot_hist, 0, sizeof tot_hist);
+  uint64_t c = 0, u = 0, d = 0, o = 0, f = 0, by = 0, bey = 0, mx = 0, first = 0, last = 0, drops = 0;
+  printf("{\"run\":%u", cur_run);
+  if (full) printf(",\"sockets\":[");
+  for (int i = 0; i < nsocks; i++) {
+    struct sock *s = &socks[i];
+    for (unsigned b = 0; b < NBUCKETS; b++) {
+      h64[b] = s->hist[b];
+      tot_hist[b] += s->hist[b];
+    }
+    uint32_t dr = s->ovfl_last - s->ovfl_base;
+    if (full)
+      printf("%s{\"port\":%d,\"count\":%llu,\"uniq\":%llu,\"dup\":%llu,\"ooo\":%llu,\"foreign\":%llu,\"drops\":%u,"
+           "\"p50\":%.0f,\"p99\":%.0f,\"max\":%llu,\"first\":%llu,\"last\":%llu}",
+           i ? "," : "", s->port, (unsigned long long)s->count, (unsigned long long)s->uniq, (unsigned long long)s->dup,
+           (unsigned long long)s->ooo, (unsigned long long)s->foreign, dr, percentile(h64, s->count, 0.5, s->max_lat),
+           percentile(h64, s->count, 0.99, s->max_lat), (unsigned long long)s->max_lat, (unsigned long long)s->first_ns,
+           (unsigned long long)s->last_ns);
+    c += s->count; u += s->uniq; d += s->dup; o += s->ooo; f += s->foreign; by += s->bytes; bey += s->beyond; drops += dr;
+    if (s->max_lat > mx) mx = s->max_lat;
+    if (s->first_ns && (!first || s->first_ns < first)) first = s->first_ns;
+    if (s->last_ns > last) last = s->last_ns;
+  }
+  printf("%s\"total\":{\"count\":%llu,\"uniq\":%llu,\"dup\":%llu,\"ooo\":%llu,\"foreign\":%llu,\"bytes\":%llu,\"beyond\":%llu,"
+         "\"drops\":%llu,\"p50\":%.0f,\"p90\":%.0f,\"p99\":%.0f,\"p999\":%.0f,\"max\":%llu,\"first\":%llu,\"last\":%llu},"
+         "\"cpu_s\":%.3f}\n",
+         full ? "]," : ",", (unsigned long long)c, (unsigned long long)u, (unsigned long long)d, (unsigned long long)o, (unsigned long long)f,
+         (unsigned long long)by, (unsigned long long)bey, (unsigned long long)drops, percentile(tot_hist, c, 0.5, mx),
+         percentile(tot_hist, c, 0.9, mx), percentile(tot_hist, c, 0.99, mx), percentile(tot_hist, c, 0.999, mx),
+         (unsigned long long)mx, (unsigned long long)first, (unsigned long long)last, cpu_seconds());
+  fflush(stdout);
+}
+
+/* Handles complete lines in the stdin buffer; returns 0 to quit. */
+static int commands(char *buf, size_t *len) {
+  char *nl;
+  while ((nl = memchr(buf, '\n', *len)) != NULL) {
+    *nl = 0;
+    unsigned run;
+    unsigned long long ms;
+    if (sscanf(buf, "RUN %u %llu", &run, &ms) == 2) {
+      reset(run, ms);
+      printf("OK RUN %u\n", run);
+      fflush(stdout);
+    } else if (strcmp(buf, "DUMP") == 0) {
+      dump(1);
+    } else if (strcmp(buf, "TOTAL") == 0) {
+      dump(0);
+    } else if (strcmp(buf, "QUIT") == 0) {
+      return 0;
+    } else if (buf[0] != 0) {
+      fprintf(stderr, "recv: unknown command \"%s\"\n", buf);
+    }
+    size_t used = (size_t)(nl - buf) + 1;
+    memmove(buf, nl + 1, *len - used);
+    *len -= used;
+  }
+  return 1;
+}
+
+static inline void on_datagram(struct sock *s, const uint8_t *p, size_t len, uint64_t now) {
+  long off = stamp_offset(p, len);
+  if (off < 0 || get_u32(p + off) != STAMP_MAGIC || get_u32(p + off + 4) != cur_run) {
+    s->foreign++;
+    return;
+  }
+  uint64_t seq = get_u64(p + off + 8), ts = get_u64(p + off + 16);
+  uint64_t lat = now > ts ? now - ts : 0;
+  s->count++;
+  s->bytes += len;
+  if (seq < maxseq) {
+    uint8_t bit = (uint8_t)(1u << (seq & 7));
+    if (s->seen[seq >> 3] & bit) s->dup++;
+    else {
+      s->seen[seq >> 3] |= bit;
+      s->uniq++;
+    }
+  } else {
+    s->beyond++;
+    s->uniq++;
+  }
+  if (s->count > 1 && seq < s->last_seq) s->ooo++;
+  s->last_seq = seq;
+  s->hist[bucket(lat)]++;
+  if (lat > s->max_lat) s->max_lat = lat;
+  if (!s->first_ns) s->first_ns = now;
+  s->last_ns = now;
+}
+
+int main(int argc, char **argv) {
+  int count = 1, rcvbuf = 4 << 20;
+  const char *ports_out = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (i + 1 >= argc) die("usage: recv --count N --ports-out FILE [--rcvbuf BYTES]");
+    if (strcmp(argv[i], "--count") == 0) count = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--rcvbuf") == 0) rcvbuf = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--ports-out") == 0) ports_out = argv[++i];
+    else die("unknown option %s", argv[i]);
+  }
+  if (count < 1 || ports_out == NULL) die("usage: recv --count N --ports-out FILE [--rcvbuf BYTES]");
+  nsocks = count;
+  socks = calloc((size_t)count, sizeof *socks);
+  int ep = epoll_create1(0);
+  FILE *pf = fopen(ports_out, "w");
+  if (pf == NULL) die("cannot write %s: %s", ports_out, strerror(errno));
+  for (int i = 0; i < count; i++) {
+    struct sock *s = &socks[i];
+    s->fd = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
+    if (s->fd < 0) die("socket %d: %s (raise ulimit -n?)", i, strerror(errno));
+    set_buf(s->fd, SO_RCVBUF, rcvbuf);
+    int one = 1;
+    setsockopt(s->fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof one);
+    struct sockaddr_in a;
+    parse_loopback("127.0.0.1:0", &a, 1);
+    if (bind(s->fd, (struct sockaddr *)&a, sizeof a) != 0) die("bind: %s", strerror(errno));
+    socklen_t al = sizeof a;
+    getsockname(s->fd, (struct sockaddr *)&a, &al);
+    s->port = ntohs(a.sin_port);
+    s->hist = calloc(NBUCKETS, sizeof *s->hist);
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+    if (epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev) != 0) die("epoll_ctl: %s", strerror(errno));
+    fprintf(pf, "%d\n", s->port);
+  }
+  fclose(pf);
+  fcntl(0, F_SETFL, fcntl(0, F_GETFL) | O_NONBLOCK);
+  struct epoll_event sev = {.events = EPOLLIN, .data.u32 = UINT32_MAX};
+  epoll_ctl(ep, EPOLL_CTL_ADD, 0, &sev);
+  reset(0, 1);
+  printf("READY %d\n", count);
+  fflush(stdout);
+
+  static uint8_t bufs[BATCH][BUFSZ];
+  static char ctrl[BATCH][CMSG_SPACE(sizeof(uint32_t))];
+  struct iovec iov[BATCH];
+  struct mmsghdr msgs[BATCH];
+  char cmd[4096];
+  size_t cmdlen = 0;
+  struct epoll_event evs[256];
+  for (;;) {
+    int n = epoll_wait(ep, evs, 256, 500);
+    if (n < 0 && errno != EINTR) die("epoll_wait: %s", strerror(errno));
+    for (int e = 0; e < n; e++) {
+      uint32_t idx = evs[e].data.u32;
+      if (idx == UINT32_MAX) {
+        ssize_t r = read(0, cmd + cmdlen, sizeof cmd - 1 - cmdlen);
+        if (r == 0) return 0; /* the driver is gone */
+        if (r > 0) {
+          cmdlen += (size_t)r;
+          if (!commands(cmd, &cmdlen)) return 0;
+          if (cmdlen == sizeof cmd - 1) cmdlen = 0;
+        }
+        continue;
+      }
+      struct sock *s = &socks[idx];
+      for (int round = 0; round < 4; round++) {
+        for (int j = 0; j < BATCH; j++) {
+          iov[j].iov_base = bufs[j];
+          iov[j].iov_len = BUFSZ;
+          memset(&msgs[j].msg_hdr, 0, sizeof msgs[j].msg_hdr);
+          msgs[j].msg_hdr.msg_iov = &iov[j];
+          msgs[j].msg_hdr.msg_iovlen = 1;
+          msgs[j].msg_hdr.msg_control = ctrl[j];
+          msgs[j].msg_hdr.msg_controllen = sizeof ctrl[j];
+        }
+        int r = recvmmsg(s->fd, msgs, BATCH, MSG_DONTWAIT, NULL);
+        if (r <= 0) break;
+        uint64_t now = mono_ns();
+        for (int j = 0; j < r; j++) {
+          on_datagram(s, bufs[j], msgs[j].msg_len, now);
+          struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[j].msg_hdr);
+          if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
+            uint32_t v;
+            memcpy(&v, CMSG_DATA(c), sizeof v);
+            s->ovfl_last = v;
+          }
+        }
+        if (r < BATCH) break;
+      }
+    }
+  }
+}

@@ -1,0 +1,396 @@
+// `npm run bench -- [options]`: the load-replay suite. See bench/README.md.
+//
+//   npm run bench                 full run (about 15 minutes on 2 cores)
+//   npm run bench -- --quick      the same questions, smaller (under 2 minutes)
+//   npm run bench -- replay --capture FILE --to 127.0.0.1:PORT [--speed 10]
+//   npm run bench -- pcap-info FILE
+//   npm run bench -- capacity     only the generator/receiver self-check
+//   npm run bench -- selftest     checks the bench's own parts
+
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { join, relative, resolve } from 'node:path';
+import { type CapacityResult, capacityCases, runCapacity } from './lib/capacity.js';
+import { machineFacts } from './lib/machine.js';
+import { type Context, fmtRate, poolFor, runGen, runScenario, type ScenarioResult } from './lib/measure.js';
+import { MODES, PLANNED } from './lib/modes.js';
+import { buildNative } from './lib/native.js';
+import { BUILD_DIR, DEFAULT_CAPTURE, REPEATER_CLI, RESULTS_DIR, ROOT } from './lib/paths.js';
+import { describeCapture, readPcap } from './lib/pcap.js';
+import { buildPlan } from './lib/plan.js';
+import { BenchError, installCleanup, setLauncher } from './lib/procs.js';
+import { Progress } from './lib/progress.js';
+import { type RunInfo, summarize, writeReports } from './lib/report.js';
+import { selftest } from './lib/selftest.js';
+import { parseSize, type SyntheticSpec } from './lib/synthetic.js';
+import { DEFAULT_TARGETS, repeaterPath, TARGETS, type TargetKind } from './lib/targets.js';
+
+const HELP = `usage: npm run bench -- [command] [options]
+
+commands:
+  (none)       run the suite and write bench/results/<name>.{md,svg,json}
+  capacity     only measure the generator and receivers on their own
+  replay       replay a capture at a running repeater on 127.0.0.1
+  pcap-info    describe a capture file
+  selftest     check the pcap reader, generator and receivers
+  report FILE  re-render the .md and .svg of a results .json
+
+suite options:
+  --quick                 smaller matrix, 3 repeats of 1.5 s (under 2 minutes)
+  --repeats N             measurements per fan-out per scenario (default 5; quick 3)
+  --duration S            seconds per measurement (default 4; quick 1.5)
+  --warmup S              warm-up traffic per fan-out before measuring (default 0.5; quick 0.3)
+  --subscribers LIST      subscriber counts of the chart series (default 1,8,64,256)
+  --series LIST           offered output rates, datagrams/s (default 160000,480000; quick 160000)
+  --big N                 subscribers of the one-channel dynamic run (default 10000; quick 1000; 0 = skip)
+  --targets LIST          floor,udprepeater,udprepeater-dgram (default floor,udprepeater; udprepeater-dgram
+                          is udprepeater with UDPREPEATER_NATIVE=0, its pure node:dgram path)
+  --mode NAME             plain (secure: planned, see README)
+  --only REGEX            run only scenarios whose id matches (ids are listed in the report)
+  --value-size DIST       value sizes: N, MIN-MAX or tls (default 200)
+  --key-size DIST         key sizes (default 32, a TLS session id)
+  --deletes FRACTION      share of deletes, 0..1 (default 0)
+  --lifetime S            expiry of each set, sent as absolute unix time (default 300)
+  --capture FILE          capture to replay (default bench/captures/uwsgi-sessions.pcap)
+  --replay-speeds LIST    speeds for the capture, 0 = as fast as possible (default 1,10,0; quick 10)
+  --replay-port P         replay only datagrams sent to port P in the capture
+  --no-replay             skip the capture replays
+  --no-capacity           skip the generator/receiver self-check
+  --send-queue N          passed to udprepeater
+  --repeater-arg ARG      any other udprepeater serve flag (repeatable, e.g. --repeater-arg=--send-buffer=1048576)
+  --recv-buffer BYTES     SO_RCVBUF of the fan-out input and every receiver (default 4194304)
+  --no-pin                do not pin the fan-out and the load tools to separate CPUs
+  --quiet-threshold CPUS  before each measurement, wait until the rest of the machine uses less than this (default 0.25)
+  --quiet-budget S        total seconds the run may spend waiting for that (default 120, at most 10 per measurement;
+                          quick 6, at most 2 per measurement)
+  --name NAME             output base name under bench/results (default latest; quick runs: quick)
+
+replay options:
+  --capture FILE --to 127.0.0.1:PORT [--speed X (default 1; 0 = as fast as possible)] [--loop]
+  [--duration S (default: once through)] [--replay-port P] [--replay-all (also subscriptions)]
+  [--no-stamp (send the payloads byte for byte; by default the first 24 bytes of each value,
+  or of each delete's key, carry the bench's sequence number and send time)]
+`;
+
+type Opts = Map<string, string[]>;
+
+function parseArgs(argv: string[]): { command: string; opts: Opts } {
+  const opts: Opts = new Map();
+  let command = 'suite';
+  const flags = new Set(['--quick', '--no-replay', '--no-capacity', '--no-pin', '--loop', '--replay-all', '--no-stamp', '--help', '-h']);
+  for (let i = 0; i < argv.length; i++) {
+    let a = argv[i]!;
+    if (i === 0 && !a.startsWith('-')) {
+      command = a;
+      continue;
+    }
+    if (!a.startsWith('-')) {
+      opts.set('_', [...(opts.get('_') ?? []), a]);
+      continue;
+    }
+    let v: string | undefined;
+    const eq = a.indexOf('=');
+    if (eq > 0) {
+      v = a.slice(eq + 1);
+      a = a.slice(0, eq);
+    }
+    if (flags.has(a)) {
+      opts.set(a, ['1']);
+      continue;
+    }
+    if (v === undefined) {
+      v = argv[++i];
+      if (v === undefined) throw new BenchError(`${a} needs a value`);
+    }
+    opts.set(a, [...(opts.get(a) ?? []), v]);
+  }
+  return { command, opts };
+}
+
+const one = (o: Opts, k: string) => o.get(k)?.at(-1);
+function num(o: Opts, k: string, dflt: number, min = 0): number {
+  const v = one(o, k);
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < min) throw new BenchError(`${k} "${v}": want a number >= ${min}`);
+  return n;
+}
+function list(o: Opts, k: string, dflt: number[]): number[] {
+  const v = one(o, k);
+  if (v === undefined) return dflt;
+  const xs = v.split(',').map((s) => Number(s.trim()));
+  if (xs.some((x) => !Number.isFinite(x) || x < 0)) throw new BenchError(`${k} "${v}": want comma-separated numbers`);
+  return xs;
+}
+
+/** Removes scratch directories left by bench processes that no longer exist (e.g. killed with SIGKILL). */
+function removeStaleScratch(): void {
+  if (!existsSync(BUILD_DIR)) return;
+  for (const d of readdirSync(BUILD_DIR)) {
+    const m = /^(?:run|replay|selftest)-(\d+)$/.exec(d);
+    if (m === null || Number(m[1]) === process.pid) continue;
+    try {
+      process.kill(Number(m[1]), 0);
+    } catch {
+      rmSync(join(BUILD_DIR, d), { recursive: true, force: true });
+    }
+  }
+}
+
+function gitHead(): string | null {
+  try {
+    const head = execFileSync('git', ['-C', ROOT, 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const dirty = execFileSync('git', ['-C', ROOT, 'status', '--porcelain', '--', 'src'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return dirty ? `${head} with uncommitted changes in src/` : head;
+  } catch {
+    return null;
+  }
+}
+
+function commandLine(argv: string[]): string {
+  const q = (s: string) => (/^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`);
+  const args = argv.map(q).join(' ');
+  return process.env['npm_lifecycle_event'] === 'bench' ? `npm run bench${args ? ` -- ${args}` : ''}` : `node ${relative(ROOT, process.argv[1]!)} ${args}`.trim();
+}
+
+function fdLimit(): number {
+  try {
+    const l = readFileSync('/proc/self/limits', 'utf8');
+    const m = /^Max open files\s+(\d+)/m.exec(l);
+    return m ? Number(m[1]) : Infinity;
+  } catch {
+    return Infinity;
+  }
+}
+
+function pinning(noPin: boolean, nproc: number): { fan: string | undefined; load: string | undefined; text: string } {
+  if (noPin || nproc < 2) return { fan: undefined, load: undefined, text: 'no CPU pinning' };
+  const load = Array.from({ length: nproc }, (_, i) => i).filter((i) => i !== 1).join(',');
+  return { fan: '1', load, text: `fan-out under test pinned to CPU 1, generator and receivers to CPU ${load}` };
+}
+
+function makeContext(opts: Opts, progress: Progress, scratch: string, tools: ReturnType<typeof buildNative>, quick: boolean): Context {
+  const modeName = one(opts, '--mode') ?? 'plain';
+  const planned = PLANNED[modeName];
+  if (planned !== undefined) throw new BenchError(planned);
+  const mode = MODES[modeName];
+  if (mode === undefined) throw new BenchError(`--mode ${modeName}: known modes are ${Object.keys(MODES).join(', ')}`);
+  const pin = pinning(opts.has('--no-pin'), machineFacts(tools.compiler).nproc);
+  const repeaterArgs = [...(opts.get('--repeater-arg') ?? [])];
+  const sq = one(opts, '--send-queue');
+  if (sq !== undefined) repeaterArgs.push('--send-queue', sq);
+  return {
+    tools,
+    mode,
+    scratch,
+    cpuFanout: pin.fan,
+    cpuLoad: pin.load,
+    recvBuffer: num(opts, '--recv-buffer', 4 << 20, 1024),
+    repeaterArgs,
+    warmup: num(opts, '--warmup', quick ? 0.3 : 0.5),
+    progress,
+    quiet: {
+      threshold: num(opts, '--quiet-threshold', 0.25),
+      budget: num(opts, '--quiet-budget', quick ? 6 : 120),
+      perMeasurement: quick ? 2 : 10,
+      spent: 0,
+    },
+  };
+}
+
+function syntheticSpec(opts: Opts): SyntheticSpec {
+  const deletes = num(opts, '--deletes', 0);
+  if (deletes > 1) throw new BenchError('--deletes is a fraction between 0 and 1');
+  return {
+    keySize: parseSize('key-size', one(opts, '--key-size') ?? '32'),
+    valueSize: parseSize('value-size', one(opts, '--value-size') ?? '200'),
+    deletes,
+    lifetime: num(opts, '--lifetime', 300),
+    poolSize: 4096,
+    seed: 1,
+  };
+}
+
+async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise<void> {
+  const started = new Date();
+  const quick = opts.has('--quick');
+  if (!existsSync(REPEATER_CLI)) throw new BenchError(`${relative(ROOT, REPEATER_CLI)} is missing: run "npm run build:dev" (npm run bench does it)`);
+  const progress = new Progress(1);
+  const tools = buildNative((s) => progress.note(s));
+  setLauncher(tools.launch);
+  const scratch = join(BUILD_DIR, `run-${process.pid}`);
+  mkdirSync(scratch, { recursive: true });
+  process.on('exit', () => rmSync(scratch, { recursive: true, force: true }));
+  const ctx = makeContext(opts, progress, scratch, tools, quick);
+  const machine = machineFacts(tools.compiler);
+
+  const targets = (one(opts, '--targets') ?? DEFAULT_TARGETS.join(',')).split(',') as TargetKind[];
+  for (const t of targets) if (!TARGETS.includes(t)) throw new BenchError(`--targets: unknown "${t}" (known: ${TARGETS.join(', ')})`);
+  const repeats = num(opts, '--repeats', quick ? 3 : 5, 1);
+  const duration = num(opts, '--duration', quick ? 1.5 : 4, 0.2);
+  const spec = syntheticSpec(opts);
+  const capture = opts.has('--no-replay') || capacityOnly ? null : resolve(one(opts, '--capture') ?? DEFAULT_CAPTURE);
+  if (capture !== null && !existsSync(capture)) throw new BenchError(`capture ${capture} not found (record one with bench/capture/record.sh, or pass --no-replay)`);
+  const big = num(opts, '--big', quick ? 1000 : 10000);
+  if (big + 64 > fdLimit()) throw new BenchError(`--big ${big} needs more open files than the limit of ${fdLimit()}: raise ulimit -n or lower --big`);
+  const only = one(opts, '--only');
+  const series = list(opts, '--series', quick ? [160000] : [160000, 480000]);
+  let plan = capacityOnly
+    ? []
+    : buildPlan({
+        quick,
+        subscribers: list(opts, '--subscribers', [1, 8, 64, 256]),
+        series,
+        extra: quick ? [[8, 60000]] : [],
+        big,
+        bigSeries: series[0] ?? 160000,
+        repeats,
+        duration,
+        spec,
+        tlsSpec: quick ? null : { ...spec, valueSize: parseSize('value-size', 'tls'), deletes: 0.1 },
+        capture,
+        replaySpeeds: list(opts, '--replay-speeds', quick ? [10] : [1, 10, 0]),
+        replaySubscribers: 8,
+        replayPort: one(opts, '--replay-port') === undefined ? undefined : num(opts, '--replay-port', 0, 1),
+        targets,
+      });
+  if (only !== undefined) plan = plan.filter((s) => new RegExp(only).test(s.id));
+  const caps = capacityOnly || !opts.has('--no-capacity') ? capacityCases(quick) : [];
+  const capRepeats = quick ? 1 : 3;
+  const capDuration = quick ? 1 : 2;
+  progress.setTotal(caps.length * capRepeats + plan.reduce((n, s) => n + s.repeats * s.targets.length, 0));
+  progress.note(`udprepeater datagram path: ${repeaterPath()}`);
+  progress.note(
+    `bench: ${quick ? 'quick' : 'full'} run, ${plan.length} scenarios x ${targets.join(' + ')}, ${repeats} x ${duration} s each; ` +
+      `${machine.nproc} CPUs (${machine.cpuModel}), ${ctx.cpuFanout === undefined ? 'no pinning' : `fan-out on CPU ${ctx.cpuFanout}, load on CPU ${ctx.cpuLoad}`}`,
+  );
+
+  const capResults: CapacityResult[] = [];
+  for (const c of caps) {
+    const r = await runCapacity(ctx, c, spec, capRepeats, capDuration);
+    capResults.push(r);
+    const m = r.median;
+    progress.note(
+      `  ${c.title}: sent ${fmtRate(m.copiesRate)}/s, delivered ${fmtRate(m.deliveredRate)}/s, loss ${(m.loss * 100).toFixed(2)}%, ` +
+        `p50 ${m.latency.p50.toFixed(0)} µs p99 ${m.latency.p99.toFixed(0)} µs; gen ${m.genCpuPerCopyUs.toFixed(2)} µs/copy, recv ${m.recvCpuPerDatagramUs.toFixed(2)} µs/datagram`,
+    );
+  }
+  const results: ScenarioResult[] = [];
+  // A quick run does not overwrite the full run's results.
+  const name = one(opts, '--name') ?? (quick ? 'quick' : 'latest');
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const write = () => {
+    const info: RunInfo = {
+      command: commandLine(argv),
+      mode: ctx.mode.name,
+      quick,
+      started: started.toISOString(),
+      seconds: (Date.now() - started.getTime()) / 1000,
+      pinning: pinning(opts.has('--no-pin'), machine.nproc).text,
+      repeats,
+      duration,
+      warmup: ctx.warmup,
+      machine,
+      repeaterArgs: ctx.repeaterArgs,
+      recvBuffer: ctx.recvBuffer,
+      gitHead: gitHead(),
+      quiet: ctx.quiet,
+      repeaterPath: repeaterPath(),
+      targets,
+    };
+    return writeReports(join(RESULTS_DIR, name), info, results, capResults);
+  };
+  for (const sc of plan) {
+    const r = await runScenario(ctx, sc);
+    results.push(r);
+    const s = summarize(r);
+    const parts = Object.values(s.targets).map(
+      (t) => `${t.target} ${fmtRate(t.deliveredRate)}/s out, loss ${(t.loss * 100).toFixed(2)}%, ${t.cpuPerOutUs.toFixed(2)} µs CPU/out, p99 ${t.p99.toFixed(0)} µs`,
+    );
+    progress.note(`  ${sc.title}: ${parts.join(' | ')}`);
+    write(); // keep partial results if a later scenario fails
+  }
+  progress.finish();
+  const paths = write();
+  process.stdout.write(`wrote ${relative(ROOT, paths.md)}, ${relative(ROOT, paths.svg)}, ${relative(ROOT, paths.json)}\n`);
+}
+
+async function replay(opts: Opts): Promise<void> {
+  const capture = resolve(one(opts, '--capture') ?? opts.get('_')?.[0] ?? DEFAULT_CAPTURE);
+  const to = one(opts, '--to');
+  if (to === undefined || !/^127\.0\.0\.1:\d+$/.test(to)) throw new BenchError('replay needs --to 127.0.0.1:PORT (the bench only sends to 127.0.0.1)');
+  const speed = num(opts, '--speed', 1);
+  const progress = new Progress(1);
+  const tools = buildNative((s) => progress.note(s));
+  setLauncher(tools.launch);
+  const scratch = join(BUILD_DIR, `replay-${process.pid}`);
+  mkdirSync(scratch, { recursive: true });
+  process.on('exit', () => rmSync(scratch, { recursive: true, force: true }));
+  const ctx = makeContext(opts, progress, scratch, tools, false);
+  const src = { kind: 'replay', speed, capture, dport: one(opts, '--replay-port') === undefined ? undefined : num(opts, '--replay-port', 0, 1), all: opts.has('--replay-all') } as const;
+  const pool = poolFor(ctx, src);
+  const loop = opts.has('--loop');
+  const once = speed > 0 ? pool.spanNs / 1e9 / speed + 1 : 3600;
+  const duration = num(opts, '--duration', loop ? 10 : once, 0.1);
+  progress.note(`replaying ${pool.text} to ${to}${loop ? ', looping' : ''} for at most ${duration.toFixed(1)} s`);
+  const args = ['--timeline', '--speed', String(speed), ...(loop ? ['--loop'] : []), ...(opts.has('--no-stamp') ? ['--no-stamp'] : [])];
+  progress.next('replay');
+  const r = await runGen(ctx, pool.path, [Number(to.split(':')[1])], args, duration, 2 ** 40, 1, undefined, (s) => progress.tick(`${s.toFixed(1)} s`));
+  progress.finish();
+  process.stdout.write(
+    `sent ${r.sent} datagrams (${opts.has('--no-stamp') ? 'byte for byte' : `${r.stamped} stamped with run 1`}) in ${r.elapsed_s.toFixed(2)} s = ${fmtRate(r.rate)}/s; send errors ${r.errors}${r.errors ? ` (${r.last_error})` : ''}\n`,
+  );
+}
+
+async function selftestCmd(opts: Opts): Promise<void> {
+  const progress = new Progress(1);
+  const tools = buildNative((s) => progress.note(s));
+  setLauncher(tools.launch);
+  const scratch = join(BUILD_DIR, `selftest-${process.pid}`);
+  mkdirSync(scratch, { recursive: true });
+  process.on('exit', () => rmSync(scratch, { recursive: true, force: true }));
+  const ctx = makeContext(opts, progress, scratch, tools, true);
+  const capture = opts.has('--no-replay') ? null : resolve(one(opts, '--capture') ?? DEFAULT_CAPTURE);
+  await selftest(ctx, capture !== null && existsSync(capture) ? capture : null, (s) => process.stdout.write(`${s}\n`));
+  process.stdout.write('selftest passed\n');
+}
+
+/** Re-renders <name>.md and <name>.svg from a results JSON (after a change to the report format). */
+function rerender(opts: Opts): void {
+  for (const f of opts.get('_') ?? [join(RESULTS_DIR, 'latest.json')]) {
+    const d = JSON.parse(readFileSync(f, 'utf8')) as { info: RunInfo; scenarios: ScenarioResult[]; capacity: CapacityResult[] };
+    const paths = writeReports(f.replace(/\.json$/, ''), d.info, d.scenarios, d.capacity);
+    process.stdout.write(`wrote ${relative(ROOT, paths.md)}, ${relative(ROOT, paths.svg)}\n`);
+  }
+}
+
+function pcapInfo(opts: Opts): void {
+  const files = opts.get('_') ?? [DEFAULT_CAPTURE];
+  for (const f of files) {
+    const c = readPcap(readFileSync(f), f);
+    process.stdout.write(`${f}:\n${describeCapture(c).map((l) => `  ${l}`).join('\n')}\n`);
+  }
+}
+
+async function main(): Promise<void> {
+  const argv = process.argv.slice(2);
+  const { command, opts } = parseArgs(argv);
+  if (opts.has('--help') || opts.has('-h') || command === 'help') {
+    process.stdout.write(HELP);
+    return;
+  }
+  installCleanup();
+  removeStaleScratch();
+  if (command === 'suite') await suite(argv, opts, false);
+  else if (command === 'capacity') await suite(argv, opts, true);
+  else if (command === 'replay') await replay(opts);
+  else if (command === 'pcap-info') pcapInfo(opts);
+  else if (command === 'selftest') await selftestCmd(opts);
+  else if (command === 'report') rerender(opts);
+  else throw new BenchError(`unknown command "${command}"\n\n${HELP}`);
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`\nbench: ${err instanceof BenchError ? err.message : err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  process.exit(1);
+});
