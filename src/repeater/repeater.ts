@@ -311,6 +311,9 @@ export class Repeater {
    * process, and every other node's sync, down with it.
    */
   private onDatagram(route: Route, msg: Buffer, rinfo: RemoteInfo): void {
+    // A listener opened by an apply still in progress has no channel yet:
+    // until the new config is swapped in, its datagrams are not ours to judge.
+    if (route.channel === undefined) return;
     try {
       this.handle(route, msg, rinfo);
     } catch (err) {
