@@ -13,15 +13,14 @@ import { join, relative, resolve } from 'node:path';
 import { type CapacityResult, capacityCases, runCapacity } from './lib/capacity.js';
 import { machineFacts } from './lib/machine.js';
 import { type Context, fmtRate, poolFor, runGen, runScenario, type ScenarioResult } from './lib/measure.js';
-import { type BenchMode, type ModeName, PLAIN, secureMode } from './lib/modes.js';
-import { buildNative, requireSodium, SODIUM_HINT } from './lib/native.js';
+import { MODES, PLANNED } from './lib/modes.js';
+import { buildNative } from './lib/native.js';
 import { BUILD_DIR, DEFAULT_CAPTURE, REPEATER_CLI, RESULTS_DIR, ROOT } from './lib/paths.js';
 import { describeCapture, readPcap } from './lib/pcap.js';
-import { buildPlan, parsePoints } from './lib/plan.js';
+import { buildPlan } from './lib/plan.js';
 import { BenchError, installCleanup, setLauncher } from './lib/procs.js';
 import { Progress } from './lib/progress.js';
 import { type RunInfo, summarize, writeReports } from './lib/report.js';
-import { checkSecure, type KeyInfo, keygen, keyIdOfFile } from './lib/secure-check.js';
 import { selftest } from './lib/selftest.js';
 import { parseSize, type SyntheticSpec } from './lib/synthetic.js';
 import { DEFAULT_TARGETS, repeaterPath, TARGETS, type TargetKind } from './lib/targets.js';
@@ -46,15 +45,7 @@ suite options:
   --big N                 subscribers of the one-channel dynamic run (default 10000; quick 1000; 0 = skip)
   --targets LIST          floor,udprepeater,udprepeater-dgram (default floor,udprepeater; udprepeater-dgram
                           is udprepeater with UDPREPEATER_NATIVE=0, its pure node:dgram path)
-  --mode plain|secure|both
-                          plain: the plain matrix only; secure: only the secure points and their plain twins;
-                          both (default): the plain matrix and the secure points, each next to its plain twin
-  --secure POINTS         secure points, SUBSCRIBERSxRATE (input datagrams/s), comma-separated, or none
-                          (default 1x160000,8x20000,64x2500,8x60000; quick 8x20000)
-  --key-file FILE         secure mode: use this key (32 raw bytes, mode 0600) instead of a new one from
-                          "udprepeater keygen" in the scratch directory
-  --open-every            secure mode: receivers open every frame (by default a byte-identical copy of a frame
-                          that opened is not opened again)
+  --mode NAME             plain (secure: planned, see README)
   --only REGEX            run only scenarios whose id matches (ids are listed in the report)
   --value-size DIST       value sizes: N, MIN-MAX or tls (default 200)
   --key-size DIST         key sizes (default 32, a TLS session id)
@@ -79,7 +70,6 @@ replay options:
   [--duration S (default: once through)] [--replay-port P] [--replay-all (also subscriptions)]
   [--no-stamp (send the payloads byte for byte; by default the first 24 bytes of each value,
   or of each delete's key, carry the bench's sequence number and send time)]
-  [--mode secure --key-file FILE (seal every datagram for a sealed listener, under the repeater's key)]
 `;
 
 type Opts = Map<string, string[]>;
@@ -87,7 +77,7 @@ type Opts = Map<string, string[]>;
 function parseArgs(argv: string[]): { command: string; opts: Opts } {
   const opts: Opts = new Map();
   let command = 'suite';
-  const flags = new Set(['--quick', '--no-replay', '--no-capacity', '--no-pin', '--loop', '--replay-all', '--no-stamp', '--open-every', '--help', '-h']);
+  const flags = new Set(['--quick', '--no-replay', '--no-capacity', '--no-pin', '--loop', '--replay-all', '--no-stamp', '--help', '-h']);
   for (let i = 0; i < argv.length; i++) {
     let a = argv[i]!;
     if (i === 0 && !a.startsWith('-')) {
@@ -179,43 +169,19 @@ function pinning(noPin: boolean, nproc: number): { fan: string | undefined; load
   return { fan: '1', load, text: `fan-out under test pinned to CPU 1, generator and receivers to CPU ${load}` };
 }
 
-/** Which scenarios --mode asks for. */
-function modeSelection(opts: Opts, dflt: 'plain' | 'secure' | 'both'): 'plain' | 'secure' | 'both' {
-  const m = one(opts, '--mode') ?? dflt;
-  if (m !== 'plain' && m !== 'secure' && m !== 'both') throw new BenchError(`--mode ${m}: want plain, secure or both`);
-  return m;
-}
-
-/**
- * Secure mode for this run: the key (a new one from the real `udprepeater
- * keygen` in the scratch directory, or --key-file) and the mode built on it.
- */
-async function prepareSecure(opts: Opts, scratch: string, tools: ReturnType<typeof buildNative>): Promise<{ key: KeyInfo; mode: BenchMode }> {
-  requireSodium(tools);
-  const given = one(opts, '--key-file');
-  let key: KeyInfo;
-  if (given !== undefined) {
-    if (!existsSync(given)) throw new BenchError(`--key-file ${given}: no such file`);
-    try {
-      key = { file: resolve(given), id: keyIdOfFile(given) };
-    } catch (err) {
-      throw new BenchError(`--key-file ${given}: ${err instanceof Error ? err.message : String(err)}`);
-    }
-  } else key = keygen(join(scratch, 'bench.key'));
-  const mode = await secureMode({ keyFile: key.file, openEvery: opts.has('--open-every') });
-  return { key, mode };
-}
-
-function makeContext(opts: Opts, progress: Progress, scratch: string, tools: ReturnType<typeof buildNative>, quick: boolean, secure: BenchMode | null): Context {
-  const modes: Partial<Record<ModeName, BenchMode>> = { plain: PLAIN };
-  if (secure !== null) modes.secure = secure;
+function makeContext(opts: Opts, progress: Progress, scratch: string, tools: ReturnType<typeof buildNative>, quick: boolean): Context {
+  const modeName = one(opts, '--mode') ?? 'plain';
+  const planned = PLANNED[modeName];
+  if (planned !== undefined) throw new BenchError(planned);
+  const mode = MODES[modeName];
+  if (mode === undefined) throw new BenchError(`--mode ${modeName}: known modes are ${Object.keys(MODES).join(', ')}`);
   const pin = pinning(opts.has('--no-pin'), machineFacts(tools.compiler).nproc);
   const repeaterArgs = [...(opts.get('--repeater-arg') ?? [])];
   const sq = one(opts, '--send-queue');
   if (sq !== undefined) repeaterArgs.push('--send-queue', sq);
   return {
     tools,
-    modes,
+    mode,
     scratch,
     cpuFanout: pin.fan,
     cpuLoad: pin.load,
@@ -255,13 +221,7 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
   const scratch = join(BUILD_DIR, `run-${process.pid}`);
   mkdirSync(scratch, { recursive: true });
   process.on('exit', () => rmSync(scratch, { recursive: true, force: true }));
-  const modeSel = modeSelection(opts, 'both');
-  let securePoints: Array<[number, number]>;
-  try {
-    securePoints = parsePoints(one(opts, '--secure') ?? (quick ? '8x20000' : '1x160000,8x20000,64x2500,8x60000'));
-  } catch (err) {
-    throw new BenchError(`--secure ${(err as Error).message}`);
-  }
+  const ctx = makeContext(opts, progress, scratch, tools, quick);
   const machine = machineFacts(tools.compiler);
 
   const targets = (one(opts, '--targets') ?? DEFAULT_TARGETS.join(',')).split(',') as TargetKind[];
@@ -293,34 +253,13 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
         replaySubscribers: 8,
         replayPort: one(opts, '--replay-port') === undefined ? undefined : num(opts, '--replay-port', 0, 1),
         targets,
-        secure: securePoints,
-        mode: modeSel,
       });
   if (only !== undefined) plan = plan.filter((s) => new RegExp(only).test(s.id));
-  // Secure mode is prepared (key, libsodium, interoperability check) only when something will run in it.
-  const wantSecure = plan.some((s) => s.mode === 'secure') || (capacityOnly && modeSel !== 'plain' && !opts.has('--no-capacity') && securePoints.length > 0);
-  if (wantSecure && tools.sodium === null) {
-    throw new BenchError(
-      `${SODIUM_HINT}.\n(${tools.sodiumProblem ?? 'libsodium not found'})\n` +
-        `This run has secure scenarios: ${plan.filter((s) => s.mode === 'secure').map((s) => s.id).join(', ') || 'the secure capacity check'}.`,
-    );
-  }
-  const secure = wantSecure ? await prepareSecure(opts, scratch, tools) : null;
-  const ctx = makeContext(opts, progress, scratch, tools, quick, secure?.mode ?? null);
-  const caps = capacityOnly || !opts.has('--no-capacity') ? capacityCases(quick, wantSecure) : [];
+  const caps = capacityOnly || !opts.has('--no-capacity') ? capacityCases(quick) : [];
   const capRepeats = quick ? 1 : 3;
   const capDuration = quick ? 1 : 2;
-  progress.setTotal(caps.length * capRepeats + plan.reduce((n, s) => n + s.repeats * s.targets.length, 0) + (wantSecure ? 1 : 0));
+  progress.setTotal(caps.length * capRepeats + plan.reduce((n, s) => n + s.repeats * s.targets.length, 0));
   progress.note(`udprepeater datagram path: ${repeaterPath()}`);
-  const secureCheck: string[] = [];
-  if (secure !== null) {
-    progress.note(`secure mode: key ${relative(ROOT, secure.key.file)} (key id ${secure.key.id}), libsodium ${tools.sodium}; checking interoperability`);
-    progress.next('secure mode interoperability check');
-    await checkSecure(ctx, secure.key, (l) => {
-      secureCheck.push(l);
-      progress.note(`  ${l}`);
-    }, { thorough: false });
-  }
   progress.note(
     `bench: ${quick ? 'quick' : 'full'} run, ${plan.length} scenarios x ${targets.join(' + ')}, ${repeats} x ${duration} s each; ` +
       `${machine.nproc} CPUs (${machine.cpuModel}), ${ctx.cpuFanout === undefined ? 'no pinning' : `fan-out on CPU ${ctx.cpuFanout}, load on CPU ${ctx.cpuLoad}`}`,
@@ -343,17 +282,7 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
   const write = () => {
     const info: RunInfo = {
       command: commandLine(argv),
-      mode: modeSel,
-      secure:
-        secure === null
-          ? null
-          : {
-              keyId: secure.key.id,
-              keyFile: one(opts, '--key-file') === undefined ? 'new, from udprepeater keygen' : secure.key.file,
-              libsodium: tools.sodium ?? '?',
-              openEvery: opts.has('--open-every'),
-              check: secureCheck,
-            },
+      mode: ctx.mode.name,
       quick,
       started: started.toISOString(),
       seconds: (Date.now() - started.getTime()) / 1000,
@@ -397,15 +326,7 @@ async function replay(opts: Opts): Promise<void> {
   const scratch = join(BUILD_DIR, `replay-${process.pid}`);
   mkdirSync(scratch, { recursive: true });
   process.on('exit', () => rmSync(scratch, { recursive: true, force: true }));
-  const modeSel = modeSelection(opts, 'plain');
-  if (modeSel === 'both') throw new BenchError('replay: --mode plain or --mode secure');
-  let secure: BenchMode | null = null;
-  if (modeSel === 'secure') {
-    // Frames must be sealed under the running repeater's key: a new key would be refused (unknown_key).
-    if (one(opts, '--key-file') === undefined) throw new BenchError('replay --mode secure needs --key-file FILE: the key the repeater opens with');
-    secure = (await prepareSecure(opts, scratch, tools)).mode;
-  }
-  const ctx = makeContext(opts, progress, scratch, tools, false, secure);
+  const ctx = makeContext(opts, progress, scratch, tools, false);
   const src = { kind: 'replay', speed, capture, dport: one(opts, '--replay-port') === undefined ? undefined : num(opts, '--replay-port', 0, 1), all: opts.has('--replay-all') } as const;
   const pool = poolFor(ctx, src);
   const loop = opts.has('--loop');
@@ -414,10 +335,10 @@ async function replay(opts: Opts): Promise<void> {
   progress.note(`replaying ${pool.text} to ${to}${loop ? ', looping' : ''} for at most ${duration.toFixed(1)} s`);
   const args = ['--timeline', '--speed', String(speed), ...(loop ? ['--loop'] : []), ...(opts.has('--no-stamp') ? ['--no-stamp'] : [])];
   progress.next('replay');
-  const r = await runGen(ctx, pool.path, [Number(to.split(':')[1])], args, duration, 2 ** 40, 1, undefined, (s) => progress.tick(`${s.toFixed(1)} s`), secure ?? PLAIN);
+  const r = await runGen(ctx, pool.path, [Number(to.split(':')[1])], args, duration, 2 ** 40, 1, undefined, (s) => progress.tick(`${s.toFixed(1)} s`));
   progress.finish();
   process.stdout.write(
-    `sent ${r.sent} ${secure === null ? 'datagrams' : `sealed frames (key id ${r.key_id})`} (${opts.has('--no-stamp') ? 'byte for byte' : `${r.stamped} stamped with run 1`}) in ${r.elapsed_s.toFixed(2)} s = ${fmtRate(r.rate)}/s; send errors ${r.errors}${r.errors ? ` (${r.last_error})` : ''}\n`,
+    `sent ${r.sent} datagrams (${opts.has('--no-stamp') ? 'byte for byte' : `${r.stamped} stamped with run 1`}) in ${r.elapsed_s.toFixed(2)} s = ${fmtRate(r.rate)}/s; send errors ${r.errors}${r.errors ? ` (${r.last_error})` : ''}\n`,
   );
 }
 
@@ -428,19 +349,9 @@ async function selftestCmd(opts: Opts): Promise<void> {
   const scratch = join(BUILD_DIR, `selftest-${process.pid}`);
   mkdirSync(scratch, { recursive: true });
   process.on('exit', () => rmSync(scratch, { recursive: true, force: true }));
-  const modeSel = modeSelection(opts, 'both');
-  const secure = modeSel !== 'plain' && tools.sodium !== null ? await prepareSecure(opts, scratch, tools) : null;
-  if (modeSel === 'secure') requireSodium(tools);
-  const ctx = makeContext(opts, progress, scratch, tools, true, secure?.mode ?? null);
+  const ctx = makeContext(opts, progress, scratch, tools, true);
   const capture = opts.has('--no-replay') ? null : resolve(one(opts, '--capture') ?? DEFAULT_CAPTURE);
-  const log = (s: string) => process.stdout.write(`${s}\n`);
-  if (modeSel !== 'secure') await selftest(ctx, capture !== null && existsSync(capture) ? capture : null, log);
-  if (secure !== null) {
-    log(`secure mode: key id ${secure.key.id}, libsodium ${tools.sodium}`);
-    await checkSecure(ctx, secure.key, log, { thorough: true });
-  } else if (modeSel !== 'plain') {
-    log(`secure mode NOT checked: ${SODIUM_HINT} (${tools.sodiumProblem ?? 'libsodium not found'})`);
-  }
+  await selftest(ctx, capture !== null && existsSync(capture) ? capture : null, (s) => process.stdout.write(`${s}\n`));
   process.stdout.write('selftest passed\n');
 }
 

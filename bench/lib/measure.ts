@@ -8,7 +8,7 @@
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type BenchMode, CHANNEL_KEY, type ModeName, PLAIN } from './modes.js';
+import type { BenchMode } from './modes.js';
 import type { NativeTools } from './native.js';
 import { poolSummary, writePool } from './pool.js';
 import { captureToPool, readPcap } from './pcap.js';
@@ -34,16 +34,11 @@ export interface Scenario {
   readonly duration: number;
   readonly repeats: number;
   readonly targets: readonly TargetKind[];
-  /** What travels on the wire (modes.ts); absent in results of older runs: plain. */
-  readonly mode?: ModeName;
-  /** Secure scenarios: the id of the plain scenario measuring the same load (for the secure/plain ratios). */
-  readonly twin?: string;
 }
 
 export interface Context {
   readonly tools: NativeTools;
-  /** The modes this run can use: plain always, secure once its key file is made (run.ts). */
-  readonly modes: Partial<Record<ModeName, BenchMode>>;
+  readonly mode: BenchMode;
   readonly scratch: string;
   readonly cpuFanout: string | undefined;
   readonly cpuLoad: string | undefined;
@@ -101,12 +96,6 @@ export interface Sample {
   /** ksoftirqd CPU during the run, in CPUs. */
   softirqd: number;
   flags: string[];
-  /** Secure mode: frames the receivers could not open (unknown key id, bad header, failed MAC), ... */
-  recvUnopened?: number;
-  /** ... frames that opened but held no valid CACHE_DATAGRAM Envelope, ... */
-  recvBadEnvelope?: number;
-  /** ... and datagrams that were no frame at all. */
-  recvUnsealed?: number;
   /** [port, delivered, p50 µs, p99 µs, max µs] per receiver (scenarios up to 256 subscribers). */
   receivers?: Array<[number, number, number, number, number]>;
 }
@@ -137,10 +126,6 @@ interface GenReport {
   rate: number;
   max_lag_ms: number;
   cpu_s: number;
-  /** Secure mode: the key id it sealed under (hex), its origin, the frames it sealed. */
-  key_id?: string;
-  origin?: string;
-  sealed?: number;
 }
 
 interface RecvSocket {
@@ -151,25 +136,19 @@ interface RecvSocket {
   ooo: number;
   foreign: number;
   drops: number;
-  unopened: number;
-  badenv: number;
-  unsealed: number;
   p50: number;
   p99: number;
   max: number;
   first: number;
   last: number;
 }
-export interface RecvTotal {
+interface RecvTotal {
   count: number;
   uniq: number;
   dup: number;
   ooo: number;
   foreign: number;
   drops: number;
-  unopened: number;
-  badenv: number;
-  unsealed: number;
   p50: number;
   p90: number;
   p99: number;
@@ -178,26 +157,12 @@ export interface RecvTotal {
   first: number;
   last: number;
 }
-export interface RecvDump {
+interface RecvDump {
   run: number;
   sockets?: RecvSocket[];
   total: RecvTotal;
-  secure: number;
-  opens: number;
-  cache_hits: number;
   cpu_s: number;
 }
-
-/** The mode a scenario runs in. */
-export function modeOf(ctx: Context, sc: { readonly mode?: ModeName }): BenchMode {
-  const name = sc.mode ?? 'plain';
-  const m = ctx.modes[name];
-  if (m === undefined) throw new BenchError(`internal: ${name} mode was not prepared for this run`);
-  return m;
-}
-
-/** Sealed-gate drop reasons of udprepeater (src/repeater/stats.ts): any of them in a measurement is a bench or repeater bug. */
-export const SEALED_GATE_DROPS = ['unsealed', 'bad_version', 'unknown_key', 'auth_failed', 'stale', 'replay', 'bad_payload', 'own_origin', 'key_mismatch'];
 
 let runId = (Math.floor(Math.random() * 0x3fffffff) + 1) >>> 0;
 const poolCache = new Map<string, { path: string; text: string; count: number; spanNs: number }>();
@@ -254,10 +219,9 @@ export async function runGen(
   run: number,
   cpu: string | undefined,
   onTick?: (s: number) => void,
-  mode: BenchMode = PLAIN,
 ): Promise<GenReport> {
   const args = ['--pool', pool, ...to.flatMap((p) => ['--to', `127.0.0.1:${p}`]), ...pace];
-  args.push('--duration', String(duration), '--count', String(count), '--run', String(run), ...mode.genArgs());
+  args.push('--duration', String(duration), '--count', String(count), '--run', String(run), ...ctx.mode.genArgs());
   const gen = Child.spawn('gen', ctx.tools.gen, args, { cpu });
   const t0 = Date.now();
   const ticker = setInterval(() => onTick?.((Date.now() - t0) / 1000), 250);
@@ -273,9 +237,9 @@ export async function runGen(
 }
 
 /** Starts N receivers; returns the child and their ports. */
-export async function startReceivers(ctx: Context, n: number, tag: string, mode: BenchMode = PLAIN): Promise<{ recv: Child; ports: number[]; portsFile: string }> {
+export async function startReceivers(ctx: Context, n: number, tag: string): Promise<{ recv: Child; ports: number[]; portsFile: string }> {
   const portsFile = join(ctx.scratch, `ports-${tag}.txt`);
-  const recv = Child.spawn('recv', ctx.tools.recv, ['--count', String(n), '--ports-out', portsFile, '--rcvbuf', String(ctx.recvBuffer), ...mode.recvArgs()], {
+  const recv = Child.spawn('recv', ctx.tools.recv, ['--count', String(n), '--ports-out', portsFile, '--rcvbuf', String(ctx.recvBuffer), ...ctx.mode.recvArgs()], {
     cpu: ctx.cpuLoad,
     stdin: true,
   });
@@ -339,18 +303,8 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
   const cpu0 = cpuSeconds(fan.child.pid);
   const m0 = machineCpu();
   const k0 = ksoftirqdCpu();
-  const mode = modeOf(ctx, sc);
-  const gen = await runGen(
-    ctx,
-    pool.path,
-    [fan.inputPort],
-    args,
-    sc.duration,
-    cap,
-    id,
-    ctx.cpuLoad,
-    (s) => ctx.progress.tick(`${label}: ${s.toFixed(1)}/${sc.duration} s`),
-    mode,
+  const gen = await runGen(ctx, pool.path, [fan.inputPort], args, sc.duration, cap, id, ctx.cpuLoad, (s) =>
+    ctx.progress.tick(`${label}: ${s.toFixed(1)}/${sc.duration} s`),
   );
   ctx.progress.tick(`${label}: draining`);
   await drain(recv);
@@ -387,13 +341,6 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
   if (gen.errors > 0) flags.push(`generator send errors: ${gen.errors} (${gen.last_error})`);
   if (recvCpu / window > 0.85) flags.push(`receivers busy ${(recvCpu / window * 100).toFixed(0)}% of a core`);
   if (t.drops > 0) flags.push(`receiver sockets overflowed: ${t.drops} dropped by the kernel at the receivers`);
-  if (mode.name === 'secure') {
-    // Frames that do not open, or a fan-out refusing the generator's frames, are a bench or repeater bug, never load.
-    const bad = [t.unopened ? `${t.unopened} did not open` : '', t.badenv ? `${t.badenv} held no valid Envelope` : '', t.unsealed ? `${t.unsealed} were not frames` : ''].filter(Boolean);
-    if (bad.length > 0) flags.push(`BUG: of the datagrams the receivers got, ${bad.join(', ')}`);
-    const gate = Object.entries(drops).filter(([k]) => SEALED_GATE_DROPS.includes(k) || k === 'unopened' || k === 'badenv');
-    if (gate.length > 0) flags.push(`BUG: ${fan.kind} refused frames of the generator: ${gate.map(([k, v]) => `${k} ${v}`).join(', ')}`);
-  }
   const sockets = dump.sockets ?? [];
   const worstLoss = sockets.length ? Math.max(...sockets.map((s) => (gen.stamped ? 1 - s.uniq / gen.stamped : 0))) : expected ? 1 - t.uniq / expected : 0;
   const sample: Sample = {
@@ -414,7 +361,6 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
     duplicates: t.dup,
     reordered: t.ooo,
     receiverKernelDrops: t.drops,
-    ...(mode.name === 'secure' ? { recvUnopened: t.unopened, recvBadEnvelope: t.badenv, recvUnsealed: t.unsealed } : {}),
     window,
     deliveredRate: t.uniq / window,
     offeredOutRate: (gen.stamped * n) / Math.max(gen.elapsed_s, 1e-9),
@@ -442,7 +388,7 @@ async function warm(ctx: Context, sc: Scenario, fan: FanOut, pool: ReturnType<ty
   if (ctx.warmup <= 0) return;
   const { args } = pacing(sc.source, pool, ctx.warmup);
   // A run id the receivers are not armed for: its arrivals are counted as foreign and ignored.
-  await runGen(ctx, pool.path, [fan.inputPort], args, ctx.warmup, Math.ceil(2e6 * ctx.warmup), 0, ctx.cpuLoad, undefined, modeOf(ctx, sc));
+  await runGen(ctx, pool.path, [fan.inputPort], args, ctx.warmup, Math.ceil(2e6 * ctx.warmup), 0, ctx.cpuLoad);
   await sleep(100);
 }
 
@@ -473,24 +419,23 @@ export function interleaves(sc: Scenario): boolean {
 
 export async function runScenario(ctx: Context, sc: Scenario): Promise<ScenarioResult> {
   const pool = poolFor(ctx, sc.source);
-  const mode = modeOf(ctx, sc);
-  const { recv, ports, portsFile } = await startReceivers(ctx, sc.subscribers, sc.id, mode);
+  const { recv, ports, portsFile } = await startReceivers(ctx, sc.subscribers, sc.id);
   const live: FanOut[] = [];
   const setup = new Map<TargetKind, number>();
   const start = async (kind: TargetKind): Promise<FanOut> => {
     const t0 = Date.now();
     const opts = { cpu: ctx.cpuFanout, repeaterArgs: ctx.repeaterArgs, recvBuffer: ctx.recvBuffer };
     let fan: FanOut;
-    if (kind === 'floor') fan = await startFloor(ctx.tools, mode, portsFile, opts);
+    if (kind === 'floor') fan = await startFloor(ctx.tools, ctx.mode, portsFile, opts);
     else {
       const dynArgs = sc.dynamic
         ? ['--max-subscribers', String(sc.subscribers + 16), '--subscribe-rate', '1000000', '--subscribe-burst', '1000000', '--tolerance', '3600']
         : [];
-      const rep: RepeaterFanOut = await startRepeater(mode, sc.dynamic ? [] : ports, { ...opts, repeaterArgs: [...dynArgs, ...ctx.repeaterArgs] }, kind);
+      const rep: RepeaterFanOut = await startRepeater(ctx.mode, sc.dynamic ? [] : ports, { ...opts, repeaterArgs: [...dynArgs, ...ctx.repeaterArgs] }, kind);
       live.push(rep);
       if (sc.dynamic) {
         ctx.progress.tick(`subscribing ${sc.subscribers} receivers`);
-        await subscribeAll(rep, mode, ports, CHANNEL_KEY, (n) => ctx.progress.tick(`subscribed ${n}/${sc.subscribers}`));
+        await subscribeAll(rep, ctx.mode, ports, 'ssl', (n) => ctx.progress.tick(`subscribed ${n}/${sc.subscribers}`));
       }
       fan = rep;
     }

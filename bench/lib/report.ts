@@ -27,12 +27,7 @@ export interface RunInfo {
   readonly quiet: { threshold: number; budget: number; perMeasurement: number; spent: number };
   readonly repeaterPath: string;
   readonly targets: readonly TargetKind[];
-  /** Secure mode in this run (absent in older results): its key, libsodium, the interoperability check's lines. */
-  readonly secure?: { keyId: string; keyFile: string; libsodium: string; openEvery: boolean; check: string[] } | null;
 }
-
-/** Secure mode's target: udprepeater's CPU per output datagram at most this many times plain mode's. */
-export const SECURE_TARGET = 1.15;
 
 export interface TargetSummary {
   target: TargetKind;
@@ -60,8 +55,6 @@ export interface TargetSummary {
   peakRssMiB: number;
   drops: Record<string, number>;
   flags: string[];
-  /** Secure mode: frames the receivers could not open, or that held no valid Envelope, or were no frames (per measurement, mean). */
-  recvErrors: number;
 }
 
 export interface Ratios {
@@ -80,9 +73,6 @@ export interface ScenarioSummary {
   dynamic: boolean;
   interleaved: boolean;
   source: string;
-  mode: 'plain' | 'secure';
-  /** Secure scenarios: the plain scenario with the same load. */
-  twin: string | null;
   targets: Partial<Record<TargetKind, TargetSummary>>;
   /** Each udprepeater variant / floor, when both ran. */
   ratios: Partial<Record<TargetKind, Ratios>>;
@@ -134,7 +124,6 @@ export function summarize(r: ScenarioResult): ScenarioSummary {
       peakRssMiB: t.peakRssKiB / 1024,
       drops,
       otherLoad: m((x) => x.otherLoad),
-      recvErrors: s.reduce((n, x) => n + (x.recvUnopened ?? 0) + (x.recvBadEnvelope ?? 0) + (x.recvUnsealed ?? 0), 0) / Math.max(1, s.length),
       flags: [...kinds.values()].map((e) => `${e.first} (${e.n} of ${s.length} measurements${e.n > 1 ? '; first shown' : ''})`),
     };
   }
@@ -145,19 +134,7 @@ export function summarize(r: ScenarioResult): ScenarioSummary {
     ratios[u.target] = { deliveredRate: u.deliveredRate / f.deliveredRate, cpuPerOut: u.cpuPerOutUs / f.cpuPerOutUs, p50: u.p50 / f.p50, p99: u.p99 / f.p99, max: u.max / f.max };
   }
   const sc = r.scenario;
-  return {
-    id: sc.id,
-    title: sc.title,
-    series: sc.series,
-    subscribers: sc.subscribers,
-    dynamic: sc.dynamic,
-    interleaved: interleaves(sc),
-    source: r.source,
-    mode: sc.mode ?? 'plain',
-    twin: sc.twin ?? null,
-    targets,
-    ratios,
-  };
+  return { id: sc.id, title: sc.title, series: sc.series, subscribers: sc.subscribers, dynamic: sc.dynamic, interleaved: interleaves(sc), source: r.source, targets, ratios };
 }
 
 const pct = (x: number) => (!Number.isFinite(x) ? '-' : x === 0 ? '0' : x < 0.0001 ? '<0.01%' : `${(x * 100).toFixed(x < 0.01 ? 2 : 1)}%`);
@@ -168,8 +145,7 @@ const cpuUs = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '-');
 export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityResult[]): string {
   const m = info.machine;
   const L: string[] = [];
-  const modeText = info.mode === 'both' ? 'plain and secure modes' : `${info.mode} mode`;
-  L.push(`# udprepeater bench (${info.quick ? 'quick' : 'full'} run, ${modeText})`, '');
+  L.push(`# udprepeater bench (${info.quick ? 'quick' : 'full'} run, ${info.mode} mode)`, '');
   L.push(`Produced by \`${info.command}\` on ${info.started} in ${info.seconds.toFixed(0)} s${info.gitHead ? ` (tree at ${info.gitHead})` : ''}.`, '');
   L.push(
     `Machine: ${m.nproc} x ${m.cpuModel}, Linux ${m.kernel}, Node ${m.node}, ${m.memGiB} GiB RAM, ` +
@@ -186,8 +162,6 @@ export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityRe
       `(${info.quiet.spent.toFixed(1)} s spent waiting, budget ${info.quiet.budget} s).`,
     '',
   );
-
-  L.push(...secureSection(info, sums));
 
   L.push('## udprepeater against the floor', '');
   L.push('Ratios are udprepeater / floor: above 1x is worse for CPU and latency, below 1x is worse for delivered rate.', '');
@@ -285,87 +259,6 @@ export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityRe
     '',
   );
   return L.join('\n');
-}
-
-/** The secure-vs-plain section: udprepeater secure / plain per output datagram, same run, and the floor's for reference. */
-function secureSection(info: RunInfo, sums: ScenarioSummary[]): string[] {
-  const secure = sums.filter((s) => s.mode === 'secure');
-  if (secure.length === 0) return [];
-  const byId = new Map(sums.map((s) => [s.id, s]));
-  const L: string[] = ['## Secure mode against plain mode', ''];
-  const pairs = secure.map((s) => ({ s, p: s.twin === null ? undefined : byId.get(s.twin) }));
-  const cpuRatio = (a: TargetSummary | undefined, b: TargetSummary | undefined) => (a && b ? a.cpuPerOutUs / b.cpuPerOutUs : NaN);
-  const head =
-    pairs.find((x) => x.s.id === 's8-in20k-secure' && x.p !== undefined) ??
-    pairs.find((x) => x.s.subscribers === 8 && /\b200 B values/.test(x.s.source) && x.p !== undefined);
-  if (head !== undefined) {
-    const u = head.s.targets.udprepeater;
-    const pu = head.p!.targets.udprepeater;
-    const r = cpuRatio(u, pu);
-    const ok = r <= SECURE_TARGET;
-    L.push(
-      `**secure mode: CPU per output datagram = ${Number.isFinite(r) ? r.toFixed(2) : '-'} times plain mode (8 subscribers, 200-byte values)**; ` +
-        `target ≤ ${SECURE_TARGET}x: **${!Number.isFinite(r) ? 'not measured' : ok ? 'met' : 'missed'}** ` +
-        `(udprepeater ${cpuUs(u?.cpuPerOutUs ?? NaN)} µs secure / ${cpuUs(pu?.cpuPerOutUs ?? NaN)} µs plain per output datagram; ` +
-        `scenarios ${head.s.id} / ${head.p!.id}, this run; the floor: ${ratio(cpuRatio(head.s.targets.floor, head.p!.targets.floor))}).`,
-      '',
-    );
-  } else {
-    L.push('No secure scenario with 8 subscribers and 200-byte values and its plain twin in this run: no headline ratio.', '');
-  }
-  L.push(
-    'Secure: a sealed listener (`--listen-sealed ...,key=ssl`) and sealed static subscribers (`--to ...,sealed,key=ssl`), one key from `udprepeater keygen`. ' +
-      'The generator seals every datagram itself (its own origin, sequence, send time, nonce); udprepeater opens each frame once and seals it once for all ' +
-      'its subscribers; the receivers open what they get (a byte-identical copy of a frame that already opened is not opened again' +
-      `${info.secure?.openEvery ? '; this run: --open-every, every frame opened' : ''}). ` +
-      'The floor does the same cryptographic work as udprepeater and no more: one open and one seal (libsodium, C) per input datagram, one frame to all outputs. ' +
-      'Each secure scenario runs right after its plain twin (same load, same receivers count); ratios are secure / plain.',
-    '',
-  );
-  L.push(
-    `| scenario | udprepeater CPU µs per output: secure / plain | ratio | ≤ ${SECURE_TARGET}x | floor CPU µs per output: secure / plain | floor ratio | secure: udprepeater / floor | delivered out/s: secure / plain | loss: secure / plain | p50: secure / plain | p90: secure / plain | p99: secure / plain | medians of (secure / plain) |`,
-  );
-  L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
-  const usedText = (t: TargetSummary | undefined) => (t === undefined ? '-' : t.quietUsed ? `${t.used} quiet` : `all ${t.repeats}`);
-  for (const { s, p } of pairs) {
-    const u = s.targets.udprepeater;
-    const pu = p?.targets.udprepeater;
-    const f = s.targets.floor;
-    const pf = p?.targets.floor;
-    const r = cpuRatio(u, pu);
-    const mark = !Number.isFinite(r) ? '-' : r <= SECURE_TARGET ? 'yes' : '**no**';
-    const title = head !== undefined && s === head.s ? `**${s.title}** (target line)` : s.title;
-    const v = (t: TargetSummary | undefined, g: (t: TargetSummary) => string) => (t === undefined ? '-' : g(t));
-    L.push(
-      `| ${title} | ${v(u, (t) => cpuUs(t.cpuPerOutUs))} / ${v(pu, (t) => cpuUs(t.cpuPerOutUs))} | ${ratio(r)} | ${mark} | ` +
-        `${v(f, (t) => cpuUs(t.cpuPerOutUs))} / ${v(pf, (t) => cpuUs(t.cpuPerOutUs))} | ${ratio(cpuRatio(f, pf))} | ${ratio(cpuRatio(u, f))} | ` +
-        `${v(u, (t) => fmtRate(t.deliveredRate))} / ${v(pu, (t) => fmtRate(t.deliveredRate))} | ${v(u, (t) => pct(t.loss))} / ${v(pu, (t) => pct(t.loss))} | ` +
-        `${v(u, (t) => us(t.p50))} / ${v(pu, (t) => us(t.p50))} | ${v(u, (t) => us(t.p90))} / ${v(pu, (t) => us(t.p90))} | ${v(u, (t) => us(t.p99))} / ${v(pu, (t) => us(t.p99))} | ` +
-        `${usedText(u)} / ${usedText(pu)} |`,
-    );
-  }
-  L.push('');
-  // Anything refused on the secure path is a bench or repeater bug, never load: say so loudly.
-  const gate = new Set(['unsealed', 'bad_version', 'unknown_key', 'auth_failed', 'stale', 'replay', 'bad_payload', 'own_origin', 'key_mismatch', 'unopened', 'badenv']);
-  const bugs: string[] = [];
-  for (const s of secure) {
-    for (const t of Object.values(s.targets)) {
-      const d = Object.entries(t.drops).filter(([k, v]) => gate.has(k) && v > 0);
-      if (d.length > 0) bugs.push(`- ${s.title}, ${t.target}: refused frames: ${d.map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ')} (mean per measurement)`);
-      if (t.recvErrors > 0) bugs.push(`- ${s.title}, ${t.target}: the receivers could not open ${t.recvErrors.toFixed(0)} frames per measurement (mean)`);
-    }
-  }
-  L.push(
-    ...(bugs.length
-      ? ['**Frames refused on the secure path (a bench or repeater bug, not load):**', '', ...bugs]
-      : ['Frames refused on the secure path: none (no auth_failed, bad_payload, replay, stale, unknown_key ... at udprepeater or the floor; every frame the receivers got opened).']),
-    '',
-  );
-  if (info.secure) {
-    L.push(`Interoperability checked before measuring (key id ${info.secure.keyId}, libsodium ${info.secure.libsodium}):`, '');
-    L.push(...info.secure.check.map((l) => `- ${l}`), '');
-  }
-  return L;
 }
 
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');
