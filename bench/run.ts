@@ -1,7 +1,8 @@
 // `npm run bench -- [options]`: the load-replay suite. See bench/README.md.
 //
-//   npm run bench                 full run (about 15 minutes on 2 cores)
+//   npm run bench                 full run, plain and secure (about 15 minutes on 2 cores)
 //   npm run bench -- --quick      the same questions, smaller (under 2 minutes)
+//   npm run bench -- --mode secure  only the secure scenarios and their plain twins
 //   npm run bench -- replay --capture FILE --to 127.0.0.1:PORT [--speed 10]
 //   npm run bench -- pcap-info FILE
 //   npm run bench -- capacity     only the generator/receiver self-check
@@ -12,15 +13,16 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:f
 import { join, relative, resolve } from 'node:path';
 import { type CapacityResult, capacityCases, runCapacity } from './lib/capacity.js';
 import { machineFacts } from './lib/machine.js';
-import { type Context, fmtRate, poolFor, runGen, runScenario, type ScenarioResult } from './lib/measure.js';
-import { MODES, PLANNED } from './lib/modes.js';
-import { buildNative } from './lib/native.js';
+import { type Context, fmtRate, poolFor, runGen, runGroup, type Scenario, type ScenarioResult } from './lib/measure.js';
+import { type BenchMode, type ModeName, PLAIN, secureMode } from './lib/modes.js';
+import { buildNative, requireSodium, SODIUM_HINT } from './lib/native.js';
 import { BUILD_DIR, DEFAULT_CAPTURE, REPEATER_CLI, RESULTS_DIR, ROOT } from './lib/paths.js';
 import { describeCapture, readPcap } from './lib/pcap.js';
-import { buildPlan } from './lib/plan.js';
+import { buildPlan, parsePoints } from './lib/plan.js';
 import { BenchError, installCleanup, setLauncher } from './lib/procs.js';
 import { Progress } from './lib/progress.js';
 import { type RunInfo, summarize, writeReports } from './lib/report.js';
+import { checkSecure, type KeyInfo, keygen, keyIdOfFile } from './lib/secure-check.js';
 import { selftest } from './lib/selftest.js';
 import { parseSize, type SyntheticSpec } from './lib/synthetic.js';
 import { DEFAULT_TARGETS, repeaterPath, TARGETS, type TargetKind } from './lib/targets.js';
@@ -45,7 +47,15 @@ suite options:
   --big N                 subscribers of the one-channel dynamic run (default 10000; quick 1000; 0 = skip)
   --targets LIST          floor,udprepeater,udprepeater-dgram (default floor,udprepeater; udprepeater-dgram
                           is udprepeater with UDPREPEATER_NATIVE=0, its pure node:dgram path)
-  --mode NAME             plain (secure: planned, see README)
+  --mode plain|secure|both
+                          plain: the plain matrix only; secure: only the secure points and their plain twins;
+                          both (default): the plain matrix and the secure points, each next to its plain twin
+  --secure POINTS         secure points, SUBSCRIBERSxRATE (input datagrams/s), comma-separated, or none
+                          (default 1x160000,8x20000,64x2500,8x60000; quick 8x20000)
+  --key-file FILE         secure mode: use this key (32 raw bytes, mode 0600) instead of a new one from
+                          "udprepeater keygen" in the scratch directory
+  --open-every            secure mode: receivers open every frame (by default a byte-identical copy of a frame
+                          that opened is not opened again)
   --only REGEX            run only scenarios whose id matches (ids are listed in the report)
   --value-size DIST       value sizes: N, MIN-MAX or tls (default 200)
   --key-size DIST         key sizes (default 32, a TLS session id)
@@ -70,6 +80,7 @@ replay options:
   [--duration S (default: once through)] [--replay-port P] [--replay-all (also subscriptions)]
   [--no-stamp (send the payloads byte for byte; by default the first 24 bytes of each value,
   or of each delete's key, carry the bench's sequence number and send time)]
+  [--mode secure --key-file FILE (seal every datagram for a sealed listener, under the repeater's key)]
 `;
 
 type Opts = Map<string, string[]>;
@@ -77,7 +88,7 @@ type Opts = Map<string, string[]>;
 function parseArgs(argv: string[]): { command: string; opts: Opts } {
   const opts: Opts = new Map();
   let command = 'suite';
-  const flags = new Set(['--quick', '--no-replay', '--no-capacity', '--no-pin', '--loop', '--replay-all', '--no-stamp', '--help', '-h']);
+  const flags = new Set(['--quick', '--no-replay', '--no-capacity', '--no-pin', '--loop', '--replay-all', '--no-stamp', '--open-every', '--help', '-h']);
   for (let i = 0; i < argv.length; i++) {
     let a = argv[i]!;
     if (i === 0 && !a.startsWith('-')) {
@@ -169,19 +180,43 @@ function pinning(noPin: boolean, nproc: number): { fan: string | undefined; load
   return { fan: '1', load, text: `fan-out under test pinned to CPU 1, generator and receivers to CPU ${load}` };
 }
 
-function makeContext(opts: Opts, progress: Progress, scratch: string, tools: ReturnType<typeof buildNative>, quick: boolean): Context {
-  const modeName = one(opts, '--mode') ?? 'plain';
-  const planned = PLANNED[modeName];
-  if (planned !== undefined) throw new BenchError(planned);
-  const mode = MODES[modeName];
-  if (mode === undefined) throw new BenchError(`--mode ${modeName}: known modes are ${Object.keys(MODES).join(', ')}`);
+/** Which scenarios --mode asks for. */
+function modeSelection(opts: Opts, dflt: 'plain' | 'secure' | 'both'): 'plain' | 'secure' | 'both' {
+  const m = one(opts, '--mode') ?? dflt;
+  if (m !== 'plain' && m !== 'secure' && m !== 'both') throw new BenchError(`--mode ${m}: want plain, secure or both`);
+  return m;
+}
+
+/**
+ * Secure mode for this run: the key (a new one from the real `udprepeater
+ * keygen` in the scratch directory, or --key-file) and the mode built on it.
+ */
+async function prepareSecure(opts: Opts, scratch: string, tools: ReturnType<typeof buildNative>): Promise<{ key: KeyInfo; mode: BenchMode }> {
+  requireSodium(tools);
+  const given = one(opts, '--key-file');
+  let key: KeyInfo;
+  if (given !== undefined) {
+    if (!existsSync(given)) throw new BenchError(`--key-file ${given}: no such file`);
+    try {
+      key = { file: resolve(given), id: keyIdOfFile(given) };
+    } catch (err) {
+      throw new BenchError(`--key-file ${given}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  } else key = keygen(join(scratch, 'bench.key'));
+  const mode = await secureMode({ keyFile: key.file, openEvery: opts.has('--open-every') });
+  return { key, mode };
+}
+
+function makeContext(opts: Opts, progress: Progress, scratch: string, tools: ReturnType<typeof buildNative>, quick: boolean, secure: BenchMode | null): Context {
+  const modes: Partial<Record<ModeName, BenchMode>> = { plain: PLAIN };
+  if (secure !== null) modes.secure = secure;
   const pin = pinning(opts.has('--no-pin'), machineFacts(tools.compiler).nproc);
   const repeaterArgs = [...(opts.get('--repeater-arg') ?? [])];
   const sq = one(opts, '--send-queue');
   if (sq !== undefined) repeaterArgs.push('--send-queue', sq);
   return {
     tools,
-    mode,
+    modes,
     scratch,
     cpuFanout: pin.fan,
     cpuLoad: pin.load,
@@ -221,7 +256,13 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
   const scratch = join(BUILD_DIR, `run-${process.pid}`);
   mkdirSync(scratch, { recursive: true });
   process.on('exit', () => rmSync(scratch, { recursive: true, force: true }));
-  const ctx = makeContext(opts, progress, scratch, tools, quick);
+  const modeSel = modeSelection(opts, 'both');
+  let securePoints: Array<[number, number]>;
+  try {
+    securePoints = parsePoints(one(opts, '--secure') ?? (quick ? '8x20000' : '1x160000,8x20000,64x2500,8x60000'));
+  } catch (err) {
+    throw new BenchError(`--secure ${(err as Error).message}`);
+  }
   const machine = machineFacts(tools.compiler);
 
   const targets = (one(opts, '--targets') ?? DEFAULT_TARGETS.join(',')).split(',') as TargetKind[];
@@ -253,13 +294,34 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
         replaySubscribers: 8,
         replayPort: one(opts, '--replay-port') === undefined ? undefined : num(opts, '--replay-port', 0, 1),
         targets,
+        secure: securePoints,
+        mode: modeSel,
       });
   if (only !== undefined) plan = plan.filter((s) => new RegExp(only).test(s.id));
-  const caps = capacityOnly || !opts.has('--no-capacity') ? capacityCases(quick) : [];
+  // Secure mode is prepared (key, libsodium, interoperability check) only when something will run in it.
+  const wantSecure = plan.some((s) => s.mode === 'secure') || (capacityOnly && modeSel !== 'plain' && !opts.has('--no-capacity') && securePoints.length > 0);
+  if (wantSecure && tools.sodium === null) {
+    throw new BenchError(
+      `${SODIUM_HINT}.\n(${tools.sodiumProblem ?? 'libsodium not found'})\n` +
+        `This run has secure scenarios: ${plan.filter((s) => s.mode === 'secure').map((s) => s.id).join(', ') || 'the secure capacity check'}.`,
+    );
+  }
+  const secure = wantSecure ? await prepareSecure(opts, scratch, tools) : null;
+  const ctx = makeContext(opts, progress, scratch, tools, quick, secure?.mode ?? null);
+  const caps = capacityOnly || !opts.has('--no-capacity') ? capacityCases(quick, wantSecure) : [];
   const capRepeats = quick ? 1 : 3;
   const capDuration = quick ? 1 : 2;
-  progress.setTotal(caps.length * capRepeats + plan.reduce((n, s) => n + s.repeats * s.targets.length, 0));
+  progress.setTotal(caps.length * capRepeats + plan.reduce((n, s) => n + s.repeats * s.targets.length, 0) + (wantSecure ? 1 : 0));
   progress.note(`udprepeater datagram path: ${repeaterPath()}`);
+  const secureCheck: string[] = [];
+  if (secure !== null) {
+    progress.note(`secure mode: key ${relative(ROOT, secure.key.file)} (key id ${secure.key.id}), libsodium ${tools.sodium}; checking interoperability`);
+    progress.next('secure mode interoperability check');
+    await checkSecure(ctx, secure.key, (l) => {
+      secureCheck.push(l);
+      progress.note(`  ${l}`);
+    }, { thorough: false });
+  }
   progress.note(
     `bench: ${quick ? 'quick' : 'full'} run, ${plan.length} scenarios x ${targets.join(' + ')}, ${repeats} x ${duration} s each; ` +
       `${machine.nproc} CPUs (${machine.cpuModel}), ${ctx.cpuFanout === undefined ? 'no pinning' : `fan-out on CPU ${ctx.cpuFanout}, load on CPU ${ctx.cpuLoad}`}`,
@@ -282,7 +344,17 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
   const write = () => {
     const info: RunInfo = {
       command: commandLine(argv),
-      mode: ctx.mode.name,
+      mode: modeSel,
+      secure:
+        secure === null
+          ? null
+          : {
+              keyId: secure.key.id,
+              keyFile: one(opts, '--key-file') === undefined ? 'new, from udprepeater keygen' : secure.key.file,
+              libsodium: tools.sodium ?? '?',
+              openEvery: opts.has('--open-every'),
+              check: secureCheck,
+            },
       quick,
       started: started.toISOString(),
       seconds: (Date.now() - started.getTime()) / 1000,
@@ -300,14 +372,22 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
     };
     return writeReports(join(RESULTS_DIR, name), info, results, capResults);
   };
+  // A secure scenario is measured together with its plain twin right before it (their measurements alternate).
+  const groups: Scenario[][] = [];
   for (const sc of plan) {
-    const r = await runScenario(ctx, sc);
-    results.push(r);
-    const s = summarize(r);
-    const parts = Object.values(s.targets).map(
-      (t) => `${t.target} ${fmtRate(t.deliveredRate)}/s out, loss ${(t.loss * 100).toFixed(2)}%, ${t.cpuPerOutUs.toFixed(2)} µs CPU/out, p99 ${t.p99.toFixed(0)} µs`,
-    );
-    progress.note(`  ${sc.title}: ${parts.join(' | ')}`);
+    const last = groups.at(-1);
+    if (sc.twin !== undefined && last?.length === 1 && last[0]!.id === sc.twin) last.push(sc);
+    else groups.push([sc]);
+  }
+  for (const group of groups) {
+    for (const r of await runGroup(ctx, group)) {
+      results.push(r);
+      const s = summarize(r);
+      const parts = Object.values(s.targets).map(
+        (t) => `${t.target} ${fmtRate(t.deliveredRate)}/s out, loss ${(t.loss * 100).toFixed(2)}%, ${t.cpuPerOutUs.toFixed(2)} µs CPU/out, p99 ${t.p99.toFixed(0)} µs`,
+      );
+      progress.note(`  ${r.scenario.title}: ${parts.join(' | ')}`);
+    }
     write(); // keep partial results if a later scenario fails
   }
   progress.finish();
@@ -326,7 +406,15 @@ async function replay(opts: Opts): Promise<void> {
   const scratch = join(BUILD_DIR, `replay-${process.pid}`);
   mkdirSync(scratch, { recursive: true });
   process.on('exit', () => rmSync(scratch, { recursive: true, force: true }));
-  const ctx = makeContext(opts, progress, scratch, tools, false);
+  const modeSel = modeSelection(opts, 'plain');
+  if (modeSel === 'both') throw new BenchError('replay: --mode plain or --mode secure');
+  let secure: BenchMode | null = null;
+  if (modeSel === 'secure') {
+    // Frames must be sealed under the running repeater's key: a new key would be refused (unknown_key).
+    if (one(opts, '--key-file') === undefined) throw new BenchError('replay --mode secure needs --key-file FILE: the key the repeater opens with');
+    secure = (await prepareSecure(opts, scratch, tools)).mode;
+  }
+  const ctx = makeContext(opts, progress, scratch, tools, false, secure);
   const src = { kind: 'replay', speed, capture, dport: one(opts, '--replay-port') === undefined ? undefined : num(opts, '--replay-port', 0, 1), all: opts.has('--replay-all') } as const;
   const pool = poolFor(ctx, src);
   const loop = opts.has('--loop');
@@ -335,10 +423,10 @@ async function replay(opts: Opts): Promise<void> {
   progress.note(`replaying ${pool.text} to ${to}${loop ? ', looping' : ''} for at most ${duration.toFixed(1)} s`);
   const args = ['--timeline', '--speed', String(speed), ...(loop ? ['--loop'] : []), ...(opts.has('--no-stamp') ? ['--no-stamp'] : [])];
   progress.next('replay');
-  const r = await runGen(ctx, pool.path, [Number(to.split(':')[1])], args, duration, 2 ** 40, 1, undefined, (s) => progress.tick(`${s.toFixed(1)} s`));
+  const r = await runGen(ctx, pool.path, [Number(to.split(':')[1])], args, duration, 2 ** 40, 1, undefined, (s) => progress.tick(`${s.toFixed(1)} s`), secure ?? PLAIN);
   progress.finish();
   process.stdout.write(
-    `sent ${r.sent} datagrams (${opts.has('--no-stamp') ? 'byte for byte' : `${r.stamped} stamped with run 1`}) in ${r.elapsed_s.toFixed(2)} s = ${fmtRate(r.rate)}/s; send errors ${r.errors}${r.errors ? ` (${r.last_error})` : ''}\n`,
+    `sent ${r.sent} ${secure === null ? 'datagrams' : `sealed frames (key id ${r.key_id})`} (${opts.has('--no-stamp') ? 'byte for byte' : `${r.stamped} stamped with run 1`}) in ${r.elapsed_s.toFixed(2)} s = ${fmtRate(r.rate)}/s; send errors ${r.errors}${r.errors ? ` (${r.last_error})` : ''}\n`,
   );
 }
 
@@ -349,9 +437,19 @@ async function selftestCmd(opts: Opts): Promise<void> {
   const scratch = join(BUILD_DIR, `selftest-${process.pid}`);
   mkdirSync(scratch, { recursive: true });
   process.on('exit', () => rmSync(scratch, { recursive: true, force: true }));
-  const ctx = makeContext(opts, progress, scratch, tools, true);
+  const modeSel = modeSelection(opts, 'both');
+  const secure = modeSel !== 'plain' && tools.sodium !== null ? await prepareSecure(opts, scratch, tools) : null;
+  if (modeSel === 'secure') requireSodium(tools);
+  const ctx = makeContext(opts, progress, scratch, tools, true, secure?.mode ?? null);
   const capture = opts.has('--no-replay') ? null : resolve(one(opts, '--capture') ?? DEFAULT_CAPTURE);
-  await selftest(ctx, capture !== null && existsSync(capture) ? capture : null, (s) => process.stdout.write(`${s}\n`));
+  const log = (s: string) => process.stdout.write(`${s}\n`);
+  if (modeSel !== 'secure') await selftest(ctx, capture !== null && existsSync(capture) ? capture : null, log);
+  if (secure !== null) {
+    log(`secure mode: key id ${secure.key.id}, libsodium ${tools.sodium}`);
+    await checkSecure(ctx, secure.key, log, { thorough: true });
+  } else if (modeSel !== 'plain') {
+    log(`secure mode NOT checked: ${SODIUM_HINT} (${tools.sodiumProblem ?? 'libsodium not found'})`);
+  }
   process.stdout.write('selftest passed\n');
 }
 

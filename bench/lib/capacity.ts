@@ -4,7 +4,8 @@
 // what each costs per datagram, and the latency of the bare loopback path,
 // which is the part of every fan-out latency that is not the fan-out's.
 
-import { arm, awaitQuiet, type Context, drain, median, poolFor, runGen, startReceivers } from './measure.js';
+import { arm, awaitQuiet, type Context, drain, median, modeOf, poolFor, runGen, startReceivers } from './measure.js';
+import type { ModeName } from './modes.js';
 import { machineCpu } from './procstat.js';
 import type { SyntheticSpec } from './synthetic.js';
 
@@ -14,6 +15,8 @@ export interface CapacityCase {
   readonly receivers: number;
   /** Input datagrams/s; each goes to every receiver. 0 = as fast as possible. */
   readonly rate: number;
+  /** secure: the generator seals each datagram once, every receiver opens it. */
+  readonly mode?: ModeName;
 }
 
 export interface CapacitySample {
@@ -38,13 +41,17 @@ export interface CapacityResult {
   median: CapacitySample;
 }
 
-export function capacityCases(quick: boolean): CapacityCase[] {
+export function capacityCases(quick: boolean, secure = false): CapacityCase[] {
   const all: CapacityCase[] = [
     { id: 'direct-1-20k', title: 'generator -> 1 receiver at 20k/s (latency baseline)', receivers: 1, rate: 20000 },
     { id: 'direct-1-max', title: 'generator -> 1 receiver, as fast as possible', receivers: 1, rate: 0 },
     { id: 'direct-8-max', title: 'generator -> 8 receivers, as fast as possible', receivers: 8, rate: 0 },
     { id: 'direct-256-160k', title: 'generator -> 256 receivers, 625/s in = 160k/s copies', receivers: 256, rate: 625 },
   ];
+  // The sealed check (what the load tools can do in secure mode) only in full runs: a quick run has no time to spare.
+  if (secure && !quick) {
+    all.push({ id: 'direct-8-max-secure', title: 'generator (sealing) -> 8 receivers (opening), as fast as possible', receivers: 8, rate: 0, mode: 'secure' });
+  }
   return quick ? all.filter((c) => c.id !== 'direct-256-160k') : all;
 }
 
@@ -53,7 +60,8 @@ const FLAT_OUT = 5e6;
 export async function runCapacity(ctx: Context, c: CapacityCase, spec: SyntheticSpec, repeats: number, duration: number): Promise<CapacityResult> {
   const rate = c.rate > 0 ? c.rate : FLAT_OUT;
   const pool = poolFor(ctx, { kind: 'synthetic', rate, spec });
-  const { recv, ports } = await startReceivers(ctx, c.receivers, c.id);
+  const mode = modeOf(ctx, c);
+  const { recv, ports } = await startReceivers(ctx, c.receivers, c.id, mode);
   const samples: CapacitySample[] = [];
   try {
     for (let rep = 0; rep < repeats; rep++) {
@@ -65,8 +73,17 @@ export async function runCapacity(ctx: Context, c: CapacityCase, spec: Synthetic
       const before = await recv.ask<{ cpu_s: number }>('TOTAL');
       const m0 = machineCpu();
       // The generator takes the fan-out's CPU here (idle during this check); receivers keep theirs.
-      const gen = await runGen(ctx, pool.path, ports, ['--rate', String(rate)], duration, cap, id, ctx.cpuFanout, (s) =>
-        ctx.progress.tick(`${s.toFixed(1)}/${duration} s`),
+      const gen = await runGen(
+        ctx,
+        pool.path,
+        ports,
+        ['--rate', String(rate)],
+        duration,
+        cap,
+        id,
+        ctx.cpuFanout,
+        (s) => ctx.progress.tick(`${s.toFixed(1)}/${duration} s`),
+        mode,
       );
       const t = (await drain(recv)).total;
       const window = Math.max(gen.elapsed_s, (t.last - gen.t0_ns) / 1e9);

@@ -1,6 +1,8 @@
 // One scenario: receivers, then both fan-outs (the C floor and udprepeater)
 // sending to the same receivers, then repeated measurements alternating
-// between them, so that noise on this shared machine hits both alike.
+// between them, so that noise on this shared machine hits both alike. A
+// secure scenario and its plain twin are measured as a group: both sets of
+// receivers and all four fan-outs side by side, measurements rotating.
 //
 // A measurement: arm the receivers for a fresh run id, read the fan-out's
 // counters and CPU time, run the generator for the scenario's duration,
@@ -8,7 +10,7 @@
 
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { BenchMode } from './modes.js';
+import { type BenchMode, CHANNEL_KEY, type ModeName, PLAIN } from './modes.js';
 import type { NativeTools } from './native.js';
 import { poolSummary, writePool } from './pool.js';
 import { captureToPool, readPcap } from './pcap.js';
@@ -34,11 +36,16 @@ export interface Scenario {
   readonly duration: number;
   readonly repeats: number;
   readonly targets: readonly TargetKind[];
+  /** What travels on the wire (modes.ts); absent in results of older runs: plain. */
+  readonly mode?: ModeName;
+  /** Secure scenarios: the id of the plain scenario measuring the same load (for the secure/plain ratios). */
+  readonly twin?: string;
 }
 
 export interface Context {
   readonly tools: NativeTools;
-  readonly mode: BenchMode;
+  /** The modes this run can use: plain always, secure once its key file is made (run.ts). */
+  readonly modes: Partial<Record<ModeName, BenchMode>>;
   readonly scratch: string;
   readonly cpuFanout: string | undefined;
   readonly cpuLoad: string | undefined;
@@ -96,6 +103,12 @@ export interface Sample {
   /** ksoftirqd CPU during the run, in CPUs. */
   softirqd: number;
   flags: string[];
+  /** Secure mode: frames the receivers could not open (unknown key id, bad header, failed MAC), ... */
+  recvUnopened?: number;
+  /** ... frames that opened but held no valid CACHE_DATAGRAM Envelope, ... */
+  recvBadEnvelope?: number;
+  /** ... and datagrams that were no frame at all. */
+  recvUnsealed?: number;
   /** [port, delivered, p50 µs, p99 µs, max µs] per receiver (scenarios up to 256 subscribers). */
   receivers?: Array<[number, number, number, number, number]>;
 }
@@ -112,6 +125,8 @@ export interface ScenarioResult {
   scenario: Scenario;
   source: string;
   results: TargetResult[];
+  /** Scenarios whose measurements alternated with this one's (a secure scenario and its plain twin). */
+  measuredWith?: string[];
 }
 
 interface GenReport {
@@ -126,6 +141,10 @@ interface GenReport {
   rate: number;
   max_lag_ms: number;
   cpu_s: number;
+  /** Secure mode: the key id it sealed under (hex), its origin, the frames it sealed. */
+  key_id?: string;
+  origin?: string;
+  sealed?: number;
 }
 
 interface RecvSocket {
@@ -136,19 +155,25 @@ interface RecvSocket {
   ooo: number;
   foreign: number;
   drops: number;
+  unopened: number;
+  badenv: number;
+  unsealed: number;
   p50: number;
   p99: number;
   max: number;
   first: number;
   last: number;
 }
-interface RecvTotal {
+export interface RecvTotal {
   count: number;
   uniq: number;
   dup: number;
   ooo: number;
   foreign: number;
   drops: number;
+  unopened: number;
+  badenv: number;
+  unsealed: number;
   p50: number;
   p90: number;
   p99: number;
@@ -157,12 +182,30 @@ interface RecvTotal {
   first: number;
   last: number;
 }
-interface RecvDump {
+export interface RecvDump {
   run: number;
   sockets?: RecvSocket[];
   total: RecvTotal;
+  secure: number;
+  opens: number;
+  cache_hits: number;
+  /** Secure mode: the first and last Envelope origin that opened since RUN (hex), and how often it changed. */
+  origin_first: string;
+  origin_last: string;
+  origin_changes: number;
   cpu_s: number;
 }
+
+/** The mode a scenario runs in. */
+export function modeOf(ctx: Context, sc: { readonly mode?: ModeName }): BenchMode {
+  const name = sc.mode ?? 'plain';
+  const m = ctx.modes[name];
+  if (m === undefined) throw new BenchError(`internal: ${name} mode was not prepared for this run`);
+  return m;
+}
+
+/** Sealed-gate drop reasons of udprepeater (src/repeater/stats.ts): any of them in a measurement is a bench or repeater bug. */
+export const SEALED_GATE_DROPS = ['unsealed', 'bad_version', 'unknown_key', 'auth_failed', 'stale', 'replay', 'bad_payload', 'own_origin', 'key_mismatch'];
 
 let runId = (Math.floor(Math.random() * 0x3fffffff) + 1) >>> 0;
 const poolCache = new Map<string, { path: string; text: string; count: number; spanNs: number }>();
@@ -219,9 +262,10 @@ export async function runGen(
   run: number,
   cpu: string | undefined,
   onTick?: (s: number) => void,
+  mode: BenchMode = PLAIN,
 ): Promise<GenReport> {
   const args = ['--pool', pool, ...to.flatMap((p) => ['--to', `127.0.0.1:${p}`]), ...pace];
-  args.push('--duration', String(duration), '--count', String(count), '--run', String(run), ...ctx.mode.genArgs());
+  args.push('--duration', String(duration), '--count', String(count), '--run', String(run), ...mode.genArgs());
   const gen = Child.spawn('gen', ctx.tools.gen, args, { cpu });
   const t0 = Date.now();
   const ticker = setInterval(() => onTick?.((Date.now() - t0) / 1000), 250);
@@ -237,9 +281,9 @@ export async function runGen(
 }
 
 /** Starts N receivers; returns the child and their ports. */
-export async function startReceivers(ctx: Context, n: number, tag: string): Promise<{ recv: Child; ports: number[]; portsFile: string }> {
+export async function startReceivers(ctx: Context, n: number, tag: string, mode: BenchMode = PLAIN): Promise<{ recv: Child; ports: number[]; portsFile: string }> {
   const portsFile = join(ctx.scratch, `ports-${tag}.txt`);
-  const recv = Child.spawn('recv', ctx.tools.recv, ['--count', String(n), '--ports-out', portsFile, '--rcvbuf', String(ctx.recvBuffer), ...ctx.mode.recvArgs()], {
+  const recv = Child.spawn('recv', ctx.tools.recv, ['--count', String(n), '--ports-out', portsFile, '--rcvbuf', String(ctx.recvBuffer), ...mode.recvArgs()], {
     cpu: ctx.cpuLoad,
     stdin: true,
   });
@@ -303,8 +347,18 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
   const cpu0 = cpuSeconds(fan.child.pid);
   const m0 = machineCpu();
   const k0 = ksoftirqdCpu();
-  const gen = await runGen(ctx, pool.path, [fan.inputPort], args, sc.duration, cap, id, ctx.cpuLoad, (s) =>
-    ctx.progress.tick(`${label}: ${s.toFixed(1)}/${sc.duration} s`),
+  const mode = modeOf(ctx, sc);
+  const gen = await runGen(
+    ctx,
+    pool.path,
+    [fan.inputPort],
+    args,
+    sc.duration,
+    cap,
+    id,
+    ctx.cpuLoad,
+    (s) => ctx.progress.tick(`${label}: ${s.toFixed(1)}/${sc.duration} s`),
+    mode,
   );
   ctx.progress.tick(`${label}: draining`);
   await drain(recv);
@@ -341,6 +395,13 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
   if (gen.errors > 0) flags.push(`generator send errors: ${gen.errors} (${gen.last_error})`);
   if (recvCpu / window > 0.85) flags.push(`receivers busy ${(recvCpu / window * 100).toFixed(0)}% of a core`);
   if (t.drops > 0) flags.push(`receiver sockets overflowed: ${t.drops} dropped by the kernel at the receivers`);
+  if (mode.name === 'secure') {
+    // Frames that do not open, or a fan-out refusing the generator's frames, are a bench or repeater bug, never load.
+    const bad = [t.unopened ? `${t.unopened} did not open` : '', t.badenv ? `${t.badenv} held no valid Envelope` : '', t.unsealed ? `${t.unsealed} were not frames` : ''].filter(Boolean);
+    if (bad.length > 0) flags.push(`BUG: of the datagrams the receivers got, ${bad.join(', ')}`);
+    const gate = Object.entries(drops).filter(([k]) => SEALED_GATE_DROPS.includes(k) || k === 'unopened' || k === 'badenv');
+    if (gate.length > 0) flags.push(`BUG: ${fan.kind} refused frames of the generator: ${gate.map(([k, v]) => `${k} ${v}`).join(', ')}`);
+  }
   const sockets = dump.sockets ?? [];
   const worstLoss = sockets.length ? Math.max(...sockets.map((s) => (gen.stamped ? 1 - s.uniq / gen.stamped : 0))) : expected ? 1 - t.uniq / expected : 0;
   const sample: Sample = {
@@ -361,6 +422,7 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
     duplicates: t.dup,
     reordered: t.ooo,
     receiverKernelDrops: t.drops,
+    ...(mode.name === 'secure' ? { recvUnopened: t.unopened, recvBadEnvelope: t.badenv, recvUnsealed: t.unsealed } : {}),
     window,
     deliveredRate: t.uniq / window,
     offeredOutRate: (gen.stamped * n) / Math.max(gen.elapsed_s, 1e-9),
@@ -388,7 +450,7 @@ async function warm(ctx: Context, sc: Scenario, fan: FanOut, pool: ReturnType<ty
   if (ctx.warmup <= 0) return;
   const { args } = pacing(sc.source, pool, ctx.warmup);
   // A run id the receivers are not armed for: its arrivals are counted as foreign and ignored.
-  await runGen(ctx, pool.path, [fan.inputPort], args, ctx.warmup, Math.ceil(2e6 * ctx.warmup), 0, ctx.cpuLoad);
+  await runGen(ctx, pool.path, [fan.inputPort], args, ctx.warmup, Math.ceil(2e6 * ctx.warmup), 0, ctx.cpuLoad, undefined, modeOf(ctx, sc));
   await sleep(100);
 }
 
@@ -417,65 +479,111 @@ export function interleaves(sc: Scenario): boolean {
   return sc.subscribers * (sc.targets.length + 1) + 2000 < ephemeralPorts();
 }
 
+/** Whether scenarios measured together (their fan-outs all side by side) fit in the ephemeral ports. */
+function groupFits(scs: readonly Scenario[]): boolean {
+  return scs.reduce((n, sc) => n + sc.subscribers * (sc.targets.length + 1), 0) + 2000 < ephemeralPorts();
+}
+
+/** One scenario of a group: its load, receivers and measurements. */
+interface Lane {
+  readonly sc: Scenario;
+  readonly pool: ReturnType<typeof poolFor>;
+  readonly mode: BenchMode;
+  readonly recv: Child;
+  readonly ports: number[];
+  readonly portsFile: string;
+  readonly samples: Map<TargetKind, Sample[]>;
+  readonly results: TargetResult[];
+  readonly setup: Map<TargetKind, number>;
+}
+
 export async function runScenario(ctx: Context, sc: Scenario): Promise<ScenarioResult> {
-  const pool = poolFor(ctx, sc.source);
-  const { recv, ports, portsFile } = await startReceivers(ctx, sc.subscribers, sc.id);
+  return (await runGroup(ctx, [sc]))[0]!;
+}
+
+/**
+ * Measures scenarios together: each has its own receivers and fan-outs,
+ * all started side by side, and the measurements rotate over every fan-out
+ * of every scenario (floor / udprepeater of the first, then of the second,
+ * order reversed on every repeat), so that a secure scenario and its plain
+ * twin see the same noise. One scenario alone alternates its fan-outs as
+ * before; when they would not fit in the ephemeral ports side by side, the
+ * scenarios run one after the other.
+ */
+export async function runGroup(ctx: Context, scs: readonly Scenario[]): Promise<ScenarioResult[]> {
+  if (scs.length > 1 && !groupFits(scs)) {
+    const out: ScenarioResult[] = [];
+    for (const sc of scs) out.push(await runScenario(ctx, sc));
+    return out;
+  }
+  const lanes: Lane[] = [];
   const live: FanOut[] = [];
-  const setup = new Map<TargetKind, number>();
-  const start = async (kind: TargetKind): Promise<FanOut> => {
+  const start = async (lane: Lane, kind: TargetKind): Promise<FanOut> => {
+    const { sc, mode, ports, portsFile } = lane;
     const t0 = Date.now();
     const opts = { cpu: ctx.cpuFanout, repeaterArgs: ctx.repeaterArgs, recvBuffer: ctx.recvBuffer };
     let fan: FanOut;
-    if (kind === 'floor') fan = await startFloor(ctx.tools, ctx.mode, portsFile, opts);
+    if (kind === 'floor') fan = await startFloor(ctx.tools, mode, portsFile, opts);
     else {
       const dynArgs = sc.dynamic
         ? ['--max-subscribers', String(sc.subscribers + 16), '--subscribe-rate', '1000000', '--subscribe-burst', '1000000', '--tolerance', '3600']
         : [];
-      const rep: RepeaterFanOut = await startRepeater(ctx.mode, sc.dynamic ? [] : ports, { ...opts, repeaterArgs: [...dynArgs, ...ctx.repeaterArgs] }, kind);
+      const rep: RepeaterFanOut = await startRepeater(mode, sc.dynamic ? [] : ports, { ...opts, repeaterArgs: [...dynArgs, ...ctx.repeaterArgs] }, kind);
       live.push(rep);
       if (sc.dynamic) {
         ctx.progress.tick(`subscribing ${sc.subscribers} receivers`);
-        await subscribeAll(rep, ctx.mode, ports, 'ssl', (n) => ctx.progress.tick(`subscribed ${n}/${sc.subscribers}`));
+        await subscribeAll(rep, mode, ports, CHANNEL_KEY, (n) => ctx.progress.tick(`subscribed ${n}/${sc.subscribers}`));
       }
       fan = rep;
     }
     if (!live.includes(fan)) live.push(fan);
-    setup.set(kind, (Date.now() - t0) / 1000);
-    await warm(ctx, sc, fan, pool);
+    lane.setup.set(kind, (Date.now() - t0) / 1000);
+    await warm(ctx, sc, fan, lane.pool);
     return fan;
   };
-  const samples = new Map<TargetKind, Sample[]>(sc.targets.map((k) => [k, []]));
-  const results: TargetResult[] = [];
-  const finish = async (fan: FanOut) => {
+  const finish = async (lane: Lane, fan: FanOut) => {
     const mem = memory(fan.child.pid);
-    results.push({ target: fan.kind, samples: samples.get(fan.kind)!, peakRssKiB: mem.peakKiB, warnings: [...fan.warnings], setupSeconds: setup.get(fan.kind) ?? 0 });
+    lane.results.push({ target: fan.kind, samples: lane.samples.get(fan.kind)!, peakRssKiB: mem.peakKiB, warnings: [...fan.warnings], setupSeconds: lane.setup.get(fan.kind) ?? 0 });
     await fan.stop();
     live.splice(live.indexOf(fan), 1);
   };
-  const measure = async (fan: FanOut, rep: number) => {
-    const label = `${sc.title}: ${fan.kind} ${rep + 1}/${sc.repeats}`;
+  const measure = async (lane: Lane, fan: FanOut, rep: number) => {
+    const label = `${lane.sc.title}: ${fan.kind} ${rep + 1}/${lane.sc.repeats}`;
     ctx.progress.next(label);
-    samples.get(fan.kind)!.push(await measureOnce(ctx, sc, fan, recv, pool, rep, label));
+    lane.samples.get(fan.kind)!.push(await measureOnce(ctx, lane.sc, fan, lane.recv, lane.pool, rep, label));
   };
   try {
-    if (interleaves(sc)) {
-      const fans: FanOut[] = [];
-      for (const kind of sc.targets) fans.push(await start(kind));
-      for (let rep = 0; rep < sc.repeats; rep++) {
-        // Alternate the order so that neither fan-out always runs first.
-        for (const fan of rep % 2 === 0 ? fans : [...fans].reverse()) await measure(fan, rep);
+    for (const sc of scs) {
+      const mode = modeOf(ctx, sc);
+      const pool = poolFor(ctx, sc.source);
+      const r = await startReceivers(ctx, sc.subscribers, sc.id, mode);
+      lanes.push({ sc, pool, mode, ...r, samples: new Map(sc.targets.map((k) => [k, []])), results: [], setup: new Map() });
+    }
+    if (scs.length > 1 || interleaves(scs[0]!)) {
+      const fans: Array<[Lane, FanOut]> = [];
+      for (const lane of lanes) for (const kind of lane.sc.targets) fans.push([lane, await start(lane, kind)]);
+      const repeats = Math.max(...scs.map((sc) => sc.repeats));
+      for (let rep = 0; rep < repeats; rep++) {
+        // Alternate the order so that no fan-out always runs first.
+        for (const [lane, fan] of rep % 2 === 0 ? fans : [...fans].reverse()) if (rep < lane.sc.repeats) await measure(lane, fan, rep);
       }
-      for (const fan of fans) await finish(fan);
+      for (const [lane, fan] of fans) await finish(lane, fan);
     } else {
-      for (const kind of sc.targets) {
-        const fan = await start(kind);
-        for (let rep = 0; rep < sc.repeats; rep++) await measure(fan, rep);
-        await finish(fan);
+      const lane = lanes[0]!;
+      for (const kind of lane.sc.targets) {
+        const fan = await start(lane, kind);
+        for (let rep = 0; rep < lane.sc.repeats; rep++) await measure(lane, fan, rep);
+        await finish(lane, fan);
       }
     }
-    return { scenario: sc, source: pool.text, results };
+    return lanes.map((l) => ({
+      scenario: l.sc,
+      source: l.pool.text,
+      results: l.results,
+      ...(scs.length > 1 ? { measuredWith: scs.filter((x) => x !== l.sc).map((x) => x.id) } : {}),
+    }));
   } finally {
     for (const f of live) await f.stop();
-    await recv.stop();
+    for (const l of lanes) await l.recv.stop();
   }
 }

@@ -1,30 +1,39 @@
 // A mode decides what travels on the wire between the generator, the fan-out
-// under test and the receivers. Only `plain` exists today: uWSGI datagrams
-// exactly as nodes send them.
+// under test and the receivers:
 //
-// Extension point for secure mode (sealed listener + sealed subscribers).
-// It is deliberately absent, not stubbed: the bench was written before the
-// sealed frame format was settled, and a bench that "measured" a made-up
-// frame would mislead.
-// Adding it means implementing BenchMode with:
-//   - repeaterArgs: `--listen-sealed 127.0.0.1:0 --key-file K` and
-//     `--to 127.0.0.1:P,sealed` per static subscriber;
-//   - subscribeDatagram: the sealed subscription frame an agent sends;
-//   - genArgs/recvArgs/floorArgs: select a sealing codec in the C helpers
-//     (bench/native/*.c take no codec flag yet). The generator must seal every
-//     datagram itself (a frame carries a unique nonce/sequence, so a pool of
-//     pre-sealed frames cannot be cycled without tripping the replay window),
-//     the receivers must open frames to find the stamp, and the floor must
-//     open once and seal once per input datagram (what DESIGN.md asks of the
-//     repeater), linking libsodium (-lsodium) so the reference does the same
-//     cryptographic work as the repeater.
-// The driver (measure.ts) only talks to a mode through this interface, so no
-// other file has to change; add the mode to MODES below.
+//   plain   uWSGI datagrams exactly as nodes send them: a plain listener,
+//           plain static (--to) or dynamic (uWSGI 224/0 announce) subscribers.
+//   secure  udprepeater's sealed frames (README.md "Secure mode", "Frame
+//           format"): a sealed listener (`--listen-sealed ...,key=ssl`),
+//           sealed static subscribers (`--to ...,sealed,key=ssl`) or dynamic
+//           ones subscribing with a sealed SUBSCRIBE Envelope, one key file
+//           (made with the real `udprepeater keygen`) shared by everyone.
+//           The C generator seals every datagram itself after stamping it
+//           (each frame has its own nonce and sequence: a pool of pre-sealed
+//           frames could not be cycled past the repeater's replay window);
+//           the receivers open frames before looking for the stamp and count
+//           frames that do not open apart; the floor opens once and seals
+//           once per input datagram and sends that one frame to every
+//           output, the same cryptographic work DESIGN.md asks of the
+//           repeater. See native/sealed.h for the codec.
+//
+// The driver (measure.ts) talks to a mode only through this interface; which
+// mode a scenario runs in is part of the scenario (plan.ts).
 
+import { KeyRing } from '../../src/crypto/keyring.js';
+import { sodiumReady } from '../../src/crypto/secretbox.js';
+import { SecureSession } from '../../src/crypto/session.js';
+import { EnvelopeKind } from '../../src/wire/envelope.js';
 import { encodeSubscription } from '../../src/wire/subscription.js';
 
+export type ModeName = 'plain' | 'secure';
+export const MODE_NAMES: readonly ModeName[] = ['plain', 'secure'];
+
+/** The channel key every frame and subscription of the bench carries (uWSGI's cache name in the capture). */
+export const CHANNEL_KEY = 'ssl';
+
 export interface BenchMode {
-  readonly name: string;
+  readonly name: ModeName;
   readonly summary: string;
   /** `udprepeater serve` flags for its listener and static subscribers. */
   repeaterArgs(listen: string, staticPorts: readonly number[]): string[];
@@ -46,12 +55,38 @@ export const PLAIN: BenchMode = {
   floorArgs: () => [],
 };
 
-export const MODES: Readonly<Record<string, BenchMode>> = { plain: PLAIN };
+export interface SecureOptions {
+  /** The key file everyone uses (32 raw bytes, mode 0600). */
+  readonly keyFile: string;
+  /** Receivers open every frame instead of trusting a byte-identical copy of one that opened. */
+  readonly openEvery: boolean;
+}
 
-/** Modes that are planned but cannot run yet, with the reason shown to the user. */
-export const PLANNED: Readonly<Record<string, string>> = {
-  secure:
-    'secure mode is not in the bench yet: its C generator, receivers and floor have no sealing codec ' +
-    '(the bench was written before the sealed frame format was settled). ' +
-    'See "Adding secure mode" in bench/README.md and the BenchMode interface in bench/lib/modes.ts.',
-};
+/**
+ * Secure mode with one key file. Subscriptions are sealed by the project's
+ * own SecureSession (src/crypto/session.ts), exactly as an agent seals them.
+ */
+export async function secureMode(o: SecureOptions): Promise<BenchMode> {
+  await sodiumReady();
+  const ring = KeyRing.load([o.keyFile]);
+  const session = new SecureSession();
+  const key = ['--key-file', o.keyFile];
+  return {
+    name: 'secure',
+    summary: `sealed frames (sealed listener, sealed subscribers; key file ${o.keyFile.split('/').pop()}, channel key "${CHANNEL_KEY}")`,
+    repeaterArgs: (listen, ports) => [
+      '--listen-sealed',
+      `${listen},key=${CHANNEL_KEY}`,
+      ...key,
+      ...ports.flatMap((p) => ['--to', `127.0.0.1:${p},sealed,key=${CHANNEL_KEY}`]),
+    ],
+    subscribeDatagram: (channelKey, port) => {
+      const frame = session.seal(ring, { kind: EnvelopeKind.Subscribe, channelKey, datagram: null, address: `127.0.0.1:${port}` });
+      if (frame === null) throw new Error('a sealed SUBSCRIBE does not fit a datagram');
+      return frame;
+    },
+    genArgs: () => [...key, '--channel-key', CHANNEL_KEY],
+    recvArgs: () => [...key, ...(o.openEvery ? ['--open-every'] : [])],
+    floorArgs: () => [...key, '--channel-key', CHANNEL_KEY],
+  };
+}

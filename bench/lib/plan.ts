@@ -3,6 +3,12 @@
 // output rate divided by the subscribers): 160k/s (8 subscribers at 20k/s
 // in) and 480k/s (8 subscribers at 60k/s in). Then one channel with many
 // dynamic subscribers, a TLS-session-like mix, and replays of a capture.
+//
+// Secure mode: each secure point (subscribers, input rate) runs right after
+// its plain twin (the same load in plain mode), so every secure figure has a
+// plain one from the same run, measured minutes apart at most. The twin is
+// added when the plain matrix lacks it. --mode plain drops the secure
+// points; --mode secure keeps only them and their twins.
 
 import type { Scenario, Source } from './measure.js';
 import type { SyntheticSpec } from './synthetic.js';
@@ -26,13 +32,17 @@ export interface PlanOptions {
   readonly replaySubscribers: number;
   readonly replayPort: number | undefined;
   readonly targets: readonly TargetKind[];
+  /** Secure points (subscribers, input rate), each measured next to its plain twin. */
+  readonly secure: ReadonlyArray<readonly [number, number]>;
+  /** Which scenarios: the plain matrix and the secure points ('both'), or one side. */
+  readonly mode: 'plain' | 'secure' | 'both';
 }
 
 export const kfmt = (n: number) => (n >= 1000 && n % 1000 === 0 ? `${n / 1000}k` : String(n));
 
 export function buildPlan(o: PlanOptions): Scenario[] {
   const out: Scenario[] = [];
-  const base = { repeats: o.repeats, duration: o.duration, targets: o.targets, dynamic: false };
+  const base = { repeats: o.repeats, duration: o.duration, targets: o.targets, dynamic: false, mode: 'plain' as const };
   const synth = (rate: number, spec = o.spec): Source => ({ kind: 'synthetic', rate, spec });
   const seen = new Set<string>();
   const point = (subs: number, rate: number, series: number | null) => {
@@ -60,6 +70,18 @@ export function buildPlan(o: PlanOptions): Scenario[] {
   if (o.tlsSpec !== null) {
     out.push({ ...base, id: 'tls-s8-in20k', title: '8 subscribers at 20k/s in, TLS-session mix', series: null, subscribers: 8, source: synth(20000, o.tlsSpec) });
   }
+  if (o.mode !== 'plain') {
+    for (const [n, rate] of o.secure) {
+      const twinId = `s${n}-in${kfmt(rate)}`;
+      if (!seen.has(twinId)) point(n, rate, null);
+      const at = out.findIndex((s) => s.id === twinId);
+      const twin = out[at]!;
+      const id = `${twinId}-secure`;
+      if (seen.has(id)) continue;
+      seen.add(id);
+      out.splice(at + 1, 0, { ...twin, id, title: `${twin.title}, secure`, mode: 'secure', twin: twinId });
+    }
+  }
   if (o.capture !== null) {
     for (const speed of o.replaySpeeds) {
       const name = speed === 0 ? 'asap' : `x${speed}`;
@@ -73,5 +95,19 @@ export function buildPlan(o: PlanOptions): Scenario[] {
       });
     }
   }
+  if (o.mode === 'secure') {
+    const twins = new Set(out.filter((s) => s.mode === 'secure').map((s) => s.twin));
+    return out.filter((s) => s.mode === 'secure' || twins.has(s.id));
+  }
   return out;
+}
+
+/** Parses secure points: "8x20000,1x160000" (subscribers x input datagrams/s); "none" = no point. */
+export function parsePoints(text: string): Array<[number, number]> {
+  if (text.trim() === 'none' || text.trim() === '') return [];
+  return text.split(',').map((p) => {
+    const m = /^\s*(\d+)x(\d+)\s*$/.exec(p);
+    if (m === null || Number(m[1]) < 1 || Number(m[2]) < 1) throw new Error(`"${p}": want SUBSCRIBERSxRATE, e.g. 8x20000`);
+    return [Number(m[1]), Number(m[2])];
+  });
 }

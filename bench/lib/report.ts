@@ -6,7 +6,7 @@
 import { writeFileSync } from 'node:fs';
 import type { CapacityResult } from './capacity.js';
 import type { Machine } from './machine.js';
-import { fmtRate, interleaves, median, type Sample, type ScenarioResult } from './measure.js';
+import { fmtRate, interleaves, median, type Sample, type ScenarioResult, SEALED_GATE_DROPS } from './measure.js';
 import { kfmt } from './plan.js';
 import type { TargetKind } from './targets.js';
 
@@ -27,7 +27,12 @@ export interface RunInfo {
   readonly quiet: { threshold: number; budget: number; perMeasurement: number; spent: number };
   readonly repeaterPath: string;
   readonly targets: readonly TargetKind[];
+  /** Secure mode in this run (absent in older results): its key, libsodium, the interoperability check's lines. */
+  readonly secure?: { keyId: string; keyFile: string; libsodium: string; openEvery: boolean; check: string[] } | null;
 }
+
+/** Secure mode's target: udprepeater's CPU per output datagram at most this many times plain mode's. */
+export const SECURE_TARGET = 1.15;
 
 export interface TargetSummary {
   target: TargetKind;
@@ -55,6 +60,8 @@ export interface TargetSummary {
   peakRssMiB: number;
   drops: Record<string, number>;
   flags: string[];
+  /** Secure mode: frames the receivers could not open, or that held no valid Envelope, or were no frames (per measurement, mean). */
+  recvErrors: number;
 }
 
 export interface Ratios {
@@ -73,6 +80,11 @@ export interface ScenarioSummary {
   dynamic: boolean;
   interleaved: boolean;
   source: string;
+  mode: 'plain' | 'secure';
+  /** Secure scenarios: the plain scenario with the same load. */
+  twin: string | null;
+  /** Scenarios whose measurements alternated with this one's. */
+  measuredWith: string[];
   targets: Partial<Record<TargetKind, TargetSummary>>;
   /** Each udprepeater variant / floor, when both ran. */
   ratios: Partial<Record<TargetKind, Ratios>>;
@@ -124,6 +136,7 @@ export function summarize(r: ScenarioResult): ScenarioSummary {
       peakRssMiB: t.peakRssKiB / 1024,
       drops,
       otherLoad: m((x) => x.otherLoad),
+      recvErrors: s.reduce((n, x) => n + (x.recvUnopened ?? 0) + (x.recvBadEnvelope ?? 0) + (x.recvUnsealed ?? 0), 0) / Math.max(1, s.length),
       flags: [...kinds.values()].map((e) => `${e.first} (${e.n} of ${s.length} measurements${e.n > 1 ? '; first shown' : ''})`),
     };
   }
@@ -134,7 +147,20 @@ export function summarize(r: ScenarioResult): ScenarioSummary {
     ratios[u.target] = { deliveredRate: u.deliveredRate / f.deliveredRate, cpuPerOut: u.cpuPerOutUs / f.cpuPerOutUs, p50: u.p50 / f.p50, p99: u.p99 / f.p99, max: u.max / f.max };
   }
   const sc = r.scenario;
-  return { id: sc.id, title: sc.title, series: sc.series, subscribers: sc.subscribers, dynamic: sc.dynamic, interleaved: interleaves(sc), source: r.source, targets, ratios };
+  return {
+    id: sc.id,
+    title: sc.title,
+    series: sc.series,
+    subscribers: sc.subscribers,
+    dynamic: sc.dynamic,
+    interleaved: interleaves(sc),
+    source: r.source,
+    mode: sc.mode ?? 'plain',
+    twin: sc.twin ?? null,
+    measuredWith: r.measuredWith ?? [],
+    targets,
+    ratios,
+  };
 }
 
 const pct = (x: number) => (!Number.isFinite(x) ? '-' : x === 0 ? '0' : x < 0.0001 ? '<0.01%' : `${(x * 100).toFixed(x < 0.01 ? 2 : 1)}%`);
@@ -145,7 +171,8 @@ const cpuUs = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '-');
 export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityResult[]): string {
   const m = info.machine;
   const L: string[] = [];
-  L.push(`# udprepeater bench (${info.quick ? 'quick' : 'full'} run, ${info.mode} mode)`, '');
+  const modeText = info.mode === 'both' ? 'plain and secure modes' : `${info.mode} mode`;
+  L.push(`# udprepeater bench (${info.quick ? 'quick' : 'full'} run, ${modeText})`, '');
   L.push(`Produced by \`${info.command}\` on ${info.started} in ${info.seconds.toFixed(0)} s${info.gitHead ? ` (tree at ${info.gitHead})` : ''}.`, '');
   L.push(
     `Machine: ${m.nproc} x ${m.cpuModel}, Linux ${m.kernel}, Node ${m.node}, ${m.memGiB} GiB RAM, ` +
@@ -162,6 +189,8 @@ export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityRe
       `(${info.quiet.spent.toFixed(1)} s spent waiting, budget ${info.quiet.budget} s).`,
     '',
   );
+
+  L.push(...secureSection(info, sums));
 
   L.push('## udprepeater against the floor', '');
   L.push('Ratios are udprepeater / floor: above 1x is worse for CPU and latency, below 1x is worse for delivered rate.', '');
@@ -205,7 +234,11 @@ export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityRe
   L.push('Sources:', '');
   for (const s of sums) {
     const how = s.dynamic ? '; receivers subscribed with uWSGI subscription packets (224/0)' : '; static --to subscribers';
-    const order = s.interleaved ? '' : '; the fan-outs ran one after the other (side by side they would need more ephemeral ports than the kernel has)';
+    const order = s.interleaved
+      ? s.measuredWith.length > 0
+        ? `; measured alternating with ${s.measuredWith.join(', ')} (all fan-outs side by side)`
+        : ''
+      : '; the fan-outs ran one after the other (side by side they would need more ephemeral ports than the kernel has)';
     L.push(`- ${s.title} (id ${s.id}): ${s.source}${how}${order}`);
   }
   L.push('');
@@ -261,6 +294,93 @@ export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityRe
   return L.join('\n');
 }
 
+/** The secure-vs-plain section: udprepeater secure / plain per output datagram, same run, and the floor's for reference. */
+function secureSection(info: RunInfo, sums: ScenarioSummary[]): string[] {
+  const secure = sums.filter((s) => s.mode === 'secure');
+  if (secure.length === 0) return [];
+  const byId = new Map(sums.map((s) => [s.id, s]));
+  const L: string[] = ['## Secure mode against plain mode', ''];
+  const pairs = secure.map((s) => ({ s, p: s.twin === null ? undefined : byId.get(s.twin) }));
+  const cpuRatio = (a: TargetSummary | undefined, b: TargetSummary | undefined) => (a && b ? a.cpuPerOutUs / b.cpuPerOutUs : NaN);
+  // The headline: 8 subscribers, 200-byte values (sets, no deletes), preferably at 20k/s in (160k/s out).
+  const std = (x: (typeof pairs)[number]) => x.p !== undefined && x.s.subscribers === 8 && /^sets of 200 B values,/.test(x.s.source);
+  const head = pairs.find((x) => std(x) && x.s.id === 's8-in20k-secure') ?? pairs.find(std);
+  if (head !== undefined) {
+    const u = head.s.targets.udprepeater;
+    const pu = head.p!.targets.udprepeater;
+    const r = cpuRatio(u, pu);
+    const ok = r <= SECURE_TARGET;
+    L.push(
+      `**secure mode: CPU per output datagram = ${Number.isFinite(r) ? r.toFixed(2) : '-'} times plain mode (8 subscribers, 200-byte values)**; ` +
+        `target ≤ ${SECURE_TARGET}x: **${!Number.isFinite(r) ? 'not measured' : ok ? 'met' : 'missed'}** ` +
+        `(udprepeater ${cpuUs(u?.cpuPerOutUs ?? NaN)} µs secure / ${cpuUs(pu?.cpuPerOutUs ?? NaN)} µs plain per output datagram; ` +
+        `scenarios ${head.s.id} / ${head.p!.id}, this run; the floor: ${ratio(cpuRatio(head.s.targets.floor, head.p!.targets.floor))}).`,
+      '',
+    );
+  } else {
+    L.push('No secure scenario with 8 subscribers and 200-byte values (sets only) and its plain twin in this run: no headline ratio.', '');
+  }
+  L.push(
+    'Secure: a sealed listener (`--listen-sealed ...,key=ssl`) and sealed static subscribers (`--to ...,sealed,key=ssl`), one key from `udprepeater keygen`. ' +
+      'The generator seals every datagram itself (its own origin, sequence, send time, nonce); udprepeater opens each frame once and seals it once for all ' +
+      'its subscribers; the receivers open what they get (a byte-identical copy of a frame that already opened is not opened again' +
+      `${info.secure?.openEvery ? '; this run: --open-every, every frame opened' : ''}). ` +
+      'The floor does the same cryptographic work as udprepeater and no more: one open and one seal (libsodium, C) per input datagram, one frame to all outputs. ' +
+      'Each secure scenario is measured together with its plain twin (same load, same number of receivers): the four fan-outs (floor and udprepeater, ' +
+      'plain and secure) run side by side and the measurements rotate over them, so that the noise of this shared machine hits both modes alike; ' +
+      'ratios are secure / plain.',
+    '',
+  );
+  L.push(
+    `| scenario | udprepeater CPU µs per output: secure / plain | ratio | ≤ ${SECURE_TARGET}x | floor CPU µs per output: secure / plain | floor ratio | secure: udprepeater / floor | delivered out/s: secure / plain | loss: secure / plain | p50: secure / plain | p90: secure / plain | p99: secure / plain | medians of (secure / plain) |`,
+  );
+  L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  const usedText = (t: TargetSummary | undefined) => (t === undefined ? '-' : t.quietUsed ? `${t.used} quiet` : `all ${t.repeats}`);
+  // One row per udprepeater variant (udprepeater-dgram too, when it ran).
+  const rows = pairs.flatMap(({ s, p }) => (['udprepeater', 'udprepeater-dgram'] as const).filter((k) => k === 'udprepeater' || s.targets[k] !== undefined).map((k) => ({ s, p, k })));
+  for (const { s, p, k } of rows) {
+    const u = s.targets[k];
+    const pu = p?.targets[k];
+    const f = s.targets.floor;
+    const pf = p?.targets.floor;
+    const r = cpuRatio(u, pu);
+    const mark = !Number.isFinite(r) ? '-' : r <= SECURE_TARGET ? 'yes' : '**no**';
+    const name = k === 'udprepeater' ? s.title : `${s.title} (${k})`;
+    const title = head !== undefined && s === head.s && k === 'udprepeater' ? `**${name}** (target line)` : name;
+    const v = (t: TargetSummary | undefined, g: (t: TargetSummary) => string) => (t === undefined ? '-' : g(t));
+    L.push(
+      `| ${title} | ${v(u, (t) => cpuUs(t.cpuPerOutUs))} / ${v(pu, (t) => cpuUs(t.cpuPerOutUs))} | ${ratio(r)} | ${mark} | ` +
+        `${v(f, (t) => cpuUs(t.cpuPerOutUs))} / ${v(pf, (t) => cpuUs(t.cpuPerOutUs))} | ${ratio(cpuRatio(f, pf))} | ${ratio(cpuRatio(u, f))} | ` +
+        `${v(u, (t) => fmtRate(t.deliveredRate))} / ${v(pu, (t) => fmtRate(t.deliveredRate))} | ${v(u, (t) => pct(t.loss))} / ${v(pu, (t) => pct(t.loss))} | ` +
+        `${v(u, (t) => us(t.p50))} / ${v(pu, (t) => us(t.p50))} | ${v(u, (t) => us(t.p90))} / ${v(pu, (t) => us(t.p90))} | ${v(u, (t) => us(t.p99))} / ${v(pu, (t) => us(t.p99))} | ` +
+        `${usedText(u)} / ${usedText(pu)} |`,
+    );
+  }
+  L.push('');
+  // Anything refused on the secure path is a bench or repeater bug, never load: say so loudly.
+  // udprepeater's sealed-gate reasons, and the floor's frames that did not open.
+  const gate = new Set([...SEALED_GATE_DROPS, 'unopened', 'badenv']);
+  const bugs: string[] = [];
+  for (const s of secure) {
+    for (const t of Object.values(s.targets)) {
+      const d = Object.entries(t.drops).filter(([k, v]) => gate.has(k) && v > 0);
+      if (d.length > 0) bugs.push(`- ${s.title}, ${t.target}: refused frames: ${d.map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ')} (mean per measurement)`);
+      if (t.recvErrors > 0) bugs.push(`- ${s.title}, ${t.target}: the receivers could not open ${t.recvErrors.toFixed(0)} frames per measurement (mean)`);
+    }
+  }
+  L.push(
+    ...(bugs.length
+      ? ['**Frames refused on the secure path (a bench or repeater bug, not load):**', '', ...bugs]
+      : ['Frames refused on the secure path: none (no auth_failed, bad_payload, replay, stale, unknown_key ... at udprepeater or the floor; every frame the receivers got opened).']),
+    '',
+  );
+  if (info.secure) {
+    L.push(`Interoperability checked before measuring (key id ${info.secure.keyId}, libsodium ${info.secure.libsodium}):`, '');
+    L.push(...info.secure.check.map((l) => `- ${l}`), '');
+  }
+  return L;
+}
+
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');
 
 /** Two panels: delivered output rate and CPU per output datagram, both against subscribers (log scale). */
@@ -277,12 +397,18 @@ export function svg(info: RunInfo, sums: ScenarioSummary[]): string {
   const colors: Record<TargetKind, string> = { floor: '#4c72b0', udprepeater: '#dd8452', 'udprepeater-dgram': '#55a868' };
   const kinds = info.targets;
   const dashes = ['', '7 4', '2 3', '10 3 2 3'];
+  // Plain points are filled circles, secure ones hollow squares.
+  const modes = (['plain', 'secure'] as const).filter((m) => sums.some((s) => s.series !== null && s.mode === m));
+  const marker = (mode: 'plain' | 'secure', x: number, y: number, color: string) =>
+    mode === 'secure'
+      ? `<rect x="${(x - 3.5).toFixed(1)}" y="${(y - 3.5).toFixed(1)}" width="7" height="7" fill="white" stroke="${color}" stroke-width="1.5"/>`
+      : `<circle cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="3.5" fill="${color}"/>`;
   const out: string[] = [];
   out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" font-family="sans-serif" font-size="12">`);
   out.push(`<rect width="${W}" height="${H}" fill="white"/>`);
   out.push(
     `<text x="${W / 2}" y="22" text-anchor="middle" font-size="15" font-weight="bold">udprepeater vs C floor: fan-out of uWSGI cache datagrams over loopback</text>`,
-    `<text x="${W / 2}" y="40" text-anchor="middle" fill="#555">${esc(`${info.machine.nproc} x ${info.machine.cpuModel}, Linux ${info.machine.kernel}, Node ${info.machine.node}; ${info.quick ? 'quick' : 'full'} run, medians of ${info.repeats}; ${info.started.slice(0, 16)}`)}</text>`,
+    `<text x="${W / 2}" y="40" text-anchor="middle" fill="#555">${esc(`${info.machine.nproc} x ${info.machine.cpuModel}, Linux ${info.machine.kernel}, Node ${info.machine.node}; ${info.quick ? 'quick' : 'full'} run, medians of ${info.repeats}; ${info.started.slice(0, 16)}${sums.some((x) => x.series !== null && x.mode === 'secure') ? '; hollow squares: secure mode' : ''}`)}</text>`,
   );
   if (xs.length === 0) {
     out.push(`<text x="${W / 2}" y="200" text-anchor="middle">no charted scenarios in this run</text></svg>`);
@@ -319,16 +445,19 @@ export function svg(info: RunInfo, sums: ScenarioSummary[]): string {
         out.push(`<line x1="${L0}" x2="${L0 + panelW}" y1="${py(ser)}" y2="${py(ser)}" stroke="#999" stroke-dasharray="${dashes[si % dashes.length] || '1 0'}" stroke-width="0.8"/>`);
         out.push(`<text x="${L0 + panelW - 4}" y="${py(ser) - 4}" text-anchor="end" fill="#777">offered ${kfmt(ser)}/s</text>`);
       }
-      for (const kind of kinds) {
-        const pts = charted
-          .filter((s) => s.series === ser && s.targets[kind] !== undefined)
-          .sort((a, b) => a.subscribers - b.subscribers)
-          .map((s) => [px(s.subscribers), py(p.y(s.targets[kind]!))] as const)
-          .filter(([, y]) => Number.isFinite(y));
-        if (pts.length === 0) continue;
-        const d = dashes[si % dashes.length];
-        out.push(`<polyline fill="none" stroke="${colors[kind]}" stroke-width="2"${d ? ` stroke-dasharray="${d}"` : ''} points="${pts.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(' ')}"/>`);
-        for (const [x, y] of pts) out.push(`<circle cx="${x.toFixed(1)}" cy="${y.toFixed(1)}" r="3.5" fill="${colors[kind]}"/>`);
+      for (const mode of modes) {
+        for (const kind of kinds) {
+          const pts = charted
+            .filter((s) => s.series === ser && s.mode === mode && s.targets[kind] !== undefined)
+            .sort((a, b) => a.subscribers - b.subscribers)
+            .map((s) => [px(s.subscribers), py(p.y(s.targets[kind]!))] as const)
+            .filter(([, y]) => Number.isFinite(y));
+          if (pts.length === 0) continue;
+          const d = dashes[si % dashes.length];
+          const w = mode === 'secure' ? '1.5" stroke-opacity="0.8' : '2';
+          out.push(`<polyline fill="none" stroke="${colors[kind]}" stroke-width="${w}"${d ? ` stroke-dasharray="${d}"` : ''} points="${pts.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(' ')}"/>`);
+          for (const [x, y] of pts) out.push(marker(mode, x, y, colors[kind]));
+        }
       }
     });
   });
@@ -336,17 +465,21 @@ export function svg(info: RunInfo, sums: ScenarioSummary[]): string {
   let ly = top + panelH + 52;
   let lxp = 70;
   seriesList.forEach((ser, si) => {
-    for (const kind of kinds) {
-      const d = dashes[si % dashes.length];
-      const label = `${kind}, offered ${kfmt(ser)} out/s`;
-      const width = 36 + label.length * 6.6 + 24;
-      if (lxp + width > W - 10) {
-        lxp = 70;
-        ly += 18;
+    for (const mode of modes) {
+      if (!charted.some((s) => s.series === ser && s.mode === mode)) continue;
+      for (const kind of kinds) {
+        const d = dashes[si % dashes.length];
+        const label = `${kind}${mode === 'secure' ? ' secure' : ''}, offered ${kfmt(ser)} out/s`;
+        const width = 36 + label.length * 6.6 + 24;
+        if (lxp + width > W - 10) {
+          lxp = 70;
+          ly += 18;
+        }
+        out.push(`<line x1="${lxp}" x2="${lxp + 30}" y1="${ly}" y2="${ly}" stroke="${colors[kind]}" stroke-width="2"${d ? ` stroke-dasharray="${d}"` : ''}/>`);
+        out.push(marker(mode, lxp + 15, ly, colors[kind]));
+        out.push(`<text x="${lxp + 36}" y="${ly + 4}">${esc(label)}</text>`);
+        lxp += width;
       }
-      out.push(`<line x1="${lxp}" x2="${lxp + 30}" y1="${ly}" y2="${ly}" stroke="${colors[kind]}" stroke-width="2"${d ? ` stroke-dasharray="${d}"` : ''}/>`);
-      out.push(`<text x="${lxp + 36}" y="${ly + 4}">${esc(label)}</text>`);
-      lxp += width;
     }
   });
   out.push('</svg>');

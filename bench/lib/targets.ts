@@ -73,8 +73,9 @@ export async function startFloor(tools: NativeTools, mode: BenchMode, portsFile:
     inputPort,
     warnings: [],
     async counters() {
-      const c = await child.ask<{ received: number; sent: number; errors: number; rxq_drops: number }>('DUMP');
-      return { received: c.received, sent: c.sent, drops: { send_error: c.errors, input_rcvbuf: c.rxq_drops } };
+      const c = await child.ask<{ received: number; sent: number; errors: number; rxq_drops: number; unopened: number; badenv: number }>('DUMP');
+      // unopened / badenv: secure mode, frames that did not open or held no valid Envelope.
+      return { received: c.received, sent: c.sent, drops: { send_error: c.errors, input_rcvbuf: c.rxq_drops, unopened: c.unopened, badenv: c.badenv } };
     },
     stop: () => child.stop(),
   };

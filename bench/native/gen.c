@@ -13,9 +13,16 @@
  * sequence number (direct mode: measures the receivers without a fan-out).
  *
  * --no-stamp sends the pool byte for byte (replaying a capture into real nodes).
+ *
+ * Secure mode (--key-file K [--channel-key ssl]): every datagram, once
+ * stamped, is wrapped in an Envelope (its own sequence number, send time)
+ * and sealed into a udprepeater frame (sealed.h) with a fresh nonce; the
+ * same frame goes to every target. A pool of pre-sealed frames could not
+ * be cycled: the repeater's replay window would drop the second lap.
  * Prints one JSON object on stdout when done (duration, --count, end of
  * pool, or SIGTERM/SIGINT). */
 #include "common.h"
+#include "sealed.h"
 
 #include <signal.h>
 #include <sys/prctl.h>
@@ -80,7 +87,8 @@ static inline uint64_t due(uint64_t i) {
 static void usage(void) {
   fprintf(stderr,
           "usage: gen --pool FILE --to 127.0.0.1:PORT [--to ...] (--rate N | --timeline [--speed X] [--loop])\n"
-          "           [--duration S] [--count N] [--run ID] [--batch N] [--tick-us N] [--sndbuf BYTES]\n");
+          "           [--duration S] [--count N] [--run ID] [--batch N] [--tick-us N] [--sndbuf BYTES]\n"
+          "           [--key-file K [--channel-key KEY]]   (secure mode: send sealed frames)\n");
   exit(2);
 }
 
@@ -93,6 +101,7 @@ int main(int argc, char **argv) {
   uint32_t run = 1;
   unsigned batch = 64, tick_us = 50;
   int sndbuf = 4 << 20;
+  const char *key_file = NULL, *channel_key = "ssl";
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -110,6 +119,8 @@ int main(int argc, char **argv) {
     else if (ARG("--batch")) batch = (unsigned)atoi(v);
     else if (ARG("--tick-us")) tick_us = (unsigned)atoi(v);
     else if (ARG("--sndbuf")) sndbuf = atoi(v);
+    else if (ARG("--key-file")) key_file = v;
+    else if (ARG("--channel-key")) channel_key = v;
     else usage();
 #undef ARG
   }
@@ -128,7 +139,26 @@ int main(int argc, char **argv) {
   int connected = nto == 1;
   if (connected && connect(fd, (struct sockaddr *)&to[0], sizeof to[0]) != 0) die("connect: %s", strerror(errno));
 
-  uint8_t *slots = malloc((size_t)batch * maxlen + 1);
+  /* Secure mode: the stamped datagram goes into an Envelope in `plain`, sealed into `slots`. */
+  int secure = key_file != NULL;
+#ifdef BENCH_SODIUM
+  static struct sealer sealer;
+#endif
+  uint8_t *plain = NULL;
+  size_t slot_len = maxlen;
+  if (secure) {
+    sodium_up();
+#ifdef BENCH_SODIUM
+    sealer_init(&sealer, key_file, channel_key);
+    if ((size_t)maxlen + ENVELOPE_MAX_HEAD + FRAME_OVERHEAD > MAX_UDP_PAYLOAD)
+      die("a pool datagram of %u bytes would not fit a sealed frame (at most %d)", maxlen, MAX_UDP_PAYLOAD - ENVELOPE_MAX_HEAD - FRAME_OVERHEAD);
+    plain = malloc((size_t)maxlen + ENVELOPE_MAX_HEAD);
+    slot_len = (size_t)maxlen + ENVELOPE_MAX_HEAD + FRAME_OVERHEAD;
+#endif
+  }
+  (void)plain;
+  (void)channel_key;
+  uint8_t *slots = malloc((size_t)batch * slot_len + 1);
   struct iovec *iov = calloc(batch, sizeof *iov);
   struct mmsghdr *msgs = calloc((size_t)batch * nto, sizeof *msgs);
 
@@ -160,16 +190,32 @@ int main(int argc, char **argv) {
     uint64_t lag = el - due(sent);
     if (lag > max_lag) max_lag = lag;
     uint64_t ts = mono_ns();
+#ifdef BENCH_SODIUM
+    uint64_t now_ms = secure ? realtime_ms() : 0;
+#endif
     for (unsigned j = 0; j < k; j++) {
       const struct rec *r = &recs[(sent + j) % nrecs];
-      uint8_t *slot = slots + (size_t)j * maxlen;
-      memcpy(slot, r->data, r->len);
-      if (r->stamp >= 0 && !no_stamp) {
-        write_stamp(slot + r->stamp, run, sent + j, ts);
-        stamped++;
+      uint8_t *slot = slots + (size_t)j * slot_len;
+      size_t len = r->len;
+      if (!secure) {
+        memcpy(slot, r->data, r->len);
+        if (r->stamp >= 0 && !no_stamp) {
+          write_stamp(slot + r->stamp, run, sent + j, ts);
+          stamped++;
+        }
+      } else {
+#ifdef BENCH_SODIUM
+        size_t head = envelope_head(&sealer, plain, now_ms, r->len);
+        memcpy(plain + head, r->data, r->len);
+        if (r->stamp >= 0 && !no_stamp) {
+          write_stamp(plain + head + r->stamp, run, sent + j, ts);
+          stamped++;
+        }
+        len = seal_frame(&sealer, slot, plain, head + r->len);
+#endif
       }
       iov[j].iov_base = slot;
-      iov[j].iov_len = r->len;
+      iov[j].iov_len = len;
       for (size_t t = 0; t < nto; t++) {
         struct msghdr *h = &msgs[(size_t)j * nto + t].msg_hdr;
         memset(h, 0, sizeof *h);
@@ -200,9 +246,15 @@ int main(int argc, char **argv) {
     t_last = mono_ns();
   }
   double elapsed = (double)(t_last - t0) / 1e9;
-  printf("{\"sent\":%llu,\"stamped\":%llu,\"copies\":%llu,\"errors\":%llu,\"last_error\":\"%s\",\"targets\":%zu,"
+  char sealed_info[96] = "";
+#ifdef BENCH_SODIUM
+  if (secure)
+    snprintf(sealed_info, sizeof sealed_info, "\"key_id\":\"%08x\",\"origin\":\"%016llx\",\"sealed\":%llu,", sealer.key_id,
+             (unsigned long long)sealer.origin, (unsigned long long)sealer.sequence);
+#endif
+  printf("{%s\"sent\":%llu,\"stamped\":%llu,\"copies\":%llu,\"errors\":%llu,\"last_error\":\"%s\",\"targets\":%zu,"
          "\"bursts\":%llu,\"t0_ns\":%llu,\"t_end_ns\":%llu,\"elapsed_s\":%.6f,\"rate\":%.1f,\"max_lag_ms\":%.3f,\"cpu_s\":%.3f}\n",
-         (unsigned long long)sent, (unsigned long long)stamped, (unsigned long long)copies, (unsigned long long)errors,
+         sealed_info, (unsigned long long)sent, (unsigned long long)stamped, (unsigned long long)copies, (unsigned long long)errors,
          last_errno ? strerror(last_errno) : "", nto, (unsigned long long)bursts, (unsigned long long)t0,
          (unsigned long long)t_last, elapsed, elapsed > 0 ? (double)sent / elapsed : 0.0, (double)max_lag / 1e6, cpu_seconds());
   return 0;

@@ -10,12 +10,25 @@
  * SO_RXQ_OVFL reports datagrams the kernel dropped at each socket, so loss
  * caused by the receivers themselves is visible.
  *
+ * Secure mode (--key-file K): every datagram must be a udprepeater frame
+ * (sealed.h); it is opened and the stamp is looked for in the datagram its
+ * Envelope carries. Counted apart, per socket: frames that do not open
+ * (unknown key id, bad header, failed MAC: "unopened"), frames that open but
+ * hold no valid CACHE_DATAGRAM Envelope ("badenv"), and datagrams that are
+ * not frames at all ("unsealed"). A fan-out sends one frame to all its
+ * subscribers, so the receivers remember the last 1024 frames that opened
+ * (the whole frame, compared byte for byte): a later byte-identical copy is
+ * as authentic as the first and is not opened again (the receivers would
+ * otherwise need a core of their own at 480k frames/s). --open-every
+ * turns that off.
+ *
  * Control, one line each on stdin (answers on stdout):
  *   RUN <id> <maxseq>   reset counters, accept only stamps of run <id>  -> "OK RUN <id>"
  *   DUMP                one JSON line of figures (per socket and total)
  *   TOTAL               the same without the per-socket list
  *   QUIT / EOF          exit */
 #include "common.h"
+#include "sealed.h"
 
 #include <sys/epoll.h>
 
@@ -28,7 +41,7 @@
 
 struct sock {
   int fd, port;
-  uint64_t count, uniq, dup, ooo, foreign, bytes, beyond;
+  uint64_t count, uniq, dup, ooo, foreign, bytes, beyond, unopened, badenv, unsealed;
   uint64_t last_seq, max_lat, first_ns, last_ns;
   uint32_t ovfl_base, ovfl_last;
   int ovfl_seen;
@@ -40,6 +53,11 @@ static struct sock *socks;
 static int nsocks;
 static uint32_t cur_run;
 static uint64_t maxseq;
+static int secure, open_every;
+static uint64_t opens, cache_hits;
+/* Origins of the Envelopes that opened since RUN: the first and the last one
+ * seen, and whether there were others (a fan-out seals with its own origin). */
+static uint64_t origin_first, origin_last, origins_changed;
 
 static inline unsigned bucket(uint64_t v) {
   if (v < SUB) return (unsigned)v;
@@ -72,9 +90,11 @@ static double percentile(const uint64_t *h, uint64_t total, double q, uint64_t m
 static void reset(uint32_t run, uint64_t mseq) {
   cur_run = run;
   maxseq = mseq;
+  origin_first = origin_last = origins_changed = 0;
+  opens = cache_hits = 0;
   for (int i = 0; i < nsocks; i++) {
     struct sock *s = &socks[i];
-    s->count = s->uniq = s->dup = s->ooo = s->foreign = s->bytes = s->beyond = 0;
+    s->count = s->uniq = s->dup = s->ooo = s->foreign = s->bytes = s->beyond = s->unopened = s->badenv = s->unsealed = 0;
     s->last_seq = s->max_lat = s->first_ns = s->last_ns = 0;
     s->ovfl_base = s->ovfl_last;
     memset(s->hist, 0, NBUCKETS * sizeof *s->hist);
@@ -88,7 +108,7 @@ static void dump(int full) {
   static uint64_t tot_hist[NBUCKETS];
   uint64_t h64[NBUCKETS];
   memset(tot_hist, 0, sizeof tot_hist);
-  uint64_t c = 0, u = 0, d = 0, o = 0, f = 0, by = 0, bey = 0, mx = 0, first = 0, last = 0, drops = 0;
+  uint64_t c = 0, u = 0, d = 0, o = 0, f = 0, by = 0, bey = 0, mx = 0, first = 0, last = 0, drops = 0, uo = 0, be = 0, us = 0;
   printf("{\"run\":%u", cur_run);
   if (full) printf(",\"sockets\":[");
   for (int i = 0; i < nsocks; i++) {
@@ -100,23 +120,29 @@ static void dump(int full) {
     uint32_t dr = s->ovfl_last - s->ovfl_base;
     if (full)
       printf("%s{\"port\":%d,\"count\":%llu,\"uniq\":%llu,\"dup\":%llu,\"ooo\":%llu,\"foreign\":%llu,\"drops\":%u,"
-           "\"p50\":%.0f,\"p99\":%.0f,\"max\":%llu,\"first\":%llu,\"last\":%llu}",
+           "\"unopened\":%llu,\"badenv\":%llu,\"unsealed\":%llu,\"p50\":%.0f,\"p99\":%.0f,\"max\":%llu,\"first\":%llu,\"last\":%llu}",
            i ? "," : "", s->port, (unsigned long long)s->count, (unsigned long long)s->uniq, (unsigned long long)s->dup,
-           (unsigned long long)s->ooo, (unsigned long long)s->foreign, dr, percentile(h64, s->count, 0.5, s->max_lat),
+           (unsigned long long)s->ooo, (unsigned long long)s->foreign, dr, (unsigned long long)s->unopened,
+           (unsigned long long)s->badenv, (unsigned long long)s->unsealed, percentile(h64, s->count, 0.5, s->max_lat),
            percentile(h64, s->count, 0.99, s->max_lat), (unsigned long long)s->max_lat, (unsigned long long)s->first_ns,
            (unsigned long long)s->last_ns);
     c += s->count; u += s->uniq; d += s->dup; o += s->ooo; f += s->foreign; by += s->bytes; bey += s->beyond; drops += dr;
+    uo += s->unopened; be += s->badenv; us += s->unsealed;
     if (s->max_lat > mx) mx = s->max_lat;
     if (s->first_ns && (!first || s->first_ns < first)) first = s->first_ns;
     if (s->last_ns > last) last = s->last_ns;
   }
   printf("%s\"total\":{\"count\":%llu,\"uniq\":%llu,\"dup\":%llu,\"ooo\":%llu,\"foreign\":%llu,\"bytes\":%llu,\"beyond\":%llu,"
-         "\"drops\":%llu,\"p50\":%.0f,\"p90\":%.0f,\"p99\":%.0f,\"p999\":%.0f,\"max\":%llu,\"first\":%llu,\"last\":%llu},"
-         "\"cpu_s\":%.3f}\n",
+         "\"drops\":%llu,\"unopened\":%llu,\"badenv\":%llu,\"unsealed\":%llu,\"p50\":%.0f,\"p90\":%.0f,\"p99\":%.0f,\"p999\":%.0f,"
+         "\"max\":%llu,\"first\":%llu,\"last\":%llu},\"secure\":%d,\"opens\":%llu,\"cache_hits\":%llu,"
+         "\"origin_first\":\"%016llx\",\"origin_last\":\"%016llx\",\"origin_changes\":%llu,\"cpu_s\":%.3f}\n",
          full ? "]," : ",", (unsigned long long)c, (unsigned long long)u, (unsigned long long)d, (unsigned long long)o, (unsigned long long)f,
-         (unsigned long long)by, (unsigned long long)bey, (unsigned long long)drops, percentile(tot_hist, c, 0.5, mx),
+         (unsigned long long)by, (unsigned long long)bey, (unsigned long long)drops, (unsigned long long)uo, (unsigned long long)be,
+         (unsigned long long)us, percentile(tot_hist, c, 0.5, mx),
          percentile(tot_hist, c, 0.9, mx), percentile(tot_hist, c, 0.99, mx), percentile(tot_hist, c, 0.999, mx),
-         (unsigned long long)mx, (unsigned long long)first, (unsigned long long)last, cpu_seconds());
+         (unsigned long long)mx, (unsigned long long)first, (unsigned long long)last, secure, (unsigned long long)opens,
+         (unsigned long long)cache_hits, (unsigned long long)origin_first, (unsigned long long)origin_last,
+         (unsigned long long)origins_changed, cpu_seconds());
   fflush(stdout);
 }
 
@@ -176,17 +202,116 @@ static inline void on_datagram(struct sock *s, const uint8_t *p, size_t len, uin
   s->last_ns = now;
 }
 
+#ifdef BENCH_SODIUM
+static uint8_t key[32];
+static uint32_t key_id;
+
+/* Frames that opened, by a hash of their nonce: the whole frame, and where
+ * its datagram lies in the plaintext kept beside it. */
+#define CACHE_SLOTS 1024
+struct cached {
+  uint8_t *frame, *plain;
+  size_t len, cap;
+  size_t doff, dlen; /* the datagram, within plain */
+  uint64_t origin;
+};
+static struct cached cache[CACHE_SLOTS];
+
+static inline unsigned nonce_slot(const uint8_t *f) {
+  uint64_t a = get_u64(f + FRAME_HEADER + 16), b = get_u64(f + FRAME_HEADER);
+  uint64_t h = (a ^ (b * 0x9e3779b97f4a7c15ull)) * 0xff51afd7ed558ccdull;
+  return (unsigned)(h >> 54) & (CACHE_SLOTS - 1);
+}
+
+static inline void saw_origin(uint64_t o) {
+  if (origin_first == 0) origin_first = o;
+  else if (o != origin_last) origins_changed++;
+  origin_last = o;
+}
+
+static void on_frame(struct sock *s, const uint8_t *f, size_t len, uint64_t now) {
+  static uint8_t plain[BUFSZ];
+  if (len < 2 || f[0] != 0x75 || f[1] != 0x72) {
+    s->unsealed++;
+    return;
+  }
+  struct cached *c = NULL;
+  if (!open_every && len >= FRAME_OVERHEAD) {
+    c = &cache[nonce_slot(f)];
+    if (c->len == len && memcmp(c->frame, f, len) == 0) {
+      cache_hits++;
+      saw_origin(c->origin);
+      on_datagram(s, c->plain + c->doff, c->dlen, now);
+      return;
+    }
+  }
+  struct envelope e;
+  opens++;
+  int r = open_frame(key, key_id, f, len, plain, &e);
+  if (r == BAD_ENVELOPE) {
+    s->badenv++;
+    return;
+  }
+  if (r != OPENED) {
+    s->unopened++;
+    return;
+  }
+  saw_origin(e.origin);
+  on_datagram(s, e.datagram, e.dlen, now);
+  if (c != NULL) {
+    if (c->cap < len) {
+      free(c->frame);
+      free(c->plain);
+      c->cap = len;
+      c->frame = malloc(len);
+      c->plain = malloc(len);
+    }
+    memcpy(c->frame, f, len);
+    memcpy(c->plain, plain, len - FRAME_OVERHEAD);
+    c->len = len;
+    c->doff = (size_t)(e.datagram - plain);
+    c->dlen = e.dlen;
+    c->origin = e.origin;
+  }
+}
+#endif
+
+static inline void on_input(struct sock *s, const uint8_t *p, size_t len, uint64_t now) {
+#ifdef BENCH_SODIUM
+  if (secure) {
+    on_frame(s, p, len, now);
+    return;
+  }
+#endif
+  on_datagram(s, p, len, now);
+}
+
+#define USAGE "usage: recv --count N --ports-out FILE [--rcvbuf BYTES] [--key-file K [--open-every]]"
+
 int main(int argc, char **argv) {
   int count = 1, rcvbuf = 4 << 20;
-  const char *ports_out = NULL;
+  const char *ports_out = NULL, *key_file = NULL;
   for (int i = 1; i < argc; i++) {
-    if (i + 1 >= argc) die("usage: recv --count N --ports-out FILE [--rcvbuf BYTES]");
+    if (strcmp(argv[i], "--open-every") == 0) {
+      open_every = 1;
+      continue;
+    }
+    if (i + 1 >= argc) die(USAGE);
     if (strcmp(argv[i], "--count") == 0) count = atoi(argv[++i]);
     else if (strcmp(argv[i], "--rcvbuf") == 0) rcvbuf = atoi(argv[++i]);
     else if (strcmp(argv[i], "--ports-out") == 0) ports_out = argv[++i];
+    else if (strcmp(argv[i], "--key-file") == 0) key_file = argv[++i];
     else die("unknown option %s", argv[i]);
   }
-  if (count < 1 || ports_out == NULL) die("usage: recv --count N --ports-out FILE [--rcvbuf BYTES]");
+  if (count < 1 || ports_out == NULL) die(USAGE);
+  if (key_file != NULL) {
+    sodium_up();
+#ifdef BENCH_SODIUM
+    load_key(key_file, key);
+    key_id = key_id_of(key);
+    secure = 1;
+#endif
+  }
   nsocks = count;
   socks = calloc((size_t)count, sizeof *socks);
   int ep = epoll_create1(0);
@@ -255,7 +380,7 @@ int main(int argc, char **argv) {
         if (r <= 0) break;
         uint64_t now = mono_ns();
         for (int j = 0; j < r; j++) {
-          on_datagram(s, bufs[j], msgs[j].msg_len, now);
+          on_input(s, bufs[j], msgs[j].msg_len, now);
           struct cmsghdr *c = CMSG_FIRSTHDR(&msgs[j].msg_hdr);
           if (c && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SO_RXQ_OVFL) {
             uint32_t v;
