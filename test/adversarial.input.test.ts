@@ -418,7 +418,8 @@ describe('authenticated garbage must not kill anything', () => {
     await sender.send(sealedMarker(), port);
     await sender.send(sealedMarker(), agentPort);
     await Promise.race([Promise.all([ref.waitFor(1), node.waitFor(1)]), repeaterDied, agentDied]);
-    assert.deepEqual(await node.next(), marker);
+    // The node may also get the repeater's copy once the agent has subscribed: look at the first.
+    assert.deepEqual(node.received[0], marker);
     assert.equal((await d.stop()).code, 0);
     assert.equal((await a.stop()).code, 0);
     ring.destroy();
