@@ -6,7 +6,7 @@
 // --max-datagram, and a source outside the allow-list produces nothing.
 
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import { KeyRing } from '../src/crypto/keyring.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
 import { SecureSession } from '../src/crypto/session.js';
@@ -17,27 +17,16 @@ import { encodeSubscription } from '../src/wire/subscription.js';
 import { EscapeTrap, ledgerOf, nonZero, plainOutput, SEED, prng, udpDrops, until } from './helpers/adversarial.js';
 import { newKeyFile } from './helpers/keys.js';
 import { Receiver, Sender } from './helpers/net.js';
-import { startRepeater, type TestRepeater } from './helpers/repeater.js';
+import { Scope } from './helpers/scope.js';
+import type { TestRepeater } from './helpers/repeater.js';
+
+const scope = new Scope(() => trap.dispose());
+const { sender } = scope;
+const receiver = (host?: string) => scope.receiver(host);
+const repeater = (args: string[]) => scope.repeater(args);
 
 const trap = new EscapeTrap();
-const sender = Sender.open();
-const open: Array<{ close(): unknown }> = [];
 before(() => sodiumReady());
-after(async () => {
-  for (const o of open.reverse()) await o.close();
-  sender.close();
-  trap.dispose();
-});
-async function receiver(host?: string): Promise<Receiver> {
-  const r = await Receiver.open(host);
-  open.push(r);
-  return r;
-}
-async function repeater(args: string[]): Promise<TestRepeater> {
-  const r = await startRepeater(args);
-  open.push(r);
-  return r;
-}
 const set = (k: string, v: string | Buffer = 'v') => encodeCacheSet(Buffer.from(k), Buffer.isBuffer(v) ? v : Buffer.from(v), 0);
 const only = (r: TestRepeater) => [...r.handle.repeater.channels.values()][0]!;
 
@@ -275,7 +264,7 @@ describe('plain mode: the amplification bound', () => {
     const r = await repeater(['--listen', '127.0.0.1:0', '--allow', '127.0.0.1/32', '--to', inside.address, '--subscribe-burst', '1000']);
     const port = r.port();
     const outsider = await Sender.bound('127.0.0.2');
-    open.push(outsider);
+    scope.track(outsider);
     const victim = await receiver('127.0.0.2');
     const victimOnAllowed = await receiver();
     for (let i = 0; i < 200; i++) await outsider.send(set(`x${i}`), port);

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, copyFileSync, mkdtempSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import { formatKeyId, KeyRing, keyIdOf } from '../src/crypto/keyring.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
 import { SecureSession } from '../src/crypto/session.js';
@@ -20,29 +20,18 @@ import { nativeStatus } from '../src/repeater/native.js';
 import { EscapeTrap, ledgerFromMetrics, ledgerOf, nonZero, parseMetrics } from './helpers/adversarial.js';
 import { Daemon } from './helpers/daemon.js';
 import { newKeyFile } from './helpers/keys.js';
-import { freePort, Receiver, Sender } from './helpers/net.js';
-import { startRepeater, type TestRepeater } from './helpers/repeater.js';
+import { freePort, Receiver } from './helpers/net.js';
+import { Scope } from './helpers/scope.js';
+import type { TestRepeater } from './helpers/repeater.js';
+
+const scope = new Scope(() => trap.dispose());
+const { sender } = scope;
+const receiver = (host?: string) => scope.receiver(host);
+const repeater = (args: string[]) => scope.repeater(args);
 
 const trap = new EscapeTrap();
-const sender = Sender.open();
-const open: Array<{ close(): unknown }> = [];
 const dir = mkdtempSync(join(tmpdir(), 'udprepeater-faults-'));
 before(() => sodiumReady());
-after(async () => {
-  for (const o of open.reverse()) await o.close();
-  sender.close();
-  trap.dispose();
-});
-async function receiver(): Promise<Receiver> {
-  const r = await Receiver.open();
-  open.push(r);
-  return r;
-}
-async function repeater(args: string[]): Promise<TestRepeater> {
-  const r = await startRepeater(args);
-  open.push(r);
-  return r;
-}
 const only = (r: TestRepeater) => [...r.handle.repeater.channels.values()][0]!;
 const set = (k: string) => encodeCacheSet(Buffer.from(k), Buffer.from('v'), 0);
 const keyOf = (d: Buffer) => d.subarray(6, 6 + d.readUInt16LE(4)).toString('latin1');
@@ -100,7 +89,7 @@ async function inProcess(args: string[]): Promise<Target> {
 async function spawned(args: string[], env: NodeJS.ProcessEnv, label: string): Promise<Target> {
   const port = await freePort();
   const d = Daemon.spawn(['serve', '--log-level', 'debug', '--log-format', 'json', '--listen', `127.0.0.1:${port}`, '--metrics', '127.0.0.1:0', ...args], env);
-  open.push({ close: () => d.stop() });
+  scope.track({ close: () => d.stop() });
   await d.log.waitFor('udprepeater started');
   const mport = await d.metricsPort();
   const get = async (path: string) => (await fetch(`http://127.0.0.1:${mport}${path}`, { signal: AbortSignal.timeout(5000) })).text();
@@ -289,7 +278,7 @@ describe('SIGHUP with broken files', () => {
     const good = () => writeFileSync(conf, `listen-sealed = 127.0.0.1:${port}\nkey-file = ${keyFile}\nto = ${ref.address},sealed\nmetrics = 127.0.0.1:0\n`);
     good();
     const d = await Daemon.serve(['-c', conf]);
-    open.push({ close: () => d.stop() });
+    scope.track({ close: () => d.stop() });
     const mport = await d.metricsPort();
     const src = new SecureSession();
     const opener = new SecureSession();
@@ -353,7 +342,7 @@ describe('SIGHUP with broken files', () => {
       );
     good();
     const a = Daemon.spawn(['agent', '-c', conf]);
-    open.push({ close: () => a.stop() });
+    scope.track({ close: () => a.stop() });
     await a.log.waitFor('udprepeater agent running');
     await r.tap.waitFor('subscribed', { address: `127.0.0.1:${bind}` });
     let n = 0;

@@ -5,7 +5,7 @@
 // flowing, in order. The stream is seeded: ADVERSARIAL_SEED reproduces it.
 
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { KeyRing } from '../src/crypto/keyring.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
@@ -36,8 +36,14 @@ import {
 } from './helpers/adversarial.js';
 import { Daemon } from './helpers/daemon.js';
 import { newKeyFile } from './helpers/keys.js';
-import { freePort, Receiver, Sender } from './helpers/net.js';
-import { startRepeater, type TestRepeater } from './helpers/repeater.js';
+import { freePort, Receiver } from './helpers/net.js';
+import { Scope } from './helpers/scope.js';
+import type { TestRepeater } from './helpers/repeater.js';
+
+const scope = new Scope(() => trap.dispose());
+const { sender } = scope;
+const receiver = (host?: string) => scope.receiver(host);
+const repeater = (args: string[]) => scope.repeater(args);
 
 const IN_PROCESS = Number(process.env['ADVERSARIAL_DATAGRAMS'] ?? 100_000);
 const CLI_SHARE = Math.round(IN_PROCESS / 4);
@@ -45,24 +51,7 @@ const BATCH = 200;
 const MAX_DATAGRAM = 4096;
 
 const trap = new EscapeTrap();
-const sender = Sender.open();
-const open: Array<{ close(): unknown }> = [];
 before(() => sodiumReady());
-after(async () => {
-  for (const o of open.reverse()) await o.close();
-  sender.close();
-  trap.dispose();
-});
-async function receiver(): Promise<Receiver> {
-  const r = await Receiver.open();
-  open.push(r);
-  return r;
-}
-async function repeater(args: string[]): Promise<TestRepeater> {
-  const r = await startRepeater(args);
-  open.push(r);
-  return r;
-}
 const channel = (r: TestRepeater, name: string) => r.handle.repeater.channels.get(name)!;
 const set = (k: string, v = 'v') => encodeCacheSet(Buffer.from(k), Buffer.from(v), 0);
 
@@ -237,7 +226,7 @@ describe('hostile datagrams at a running repeater', () => {
       '--log-level', 'info',
       '--metrics', '127.0.0.1:0',
     ]);
-    open.push({ close: () => d.stop() });
+    scope.track({ close: () => d.stop() });
     const mport = await d.metricsPort();
     const ports = [pp, sp, refPlain.port, refSealed.port];
     const kernelBefore = udpDrops(ports);
@@ -341,7 +330,7 @@ describe('accounting, case by case', () => {
     const ref = await receiver();
     const port = await freePort();
     const d = Daemon.spawn(['serve', '--log-format', 'json', '--listen', `127.0.0.1:${port}`, '--to', ref.address, '--metrics', '127.0.0.1:0'], { UDPREPEATER_NATIVE: '0' });
-    open.push({ close: () => d.stop() });
+    scope.track({ close: () => d.stop() });
     await d.log.waitFor('udprepeater started');
     const mport = await d.metricsPort();
     await largestDelete(port, ref, async () => ledgerFromMetrics(await scrape(mport), `127.0.0.1:${port}`), 'real binary, node:dgram path');
@@ -396,11 +385,11 @@ describe('authenticated garbage must not kill anything', () => {
     const ref = await receiver();
     const port = await freePort();
     const d = await Daemon.serve(['--listen-sealed', `127.0.0.1:${port}`, '--key-file', key, '--to', `${ref.address},sealed`, '--metrics', 'off']);
-    open.push({ close: () => d.stop() });
+    scope.track({ close: () => d.stop() });
     const [agentPort, local] = [await freePort(), await freePort()];
     const node = await receiver();
     const a = Daemon.spawn(['agent', '--log-format', 'json', '--repeater', `127.0.0.1:${port}`, '--bind', `127.0.0.1:${agentPort}`, '--local', `127.0.0.1:${local}`, '--deliver', node.address, '--channel-key', 'ssl', '--key-file', key]);
-    open.push({ close: () => a.stop() });
+    scope.track({ close: () => a.stop() });
     await a.log.waitFor('udprepeater agent running');
     const died = (who: string, dd: Daemon) =>
       dd.exited.then(({ code, signal }) => {

@@ -5,31 +5,20 @@
 // receiving every datagram throughout.
 
 import assert from 'node:assert/strict';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { encodeCacheSet } from '../src/wire/cache.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
 import { EscapeTrap, ledgerOf, mb, MB, nonZero, udpDrops, until } from './helpers/adversarial.js';
-import { Receiver, Sender } from './helpers/net.js';
-import { startRepeater, type TestRepeater } from './helpers/repeater.js';
+import { Sender } from './helpers/net.js';
+import { Scope } from './helpers/scope.js';
+import type { TestRepeater } from './helpers/repeater.js';
+
+const scope = new Scope(() => trap.dispose());
+const { sender } = scope;
+const receiver = (host?: string) => scope.receiver(host);
+const repeater = (args: string[]) => scope.repeater(args);
 
 const trap = new EscapeTrap();
-const sender = Sender.open();
-const open: Array<{ close(): unknown }> = [];
-after(async () => {
-  for (const o of open.reverse()) await o.close();
-  sender.close();
-  trap.dispose();
-});
-async function receiver(): Promise<Receiver> {
-  const r = await Receiver.open();
-  open.push(r);
-  return r;
-}
-async function repeater(args: string[]): Promise<TestRepeater> {
-  const r = await startRepeater(args);
-  open.push(r);
-  return r;
-}
 const only = (r: TestRepeater) => [...r.handle.repeater.channels.values()][0]!;
 const set = (k: string) => encodeCacheSet(Buffer.from(k), Buffer.from('v'), 0);
 const gc = (globalThis as { gc?: () => void }).gc;
@@ -132,7 +121,7 @@ describe('subscription floods', () => {
     const port = r.port();
     const ref = await receiver();
     const sources = await Promise.all(['127.0.0.2', '127.0.0.3', '127.0.0.4', '127.0.0.5'].map((h) => Sender.bound(h)));
-    for (const s of sources) open.push(s);
+    for (const s of sources) scope.track(s);
     const PER_SOURCE = 120;
     // The first announce of the test sender subscribes the reference subscriber.
     await sender.send(encodeSubscription({ key: 'ssl', address: ref.address }), port);

@@ -2,30 +2,18 @@
 // expiry, static outputs, access control, limits, delete repair, reload.
 
 import assert from 'node:assert/strict';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { DROP_REASONS, type DropReason } from '../src/repeater/stats.js';
 import { encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
 import { freePort, Receiver, Sender } from './helpers/net.js';
-import { startRepeater, type TestRepeater } from './helpers/repeater.js';
+import { Scope } from './helpers/scope.js';
+import type { TestRepeater } from './helpers/repeater.js';
 
-const sender = Sender.open();
-after(() => sender.close());
-const open: Array<{ close(): unknown }> = [];
-after(async () => {
-  for (const o of open.reverse()) await o.close();
-});
-
-async function repeater(args: string[]): Promise<TestRepeater> {
-  const r = await startRepeater(args);
-  open.push(r);
-  return r;
-}
-async function receiver(host?: string): Promise<Receiver> {
-  const r = await Receiver.open(host);
-  open.push(r);
-  return r;
-}
+const scope = new Scope();
+const { sender } = scope;
+const receiver = (host?: string) => scope.receiver(host);
+const repeater = (args: string[]) => scope.repeater(args);
 
 const set = (k: string, v: string | Buffer, e = 0) => encodeCacheSet(Buffer.from(k), Buffer.isBuffer(v) ? v : Buffer.from(v), e);
 const sub = (address: string, key = 'ssl', unsubscribe = false) => encodeSubscription({ key, address, unsubscribe });
@@ -263,7 +251,7 @@ describe('data path', () => {
     const r = await repeater(['--listen', '[::1]:0']);
     const rx = await receiver('::1');
     const v6 = Sender.open(6);
-    open.push(v6);
+    scope.track(v6);
     const from = r.tap.length;
     await v6.send(sub(rx.address), r.port(), '::1');
     await r.tap.waitFor('subscribed', { address: rx.address }, { from });
@@ -299,7 +287,7 @@ describe('access control', () => {
     await sender.send(sub('127.0.0.2:4000'), r.port());
     // An allowed source's datagram queues behind the refused ones.
     const allowed = await Sender.bound('127.0.0.2');
-    open.push(allowed);
+    scope.track(allowed);
     await allowed.send(set('marker', 'v'), r.port());
     assert.deepEqual(await marker.waitFor(1), [set('marker', 'v')]);
     assert.equal(dropped(r, 'not_allowed'), 2);

@@ -4,30 +4,20 @@ import assert from 'node:assert/strict';
 import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { STATE_FILE } from '../src/repeater/state-store.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
 import { decodeState, encodeState } from '../src/wire/state.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
-import { eventually, freePort, Receiver, Sender } from './helpers/net.js';
-import { startRepeater, type TestRepeater } from './helpers/repeater.js';
+import { eventually, freePort, Receiver } from './helpers/net.js';
+import { Scope } from './helpers/scope.js';
+import { startRepeater } from './helpers/repeater.js';
 
-const sender = Sender.open();
-const open: Array<{ close(): unknown }> = [];
-after(async () => {
-  for (const o of open.reverse()) await o.close();
-  sender.close();
-});
-async function repeater(args: string[]): Promise<TestRepeater> {
-  const r = await startRepeater(args);
-  open.push(r);
-  return r;
-}
-async function receiver(): Promise<Receiver> {
-  const r = await Receiver.open();
-  open.push(r);
-  return r;
-}
+const scope = new Scope();
+const { sender } = scope;
+const receiver = (host?: string) => scope.receiver(host);
+const repeater = (args: string[]) => scope.repeater(args);
+
 const set = (k: string) => encodeCacheSet(Buffer.from(k), Buffer.from('v'), 0);
 const sub = (address: string) => encodeSubscription({ key: 'ssl', address });
 
@@ -58,7 +48,7 @@ describe('dead subscribers', () => {
     assert.equal(ch.stats.events[6], 1, 'one suspend event');
     // The node comes back: a receiver on that port, and an announce.
     const back = await Receiver.open('127.0.0.1', port);
-    open.push(back);
+    scope.track(back);
     await sender.send(sub(`127.0.0.1:${port}`), r.port());
     await r.tap.waitFor('refreshed', { address: `127.0.0.1:${port}` });
     assert.equal(dead.suspendedUntil, 0);
@@ -77,7 +67,7 @@ describe('dead subscribers', () => {
     await r.tap.waitFor('subscriber suspended: unreachable', { address: `127.0.0.1:${port}` });
     await r.tap.waitFor('subscriber resumed', { address: `127.0.0.1:${port}` });
     const back = await Receiver.open('127.0.0.1', port);
-    open.push(back);
+    scope.track(back);
     await sender.send(set('again'), r.port());
     assert.deepEqual(await back.next(), set('again'));
   });

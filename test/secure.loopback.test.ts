@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, before, describe, test } from 'node:test';
+import { before, describe, test } from 'node:test';
 import { KeyRing } from '../src/crypto/keyring.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
 import { SecureSession } from '../src/crypto/session.js';
@@ -13,29 +13,18 @@ import { encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
 import { EnvelopeKind } from '../src/wire/envelope.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
 import { keyDir, newKeyFile } from './helpers/keys.js';
-import { freePort, Receiver, Sender } from './helpers/net.js';
-import { startRepeater, startTestAgent, type TestAgent, type TestRepeater } from './helpers/repeater.js';
+import { freePort, Receiver } from './helpers/net.js';
+import { Scope } from './helpers/scope.js';
+import { startTestAgent, type TestAgent, type TestRepeater } from './helpers/repeater.js';
+
+const scope = new Scope();
+const { sender } = scope;
+const receiver = (host?: string) => scope.receiver(host);
+const repeater = (args: string[]) => scope.repeater(args);
 
 before(() => sodiumReady());
-const sender = Sender.open();
-const open: Array<{ close(): unknown }> = [];
-after(async () => {
-  for (const o of open.reverse()) await o.close();
-  sender.close();
-});
 
 const set = (k: string, v: string) => encodeCacheSet(Buffer.from(k), Buffer.from(v), 0);
-
-async function repeater(args: string[]): Promise<TestRepeater> {
-  const r = await startRepeater(args);
-  open.push(r);
-  return r;
-}
-async function receiver(): Promise<Receiver> {
-  const r = await Receiver.open();
-  open.push(r);
-  return r;
-}
 
 /** An agent whose node is a Receiver (its cache-udp-server) and whose local port is returned. */
 async function agent(repeaterPort: number, keys: string[], extra: string[] = []): Promise<{ a: TestAgent; node: Receiver; local: number }> {
@@ -49,7 +38,7 @@ async function agent(repeaterPort: number, keys: string[], extra: string[] = [])
     ...keys.flatMap((k) => ['--key-file', k]),
     ...extra,
   ]);
-  open.push(a);
+  scope.track(a);
   return { a, node, local };
 }
 
@@ -161,7 +150,7 @@ describe('secure mode over loopback', () => {
     const node = await receiver();
     const local = await freePort();
     const wrong = await startTestAgent(['--repeater', `127.0.0.1:${r.port()}`, '--local', `127.0.0.1:${local}`, '--deliver', node.address, '--channel-key', 'other', '--key-file', k]);
-    open.push(wrong);
+    scope.track(wrong);
     await r.tap.waitFor('subscription refused', { reason: 'key_mismatch' });
   });
 
