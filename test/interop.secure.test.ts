@@ -23,6 +23,7 @@ import { after, before, describe, test } from 'node:test';
 import { encodeCacheSet } from '../src/wire/cache.js';
 import { Daemon, runCli } from './helpers/daemon.js';
 import { eventually, freePort, Sender } from './helpers/net.js';
+import { REQUIRED, requirement } from './helpers/requirement.js';
 import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability } from './helpers/uwsgi.js';
 
 const TOLERANCE_S = 5;
@@ -36,9 +37,13 @@ const PROCESS_MS = 10_000;
 /** Window searched for in the capture: any 16 bytes of a secret in clear is a leak. */
 const WINDOW = 16;
 
-const REQUIRED = process.env['UDPREPEATER_REQUIRE_UWSGI'] === '1';
-const avail = uwsgiAvailability();
-const skip: string | false = !avail.ok && !REQUIRED ? `real uWSGI interop: ${avail.reason}` : false;
+const { avail, skip, require: requireUwsgi } = requirement(
+  'real uWSGI interop',
+  'the secure-mode real-uWSGI suite (test/interop.secure.test.ts)',
+  'Secure mode with real uWSGI nodes is NOT being tested.',
+  uwsgiAvailability(),
+  INSTALL_HINT,
+);
 
 // ---- tcpdump (same skip/require policy as uWSGI) ----
 
@@ -55,30 +60,19 @@ function tcpdumpAvailability(): { ok: true } | { ok: false; reason: string } {
   if (r.status !== 0) return { ok: false, reason: `"${TCPDUMP_BIN}" cannot capture on lo (${(r.stderr ?? '').trim().split('\n')[0] || `exit ${r.status}`})` };
   return { ok: true };
 }
-const dump = tcpdumpAvailability();
-const captureSkip: string | false = skip || (!dump.ok && !REQUIRED ? `capture of the agent<->repeater leg: ${dump.reason}` : false);
-
-for (const [what, reason, hint] of [
-  ['the secure-mode real-uWSGI suite (test/interop.secure.test.ts)', skip, INSTALL_HINT],
-  ['the no-plaintext capture test of test/interop.secure.test.ts', !skip && captureSkip, TCPDUMP_HINT],
-] as const) {
-  if (!reason) continue;
-  const bar = '!'.repeat(78);
-  process.stderr.write(
-    `\n${bar}\n!! SKIPPED: ${what}.\n!! ${reason}\n` +
-      `!! Secure mode with real uWSGI nodes is NOT being fully tested.\n!! ${hint}\n` +
-      `!! (set UDPREPEATER_REQUIRE_UWSGI=1 to make this a failure instead)\n${bar}\n\n`,
-  );
-}
+const capture = requirement(
+  'capture of the agent<->repeater leg',
+  'the no-plaintext capture test of test/interop.secure.test.ts',
+  'That no secret crosses the network in clear is NOT being tested.',
+  tcpdumpAvailability(),
+  TCPDUMP_HINT,
+  !skip,
+);
+const dump = capture.avail;
+const captureSkip: string | false = skip || capture.skip;
+const requireTcpdump = capture.require;
 const opts = { skip, timeout: 30_000 };
 const HOOK = { timeout: 45_000 };
-
-function requireUwsgi(): void {
-  if (!avail.ok) throw new Error(`UDPREPEATER_REQUIRE_UWSGI=1 but ${avail.reason}; ${INSTALL_HINT}`);
-}
-function requireTcpdump(): void {
-  if (!dump.ok) throw new Error(`UDPREPEATER_REQUIRE_UWSGI=1 but ${dump.reason}; ${TCPDUMP_HINT}`);
-}
 
 // ---- a tcpdump capture on lo ----
 

@@ -16,6 +16,7 @@ import { after, before, describe, test } from 'node:test';
 import { encodeCacheSet } from '../src/wire/cache.js';
 import { Daemon, runCli } from './helpers/daemon.js';
 import { eventually, Receiver, Sender } from './helpers/net.js';
+import { REQUIRED, requirement } from './helpers/requirement.js';
 import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability } from './helpers/uwsgi.js';
 
 const TOLERANCE_S = 5;
@@ -26,25 +27,15 @@ const PROPAGATE_MS = 5000;
 /** Bound on a repeater event that follows a uWSGI announce (one per second). */
 const ANNOUNCE_MS = 10_000;
 
-const REQUIRED = process.env['UDPREPEATER_REQUIRE_UWSGI'] === '1';
-const avail = uwsgiAvailability();
-const skip: string | false = !avail.ok && !REQUIRED ? `real uWSGI interop: ${avail.reason}` : false;
-if (skip) {
-  const bar = '!'.repeat(78);
-  process.stderr.write(
-    `\n${bar}\n!! SKIPPED: the signed-subscription real-uWSGI suite (test/interop.signed.test.ts).\n` +
-      `!! ${avail.ok ? '' : avail.reason}\n` +
-      `!! Signed subscriptions with real uWSGI nodes are NOT being tested.\n` +
-      `!! ${INSTALL_HINT}\n` +
-      `!! (set UDPREPEATER_REQUIRE_UWSGI=1 to make this a failure instead)\n${bar}\n\n`,
-  );
-}
+const { avail, skip, require: requireUwsgi } = requirement(
+  'real uWSGI interop',
+  'the signed-subscription real-uWSGI suite (test/interop.signed.test.ts)',
+  'Signed subscriptions with real uWSGI nodes are NOT being tested.',
+  uwsgiAvailability(),
+  INSTALL_HINT,
+);
 const opts = { skip, timeout: 30_000 };
 const HOOK = { timeout: 45_000 };
-
-function requireUwsgi(): void {
-  if (!avail.ok) throw new Error(`UDPREPEATER_REQUIRE_UWSGI=1 but ${avail.reason}; ${INSTALL_HINT}`);
-}
 
 /** A session-like value: random bytes (NULs and high bytes included) of `n` bytes. */
 function sessionBytes(n: number): Buffer {

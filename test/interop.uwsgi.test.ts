@@ -10,6 +10,7 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { Daemon } from './helpers/daemon.js';
 import { eventually } from './helpers/net.js';
+import { REQUIRED, requirement } from './helpers/requirement.js';
 import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability } from './helpers/uwsgi.js';
 
 const TOLERANCE_S = 3;
@@ -19,25 +20,15 @@ const BLOCKSIZE = 4096;
 /** Bound on any propagation over loopback (normally a millisecond or two). */
 const PROPAGATE_MS = 5000;
 
-const REQUIRED = process.env['UDPREPEATER_REQUIRE_UWSGI'] === '1';
-const avail = uwsgiAvailability();
-const skip: string | false = !avail.ok && !REQUIRED ? `real uWSGI interop: ${avail.reason}` : false;
-if (skip) {
-  const bar = '!'.repeat(78);
-  process.stderr.write(
-    `\n${bar}\n!! SKIPPED: the real-uWSGI interop suite (test/interop.uwsgi.test.ts).\n` +
-      `!! ${avail.ok ? '' : avail.reason}\n` +
-      `!! Cache sync with real uWSGI nodes is NOT being tested.\n` +
-      `!! ${INSTALL_HINT}\n` +
-      `!! (set UDPREPEATER_REQUIRE_UWSGI=1 to make this a failure instead)\n${bar}\n\n`,
-  );
-}
+const { avail, skip, require: requireUwsgi } = requirement(
+  'real uWSGI interop',
+  'the real-uWSGI interop suite (test/interop.uwsgi.test.ts)',
+  'Cache sync with real uWSGI nodes is NOT being tested.',
+  uwsgiAvailability(),
+  INSTALL_HINT,
+);
 const opts = { skip, timeout: 30_000 };
 const HOOK = { timeout: 30_000 };
-
-function requireUwsgi(): void {
-  if (!avail.ok) throw new Error(`UDPREPEATER_REQUIRE_UWSGI=1 but ${avail.reason}; ${INSTALL_HINT}`);
-}
 
 /** A session-like value: random bytes (NULs and high bytes included) of `n` bytes. */
 function sessionBytes(n: number): Buffer {

@@ -13,12 +13,16 @@ import { encodeSubscription } from '../src/wire/subscription.js';
 import { CLI } from './helpers/daemon.js';
 import { LogTap } from './helpers/logtap.js';
 import { WAIT_MS } from './helpers/net.js';
+import { requirement } from './helpers/requirement.js';
 import { link, Netns, netnsAvailability, type Peer } from './helpers/netns.js';
 
-const avail = netnsAvailability();
-const REQUIRED = process.env['UDPREPEATER_REQUIRE_UWSGI'] === '1';
-const skip = !avail.ok && !REQUIRED ? `network namespaces: ${avail.reason}` : false;
-if (skip) process.stderr.write(`\n!! SKIPPED: test/netns.test.ts (${skip}); run as root with iproute2 to test across real interfaces\n\n`);
+const { avail, skip } = requirement(
+  'network namespaces',
+  'test/netns.test.ts (multicast and the allow-list across real interfaces)',
+  'Multicast bridging and cross-host access control are NOT being tested.',
+  netnsAvailability(),
+  'run as root with iproute2 (apt-get install iproute2)',
+);
 
 const tag = `urt${process.pid % 100000}`;
 const set = (k: string) => encodeCacheSet(Buffer.from(k), Buffer.from(`value of ${k}`), 0);
