@@ -24,14 +24,13 @@ import { encodeCacheSet } from '../src/wire/cache.js';
 import { Daemon, runCli } from './helpers/daemon.js';
 import { eventually, freePort, Sender } from './helpers/net.js';
 import { REQUIRED, requirement } from './helpers/requirement.js';
-import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability } from './helpers/uwsgi.js';
+import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability, sessionBytes, sessionId, untilAbsent, untilValue, PROPAGATE_MS } from './helpers/uwsgi.js';
 
 const TOLERANCE_S = 5;
 const SUBSCRIBE_INTERVAL_S = 1;
 /** Largest value the nodes' cache holds: uWSGI refuses a value above blocksize. */
 const BLOCKSIZE = 4096;
 /** Bound on any propagation over loopback (normally a few milliseconds). */
-const PROPAGATE_MS = 5000;
 /** Bound on a process (agent, tcpdump) reaching its "ready" line or exiting. */
 const PROCESS_MS = 10_000;
 /** Window searched for in the capture: any 16 bytes of a secret in clear is a leak. */
@@ -268,33 +267,6 @@ function findSecrets(payloads: Buffer[], secrets: Array<{ name: string; bytes: B
 
 // ---- values, ports, processes ----
 
-/** A session-like value: random bytes (NULs and high bytes included) of `n` bytes. */
-function sessionBytes(n: number): Buffer {
-  const b = randomBytes(n);
-  b[0] = 0x00;
-  b[n - 1] = 0xff;
-  return b;
-}
-
-/** A TLS-session-id-like key: 32 raw bytes. */
-function sessionId(): Buffer {
-  return randomBytes(32);
-}
-
-async function untilValue(node: UwsgiNode, key: Buffer, want: Buffer, ms = PROPAGATE_MS): Promise<void> {
-  await eventually(
-    `${node.name} to hold ${want.length} bytes under ${key.toString('hex').slice(0, 16)}…`,
-    async () => {
-      const v = await node.get(key);
-      return v !== null && v.equals(want) ? true : undefined;
-    },
-    ms,
-  );
-}
-
-async function untilAbsent(node: UwsgiNode, key: Buffer, ms = PROPAGATE_MS): Promise<void> {
-  await eventually(`${node.name} to lose ${key.toString('hex').slice(0, 16)}…`, async () => ((await node.get(key)) === null ? true : undefined), ms);
-}
 
 const taken = new Set<number>();
 /** A free loopback port not handed out before in this file. */

@@ -8,7 +8,7 @@
 // UDPREPEATER_REQUIRE_UWSGI=1 (CI), where a missing uWSGI fails the run.
 
 import assert from 'node:assert/strict';
-import { generateKeyPairSync, randomBytes, verify } from 'node:crypto';
+import { generateKeyPairSync, verify } from 'node:crypto';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,13 +17,12 @@ import { encodeCacheSet } from '../src/wire/cache.js';
 import { Daemon, runCli } from './helpers/daemon.js';
 import { eventually, Receiver, Sender } from './helpers/net.js';
 import { REQUIRED, requirement } from './helpers/requirement.js';
-import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability } from './helpers/uwsgi.js';
+import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability, sessionBytes, sessionId, untilValue, PROPAGATE_MS } from './helpers/uwsgi.js';
 
 const TOLERANCE_S = 5;
 const SUBSCRIBE_FREQ_S = 1;
 const BLOCKSIZE = 4096;
 /** Bound on any propagation over loopback (normally a few milliseconds). */
-const PROPAGATE_MS = 5000;
 /** Bound on a repeater event that follows a uWSGI announce (one per second). */
 const ANNOUNCE_MS = 10_000;
 
@@ -37,29 +36,6 @@ const { avail, skip, require: requireUwsgi } = requirement(
 const opts = { skip, timeout: 30_000 };
 const HOOK = { timeout: 45_000 };
 
-/** A session-like value: random bytes (NULs and high bytes included) of `n` bytes. */
-function sessionBytes(n: number): Buffer {
-  const b = randomBytes(n);
-  b[0] = 0x00;
-  b[n - 1] = 0xff;
-  return b;
-}
-
-/** A TLS-session-id-like key: 32 raw bytes. */
-function sessionId(): Buffer {
-  return randomBytes(32);
-}
-
-async function untilValue(node: UwsgiNode, key: Buffer, want: Buffer, ms = PROPAGATE_MS): Promise<void> {
-  await eventually(
-    `${node.name} to hold ${want.length} bytes under ${key.toString('hex').slice(0, 16)}…`,
-    async () => {
-      const v = await node.get(key);
-      return v !== null && v.equals(want) ? true : undefined;
-    },
-    ms,
-  );
-}
 
 /** An RSA key pair as PEM: what `openssl genrsa` + `openssl rsa -pubout` give an operator. */
 function rsaPair(): { privateKey: string; publicKey: string } {

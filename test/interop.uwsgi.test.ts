@@ -6,19 +6,15 @@
 // UDPREPEATER_REQUIRE_UWSGI=1 (CI), where a missing uWSGI fails the run.
 
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { Daemon } from './helpers/daemon.js';
-import { eventually } from './helpers/net.js';
 import { REQUIRED, requirement } from './helpers/requirement.js';
-import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability } from './helpers/uwsgi.js';
+import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability, sessionBytes, sessionId, untilAbsent, untilValue } from './helpers/uwsgi.js';
 
 const TOLERANCE_S = 3;
 const SUBSCRIBE_FREQ_S = 1;
 /** Largest value the nodes' cache holds: uWSGI refuses a value above blocksize. */
 const BLOCKSIZE = 4096;
-/** Bound on any propagation over loopback (normally a millisecond or two). */
-const PROPAGATE_MS = 5000;
 
 const { avail, skip, require: requireUwsgi } = requirement(
   'real uWSGI interop',
@@ -30,33 +26,6 @@ const { avail, skip, require: requireUwsgi } = requirement(
 const opts = { skip, timeout: 30_000 };
 const HOOK = { timeout: 30_000 };
 
-/** A session-like value: random bytes (NULs and high bytes included) of `n` bytes. */
-function sessionBytes(n: number): Buffer {
-  const b = randomBytes(n);
-  b[0] = 0x00;
-  b[n - 1] = 0xff;
-  return b;
-}
-
-/** A TLS-session-id-like key: 32 raw bytes. */
-function sessionId(): Buffer {
-  return randomBytes(32);
-}
-
-async function untilValue(node: UwsgiNode, key: Buffer | string, want: Buffer, ms = PROPAGATE_MS): Promise<void> {
-  await eventually(
-    `${node.name} to hold ${want.length} bytes under ${Buffer.from(key).toString('hex').slice(0, 16)}…`,
-    async () => {
-      const v = await node.get(key);
-      return v !== null && v.equals(want) ? true : undefined;
-    },
-    ms,
-  );
-}
-
-async function untilAbsent(node: UwsgiNode, key: Buffer | string, ms = PROPAGATE_MS): Promise<void> {
-  await eventually(`${node.name} to lose ${Buffer.from(key).toString('hex').slice(0, 16)}…`, async () => ((await node.get(key)) === null ? true : undefined), ms);
-}
 
 async function startRepeater(extra: string[]): Promise<{ daemon: Daemon; address: string }> {
   const daemon = await Daemon.serve(['--listen', '127.0.0.1:0', '--tolerance', String(TOLERANCE_S), ...extra]);

@@ -25,7 +25,8 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { request } from 'node:http';
 import { dirname, join } from 'node:path';
-import { freePort } from './net.js';
+import { randomBytes } from 'node:crypto';
+import { eventually, freePort } from './net.js';
 
 /** How long a node may take to become ready, stop, or answer one request. */
 export const UWSGI_START_MS = 15_000;
@@ -419,4 +420,37 @@ function encodeKey(key: Buffer | string): string {
 
 function describeKey(key: Buffer | string): string {
   return typeof key === 'string' ? JSON.stringify(key) : `0x${key.toString('hex')}`;
+}
+
+/** Bound on a propagation over loopback (normally a millisecond or two). */
+export const PROPAGATE_MS = 5000;
+
+/** A session-like value: random bytes (a NUL first, 0xff last) of `n` bytes. */
+export function sessionBytes(n: number): Buffer {
+  const b = randomBytes(n);
+  b[0] = 0x00;
+  b[n - 1] = 0xff;
+  return b;
+}
+
+/** A TLS-session-id-like key: 32 raw bytes. */
+export function sessionId(): Buffer {
+  return randomBytes(32);
+}
+
+/** Waits until `node` holds `want` under `key` (uWSGI gives no event: its HTTP get is polled). */
+export async function untilValue(node: UwsgiNode, key: Buffer | string, want: Buffer, ms = PROPAGATE_MS): Promise<void> {
+  await eventually(
+    `${node.name} to hold ${want.length} bytes under ${Buffer.from(key).toString('hex').slice(0, 16)}…`,
+    async () => {
+      const v = await node.get(key);
+      return v !== null && v.equals(want) ? true : undefined;
+    },
+    ms,
+  );
+}
+
+/** Waits until `node` no longer holds `key`. */
+export async function untilAbsent(node: UwsgiNode, key: Buffer | string, ms = PROPAGATE_MS): Promise<void> {
+  await eventually(`${node.name} to lose ${Buffer.from(key).toString('hex').slice(0, 16)}…`, async () => ((await node.get(key)) === null ? true : undefined), ms);
 }
