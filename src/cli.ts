@@ -3,14 +3,14 @@
 // module that does the work.
 
 import { Command, InvalidArgumentError, Option } from 'commander';
-import { coerce } from './ops/config-file.js';
-import { ConfigError, describe } from './ops/errors.js';
-import { runAgent } from './agent/daemon.js';
+import { coerce } from './config/config-file.js';
+import { ConfigError, describe } from './base/errors.js';
+import { runAgent } from './daemon/agent.js';
 import { generateKeyFile } from './crypto/keyring.js';
-import { AGENT_OPTIONS, SERVE_OPTIONS, type OptionSpec, type RawOptions } from './ops/options.js';
-import { VERSION } from './ops/package.js';
-import { endpointOption } from './ops/serve-config.js';
-import { runServe } from './repeater/daemon.js';
+import { AGENT_OPTIONS, SERVE_OPTIONS, type OptionSpec, type RawOptions } from './config/options.js';
+import { VERSION } from './base/package.js';
+import { endpointOption } from './config/serve-config.js';
+import { runServe } from './daemon/serve.js';
 import { sendCommand } from './tools/send.js';
 import { readSignSpec, subscribeCommand } from './tools/subscribe.js';
 

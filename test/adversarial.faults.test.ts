@@ -16,7 +16,7 @@ import { SecureSession } from '../src/crypto/session.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
 import { EnvelopeKind } from '../src/wire/envelope.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
-import { nativeStatus } from '../src/repeater/native.js';
+import { nativeStatus } from '../src/net/native.js';
 import { EscapeTrap, ledgerFromMetrics, ledgerOf, nonZero, parseMetrics } from './helpers/adversarial.js';
 import { Daemon } from './helpers/daemon.js';
 import { newKeyFile } from './helpers/keys.js';

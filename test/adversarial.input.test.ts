@@ -16,7 +16,7 @@ import { decodeEnvelope, EnvelopeKind } from '../src/wire/envelope.js';
 import { frameKeyId } from '../src/wire/frame.js';
 import { encodePacket } from '../src/wire/uwsgi.js';
 import { decodeSubscription, encodeSubscription } from '../src/wire/subscription.js';
-import { nativeStatus } from '../src/repeater/native.js';
+import { nativeStatus } from '../src/net/native.js';
 import { FuzzRig } from './helpers/adversarial-fuzz.js';
 import {
   accountingProblems,

@@ -2,9 +2,9 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { buildAgentConfig } from '../src/ops/agent-config.js';
-import { layerOptions, parseConfigText } from '../src/ops/config-file.js';
-import { AGENT_OPTIONS, defaultsOf, SERVE_OPTIONS } from '../src/ops/options.js';
+import { buildAgentConfig } from '../src/config/agent-config.js';
+import { layerOptions, parseConfigText } from '../src/config/config-file.js';
+import { AGENT_OPTIONS, defaultsOf, SERVE_OPTIONS } from '../src/config/options.js';
 import { configOf, parseArgs } from './helpers/repeater.js';
 
 describe('serve config', () => {

@@ -10,7 +10,7 @@ import { NonceSource } from '../src/crypto/nonce.js';
 import { ReplayWindow, WINDOW } from '../src/crypto/replay.js';
 import { BoxKey, Secretbox, sodiumReady } from '../src/crypto/secretbox.js';
 import { SecureSession } from '../src/crypto/session.js';
-import { ConfigError } from '../src/ops/errors.js';
+import { ConfigError } from '../src/base/errors.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
 import { EnvelopeKind } from '../src/wire/envelope.js';
 import { FRAME_HEADER, FRAME_OVERHEAD, NONCE_BYTES } from '../src/wire/frame.js';

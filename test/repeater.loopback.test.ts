@@ -3,7 +3,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { DROP_REASONS, type DropReason } from '../src/repeater/stats.js';
+import { DROP_REASONS, type DropReason } from '../src/base/stats.js';
 import { encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
 import { freePort, Receiver, Sender } from './helpers/net.js';

@@ -5,7 +5,7 @@ import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { STATE_FILE } from '../src/repeater/state-store.js';
+import { STATE_FILE } from '../src/daemon/state-store.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
 import { decodeState, encodeState } from '../src/wire/state.js';
 import { encodeSubscription } from '../src/wire/subscription.js';

@@ -8,7 +8,7 @@ import { before, describe, test } from 'node:test';
 import { KeyRing } from '../src/crypto/keyring.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
 import { SecureSession } from '../src/crypto/session.js';
-import { DROP_REASONS, type DropReason } from '../src/repeater/stats.js';
+import { DROP_REASONS, type DropReason } from '../src/base/stats.js';
 import { encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
 import { EnvelopeKind } from '../src/wire/envelope.js';
 import { encodeSubscription } from '../src/wire/subscription.js';

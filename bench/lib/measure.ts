@@ -204,7 +204,7 @@ export function modeOf(ctx: Context, sc: { readonly mode?: ModeName }): BenchMod
   return m;
 }
 
-/** Sealed-gate drop reasons of udprepeater (src/repeater/stats.ts): any of them in a measurement is a bench or repeater bug. */
+/** Sealed-gate drop reasons of udprepeater (src/base/stats.ts): any of them in a measurement is a bench or repeater bug. */
 export const SEALED_GATE_DROPS = ['unsealed', 'bad_version', 'unknown_key', 'auth_failed', 'stale', 'replay', 'bad_payload', 'own_origin', 'key_mismatch'];
 
 let runId = (Math.floor(Math.random() * 0x3fffffff) + 1) >>> 0;

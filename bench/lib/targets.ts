@@ -23,8 +23,8 @@ export const DEFAULT_TARGETS: readonly TargetKind[] = ['floor', 'udprepeater'];
 export function repeaterPath(env: NodeJS.ProcessEnv = process.env): string {
   if (env['UDPREPEATER_NATIVE'] === '0') return 'node:dgram (UDPREPEATER_NATIVE=0)';
   try {
-    // The repeater's own loader (build/src/repeater/native.js), when this tree has one.
-    const m = require(join(ROOT, 'build', 'src', 'repeater', 'native.js')) as { nativeStatus?: string };
+    // The repeater's own loader (build/src/net/native.js), when this tree has one.
+    const m = require(join(ROOT, 'build', 'src', 'net', 'native.js')) as { nativeStatus?: string };
     if (m.nativeStatus === undefined) return 'unknown';
     return m.nativeStatus === 'loaded' ? 'native (udpfast addon)' : `node:dgram (native path ${m.nativeStatus})`;
   } catch {

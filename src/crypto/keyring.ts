@@ -5,7 +5,7 @@
 
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fchmodSync, openSync, readFileSync, statSync, writeSync } from 'node:fs';
-import { ConfigError, describe } from '../ops/errors.js';
+import { ConfigError, describe } from '../base/errors.js';
 import { BoxKey, KEY_BYTES } from './secretbox.js';
 
 export interface RingKey {

@@ -4,11 +4,11 @@
 // native path, one call into C sends a datagram to every plain subscriber.
 
 import { isMulticast, type Endpoint } from '../wire/address.js';
-import { native } from './native.js';
-import { FULL_BUFFER, NativeOutlet, SENT } from './native-outlet.js';
-import { Outlet, type OutletErrorHandler, type OutletOptions, type OutputSocket } from './outlet.js';
+import { native } from '../net/native.js';
+import { FULL_BUFFER, NativeOutlet, SENT } from '../net/native-outlet.js';
+import { Outlet, type OutletErrorHandler, type OutletOptions, type OutputSocket } from '../net/dgram-outlet.js';
 import { type Entry, type Form, Registry } from './registry.js';
-import { ChannelStats, D, E } from './stats.js';
+import { ChannelStats, D, E } from '../base/stats.js';
 
 /** Errors that say the subscriber's address does not take datagrams. */
 const UNREACHABLE = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN']);

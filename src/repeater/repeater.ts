@@ -3,18 +3,18 @@
 // atomically: a config that cannot be applied leaves the running one intact.
 
 import type { RemoteInfo } from 'node:dgram';
-import type { Logger } from '../ops/log.js';
-import type { ListenerConfig, ServeConfig } from '../ops/serve-config.js';
+import type { Logger } from '../base/log.js';
+import type { ListenerConfig, ServeConfig } from '../config/serve-config.js';
 import { prepareCacheUpdate } from '../wire/cache.js';
 import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
 import { decodeSubscription } from '../wire/subscription.js';
 import { checkHeader, MODIFIER1_CACHE, MODIFIER1_SUBSCRIPTION } from '../wire/uwsgi.js';
 import { AccessList } from './acl.js';
 import { Channel, type ChannelOptions, type FrameSealer } from './channel.js';
-import { type DatagramListener, openListener } from './listener.js';
-import type { OutputSocket } from './outlet.js';
+import { type DatagramListener, openListener } from '../net/dgram-listener.js';
+import type { OutputSocket } from '../net/dgram-outlet.js';
 import { RateLimiter } from './ratelimit.js';
-import { D, E, FANOUT_BUCKETS, FastHistogram, K } from './stats.js';
+import { D, E, FANOUT_BUCKETS, FastHistogram, K } from '../base/stats.js';
 import { OwnAddresses, type SignatureCheck, SubscriptionDesk } from './subscriptions.js';
 
 /** A listener's current place in the config; mutated in place on reload. */

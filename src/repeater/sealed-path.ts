@@ -12,7 +12,7 @@ import { type Envelope, EnvelopeKind } from '../wire/envelope.js';
 import type { Subscription } from '../wire/subscription.js';
 import type { Channel } from './channel.js';
 import type { Repeater, SealedPath } from './repeater.js';
-import { D } from './stats.js';
+import { D } from '../base/stats.js';
 
 export interface SealedOptions {
   readonly maxSkewMs: number;

@@ -7,11 +7,11 @@
 import { createPublicKey, getHashes, type KeyObject, verify } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { ConfigError, describe } from '../ops/errors.js';
-import type { Logger } from '../ops/log.js';
-import type { SignCheckConfig } from '../ops/serve-config.js';
+import { ConfigError, describe } from '../base/errors.js';
+import type { Logger } from '../base/log.js';
+import type { SignCheckConfig } from '../config/serve-config.js';
 import type { Subscription } from '../wire/subscription.js';
-import type { DropReason } from './stats.js';
+import type { DropReason } from '../base/stats.js';
 import type { SignatureCheck } from './subscriptions.js';
 
 const CACHE_LIMIT = 4096;

@@ -4,14 +4,14 @@
 // of our own listeners (which would loop).
 
 import { networkInterfaces } from 'node:os';
-import type { Logger } from '../ops/log.js';
+import type { Logger } from '../base/log.js';
 import { type Endpoint, isMulticast, isUnspecified, parseEndpoint } from '../wire/address.js';
 import type { Subscription } from '../wire/subscription.js';
 import type { AccessList } from './acl.js';
 import type { Channel } from './channel.js';
 import type { RateLimiter } from './ratelimit.js';
 import type { Form } from './registry.js';
-import { D, type DropReason, E } from './stats.js';
+import { D, type DropReason, E } from '../base/stats.js';
 
 /** Verifies uWSGI signatures; returns a drop reason or null when valid. */
 export interface SignatureCheck {

@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs';
 import fc from 'fast-check';
 import type { KeyRing } from '../../src/crypto/keyring.js';
 import { Secretbox } from '../../src/crypto/secretbox.js';
-import { DROP_REASONS, EVENTS, KINDS, type ChannelStats } from '../../src/repeater/stats.js';
+import { DROP_REASONS, EVENTS, KINDS, type ChannelStats } from '../../src/base/stats.js';
 import { FRAME_HEADER, NONCE_BYTES, writeFrameHeader, MAC_BYTES } from '../../src/wire/frame.js';
 
 // ---------------------------------------------------------------- seed

@@ -2,7 +2,7 @@
 // and lets tests await a specific line: the daemon's own events are the
 // synchronisation points, never sleeps.
 
-import { Logger } from '../../src/ops/log.js';
+import { Logger } from '../../src/base/log.js';
 import { WAIT_MS } from './net.js';
 
 export type Record = { msg: string; level: string } & { [k: string]: unknown };

@@ -1,13 +1,13 @@
 // Starts a repeater in-process from CLI-style arguments, with its logs in a
 // LogTap, so tests read the bound ports and await its events.
 
-import { type AgentHandle, startAgent } from '../../src/agent/daemon.js';
+import { type AgentHandle, startAgent } from '../../src/daemon/agent.js';
 import type { SecureSession } from '../../src/crypto/session.js';
-import { buildAgentConfig } from '../../src/ops/agent-config.js';
-import { coerce } from '../../src/ops/config-file.js';
-import { AGENT_OPTIONS, defaultsOf, type OptionSpec, SERVE_OPTIONS, type RawOptions } from '../../src/ops/options.js';
-import { buildServeConfig, type ServeConfig } from '../../src/ops/serve-config.js';
-import { type ServeHandle, startServe } from '../../src/repeater/daemon.js';
+import { buildAgentConfig } from '../../src/config/agent-config.js';
+import { coerce } from '../../src/config/config-file.js';
+import { AGENT_OPTIONS, defaultsOf, type OptionSpec, SERVE_OPTIONS, type RawOptions } from '../../src/config/options.js';
+import { buildServeConfig, type ServeConfig } from '../../src/config/serve-config.js';
+import { type ServeHandle, startServe } from '../../src/daemon/serve.js';
 import { LogTap } from './logtap.js';
 
 /** Parses `--name value` / `--flag` / `--no-flag` pairs with the real option table. */

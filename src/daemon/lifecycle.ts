@@ -1,9 +1,9 @@
 // Process lifecycle shared by the daemons: signals and last-resort logging.
 
-import { describe } from './errors.js';
-import { Logger } from './log.js';
-import { VERSION } from './package.js';
-import type { LogFormat, LogLevel } from './serve-config.js';
+import { describe } from '../base/errors.js';
+import { Logger } from '../base/log.js';
+import { VERSION } from '../base/package.js';
+import type { LogFormat, LogLevel } from '../config/serve-config.js';
 
 /** Resolves on the first SIGTERM or SIGINT. */
 export function untilSignal(log: Logger): Promise<void> {

@@ -6,11 +6,11 @@
 
 import { closeSync, constants, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, accessSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { ConfigError, describe } from '../ops/errors.js';
-import type { Logger } from '../ops/log.js';
+import { ConfigError, describe } from '../base/errors.js';
+import type { Logger } from '../base/log.js';
 import { parseEndpoint } from '../wire/address.js';
 import { decodeState, encodeState, type RegistryState, type SavedSubscriber } from '../wire/state.js';
-import type { Repeater } from './repeater.js';
+import type { Repeater } from '../repeater/repeater.js';
 
 export const STATE_FILE = 'registry.pb';
 

@@ -1,7 +1,7 @@
 // Reads a daemon's options: defaults, then the config file, then the flags.
 
 import { layerOptions, readConfigFile } from './config-file.js';
-import { ConfigError, describe } from './errors.js';
+import { ConfigError, describe } from '../base/errors.js';
 import { defaultsOf, type OptionSpec, type RawOptions } from './options.js';
 
 export interface Invocation {

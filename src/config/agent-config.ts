@@ -1,7 +1,7 @@
 // The typed, validated config of `udprepeater agent`.
 
 import { type Endpoint, isLoopback } from '../wire/address.js';
-import { ConfigError } from './errors.js';
+import { ConfigError } from '../base/errors.js';
 import type { RawOptions } from './options.js';
 import { endpointOption, type LogFormat, type LogLevel } from './serve-config.js';
 

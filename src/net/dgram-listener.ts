@@ -2,7 +2,7 @@
 // joined; IPv6 sockets are v6-only so `[::]:P` and `0.0.0.0:P` can coexist.
 
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
-import type { ListenerConfig } from '../ops/serve-config.js';
+import type { ListenerConfig } from '../config/serve-config.js';
 import type { Endpoint } from '../wire/address.js';
 import { native } from './native.js';
 import { NativeListener } from './native-listener.js';

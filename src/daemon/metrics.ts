@@ -2,8 +2,8 @@
 // numbers (see repeater/stats.ts); everything here runs on scrape.
 
 import { Counter, Gauge, collectDefaultMetrics, type Metric, Registry } from 'prom-client';
-import { type ChannelStats, DROP_REASONS, EVENTS, type FastHistogram, KINDS } from '../repeater/stats.js';
-import { socketInode, udpSocketStats } from './kernel.js';
+import { type ChannelStats, DROP_REASONS, EVENTS, type FastHistogram, KINDS } from '../base/stats.js';
+import { socketInode, udpSocketStats } from '../net/kernel.js';
 
 export interface ChannelView {
   readonly name: string;

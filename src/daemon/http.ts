@@ -4,8 +4,8 @@
 import { createServer, type Server } from 'node:http';
 import type { Registry } from 'prom-client';
 import type { Endpoint } from '../wire/address.js';
-import { describe } from './errors.js';
-import type { Logger } from './log.js';
+import { describe } from '../base/errors.js';
+import type { Logger } from '../base/log.js';
 
 export type JsonView = () => unknown;
 

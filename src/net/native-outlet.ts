@@ -5,7 +5,7 @@
 
 import type { Endpoint } from '../wire/address.js';
 import { errnoName, FULL, ipBytes, type UdpFast } from './native.js';
-import type { OutletErrorHandler, OutputSocket } from './outlet.js';
+import type { OutletErrorHandler, OutputSocket } from './dgram-outlet.js';
 
 export const SENT = 0;
 export const FULL_BUFFER = 1;

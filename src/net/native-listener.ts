@@ -2,9 +2,9 @@
 // per recvmmsg() and JS is entered once per batch. Each datagram is passed to
 // the handler as a view into the receive arena, valid only during the call.
 
-import type { ListenerConfig } from '../ops/serve-config.js';
+import type { ListenerConfig } from '../config/serve-config.js';
 import { formatEndpoint } from '../wire/address.js';
-import type { DatagramHandler, DatagramListener, ListenerOptions } from './listener.js';
+import type { DatagramHandler, DatagramListener, ListenerOptions } from './dgram-listener.js';
 import { errnoName, ipBytes, type NativeListenerHandle, type UdpFast } from './native.js';
 
 /** Remote address as the handler sees it; reused, so handlers must not keep it. */

@@ -4,7 +4,7 @@
 
 import { constants } from 'node:os';
 import { join } from 'node:path';
-import { PACKAGE_ROOT } from '../ops/package.js';
+import { PACKAGE_ROOT } from '../base/package.js';
 
 export interface NativeListenerHandle {
   readonly handle: unknown;

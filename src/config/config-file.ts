@@ -3,7 +3,7 @@
 // optional `[udprepeater]` section header is accepted for uWSGI-style files.
 
 import { readFileSync } from 'node:fs';
-import { ConfigError, describe } from './errors.js';
+import { ConfigError, describe } from '../base/errors.js';
 import type { OptionSpec, RawOptions, RawValue } from './options.js';
 
 const TRUE = new Set(['true', 'yes', 'on', '1']);

@@ -1,10 +1,10 @@
 // `udprepeater serve`: wires config, repeater, metrics and signals together.
 
 import type { Registry } from 'prom-client';
-import { Reloads, runDaemon } from '../ops/lifecycle.js';
-import { type StatusServer, startStatus } from '../ops/http.js';
-import { type Invocation, loadConfig } from '../ops/load.js';
-import type { Logger } from '../ops/log.js';
+import { Reloads, runDaemon } from './lifecycle.js';
+import { type StatusServer, startStatus } from './http.js';
+import { type Invocation, loadConfig } from '../config/load.js';
+import type { Logger } from '../base/log.js';
 import {
   counterFrom,
   gaugeFrom,
@@ -14,16 +14,16 @@ import {
   registerKeyMetrics,
   registerListenerKernelMetrics,
   registerSubscriptionMetrics,
-} from '../ops/metrics.js';
-import { SERVE_OPTIONS } from '../ops/options.js';
-import { VERSION } from '../ops/package.js';
-import { buildServeConfig, type ServeConfig } from '../ops/serve-config.js';
+} from './metrics.js';
+import { SERVE_OPTIONS } from '../config/options.js';
+import { VERSION } from '../base/package.js';
+import { buildServeConfig, type ServeConfig } from '../config/serve-config.js';
 import { KeyRing } from '../crypto/keyring.js';
 import { sodiumReady } from '../crypto/secretbox.js';
 import { SecureSession } from '../crypto/session.js';
-import { Repeater, type RepeaterHooks } from './repeater.js';
-import { SealedListenerPath } from './sealed-path.js';
-import { UwsgiSignatureCheck } from './signcheck.js';
+import { Repeater, type RepeaterHooks } from '../repeater/repeater.js';
+import { SealedListenerPath } from '../repeater/sealed-path.js';
+import { UwsgiSignatureCheck } from '../repeater/signcheck.js';
 import { StateStore } from './state-store.js';
 
 export interface ServeHandle {

@@ -4,7 +4,7 @@
 
 import { BlockList, isIP } from 'node:net';
 import { type Endpoint, isLoopback, isMulticast, isUnspecified, parseEndpoint } from '../wire/address.js';
-import { ConfigError } from './errors.js';
+import { ConfigError } from '../base/errors.js';
 import type { RawOptions } from './options.js';
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';

@@ -3,15 +3,15 @@
 import type { Registry } from 'prom-client';
 import { sodiumReady } from '../crypto/secretbox.js';
 import { SecureSession } from '../crypto/session.js';
-import { buildAgentConfig, type AgentConfig } from '../ops/agent-config.js';
-import { type StatusServer, startStatus } from '../ops/http.js';
-import { Reloads, runDaemon } from '../ops/lifecycle.js';
-import { type Invocation, loadConfig } from '../ops/load.js';
-import type { Logger } from '../ops/log.js';
-import { counterFrom, newRegistry, OpsMetrics, registerChannelMetrics, registerKeyMetrics } from '../ops/metrics.js';
-import { AGENT_OPTIONS } from '../ops/options.js';
-import { VERSION } from '../ops/package.js';
-import { Agent } from './agent.js';
+import { buildAgentConfig, type AgentConfig } from '../config/agent-config.js';
+import { type StatusServer, startStatus } from './http.js';
+import { Reloads, runDaemon } from './lifecycle.js';
+import { type Invocation, loadConfig } from '../config/load.js';
+import type { Logger } from '../base/log.js';
+import { counterFrom, newRegistry, OpsMetrics, registerChannelMetrics, registerKeyMetrics } from './metrics.js';
+import { AGENT_OPTIONS } from '../config/options.js';
+import { VERSION } from '../base/package.js';
+import { Agent } from '../agent/agent.js';
 
 export interface AgentHandle {
   readonly agent: Agent;
