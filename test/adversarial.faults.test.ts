@@ -14,7 +14,7 @@ import { formatKeyId, KeyRing, keyIdOf } from '../src/crypto/keyring.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
 import { SecureSession } from '../src/crypto/session.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
-import { EnvelopeKind } from '../src/wire/envelope.js';
+import { EnvelopeKind, Role } from '../src/wire/envelope.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
 import { nativeStatus } from '../src/net/native.js';
 import { EscapeTrap, ledgerFromMetrics, ledgerOf, nonZero, parseMetrics } from './helpers/adversarial.js';
@@ -74,7 +74,7 @@ async function inProcess(args: string[]): Promise<Target> {
     subscribed: (address, from) => r.tap.waitFor('subscribed', { address }, { from }),
     logLength: () => r.tap.length,
     state: async (address) => {
-      const e = ch().registry.get(address)!;
+      const e = ch().find(address)!;
       return { sent: e.outlet.sent, errors: e.outlet.errors, dropped: e.outlet.dropped, suspended: e.suspendedUntil !== 0 };
     },
     suspensions: (address) => r.tap.matching('subscriber suspended: unreachable', { address }).length,
@@ -198,15 +198,15 @@ describe('subscribers that die', () => {
     const ch = only(r);
     // The first datagrams reach the dead ones too; they are suspended within a few.
     let untilSuspended = 0;
-    while (dead.some((a) => ch.registry.get(a)!.suspendedUntil === 0)) {
+    while (dead.some((a) => ch.find(a)!.suspendedUntil === 0)) {
       assert.ok(untilSuspended < 200, `not all dead subscribers suspended after ${untilSuspended} datagrams`);
       await sender.send(set(`d${sent++}`), r.port());
       await live.waitFor(sent);
       untilSuspended++;
     }
-    const costBefore = dead.reduce((n, a) => n + ch.registry.get(a)!.outlet.sent + ch.registry.get(a)!.outlet.errors, 0);
+    const costBefore = dead.reduce((n, a) => n + ch.find(a)!.outlet.sent + ch.find(a)!.outlet.errors, 0);
     const withDead = await deliver(N);
-    const costAfter = dead.reduce((n, a) => n + ch.registry.get(a)!.outlet.sent + ch.registry.get(a)!.outlet.errors, 0);
+    const costAfter = dead.reduce((n, a) => n + ch.find(a)!.outlet.sent + ch.find(a)!.outlet.errors, 0);
     console.log(JSON.stringify({ live: 1, dead: dead.length, datagrams: N, baselineMs: Math.round(baseline), withDeadMs: Math.round(withDead), datagramsUntilAllSuspended: untilSuspended }));
     assert.deepEqual(live.received.map(keyOf), Array.from({ length: sent }, (_, i) => `d${i}`), 'the live subscriber lost or reordered datagrams');
     // The behaviour under test: suspended subscribers cost no sends at all. The
@@ -281,8 +281,8 @@ describe('SIGHUP with broken files', () => {
     const d = await Daemon.serve(['-c', conf]);
     scope.track({ close: () => d.stop() });
     const mport = await d.metricsPort();
-    const src = new SecureSession();
-    const opener = new SecureSession();
+    const src = new SecureSession(Role.Agent);
+    const opener = new SecureSession(Role.Agent);
     let n = 0;
     /** A frame sealed with the original key goes in; the copy out opens with the original key. */
     const flows = async (why: string) => {
@@ -326,7 +326,7 @@ describe('SIGHUP with broken files', () => {
     // The repeater (in-process) and a sealed peer subscribed to it: the far side of the agent.
     const r = await repeater(['--listen-sealed', '127.0.0.1:0', '--key-file', key]);
     const peer = await receiver();
-    const peerSession = new SecureSession();
+    const peerSession = new SecureSession(Role.Agent);
     await sender.send(peerSession.seal(ring, { kind: EnvelopeKind.Subscribe, channelKey: 'ssl', datagram: null, address: peer.address })!, r.port());
     await r.tap.waitFor('subscribed', { address: peer.address });
 

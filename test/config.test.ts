@@ -96,7 +96,7 @@ describe('agent config', () => {
 
   test('defaults', () => {
     const c = agent(base);
-    assert.equal(c.local.text, '127.0.0.1:7171');
+    assert.equal(c.local.text, '127.0.0.1:7170', 'the agent and a repeater on its defaults can share a host');
     assert.equal(c.bind.text, '0.0.0.0:0');
     assert.equal(c.subscribeIntervalMs, 10_000);
     assert.equal(c.advertise, null);

@@ -7,13 +7,13 @@ import { before, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { generateKeyFile, keyIdOf, KeyRing, parseKey, readKeyFile } from '../src/crypto/keyring.js';
 import { NonceSource } from '../src/crypto/nonce.js';
-import { ReplayWindow, WINDOW } from '../src/crypto/replay.js';
+import { ReplayWindow, WINDOW } from '../src/gate/replay.js';
 import { BoxKey, Secretbox, sodiumReady } from '../src/crypto/secretbox.js';
 import { SecureSession } from '../src/crypto/session.js';
 import { ConfigError } from '../src/base/errors.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
-import { EnvelopeKind } from '../src/wire/envelope.js';
-import { FRAME_HEADER, FRAME_OVERHEAD, NONCE_BYTES } from '../src/wire/frame.js';
+import { EnvelopeKind, Role } from '../src/wire/envelope.js';
+import { FRAME_HEADER, FRAME_OVERHEAD, FRAME_VERSION, NONCE_BYTES } from '../src/wire/frame.js';
 import { keyDir, newKeyFile } from './helpers/keys.js';
 
 before(() => sodiumReady());
@@ -21,8 +21,9 @@ before(() => sodiumReady());
 const datagram = encodeCacheSet(Buffer.from('sess1'), Buffer.alloc(300, 7), 1795213916);
 const SKEW = 30_000;
 
+/** An agent and a repeater; started long ago, so frames sealed "in the past" are not before their start. */
 function pair(): { a: SecureSession; b: SecureSession; ring: KeyRing } {
-  return { a: new SecureSession(), b: new SecureSession(), ring: KeyRing.load([newKeyFile()]) };
+  return { a: new SecureSession(Role.Agent, { startedAtMs: 0 }), b: new SecureSession(Role.Repeater, { startedAtMs: 0 }), ring: KeyRing.load([newKeyFile()]) };
 }
 
 function sealDatagram(s: SecureSession, ring: KeyRing, d: Buffer = datagram, now?: number): Buffer {
@@ -117,7 +118,7 @@ describe('seal and open', () => {
     fc.assert(
       fc.property(fc.uint8Array({ maxLength: 200 }), (garbage) => {
         const frame = Buffer.alloc(FRAME_OVERHEAD + garbage.length);
-        frame.set([0x75, 0x72, 1, 0]);
+        frame.set([0x75, 0x72, FRAME_VERSION, 0]);
         frame.writeUInt32LE(key.id, 4);
         nonces.next(frame, FRAME_HEADER);
         box.seal(key.box, frame.subarray(FRAME_HEADER, FRAME_HEADER + NONCE_BYTES), garbage, frame, FRAME_HEADER + NONCE_BYTES);
@@ -151,6 +152,29 @@ describe('seal and open', () => {
   test('our own frames reflected back are dropped', () => {
     const { a, ring } = pair();
     assert.equal(a.open(ring, sealDatagram(a, ring), SKEW), 'own_origin');
+  });
+
+  test('a frame sealed by our own role is refused: a capture from one leg cannot be replayed on the other', () => {
+    const { a, b, ring } = pair();
+    const otherAgent = new SecureSession(Role.Agent, { startedAtMs: 0 });
+    assert.equal(otherAgent.open(ring, sealDatagram(a, ring), SKEW), 'wrong_role', 'an agent opened a frame meant for the repeater');
+    const otherRepeater = new SecureSession(Role.Repeater, { startedAtMs: 0 });
+    assert.equal(otherRepeater.open(ring, sealDatagram(b, ring), SKEW), 'wrong_role', 'a repeater opened a frame meant for agents');
+    assert.equal(typeof a.open(ring, sealDatagram(b, ring), SKEW), 'object');
+  });
+
+  test('a frame sealed before the receiver started is refused, even within the skew and never seen', () => {
+    const { a, ring } = pair();
+    const now = Date.now();
+    const restarted = new SecureSession(Role.Repeater, { startedAtMs: now });
+    assert.equal(restarted.open(ring, sealDatagram(a, ring, datagram, now - 1), SKEW, now), 'before_start');
+    assert.equal(typeof restarted.open(ring, sealDatagram(a, ring, datagram, now), SKEW, now), 'object');
+  });
+
+  test('subscriptions must name their address', () => {
+    const { a, b, ring } = pair();
+    const bare = a.seal(ring, { kind: EnvelopeKind.Subscribe, channelKey: 'ssl', datagram: null, address: '' })!;
+    assert.equal(b.open(ring, bare, SKEW), 'bad_payload');
   });
 
   test('nonces never repeat and differ between processes', () => {
@@ -268,8 +292,8 @@ describe('key files', () => {
     const old = KeyRing.load([k1]);
     const both = KeyRing.load([k2, k1]);
     assert.equal(both.sealing.file, k2);
-    const a = new SecureSession();
-    const b = new SecureSession();
+    const a = new SecureSession(Role.Agent);
+    const b = new SecureSession(Role.Repeater);
     assert.equal(typeof b.open(both, sealDatagram(a, old), SKEW), 'object', 'old key still opens');
     assert.equal(typeof b.open(old, sealDatagram(a, KeyRing.load([k1, k2])), SKEW), 'object');
     assert.equal(b.open(old, sealDatagram(a, both), SKEW), 'unknown_key', 'new sealing key unknown to the old ring');

@@ -10,7 +10,7 @@ import { sodiumReady } from '../src/crypto/secretbox.js';
 import { SecureSession } from '../src/crypto/session.js';
 import { DROP_REASONS, type DropReason } from '../src/base/stats.js';
 import { encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
-import { EnvelopeKind } from '../src/wire/envelope.js';
+import { EnvelopeKind, Role } from '../src/wire/envelope.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
 import { keyDir, newKeyFile } from './helpers/keys.js';
 import { freePort, Receiver } from './helpers/net.js';
@@ -125,7 +125,7 @@ describe('secure mode over loopback', () => {
     const rx = await agent(r.port(), [k]);
     await subscribed(r, 1);
     // The test plays an agent: it seals frames itself and captures them.
-    const attacker = new SecureSession();
+    const attacker = new SecureSession(Role.Agent);
     const ring = KeyRing.load([k]);
     const frame = attacker.seal(ring, { kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', datagram: set('once', 'v'), address: null })!;
     await sender.send(frame, r.port());
@@ -211,7 +211,7 @@ describe('secure mode over loopback', () => {
     assert.ok(sent >= 800, `only ${sent} datagrams were sent during the rotation`);
     for (let i = 0; i < sent; i++) assert.deepEqual(got[i], set(`k${i}`, 'v'), `datagram ${i}`);
     assert.equal(dropped(r, 'unknown_key') + dropped(r, 'auth_failed'), 0);
-    assert.deepEqual(r.handle.repeater.sealedPath!.keyIds().length, 1);
+    assert.deepEqual(r.handle.repeater.sealedGate!.keyIds().length, 1);
   });
 });
 

@@ -23,7 +23,7 @@
 import { KeyRing } from '../../src/crypto/keyring.js';
 import { sodiumReady } from '../../src/crypto/secretbox.js';
 import { SecureSession } from '../../src/crypto/session.js';
-import { EnvelopeKind } from '../../src/wire/envelope.js';
+import { EnvelopeKind, Role } from '../../src/wire/envelope.js';
 import { encodeSubscription } from '../../src/wire/subscription.js';
 
 export type ModeName = 'plain' | 'secure';
@@ -69,7 +69,7 @@ export interface SecureOptions {
 export async function secureMode(o: SecureOptions): Promise<BenchMode> {
   await sodiumReady();
   const ring = KeyRing.load([o.keyFile]);
-  const session = new SecureSession();
+  const session = new SecureSession(Role.Agent);
   const key = ['--key-file', o.keyFile];
   return {
     name: 'secure',

@@ -25,7 +25,7 @@ import { createSocket } from 'node:dgram';
 import { join } from 'node:path';
 import { formatKeyId, KeyRing, keyIdOf, readKeyFile } from '../../src/crypto/keyring.js';
 import { SecureSession } from '../../src/crypto/session.js';
-import { EnvelopeKind } from '../../src/wire/envelope.js';
+import { EnvelopeKind, Role } from '../../src/wire/envelope.js';
 import { arm, type Context, drain, poolFor, runGen, startReceivers } from './measure.js';
 import { type BenchMode, CHANNEL_KEY, secureMode } from './modes.js';
 import { REPEATER_CLI } from './paths.js';
@@ -130,7 +130,7 @@ function checkSpec() {
 /** Seals stamped datagrams with the project's own SecureSession and sends them straight to a receiver, once intact and once tampered. */
 async function projectFrames(key: KeyInfo, recv: Child, port: number): Promise<string> {
   const ring = KeyRing.load([key.file]);
-  const session = new SecureSession();
+  const session = new SecureSession(Role.Agent);
   const sock = createSocket('udp4');
   try {
     const id = nextRun++;

@@ -2,53 +2,73 @@
 // to sealed repeaters and back. Plain bytes only ever travel on loopback;
 // everything on the network is a sealed frame.
 //
-//   node cache-udp-node --plain--> local  --seal--> link (one per repeater)
-//   node cache-udp-server <--plain-- deliver <--open-- link
+//   node cache-udp-node --plain--> local  --seal--> sealed socket -> each repeater
+//   node cache-udp-server <--plain-- deliver <--open-- sealed socket <- repeaters
 //
 // One UDP socket talks to every repeater: it sends the frames and the
-// subscriptions, so the repeater (which answers from per-subscriber sockets
-// with ephemeral ports) sends its frames back to it. Datagrams from any IP
-// that is not a configured repeater are dropped before any crypto.
+// subscriptions (which name it explicitly), so the repeaters send their frames
+// back to it. Datagrams from any IP that is not a configured repeater are
+// dropped before any crypto, and only frames sealed by a repeater open.
+// The agent is a forwarder like the repeater: it stamps what the node sends
+// with its own loop trace and drops what it already forwarded.
 
-import type { RemoteInfo, Socket } from 'node:dgram';
-import { KeyRing } from '../crypto/keyring.js';
-import type { SecureSession } from '../crypto/session.js';
-import type { AgentConfig } from '../config/agent-config.js';
+import type { Socket } from 'node:dgram';
 import { describe } from '../base/errors.js';
 import type { Logger } from '../base/log.js';
-import { bindUdp } from '../net/dgram-listener.js';
-import { Outlet } from '../net/dgram-outlet.js';
-import { peekKind } from '../repeater/repeater.js';
 import { ChannelStats, D, FANOUT_BUCKETS, FastHistogram, K } from '../base/stats.js';
-import { classifyCacheUpdate, prepareCacheUpdate } from '../wire/cache.js';
-import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
+import type { AgentConfig } from '../config/agent-config.js';
+import { KeyRing } from '../crypto/keyring.js';
+import type { SecureSession } from '../crypto/session.js';
+import { LoopGuard } from '../gate/loop-guard.js';
+import { createFanout, DEFAULT_BACKEND, openListener } from '../net/backend.js';
+import { bindUdp } from '../net/dgram-listener.js';
+import type { Backend, DatagramListener, Fanout, Outlet, Source } from '../net/io.js';
+import { routeSource } from '../net/local.js';
+import { canonicalIp, type Endpoint, formatEndpoint, isUnspecified } from '../wire/address.js';
+import { contentOf, forwardForm, inspectCacheUpdate, newShape } from '../wire/cache.js';
 import { EnvelopeKind } from '../wire/envelope.js';
+import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
+import { readTrace, type TraceFields } from '../wire/trace.js';
+import { peekKind } from '../wire/uwsgi.js';
+
+interface Link {
+  readonly repeater: Endpoint;
+  /** Where this repeater should send to reach us (named in every subscription). */
+  advertise: string | null;
+  sent: number;
+  received: number;
+  lastFrameAt: number;
+}
 
 export class Agent {
   /** Node to repeaters: plain in, sealed out. */
   readonly toRepeater = new ChannelStats();
   /** Repeaters to node: sealed in, plain out. */
   readonly toNode = new ChannelStats();
-  readonly fanout = new FastHistogram(FANOUT_BUCKETS);
+  readonly fanoutTime = new FastHistogram(FANOUT_BUCKETS);
+  readonly loops = new LoopGuard();
   announcesSent = 0;
 
+  private fanout!: Fanout;
   private deliver!: Outlet;
-  private local!: Socket;
+  private local!: DatagramListener;
   private sealed!: Socket;
-  /** Per repeater IP (frames come back from ephemeral ports): traffic and liveness. */
-  private perIp = new Map<string, { sent: number; received: number; lastFrameAt: number }>();
+  /** Per repeater IP (frames come back from any port of it). */
+  private links = new Map<string, Link>();
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
+  private readonly shape = newShape();
 
   private constructor(
     private config: AgentConfig,
     private ring: KeyRing,
     private readonly session: SecureSession,
     private readonly log: Logger,
+    readonly backend: Backend,
   ) {}
 
-  static async start(config: AgentConfig, log: Logger, session: SecureSession): Promise<Agent> {
-    const agent = new Agent(config, KeyRing.load(config.keyFiles), session, log);
+  static async start(config: AgentConfig, log: Logger, session: SecureSession, backend: Backend = DEFAULT_BACKEND): Promise<Agent> {
+    const agent = new Agent(config, KeyRing.load(config.keyFiles), session, log, backend);
     try {
       agent.sealed = await agent.bindSealed(config);
       try {
@@ -61,15 +81,18 @@ export class Agent {
       agent.ring.destroy();
       throw err;
     }
+    agent.fanout = createFanout(backend, { sendBuffer: config.sendBuffer, sendQueue: config.sendQueue });
     agent.deliver = agent.openDeliver(config);
-    agent.setRepeaters(config);
+    await agent.setRepeaters(config);
     agent.log.info('agent started', {
       local: config.local.text,
       deliver: config.deliver.text,
       repeaters: config.repeaters.map((r) => r.text),
+      advertised: [...agent.links.values()].map((l) => l.advertise),
       channelKey: config.channelKey,
       keys: agent.ring.describe(),
       origin: session.origin.toString(16),
+      backend,
     });
     agent.schedule();
     return agent;
@@ -86,55 +109,78 @@ export class Agent {
   /** The sealed socket's bound address. */
   get sealedAddress(): string {
     const a = this.sealed.address();
-    return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+    return formatEndpoint(canonicalIp(a.address)?.host ?? a.address, a.port);
   }
 
-  repeaterLinks(): Array<{ repeater: string; sent: number; received: number; lastFrameAt: string | null }> {
-    return this.config.repeaters.map((r) => {
-      const p = this.perIp.get(r.host)!;
-      return { repeater: r.text, sent: p.sent, received: p.received, lastFrameAt: p.lastFrameAt > 0 ? new Date(p.lastFrameAt).toISOString() : null };
-    });
+  repeaterLinks(): Array<{ repeater: string; advertise: string | null; sent: number; received: number; lastFrameAt: string | null }> {
+    return [...this.links.values()].map((l) => ({
+      repeater: l.repeater.text,
+      advertise: l.advertise,
+      sent: l.sent,
+      received: l.received,
+      lastFrameAt: l.lastFrameAt > 0 ? new Date(l.lastFrameAt).toISOString() : null,
+    }));
   }
 
-  private setRepeaters(config: AgentConfig): void {
-    const next = new Map<string, { sent: number; received: number; lastFrameAt: number }>();
-    for (const r of config.repeaters) next.set(r.host, this.perIp.get(r.host) ?? { sent: 0, received: 0, lastFrameAt: 0 });
-    this.perIp = next;
+  /** Where `repeater` should send: --advertise, else our address on the route to it and the sealed socket's port. */
+  private async advertiseFor(repeater: Endpoint): Promise<string> {
+    if (this.config.advertise !== null) return this.config.advertise;
+    const a = this.sealed.address();
+    const bound = canonicalIp(a.address)?.host ?? a.address;
+    const host = isUnspecified(bound) ? await routeSource(repeater) : bound;
+    return formatEndpoint(host, a.port);
+  }
+
+  private async setRepeaters(config: AgentConfig): Promise<void> {
+    const next = new Map<string, Link>();
+    for (const r of config.repeaters) {
+      const link = this.links.get(r.host) ?? { repeater: r, advertise: null, sent: 0, received: 0, lastFrameAt: 0 };
+      try {
+        link.advertise = await this.advertiseFor(r);
+      } catch (err) {
+        // No route now: the announce is retried every interval.
+        this.log.warn('no route to a repeater; will retry', { repeater: r.text, error: describe(err) });
+        link.advertise = null;
+      }
+      next.set(r.host, link);
+    }
+    this.links = next;
   }
 
   private bindSealed(config: AgentConfig): Promise<Socket> {
-    return bindUdp(config.bind, { recvBuffer: config.recvBuffer, multicast: false, multicastInterface: null }, (msg, rinfo) =>
-      this.guarded(this.toNode, this.onSealed, msg, rinfo),
-    ).then((sock) => {
-      if (config.sendBuffer > 0) sock.setSendBufferSize(config.sendBuffer);
-      sock.on('error', (err) => this.log.throttle('warn', 'sealed-socket', 'sealed socket error', { error: err.message }));
-      return sock;
-    });
+    return bindUdp(config.bind, { recvBuffer: config.recvBuffer, multicast: false, multicastInterface: null }, (msg, from) => this.guarded(this.toNode, () => this.onSealed(msg, from))).then(
+      (sock) => {
+        if (config.sendBuffer > 0) sock.setSendBufferSize(config.sendBuffer);
+        sock.on('error', (err) => this.log.throttle('warn', 'sealed-socket', 'sealed socket error', { error: err.message }));
+        return sock;
+      },
+    );
   }
 
-  private bindLocal(config: AgentConfig): Promise<Socket> {
-    return bindUdp(config.local, { recvBuffer: config.recvBuffer, multicast: false, multicastInterface: null }, (msg, rinfo) =>
-      this.guarded(this.toRepeater, this.onLocal, msg, rinfo),
+  private bindLocal(config: AgentConfig): Promise<DatagramListener> {
+    return openListener(this.backend, config.local, { recvBuffer: config.recvBuffer, multicastInterface: null }, (msg, from) =>
+      this.guarded(this.toRepeater, () => this.onLocal(msg, from)),
     );
   }
 
   private openDeliver(config: AgentConfig): Outlet {
-    return new Outlet(config.deliver, { sendQueue: config.sendQueue, sendBuffer: config.sendBuffer }, (o, err) =>
-      this.log.throttle('warn', 'deliver', 'node unreachable', { deliver: o.endpoint.text, error: err.code ?? err.message }),
-    );
+    return this.fanout.open(config.deliver, (o, code, _fault, lostLater) => {
+      if (lostLater) this.toNode.dropped[D.send_error]++;
+      this.log.throttle('warn', 'deliver', 'node unreachable', { deliver: o.endpoint.text, error: code });
+    });
   }
 
   /** Applies a reloaded config: a new key ring, and any changed address. */
   async apply(next: AgentConfig): Promise<void> {
     const ring = KeyRing.load(next.keyFiles);
     const old = this.config;
-    let local: Socket | null = null;
+    let local: DatagramListener | null = null;
     let sealed: Socket | null = null;
     try {
       if (next.local.text !== old.local.text) local = await this.bindLocal(next);
       if (next.bind.text !== old.bind.text) sealed = await this.bindSealed(next);
     } catch (err) {
-      local?.close();
+      await local?.close();
       ring.destroy();
       throw err;
     }
@@ -142,7 +188,7 @@ export class Agent {
     this.ring.destroy();
     this.ring = ring;
     if (local !== null) {
-      this.local.close();
+      void this.local.close();
       this.local = local;
     }
     if (sealed !== null) {
@@ -153,7 +199,7 @@ export class Agent {
       this.deliver.close();
       this.deliver = this.openDeliver(next);
     }
-    this.setRepeaters(next);
+    await this.setRepeaters(next);
     this.schedule();
     this.log.info('config applied', { keys: this.ring.describe(), repeaters: next.repeaters.map((r) => r.text) });
   }
@@ -162,9 +208,9 @@ export class Agent {
   private toRepeaters(frame: Buffer): number {
     if (this.sealed.getSendQueueCount() >= this.config.sendQueue) return 0;
     let n = 0;
-    for (const r of this.config.repeaters) {
-      this.sealed.send(frame, r.port, r.host);
-      this.perIp.get(r.host)!.sent++;
+    for (const l of this.links.values()) {
+      this.sealed.send(frame, l.repeater.port, l.repeater.host);
+      l.sent++;
       n++;
     }
     return n;
@@ -172,32 +218,48 @@ export class Agent {
 
   private schedule(): void {
     if (this.timer !== null) clearInterval(this.timer);
-    this.announce(EnvelopeKind.Subscribe);
-    this.timer = setInterval(() => this.announce(EnvelopeKind.Subscribe), this.config.subscribeIntervalMs);
+    this.announceAll(EnvelopeKind.Subscribe);
+    this.timer = setInterval(() => this.announceAll(EnvelopeKind.Subscribe), this.config.subscribeIntervalMs);
   }
 
-  private frameFor(kind: EnvelopeKind): Buffer | null {
-    return this.session.seal(this.ring, { kind, channelKey: this.config.channelKey, datagram: null, address: this.config.advertise ?? '' });
+  private frameFor(kind: EnvelopeKind, address: string): Buffer | null {
+    return this.session.seal(this.ring, { kind, channelKey: this.config.channelKey, datagram: null, address });
   }
 
-  private announce(kind: EnvelopeKind): void {
-    const frame = this.frameFor(kind);
-    if (frame === null) return;
-    this.toRepeaters(frame);
-    this.announcesSent++;
+  /** One subscription per repeater, each naming where that repeater reaches us. */
+  private announceAll(kind: EnvelopeKind): void {
+    for (const l of this.links.values()) {
+      if (l.advertise === null) {
+        void this.advertiseFor(l.repeater).then(
+          (a) => (l.advertise = a),
+          () => undefined,
+        );
+        continue;
+      }
+      const frame = this.frameFor(kind, l.advertise);
+      if (frame === null) continue;
+      this.sealed.send(frame, l.repeater.port, l.repeater.host);
+      l.sent++;
+      this.announcesSent++;
+    }
   }
 
   /** A datagram that makes the code throw (a bug) is dropped, counted and logged, never fatal. */
-  private guarded(st: ChannelStats, handler: (msg: Buffer, rinfo: RemoteInfo) => void, msg: Buffer, rinfo: RemoteInfo): void {
+  private guarded(st: ChannelStats, handler: () => void): void {
     try {
-      handler.call(this, msg, rinfo);
+      handler();
     } catch (err) {
       st.dropped[D.internal_error]++;
       this.log.throttle('error', 'internal-error', 'internal error handling a datagram; dropped', { error: (err as Error).message, stack: (err as Error).stack });
     }
   }
 
-  private onLocal(msg: Buffer, rinfo: RemoteInfo): void {
+  /** Judges a trace: the one to forward with, or why the datagram goes no further. */
+  private traceFor(arrived: TraceFields | null): TraceFields | 'loop' | 'duplicate' {
+    return arrived === null ? this.loops.stamp() : this.loops.pass(arrived);
+  }
+
+  private onLocal(msg: Buffer, from: Source): void {
     const t0 = performance.now();
     const st = this.toRepeater;
     st.bytesReceived += msg.length;
@@ -207,15 +269,26 @@ export class Agent {
       st.dropped[D.too_large]++;
       return;
     }
-    const cmd = classifyCacheUpdate(msg);
-    if (typeof cmd === 'string') {
-      st.dropped[D[cmd]]++;
+    const s = this.shape;
+    const bad = inspectCacheUpdate(msg, s);
+    if (bad !== undefined) {
+      st.dropped[D[bad]]++;
       if (kind === K.subscribe || kind === K.unsubscribe) {
-        this.log.throttle('info', 'node-subscribes', 'the node sends uWSGI subscriptions to the agent; they are not needed behind an agent', { source: rinfo.address }, 600_000);
+        this.log.throttle('info', 'node-subscribes', 'the node sends uWSGI subscriptions to the agent; they are not needed behind an agent', { source: from.address }, 600_000);
       }
       return;
     }
-    const frame = this.session.seal(this.ring, { kind: EnvelopeKind.CacheDatagram, channelKey: this.config.channelKey, datagram: msg, address: null });
+    const arrived = s.traceAt < 0 ? null : readTrace(msg, s.traceAt);
+    if (s.traceAt >= 0 && arrived === null) {
+      st.dropped[D.malformed]++;
+      return;
+    }
+    const trace = this.traceFor(arrived);
+    if (typeof trace === 'string') {
+      st.dropped[D[trace]]++;
+      return;
+    }
+    const frame = this.session.seal(this.ring, { kind: EnvelopeKind.CacheDatagram, channelKey: this.config.channelKey, datagram: contentOf(msg, s), trace, address: null });
     if (frame === null) {
       st.dropped[D.too_large]++;
       return;
@@ -224,15 +297,15 @@ export class Agent {
     if (sent === 0) st.dropped[D.queue_full]++;
     st.forwarded += sent;
     st.bytesForwarded += sent * frame.length;
-    this.fanout.observe((performance.now() - t0) / 1000);
+    this.fanoutTime.observe((performance.now() - t0) / 1000);
   }
 
-  private onSealed(msg: Buffer, rinfo: RemoteInfo): void {
+  private onSealed(msg: Buffer, from: Source): void {
     const st = this.toNode;
     st.bytesReceived += msg.length;
     st.received[K.sealed]++;
-    const from = this.perIp.get(rinfo.address);
-    if (from === undefined) {
+    const link = this.links.get(from.address);
+    if (link === undefined) {
       st.dropped[D.not_allowed]++;
       return;
     }
@@ -253,11 +326,23 @@ export class Agent {
       st.dropped[D.key_mismatch]++;
       return;
     }
-    from.received++;
-    from.lastFrameAt = Date.now();
-    const out = prepareCacheUpdate(env.datagram!, this.config.repairDeletes, Math.min(this.config.maxDatagram, MAX_UDP_PAYLOAD));
-    if (typeof out === 'string') {
-      st.dropped[D[out]]++;
+    link.received++;
+    link.lastFrameAt = Date.now();
+    const d = env.datagram!;
+    const s = this.shape;
+    const bad = inspectCacheUpdate(d, s);
+    if (bad !== undefined || s.traceAt >= 0) {
+      st.dropped[D[bad ?? 'malformed']]++;
+      return;
+    }
+    const trace = this.traceFor(env.trace);
+    if (typeof trace === 'string') {
+      st.dropped[D[trace]]++;
+      return;
+    }
+    const out = forwardForm(d, s, this.config.repairDeletes, trace, Math.min(this.config.maxDatagram, MAX_UDP_PAYLOAD));
+    if (out === 'too_large') {
+      st.dropped[D.too_large]++;
       return;
     }
     if (this.deliver.send(out)) {
@@ -271,18 +356,18 @@ export class Agent {
     if (this.closed) return;
     this.closed = true;
     if (this.timer !== null) clearInterval(this.timer);
-    const bye = this.frameFor(EnvelopeKind.Unsubscribe);
-    if (bye !== null) {
-      const results = await Promise.allSettled(this.config.repeaters.map((r) => sendAndWait(this.sealed, bye, r.port, r.host)));
-      for (const r of results) if (r.status === 'rejected') this.log.warn('unsubscribe not sent', { error: describe(r.reason) });
-    }
+    const byes = [...this.links.values()].flatMap((l) => {
+      const bye = l.advertise === null ? null : this.frameFor(EnvelopeKind.Unsubscribe, l.advertise);
+      return bye === null ? [] : [sendAndWait(this.sealed, bye, l.repeater.port, l.repeater.host)];
+    });
+    for (const r of await Promise.allSettled(byes)) if (r.status === 'rejected') this.log.warn('unsubscribe not sent', { error: describe(r.reason) });
     this.sealed.close();
     this.deliver.close();
-    this.local.close();
+    await this.local.close();
+    await this.fanout.close();
     this.ring.destroy();
   }
 }
-
 
 function sendAndWait(sock: Socket, buf: Buffer, port: number, host: string, ms = 1000): Promise<void> {
   return new Promise((resolve, reject) => {

@@ -2,7 +2,8 @@
 // stderr, which systemd's journal captures. Never called per datagram at
 // info: per-datagram events are counted, and repeated warnings are throttled.
 
-import type { LogFormat, LogLevel } from '../config/serve-config.js';
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
+export type LogFormat = 'json' | 'text';
 
 const RANK: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40 };
 export type Fields = Record<string, unknown>;

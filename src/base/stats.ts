@@ -18,15 +18,19 @@ export const DROP_REASONS = [
   'bad_expires',
   'unknown_command',
   'unknown_type',
+  'too_many_vars',
   // policy
   'not_allowed',
   'no_subscribers',
+  // loop freedom (a datagram that already passed here, or too many forwarders)
+  'loop',
+  'duplicate',
   // subscriptions
   'rate_limited',
   'key_mismatch',
   'bad_address',
   'address_not_allowed',
-  'loop',
+  'form_conflict',
   'registry_full',
   'no_socket',
   'not_subscribed',
@@ -41,6 +45,8 @@ export const DROP_REASONS = [
   'replay',
   'bad_payload',
   'own_origin',
+  'wrong_role',
+  'before_start',
   // output copies
   'queue_full',
   'send_error',

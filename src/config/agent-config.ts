@@ -1,5 +1,6 @@
 // The typed, validated config of `udprepeater agent`.
 
+import { MAX_SOCKET_BUFFER } from '../net/io.js';
 import { type Endpoint, isLoopback } from '../wire/address.js';
 import { ConfigError } from '../base/errors.js';
 import type { RawOptions } from './options.js';
@@ -47,6 +48,7 @@ export function buildAgentConfig(raw: RawOptions): AgentConfig {
   if (!isLoopback(local.host)) throw new ConfigError(`--local ${local.text} must be a loopback address: plain traffic never leaves the host`);
   const deliver = endpointOption('deliver', need(raw, 'deliver'));
   if (!isLoopback(deliver.host)) throw new ConfigError(`--deliver ${deliver.text} must be a loopback address: plain traffic never leaves the host`);
+  if (deliver.text === local.text) throw new ConfigError(`--deliver ${deliver.text} is --local: the agent would send the node's updates to itself`);
   const channelKey = need(raw, 'channel-key');
   if (channelKey.length > 255) throw new ConfigError('--channel-key is longer than 255 bytes');
   const family = repeaters[0]!.family;
@@ -74,8 +76,8 @@ export function buildAgentConfig(raw: RawOptions): AgentConfig {
     subscribeIntervalMs: interval * 1000,
     repairDeletes: raw['repair-deletes'] !== false,
     sendQueue: count(raw, 'send-queue', 1),
-    recvBuffer: count(raw, 'recv-buffer', 0),
-    sendBuffer: count(raw, 'send-buffer', 0),
+    recvBuffer: count(raw, 'recv-buffer', 0, MAX_SOCKET_BUFFER),
+    sendBuffer: count(raw, 'send-buffer', 0, MAX_SOCKET_BUFFER),
     maxDatagram: count(raw, 'max-datagram', 4, 65535),
     keyFiles,
     maxSkewMs: skew * 1000,

@@ -23,6 +23,8 @@ export type RawValue = string | number | boolean | string[];
 export type RawOptions = Record<string, RawValue>;
 
 export const DEFAULT_LISTEN = '127.0.0.1:7171';
+/** Not the repeater's default listener: both may run on one host. */
+export const DEFAULT_AGENT_LOCAL = '127.0.0.1:7170';
 export const DEFAULT_METRICS = '127.0.0.1:9171';
 export const LOOPBACK_ALLOW: readonly string[] = ['127.0.0.0/8', '::1/128'];
 
@@ -36,7 +38,6 @@ const network: OptionSpec[] = [
   { name: 'recv-buffer', kind: 'int', arg: 'BYTES', default: 4 << 20, help: 'SO_RCVBUF asked for each listener (the kernel caps it at net.core.rmem_max)' },
   { name: 'send-buffer', kind: 'int', arg: 'BYTES', default: 0, help: 'SO_SNDBUF for each outgoing socket (0 = kernel default)' },
   { name: 'max-datagram', kind: 'int', arg: 'BYTES', default: 65507, help: 'drop datagrams larger than this' },
-  { name: 'multicast-interface', kind: 'string', arg: 'IP', help: 'local interface address used to join multicast listeners and to send to multicast --to outputs' },
 ];
 
 const sealing: OptionSpec[] = [
@@ -60,6 +61,8 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
   { name: 'dead-retry', kind: 'number', arg: 'SECONDS', default: 30, help: 'how long a suspension lasts without an announce (static outputs are retried after it)' },
   { name: 'repair-deletes', kind: 'bool', default: true, negatable: true, help: 'forward deletes byte for byte instead of in the padded form uWSGI applies (uWSGI ignores its own unpadded deletes)' },
   { name: 'forward-unknown', kind: 'bool', default: false, help: 'forward every datagram that is not a valid subscription, opaquely (generic fan-out)' },
+  { name: 'dedup-window', kind: 'number', arg: 'SECONDS', default: 2, help: 'datagrams that cannot carry a loop trace (opaque ones, unrepaired deletes) are dropped when the same bytes passed within this window' },
+  { name: 'multicast-interface', kind: 'string', arg: 'IP', help: 'local interface address used to join multicast listeners and to send to multicast --to outputs' },
   { name: 'multicast-ttl', kind: 'int', arg: 'N', default: 1, help: 'default TTL of multicast --to outputs' },
   ...network,
   ...sealing,
@@ -72,11 +75,11 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
 export const AGENT_OPTIONS: readonly OptionSpec[] = [
   ...common,
   { name: 'repeater', kind: 'list', arg: 'ADDR', default: [], help: 'sealed listener of the repeater (repeatable: every datagram goes to each)' },
-  { name: 'local', kind: 'string', arg: 'ADDR', default: '127.0.0.1:7171', help: "loopback address receiving the node's plain cache updates (the node's cache-udp-node)" },
+  { name: 'local', kind: 'string', arg: 'ADDR', default: DEFAULT_AGENT_LOCAL, help: "loopback address receiving the node's plain cache updates (the node's cache-udp-node)" },
   { name: 'deliver', kind: 'string', arg: 'ADDR', help: "the node's cache-udp-server (loopback), where opened datagrams are delivered" },
   { name: 'channel-key', kind: 'string', arg: 'KEY', help: 'subscription key announced to the repeater (the uWSGI cache name); frames for any other key are dropped' },
   { name: 'bind', kind: 'string', arg: 'ADDR', help: 'local address (and port) of the socket that talks to the repeaters; frames come back to it (default: any address, any port)' },
-  { name: 'advertise', kind: 'string', arg: 'ADDR', help: "address the repeater should send to (default: where the agent's frames come from, which works through NAT)" },
+  { name: 'advertise', kind: 'string', arg: 'ADDR', help: "address the repeater should send to (default: this host's address on the route to each repeater, and the port of --bind); needed behind NAT" },
   { name: 'subscribe-interval', kind: 'number', arg: 'SECONDS', default: 10, help: 'how often the agent re-announces its subscription (keep it well under the repeater --tolerance)' },
   { name: 'repair-deletes', kind: 'bool', default: true, negatable: true, help: 'deliver deletes byte for byte instead of in the padded form uWSGI applies' },
   { name: 'send-queue', kind: 'int', arg: 'N', default: 256, help: 'datagrams queued in memory per socket when its buffer is full; past it they are dropped' },

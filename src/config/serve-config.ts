@@ -2,13 +2,15 @@
 // Everything an operator can get wrong is refused here, before any socket
 // is opened, with a message naming the option and the value.
 
-import { BlockList, isIP } from 'node:net';
-import { type Endpoint, isLoopback, isMulticast, isUnspecified, parseEndpoint } from '../wire/address.js';
+import { BlockList } from 'node:net';
 import { ConfigError } from '../base/errors.js';
+import type { LogFormat, LogLevel } from '../base/log.js';
+import { MAX_SOCKET_BUFFER } from '../net/io.js';
+import { localAddresses } from '../net/local.js';
+import { canonicalIp, type Endpoint, isLimitedBroadcast, isLoopback, isMulticast, isUnspecified, parseEndpoint } from '../wire/address.js';
 import type { RawOptions } from './options.js';
 
-export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
-export type LogFormat = 'json' | 'text';
+export type { LogFormat, LogLevel };
 
 export interface ListenerConfig {
   readonly endpoint: Endpoint;
@@ -25,6 +27,7 @@ export interface StaticConfig {
   readonly channel: string | null;
   readonly ttl: number;
   readonly sealed: boolean;
+  readonly multicast: boolean;
   /** Sealed outputs: the channel key put in frames (default: the channel's key=, else its name). */
   readonly key: string | null;
 }
@@ -54,6 +57,8 @@ export interface ServeConfig {
   readonly limits: Limits;
   readonly repairDeletes: boolean;
   readonly forwardUnknown: boolean;
+  /** Untraceable datagrams with the same bytes within this window are dropped as loops. */
+  readonly dedupWindowMs: number;
   readonly multicastInterface: string | null;
   readonly multicastTtl: number;
   readonly recvBuffer: number;
@@ -110,18 +115,26 @@ export function splitSpec(name: string, text: string, allowed: readonly string[]
   return { addr: (addr ?? '').trim(), params };
 }
 
-/** Validates CIDRs (a bare IP means a single host). */
+/**
+ * Validates CIDRs (a bare IP means a single host) and returns them in
+ * canonical form: an IPv4-mapped IPv6 prefix (::ffff:a.b.c.d/96+n) becomes the
+ * IPv4 prefix it covers, since sources are compared as IPv4.
+ */
 export function checkCidrs(name: string, cidrs: readonly string[]): string[] {
   const probe = new BlockList();
   return cidrs.map((c) => {
-    const [ip, bits, extra] = c.split('/');
-    const family = isIP(ip ?? '');
-    if (family === 0 || extra !== undefined) throw new ConfigError(`--${name} "${c}" is not an IP or CIDR`);
-    const max = family === 4 ? 32 : 128;
-    const prefix = bits === undefined ? max : Number(bits);
-    if (!/^[0-9]{1,3}$/.test(bits ?? String(max)) || prefix > max) throw new ConfigError(`--${name} "${c}": prefix must be 0-${max}`);
-    probe.addSubnet(ip!, prefix, family === 4 ? 'ipv4' : 'ipv6');
-    return `${ip}/${prefix}`;
+    const [ipText, bits, extra] = c.split('/');
+    const ip = canonicalIp(ipText ?? '');
+    if (ip === null || extra !== undefined) throw new ConfigError(`--${name} "${c}" is not an IP or CIDR`);
+    const written = (ipText ?? '').includes(':') ? 128 : 32;
+    if (!/^[0-9]{1,3}$/.test(bits ?? String(written)) || Number(bits ?? written) > written) throw new ConfigError(`--${name} "${c}": prefix must be 0-${written}`);
+    let prefix = Number(bits ?? written);
+    if (written === 128 && ip.family === 4) {
+      if (prefix < 96) throw new ConfigError(`--${name} "${c}": an IPv4-mapped prefix must be /96 or longer`);
+      prefix -= 96;
+    }
+    probe.addSubnet(ip.host, prefix, ip.family === 4 ? 'ipv4' : 'ipv6');
+    return `${ip.host}/${prefix}`;
   });
 }
 
@@ -141,7 +154,7 @@ function statics(raw: RawOptions, defaultTtl: number): StaticConfig[] {
   return list(raw, 'to').map((text) => {
     const { addr, params } = splitSpec('to', text, ['channel', 'ttl', 'sealed', 'key']);
     const endpoint = endpointOption('to', addr);
-    if (isUnspecified(endpoint.host)) throw new ConfigError(`--to ${text}: cannot send to an unspecified address`);
+    if (isUnspecified(endpoint.host) || isLimitedBroadcast(endpoint.host)) throw new ConfigError(`--to ${text}: cannot send to an unspecified or broadcast address`);
     const ttlText = params.get('ttl');
     const ttl = ttlText === undefined ? defaultTtl : Number(ttlText);
     if (!/^[0-9]+$/.test(ttlText ?? '1') || ttl < 1 || ttl > 255) throw new ConfigError(`--to ${text}: ttl must be 1-255`);
@@ -152,7 +165,7 @@ function statics(raw: RawOptions, defaultTtl: number): StaticConfig[] {
     if (channel === '') throw new ConfigError(`--to ${text}: empty channel name`);
     const key = params.get('key') ?? null;
     if (key !== null && (key === '' || !sealed)) throw new ConfigError(`--to ${text}: key= needs a value and applies to sealed outputs only`);
-    return { endpoint, channel, ttl, sealed, key };
+    return { endpoint, channel, ttl, sealed, multicast: isMulticast(endpoint.host), key };
   });
 }
 
@@ -191,17 +204,24 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
 
   const multicastTtl = atLeast(raw, 'multicast-ttl', 1, 255);
   const outs = statics(raw, multicastTtl);
+  // Whether a --to reaches one of our listeners (any alias, any wildcard) is checked when the config is applied.
   for (const s of outs) {
     if (s.channel !== null && !keys.has(s.channel)) throw new ConfigError(`--to ${s.endpoint.text}: no channel named "${s.channel}"`);
-    if (seen.has(s.endpoint.text)) throw new ConfigError(`--to ${s.endpoint.text} is one of our own listeners: that would loop`);
   }
 
   const keyFiles = list(raw, 'key-file');
   const needsKeys = all.some((l) => l.sealed) || outs.some((s) => s.sealed);
   if (needsKeys && keyFiles.length === 0) throw new ConfigError('sealed listeners and sealed --to outputs need at least one --key-file');
 
-  const iface = str(raw, 'multicast-interface') ?? null;
-  if (iface !== null && isIP(iface) === 0) throw new ConfigError(`--multicast-interface "${iface}" is not an IP address`);
+  const ifaceText = str(raw, 'multicast-interface') ?? null;
+  let iface: string | null = null;
+  if (ifaceText !== null) {
+    const ip = canonicalIp(ifaceText);
+    if (ip === null) throw new ConfigError(`--multicast-interface "${ifaceText}" is not an IP address`);
+    // Checked now: a socket asked to use a foreign address fails later, after "started".
+    if (!localAddresses().has(ip.host)) throw new ConfigError(`--multicast-interface ${ip.host} is not an address of this host`);
+    iface = ip.host;
+  }
 
   let signCheck: SignCheckConfig | null = null;
   const sc = str(raw, 'subscriptions-sign-check');
@@ -238,10 +258,11 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
     },
     repairDeletes: raw['repair-deletes'] !== false,
     forwardUnknown: bool(raw, 'forward-unknown'),
+    dedupWindowMs: atLeast(raw, 'dedup-window', 0.01, 3600) * 1000,
     multicastInterface: iface,
     multicastTtl,
-    recvBuffer: atLeast(raw, 'recv-buffer', 0),
-    sendBuffer: atLeast(raw, 'send-buffer', 0),
+    recvBuffer: atLeast(raw, 'recv-buffer', 0, MAX_SOCKET_BUFFER),
+    sendBuffer: atLeast(raw, 'send-buffer', 0, MAX_SOCKET_BUFFER),
     keyFiles,
     maxSkewMs: num(raw, 'max-skew') * 1000,
     signCheck,

@@ -2,6 +2,11 @@
 // libsodium-wrappers: keys and scratch buffers are allocated in the wasm heap
 // once, so a seal or open costs two copies and one call, with no allocation
 // and no exception on a failed open (a forged frame must stay cheap).
+//
+// Those exports and their calling convention are not libsodium-wrappers'
+// public API: package.json pins the package (and its libsodium) exactly, and
+// sodiumReady() proves the raw path against the public API with known-answer
+// seals and opens before anything uses it, refusing to go on if they differ.
 
 import sodium from 'libsodium-wrappers';
 import { MAC_BYTES, NONCE_BYTES } from '../wire/frame.js';
@@ -20,12 +25,68 @@ interface RawSodium {
 
 let raw: RawSodium | null = null;
 
-/** Must be awaited once before any Secretbox is created. */
+/** Must be awaited once before any Secretbox is created; throws when the raw path cannot be trusted. */
 export async function sodiumReady(): Promise<void> {
+  if (raw !== null) return;
   await sodium.ready;
-  raw = (sodium as unknown as { libsodium: RawSodium }).libsodium;
   if (sodium.crypto_secretbox_KEYBYTES !== KEY_BYTES || sodium.crypto_secretbox_NONCEBYTES !== NONCE_BYTES || sodium.crypto_secretbox_MACBYTES !== MAC_BYTES) {
     throw new Error('libsodium secretbox parameters are not XSalsa20-Poly1305');
+  }
+  const candidate = (sodium as unknown as { libsodium?: Partial<RawSodium> }).libsodium;
+  if (
+    candidate === undefined ||
+    !(candidate.HEAPU8 instanceof Uint8Array) ||
+    typeof candidate._malloc !== 'function' ||
+    typeof candidate._crypto_secretbox_easy !== 'function' ||
+    typeof candidate._crypto_secretbox_open_easy !== 'function'
+  ) {
+    throw new Error('libsodium-wrappers no longer exposes the raw secretbox exports this build uses; install the pinned version');
+  }
+  raw = candidate as RawSodium;
+  try {
+    const why = knownAnswers();
+    if (why !== null) throw new Error(`libsodium raw secretbox disagrees with its public API: ${why}`);
+  } catch (err) {
+    raw = null;
+    throw err;
+  }
+}
+
+/** Deterministic bytes for the known-answer test. */
+function pattern(n: number, seed: number): Uint8Array {
+  const out = new Uint8Array(n);
+  for (let i = 0; i < n; i++) out[i] = (i * 31 + seed * 17 + 7) & 0xff;
+  return out;
+}
+
+const same = (a: Uint8Array, b: Uint8Array) => a.length === b.length && a.every((v, i) => v === b[i]);
+
+/**
+ * Seals and opens through the raw path and through libsodium-wrappers'
+ * public API, for several lengths, and checks they agree; a tampered box must
+ * fail to open. Returns null when all agree, else what differed.
+ */
+export function knownAnswers(): string | null {
+  const key = new BoxKey(pattern(KEY_BYTES, 1));
+  const box = new Secretbox();
+  try {
+    for (const len of [0, 1, 300, 4096, 65000]) {
+      const nonce = pattern(NONCE_BYTES, len);
+      const plain = pattern(len, 3);
+      const viaApi = sodium.crypto_secretbox_easy(plain, nonce, pattern(KEY_BYTES, 1));
+      const viaRaw = new Uint8Array(len + MAC_BYTES);
+      box.seal(key, nonce, plain, viaRaw, 0);
+      if (!same(viaApi, viaRaw)) return `seal of ${len} bytes`;
+      const opened = box.open(key, nonce, viaApi);
+      if (opened === null || !same(opened, plain)) return `open of ${len} bytes`;
+      const forged = Uint8Array.from(viaApi);
+      forged[forged.length - 1]! ^= 1;
+      if (box.open(key, nonce, forged) !== null) return `a tampered box of ${len} bytes opened`;
+    }
+    return null;
+  } finally {
+    key.destroy();
+    box.destroy();
   }
 }
 
@@ -71,6 +132,16 @@ export class Secretbox {
     this.nonce = l._malloc(NONCE_BYTES);
     this.input = l._malloc(SCRATCH);
     this.output = l._malloc(SCRATCH);
+  }
+
+  /** Frees the scratch space; the box must not be used afterwards. */
+  destroy(): void {
+    const l = lib();
+    l.HEAPU8.fill(0, this.input, this.input + SCRATCH);
+    l.HEAPU8.fill(0, this.output, this.output + SCRATCH);
+    l._free(this.nonce);
+    l._free(this.input);
+    l._free(this.output);
   }
 
   /**

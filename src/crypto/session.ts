@@ -1,14 +1,21 @@
 // A process's sealed-mode identity and the gate every sealed frame passes.
-// The origin id, sequence counter, nonce source and replay windows live for
-// the whole process (a key-ring reload must not reset them: a receiver would
-// take the restarted sequence for replays); the key ring is passed per call.
+// The origin id, sequence counter, nonce source, replay windows and start
+// time live for the whole process (a key-ring reload must not reset them: a
+// receiver would take the restarted sequence for replays); the key ring is
+// passed per call.
+//
+// Replay across restarts: replay windows die with the process, so a frame
+// sealed before this process started is refused (`before_start`) by the
+// sender's clock. What remains is the clock offset between the two hosts
+// (docs/SECURITY.md): with NTP, milliseconds.
 
 import { randomBytes } from 'node:crypto';
-import { type Envelope, type EnvelopeKind, bigintToLong, decodeEnvelope, encodeEnvelope } from '../wire/envelope.js';
+import { type Envelope, type EnvelopeKind, Role, bigintToLong, decodeEnvelope, encodeEnvelope } from '../wire/envelope.js';
+import type { TraceFields } from '../wire/trace.js';
 import { FRAME_HEADER, FRAME_OVERHEAD, MAX_UDP_PAYLOAD, NONCE_BYTES, frameKeyId, writeFrameHeader } from '../wire/frame.js';
 import type { KeyRing } from './keyring.js';
 import { NonceSource } from './nonce.js';
-import { ReplayGuard } from './replay.js';
+import { ReplayGuard } from '../gate/replay.js';
 import { Secretbox } from './secretbox.js';
 
 /** Why a sealed frame was refused. Stable strings: they become metric labels. */
@@ -20,18 +27,24 @@ export type OpenError =
   | 'auth_failed' // the MAC does not verify
   | 'bad_payload' // authentic, but not a valid Envelope
   | 'own_origin' // one of our own frames, reflected back
+  | 'wrong_role' // sealed by our own kind (a repeater's frame sent to a repeater, an agent's to an agent)
   | 'stale' // sent_at outside the allowed clock skew
+  | 'before_start' // sealed before this process started: a capture replayed after a restart
   | 'replay'; // sequence already seen, or older than the window
 
 export interface SealFields {
   readonly kind: EnvelopeKind;
   readonly channelKey: string;
   readonly datagram: Buffer | null;
+  readonly trace?: TraceFields | null;
   readonly address: string | null;
 }
 
 export class SecureSession {
   readonly origin: bigint;
+  /** Frames sealed before this (by the sender's clock) are refused. */
+  readonly startedAtMs: number;
+  private readonly peer: Role;
   private readonly originLong: ReturnType<typeof bigintToLong>;
   private sequence = 0;
   private readonly nonces = new NonceSource();
@@ -39,11 +52,20 @@ export class SecureSession {
   private readonly replay = new ReplayGuard();
   private readonly nonceView = Buffer.alloc(NONCE_BYTES);
 
-  constructor(origin?: bigint) {
-    let o = origin ?? randomBytes(8).readBigUInt64LE(0);
+  /**
+   * @param role what this process is: it seals as that role and opens only
+   *   frames sealed by the other one.
+   */
+  constructor(
+    readonly role: Role,
+    opts: { origin?: bigint; startedAtMs?: number } = {},
+  ) {
+    let o = opts.origin ?? randomBytes(8).readBigUInt64LE(0);
     if (o === 0n) o = 1n;
     this.origin = o;
     this.originLong = bigintToLong(o);
+    this.startedAtMs = opts.startedAtMs ?? Date.now();
+    this.peer = role === Role.Agent ? Role.Repeater : Role.Agent;
   }
 
   get sealed(): number {
@@ -53,7 +75,7 @@ export class SecureSession {
   /** Seals one Envelope under the ring's first key; null when it would not fit a UDP datagram. */
   seal(ring: KeyRing, f: SealFields, nowMs = Date.now()): Buffer | null {
     const plain = encodeEnvelope(
-      { kind: f.kind, channelKey: f.channelKey, sequence: this.sequence + 1, sentAtMs: nowMs, datagram: f.datagram, address: f.address },
+      { kind: f.kind, channelKey: f.channelKey, sequence: this.sequence + 1, sentAtMs: nowMs, role: this.role, datagram: f.datagram, trace: f.trace ?? null, address: f.address },
       this.originLong,
     );
     if (plain.length + FRAME_OVERHEAD > MAX_UDP_PAYLOAD) return null;
@@ -67,7 +89,7 @@ export class SecureSession {
   }
 
   /**
-   * The gate: header, key, one open, payload, origin, skew, then replay.
+   * The gate: header, key, one open, payload, origin, role, skew, start, then replay.
    * Anything unauthenticated costs at most one failed open and changes no
    * state; the replay window is updated only for frames that pass all else.
    */
@@ -82,7 +104,9 @@ export class SecureSession {
     const env = decodeEnvelope(plain);
     if (typeof env === 'string') return env;
     if (env.origin === this.origin) return 'own_origin';
+    if (env.role !== this.peer) return 'wrong_role';
     if (Math.abs(nowMs - env.sentAtMs) > maxSkewMs) return 'stale';
+    if (env.sentAtMs < this.startedAtMs) return 'before_start';
     if (!this.replay.accept(env.origin, env.sequence)) return 'replay';
     return env;
   }

@@ -12,6 +12,8 @@ import { counterFrom, newRegistry, OpsMetrics, registerChannelMetrics, registerK
 import { AGENT_OPTIONS } from '../config/options.js';
 import { VERSION } from '../base/package.js';
 import { Agent } from '../agent/agent.js';
+import type { Backend } from '../net/io.js';
+import { Role } from '../wire/envelope.js';
 
 export interface AgentHandle {
   readonly agent: Agent;
@@ -23,10 +25,10 @@ export interface AgentHandle {
 }
 
 /** Starts an agent with its status server; used by the CLI and by tests. */
-export async function startAgent(config: AgentConfig, log: Logger, session?: SecureSession): Promise<AgentHandle> {
+export async function startAgent(config: AgentConfig, log: Logger, session?: SecureSession, backend?: Backend): Promise<AgentHandle> {
   await sodiumReady();
-  const s = session ?? new SecureSession();
-  const agent = await Agent.start(config, log, s);
+  const s = session ?? new SecureSession(Role.Agent);
+  const agent = await Agent.start(config, log, s, backend);
   const register = newRegistry();
   registerChannelMetrics(
     register,
@@ -35,7 +37,7 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
       { name: 'to_repeater', stats: agent.toRepeater, subscribers: agent.current.repeaters.length },
       { name: 'to_node', stats: agent.toNode, subscribers: 1 },
     ],
-    agent.fanout,
+    agent.fanoutTime,
   );
   counterFrom(register, 'udprepeater_agent_announces_total', 'Sealed subscription announces sent to the repeaters', [], () => [[{}, agent.announcesSent]]);
   registerKeyMetrics(register, 'udprepeater_agent_keys', () => agent.keyIds);

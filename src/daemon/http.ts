@@ -1,13 +1,32 @@
 // The status endpoint: /metrics (Prometheus text), /healthz, and any JSON
 // views the daemon registers (e.g. /subscribers). Read-only, GET only.
+//
+// It must never cost the daemon its data path: a view that fails answers 500
+// (its body is built before any header is sent), idle and slow clients are
+// cut off within seconds, and connections are capped so they cannot take the
+// file descriptors subscribers and listeners need.
 
 import { createServer, type Server } from 'node:http';
 import type { Registry } from 'prom-client';
-import type { Endpoint } from '../wire/address.js';
 import { describe } from '../base/errors.js';
 import type { Logger } from '../base/log.js';
+import type { Endpoint } from '../wire/address.js';
 
 export type JsonView = () => unknown;
+
+/** Limits of the status server. */
+export const STATUS_LIMITS = {
+  /** Concurrent connections; more are refused at accept. */
+  maxConnections: 64,
+  /** A request's headers must arrive within this. */
+  headersTimeoutMs: 5_000,
+  /** The whole request within this. */
+  requestTimeoutMs: 5_000,
+  /** An idle kept-alive connection is closed after this. */
+  keepAliveTimeoutMs: 5_000,
+  /** A socket with no activity at all is closed after this. */
+  idleTimeoutMs: 10_000,
+};
 
 export class StatusServer {
   private constructor(private readonly server: Server) {}
@@ -18,39 +37,52 @@ export class StatusServer {
   }
 
   static listen(ep: Endpoint, register: Registry, views: Record<string, JsonView>, log: Logger): Promise<StatusServer> {
-    const server = createServer((req, res) => {
-      const path = (req.url ?? '/').split('?')[0]!;
-      if (req.method !== 'GET' && req.method !== 'HEAD') {
-        res.writeHead(405, { allow: 'GET, HEAD' }).end();
-        return;
-      }
-      if (path === '/metrics') {
-        register.metrics().then(
-          (text) => res.writeHead(200, { 'content-type': register.contentType }).end(text),
-          (err: unknown) => {
-            log.error('metrics collection failed', { error: describe(err) });
-            res.writeHead(500).end();
-          },
-        );
-        return;
-      }
-      const view = views[path];
-      if (view === undefined) {
-        res.writeHead(404, { 'content-type': 'text/plain' }).end(`not found; try ${['/metrics', ...Object.keys(views)].join(' ')}\n`);
-        return;
-      }
-      try {
-        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(view(), null, 1) + '\n');
-      } catch (err) {
-        log.error('status view failed', { path, error: describe(err) });
-        res.writeHead(500).end();
-      }
-    });
+    const server = createServer(
+      { requestTimeout: STATUS_LIMITS.requestTimeoutMs, headersTimeout: STATUS_LIMITS.headersTimeoutMs, keepAliveTimeout: STATUS_LIMITS.keepAliveTimeoutMs },
+      (req, res) => {
+        const path = (req.url ?? '/').split('?')[0]!;
+        if (req.method !== 'GET' && req.method !== 'HEAD') {
+          res.writeHead(405, { allow: 'GET, HEAD' }).end();
+          return;
+        }
+        if (path === '/metrics') {
+          register.metrics().then(
+            (text) => res.writeHead(200, { 'content-type': register.contentType }).end(text),
+            (err: unknown) => {
+              log.error('metrics collection failed', { error: describe(err) });
+              if (!res.headersSent) res.writeHead(500).end();
+            },
+          );
+          return;
+        }
+        const view = views[path];
+        if (view === undefined) {
+          res.writeHead(404, { 'content-type': 'text/plain' }).end(`not found; try ${['/metrics', ...Object.keys(views)].join(' ')}\n`);
+          return;
+        }
+        let body: string;
+        try {
+          body = JSON.stringify(view(), null, 1) + '\n';
+        } catch (err) {
+          log.error('status view failed', { path, error: describe(err) });
+          res.writeHead(500, { 'content-type': 'text/plain' }).end('internal error\n');
+          return;
+        }
+        res.writeHead(200, { 'content-type': 'application/json' }).end(body);
+      },
+    );
+    server.maxConnections = STATUS_LIMITS.maxConnections;
+    server.setTimeout(STATUS_LIMITS.idleTimeoutMs, (socket) => socket.destroy());
     return new Promise((resolve, reject) => {
       server.once('error', (err) => reject(new Error(`cannot serve metrics on ${ep.text}: ${err.message}`)));
       server.listen({ port: ep.port, host: ep.host }, () => {
         server.removeAllListeners('error');
         server.on('error', (err) => log.error('status server error', { error: err.message }));
+        // A client that breaks the protocol gets an answer and is cut off, never an exception.
+        server.on('clientError', (_err, socket) => {
+          if (socket.writable) socket.end('HTTP/1.1 400 Bad Request\r\nconnection: close\r\n\r\n');
+          else socket.destroy();
+        });
         resolve(new StatusServer(server));
       });
     });

@@ -22,7 +22,9 @@ import { KeyRing } from '../crypto/keyring.js';
 import { sodiumReady } from '../crypto/secretbox.js';
 import { SecureSession } from '../crypto/session.js';
 import { Repeater, type RepeaterHooks } from '../repeater/repeater.js';
-import { SealedListenerPath } from '../repeater/sealed-path.js';
+import type { Backend } from '../net/io.js';
+import { SealedGate } from '../repeater/sealed-path.js';
+import { Role } from '../wire/envelope.js';
 import { UwsgiSignatureCheck } from '../repeater/signcheck.js';
 import { StateStore } from './state-store.js';
 
@@ -40,7 +42,7 @@ export function subscribersView(r: Repeater): unknown {
   const iso = (ms: number) => (Number.isFinite(ms) ? new Date(ms).toISOString() : null);
   const out: unknown[] = [];
   for (const ch of r.channels.values()) {
-    for (const e of ch.registry.values()) {
+    for (const e of ch.subscribers()) {
       out.push({
         channel: ch.name,
         address: e.endpoint.text,
@@ -76,27 +78,23 @@ export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { sess
   const signedClocks = new Map<string, number>();
   return {
     session: () => session,
-    sealed(config, repeater) {
+    sealed(config) {
       if (config.keyFiles.length === 0) return null;
       const ring = KeyRing.load(config.keyFiles);
-      session ??= new SecureSession();
+      session ??= new SecureSession(Role.Repeater);
       log.info('key ring loaded', { keys: ring.describe(), origin: session.origin.toString(16) });
-      return new SealedListenerPath(session, ring, repeater, {
-        maxSkewMs: config.maxSkewMs,
-        repairDeletes: config.repairDeletes,
-        forwardUnknown: config.forwardUnknown,
-      });
+      return new SealedGate(session, ring, { maxSkewMs: config.maxSkewMs });
     },
     signatures: (config) => (config.signCheck === null ? null : new UwsgiSignatureCheck(config.signCheck, log, signedClocks)),
   };
 }
 
 /** Starts a repeater with its status server; used by the CLI and by tests. */
-export async function startServe(config: ServeConfig, log: Logger, hooks?: RepeaterHooks): Promise<ServeHandle> {
+export async function startServe(config: ServeConfig, log: Logger, hooks?: RepeaterHooks, backend?: Backend): Promise<ServeHandle> {
   const h = hooks ?? (await repeaterHooks(log));
   // An unusable state dir refuses the start, before any socket is opened.
   const store = config.stateDir === null ? null : new StateStore(config.stateDir, log);
-  const repeater = await Repeater.start(config, log, h);
+  const repeater = await Repeater.start(config, log, { ...h, ...(backend === undefined ? {} : { backend }) });
   if (store !== null) {
     const saved = store.load();
     if (saved !== null) store.restore(repeater, saved);
@@ -104,12 +102,12 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   }
   const register = newRegistry();
   const channels = () =>
-    [...repeater.channels.values()].map((ch) => ({ name: ch.name, stats: ch.stats, subscribers: ch.registry.size }));
-  registerChannelMetrics(register, 'udprepeater', channels, repeater.fanout);
+    [...repeater.channels.values()].map((ch) => ({ name: ch.name, stats: ch.stats, subscribers: ch.size }));
+  registerChannelMetrics(register, 'udprepeater', channels, repeater.fanoutTime);
   registerSubscriptionMetrics(register, channels);
   const ops = new OpsMetrics(register, 'udprepeater', VERSION);
   const session = 'session' in h ? (h as { session(): SecureSession | null }).session : () => null;
-  registerKeyMetrics(register, 'udprepeater_keys', () => repeater.sealedPath?.keyIds() ?? []);
+  registerKeyMetrics(register, 'udprepeater_keys', () => repeater.sealedGate?.keyIds() ?? []);
   counterFrom(register, 'udprepeater_sealed_frames_total', 'Secure mode: frames sealed (once per datagram and subscriber key)', [], () => [[{}, session()?.sealed ?? 0]]);
   registerListenerKernelMetrics(register, () => repeater.listenerSockets());
   counterFrom(register, 'udprepeater_state_saves_total', 'Registry state files written (--state-dir), by result', ['result'], () => [
@@ -128,15 +126,15 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
         uptimeSeconds: Math.round((Date.now() - started) / 1000),
         listeners: repeater.listeners(),
         channels: repeater.channels.size,
-        keys: repeater.sealedPath?.keyIds() ?? [],
+        keys: repeater.sealedGate?.keyIds() ?? [],
       }),
       '/subscribers': () => subscribersView(repeater),
       '/refusals': () => repeater.subscriptions.recent(),
     },
     log,
-    () => {
+    async () => {
       store?.stop(repeater);
-      repeater.close();
+      await repeater.close();
     },
   );
 
@@ -155,7 +153,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
       }),
     async close() {
       store?.stop(repeater);
-      repeater.close();
+      await repeater.close();
       if (status !== null) await status.close();
     },
   };

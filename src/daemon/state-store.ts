@@ -8,7 +8,6 @@ import { closeSync, constants, fsyncSync, mkdirSync, openSync, readFileSync, ren
 import { join } from 'node:path';
 import { ConfigError, describe } from '../base/errors.js';
 import type { Logger } from '../base/log.js';
-import { parseEndpoint } from '../wire/address.js';
 import { decodeState, encodeState, type RegistryState, type SavedSubscriber } from '../wire/state.js';
 import type { Repeater } from '../repeater/repeater.js';
 
@@ -51,35 +50,31 @@ export class StateStore {
     return state;
   }
 
-  /** Puts saved subscribers back into the repeater's channels. */
+  /**
+   * Puts saved subscribers back, each after the checks a live subscription
+   * passes and range checks on every field; a bad entry is skipped and logged.
+   */
   restore(repeater: Repeater, state: RegistryState, now = Date.now()): number {
     let restored = 0;
+    const skipped = new Map<string, number>();
     for (const s of state.subscribers) {
-      const ch = repeater.channels.get(s.channel);
-      const ep = parseEndpoint(s.address);
-      if (ch === undefined || typeof ep === 'string' || !repeater.access.allows(ep.host)) continue;
-      try {
-        const e = ch.registry.restore(
-          { endpoint: ep, key: s.key, form: s.sealed ? 'sealed' : 'plain', source: s.source, origin: s.sealed ? s.origin : null },
-          s.firstSeenMs,
-          s.lastSeenMs,
-          s.deadlineMs,
-          now,
-        );
-        if (e !== null) restored++;
-      } catch (err) {
-        // No socket for it: it will be back with its next announce.
-        this.log.throttle('warn', 'restore-socket', 'cannot open a socket for a saved subscriber', { address: s.address, error: describe(err) });
+      const why = repeater.restore(s, now);
+      if (why === null) {
+        restored++;
+        continue;
       }
+      skipped.set(why, (skipped.get(why) ?? 0) + 1);
+      this.log.throttle('warn', `restore:${why}`, 'saved subscriber skipped', { file: this.file, channel: s.channel, address: s.address, reason: why });
     }
-    this.log.info('restored subscribers from saved state', { file: this.file, saved: state.subscribers.length, restored, savedAt: new Date(state.savedAtMs).toISOString() });
+    const savedAt = Number.isSafeInteger(state.savedAtMs) && state.savedAtMs > 0 && state.savedAtMs < 8.64e15 ? new Date(state.savedAtMs).toISOString() : null;
+    this.log.info('restored subscribers from saved state', { file: this.file, saved: state.subscribers.length, restored, skipped: Object.fromEntries(skipped), savedAt });
     return restored;
   }
 
   snapshot(repeater: Repeater, now = Date.now()): RegistryState {
     const subscribers: SavedSubscriber[] = [];
     for (const ch of repeater.channels.values()) {
-      for (const e of ch.registry.values()) {
+      for (const e of ch.subscribers()) {
         if (e.isStatic) continue;
         subscribers.push({
           channel: ch.name,
@@ -105,8 +100,10 @@ export class StateStore {
     let membership = 0;
     let refreshes = 0;
     for (const ch of repeater.channels.values()) {
-      membership += ch.registry.membership;
-      refreshes += ch.registry.refreshes;
+      for (const r of [ch.plain, ch.sealed]) {
+        membership += r.membership;
+        refreshes += r.refreshes;
+      }
     }
     const now = Date.now();
     const changed = membership !== this.savedMembership;

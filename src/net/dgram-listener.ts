@@ -1,53 +1,42 @@
-// One bound UDP socket per configured address. Multicast addresses are
-// joined; IPv6 sockets are v6-only so `[::]:P` and `0.0.0.0:P` can coexist.
+// Listeners on node:dgram: the backend without the native addon, and the one
+// for multicast groups. IPv6 sockets are v6-only so `[::]:P` and `0.0.0.0:P`
+// can coexist. Sources are canonicalised (an IPv4-mapped address is IPv4),
+// exactly as the native listener reports them.
 
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
-import type { ListenerConfig } from '../config/serve-config.js';
-import type { Endpoint } from '../wire/address.js';
-import { native } from './native.js';
-import { NativeListener } from './native-listener.js';
+import { canonicalIp, type Endpoint, formatEndpoint } from '../wire/address.js';
+import { type DatagramHandler, type DatagramListener, type ListenOptions, MAX_SOCKET_BUFFER, type Source } from './io.js';
 
-export interface ListenerOptions {
-  readonly recvBuffer: number;
-  readonly multicastInterface: string | null;
+const SOURCE_CACHE_LIMIT = 4096;
+
+/** Canonical text of the IPv6 sources node:dgram reports, cached (sources repeat). */
+class SourceNames {
+  private readonly cache = new Map<string, string>();
+
+  name(address: string): string {
+    let s = this.cache.get(address);
+    if (s === undefined) {
+      s = canonicalIp(address)?.host ?? address;
+      // Bounded: a flood of distinct sources must not grow memory.
+      if (this.cache.size >= SOURCE_CACHE_LIMIT) this.cache.clear();
+      this.cache.set(address, s);
+    }
+    return s;
+  }
 }
 
-export type DatagramHandler = (msg: Buffer, rinfo: RemoteInfo) => void;
-
-/** A bound listener socket, native or node:dgram. */
-export interface DatagramListener {
-  readonly config: ListenerConfig;
-  /** The address actually bound (differs from the config when port 0 was asked). */
-  readonly bound: string;
-  readonly port: number;
-  /** The socket's file descriptor, when known (for kernel statistics). */
-  readonly fd: number | null;
-  onError(handler: (err: Error) => void): void;
-  close(): void;
+export function checkBufferSize(name: string, n: number): void {
+  if (!Number.isInteger(n) || n < 0 || n > MAX_SOCKET_BUFFER) throw new RangeError(`${name} ${n} is out of range (0-${MAX_SOCKET_BUFFER})`);
 }
 
 /**
- * Opens a listener: on the native path when it is available (unicast only),
- * else with node:dgram. `stable` tells whether datagrams handed to the
- * handler may be kept after it returns.
+ * Binds a UDP socket for `ep` and resolves once it is listening. The handler
+ * gets canonical sources.
  */
-export async function openListener(
-  config: ListenerConfig,
-  opts: ListenerOptions,
-  onMessage: DatagramHandler,
-): Promise<{ listener: DatagramListener; stable: boolean }> {
-  if (native !== null && !config.multicast) {
-    return { listener: new NativeListener(config, native, opts, onMessage), stable: false };
-  }
-  return { listener: await Listener.open(config, opts, onMessage), stable: true };
-}
-
-/** Binds a UDP socket for `ep` and resolves once it is listening. */
-export function bindUdp(
-  ep: Endpoint,
-  opts: { recvBuffer: number; multicast: boolean; multicastInterface: string | null },
-  onMessage: DatagramHandler,
-): Promise<Socket> {
+export function bindUdp(ep: Endpoint, opts: ListenOptions & { multicast: boolean }, onMessage: DatagramHandler): Promise<Socket> {
+  checkBufferSize('recv-buffer', opts.recvBuffer);
+  const names = new SourceNames();
+  const src: Source = { address: '', port: 0, family: 4 };
   return new Promise((resolve, reject) => {
     const socket = createSocket({
       type: ep.family === 6 ? 'udp6' : 'udp4',
@@ -59,7 +48,17 @@ export function bindUdp(
       reject(new Error(`cannot listen on ${ep.text}: ${err.message}`));
     };
     socket.once('error', fail);
-    socket.on('message', onMessage);
+    socket.on('message', (msg: Buffer, rinfo: RemoteInfo) => {
+      if (rinfo.family === 'IPv4') {
+        src.address = rinfo.address;
+        src.family = 4;
+      } else {
+        src.address = names.name(rinfo.address);
+        src.family = src.address.includes(':') ? 6 : 4;
+      }
+      src.port = rinfo.port;
+      onMessage(msg, src);
+    });
     const address = opts.multicast && ep.family === 6 ? '::' : ep.host;
     socket.bind({ port: ep.port, address, exclusive: true }, () => {
       socket.off('error', fail);
@@ -75,20 +74,25 @@ export function bindUdp(
   });
 }
 
-export class Listener implements DatagramListener {
+export class DgramListener implements DatagramListener {
+  readonly stable = true;
+
   private constructor(
-    readonly config: ListenerConfig,
+    readonly endpoint: Endpoint,
     private readonly socket: Socket,
   ) {}
 
-  /** The address actually bound (differs from the config when port 0 was asked). */
   get bound(): string {
     const a = this.socket.address();
-    return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+    return formatEndpoint(canonicalIp(a.address)?.host ?? a.address, a.port);
   }
 
   get port(): number {
     return this.socket.address().port;
+  }
+
+  get recvBuffer(): number {
+    return this.socket.getRecvBufferSize();
   }
 
   get fd(): number | null {
@@ -98,26 +102,22 @@ export class Listener implements DatagramListener {
     return typeof handle?.fd === 'number' && handle.fd >= 0 ? handle.fd : null;
   }
 
-  static async open(config: ListenerConfig, opts: ListenerOptions, onMessage: DatagramHandler): Promise<Listener> {
-    const socket = await bindUdp(
-      config.endpoint,
-      { recvBuffer: opts.recvBuffer, multicast: config.multicast, multicastInterface: opts.multicastInterface },
-      onMessage,
-    );
-    // A socket error after bind (rare for UDP) must not crash the process;
-    // the repeater's handler counts and logs it.
-    return new Listener(config, socket);
+  static async open(ep: Endpoint, multicast: boolean, opts: ListenOptions, onMessage: DatagramHandler): Promise<DgramListener> {
+    return new DgramListener(ep, await bindUdp(ep, { ...opts, multicast }, onMessage));
   }
 
   onError(handler: (err: Error) => void): void {
+    // A socket error after bind (rare for UDP) is reported, never fatal.
     this.socket.on('error', handler);
   }
 
-  close(): void {
-    try {
-      this.socket.close();
-    } catch {
-      // already closed
-    }
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      try {
+        this.socket.close(() => resolve());
+      } catch {
+        resolve(); // already closed
+      }
+    });
   }
 }

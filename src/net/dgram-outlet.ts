@@ -1,46 +1,19 @@
-// One subscriber's way out: a connected UDP socket (about 20% cheaper per
-// send than addressing every datagram) with a bounded queue. ICMP errors
-// (ECONNREFUSED and friends) arrive as socket errors, are counted here, and
-// never reach the other outlets.
+// The node:dgram fan-out: one connected UDP socket per outlet with a bounded
+// queue (node:dgram would otherwise queue without limit when the kernel buffer
+// is full). A connected socket learns of ICMP errors (ECONNREFUSED...) on a
+// later send, which loses that copy: the native backend retries it instead.
+// Multicast outputs always use this backend (TTL and interface per outlet).
 
 import { createSocket, type Socket } from 'node:dgram';
 import type { Endpoint } from '../wire/address.js';
+import type { Fanout, FanoutOptions, Outlet, OutletErrorHandler, OutletGroup, OutletOptions, SendTally } from './io.js';
 
-export interface OutletOptions {
-  /** Datagrams Node may hold for this socket when the kernel buffer is full. */
-  readonly sendQueue: number;
-  /** SO_SNDBUF; 0 keeps the kernel default. */
-  readonly sendBuffer: number;
-  /** Multicast outputs only. */
-  readonly ttl?: number;
-  readonly multicastInterface?: string | null;
-}
+/** Errors that say the destination does not take datagrams (ICMP answers). */
+export const UNREACHABLE_CODES: ReadonlySet<string> = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN']);
 
-/** What the channel needs of a subscriber's socket, native or node:dgram. */
-export interface OutputSocket {
-  readonly endpoint: Endpoint;
-  /** The native socket, or -1 for a node:dgram one. */
-  readonly fd: number;
-  sent: number;
-  bytes: number;
-  dropped: number;
-  errors: number;
-  lastError: string | null;
-  lastErrorAt: number;
-  /** Sends one copy; false when it was dropped. Never throws. */
-  send(buf: Buffer): boolean;
-  close(): void;
-}
-
-export type OutletErrorHandler = (outlet: OutputSocket, err: NodeJS.ErrnoException) => void;
-/** Datagrams the peer sends back on a connected socket (only the agent listens to them). */
-export type OutletMessageHandler = (msg: Buffer) => void;
-
-export class Outlet implements OutputSocket {
-  readonly fd = -1;
+export class DgramOutlet implements Outlet {
   sent = 0;
   bytes = 0;
-  /** Copies dropped because the queue was full (or the socket not yet connected and full). */
   dropped = 0;
   errors = 0;
   lastError: string | null = null;
@@ -49,71 +22,64 @@ export class Outlet implements OutputSocket {
   private readonly socket: Socket;
   private ready = false;
   private closed = false;
+  /** True once the socket could not be bound or connected: it will never send. */
+  private broken = false;
   /** Sends that arrived while the socket was connecting; bounded by sendQueue. */
   private pending: Buffer[] | null = [];
 
   constructor(
     readonly endpoint: Endpoint,
-    private readonly opts: OutletOptions,
-    onError?: OutletErrorHandler,
-    onMessage?: OutletMessageHandler,
-    /** Local address to bind before connecting (default: any). */
-    bindHost?: string,
+    private readonly sendQueue: number,
+    sendBuffer: number,
+    private readonly onError: OutletErrorHandler,
+    private readonly opts: OutletOptions = {},
   ) {
-    const socket = createSocket({
-      type: endpoint.family === 6 ? 'udp6' : 'udp4',
-      ...(opts.sendBuffer > 0 ? { sendBufferSize: opts.sendBuffer } : {}),
-    });
+    // Throws synchronously when no socket can be had (EMFILE): the caller refuses the outlet.
+    const socket = createSocket({ type: endpoint.family === 6 ? 'udp6' : 'udp4', ...(sendBuffer > 0 ? { sendBufferSize: sendBuffer } : {}) });
     this.socket = socket;
-    socket.on('error', (err: NodeJS.ErrnoException) => {
-      // Before the connect completed, any error (e.g. EADDRINUSE from the
-      // implicit bind) means the socket will never work.
-      if (!this.ready && !this.broken && !this.closed) {
-        this.fail(err);
-        return;
-      }
-      this.errors++;
-      this.lastError = err.code ?? err.message;
-      this.lastErrorAt = Date.now();
-      onError?.(this, err);
-    });
-    // A connected socket only receives from its peer: the kernel filters
-    // everyone else out before we see a byte.
-    if (onMessage !== undefined) socket.on('message', onMessage);
-    const connect = () => socket.connect(endpoint.port, endpoint.host, (err?: Error) => (err ? this.fail(err as NodeJS.ErrnoException) : this.onConnect()));
-    if (bindHost !== undefined) socket.bind(0, bindHost, connect);
-    else connect();
+    socket.on('error', (err: NodeJS.ErrnoException) => this.onSocketError(err));
+    // A connected socket only receives from its peer; we never read what it sends.
+    socket.connect(endpoint.port, endpoint.host, (err?: Error) => (err ? this.fail(err as NodeJS.ErrnoException) : this.onConnect()));
   }
 
-  /** True once the socket could not be bound or connected: it will never send. */
-  broken = false;
+  private onSocketError(err: NodeJS.ErrnoException, lost = false): void {
+    if (this.closed) return;
+    // Before the connect completed, any error (EADDRINUSE from the implicit bind...) means it will never work.
+    if (!this.ready) {
+      this.fail(err);
+      return;
+    }
+    const code = err.code ?? err.message;
+    this.errors++;
+    this.lastError = code;
+    this.lastErrorAt = Date.now();
+    this.onError(this, code, UNREACHABLE_CODES.has(code) ? 'unreachable' : 'send', lost);
+  }
 
-  /**
-   * A socket that cannot connect (no free port, no route) must not swallow
-   * datagrams silently: it drops everything from now on and reports the
-   * error once with syscall 'connect', so its owner can remove it.
-   */
+  /** A socket that cannot connect must not swallow datagrams silently: report it once as broken. */
   private fail(err: NodeJS.ErrnoException): void {
     if (this.broken || this.closed) return;
     this.broken = true;
     this.dropped += this.pending?.length ?? 0;
     this.pending = null;
-    err.syscall = 'connect';
-    this.socket.emit('error', err);
-  }
-
-  /** The local address this socket sends from (once connected). */
-  get local(): string | null {
-    if (!this.ready) return null;
-    const a = this.socket.address();
-    return a.family === 'IPv6' ? `[${a.address}]:${a.port}` : `${a.address}:${a.port}`;
+    const code = err.code ?? err.message;
+    this.errors++;
+    this.lastError = code;
+    this.lastErrorAt = Date.now();
+    this.onError(this, code, 'broken', false);
   }
 
   private onConnect(): void {
     if (this.closed) return;
-    if (this.opts.ttl !== undefined) {
-      this.socket.setMulticastTTL(this.opts.ttl);
-      if (this.opts.multicastInterface) this.socket.setMulticastInterface(this.opts.multicastInterface);
+    try {
+      if (this.opts.ttl !== undefined) {
+        this.socket.setMulticastTTL(this.opts.ttl);
+        if (this.opts.multicastInterface) this.socket.setMulticastInterface(this.opts.multicastInterface);
+      }
+    } catch (err) {
+      // e.g. the interface address went away since the config was checked.
+      this.fail(err as NodeJS.ErrnoException);
+      return;
     }
     this.ready = true;
     const queued = this.pending ?? [];
@@ -121,22 +87,21 @@ export class Outlet implements OutputSocket {
     for (const buf of queued) this.send(buf);
   }
 
-  /** Sends one copy; false when it was dropped (queue full). Never throws. */
   send(buf: Buffer): boolean {
-    if (this.broken) {
+    if (this.broken || this.closed) {
       this.dropped++;
       return false;
     }
     if (!this.ready) {
-      const p = this.pending;
-      if (p === null || p.length >= this.opts.sendQueue) {
+      const p = this.pending!;
+      if (p.length >= this.sendQueue) {
         this.dropped++;
         return false;
       }
       p.push(buf);
       return true;
     }
-    if (this.socket.getSendQueueCount() >= this.opts.sendQueue) {
+    if (this.socket.getSendQueueCount() >= this.sendQueue) {
       this.dropped++;
       return false;
     }
@@ -146,32 +111,14 @@ export class Outlet implements OutputSocket {
     return true;
   }
 
-  /**
-   * Without a callback node:dgram drops send errors silently; with one it
-   * reports them (one callback per outlet, allocated once).
-   */
+  /** Without a callback node:dgram drops send errors silently; with one it reports them. */
   private readonly afterSend = (err: Error | null): void => {
-    if (err !== null) this.socket.emit('error', err);
+    if (err === null) return;
+    // Counted as sent when queued; the kernel refused it after all.
+    this.sent--;
+    this.dropped++;
+    this.onSocketError(err as NodeJS.ErrnoException, true);
   };
-
-  /** Sends one datagram and resolves once the kernel took it (for goodbyes). */
-  sendAndWait(buf: Buffer, ms = 1000): Promise<void> {
-    return new Promise((resolve, reject) => {
-      if (this.closed) {
-        reject(new Error('outlet closed'));
-        return;
-      }
-      const t = setTimeout(() => reject(new Error(`send to ${this.endpoint.text} timed out`)), ms);
-      const go = () =>
-        this.socket.send(buf, (err) => {
-          clearTimeout(t);
-          if (err) reject(err);
-          else resolve();
-        });
-      if (this.ready) go();
-      else this.socket.once('connect', go);
-    });
-  }
 
   close(): void {
     if (this.closed) return;
@@ -182,5 +129,42 @@ export class Outlet implements OutputSocket {
     } catch {
       // already closed by an error path: nothing left to release
     }
+  }
+}
+
+class DgramGroup implements OutletGroup {
+  constructor(private readonly outlets: readonly Outlet[]) {}
+
+  get size(): number {
+    return this.outlets.length;
+  }
+
+  send(buf: Buffer, stable: boolean, tally: SendTally): void {
+    const outs = this.outlets;
+    if (outs.length === 0) return;
+    // Queued sends keep the buffer: a volatile one (a native receive arena view) is copied once.
+    const b = stable ? buf : Buffer.from(buf);
+    for (let i = 0; i < outs.length; i++) {
+      if (outs[i]!.send(b)) tally.sent++;
+      else tally.full++;
+    }
+  }
+}
+
+export class DgramFanout implements Fanout {
+  readonly backend = 'dgram' as const;
+
+  constructor(private readonly opts: FanoutOptions) {}
+
+  open(ep: Endpoint, onError: OutletErrorHandler, opts?: OutletOptions): DgramOutlet {
+    return new DgramOutlet(ep, this.opts.sendQueue, this.opts.sendBuffer, onError, opts);
+  }
+
+  group(outlets: readonly Outlet[]): OutletGroup {
+    return new DgramGroup(outlets);
+  }
+
+  async close(): Promise<void> {
+    // Outlets are closed by their owners.
   }
 }

@@ -1,43 +1,40 @@
-// A listener on the native path: the kernel hands over up to 32 datagrams
+// A listener on the native backend: the kernel hands over up to 32 datagrams
 // per recvmmsg() and JS is entered once per batch. Each datagram is passed to
 // the handler as a view into the receive arena, valid only during the call.
 
-import type { ListenerConfig } from '../config/serve-config.js';
-import { formatEndpoint } from '../wire/address.js';
-import type { DatagramHandler, DatagramListener, ListenerOptions } from './dgram-listener.js';
-import { errnoName, ipBytes, type NativeListenerHandle, type UdpFast } from './native.js';
+import { formatEndpoint, formatIp, ipBytes, type Endpoint } from '../wire/address.js';
+import { checkBufferSize } from './dgram-listener.js';
+import type { DatagramHandler, DatagramListener, ListenOptions, Source } from './io.js';
+import { errnoName, type NativeListenerHandle, type UdpFast } from './native.js';
 
-/** Remote address as the handler sees it; reused, so handlers must not keep it. */
-interface Source {
-  address: string;
-  port: number;
-  family: 'IPv4' | 'IPv6';
-  size: number;
-}
-
-const V4_CACHE_LIMIT = 65536;
+const V4_CACHE_LIMIT = 4096;
+/** After a poll error the socket is polled again after this long (never a busy loop). */
+const RESUME_MS = 1000;
 
 export class NativeListener implements DatagramListener {
+  readonly stable = false;
   private readonly h: NativeListenerHandle;
   private readonly arena: Buffer;
   private readonly meta: Int32Array;
   private readonly metaU8: Uint8Array;
   private readonly v4 = new Map<number, string>();
-  private readonly source: Source = { address: '', port: 0, family: 'IPv4', size: 0 };
+  private readonly source: Source = { address: '', port: 0, family: 4 };
   private errorHandler: ((err: Error) => void) | null = null;
-  private closed = false;
+  private closing: Promise<void> | null = null;
+  private resumeTimer: NodeJS.Timeout | null = null;
+  private reportedErrors = 0;
 
   constructor(
-    readonly config: ListenerConfig,
+    readonly endpoint: Endpoint,
     private readonly api: UdpFast,
-    opts: ListenerOptions,
+    private readonly opts: ListenOptions,
     private readonly onMessage: DatagramHandler,
   ) {
-    const ep = config.endpoint;
+    checkBufferSize('recv-buffer', opts.recvBuffer);
     try {
-      this.h = api.listen(ep.family, ipBytes(ep.host, ep.family), ep.port, opts.recvBuffer, (n) => this.onBatch(n));
+      this.h = api.listen(endpoint.family, Buffer.from(ipBytes(endpoint.host)!), endpoint.port, opts.recvBuffer, (n) => this.onBatch(n), (errno) => this.onPollError(errno));
     } catch (err) {
-      throw new Error(`cannot listen on ${ep.text}: ${(err as Error).message}`);
+      throw new Error(`cannot listen on ${endpoint.text}: ${(err as Error).message}`);
     }
     this.arena = Buffer.from(this.h.arena);
     this.meta = new Int32Array(this.h.meta);
@@ -49,11 +46,15 @@ export class NativeListener implements DatagramListener {
   }
 
   get fd(): number | null {
-    return this.closed ? null : this.h.fd;
+    return this.closing !== null ? null : this.h.fd;
   }
 
   get bound(): string {
-    return formatEndpoint(this.config.endpoint.host, this.h.port);
+    return formatEndpoint(this.endpoint.host, this.h.port);
+  }
+
+  get recvBuffer(): number {
+    return this.h.rcvbuf;
   }
 
   onError(handler: (err: Error) => void): void {
@@ -66,18 +67,13 @@ export class NativeListener implements DatagramListener {
       const word = this.meta[base]! >>> 0;
       let s = this.v4.get(word);
       if (s === undefined) {
-        const b = this.metaU8.subarray(base * 4, base * 4 + 4);
-        s = `${b[0]}.${b[1]}.${b[2]}.${b[3]}`;
+        s = formatIp(this.metaU8.subarray(base * 4, base * 4 + 4)).host;
         if (this.v4.size >= V4_CACHE_LIMIT) this.v4.clear();
         this.v4.set(word, s);
       }
       return s;
     }
-    const b = this.metaU8.subarray(base * 4, base * 4 + 16);
-    const words: string[] = [];
-    for (let i = 0; i < 16; i += 2) words.push(((b[i]! << 8) | b[i + 1]!).toString(16));
-    // Canonical enough for allow-list checks and logs; BlockList parses it.
-    return words.join(':');
+    return formatIp(this.metaU8.subarray(base * 4, base * 4 + 16)).host;
   }
 
   private onBatch(n: number): void {
@@ -86,16 +82,17 @@ export class NativeListener implements DatagramListener {
     for (let i = 0; i < n; i++) {
       const m = i * metaWords;
       const len = this.meta[m]!;
-      if (len < 0) continue; // truncated: cannot happen with 64 KiB slots
-      const family = this.meta[m + 1]!;
-      src.address = this.addressOf(i, family);
+      src.address = this.addressOf(i, this.meta[m + 1]!);
+      src.family = src.address.includes(':') ? 6 : 4;
       src.port = this.meta[m + 2]!;
-      src.family = family === 4 ? 'IPv4' : 'IPv6';
-      src.size = len;
-      this.onMessage(this.arena.subarray(i * slotSize, i * slotSize + len), src as never);
+      if (len < 0) {
+        this.opts.onTruncated?.(src);
+        continue;
+      }
+      this.onMessage(this.arena.subarray(i * slotSize, i * slotSize + len), src);
     }
     if (this.errorHandler !== null) {
-      const [count, last] = this.api.listenerErrors(this.h.handle);
+      const [count, last] = this.api.listenerStats(this.h.handle);
       if (count > this.reportedErrors) {
         this.reportedErrors = count;
         this.errorHandler(new Error(`receive error ${errnoName(last)}`));
@@ -103,11 +100,22 @@ export class NativeListener implements DatagramListener {
     }
   }
 
-  private reportedErrors = 0;
+  /** The addon stopped polling after an error: report it, then poll again a little later. */
+  private onPollError(errno: number): void {
+    this.errorHandler?.(new Error(`listener poll error ${errnoName(errno)}; polling again in ${RESUME_MS} ms`));
+    if (this.closing !== null || this.resumeTimer !== null) return;
+    this.resumeTimer = setTimeout(() => {
+      this.resumeTimer = null;
+      if (this.closing === null) this.api.resume(this.h.handle);
+    }, RESUME_MS);
+    this.resumeTimer.unref();
+  }
 
-  close(): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.api.unlisten(this.h.handle);
+  close(): Promise<void> {
+    if (this.closing === null) {
+      if (this.resumeTimer !== null) clearTimeout(this.resumeTimer);
+      this.closing = new Promise((resolve) => this.api.unlisten(this.h.handle, resolve));
+    }
+    return this.closing;
   }
 }

@@ -1,6 +1,10 @@
-// Per-source token buckets for subscription datagrams. The table is bounded:
-// idle entries are swept, and when it is full new sources are refused rather
-// than letting a spoofed flood grow memory.
+// Per-source token buckets for subscription datagrams, in two tiers:
+// - known sources (those of live subscribers) have their own table, which a
+//   flood of other sources can never fill: a known node's re-announces are
+//   never starved by strangers;
+// - every other source shares a bounded table: idle entries are swept, and
+//   when it is full a new stranger is refused rather than letting a spoofed
+//   flood grow memory.
 
 interface Bucket {
   tokens: number;
@@ -8,12 +12,13 @@ interface Bucket {
 }
 
 export class RateLimiter {
-  private readonly buckets = new Map<string, Bucket>();
+  private readonly strangers = new Map<string, Bucket>();
+  private readonly known = new Map<string, Bucket>();
 
   constructor(
     private rate: number,
     private burst: number,
-    private readonly maxEntries = 65536,
+    private readonly maxStrangers = 65536,
   ) {}
 
   configure(rate: number, burst: number): void {
@@ -21,18 +26,31 @@ export class RateLimiter {
     this.burst = burst;
   }
 
-  /** Takes one token for `source` at time `now` (ms); false when empty. */
-  allow(source: string, now: number): boolean {
-    let b = this.buckets.get(source);
+  /**
+   * Takes one token for `source` at time `now` (ms); false when empty.
+   * `known`: the source has a live subscription (its table is bounded by the
+   * registry's capacity, not by this class).
+   */
+  allow(source: string, now: number, known: boolean): boolean {
+    const table = known ? this.known : this.strangers;
+    let b = table.get(source);
+    if (b === undefined && known) {
+      // A stranger that just subscribed keeps its bucket: becoming known must not refill it.
+      b = this.strangers.get(source);
+      if (b !== undefined) {
+        this.strangers.delete(source);
+        table.set(source, b);
+      }
+    }
     if (b === undefined) {
-      if (this.buckets.size >= this.maxEntries) {
+      if (!known && table.size >= this.maxStrangers) {
         this.sweep(now);
-        if (this.buckets.size >= this.maxEntries) return false;
+        if (table.size >= this.maxStrangers) return false;
       }
       b = { tokens: this.burst, last: now };
-      this.buckets.set(source, b);
+      table.set(source, b);
     } else {
-      b.tokens = Math.min(this.burst, b.tokens + ((now - b.last) * this.rate) / 1000);
+      b.tokens = Math.min(this.burst, b.tokens + ((Math.max(0, now - b.last)) * this.rate) / 1000);
       b.last = now;
     }
     if (b.tokens < 1) return false;
@@ -43,10 +61,12 @@ export class RateLimiter {
   /** Forgets sources whose bucket has refilled: they are indistinguishable from new ones. */
   sweep(now: number): void {
     const full = (this.burst * 1000) / this.rate;
-    for (const [k, b] of this.buckets) if (now - b.last >= full) this.buckets.delete(k);
+    for (const table of [this.strangers, this.known]) {
+      for (const [k, b] of table) if (now - b.last >= full) table.delete(k);
+    }
   }
 
   get size(): number {
-    return this.buckets.size;
+    return this.strangers.size + this.known.size;
   }
 }

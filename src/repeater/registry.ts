@@ -1,6 +1,8 @@
-// The subscribers of one channel: who, since when, until when. Pure
-// bookkeeping over a clock the caller passes in; the outlet of each entry is
-// opened and closed through the factory so tests can run it without sockets.
+// The subscribers of one channel in one form (plain or sealed): who, since
+// when, until when. Pure bookkeeping over a clock the caller passes in; the
+// outlet of each entry is opened and closed through the factory so tests can
+// run it without sockets. Each form has its own registry, so its own
+// capacity: nothing plain can crowd out a sealed subscriber.
 
 import type { Endpoint } from '../wire/address.js';
 
@@ -33,7 +35,6 @@ export interface Entry<O extends Closable> {
 export interface Announce {
   readonly endpoint: Endpoint;
   readonly key: string;
-  readonly form: Form;
   readonly source: string;
   readonly origin?: bigint | null;
 }
@@ -45,13 +46,16 @@ export type UpsertResult<O extends Closable> =
 export class Registry<O extends Closable> {
   private readonly entries = new Map<string, Entry<O>>();
   private dynamicCount = 0;
+  /** Source addresses of dynamic entries, with how many entries each announced. */
+  private readonly sourceCounts = new Map<string, number>();
   /** Bumped when an entry is added or removed. */
   membership = 0;
   /** Bumped when an entry is refreshed. */
   refreshes = 0;
 
   constructor(
-    private readonly open: (endpoint: Endpoint, form: Form, isStatic: boolean) => O,
+    readonly form: Form,
+    private readonly open: (endpoint: Endpoint, isStatic: boolean) => O,
     private readonly onChange: () => void,
     public maxDynamic: number,
     public toleranceMs: number,
@@ -73,15 +77,29 @@ export class Registry<O extends Closable> {
     return this.entries.values();
   }
 
+  /** True when `source` announced a live dynamic entry. */
+  hasSource(source: string): boolean {
+    return this.sourceCounts.has(source);
+  }
+
+  private countSource(source: string | null, delta: number): void {
+    if (source === null) return;
+    const n = (this.sourceCounts.get(source) ?? 0) + delta;
+    if (n <= 0) this.sourceCounts.delete(source);
+    else this.sourceCounts.set(source, n);
+  }
+
   /** Adds or refreshes a subscriber announced over the network. */
   upsert(a: Announce, now: number): UpsertResult<O> {
     const existing = this.entries.get(a.endpoint.text);
     if (existing !== undefined) {
       existing.lastSeen = now;
-      existing.source = a.source;
       this.refreshes++;
       // A static entry stays as the operator configured it.
       if (existing.isStatic) return { event: 'refresh', entry: existing };
+      this.countSource(existing.source, -1);
+      existing.source = a.source;
+      this.countSource(a.source, 1);
       existing.deadline = now + this.toleranceMs;
       existing.key = a.key;
       if (a.origin !== undefined) existing.origin = a.origin;
@@ -91,51 +109,41 @@ export class Registry<O extends Closable> {
         existing.suspendedUntil = 0;
         this.onChange();
       }
-      if (existing.form === a.form) return { event: 'refresh', entry: existing };
-      // The same address now wants the other form: replace its outlet.
-      this.remove(a.endpoint.text);
+      return { event: 'refresh', entry: existing };
     }
     if (this.dynamicCount >= this.maxDynamic) return { event: 'full' };
-    return { event: 'subscribe', entry: this.insert(a.endpoint, a.key, a.form, false, now, now + this.toleranceMs, a.source, a.origin ?? null) };
+    return { event: 'subscribe', entry: this.insert(a.endpoint, a.key, false, now, now + this.toleranceMs, a.source, a.origin ?? null) };
   }
 
   /**
-   * Restores an entry from saved state, keeping its original deadline.
-   * Returns null when it has already expired or the registry is full.
+   * Restores a vetted entry from saved state, keeping its original deadline
+   * (the caller checked it lies within one tolerance from now). Returns null
+   * when the address is taken or the registry is full.
    */
-  restore(a: Announce, firstSeen: number, lastSeen: number, deadline: number, now: number): Entry<O> | null {
-    if (deadline <= now || this.entries.has(a.endpoint.text) || this.dynamicCount >= this.maxDynamic) return null;
-    const e = this.insert(a.endpoint, a.key, a.form, false, firstSeen, deadline, a.source, a.origin ?? null);
+  restore(a: Announce, firstSeen: number, lastSeen: number, deadline: number): Entry<O> | null {
+    if (this.entries.has(a.endpoint.text) || this.dynamicCount >= this.maxDynamic) return null;
+    const e = this.insert(a.endpoint, a.key, false, firstSeen, deadline, a.source, a.origin ?? null);
     e.lastSeen = lastSeen;
     return e;
   }
 
   /** Adds a static subscriber (never expires, not counted against the cap). */
-  addStatic(endpoint: Endpoint, form: Form, now: number, key = ''): Entry<O> {
+  addStatic(endpoint: Endpoint, now: number, key = ''): Entry<O> {
     const existing = this.entries.get(endpoint.text);
     if (existing !== undefined) {
-      if (existing.isStatic && existing.form === form) {
+      if (existing.isStatic) {
         existing.key = key;
         return existing;
       }
       this.remove(endpoint.text);
     }
-    return this.insert(endpoint, key, form, true, now, Infinity, null, null);
+    return this.insert(endpoint, key, true, now, Infinity, null, null);
   }
 
-  private insert(
-    endpoint: Endpoint,
-    key: string,
-    form: Form,
-    isStatic: boolean,
-    firstSeen: number,
-    deadline: number,
-    source: string | null,
-    origin: bigint | null,
-  ): Entry<O> {
+  private insert(endpoint: Endpoint, key: string, isStatic: boolean, firstSeen: number, deadline: number, source: string | null, origin: bigint | null): Entry<O> {
     const entry: Entry<O> = {
       endpoint,
-      form,
+      form: this.form,
       isStatic,
       firstSeen,
       key,
@@ -145,10 +153,13 @@ export class Registry<O extends Closable> {
       origin,
       strikes: 0,
       suspendedUntil: 0,
-      outlet: this.open(endpoint, form, isStatic),
+      outlet: this.open(endpoint, isStatic),
     };
     this.entries.set(endpoint.text, entry);
-    if (!isStatic) this.dynamicCount++;
+    if (!isStatic) {
+      this.dynamicCount++;
+      this.countSource(source, 1);
+    }
     this.membership++;
     this.onChange();
     return entry;
@@ -158,7 +169,10 @@ export class Registry<O extends Closable> {
     const e = this.entries.get(text);
     if (e === undefined) return undefined;
     this.entries.delete(text);
-    if (!e.isStatic) this.dynamicCount--;
+    if (!e.isStatic) {
+      this.dynamicCount--;
+      this.countSource(e.source, -1);
+    }
     this.membership++;
     e.outlet.close();
     this.onChange();

@@ -1,104 +1,129 @@
 // The repeater: listeners feed channels, channels fan out to subscribers.
 // Owns the datagram path and applies configs (first start and reloads)
 // atomically: a config that cannot be applied leaves the running one intact.
+//
+// The path of one datagram (docs/ARCHITECTURE.md):
+//   listener -> size, allow-list -> [sealed: open the frame]
+//   -> cache update: inspect, loop guard (trace or content window), forward form
+//   -> channel fan-out (plain copies, sealed frames)
+//   subscriptions -> the desk -> the registries; nothing is ever answered.
 
-import type { RemoteInfo } from 'node:dgram';
+import { ConfigError, describe } from '../base/errors.js';
 import type { Logger } from '../base/log.js';
+import { D, type DropReason, E, FANOUT_BUCKETS, FastHistogram, K } from '../base/stats.js';
 import type { ListenerConfig, ServeConfig } from '../config/serve-config.js';
-import { prepareCacheUpdate } from '../wire/cache.js';
+import { ContentWindow } from '../gate/dedup.js';
+import { LoopGuard } from '../gate/loop-guard.js';
+import { createFanout, DEFAULT_BACKEND, openListener } from '../net/backend.js';
+import type { Backend, DatagramListener, Fanout, Source } from '../net/io.js';
+import { OwnAddresses } from '../net/local.js';
+import type { Endpoint } from '../wire/address.js';
+import { canCarryTrace, contentOf, forwardForm, inspectCacheUpdate, newShape } from '../wire/cache.js';
+import { type Envelope, EnvelopeKind } from '../wire/envelope.js';
 import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
-import { decodeSubscription } from '../wire/subscription.js';
-import { checkHeader, MODIFIER1_CACHE, MODIFIER1_SUBSCRIPTION } from '../wire/uwsgi.js';
+import type { SavedSubscriber } from '../wire/state.js';
+import { decodeSubscription, type Subscription } from '../wire/subscription.js';
+import { readTrace, type TraceFields } from '../wire/trace.js';
+import { checkHeader, peekKind } from '../wire/uwsgi.js';
 import { AccessList } from './acl.js';
-import { Channel, type ChannelOptions, type FrameSealer } from './channel.js';
-import { type DatagramListener, openListener } from '../net/dgram-listener.js';
-import type { OutputSocket } from '../net/dgram-outlet.js';
+import { Channel, type ChannelEvents, type ChannelOptions } from './channel.js';
 import { RateLimiter } from './ratelimit.js';
-import { D, E, FANOUT_BUCKETS, FastHistogram, K } from '../base/stats.js';
-import { OwnAddresses, type SignatureCheck, SubscriptionDesk } from './subscriptions.js';
+import type { SealedGate } from './sealed-path.js';
+import { type SignatureCheck, SubscriptionDesk } from './subscriptions.js';
 
 /** A listener's current place in the config; mutated in place on reload. */
 interface Route {
   config: ListenerConfig;
   channel: Channel;
-  readonly listener: DatagramListener;
-  /** False when datagrams are views into a native receive arena. */
-  readonly stable: boolean;
-}
-
-/** Secure mode as the repeater sees it: built per config by a hook. */
-export interface SealedPath extends FrameSealer {
-  /** Handles one datagram that arrived on a sealed listener. */
-  onDatagram(ch: Channel, msg: Buffer, rinfo: RemoteInfo, t0: number): void;
-  /** Releases the key ring once this path is no longer used. */
-  dispose(): void;
-  /** Ids of the keys in the ring, sealing key first. */
-  keyIds(): string[];
+  listener: DatagramListener;
 }
 
 export interface RepeaterHooks {
-  /** Builds the sealed path for a config (loads keys); throws to refuse the config. */
-  sealed?: (config: ServeConfig, repeater: Repeater) => SealedPath | null;
+  /** Builds the sealed gate for a config (loads keys); throws to refuse the config. */
+  sealed?: (config: ServeConfig) => SealedGate | null;
   /** Builds the uWSGI signature checker for a config; throws to refuse it. */
   signatures?: (config: ServeConfig) => SignatureCheck | null;
+  /** Socket backend (default: native when the addon is built). */
+  backend?: Backend;
 }
 
-/** Peeks at the header only: what arrived, for the received{kind} counters. */
-export function peekKind(msg: Buffer): number {
-  if (msg.length >= 4) {
-    const m1 = msg[0];
-    const m2 = msg[3];
-    if (m1 === MODIFIER1_CACHE) {
-      if (m2 === 10) return K.set;
-      if (m2 === 11) return K.delete;
-    } else if (m1 === MODIFIER1_SUBSCRIPTION) {
-      if (m2 === 0) return K.subscribe;
-      if (m2 === 1) return K.unsubscribe;
-    }
-  }
-  return K.other;
-}
+/** Largest age of a restored subscriber's timestamps beyond now (clock steps). */
+const FUTURE_SLACK_MS = 60_000;
 
 export class Repeater {
-  readonly fanout = new FastHistogram(FANOUT_BUCKETS);
+  readonly fanoutTime = new FastHistogram(FANOUT_BUCKETS);
   readonly channels = new Map<string, Channel>();
-  /** Listener socket errors and outlet ICMP errors, all channels. */
+  /** Listener socket errors and outlet errors, all channels. */
   socketErrors = 0;
+  readonly backend: Backend;
+  readonly loops = new LoopGuard();
 
   private config!: ServeConfig;
   private acl!: AccessList;
   private readonly limiter = new RateLimiter(1, 1);
   private desk!: SubscriptionDesk;
-  private sealed: SealedPath | null = null;
+  private sealed: SealedGate | null = null;
+  private dedup!: ContentWindow;
+  private fanout: Fanout | null = null;
   private readonly routes = new Map<string, Route>();
   private sweeper: NodeJS.Timeout | null = null;
   private closed = false;
+  private readonly shape = newShape();
+  private readonly events: ChannelEvents;
 
   constructor(
     readonly log: Logger,
     private readonly hooks: RepeaterHooks = {},
-  ) {}
+  ) {
+    this.backend = hooks.backend ?? DEFAULT_BACKEND;
+    this.events = {
+      outOfService: (c, e, event, why) => {
+        if (event === 'suspend') {
+          this.log.warn('subscriber suspended: unreachable', { channel: c.name, address: e.endpoint.text, form: e.form, strikes: e.strikes, error: why, until: new Date(e.suspendedUntil).toISOString() });
+        } else {
+          this.log.throttle('error', `evict:${e.endpoint.text}`, 'subscriber removed: its outlet cannot send', { channel: c.name, address: e.endpoint.text, error: why, static: e.isStatic });
+        }
+      },
+      outletError: (_c, o, code) => {
+        this.socketErrors++;
+        this.log.throttle('warn', `outlet:${o.endpoint.text}`, 'subscriber unreachable', { address: o.endpoint.text, error: code });
+      },
+    };
+  }
 
   get current(): ServeConfig {
     return this.config;
   }
 
-  /** No output may be larger than this (a repaired delete grows by 2 bytes). */
+  /** No output may be larger than this (a trace or a repaired delete makes it grow). */
   get outLimit(): number {
     return Math.min(this.config.limits.maxDatagram, MAX_UDP_PAYLOAD);
   }
 
-  get sealedPath(): SealedPath | null {
+  get sealedGate(): SealedGate | null {
     return this.sealed;
   }
 
-  /** Bound address of each listener, by configured address. */
-  listeners(): Array<{ address: string; bound: string; channel: string; sealed: boolean }> {
+  get subscriptions(): SubscriptionDesk {
+    return this.desk;
+  }
+
+  get rateLimiter(): RateLimiter {
+    return this.limiter;
+  }
+
+  get access(): AccessList {
+    return this.acl;
+  }
+
+  /** Each listener: configured and bound address, channel, form, receive buffer. */
+  listeners(): Array<{ address: string; bound: string; channel: string; sealed: boolean; recvBuffer: number }> {
     return [...this.routes.values()].map((r) => ({
       address: r.config.endpoint.text,
       bound: r.listener.bound,
       channel: r.channel.name,
       sealed: r.config.sealed,
+      recvBuffer: r.listener.recvBuffer,
     }));
   }
 
@@ -116,64 +141,86 @@ export class Repeater {
 
   static async start(config: ServeConfig, log: Logger, hooks: RepeaterHooks = {}): Promise<Repeater> {
     const r = new Repeater(log, hooks);
-    await r.apply(config);
+    try {
+      await r.apply(config);
+    } catch (err) {
+      await r.close();
+      throw err;
+    }
     return r;
   }
 
+  /** Static outputs must never be our own listeners (that would loop). */
+  private static checkStatics(next: ServeConfig, own: OwnAddresses): void {
+    for (const s of next.statics) {
+      const problem = own.problem(s.endpoint);
+      if (problem === 'own_listener') throw new ConfigError(`--to ${s.endpoint.text} reaches one of our own listeners: that would loop`);
+      if (problem === 'not_unicast' && !s.multicast) throw new ConfigError(`--to ${s.endpoint.text} is a broadcast or unspecified address`);
+    }
+  }
+
   /**
-   * Applies a config. Everything that can fail (keys, signature dir, new
-   * sockets) is prepared first; only then is the running state swapped, so a
-   * failure leaves the previous config running untouched.
+   * Applies a config. Everything that can fail (keys, signature dir, static
+   * outputs, new sockets) is checked first; only then is the running state
+   * swapped, so a failure leaves the previous config running untouched.
    */
   async apply(next: ServeConfig): Promise<void> {
     if (this.closed) throw new Error('repeater is closed');
+    const own = new OwnAddresses(next.listeners.map((l) => l.endpoint));
+    Repeater.checkStatics(next, own);
     const signatures = this.hooks.signatures?.(next) ?? null;
-    const sealed = this.hooks.sealed?.(next, this) ?? null;
+    const sealed = this.hooks.sealed?.(next) ?? null;
     if (sealed === null && (next.listeners.some((l) => l.sealed) || next.statics.some((s) => s.sealed))) {
-      throw new Error('sealed listeners and outputs need --key-file');
+      throw new ConfigError('sealed listeners and outputs need --key-file');
+    }
+    const first = this.config === undefined;
+    if (first) this.fanout = createFanout(this.backend, { sendBuffer: next.sendBuffer, sendQueue: next.limits.sendQueue });
+    else if (next.sendBuffer !== this.config.sendBuffer || next.limits.sendQueue !== this.config.limits.sendQueue) {
+      this.log.warn('--send-buffer and --send-queue changes take effect at the next restart');
     }
 
     const opened: Route[] = [];
-    const keptAddresses = new Set<string>();
+    const kept = new Set<string>();
     try {
       for (const lc of next.listeners) {
         if (this.routes.has(lc.endpoint.text)) {
-          keptAddresses.add(lc.endpoint.text);
+          kept.add(lc.endpoint.text);
           continue;
         }
+        // The channel is set when the config is swapped in; until then its datagrams are ignored.
         const route = { config: lc } as Route;
-        const { listener, stable } = await openListener(
-          lc,
-          { recvBuffer: next.recvBuffer, multicastInterface: next.multicastInterface },
-          (msg, rinfo) => this.onDatagram(route, msg, rinfo),
+        route.listener = await openListener(
+          this.backend,
+          lc.endpoint,
+          {
+            recvBuffer: next.recvBuffer,
+            multicastInterface: next.multicastInterface,
+            onTruncated: () => {
+              if (route.channel !== undefined) route.channel.stats.dropped[D.too_large]++;
+            },
+          },
+          (msg, from) => this.onDatagram(route, msg, from),
         );
-        Object.assign(route, { listener, stable });
-        listener.onError((err) => {
+        route.listener.onError((err) => {
           this.socketErrors++;
           this.log.throttle('warn', `listener:${lc.endpoint.text}`, 'listener socket error', { address: lc.endpoint.text, error: err.message });
         });
         opened.push(route);
       }
     } catch (err) {
-      for (const r of opened) r.listener.close();
+      for (const r of opened) await r.listener.close();
       sealed?.dispose();
       throw err;
     }
 
     // Nothing below can fail: swap in the new state.
-    const first = this.config === undefined;
     this.config = next;
     this.acl = new AccessList(next.allow);
+    this.dedup = new ContentWindow(next.dedupWindowMs);
     this.limiter.configure(next.limits.subscribeRate, next.limits.subscribeBurst);
     if (this.sealed !== sealed) this.sealed?.dispose();
     this.sealed = sealed;
-    const deskDeps = {
-      acl: this.acl,
-      limiter: this.limiter,
-      log: this.log,
-      own: new OwnAddresses(next.listeners.map((l) => l.endpoint)),
-      signatures,
-    };
+    const deskDeps = { acl: this.acl, limiter: this.limiter, log: this.log, own, signatures, channels: () => this.channels.values() };
     if (this.desk === undefined) this.desk = new SubscriptionDesk(deskDeps);
     else this.desk.configure(deskDeps);
 
@@ -182,7 +229,6 @@ export class Repeater {
       toleranceMs: next.toleranceMs,
       deadAfter: next.limits.deadAfter,
       deadRetryMs: next.limits.deadRetryMs,
-      outlet: { sendQueue: next.limits.sendQueue, sendBuffer: next.sendBuffer },
       multicastTtl: next.multicastTtl,
       multicastInterface: next.multicastInterface,
     };
@@ -191,35 +237,18 @@ export class Repeater {
     for (const [name, key] of wanted) {
       const ch = this.channels.get(name);
       if (ch !== undefined) ch.configure(key, chOpts);
-      else {
-        this.channels.set(
-          name,
-          new Channel(
-            name,
-            key,
-            chOpts,
-            (o, err) => this.onOutletError(o, err),
-            (c, e, event, why) => {
-              if (event === 'suspend') {
-                this.log.warn('subscriber suspended: unreachable', { channel: c.name, address: e.endpoint.text, strikes: e.strikes, error: why, until: new Date(e.suspendedUntil).toISOString() });
-              } else {
-                this.log.throttle('error', `evict:${e.endpoint.text}`, 'subscriber removed: its socket cannot connect', { channel: c.name, address: e.endpoint.text, error: why, static: e.isStatic });
-              }
-            },
-          ),
-        );
-      }
+      else this.channels.set(name, new Channel(name, key, chOpts, this.fanout!, this.events));
     }
     for (const [name, ch] of this.channels) {
       if (wanted.has(name)) continue;
-      this.log.info('channel removed', { channel: name, subscribers: ch.registry.size });
+      this.log.info('channel removed', { channel: name, subscribers: ch.size });
       ch.close();
       this.channels.delete(name);
     }
 
     for (const [address, route] of this.routes) {
-      if (keptAddresses.has(address)) continue;
-      route.listener.close();
+      if (kept.has(address)) continue;
+      void route.listener.close();
       this.routes.delete(address);
       this.log.info('listener closed', { address });
     }
@@ -230,12 +259,17 @@ export class Repeater {
       route.channel = this.channels.get(lc.channel)!;
       if (existing === undefined) {
         this.routes.set(lc.endpoint.text, route);
-        this.log.info('listening', { address: lc.endpoint.text, bound: route.listener.bound, channel: lc.channel, sealed: lc.sealed });
+        const recvBuffer = route.listener.recvBuffer;
+        this.log.info('listening', { address: lc.endpoint.text, bound: route.listener.bound, channel: lc.channel, sealed: lc.sealed, backend: this.backend, recvBuffer });
+        // Linux reports twice the size it was asked for; less than that means rmem_max capped it.
+        if (next.recvBuffer > 0 && recvBuffer < next.recvBuffer) {
+          this.log.warn('receive buffer smaller than asked: raise net.core.rmem_max', { address: lc.endpoint.text, asked: next.recvBuffer, got: recvBuffer });
+        }
       }
     }
 
     this.applyStatics(next);
-    this.evictDisallowed();
+    this.evictInvalid();
     if (this.sweeper === null) {
       this.sweeper = setInterval(() => this.sweep(Date.now()), Math.min(1000, Math.max(50, next.toleranceMs / 4)));
     }
@@ -246,7 +280,9 @@ export class Repeater {
     for (const ch of this.channels.values()) {
       const want = next.statics.filter((s) => s.channel === null || s.channel === ch.name);
       const wantKey = new Set(want.map((s) => `${s.endpoint.text}/${s.sealed ? 'sealed' : 'plain'}/${s.ttl}`));
-      ch.registry.removeWhere((e) => e.isStatic && !wantKey.has(`${e.endpoint.text}/${e.form}/${ch.staticTtl.get(e.endpoint.text) ?? next.multicastTtl}`));
+      for (const r of [ch.plain, ch.sealed]) {
+        r.removeWhere((e) => e.isStatic && !wantKey.has(`${e.endpoint.text}/${e.form}/${ch.staticTtl.get(e.endpoint.text) ?? next.multicastTtl}`));
+      }
       ch.staticTtl.clear();
       for (const s of want) ch.staticTtl.set(s.endpoint.text, s.ttl);
     }
@@ -255,7 +291,7 @@ export class Repeater {
 
   /**
    * Adds every configured static output that is missing: at apply time, and
-   * again on each sweep for those whose socket could not be opened or was
+   * again on each sweep for those whose outlet could not be opened or was
    * evicted (no free port, too many open files).
    */
   private ensureStatics(): void {
@@ -263,24 +299,27 @@ export class Repeater {
     for (const ch of this.channels.values()) {
       for (const s of this.config.statics) {
         if (s.channel !== null && s.channel !== ch.name) continue;
-        const e = ch.registry.get(s.endpoint.text);
+        const registry = ch.registry(s.sealed ? 'sealed' : 'plain');
+        const e = registry.get(s.endpoint.text);
         if (e !== undefined && e.isStatic) continue;
         try {
-          ch.registry.addStatic(s.endpoint, s.sealed ? 'sealed' : 'plain', now, s.sealed ? (s.key ?? ch.key ?? ch.name) : '');
+          registry.addStatic(s.endpoint, now, s.sealed ? (s.key ?? ch.key ?? ch.name) : '');
         } catch (err) {
-          this.log.throttle('error', `static:${s.endpoint.text}`, 'cannot open a socket for a static output; retrying', { channel: ch.name, address: s.endpoint.text, error: (err as Error).message }, 60_000);
+          this.log.throttle('error', `static:${s.endpoint.text}`, 'cannot open a socket for a static output; retrying', { channel: ch.name, address: s.endpoint.text, error: describe(err) }, 60_000);
         }
       }
     }
   }
 
-  /** After a reload narrows the allow-list, subscribers outside it go. */
-  private evictDisallowed(): void {
+  /** After a reload, dynamic subscribers the new config would refuse go (allow-list, own listeners). */
+  private evictInvalid(): void {
     for (const ch of this.channels.values()) {
-      const gone = ch.registry.removeWhere((e) => !e.isStatic && !this.acl.allows(e.endpoint.host));
-      for (const e of gone) {
-        ch.stats.events[E.evict]++;
-        this.log.info('subscriber evicted: address no longer allowed', { channel: ch.name, address: e.endpoint.text });
+      for (const r of [ch.plain, ch.sealed]) {
+        const gone = r.removeWhere((e) => !e.isStatic && typeof this.desk.vetAddress(e.endpoint.text) === 'string');
+        for (const e of gone) {
+          ch.stats.events[E.evict]++;
+          this.log.info('subscriber evicted: the new config refuses its address', { channel: ch.name, address: e.endpoint.text, reason: this.desk.vetAddress(e.endpoint.text) });
+        }
       }
     }
   }
@@ -288,21 +327,18 @@ export class Repeater {
   sweep(now: number): void {
     this.ensureStatics();
     for (const ch of this.channels.values()) {
-      for (const e of ch.registry.resumeDue(now)) {
-        ch.stats.events[E.resume]++;
-        this.log.info('subscriber resumed', { channel: ch.name, address: e.endpoint.text });
-      }
-      for (const e of ch.registry.sweep(now)) {
-        ch.stats.events[E.expire]++;
-        this.log.info('subscriber expired', { channel: ch.name, address: e.endpoint.text, key: e.key, lastSeen: new Date(e.lastSeen).toISOString() });
+      for (const r of [ch.plain, ch.sealed]) {
+        for (const e of r.resumeDue(now)) {
+          ch.stats.events[E.resume]++;
+          this.log.info('subscriber resumed', { channel: ch.name, address: e.endpoint.text, form: e.form });
+        }
+        for (const e of r.sweep(now)) {
+          ch.stats.events[E.expire]++;
+          this.log.info('subscriber expired', { channel: ch.name, address: e.endpoint.text, key: e.key, form: e.form, lastSeen: new Date(e.lastSeen).toISOString() });
+        }
       }
     }
     this.limiter.sweep(now);
-  }
-
-  private onOutletError(o: OutputSocket, err: NodeJS.ErrnoException): void {
-    this.socketErrors++;
-    this.log.throttle('warn', `outlet:${o.endpoint.text}`, 'subscriber unreachable', { address: o.endpoint.text, error: err.code ?? err.message });
   }
 
   /**
@@ -310,12 +346,12 @@ export class Repeater {
    * dropped, counted and logged with its stack; it must not take the
    * process, and every other node's sync, down with it.
    */
-  private onDatagram(route: Route, msg: Buffer, rinfo: RemoteInfo): void {
+  private onDatagram(route: Route, msg: Buffer, from: Source): void {
     // A listener opened by an apply still in progress has no channel yet:
     // until the new config is swapped in, its datagrams are not ours to judge.
-    if (route.channel === undefined) return;
+    if (route.channel === undefined || this.closed) return;
     try {
-      this.handle(route, msg, rinfo);
+      this.handle(route, msg, from);
     } catch (err) {
       route.channel.stats.dropped[D.internal_error]++;
       this.log.throttle('error', 'internal-error', 'internal error handling a datagram; dropped', {
@@ -326,98 +362,178 @@ export class Repeater {
     }
   }
 
-  private handle(route: Route, msg: Buffer, rinfo: RemoteInfo): void {
+  private handle(route: Route, msg: Buffer, from: Source): void {
     const t0 = performance.now();
     const ch = route.channel;
     const st = ch.stats;
     st.bytesReceived += msg.length;
-    if (route.config.sealed) {
-      st.received[K.sealed]++;
-      if (msg.length > this.config.limits.maxDatagram) st.dropped[D.too_large]++;
-      else if (!this.acl.allows(rinfo.address)) st.dropped[D.not_allowed]++;
-      else this.sealed!.onDatagram(ch, msg, rinfo, t0);
-      return;
-    }
-    const kind = peekKind(msg);
+    const sealed = route.config.sealed;
+    const kind = sealed ? K.sealed : peekKind(msg);
     st.received[kind]++;
     if (msg.length > this.config.limits.maxDatagram) {
       st.dropped[D.too_large]++;
       return;
     }
-    if (!this.acl.allows(rinfo.address)) {
+    if (!this.acl.allows(from.address)) {
       st.dropped[D.not_allowed]++;
       return;
     }
+    if (sealed) {
+      const env = this.sealed!.open(ch, msg);
+      if (env !== null) this.onEnvelope(ch, env, from, t0);
+      return;
+    }
     if (kind === K.set || kind === K.delete) {
-      const out = prepareCacheUpdate(msg, this.config.repairDeletes, this.outLimit);
-      if (typeof out !== 'string') {
-        this.forward(ch, msg, out, t0, null, route.stable || out !== msg);
+      this.acceptCache(ch, msg, route.listener.stable, null, t0);
+      return;
+    }
+    if (kind === K.subscribe || kind === K.unsubscribe) {
+      const sub = decodeSubscription(msg);
+      if (typeof sub !== 'string') {
+        this.desk.applyPlain(ch, sub, from.address, Date.now());
         return;
       }
-      if (!this.config.forwardUnknown || out === 'too_large') {
-        st.dropped[D[out]]++;
+      if (!this.config.forwardUnknown) {
+        st.dropped[D[sub]]++;
         return;
       }
-    } else if (kind === K.subscribe || kind === K.unsubscribe) {
-      if (this.onSubscription(ch, msg, rinfo.address) || !this.config.forwardUnknown) return;
     }
     if (this.config.forwardUnknown) {
-      this.forward(ch, msg, msg, t0, null, route.stable);
+      this.forwardOpaque(ch, msg, route.listener.stable, null, t0);
       return;
     }
     const bad = checkHeader(msg);
     st.dropped[bad === undefined ? D.unknown_type : D[bad]]++;
   }
 
-  /**
-   * Forwards an accepted datagram to every subscriber of `ch`: plain ones get
-   * `plainOut` (repaired), sealed ones a frame of `original`.
-   */
-  forward(ch: Channel, original: Buffer, plainOut: Buffer, t0: number, origin: bigint | null = null, stable = true): void {
-    if (ch.forward(plainOut, original, this.sealed, origin, stable) > 0) this.fanout.observe((performance.now() - t0) / 1000);
-  }
-
-  /**
-   * Handles a plain subscription datagram. Returns false when it did not
-   * decode (so --forward-unknown may pass it on as opaque data).
-   */
-  private onSubscription(ch: Channel, msg: Buffer, source: string): boolean {
-    const now = Date.now();
-    if (!this.limiter.allow(source, now)) {
-      this.desk.refuse(ch, 'rate_limited', source);
-      return true;
+  private onEnvelope(ch: Channel, env: Envelope, from: Source, t0: number): void {
+    if (ch.key !== null && env.channelKey !== ch.key) {
+      if (env.kind === EnvelopeKind.CacheDatagram) ch.stats.dropped[D.key_mismatch]++;
+      else this.desk.refuse(ch, 'key_mismatch', from.address);
+      return;
     }
-    const sub = decodeSubscription(msg);
-    if (typeof sub === 'string') {
-      if (!this.config.forwardUnknown) ch.stats.dropped[D[sub]]++;
-      return false;
+    if (env.kind === EnvelopeKind.CacheDatagram) {
+      this.acceptCache(ch, env.datagram!, true, env, t0);
+      return;
     }
-    this.desk.apply(ch, sub, 'plain', source, now);
-    return true;
+    const sub: Subscription = {
+      unsubscribe: env.kind === EnvelopeKind.Unsubscribe,
+      key: env.channelKey,
+      address: env.address!,
+      modifier1: 0,
+      modifier2: 0,
+      cores: 0,
+      load: 0,
+      weight: 0,
+      unix: null,
+      sign: null,
+      signed: null,
+    };
+    this.desk.apply(ch, sub, 'sealed', from.address, Date.now(), env.origin);
   }
 
-  /** Entry point for the sealed path: a subscription opened from a valid frame. */
-  get subscriptions(): SubscriptionDesk {
-    return this.desk;
+  /**
+   * A cache update, plain (its trace, if any, in its bytes) or opened from a
+   * frame (`env`: the trace in the envelope, the bytes must carry none).
+   */
+  private acceptCache(ch: Channel, buf: Buffer, stable: boolean, env: Envelope | null, t0: number): void {
+    const st = ch.stats;
+    const s = this.shape;
+    const bad = inspectCacheUpdate(buf, s);
+    if (bad !== undefined || (env !== null && s.traceAt >= 0)) {
+      if (this.config.forwardUnknown) this.forwardOpaque(ch, buf, stable, env, t0);
+      else st.dropped[D[bad ?? 'malformed']]++;
+      return;
+    }
+    let arrived: TraceFields | null = env?.trace ?? null;
+    if (s.traceAt >= 0) {
+      arrived = readTrace(buf, s.traceAt);
+      if (arrived === null) {
+        st.dropped[D.malformed]++;
+        return;
+      }
+    }
+    let next: TraceFields;
+    if (arrived !== null) {
+      const v = this.loops.pass(arrived);
+      if (typeof v === 'string') {
+        st.dropped[D[v]]++;
+        return;
+      }
+      next = v;
+    } else next = this.loops.stamp();
+    // An unpadded delete forwarded unrepaired cannot carry a trace (uWSGI would
+    // apply it), nor can a datagram with no room left to grow: their plain
+    // copies go as they came, and the content window stops them coming round.
+    const repair = this.config.repairDeletes;
+    let traced = canCarryTrace(s, repair);
+    let plainOut = forwardForm(buf, s, repair, traced ? next : null, this.outLimit);
+    if (plainOut === 'too_large' && traced && arrived === null) {
+      traced = false;
+      plainOut = forwardForm(buf, s, repair, null, this.outLimit);
+    }
+    if (plainOut === 'too_large') {
+      st.dropped[D.too_large]++;
+      return;
+    }
+    if (!traced && !this.dedup.admit(buf.subarray(0, s.contentEnd), Date.now())) {
+      st.dropped[D.duplicate]++;
+      return;
+    }
+    const sealing = this.sealed === null ? null : { content: contentOf(buf, s), trace: next };
+    const sent = ch.forward(plainOut, stable || plainOut !== buf, this.sealed, sealing, env?.origin ?? null);
+    if (sent > 0) this.fanoutTime.observe((performance.now() - t0) / 1000);
   }
 
-  get rateLimiter(): RateLimiter {
-    return this.limiter;
+  /** --forward-unknown: any datagram, byte for byte; loops stopped by the content window. */
+  private forwardOpaque(ch: Channel, buf: Buffer, stable: boolean, env: Envelope | null, t0: number): void {
+    if (!this.dedup.admit(buf, Date.now())) {
+      ch.stats.dropped[D.duplicate]++;
+      return;
+    }
+    const sealing = this.sealed === null ? null : { content: buf, trace: null };
+    const sent = ch.forward(buf, stable, this.sealed, sealing, env?.origin ?? null);
+    if (sent > 0) this.fanoutTime.observe((performance.now() - t0) / 1000);
   }
 
-  get access(): AccessList {
-    return this.acl;
+  /**
+   * Puts one saved subscriber back, after the same checks a live
+   * subscription passes, plus range checks on every field (the file may be
+   * old, foreign or crafted). Returns null when restored, else why not.
+   */
+  restore(s: SavedSubscriber, now: number): string | null {
+    const ch = this.channels.get(s.channel);
+    if (ch === undefined) return 'no such channel';
+    const form = s.sealed ? 'sealed' : 'plain';
+    if (form === 'sealed' && (this.sealed === null || s.origin === 0n)) return 'sealed without keys or origin';
+    if (s.key.length === 0 || s.key.length > 255 || (ch.key !== null && s.key !== ch.key)) return 'key_mismatch';
+    const ep: Endpoint | DropReason = this.desk.vetAddress(s.address);
+    if (typeof ep === 'string') return ep;
+    if (form === 'plain' && [...this.channels.values()].some((c) => c.sealed.get(ep.text) !== undefined)) return 'form_conflict';
+    const ok = (t: number) => Number.isSafeInteger(t) && t > 0 && t <= now + FUTURE_SLACK_MS;
+    if (!ok(s.firstSeenMs) || !ok(s.lastSeenMs) || s.firstSeenMs > s.lastSeenMs) return 'bad timestamps';
+    if (!Number.isSafeInteger(s.deadlineMs) || s.deadlineMs <= now) return 'expired';
+    // No subscriber outlives one tolerance without announcing, whatever the file says.
+    const deadline = Math.min(s.deadlineMs, now + this.config.toleranceMs);
+    try {
+      const e = ch.registry(form).restore({ endpoint: ep, key: s.key, source: s.source, origin: form === 'sealed' ? s.origin : null }, s.firstSeenMs, s.lastSeenMs, deadline);
+      return e === null ? 'taken or full' : null;
+    } catch (err) {
+      return `no socket (${describe(err)})`;
+    }
   }
 
-  close(): void {
+  async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
     if (this.sweeper !== null) clearInterval(this.sweeper);
-    for (const r of this.routes.values()) r.listener.close();
+    const closing = [...this.routes.values()].map((r) => r.listener.close());
     this.routes.clear();
     for (const ch of this.channels.values()) ch.close();
     this.channels.clear();
     this.sealed?.dispose();
     this.sealed = null;
+    await Promise.all(closing);
+    await this.fanout?.close();
   }
 }

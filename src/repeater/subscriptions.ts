@@ -1,17 +1,26 @@
-// Control traffic: turns subscription datagrams into registry changes after
-// vetting them. A subscription can make the repeater send to any address it
-// names, so the address must be on the allow-list, a unicast IP, and not one
-// of our own listeners (which would loop).
+// Control traffic: turns subscriptions into registry changes after vetting
+// them. A subscription makes the repeater send to the address it names, so:
+// - the address must be a unicast IP on the allow-list and never one of our
+//   own listeners, compared in canonical form (net/local.ts);
+// - a subscriber's form is fixed by how it was authenticated: a plain
+//   (unauthenticated) subscription can never create, refresh, replace or
+//   remove a sealed one, nor name an address that has one (its plain copies
+//   would carry the cache values in clear); a sealed subscription replaces a
+//   plain one for its address;
+// - uWSGI signatures (--subscriptions-sign-check) apply to plain ones only;
+// - plain subscriptions are rate limited per source, except a refresh of an
+//   entry by the source that announced it, and known sources have buckets
+//   strangers cannot crowd out.
 
-import { networkInterfaces } from 'node:os';
 import type { Logger } from '../base/log.js';
-import { type Endpoint, isMulticast, isUnspecified, parseEndpoint } from '../wire/address.js';
+import { D, type DropReason, E } from '../base/stats.js';
+import type { OwnAddresses } from '../net/local.js';
+import { type Endpoint, parseEndpoint } from '../wire/address.js';
 import type { Subscription } from '../wire/subscription.js';
 import type { AccessList } from './acl.js';
 import type { Channel } from './channel.js';
 import type { RateLimiter } from './ratelimit.js';
 import type { Form } from './registry.js';
-import { D, type DropReason, E } from '../base/stats.js';
 
 /** Verifies uWSGI signatures; returns a drop reason or null when valid. */
 export interface SignatureCheck {
@@ -22,33 +31,10 @@ export interface DeskDeps {
   acl: AccessList;
   limiter: RateLimiter;
   log: Logger;
-  /** Addresses we listen on (text form), so subscriptions cannot loop us. */
   own: OwnAddresses;
   signatures: SignatureCheck | null;
-}
-
-/** The endpoints the repeater itself listens on, wildcards expanded. */
-export class OwnAddresses {
-  private readonly exact = new Set<string>();
-  private readonly wildcardPorts = new Set<number>();
-  private local = new Set<string>();
-
-  constructor(endpoints: readonly Endpoint[]) {
-    for (const ep of endpoints) {
-      if (isUnspecified(ep.host)) this.wildcardPorts.add(ep.port);
-      else this.exact.add(ep.text);
-    }
-    if (this.wildcardPorts.size > 0) {
-      for (const list of Object.values(networkInterfaces())) {
-        for (const a of list ?? []) this.local.add(a.address);
-      }
-    }
-  }
-
-  has(ep: Endpoint): boolean {
-    if (this.exact.has(ep.text)) return true;
-    return this.wildcardPorts.has(ep.port) && (this.local.has(ep.host) || ep.host.startsWith('127.'));
-  }
+  /** Every channel, for the repeater-wide form rules. */
+  channels: () => Iterable<Channel>;
 }
 
 /** One refused subscription, kept for /refusals (logs are throttled per reason). */
@@ -69,6 +55,10 @@ export class SubscriptionDesk {
 
   constructor(private deps: DeskDeps) {}
 
+  configure(deps: DeskDeps): void {
+    this.deps = deps;
+  }
+
   /** The last refusals, oldest first. */
   recent(): Refusal[] {
     return [...this.ring.slice(this.next), ...this.ring.slice(0, this.next)];
@@ -80,8 +70,44 @@ export class SubscriptionDesk {
     this.next = (this.next + 1) % RECENT;
   }
 
-  configure(deps: DeskDeps): void {
-    this.deps = deps;
+  /**
+   * Checks an address a subscription (or saved state) names: returns the
+   * canonical endpoint or why it can never be a subscriber.
+   */
+  vetAddress(address: string): Endpoint | DropReason {
+    const ep = parseEndpoint(address);
+    if (typeof ep === 'string') return 'bad_address';
+    const problem = this.deps.own.problem(ep);
+    if (problem === 'not_unicast') return 'bad_address';
+    if (problem === 'own_listener') return 'loop';
+    if (!this.deps.acl.allows(ep.host)) return 'address_not_allowed';
+    return ep;
+  }
+
+  /** True when an address has a sealed subscriber in any channel. */
+  private sealedAnywhere(text: string): boolean {
+    for (const ch of this.deps.channels()) if (ch.sealed.get(text) !== undefined) return true;
+    return false;
+  }
+
+  /** True when `source` announced a live plain subscriber somewhere. */
+  knownSource(source: string): boolean {
+    for (const ch of this.deps.channels()) if (ch.plain.hasSource(source)) return true;
+    return false;
+  }
+
+  /** A plain subscription datagram, decoded: rate limit, then apply. */
+  applyPlain(ch: Channel, sub: Subscription, source: string, now: number): DropReason | null {
+    const ep = parseEndpoint(sub.address);
+    const existing = typeof ep === 'string' ? undefined : ch.plain.get(ep.text);
+    // A refresh of an entry by the source that announced it costs a lookup: never rate limited,
+    // so no flood can make a known subscriber expire. Signed ones must still be verified.
+    const freeRefresh = !sub.unsubscribe && this.deps.signatures === null && existing !== undefined && existing.source === source && existing.key === sub.key;
+    if (!freeRefresh && !this.deps.limiter.allow(source, now, this.knownSource(source))) {
+      this.refuse(ch, 'rate_limited', source, sub);
+      return 'rate_limited';
+    }
+    return this.apply(ch, sub, 'plain', source, now);
   }
 
   /**
@@ -89,77 +115,74 @@ export class SubscriptionDesk {
    * the datagram came from. Returns the drop reason when refused.
    */
   apply(ch: Channel, sub: Subscription, form: Form, source: string, now: number, origin: bigint | null = null): DropReason | null {
-    const { log } = this.deps;
-    const refused = this.vet(ch, sub, now);
-    // Logs are throttled per reason; /refusals keeps every recent one.
-    if (typeof refused === 'string') {
-      this.reject(ch, refused, sub, source);
-      return refused;
+    const vetted = this.vet(ch, sub, form, now);
+    if (typeof vetted === 'string') {
+      this.refuse(ch, vetted, source, sub);
+      return vetted;
     }
-    const ep = refused;
+    const ep = vetted;
+    const registry = ch.registry(form);
+    const { log } = this.deps;
     if (sub.unsubscribe) {
-      const existing = ch.registry.get(ep.text);
+      const existing = registry.get(ep.text);
       if (existing === undefined || existing.isStatic) {
         ch.stats.dropped[D.not_subscribed]++;
         return 'not_subscribed';
       }
-      ch.registry.remove(ep.text);
+      registry.remove(ep.text);
       ch.stats.events[E.unsubscribe]++;
-      log.info('unsubscribed', { channel: ch.name, address: ep.text, key: sub.key, source });
+      log.info('unsubscribed', { channel: ch.name, address: ep.text, key: sub.key, form, source });
       return null;
     }
+    if (form === 'sealed') this.dropPlainFor(ep, source);
     let r;
     try {
-      r = ch.registry.upsert({ endpoint: ep, key: sub.key, form, source, origin }, now);
+      r = registry.upsert({ endpoint: ep, key: sub.key, source, origin }, now);
     } catch (err) {
       // No socket for it (too many open files, no free port): refused, counted and visible.
-      this.reject(ch, 'no_socket', sub, source);
-      this.deps.log.throttle('error', 'no-socket', 'cannot open a socket for a subscriber', { channel: ch.name, address: ep.text, error: (err as Error).message }, 60_000);
+      this.refuse(ch, 'no_socket', source, sub);
+      log.throttle('error', 'no-socket', 'cannot open a socket for a subscriber', { channel: ch.name, address: ep.text, error: (err as Error).message }, 60_000);
       return 'no_socket';
     }
     if (r.event === 'full') {
-      this.reject(ch, 'registry_full', sub, source);
+      this.refuse(ch, 'registry_full', source, sub);
       return 'registry_full';
     }
     ch.stats.events[E[r.event]]++;
     if (r.event === 'subscribe') log.info('subscribed', { channel: ch.name, address: ep.text, key: sub.key, form, source });
-    else log.debug('refreshed', { channel: ch.name, address: ep.text, key: sub.key });
+    else log.debug('refreshed', { channel: ch.name, address: ep.text, key: sub.key, form });
     return null;
   }
 
-  /** Counts a subscription datagram refused before it could be decoded. */
-  refuse(ch: Channel, reason: DropReason, source: string): void {
-    ch.stats.dropped[D[reason]]++;
-    ch.stats.events[E.reject]++;
-    this.remember({ at: new Date().toISOString(), channel: ch.name, reason, source, key: null, address: null });
-    this.deps.log.throttle('warn', `refuse:${reason}`, 'subscription refused', { channel: ch.name, reason, source });
+  /** A sealed subscriber takes its address over from any plain entry for it, in every channel. */
+  private dropPlainFor(ep: Endpoint, source: string): void {
+    for (const ch of this.deps.channels()) {
+      const e = ch.plain.get(ep.text);
+      if (e === undefined || e.isStatic) continue;
+      ch.plain.remove(ep.text);
+      ch.stats.events[E.evict]++;
+      this.deps.log.info('plain subscriber replaced by a sealed one', { channel: ch.name, address: ep.text, source });
+    }
   }
 
-  private reject(ch: Channel, reason: DropReason, sub: Subscription, source: string): void {
+  /** Counts and records a refused subscription (decoded, or only its source known). */
+  refuse(ch: Channel, reason: DropReason, source: string, sub: Subscription | null = null): void {
     ch.stats.dropped[D[reason]]++;
     ch.stats.events[E.reject]++;
-    this.remember({ at: new Date().toISOString(), channel: ch.name, reason, source, key: sub.key, address: sub.address });
-    this.deps.log.throttle('warn', `reject:${reason}`, 'subscription refused', {
-      channel: ch.name,
-      reason,
-      key: sub.key,
-      address: sub.address,
-      source,
-    });
+    this.remember({ at: new Date().toISOString(), channel: ch.name, reason, source, key: sub?.key ?? null, address: sub?.address ?? null });
+    this.deps.log.throttle('warn', `refuse:${reason}`, 'subscription refused', { channel: ch.name, reason, source, key: sub?.key, address: sub?.address });
   }
 
-  private vet(ch: Channel, sub: Subscription, now: number): Endpoint | DropReason {
-    const { acl, own, signatures } = this.deps;
+  private vet(ch: Channel, sub: Subscription, form: Form, now: number): Endpoint | DropReason {
     if (ch.key !== null && sub.key !== ch.key) return 'key_mismatch';
-    if (signatures !== null) {
+    const { signatures } = this.deps;
+    if (form === 'plain' && signatures !== null) {
       const bad = signatures.verify(sub, now);
       if (bad !== null) return bad;
     }
-    const ep = parseEndpoint(sub.address);
-    if (typeof ep === 'string') return 'bad_address';
-    if (isMulticast(ep.host) || isUnspecified(ep.host) || ep.host === '255.255.255.255') return 'bad_address';
-    if (!acl.allows(ep.host)) return 'address_not_allowed';
-    if (own.has(ep)) return 'loop';
+    const ep = this.vetAddress(sub.address);
+    if (typeof ep === 'string') return ep;
+    if (form === 'plain' && this.sealedAnywhere(ep.text)) return 'form_conflict';
     return ep;
   }
 }

@@ -3,11 +3,18 @@
 // is reported as 'bad_payload'.
 
 import { protoRoot } from './proto.js';
+import type { TraceFields } from './trace.js';
 
 export enum EnvelopeKind {
   CacheDatagram = 1,
   Subscribe = 2,
   Unsubscribe = 3,
+}
+
+/** Who sealed a frame (proto Role). */
+export enum Role {
+  Agent = 1,
+  Repeater = 2,
 }
 
 export interface Envelope {
@@ -16,8 +23,12 @@ export interface Envelope {
   readonly origin: bigint;
   readonly sequence: number;
   readonly sentAtMs: number;
+  readonly role: Role;
+  /** CACHE_DATAGRAM: the node's datagram, without any trace. */
   readonly datagram: Buffer | null;
-  /** SUBSCRIBE/UNSUBSCRIBE: where to send; '' = the frame's source address. */
+  /** CACHE_DATAGRAM: its loop trace, when it has one. */
+  readonly trace: TraceFields | null;
+  /** SUBSCRIBE/UNSUBSCRIBE: where to send (never empty). */
   readonly address: string | null;
 }
 
@@ -50,8 +61,10 @@ export function encodeEnvelope(e: Omit<Envelope, 'origin'>, originLong: unknown)
     origin: originLong,
     sequence: e.sequence,
     sentAtMs: e.sentAtMs,
+    role: e.role,
   };
   if (e.datagram !== null) msg['datagram'] = e.datagram;
+  if (e.trace !== null) msg['trace'] = { ingress: e.trace.ingress, sequence: e.trace.sequence, hops: e.trace.hops };
   if (e.address !== null) msg['subscription'] = { address: e.address };
   return EnvelopeType.encode(msg).finish();
 }
@@ -67,23 +80,35 @@ export function decodeEnvelope(buf: Uint8Array): Envelope | 'bad_payload' {
     return 'bad_payload';
   }
   const kind = m['kind'] as number;
+  const role = m['role'] as number;
   const channelKey = typeof m['channelKey'] === 'string' ? m['channelKey'] : '';
   const sequence = longToNumber(m['sequence'] as LongLike);
   const sentAtMs = longToNumber(m['sentAtMs'] as LongLike);
   if (sequence < 1 || !Number.isSafeInteger(sequence) || !Number.isSafeInteger(sentAtMs) || channelKey.length > MAX_NAME) return 'bad_payload';
+  if (role !== Role.Agent && role !== Role.Repeater) return 'bad_payload';
+  const origin = longToBigint(m['origin'] as LongLike);
   // protobufjs leaves absent message fields as null (from the prototype),
   // absent scalars at their defaults: test with == null, never rely on undefined.
   const datagram = (m['datagram'] as Buffer | null | undefined) ?? null;
   const sub = m['subscription'] as { address?: string | null } | null | undefined;
   if (kind === EnvelopeKind.CacheDatagram) {
     if (datagram === null || datagram.length === 0) return 'bad_payload';
-    return { kind, channelKey, origin: longToBigint(m['origin'] as LongLike), sequence, sentAtMs, datagram: Buffer.from(datagram.buffer, datagram.byteOffset, datagram.length), address: null };
+    const t = m['trace'] as { ingress?: LongLike; sequence?: LongLike; hops?: number } | null | undefined;
+    let trace: TraceFields | null = null;
+    if (t != null) {
+      const ingress = longToNumber(t.ingress);
+      const seq = longToNumber(t.sequence);
+      const hops = t.hops ?? 0;
+      if (ingress < 1 || ingress >= 2 ** 48 || seq < 1 || !Number.isSafeInteger(seq) || hops < 1 || hops > 255) return 'bad_payload';
+      trace = { ingress, sequence: seq, hops };
+    }
+    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: Buffer.from(datagram.buffer, datagram.byteOffset, datagram.length), trace, address: null };
   }
   if (kind === EnvelopeKind.Subscribe || kind === EnvelopeKind.Unsubscribe) {
     if (sub == null || channelKey.length === 0) return 'bad_payload';
     const address = sub.address ?? '';
-    if (address.length > MAX_NAME) return 'bad_payload';
-    return { kind, channelKey, origin: longToBigint(m['origin'] as LongLike), sequence, sentAtMs, datagram: null, address };
+    if (address.length === 0 || address.length > MAX_NAME) return 'bad_payload';
+    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: null, trace: null, address };
   }
   return 'bad_payload';
 }

@@ -2,7 +2,7 @@
 //
 //   offset size
 //   0      2    magic "ur" (0x75 0x72): never a uwsgi modifier1 (111 or 224)
-//   2      1    version, 1
+//   2      1    version, 2
 //   3      1    reserved, 0
 //   4      4    key id (u32 LE): which key of the ring sealed it
 //   8      24   nonce: 16-byte random per-process prefix, u64 LE counter
@@ -13,7 +13,8 @@
 
 export const FRAME_MAGIC0 = 0x75;
 export const FRAME_MAGIC1 = 0x72;
-export const FRAME_VERSION = 1;
+/** 2: Envelopes carry role and trace and name every subscriber (1 did not: refused as bad_version). */
+export const FRAME_VERSION = 2;
 export const FRAME_HEADER = 8;
 export const NONCE_BYTES = 24;
 export const MAC_BYTES = 16;

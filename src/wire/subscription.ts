@@ -1,5 +1,5 @@
 // uWSGI subscription datagrams (modifier1 224): modifier2 0 subscribes or
-// refreshes, 1 unsubscribes; the body is vars. See PROTOCOL.md.
+// refreshes, 1 unsubscribes; the body is vars. docs/PROTOCOL.md, "Subscriptions".
 
 import { checkHeader, decodeVars, encodePacket, encodeVars, HEADER_SIZE, MODIFIER1_SUBSCRIPTION, type WireError } from './uwsgi.js';
 
@@ -7,6 +7,8 @@ export const SUBSCRIBE = 0;
 export const UNSUBSCRIBE = 1;
 /** uWSGI refuses keys and addresses longer than this. */
 export const MAX_NAME = 0xff;
+/** uWSGI knows 16 subscription vars; a packet with more is hostile or broken. */
+export const MAX_VARS = 32;
 
 export interface Subscription {
   readonly unsubscribe: boolean;
@@ -41,7 +43,7 @@ export function decodeSubscription(buf: Buffer): Subscription | WireError {
   if (buf[0] !== MODIFIER1_SUBSCRIPTION) return 'unknown_command';
   const cmd = buf[3];
   if (cmd !== SUBSCRIBE && cmd !== UNSUBSCRIBE) return 'unknown_command';
-  const vars = decodeVars(buf, HEADER_SIZE, buf.length);
+  const vars = decodeVars(buf, HEADER_SIZE, buf.length, MAX_VARS);
   if (typeof vars === 'string') return vars;
   // Duplicates are refused and `sign` must come last: otherwise bytes outside
   // the signed region could change what a signed packet means.

@@ -1,6 +1,9 @@
 // The uwsgi packet: a 4-byte header (modifier1, u16 LE datasize, modifier2)
-// followed by `datasize` bytes. Pure functions over Buffers; nothing here
-// throws on hostile input: decoders return a drop reason instead.
+// followed by `datasize` bytes (docs/PROTOCOL.md, "The uwsgi packet"). Pure
+// functions over Buffers; nothing here throws on hostile input: decoders
+// return a drop reason instead.
+
+import { K } from '../base/stats.js';
 
 export const HEADER_SIZE = 4;
 /** Largest body a u16 datasize can describe. */
@@ -16,7 +19,8 @@ export type WireError =
   | 'malformed' // fields run past the end, trailing bytes, bad values
   | 'empty_key' // a cache update or subscription with an empty key
   | 'bad_expires' // expires is not ASCII decimal
-  | 'unknown_command'; // a known modifier1 with a modifier2 we do not speak
+  | 'unknown_command' // a known modifier1 with a modifier2 we do not speak
+  | 'too_many_vars'; // more vars than any packet of its kind has: refused before reading on
 
 /**
  * Checks the header and returns modifier1, or an error. A datagram is a
@@ -44,11 +48,16 @@ export interface Var {
   readonly start: number;
 }
 
-/** Decodes the vars between `from` and `to`; every byte must belong to a var. */
-export function decodeVars(buf: Buffer, from: number, to: number): Var[] | WireError {
+/**
+ * Decodes the vars between `from` and `to`; every byte must belong to a var.
+ * Stops at `maxVars`: the cost of a hostile packet is bounded before it is
+ * fully parsed.
+ */
+export function decodeVars(buf: Buffer, from: number, to: number, maxVars: number): Var[] | WireError {
   const vars: Var[] = [];
   let at = from;
   while (at < to) {
+    if (vars.length >= maxVars) return 'too_many_vars';
     const start = at;
     if (at + 2 > to) return 'malformed';
     const klen = buf.readUInt16LE(at);
@@ -87,4 +96,20 @@ export function encodePacket(modifier1: number, modifier2: number, body: Uint8Ar
   writeHeader(out, modifier1, body.length, modifier2);
   out.set(body, HEADER_SIZE);
   return out;
+}
+
+/** Peeks at the header only: what arrived, for the received{kind} counters (base/stats.ts KINDS). */
+export function peekKind(msg: Uint8Array): number {
+  if (msg.length >= HEADER_SIZE) {
+    const m1 = msg[0];
+    const m2 = msg[3];
+    if (m1 === MODIFIER1_CACHE) {
+      if (m2 === 10) return K.set;
+      if (m2 === 11) return K.delete;
+    } else if (m1 === MODIFIER1_SUBSCRIPTION) {
+      if (m2 === 0) return K.subscribe;
+      if (m2 === 1) return K.unsubscribe;
+    }
+  }
+  return K.other;
 }

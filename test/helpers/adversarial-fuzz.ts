@@ -11,7 +11,7 @@
 import type { KeyRing } from '../../src/crypto/keyring.js';
 import { SecureSession } from '../../src/crypto/session.js';
 import { encodeCacheDelete, encodeCacheSet } from '../../src/wire/cache.js';
-import { bigintToLong, encodeEnvelope, EnvelopeKind } from '../../src/wire/envelope.js';
+import { bigintToLong, encodeEnvelope, EnvelopeKind, Role } from '../../src/wire/envelope.js';
 import { writeFrameHeader } from '../../src/wire/frame.js';
 import { encodeSubscription } from '../../src/wire/subscription.js';
 import { encodePacket, encodeVars } from '../../src/wire/uwsgi.js';
@@ -37,9 +37,9 @@ const rndBytes = (rnd: () => number, n: number) => {
 
 export class FuzzRig {
   /** Seals the valid frames (and captures them for replays). */
-  readonly legit = new SecureSession();
+  readonly legit = new SecureSession(Role.Agent);
   /** Opens what the repeater sends to the sealed reference. */
-  private readonly opener = new SecureSession();
+  private readonly opener = new SecureSession(Role.Agent);
   private readonly raw: RawSealer;
   /** Plain templates: valid sets, deletes, subscriptions. */
   readonly plain: Buffer[] = [];
@@ -158,7 +158,7 @@ export class FuzzRig {
     }
     if (c < 19) {
       this.count('sealed: frame under an unknown key');
-      return new SecureSession().seal(this.t.foreign, { kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', datagram: cache(), address: null })!;
+      return new SecureSession(Role.Agent).seal(this.t.foreign, { kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', datagram: cache(), address: null })!;
     }
     if (c < 23) {
       this.count('sealed: forged frame (known key id, random box)');
@@ -180,7 +180,9 @@ export class FuzzRig {
           channelKey: rnd() < 0.8 ? 'ssl' : 'x'.repeat((rnd() * 300) | 0),
           sequence: 1 + ((rnd() * 1e9) | 0),
           sentAtMs: Date.now(),
+          role: rnd() < 0.8 ? Role.Agent : ((rnd() * 4) | 0),
           datagram: kind === EnvelopeKind.CacheDatagram ? datagram : null,
+          trace: null,
           address: kind === EnvelopeKind.CacheDatagram ? null : `127.66.${(rnd() * 256) | 0}.7:${1 + ((rnd() * 65535) | 0)}`,
         },
         bigintToLong(BigInt(1 + ((rnd() * 2 ** 31) | 0))),

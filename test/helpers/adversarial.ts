@@ -226,11 +226,13 @@ export async function scrape(port: number): Promise<Sample[]> {
 // ---------------------------------------------------------------- the plain oracle
 
 /**
- * What the plain path must send to a plain subscriber for `msg`, written
- * from PROTOCOL.md independently of src/wire: the datagram itself, its
- * padded form for an unpadded delete, or null when it must be dropped.
- * (A set's optional expires block is ASCII decimal, at most 20 digits, or
- * empty; a delete may carry exactly one trailing 00 00.)
+ * What the plain path must send to a plain subscriber for `msg`, without
+ * the loop trace (test/helpers/net.ts untraced), written from
+ * docs/PROTOCOL.md independently of src/wire: the datagram itself, its
+ * padded form for an unpadded delete, a set without expires with "0", or
+ * null when it must be dropped. (A set's optional expires block is ASCII
+ * decimal, at most 20 digits, or empty; a delete may carry exactly one
+ * trailing 00 00.)
  */
 export function plainOutput(msg: Buffer, maxDatagram: number, repairDeletes = true): Buffer | null {
   const len = msg.length;
@@ -258,7 +260,14 @@ export function plainOutput(msg: Buffer, maxDatagram: number, repairDeletes = tr
   const vlen = msg[at]! | (msg[at + 1]! << 8);
   at += 2 + vlen;
   if (at > len) return null;
-  if (at === len) return msg;
+  if (at === len) {
+    // Forwarders trace every set that has room for a trace (26 bytes); one
+    // without expires first gets "0" (never), as uWSGI reads it.
+    if (len + 3 + 26 > Math.min(maxDatagram, 65507)) return msg;
+    const out = Buffer.concat([msg, Buffer.from([1, 0, 0x30])]);
+    out.writeUInt16LE(out.length - 4, 1);
+    return out;
+  }
   if (at + 2 > len) return null;
   const elen = msg[at]! | (msg[at + 1]! << 8);
   at += 2;

@@ -3,18 +3,47 @@
 
 import { createSocket, type Socket } from 'node:dgram';
 import { createServer } from 'node:net';
+import { contentOf, inspectCacheUpdate, newShape } from '../../src/wire/cache.js';
+import { readTrace, type TraceFields } from '../../src/wire/trace.js';
+
+/**
+ * A forwarded cache update as the node sent it: without the loop trace a
+ * forwarder appends (which uWSGI ignores, test/wire.cache.test.ts). Anything
+ * else is returned as it is.
+ */
+export function untraced(buf: Buffer): Buffer {
+  const s = newShape();
+  if (inspectCacheUpdate(buf, s) !== undefined || s.traceAt < 0) return buf;
+  return contentOf(buf, s);
+}
+
+/** The trace a forwarded cache update carries, or null. */
+export function traceOf(buf: Buffer): TraceFields | null {
+  const s = newShape();
+  if (inspectCacheUpdate(buf, s) !== undefined || s.traceAt < 0) return null;
+  return readTrace(buf, s.traceAt);
+}
 
 export const WAIT_MS = 5000;
 
-/** A UDP socket that queues what it receives and hands it out on demand. */
+/**
+ * A UDP socket that queues what it receives and hands it out on demand.
+ * Cache updates are handed out as the node sent them (untraced); `raw` keeps
+ * the bytes as they arrived and `traced` counts those that carried a trace.
+ */
 export class Receiver {
   readonly received: Buffer[] = [];
+  readonly raw: Buffer[] = [];
+  traced = 0;
   /** How many datagrams next()/waitFor() have handed out. */
   private cursor = 0;
   private waiters: Array<() => void> = [];
   private constructor(readonly socket: Socket) {
     socket.on('message', (m) => {
-      this.received.push(m);
+      this.raw.push(m);
+      const u = untraced(m);
+      if (u !== m) this.traced++;
+      this.received.push(u);
       const w = this.waiters;
       this.waiters = [];
       for (const f of w) f();

@@ -1,0 +1,25 @@
+// Chooses and opens a socket backend. The only place that knows both.
+
+import { isMulticast, type Endpoint } from '../wire/address.js';
+import { DgramListener } from './dgram-listener.js';
+import { DgramFanout } from './dgram-outlet.js';
+import type { Backend, DatagramHandler, DatagramListener, Fanout, FanoutOptions, ListenOptions } from './io.js';
+import { DEFAULT_BACKEND, requireNative } from './native.js';
+import { NativeFanout } from './native-fanout.js';
+import { NativeListener } from './native-listener.js';
+
+export { DEFAULT_BACKEND };
+
+/**
+ * Opens a listener. Multicast groups always use node:dgram (the group is
+ * joined per socket); everything else follows `backend`.
+ */
+export async function openListener(backend: Backend, ep: Endpoint, opts: ListenOptions, onMessage: DatagramHandler): Promise<DatagramListener> {
+  const multicast = isMulticast(ep.host);
+  if (backend === 'native' && !multicast) return new NativeListener(ep, requireNative(), opts, onMessage);
+  return DgramListener.open(ep, multicast, opts, onMessage);
+}
+
+export function createFanout(backend: Backend, opts: FanoutOptions): Fanout {
+  return backend === 'native' ? new NativeFanout(requireNative(), opts) : new DgramFanout(opts);
+}
