@@ -118,5 +118,6 @@ describe('conventions', () => {
     assert.throws(() => parseYaml('a: >\n  folded\n'), /yaml:1: unsupported/);
     assert.throws(() => parseYaml('a: plain\n  continued\n'), /multi-line plain/);
     assert.throws(() => parseYaml('a: &x 1\n'), /unsupported/);
+    assert.throws(() => parseYaml('a: |+\n  kept\n'), /unsupported/);
   });
 });

@@ -93,7 +93,7 @@ export function parseYaml(source: string, name = 'yaml'): Yaml {
       }
       return out;
     }
-    if (/^[&*!>]/.test(v)) fail(l, `unsupported YAML feature at "${v}"`);
+    if (/^[&*!>|%@`]/.test(v)) fail(l, `unsupported YAML feature at "${v}"`);
     return v;
   }
 
@@ -118,7 +118,7 @@ export function parseYaml(source: string, name = 'yaml'): Yaml {
 
   /** The value after `key:` (or an empty `-`): nested block, block scalar or scalar. */
   function value(rest: string, indent: number, l: Line, seqAllowedAtSameIndent: boolean): Yaml {
-    const m = /^\|([-+]?)$/.exec(rest);
+    const m = /^\|(-?)$/.exec(rest);
     if (m) return blockScalar(indent, m[1]!);
     if (rest !== '') {
       const v = scalar(rest, l);
