@@ -8,7 +8,9 @@ import fc from 'fast-check';
 import { generateKeyFile, keyIdOf, KeyRing, parseKey, readKeyFile } from '../src/crypto/keyring.js';
 import { NonceSource } from '../src/crypto/nonce.js';
 import { ReplayWindow, WINDOW } from '../src/gate/replay.js';
-import { BoxKey, Secretbox, sodiumReady } from '../src/crypto/secretbox.js';
+import { BoxKey, knownAnswers, Secretbox, sodiumReady } from '../src/crypto/secretbox.js';
+import sodium from 'libsodium-wrappers';
+import { repoRoot } from './helpers/uwsgi.js';
 import { SecureSession } from '../src/crypto/session.js';
 import { ConfigError } from '../src/base/errors.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
@@ -202,6 +204,31 @@ describe('seal and open', () => {
     assert.deepEqual(box.open(key, nonce, out), Buffer.from('hello'));
     key.destroy();
     assert.throws(() => key.pointer, /destroyed/);
+  });
+});
+
+describe('the raw secretbox path against the library', () => {
+  test('known answers: the raw exports seal and open exactly as the public API does', () => {
+    assert.equal(knownAnswers(), null);
+  });
+
+  test('a change of calling convention is caught before any frame is sealed', () => {
+    const raw = (sodium as unknown as { libsodium: Record<string, unknown> }).libsodium;
+    const real = raw['_crypto_secretbox_easy'] as (...a: number[]) => number;
+    // As if a release swapped the message and nonce arguments.
+    raw['_crypto_secretbox_easy'] = (c: number, m: number, lo: number, hi: number, n: number, k: number) => real(c, n, lo, hi, m, k);
+    try {
+      assert.match(knownAnswers() ?? 'agreed', /seal of/);
+    } finally {
+      raw['_crypto_secretbox_easy'] = real;
+    }
+    assert.equal(knownAnswers(), null);
+  });
+
+  test('the pinned versions are exact in package.json', () => {
+    const pkg = JSON.parse(readFileSync(join(repoRoot(), 'package.json'), 'utf8')) as { dependencies: Record<string, string>; overrides: Record<string, string> };
+    assert.match(pkg.dependencies['libsodium-wrappers']!, /^\d+\.\d+\.\d+$/);
+    assert.match(pkg.overrides['libsodium']!, /^\d+\.\d+\.\d+$/);
   });
 });
 

@@ -43,10 +43,9 @@ export class RateLimiter {
       }
     }
     if (b === undefined) {
-      if (!known && table.size >= this.maxStrangers) {
-        this.sweep(now);
-        if (table.size >= this.maxStrangers) return false;
-      }
+      // Full: refused at once. Idle entries go in the periodic sweep; sweeping
+      // here would cost a pass over the table per stranger, under a flood.
+      if (!known && table.size >= this.maxStrangers) return false;
       b = { tokens: this.burst, last: now };
       table.set(source, b);
     } else {

@@ -388,9 +388,12 @@ export class Repeater {
       return;
     }
     if (kind === K.subscribe || kind === K.unsubscribe) {
+      const now = Date.now();
+      const known = this.desk.knownSource(from.address);
+      if (!known && !this.desk.admitStranger(ch, from.address, now)) return;
       const sub = decodeSubscription(msg);
       if (typeof sub !== 'string') {
-        this.desk.applyPlain(ch, sub, from.address, Date.now());
+        this.desk.applyPlain(ch, sub, from.address, now, known);
         return;
       }
       if (!this.config.forwardUnknown) {

@@ -39,7 +39,8 @@ export interface DeskDeps {
 
 /** One refused subscription, kept for /refusals (logs are throttled per reason). */
 export interface Refusal {
-  readonly at: string;
+  /** ms timestamp (formatted when viewed: refusals can come by the thousand per second). */
+  readonly at: number;
   readonly channel: string;
   readonly reason: DropReason;
   readonly source: string;
@@ -59,9 +60,9 @@ export class SubscriptionDesk {
     this.deps = deps;
   }
 
-  /** The last refusals, oldest first. */
-  recent(): Refusal[] {
-    return [...this.ring.slice(this.next), ...this.ring.slice(0, this.next)];
+  /** The last refusals, oldest first, for /refusals. */
+  recent(): Array<Omit<Refusal, 'at'> & { at: string }> {
+    return [...this.ring.slice(this.next), ...this.ring.slice(0, this.next)].map((r) => ({ ...r, at: new Date(r.at).toISOString() }));
   }
 
   private remember(r: Refusal): void {
@@ -96,16 +97,33 @@ export class SubscriptionDesk {
     return false;
   }
 
-  /** A plain subscription datagram, decoded: rate limit, then apply. */
-  applyPlain(ch: Channel, sub: Subscription, source: string, now: number): DropReason | null {
-    const ep = parseEndpoint(sub.address);
-    const existing = typeof ep === 'string' ? undefined : ch.plain.get(ep.text);
-    // A refresh of an entry by the source that announced it costs a lookup: never rate limited,
-    // so no flood can make a known subscriber expire. Signed ones must still be verified.
-    const freeRefresh = !sub.unsubscribe && this.deps.signatures === null && existing !== undefined && existing.source === source && existing.key === sub.key;
-    if (!freeRefresh && !this.deps.limiter.allow(source, now, this.knownSource(source))) {
-      this.refuse(ch, 'rate_limited', source, sub);
-      return 'rate_limited';
+  /**
+   * First look at a plain subscription datagram from a source with no live
+   * subscriber: it takes a token before anything else is spent on it (not even
+   * decoding), so a flood of strangers costs a map lookup each once their
+   * table is full. False when refused (counted).
+   */
+  admitStranger(ch: Channel, source: string, now: number): boolean {
+    if (this.deps.limiter.allow(source, now, false)) return true;
+    this.refuse(ch, 'rate_limited', source);
+    return false;
+  }
+
+  /**
+   * A plain subscription, decoded. `known`: its source has a live subscriber
+   * (strangers were already admitted by admitStranger).
+   */
+  applyPlain(ch: Channel, sub: Subscription, source: string, now: number, known: boolean): DropReason | null {
+    if (known) {
+      const ep = parseEndpoint(sub.address);
+      const existing = typeof ep === 'string' ? undefined : ch.plain.get(ep.text);
+      // A refresh of an entry by the source that announced it costs a lookup: never rate limited,
+      // so no flood can make a known subscriber expire. Signed ones must still be verified.
+      const freeRefresh = !sub.unsubscribe && this.deps.signatures === null && existing !== undefined && existing.source === source && existing.key === sub.key;
+      if (!freeRefresh && !this.deps.limiter.allow(source, now, true)) {
+        this.refuse(ch, 'rate_limited', source, sub);
+        return 'rate_limited';
+      }
     }
     return this.apply(ch, sub, 'plain', source, now);
   }
@@ -169,7 +187,7 @@ export class SubscriptionDesk {
   refuse(ch: Channel, reason: DropReason, source: string, sub: Subscription | null = null): void {
     ch.stats.dropped[D[reason]]++;
     ch.stats.events[E.reject]++;
-    this.remember({ at: new Date().toISOString(), channel: ch.name, reason, source, key: sub?.key ?? null, address: sub?.address ?? null });
+    this.remember({ at: Date.now(), channel: ch.name, reason, source, key: sub?.key ?? null, address: sub?.address ?? null });
     this.deps.log.throttle('warn', `refuse:${reason}`, 'subscription refused', { channel: ch.name, reason, source, key: sub?.key, address: sub?.address });
   }
 

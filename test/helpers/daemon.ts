@@ -7,6 +7,11 @@ import { WAIT_MS } from './net.js';
 
 /** build/src/cli.js, compiled next to the tests. */
 export const CLI = join(__dirname, '..', '..', 'src', 'cli.js');
+/**
+ * The CLI the daemons run: CLI, or $UDPREPEATER_CLI (to run the black-box
+ * suites against another build, e.g. an older release, and watch them fail).
+ */
+export const CLI_UNDER_TEST = process.env['UDPREPEATER_CLI'] ?? CLI;
 
 /** Children still running; killed if the test process exits first. */
 const live = new Set<ChildProcess>();
@@ -33,7 +38,7 @@ export class Daemon {
 
   /** Spawns `udprepeater ...args` (JSON logs at debug unless args say otherwise). */
   static spawn(args: string[], env: NodeJS.ProcessEnv = {}): Daemon {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    const child = spawn(process.execPath, [CLI_UNDER_TEST, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     return new Daemon(child);
   }
 
@@ -83,7 +88,7 @@ export class Daemon {
 /** Runs the CLI to completion and returns its exit code and output. */
 export function runCli(args: string[], ms = WAIT_MS): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI_UNDER_TEST, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));

@@ -61,6 +61,27 @@ export class LogTap {
     }
   }
 
+  /** Resolves with the first value `check` returns other than undefined, re-checked on every new line. */
+  async until<T>(what: string, check: () => T | undefined, ms = WAIT_MS): Promise<T> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const v = check();
+      if (v !== undefined) return v;
+      const left = deadline - Date.now();
+      if (left <= 0) {
+        const tail = this.records.slice(-8).map((r) => JSON.stringify(r)).join('\n  ');
+        throw new Error(`timed out after ${ms} ms waiting for ${what}; last lines:\n  ${tail}`);
+      }
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.waiters.push(() => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+  }
+
   get length(): number {
     return this.records.length;
   }

@@ -9,6 +9,7 @@ import { AGENT_OPTIONS, defaultsOf, type OptionSpec, SERVE_OPTIONS, type RawOpti
 import { buildServeConfig, type ServeConfig } from '../../src/config/serve-config.js';
 import { type ServeHandle, startServe } from '../../src/daemon/serve.js';
 import { LogTap } from './logtap.js';
+import type { Backend } from '../../src/net/io.js';
 
 /** Parses `--name value` / `--flag` / `--no-flag` pairs with the real option table. */
 export function parseArgs(args: readonly string[], specs: readonly OptionSpec[] = SERVE_OPTIONS): { raw: RawOptions; explicit: Set<string> } {
@@ -51,12 +52,12 @@ export interface TestRepeater {
   close(): Promise<void>;
 }
 
-/** Starts a repeater with `--metrics off` unless the args set it. */
-export async function startRepeater(args: readonly string[]): Promise<TestRepeater> {
+/** Starts a repeater with `--metrics off` unless the args set it; `backend` picks the socket layer. */
+export async function startRepeater(args: readonly string[], backend?: Backend): Promise<TestRepeater> {
   const tap = new LogTap();
   const all = args.includes('--metrics') ? args : [...args, '--metrics', 'off'];
   const config = configOf(all);
-  const handle = await startServe(config, tap.logger());
+  const handle = await startServe(config, tap.logger(), undefined, backend);
   return {
     handle,
     tap,

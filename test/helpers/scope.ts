@@ -5,6 +5,7 @@ import { after } from 'node:test';
 import { Receiver, Sender } from './net.js';
 import { startRepeater, startTestAgent, type TestAgent, type TestRepeater } from './repeater.js';
 import type { SecureSession } from '../../src/crypto/session.js';
+import type { Backend } from '../../src/net/io.js';
 
 export class Scope {
   /** One unbound sender socket, as uWSGI uses. */
@@ -29,8 +30,8 @@ export class Scope {
     return this.track(await Receiver.open(host, port));
   }
 
-  async repeater(args: readonly string[]): Promise<TestRepeater> {
-    return this.track(await startRepeater(args));
+  async repeater(args: readonly string[], backend?: Backend): Promise<TestRepeater> {
+    return this.track(await startRepeater(args, backend));
   }
 
   async agent(args: readonly string[], session?: SecureSession): Promise<TestAgent> {

@@ -8,12 +8,12 @@
 
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
-import { encodeCacheSet } from '../src/wire/cache.js';
-import { encodeSubscription } from '../src/wire/subscription.js';
-import { startBlasters, startSink } from './helpers/adversarial-worker.js';
-import { ledgerFromMetrics, mb, MB, nonZero, scrape, Tally, udpSocket, vmRss } from './helpers/adversarial.js';
-import { Daemon } from './helpers/daemon.js';
-import { freePort, Sender } from './helpers/net.js';
+import { encodeCacheSet } from '../../src/wire/cache.js';
+import { encodeSubscription } from '../../src/wire/subscription.js';
+import { startBlasters, startSink } from '../helpers/adversarial-worker.js';
+import { ledgerFromMetrics, mb, MB, nonZero, scrape, Tally, udpSocket, vmRss } from '../helpers/adversarial.js';
+import { Daemon } from '../helpers/daemon.js';
+import { freePort, Sender } from '../helpers/net.js';
 
 const FLOOD_MS = Number(process.env['ADVERSARIAL_FLOOD_MS'] ?? 10_000);
 const BLASTERS = 3;
