@@ -299,12 +299,13 @@ typedef struct {
   int fd;
   int state;    /* L_OPEN; L_CLOSING once uv_close is called; L_CLOSED after */
   int polling;  /* the poll is started */
-  int env_gone; /* the env is being torn down: no N-API calls any more */
+  int env_gone; /* the env is being torn down: no more calls into JS */
   int refs;     /* owners: the JS external, the uv handle (until on_close) */
   dev_t dev;    /* identity of the listener's socket */
   ino_t ino;
   napi_ref on_batch, on_error, resource, arena_ref, meta_ref, closers;
   napi_async_context actx;
+  napi_async_cleanup_hook_handle teardown; /* removed in on_close */
   unsigned char *arena;
   int32_t *meta;
   double recv_errors, truncated, poll_errors;
@@ -374,10 +375,9 @@ static void run_closers(listener_t *l) {
   }
 }
 
-static void on_env_teardown(void *arg);
-
 /* uv_close callback: libuv has forgotten the fd, so it can be closed; the
- * port is then free and the onClosed callbacks run. */
+ * port is then free and the onClosed callbacks run. Removing the teardown
+ * hook last lets a worker's env (and this addon's code) go away. */
 static void on_close(uv_handle_t *handle) {
   listener_t *l = (listener_t *)handle->data;
   napi_env env = l->env;
@@ -386,14 +386,13 @@ static void on_close(uv_handle_t *handle) {
   l->fd = -1;
   l->state = L_CLOSED;
   l->polling = 0;
-  if (!l->env_gone) {
-    napi_remove_env_cleanup_hook(env, on_env_teardown, l);
-    if (napi_open_handle_scope(env, &scope) == napi_ok) {
-      run_closers(l);
-      napi_close_handle_scope(env, scope);
-    }
-    listener_drop_js(l);
+  if (!l->env_gone && napi_open_handle_scope(env, &scope) == napi_ok) {
+    run_closers(l);
+    napi_close_handle_scope(env, scope);
   }
+  listener_drop_js(l);
+  if (l->teardown != NULL) napi_remove_async_cleanup_hook(l->teardown);
+  l->teardown = NULL;
   listener_unref(l);
 }
 
@@ -403,9 +402,11 @@ static void listener_close(listener_t *l) {
   uv_close((uv_handle_t *)&l->poll, on_close); /* stops the poll too */
 }
 
-/* The env is going away (worker exit, process teardown): close the poll
- * without calling into JS; the struct outlives the env if need be. */
-static void on_env_teardown(void *arg) {
+/* The env is going away (a worker exits) with the listener open. The hook
+ * is asynchronous: Node keeps the env, and this addon loaded, until on_close
+ * removes it. A synchronous hook is not enough: Node would unload the addon
+ * before libuv runs on_close. Nothing calls into JS from here on. */
+static void on_env_teardown(napi_async_cleanup_hook_handle hook, void *arg) {
   listener_t *l = (listener_t *)arg;
   l->env_gone = 1;
   if (l->state == L_OPEN) listener_close(l);
@@ -654,11 +655,12 @@ static napi_value js_listen(napi_env env, napi_callback_info info) {
       if (props[i].value == NULL) goto fail;
     if (napi_define_properties(env, result, sizeof props / sizeof props[0], props) != napi_ok) goto fail;
   }
-  if (napi_add_env_cleanup_hook(env, on_env_teardown, l) != napi_ok) goto fail;
+  if (napi_add_async_cleanup_hook(env, on_env_teardown, l, &l->teardown) != napi_ok) goto fail;
 
   err = uv_poll_init(loop, &l->poll, fd);
   if (err != 0) {
-    napi_remove_env_cleanup_hook(env, on_env_teardown, l);
+    napi_remove_async_cleanup_hook(l->teardown);
+    l->teardown = NULL;
     goto fail;
   }
   l->poll.data = l;
