@@ -697,7 +697,7 @@ describe('udpfast senders', { skip }, () => {
       assert.equal(failures, 0);
       assert.ok(errs.every((e) => e === 0));
       assert.equal(sendBatch([fd, fd, fd, fd, fd], dests.slice(0, 5), Buffer.from('end'))[0], 0);
-      await Promise.all(rs.map((r) => r.waitFor(n / 5 + 1)));
+      await Promise.all(rs.map((r) => r.waitFor(n / 5 + 1, 30_000)));
       for (const r of rs) {
         assert.equal(r.got.length, n / 5 + 1);
         assert.equal(r.got.filter((g) => g.data.toString() === 'many').length, n / 5);
