@@ -142,7 +142,9 @@ async function midStream(t: Target): Promise<void> {
   // Before closing, each leaver had received everything up to that point.
   for (const l of leavers) assert.deepEqual(l.received.slice(0, closedAt.get(l)!).map(keyOf), Array.from({ length: closedAt.get(l)! }, (_, i) => `d${i}`));
   for (const [i, a] of after.entries()) {
-    assert.ok(attempts[i]! <= 4 * DEAD_AFTER, `${t.label}: dead subscriber ${addressOf.get(leavers[i]!)} cost ${attempts[i]} sends after it closed (suspended: ${a.suspended})`);
+    // The native backend reads ICMP answers once per receive batch (up to 32 datagrams), not per datagram.
+    const bound = 4 * DEAD_AFTER + (t.label.includes('native') ? 32 : 0);
+    assert.ok(attempts[i]! <= bound, `${t.label}: dead subscriber ${addressOf.get(leavers[i]!)} cost ${attempts[i]} sends after it closed (suspended: ${a.suspended})`);
     assert.ok(a.suspended, `${t.label}: dead subscriber ${addressOf.get(leavers[i]!)} was not suspended`);
   }
   for (const l of leavers) assert.equal(t.suspensions(addressOf.get(l)!), 1);

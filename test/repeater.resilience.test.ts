@@ -164,7 +164,7 @@ describe('running out of sockets', () => {
     const { LogTap } = await import('./helpers/logtap.js');
     const { CLI } = await import('./helpers/daemon.js');
     const port = await freePort();
-    const child = spawn('bash', ['-c', 'ulimit -n 48 && exec "$0" "$@"', process.execPath, CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--metrics', 'off', '--log-level', 'debug'], {
+    const child = spawn('bash', ['-c', 'ulimit -n 48 && exec "$0" "$@"', process.execPath, CLI, 'serve', '--listen', `127.0.0.1:${port}`, '--metrics', 'off', '--log-level', 'debug', '--subscribe-burst', '1000'], {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { ...process.env, UDPREPEATER_NATIVE: nativePath ? '1' : '0' },
     });
