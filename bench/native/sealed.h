@@ -1,10 +1,10 @@
 /* Secure mode for the bench's C helpers: udprepeater's sealed frame, written
- * and read here byte for byte as README.md ("Frame format") and
+ * and read here byte for byte as docs/PROTOCOL.md ("Sealed frames") and
  * proto/udprepeater.proto (Envelope) define it, with libsodium.
  *
  *   offset size
  *   0      2    magic "ur" (0x75 0x72)
- *   2      1    version 1
+ *   2      1    version 2
  *   3      1    reserved 0
  *   4      4    key id, u32 LE: first 4 bytes of SHA-256("udprepeater key id\0" || key)
  *   8      24   nonce: 16 random bytes drawn once per process || u64 LE counter
@@ -17,8 +17,11 @@
  *   3 origin      fixed64  (tag 0x19)  random per process
  *   4 sequence    varint   (tag 0x20)  1, 2, 3, ... per origin
  *   5 sent_at_ms  varint   (tag 0x28)  CLOCK_REALTIME, unix ms
+ *   8 role        varint   (tag 0x40)  AGENT = 1: the generator seals as an agent
  *   6 datagram    bytes    (tag 0x32)
- * The reader skips unknown fields and accepts any order, as protobuf requires.
+ * (role comes before the datagram so the datagram can be appended after the
+ * head; protobuf allows any order.) The reader skips unknown fields (role,
+ * trace) and accepts any order, as protobuf requires.
  *
  * Compiled with -DBENCH_SODIUM -lsodium when libsodium is installed; without
  * it the helpers still run in plain mode and refuse --key-file. */
@@ -30,12 +33,15 @@
 #include <ctype.h>
 #include <sys/stat.h>
 
+#define FRAME_VERSION 2
+#define ROLE_AGENT 1
 #define FRAME_HEADER 8
 #define NONCE_BYTES 24
 #define MAC_BYTES 16
 #define FRAME_OVERHEAD (FRAME_HEADER + NONCE_BYTES + MAC_BYTES)
 /* Most bytes an Envelope puts around a datagram: 2 (kind) + 2 + 255 (channel
- * key) + 9 (origin) + 11 (sequence) + 11 (sent_at_ms) + 1 + 3 (datagram tag, length). */
+ * key) + 9 (origin) + 11 (sequence) + 11 (sent_at_ms) + 2 (role) + 1 + 3
+ * (datagram tag, length). */
 #define ENVELOPE_MAX_HEAD 300
 #define MAX_UDP_PAYLOAD 65507
 #define MAX_CHANNEL 255
@@ -147,6 +153,8 @@ static inline size_t envelope_head(struct sealer *s, uint8_t *p, uint64_t sent_m
   n += put_varint(p + n, ++s->sequence);
   p[n++] = 0x28;
   n += put_varint(p + n, sent_ms);
+  p[n++] = 0x40;
+  p[n++] = ROLE_AGENT;
   p[n++] = 0x32;
   n += put_varint(p + n, dlen);
   return n;
@@ -156,7 +164,7 @@ static inline size_t envelope_head(struct sealer *s, uint8_t *p, uint64_t sent_m
 static inline size_t seal_frame(struct sealer *s, uint8_t *out, const uint8_t *plain, size_t plen) {
   out[0] = 0x75;
   out[1] = 0x72;
-  out[2] = 1;
+  out[2] = FRAME_VERSION;
   out[3] = 0;
   put_u32(out + 4, s->key_id);
   memcpy(out + FRAME_HEADER, s->prefix, 16);
@@ -240,7 +248,7 @@ __attribute__((unused)) static int parse_envelope(const uint8_t *p, size_t len, 
 /* Opens a frame into `plain` (len - FRAME_OVERHEAD bytes) and parses its Envelope. */
 __attribute__((unused)) static int open_frame(const uint8_t *key, uint32_t key_id, const uint8_t *f, size_t len, uint8_t *plain, struct envelope *e) {
   if (len < 2 || f[0] != 0x75 || f[1] != 0x72) return NOT_A_FRAME;
-  if (len < FRAME_OVERHEAD || f[2] != 1 || f[3] != 0) return BAD_HEADER;
+  if (len < FRAME_OVERHEAD || f[2] != FRAME_VERSION || f[3] != 0) return BAD_HEADER;
   if (get_u32(f + 4) != key_id) return UNKNOWN_KEY;
   if (crypto_secretbox_open_easy(plain, f + FRAME_HEADER + NONCE_BYTES, len - FRAME_HEADER - NONCE_BYTES, f + FRAME_HEADER, key) != 0)
     return AUTH_FAILED;

@@ -824,7 +824,7 @@ static socklen_t dest_addr(const uint8_t *d, inet_addr_t *a) {
 /* Sends data to destinations [from, to), all on fd. Returns the failures;
  * *full_err is set when the socket's buffer was found full. */
 static size_t send_run(send_scratch_t *s, int fd, const uint8_t *dests, size_t from, size_t to, struct iovec *iov,
-                       int32_t *errs, int *full_err) {
+                       int32_t *errs, int *full_err, int32_t *hints) {
   size_t failures = 0;
   for (size_t base = from; base < to; base += SEND_CHUNK) {
     size_t cnt = to - base < SEND_CHUNK ? to - base : SEND_CHUNK;
@@ -841,6 +841,8 @@ static size_t send_run(send_scratch_t *s, int fd, const uint8_t *dests, size_t f
       int r = sendmmsg(fd, s->hdrs + off, (unsigned int)(cnt - off), MSG_DONTWAIT | MSG_NOSIGNAL);
       if (r > 0) {
         for (size_t j = off; j < off + (size_t)r; j++) errs[base + j] = 0;
+        /* A short count: the kernel met an error (often a pending ICMP answer) and did not say which. */
+        if ((size_t)r < cnt - off) (*hints)++;
         off += (size_t)r;
         continue;
       }
@@ -849,6 +851,7 @@ static size_t send_run(send_scratch_t *s, int fd, const uint8_t *dests, size_t f
       if (e == EINTR) continue;
       if (is_pending_icmp(e) && retried != off) {
         retried = off;
+        (*hints)++;
         continue;
       }
       if (is_full(e)) {
@@ -870,7 +873,9 @@ static int overlaps(const void *a, size_t alen, const void *b, size_t blen) {
 }
 
 /* sendBatch(fds: Int32Array, dests: Uint8Array, n, data: Uint8Array,
- *           errs: Int32Array) -> failures */
+ *           errs: Int32Array) -> failures
+ * errs[i] = 0 or the errno of copy i; if errs has n + 1 entries, errs[n] =
+ * the number of ICMP answers found pending on the way (a cue to drain). */
 static napi_value js_send_batch(napi_env env, napi_callback_info info) {
   static const char *fn = "sendBatch";
   size_t argc = 5, nfds, ndests, len, nerrs;
@@ -911,6 +916,7 @@ static napi_value js_send_batch(napi_env env, napi_callback_info info) {
   struct iovec iov = {data_p, len};
   int full_fd[FULL_MEMO], full_err[FULL_MEMO];
   size_t nfull = 0, failures = 0;
+  int32_t hints = 0;
   for (size_t i = 0, end; i < n; i = end) {
     int fd = fds[i], e = 0;
     for (end = i + 1; end < n && fds[end] == fd;) end++;
@@ -921,12 +927,15 @@ static napi_value js_send_batch(napi_env env, napi_callback_info info) {
       failures += end - i;
       continue;
     }
-    failures += send_run(scratch, fd, dests, i, end, &iov, errs, &e);
+    failures += send_run(scratch, fd, dests, i, end, &iov, errs, &e, &hints);
     if (e != 0 && nfull < FULL_MEMO) {
       full_fd[nfull] = fd;
       full_err[nfull++] = e;
     }
   }
+  /* errs[n], when there is room for it: how often an ICMP answer was found
+   * pending (the caller's cue to drain the error queues now). */
+  if (nerrs > n) errs[n] = hints;
   napi_create_int32(env, (int32_t)failures, &out);
   return out;
 }

@@ -6,12 +6,13 @@
 // - An outlet is a destination record, not a socket: subscribers cost no file
 //   descriptor, so a flood of subscriptions cannot exhaust them.
 // - ICMP answers (port unreachable...) are read from each socket's error queue
-//   (IP_RECVERR) once per event-loop turn that sent on it (a loopback answer
-//   is queued before sendmmsg returns), and every DRAIN_MS for late ones from
-//   afar; they are charged to the outlets with that destination. The send
-//   that finds such an error pending is retried in C, so it costs no copy.
-//   A dead subscriber is thus found within one receive batch (up to 32
-//   datagrams), not one datagram as on the dgram backend.
+//   (IP_RECVERR) and charged to the outlets with that destination. The next
+//   send on that socket finds the answer pending (the kernel fails it once);
+//   C retries that copy, so it costs nothing, and reports it: the queues are
+//   then read on the next turn of the event loop. A timer reads them every
+//   DRAIN_MS too. A dead subscriber is thus found within a receive batch (up
+//   to 32 datagrams), not one datagram as on the dgram backend, and sends
+//   that meet no error cost no extra system call.
 // - Pool sockets live until the fan-out closes: a group built before an
 //   outlet closed may still name its socket.
 
@@ -99,7 +100,8 @@ class NativeGroup implements OutletGroup {
     const n = outs.length;
     this.fds = new Int32Array(Math.max(1, n));
     this.dests = new Uint8Array(Math.max(1, n) * DEST_BYTES);
-    this.errs = new Int32Array(Math.max(1, n));
+    // One more than the copies: errs[n] receives the pending-ICMP count.
+    this.errs = new Int32Array(n + 1);
     outs.forEach((o, i) => {
       this.fds[i] = o.fd;
       this.dests.set(o.dest, i * DEST_BYTES);
@@ -115,7 +117,7 @@ class NativeGroup implements OutletGroup {
     const n = outs.length;
     if (n === 0) return;
     const failures = this.api.sendBatch(this.fds, this.dests, n, buf, this.errs);
-    this.owner.sentOn(this.used);
+    if (this.errs[n] !== 0) this.owner.icmpPending(this.used);
     if (failures === 0) {
       for (let i = 0; i < n; i++) {
         const o = outs[i]!;
@@ -160,7 +162,7 @@ export class NativeFanout implements Fanout {
   private readonly multicast: DgramFanout;
   private readonly errBuf = new Int32Array(64 * ERR_WORDS);
   private readonly drainer: NodeJS.Timeout;
-  /** Pool sockets sent on since the last drain; drained on the next turn of the event loop. */
+  /** Pool sockets that met an ICMP answer; drained on the next turn of the event loop. */
   private readonly dirty = new Set<number>();
   private drainScheduled = false;
   private readonly drainDirty = (): void => {
@@ -221,8 +223,8 @@ export class NativeFanout implements Fanout {
     return others.length === 0 ? g : new MixedGroup([g, this.multicast.group(others)]);
   }
 
-  /** Called by groups after a send: their sockets are drained on the next turn. */
-  sentOn(fds: readonly number[]): void {
+  /** Called by groups that met a pending ICMP answer: their sockets are drained on the next turn. */
+  icmpPending(fds: readonly number[]): void {
     for (let i = 0; i < fds.length; i++) this.dirty.add(fds[i]!);
     if (!this.drainScheduled) {
       this.drainScheduled = true;
