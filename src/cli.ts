@@ -2,83 +2,47 @@
 // Command-line wiring only: every command hands its parsed options to the
 // module that does the work.
 
-import { Command, InvalidArgumentError, Option } from 'commander';
-import { coerce } from './config/config-file.js';
+import { Command, CommanderError } from 'commander';
 import { ConfigError, describe } from './base/errors.js';
-import { runAgent } from './daemon/agent.js';
-import { generateKeyFile } from './crypto/keyring.js';
-import { AGENT_OPTIONS, SERVE_OPTIONS, type OptionSpec, type RawOptions } from './config/options.js';
 import { VERSION } from './base/package.js';
-import { endpointOption } from './config/serve-config.js';
+import { addOptions, invocationOf } from './config/args.js';
+import { AGENT_OPTIONS, SERVE_OPTIONS } from './config/options.js';
+import { endpointOption } from './config/checks.js';
+import { generateKeyFile } from './crypto/keyring.js';
+import { runAgent } from './daemon/agent.js';
 import { runServe } from './daemon/serve.js';
 import { sendCommand } from './tools/send.js';
 import { readSignSpec, subscribeCommand } from './tools/subscribe.js';
 
-const camel = (name: string) => name.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
+/** sysexits.h: a usage error (tools), a configuration error (daemons: systemd does not restart them). */
+const EX_USAGE = 64;
+const EX_CONFIG = 78;
 
-function formatDefault(s: OptionSpec): string {
-  if (s.default === undefined || s.kind === 'bool') return '';
-  if (Array.isArray(s.default)) return s.default.length === 0 ? '' : ` (default: ${s.default.join(' ')})`;
-  return ` (default: ${String(s.default)})`;
-}
-
-/** Adds the spec table to a command: the same names as the config file. */
-function addOptions(cmd: Command, specs: readonly OptionSpec[]): void {
-  for (const s of specs) {
-    const name = s.negatable ? `--no-${s.name}` : `--${s.name}`;
-    const flags = `${s.short ? `-${s.short}, ` : ''}${name}${s.kind === 'bool' ? '' : ` <${s.arg ?? 'VALUE'}>`}`;
-    const o = new Option(flags, s.help + formatDefault(s));
-    if (s.kind === 'list') o.argParser((v: string, prev: string[] | undefined) => [...(prev ?? []), v]);
-    else if (s.kind === 'int' || s.kind === 'number') {
-      o.argParser((v: string) => {
-        try {
-          return coerce(s, v);
-        } catch (err) {
-          throw new InvalidArgumentError(describe(err));
-        }
-      });
-    }
-    cmd.addOption(o);
-  }
-}
-
-/** The option values the operator typed (not commander's implicit defaults). */
-function typed(cmd: Command, specs: readonly OptionSpec[]): { cli: RawOptions; configFile: string | null } {
-  const values = cmd.opts<Record<string, RawOptions[string]>>();
-  const cli: RawOptions = {};
-  let configFile: string | null = null;
-  for (const s of specs) {
-    const key = camel(s.name);
-    if (cmd.getOptionValueSource(key) !== 'cli') continue;
-    if (s.name === 'config') configFile = String(values[key]);
-    else cli[s.name] = values[key]!;
-  }
-  return { cli, configFile };
-}
-
-async function guarded(run: () => Promise<void>): Promise<void> {
+/** Runs a command; a refusal (ConfigError) exits with `refused`, anything else with 1. */
+async function guarded(run: () => Promise<void>, refused = EX_CONFIG): Promise<void> {
   try {
     await run();
   } catch (err) {
     process.stderr.write(`udprepeater: ${describe(err)}\n`);
-    process.exitCode = err instanceof ConfigError ? 78 : 1; // 78: EX_CONFIG
+    process.exitCode = err instanceof ConfigError ? refused : 1;
   }
 }
 
 const program = new Command('udprepeater')
   .description('UDP repeater gateway for uWSGI cache sync, with a sealed secure mode')
   .version(VERSION)
-  .showHelpAfterError();
+  .exitOverride()
+  .configureOutput({ outputError: (text, write) => write(`udprepeater: ${text.replace(/^error: /, '')}`) });
 
 const serve = program.command('serve').description('run the repeater daemon');
 addOptions(serve, SERVE_OPTIONS);
-serve.action(async (_opts: unknown, cmd: Command) => guarded(() => runServe(typed(cmd, SERVE_OPTIONS))));
+serve.action(async (_opts: unknown, cmd: Command) => guarded(() => runServe(invocationOf(cmd, SERVE_OPTIONS))));
 
 const agent = program
   .command('agent')
   .description("run beside a uWSGI node: seal its cache updates to the repeater, deliver the repeater's frames to it");
 addOptions(agent, AGENT_OPTIONS);
-agent.action(async (_opts: unknown, cmd: Command) => guarded(() => runAgent(typed(cmd, AGENT_OPTIONS))));
+agent.action(async (_opts: unknown, cmd: Command) => guarded(() => runAgent(invocationOf(cmd, AGENT_OPTIONS))));
 
 program
   .command('keygen')
@@ -106,7 +70,7 @@ program
       if (op === 'set' && value === undefined) throw new ConfigError('set needs a VALUE');
       if (!Number.isInteger(opts.expires) || opts.expires < 0) throw new ConfigError('--expires wants whole seconds');
       await sendCommand(endpointOption('send', addr), op, key, value, opts);
-    }),
+    }, EX_USAGE),
   );
 
 program
@@ -122,10 +86,22 @@ program
       const to = endpointOption('subscribe', addr);
       const sign = opts.sign === undefined ? undefined : readSignSpec(opts.sign);
       await subscribeCommand(to, { key: opts.key, address: opts.address, unsubscribe: opts.unsubscribe === true }, sign);
-    }),
+    }, EX_USAGE),
   );
 
+// Every subcommand exits through the program's override (commander would call process.exit).
+for (const c of program.commands) c.exitOverride();
+
 program.parseAsync(process.argv).catch((err: unknown) => {
+  if (err instanceof CommanderError) {
+    // --help and --version end here too, with exit code 0.
+    if (err.exitCode === 0) return;
+    // Commander has printed the reason; a daemon's bad flag is a configuration error.
+    const daemon = process.argv[2] === 'serve' || process.argv[2] === 'agent';
+    if (daemon) process.stderr.write(`udprepeater: see udprepeater ${process.argv[2]} --help\n`);
+    process.exitCode = daemon ? EX_CONFIG : EX_USAGE;
+    return;
+  }
   process.stderr.write(`udprepeater: ${describe(err)}\n`);
   process.exitCode = 1;
 });

@@ -237,9 +237,10 @@ describe('authenticated garbage must not kill anything', () => {
     await sender.send(bare(EnvelopeKind.Subscribe, ring), port);
     await sender.send(bare(EnvelopeKind.Subscribe, ring), agentPort);
     const marker = set('marker');
-    const sealedMarker = () => new SecureSession(Role.Agent).seal(ring, { kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', datagram: marker, address: null })!;
-    await sender.send(sealedMarker(), port);
-    await sender.send(sealedMarker(), agentPort);
+    // Sealed as an agent for the repeater, and as a repeater for the agent (each opens only the other's).
+    const sealedMarker = (role: Role) => new SecureSession(role).seal(ring, { kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', datagram: marker, address: null })!;
+    await sender.send(sealedMarker(Role.Agent), port);
+    await sender.send(sealedMarker(Role.Repeater), agentPort);
     await Promise.race([Promise.all([ref.waitFor(1), node.waitFor(1)]), repeaterDied, agentDied]);
     // The node may also get the repeater's copy once the agent has subscribed: look at the first.
     assert.deepEqual(node.received[0], marker);

@@ -2,10 +2,9 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { buildAgentConfig } from '../src/config/agent-config.js';
 import { layerOptions, parseConfigText } from '../src/config/config-file.js';
-import { AGENT_OPTIONS, defaultsOf, SERVE_OPTIONS } from '../src/config/options.js';
-import { configOf, parseArgs } from './helpers/repeater.js';
+import { defaultsOf, SERVE_OPTIONS } from '../src/config/options.js';
+import { agentConfigOf, configOf } from './helpers/repeater.js';
 
 describe('serve config', () => {
   test('the embedded default: one plain loopback listener, loopback allow-list, metrics on 9171', () => {
@@ -66,7 +65,15 @@ describe('config file', () => {
       'f.conf',
       SERVE_OPTIONS,
     );
-    assert.deepEqual(raw, { listen: ['127.0.0.1:1', '127.0.0.1:2'], 'forward-unknown': true, 'repair-deletes': false, tolerance: 2.5 });
+    assert.deepEqual(raw.values, { listen: ['127.0.0.1:1', '127.0.0.1:2'], 'forward-unknown': true, 'repair-deletes': false, tolerance: 2.5 });
+    assert.equal(raw.lines.get('tolerance'), 8);
+  });
+
+  test('every long flag name works, no-NAME for the options spelled --no-NAME included', () => {
+    assert.deepEqual(parseConfigText('no-repair-deletes = true\n', 'f', SERVE_OPTIONS).values, { 'repair-deletes': false });
+    assert.deepEqual(parseConfigText('no-repair-deletes = false\n', 'f', SERVE_OPTIONS).values, { 'repair-deletes': true });
+    assert.throws(() => parseConfigText('repair-deletes = true\nno-repair-deletes = true\n', 'f', SERVE_OPTIONS), /f:2: no-repair-deletes contradicts repair-deletes/);
+    assert.throws(() => parseConfigText('no-tolerance = true\n', 'f', SERVE_OPTIONS), /unknown option "no-tolerance"/);
   });
 
   const bad: Array<[string, RegExp]> = [
@@ -84,7 +91,7 @@ describe('config file', () => {
 
   test('command-line values override the file, lists included', () => {
     const file = parseConfigText('listen = 127.0.0.1:1\ntolerance = 5\n', 'f', SERVE_OPTIONS);
-    const merged = layerOptions(defaultsOf(SERVE_OPTIONS), file, { listen: ['127.0.0.1:9'] });
+    const merged = layerOptions(defaultsOf(SERVE_OPTIONS), file.values, { listen: ['127.0.0.1:9'] });
     assert.deepEqual(merged['listen'], ['127.0.0.1:9']);
     assert.equal(merged['tolerance'], 5);
   });
@@ -92,7 +99,7 @@ describe('config file', () => {
 
 describe('agent config', () => {
   const base = ['--repeater', '10.0.0.1:7272', '--deliver', '127.0.0.1:4141', '--channel-key', 'ssl', '--key-file', '/k'];
-  const agent = (args: string[]) => buildAgentConfig(parseArgs(args, AGENT_OPTIONS).raw);
+  const agent = (args: string[]) => agentConfigOf(args);
 
   test('defaults', () => {
     const c = agent(base);

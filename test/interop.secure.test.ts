@@ -36,7 +36,7 @@ const PROCESS_MS = 10_000;
 /** Window searched for in the capture: any 16 bytes of a secret in clear is a leak. */
 const WINDOW = 16;
 
-const { avail, skip, require: requireUwsgi } = requirement(
+const { skip, require: requireUwsgi } = requirement(
   'real uWSGI interop',
   'the secure-mode real-uWSGI suite (test/interop.secure.test.ts)',
   'Secure mode with real uWSGI nodes is NOT being tested.',
@@ -428,22 +428,6 @@ describe('real uWSGI nodes behind agents, through a sealed repeater', () => {
     sender.close();
     if (work !== undefined) rmSync(work, { recursive: true, force: true });
   }, HOOK);
-
-  test('uWSGI and its python3 plugin are installed', { timeout: 15_000 }, (t) => {
-    if (!avail.ok && !REQUIRED) {
-      t.skip(`${avail.reason}; ${INSTALL_HINT}`);
-      return;
-    }
-    requireUwsgi();
-  });
-
-  test('tcpdump can capture on lo', { timeout: 15_000 }, (t) => {
-    if (!dump.ok && !REQUIRED) {
-      t.skip(`${dump.reason}; ${TCPDUMP_HINT}`);
-      return;
-    }
-    requireTcpdump();
-  });
 
   test('each agent subscribes for its node (sealed); the nodes announce nothing themselves', opts, async () => {
     const subs = await subscribers(metricsPort);

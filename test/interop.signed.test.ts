@@ -16,7 +16,7 @@ import { after, before, describe, test } from 'node:test';
 import { encodeCacheSet } from '../src/wire/cache.js';
 import { Daemon, runCli } from './helpers/daemon.js';
 import { eventually, Receiver, Sender } from './helpers/net.js';
-import { REQUIRED, requirement } from './helpers/requirement.js';
+import { requirement } from './helpers/requirement.js';
 import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability, sessionBytes, sessionId, untilValue, PROPAGATE_MS } from './helpers/uwsgi.js';
 
 const TOLERANCE_S = 5;
@@ -26,7 +26,7 @@ const BLOCKSIZE = 4096;
 /** Bound on a repeater event that follows a uWSGI announce (one per second). */
 const ANNOUNCE_MS = 10_000;
 
-const { avail, skip, require: requireUwsgi } = requirement(
+const { skip, require: requireUwsgi } = requirement(
   'real uWSGI interop',
   'the signed-subscription real-uWSGI suite (test/interop.signed.test.ts)',
   'Signed subscriptions with real uWSGI nodes are NOT being tested.',
@@ -199,14 +199,6 @@ describe('signed subscriptions with real uWSGI nodes', () => {
     sender.close();
     if (work !== undefined) rmSync(work, { recursive: true, force: true });
   }, HOOK);
-
-  test('uWSGI and its python3 plugin are installed', { timeout: 15_000 }, (t) => {
-    if (!avail.ok && !REQUIRED) {
-      t.skip(`${avail.reason}; ${INSTALL_HINT}`);
-      return;
-    }
-    requireUwsgi();
-  });
 
   test('nodes signing with the key whose public half is DIR/ssl.pem are subscribed; the other key is not', opts, async () => {
     assert.deepEqual(await subscribed(), [a.udpAddress, b.udpAddress].sort());

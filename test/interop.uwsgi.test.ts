@@ -8,7 +8,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { Daemon } from './helpers/daemon.js';
-import { REQUIRED, requirement } from './helpers/requirement.js';
+import { requirement } from './helpers/requirement.js';
 import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability, sessionBytes, sessionId, untilAbsent, untilValue } from './helpers/uwsgi.js';
 
 const TOLERANCE_S = 3;
@@ -16,7 +16,7 @@ const SUBSCRIBE_FREQ_S = 1;
 /** Largest value the nodes' cache holds: uWSGI refuses a value above blocksize. */
 const BLOCKSIZE = 4096;
 
-const { avail, skip, require: requireUwsgi } = requirement(
+const { skip, require: requireUwsgi } = requirement(
   'real uWSGI interop',
   'the real-uWSGI interop suite (test/interop.uwsgi.test.ts)',
   'Cache sync with real uWSGI nodes is NOT being tested.',
@@ -81,14 +81,6 @@ describe('real uWSGI nodes through the repeater', () => {
     killAllUwsgi();
     if (rep !== undefined) await rep.stop();
   }, HOOK);
-
-  test('uWSGI and its python3 plugin are installed', { timeout: 15_000 }, (t) => {
-    if (!avail.ok && !REQUIRED) {
-      t.skip(`${avail.reason}; ${INSTALL_HINT}`);
-      return;
-    }
-    requireUwsgi();
-  });
 
   test('every node is listed in /subscribers under its announced cache-udp-server address', opts, async () => {
     const subs = await subscribers(metricsPort);

@@ -75,7 +75,7 @@ describe('dead subscribers', () => {
 });
 
 describe('state across restarts', () => {
-  test('a restarted repeater forwards to known subscribers at once, with their original deadlines', async () => {
+  test('a restarted repeater forwards to known subscribers before they announce again, with their original deadlines', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'udprepeater-state-'));
     const port = await freePort();
     const args = ['--listen', `127.0.0.1:${port}`, '--state-dir', dir, '--tolerance', '60'];

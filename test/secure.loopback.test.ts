@@ -154,7 +154,7 @@ describe('secure mode over loopback', () => {
     await r.tap.waitFor('subscription refused', { reason: 'key_mismatch' });
   });
 
-  test('an agent that stops unsubscribes at once', async () => {
+  test('an agent that stops unsubscribes (no wait for its expiry)', async () => {
     const k = newKeyFile();
     const r = await repeater(['--listen-sealed', '127.0.0.1:0', '--key-file', k]);
     const a = await agent(r.port(), [k]);

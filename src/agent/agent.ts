@@ -2,8 +2,8 @@
 // to sealed repeaters and back. Plain bytes only ever travel on loopback;
 // everything on the network is a sealed frame.
 //
-//   node cache-udp-node --plain--> local  --seal--> sealed socket -> each repeater
-//   node cache-udp-server <--plain-- deliver <--open-- sealed socket <- repeaters
+//   node cache-udp-node --plain--> local  --seal--> socket -> each repeater
+//   node cache-udp-server <--plain-- deliver <--open-- socket <- repeaters
 //
 // One UDP socket talks to every repeater: it sends the frames and the
 // subscriptions (which name it explicitly), so the repeaters send their frames
@@ -52,7 +52,7 @@ export class Agent {
   private fanout!: Fanout;
   private deliver!: Outlet;
   private local!: DatagramListener;
-  private sealed!: Socket;
+  private socket!: Socket;
   /** Per repeater IP (frames come back from any port of it). */
   private links = new Map<string, Link>();
   private timer: NodeJS.Timeout | null = null;
@@ -70,11 +70,11 @@ export class Agent {
   static async start(config: AgentConfig, log: Logger, session: SecureSession, backend: Backend = DEFAULT_BACKEND): Promise<Agent> {
     const agent = new Agent(config, KeyRing.load(config.keyFiles), session, log, backend);
     try {
-      agent.sealed = await agent.bindSealed(config);
+      agent.socket = await agent.bindSocket(config);
       try {
         agent.local = await agent.bindLocal(config);
       } catch (err) {
-        agent.sealed.close();
+        agent.socket.close();
         throw err;
       }
     } catch (err) {
@@ -106,9 +106,9 @@ export class Agent {
     return this.ring.describe().map((k) => k.id);
   }
 
-  /** The sealed socket's bound address. */
-  get sealedAddress(): string {
-    const a = this.sealed.address();
+  /** The bound address of the socket that talks to the repeaters. */
+  get socketAddress(): string {
+    const a = this.socket.address();
     return formatEndpoint(canonicalIp(a.address)?.host ?? a.address, a.port);
   }
 
@@ -122,10 +122,10 @@ export class Agent {
     }));
   }
 
-  /** Where `repeater` should send: --advertise, else our address on the route to it and the sealed socket's port. */
+  /** Where `repeater` should send: --advertise, else our address on the route to it and the socket's port. */
   private async advertiseFor(repeater: Endpoint): Promise<string> {
     if (this.config.advertise !== null) return this.config.advertise;
-    const a = this.sealed.address();
+    const a = this.socket.address();
     const bound = canonicalIp(a.address)?.host ?? a.address;
     const host = isUnspecified(bound) ? await routeSource(repeater) : bound;
     return formatEndpoint(host, a.port);
@@ -147,11 +147,11 @@ export class Agent {
     this.links = next;
   }
 
-  private bindSealed(config: AgentConfig): Promise<Socket> {
+  private bindSocket(config: AgentConfig): Promise<Socket> {
     return bindUdp(config.bind, { recvBuffer: config.recvBuffer, multicast: false, multicastInterface: null }, (msg, from) => this.guarded(this.toNode, () => this.onSealed(msg, from))).then(
       (sock) => {
         if (config.sendBuffer > 0) sock.setSendBufferSize(config.sendBuffer);
-        sock.on('error', (err) => this.log.throttle('warn', 'sealed-socket', 'sealed socket error', { error: err.message }));
+        sock.on('error', (err) => this.log.throttle('warn', 'repeater-socket', 'socket error (repeater side)', { error: err.message }));
         return sock;
       },
     );
@@ -175,10 +175,10 @@ export class Agent {
     const ring = KeyRing.load(next.keyFiles);
     const old = this.config;
     let local: DatagramListener | null = null;
-    let sealed: Socket | null = null;
+    let socket: Socket | null = null;
     try {
       if (next.local.text !== old.local.text) local = await this.bindLocal(next);
-      if (next.bind.text !== old.bind.text) sealed = await this.bindSealed(next);
+      if (next.bind.text !== old.bind.text) socket = await this.bindSocket(next);
     } catch (err) {
       await local?.close();
       ring.destroy();
@@ -191,9 +191,9 @@ export class Agent {
       void this.local.close();
       this.local = local;
     }
-    if (sealed !== null) {
-      this.sealed.close();
-      this.sealed = sealed;
+    if (socket !== null) {
+      this.socket.close();
+      this.socket = socket;
     }
     if (next.deliver.text !== old.deliver.text) {
       this.deliver.close();
@@ -206,10 +206,10 @@ export class Agent {
 
   /** Sends one frame to every repeater; returns how many took it. */
   private toRepeaters(frame: Buffer): number {
-    if (this.sealed.getSendQueueCount() >= this.config.sendQueue) return 0;
+    if (this.socket.getSendQueueCount() >= this.config.sendQueue) return 0;
     let n = 0;
     for (const l of this.links.values()) {
-      this.sealed.send(frame, l.repeater.port, l.repeater.host);
+      this.socket.send(frame, l.repeater.port, l.repeater.host);
       l.sent++;
       n++;
     }
@@ -238,7 +238,7 @@ export class Agent {
       }
       const frame = this.frameFor(kind, l.advertise);
       if (frame === null) continue;
-      this.sealed.send(frame, l.repeater.port, l.repeater.host);
+      this.socket.send(frame, l.repeater.port, l.repeater.host);
       l.sent++;
       this.announcesSent++;
     }
@@ -358,10 +358,10 @@ export class Agent {
     if (this.timer !== null) clearInterval(this.timer);
     const byes = [...this.links.values()].flatMap((l) => {
       const bye = l.advertise === null ? null : this.frameFor(EnvelopeKind.Unsubscribe, l.advertise);
-      return bye === null ? [] : [sendAndWait(this.sealed, bye, l.repeater.port, l.repeater.host)];
+      return bye === null ? [] : [sendAndWait(this.socket, bye, l.repeater.port, l.repeater.host)];
     });
     for (const r of await Promise.allSettled(byes)) if (r.status === 'rejected') this.log.warn('unsubscribe not sent', { error: describe(r.reason) });
-    this.sealed.close();
+    this.socket.close();
     this.deliver.close();
     await this.local.close();
     await this.fanout.close();

@@ -2,7 +2,14 @@
 
 /** A config, flag, or key file problem. The message names the source. */
 export class ConfigError extends Error {
-  constructor(message: string) {
+  /**
+   * @param option the option at fault (long name), when the message alone
+   *   does not say it first: a config file error then names its line.
+   */
+  constructor(
+    message: string,
+    readonly option?: string,
+  ) {
     super(message);
     this.name = 'ConfigError';
   }

@@ -72,6 +72,8 @@ export class ChannelStats {
   readonly dropped = new Float64Array(DROP_REASONS.length);
   readonly events = new Float64Array(EVENTS.length);
   bytesReceived = 0;
+  /** Input datagrams that passed every check and were handed to the fan-out. */
+  accepted = 0;
   /** Output datagrams handed to the kernel (one per subscriber per input). */
   forwarded = 0;
   bytesForwarded = 0;

@@ -35,9 +35,20 @@ export function coerce(spec: OptionSpec, text: string): RawValue {
   }
 }
 
-export function parseConfigText(text: string, file: string, specs: readonly OptionSpec[]): RawOptions {
+/** Options read from a file, and the line each one was set on (the last, for lists). */
+export interface FileOptions {
+  readonly values: RawOptions;
+  readonly lines: ReadonlyMap<string, number>;
+}
+
+/**
+ * Parses a config file. Every long flag name works, `no-NAME = true` (or
+ * false) included for the options spelled `--no-NAME` on the command line.
+ */
+export function parseConfigText(text: string, file: string, specs: readonly OptionSpec[]): FileOptions {
   const byName = new Map(specs.filter((s) => !s.cliOnly).map((s) => [s.name, s]));
   const out: RawOptions = {};
+  const at = new Map<string, number>();
   const lines = text.split(/\r?\n/);
   for (let i = 0; i < lines.length; i++) {
     const where = `${file}:${i + 1}`;
@@ -49,9 +60,14 @@ export function parseConfigText(text: string, file: string, specs: readonly Opti
     }
     const eq = line.indexOf('=');
     if (eq < 0) throw new ConfigError(`${where}: expected "name = value", got "${line}"`);
-    const name = line.slice(0, eq).trim();
+    let name = line.slice(0, eq).trim();
     const value = line.slice(eq + 1).trim();
-    const spec = byName.get(name);
+    let spec = byName.get(name);
+    let negated = false;
+    if (spec === undefined && name.startsWith('no-') && byName.get(name.slice(3))?.negatable === true) {
+      spec = byName.get(name.slice(3))!;
+      negated = true;
+    }
     if (spec === undefined) throw new ConfigError(`${where}: unknown option "${name}"`);
     let v: RawValue;
     try {
@@ -59,15 +75,21 @@ export function parseConfigText(text: string, file: string, specs: readonly Opti
     } catch (err) {
       throw new ConfigError(`${where}: ${name} ${describe(err)}`);
     }
+    if (negated) {
+      if (out[spec.name] !== undefined) throw new ConfigError(`${where}: ${name} contradicts ${spec.name}, set earlier`);
+      name = spec.name;
+      v = !v;
+    }
+    at.set(name, i + 1);
     const prev = out[name];
     if (spec.kind === 'list') out[name] = [...((prev as string[] | undefined) ?? []), ...(v as string[])];
     else if (prev !== undefined) throw new ConfigError(`${where}: ${name} is set twice`);
     else out[name] = v;
   }
-  return out;
+  return { values: out, lines: at };
 }
 
-export function readConfigFile(file: string, specs: readonly OptionSpec[]): RawOptions {
+export function readConfigFile(file: string, specs: readonly OptionSpec[]): FileOptions {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');

@@ -11,18 +11,24 @@ export interface Invocation {
 }
 
 /**
- * Layers and validates options with `build`; errors name the config file
- * when there is one, so an operator knows where to look.
+ * Layers and validates options with `build`. An error about an option set in
+ * the config file names the file and the line; one about a flag says so.
  */
 export function loadConfig<T>(inv: Invocation, specs: readonly OptionSpec[], build: (raw: RawOptions, explicit: ReadonlySet<string>) => T): T {
-  const file = inv.configFile === null ? {} : readConfigFile(inv.configFile, specs);
-  const raw = layerOptions(defaultsOf(specs), file, inv.cli);
-  const explicit = new Set([...Object.keys(file), ...Object.keys(inv.cli)]);
+  const file = inv.configFile === null ? null : readConfigFile(inv.configFile, specs);
+  const values = file?.values ?? {};
+  const raw = layerOptions(defaultsOf(specs), values, inv.cli);
+  const explicit = new Set([...Object.keys(values), ...Object.keys(inv.cli)]);
   try {
     return build(raw, explicit);
   } catch (err) {
-    if (err instanceof ConfigError && inv.configFile !== null) throw new ConfigError(`${inv.configFile} (with flags): ${err.message}`);
-    if (err instanceof ConfigError) throw err;
-    throw new ConfigError(describe(err));
+    if (!(err instanceof ConfigError)) throw new ConfigError(describe(err));
+    if (inv.configFile === null) throw err;
+    // The option at fault: the one the error names, else the first the message mentions that the file (not a flag) set.
+    const mentioned = [...(err.option === undefined ? [] : [err.option]), ...[...err.message.matchAll(/--([a-z][a-z-]*)/g)].map((m) => m[1]!)];
+    const named = mentioned.find((o) => inv.cli[o] === undefined && file?.lines.has(o));
+    const line = named === undefined ? undefined : file?.lines.get(named);
+    if (line !== undefined) throw new ConfigError(`${inv.configFile}:${line}: ${err.message}`);
+    throw new ConfigError(`${inv.configFile} (with flags): ${err.message}`);
   }
 }

@@ -5,9 +5,9 @@
 import { BlockList } from 'node:net';
 import { ConfigError } from '../base/errors.js';
 import type { LogFormat, LogLevel } from '../base/log.js';
-import { MAX_SOCKET_BUFFER } from '../net/io.js';
 import { localAddresses } from '../net/local.js';
-import { canonicalIp, type Endpoint, isLimitedBroadcast, isLoopback, isMulticast, isUnspecified, parseEndpoint } from '../wire/address.js';
+import { canonicalIp, type Endpoint, isLimitedBroadcast, isLoopback, isMulticast, isUnspecified } from '../wire/address.js';
+import { bool, type CommonSettings, commonSettings, endpointOption, list, num, splitSpec, str } from './checks.js';
 import type { RawOptions } from './options.js';
 
 export type { LogFormat, LogLevel };
@@ -48,7 +48,7 @@ export interface SignCheckConfig {
   readonly tolerance: number;
 }
 
-export interface ServeConfig {
+export interface ServeConfig extends CommonSettings {
   readonly listeners: readonly ListenerConfig[];
   readonly statics: readonly StaticConfig[];
   /** CIDRs allowed to send, subscribe and be subscribed; null allows any. */
@@ -61,58 +61,8 @@ export interface ServeConfig {
   readonly dedupWindowMs: number;
   readonly multicastInterface: string | null;
   readonly multicastTtl: number;
-  readonly recvBuffer: number;
-  readonly sendBuffer: number;
-  readonly keyFiles: readonly string[];
-  readonly maxSkewMs: number;
   readonly signCheck: SignCheckConfig | null;
   readonly stateDir: string | null;
-  readonly metrics: Endpoint | null;
-  readonly logLevel: LogLevel;
-  readonly logFormat: LogFormat;
-}
-
-function str(raw: RawOptions, name: string): string | undefined {
-  const v = raw[name];
-  return v === undefined ? undefined : String(v);
-}
-function num(raw: RawOptions, name: string): number {
-  const v = raw[name];
-  if (typeof v !== 'number') throw new ConfigError(`--${name} is missing or not a number`);
-  return v;
-}
-function list(raw: RawOptions, name: string): string[] {
-  const v = raw[name];
-  return Array.isArray(v) ? v : [];
-}
-function bool(raw: RawOptions, name: string): boolean {
-  return raw[name] === true;
-}
-function atLeast(raw: RawOptions, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
-  const n = num(raw, name);
-  if (!(n >= min && n <= max)) throw new ConfigError(`--${name} must be between ${min} and ${max}, got ${n}`);
-  return n;
-}
-
-export function endpointOption(name: string, text: string, bindable = false): Endpoint {
-  const ep = parseEndpoint(text, bindable);
-  if (typeof ep === 'string') throw new ConfigError(`--${name} ${ep}`);
-  return ep;
-}
-
-/** Splits `ADDR,k=v,flag` into the address and its parameters. */
-export function splitSpec(name: string, text: string, allowed: readonly string[]): { addr: string; params: Map<string, string> } {
-  const [addr, ...rest] = text.split(',');
-  const params = new Map<string, string>();
-  for (const part of rest) {
-    const eq = part.indexOf('=');
-    const k = (eq < 0 ? part : part.slice(0, eq)).trim();
-    const v = eq < 0 ? '' : part.slice(eq + 1).trim();
-    if (!allowed.includes(k)) throw new ConfigError(`--${name} ${text}: unknown parameter "${k}" (known: ${allowed.join(', ')})`);
-    if (params.has(k)) throw new ConfigError(`--${name} ${text}: "${k}" given twice`);
-    params.set(k, v);
-  }
-  return { addr: (addr ?? '').trim(), params };
 }
 
 /**
@@ -177,14 +127,14 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
   // The default plain listener applies only when no listener was asked for.
   const plain = explicit.has('listen-sealed') && !explicit.has('listen') ? [] : listeners(raw, 'listen', false);
   const all = [...plain, ...listeners(raw, 'listen-sealed', true)];
-  if (all.length === 0) throw new ConfigError('no listener: give at least one --listen or --listen-sealed');
+  if (all.length === 0) throw new ConfigError('no listener: give at least one --listen or --listen-sealed', 'listen');
   const seen = new Set<string>();
   const keys = new Map<string, string | null>();
   for (const l of all) {
-    if (seen.has(l.endpoint.text)) throw new ConfigError(`listener ${l.endpoint.text} is given twice`);
+    if (seen.has(l.endpoint.text)) throw new ConfigError(`listener ${l.endpoint.text} is given twice`, l.sealed ? 'listen-sealed' : 'listen');
     seen.add(l.endpoint.text);
     if (keys.has(l.channel) && keys.get(l.channel) !== l.key) {
-      throw new ConfigError(`channel ${l.channel}: its listeners disagree on key=`);
+      throw new ConfigError(`channel ${l.channel}: its listeners disagree on key=`, l.sealed ? 'listen-sealed' : 'listen');
     }
     keys.set(l.channel, l.key);
   }
@@ -198,18 +148,20 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
       throw new ConfigError(
         `refusing to listen on ${exposed.endpoint.text} with the default loopback-only allow-list: ` +
           'give --allow CIDR for your nodes (or --allow-any to accept everyone)',
+        exposed.sealed ? 'listen-sealed' : 'listen',
       );
     }
   }
 
-  const multicastTtl = atLeast(raw, 'multicast-ttl', 1, 255);
+  const multicastTtl = num(raw, 'multicast-ttl', 1, 255);
   const outs = statics(raw, multicastTtl);
   // Whether a --to reaches one of our listeners (any alias, any wildcard) is checked when the config is applied.
   for (const s of outs) {
     if (s.channel !== null && !keys.has(s.channel)) throw new ConfigError(`--to ${s.endpoint.text}: no channel named "${s.channel}"`);
   }
 
-  const keyFiles = list(raw, 'key-file');
+  const common = commonSettings(raw);
+  const keyFiles = common.keyFiles;
   const needsKeys = all.some((l) => l.sealed) || outs.some((s) => s.sealed);
   if (needsKeys && keyFiles.length === 0) throw new ConfigError('sealed listeners and sealed --to outputs need at least one --key-file');
 
@@ -228,47 +180,33 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
   if (sc !== undefined) {
     const colon = sc.indexOf(':');
     if (colon <= 0 || colon === sc.length - 1) throw new ConfigError(`--subscriptions-sign-check "${sc}" is not DIGEST:DIR`);
-    signCheck = { digest: sc.slice(0, colon), dir: sc.slice(colon + 1), tolerance: num(raw, 'subscriptions-sign-tolerance') };
+    signCheck = { digest: sc.slice(0, colon), dir: sc.slice(colon + 1), tolerance: num(raw, 'subscriptions-sign-tolerance', 0, 86_400, true) };
   }
 
-  const metricsText = str(raw, 'metrics') ?? 'off';
-  const logLevel = str(raw, 'log-level') ?? 'info';
-  if (!['debug', 'info', 'warn', 'error'].includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}": want debug, info, warn or error`);
-  const logFormat = str(raw, 'log-format') ?? 'json';
-  if (!['json', 'text'].includes(logFormat)) throw new ConfigError(`--log-format "${logFormat}": want json or text`);
-
-  const tolerance = num(raw, 'tolerance');
-  if (!(tolerance > 0)) throw new ConfigError('--tolerance must be above 0');
-  const rate = num(raw, 'subscribe-rate');
-  if (!(rate > 0)) throw new ConfigError('--subscribe-rate must be above 0');
+  const tolerance = num(raw, 'tolerance', 0, 86_400, true);
+  const rate = num(raw, 'subscribe-rate', 0, 1e9, true);
 
   return {
+    ...common,
     listeners: all,
     statics: outs,
     allow,
     toleranceMs: tolerance * 1000,
     limits: {
-      maxSubscribers: atLeast(raw, 'max-subscribers', 1),
-      deadAfter: atLeast(raw, 'dead-after', 0),
-      deadRetryMs: atLeast(raw, 'dead-retry', 0.01) * 1000,
-      maxDatagram: atLeast(raw, 'max-datagram', 4, 65535),
+      maxSubscribers: num(raw, 'max-subscribers', 1),
+      deadAfter: num(raw, 'dead-after', 0),
+      deadRetryMs: num(raw, 'dead-retry', 0.01) * 1000,
+      maxDatagram: common.maxDatagram,
       subscribeRate: rate,
-      subscribeBurst: atLeast(raw, 'subscribe-burst', 1),
-      sendQueue: atLeast(raw, 'send-queue', 1),
+      subscribeBurst: num(raw, 'subscribe-burst', 1),
+      sendQueue: common.sendQueue,
     },
     repairDeletes: raw['repair-deletes'] !== false,
     forwardUnknown: bool(raw, 'forward-unknown'),
-    dedupWindowMs: atLeast(raw, 'dedup-window', 0.01, 3600) * 1000,
+    dedupWindowMs: num(raw, 'dedup-window', 0.01, 3600) * 1000,
     multicastInterface: iface,
     multicastTtl,
-    recvBuffer: atLeast(raw, 'recv-buffer', 0, MAX_SOCKET_BUFFER),
-    sendBuffer: atLeast(raw, 'send-buffer', 0, MAX_SOCKET_BUFFER),
-    keyFiles,
-    maxSkewMs: num(raw, 'max-skew') * 1000,
     signCheck,
     stateDir: str(raw, 'state-dir') ?? null,
-    metrics: metricsText === 'off' ? null : endpointOption('metrics', metricsText, true),
-    logLevel: logLevel as LogLevel,
-    logFormat: logFormat as LogFormat,
   };
 }

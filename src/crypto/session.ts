@@ -68,7 +68,7 @@ export class SecureSession {
     this.peer = role === Role.Agent ? Role.Repeater : Role.Agent;
   }
 
-  get sealed(): number {
+  get framesSealed(): number {
     return this.sequence;
   }
 

@@ -8,7 +8,7 @@ import { type StatusServer, startStatus } from './http.js';
 import { Reloads, runDaemon } from './lifecycle.js';
 import { type Invocation, loadConfig } from '../config/load.js';
 import type { Logger } from '../base/log.js';
-import { counterFrom, newRegistry, OpsMetrics, registerChannelMetrics, registerKeyMetrics } from './metrics.js';
+import { counterFrom, gaugeFrom, newRegistry, OpsMetrics, registerChannelMetrics, registerKeyMetrics } from './metrics.js';
 import { AGENT_OPTIONS } from '../config/options.js';
 import { VERSION } from '../base/package.js';
 import { Agent } from '../agent/agent.js';
@@ -40,6 +40,9 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
     agent.fanoutTime,
   );
   counterFrom(register, 'udprepeater_agent_announces_total', 'Sealed subscription announces sent to the repeaters', [], () => [[{}, agent.announcesSent]]);
+  gaugeFrom(register, 'udprepeater_agent_repeater_last_frame_timestamp_seconds', 'When the last authentic frame from each repeater arrived (0: never)', ['repeater'], () =>
+    agent.repeaterLinks().map((l) => [{ repeater: l.repeater }, l.lastFrameAt === null ? 0 : Date.parse(l.lastFrameAt) / 1000] as const),
+  );
   registerKeyMetrics(register, 'udprepeater_agent_keys', () => agent.keyIds);
   const ops = new OpsMetrics(register, 'udprepeater_agent', VERSION);
   const status = await startStatus(

@@ -9,6 +9,8 @@ export interface ChannelView {
   readonly name: string;
   readonly stats: ChannelStats;
   readonly subscribers: number;
+  /** Subscribers taken out of service for being unreachable (repeater only). */
+  readonly suspended?: number;
 }
 
 /** Publishes a counter whose values are read from our own numbers on scrape. */
@@ -87,6 +89,9 @@ export function registerChannelMetrics(register: Registry, prefix: string, chann
   counterFrom(register, `${prefix}_datagrams_received_total`, 'Datagrams received, by what their header says', ['channel', 'kind'], () =>
     perChannel(channels, (c) => KINDS.map((kind, i) => [{ channel: c.name, kind }, c.stats.received[i]!] as const)),
   );
+  counterFrom(register, `${prefix}_datagrams_accepted_total`, 'Input datagrams that passed every check and were fanned out (forwarded / accepted = copies per datagram)', ['channel'], () =>
+    perChannel(channels, (c) => [[{ channel: c.name }, c.stats.accepted] as const]),
+  );
   counterFrom(register, `${prefix}_datagrams_forwarded_total`, 'Output datagrams handed to the kernel (one per subscriber per accepted datagram)', ['channel'], () =>
     perChannel(channels, (c) => [[{ channel: c.name }, c.stats.forwarded] as const]),
   );
@@ -107,8 +112,11 @@ export function registerChannelMetrics(register: Registry, prefix: string, chann
 }
 
 export function registerSubscriptionMetrics(register: Registry, channels: () => Iterable<ChannelView>): void {
-  gaugeFrom(register, 'udprepeater_subscribers', 'Current subscribers (dynamic and static)', ['channel'], () =>
+  gaugeFrom(register, 'udprepeater_subscribers', 'Current subscribers (dynamic and static, suspended included)', ['channel'], () =>
     perChannel(channels, (c) => [[{ channel: c.name }, c.subscribers] as const]),
+  );
+  gaugeFrom(register, 'udprepeater_subscribers_suspended', 'Subscribers suspended now for answering with ICMP unreachable', ['channel'], () =>
+    perChannel(channels, (c) => [[{ channel: c.name }, c.suspended ?? 0] as const]),
   );
   counterFrom(register, 'udprepeater_subscription_events_total', 'Subscription events', ['channel', 'event'], () =>
     perChannel(channels, (c) => EVENTS.map((event, i) => [{ channel: c.name, event }, c.stats.events[i]!] as const)),

@@ -23,7 +23,7 @@ import { sodiumReady } from '../crypto/secretbox.js';
 import { SecureSession } from '../crypto/session.js';
 import { Repeater, type RepeaterHooks } from '../repeater/repeater.js';
 import type { Backend } from '../net/io.js';
-import { SealedGate } from '../repeater/sealed-path.js';
+import { SealedGate } from '../repeater/sealed-gate.js';
 import { Role } from '../wire/envelope.js';
 import { UwsgiSignatureCheck } from '../repeater/signcheck.js';
 import { StateStore } from './state-store.js';
@@ -102,13 +102,13 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   }
   const register = newRegistry();
   const channels = () =>
-    [...repeater.channels.values()].map((ch) => ({ name: ch.name, stats: ch.stats, subscribers: ch.size }));
+    [...repeater.channels.values()].map((ch) => ({ name: ch.name, stats: ch.stats, subscribers: ch.size, suspended: ch.suspended }));
   registerChannelMetrics(register, 'udprepeater', channels, repeater.fanoutTime);
   registerSubscriptionMetrics(register, channels);
   const ops = new OpsMetrics(register, 'udprepeater', VERSION);
   const session = 'session' in h ? (h as { session(): SecureSession | null }).session : () => null;
   registerKeyMetrics(register, 'udprepeater_keys', () => repeater.sealedGate?.keyIds() ?? []);
-  counterFrom(register, 'udprepeater_sealed_frames_total', 'Secure mode: frames sealed (once per datagram and subscriber key)', [], () => [[{}, session()?.sealed ?? 0]]);
+  counterFrom(register, 'udprepeater_sealed_frames_total', 'Secure mode: frames sealed (once per datagram and subscriber key)', [], () => [[{}, session()?.framesSealed ?? 0]]);
   registerListenerKernelMetrics(register, () => repeater.listenerSockets());
   counterFrom(register, 'udprepeater_state_saves_total', 'Registry state files written (--state-dir), by result', ['result'], () => [
     [{ result: 'ok' }, store?.saves ?? 0],

@@ -97,6 +97,13 @@ export class Channel {
     return this.plain.size + this.sealed.size;
   }
 
+  /** Subscribers suspended now (a scrape-time count). */
+  get suspended(): number {
+    let n = 0;
+    for (const e of this.subscribers()) if (e.suspendedUntil !== 0) n++;
+    return n;
+  }
+
   configure(key: string | null, opts: ChannelOptions): void {
     this.key = key;
     this.opts = opts;
@@ -202,6 +209,7 @@ export class Channel {
   forward(plainOut: Buffer, stable: boolean, sealer: FrameSealer | null, sealing: SealingInput | null, origin: bigint | null): number {
     if (this.dirty) this.rebuild();
     const st = this.stats;
+    st.accepted++;
     const t = this.tally;
     t.sent = 0;
     t.full = 0;

@@ -28,7 +28,7 @@ import { checkHeader, peekKind } from '../wire/uwsgi.js';
 import { AccessList } from './acl.js';
 import { Channel, type ChannelEvents, type ChannelOptions } from './channel.js';
 import { RateLimiter } from './ratelimit.js';
-import type { SealedGate } from './sealed-path.js';
+import type { SealedGate } from './sealed-gate.js';
 import { type SignatureCheck, SubscriptionDesk } from './subscriptions.js';
 
 /** A listener's current place in the config; mutated in place on reload. */
@@ -62,7 +62,7 @@ export class Repeater {
   private acl!: AccessList;
   private readonly limiter = new RateLimiter(1, 1);
   private desk!: SubscriptionDesk;
-  private sealed: SealedGate | null = null;
+  private gate: SealedGate | null = null;
   private dedup!: ContentWindow;
   private fanout: Fanout | null = null;
   private readonly routes = new Map<string, Route>();
@@ -101,7 +101,7 @@ export class Repeater {
   }
 
   get sealedGate(): SealedGate | null {
-    return this.sealed;
+    return this.gate;
   }
 
   get subscriptions(): SubscriptionDesk {
@@ -218,8 +218,8 @@ export class Repeater {
     this.acl = new AccessList(next.allow);
     this.dedup = new ContentWindow(next.dedupWindowMs);
     this.limiter.configure(next.limits.subscribeRate, next.limits.subscribeBurst);
-    if (this.sealed !== sealed) this.sealed?.dispose();
-    this.sealed = sealed;
+    if (this.gate !== sealed) this.gate?.dispose();
+    this.gate = sealed;
     const deskDeps = { acl: this.acl, limiter: this.limiter, log: this.log, own, signatures, channels: () => this.channels.values() };
     if (this.desk === undefined) this.desk = new SubscriptionDesk(deskDeps);
     else this.desk.configure(deskDeps);
@@ -379,7 +379,7 @@ export class Repeater {
       return;
     }
     if (sealed) {
-      const env = this.sealed!.open(ch, msg);
+      const env = this.gate!.open(ch, msg);
       if (env !== null) this.onEnvelope(ch, env, from, t0);
       return;
     }
@@ -483,8 +483,8 @@ export class Repeater {
       st.dropped[D.duplicate]++;
       return;
     }
-    const sealing = this.sealed === null ? null : { content: contentOf(buf, s), trace: next };
-    const sent = ch.forward(plainOut, stable || plainOut !== buf, this.sealed, sealing, env?.origin ?? null);
+    const sealing = this.gate === null ? null : { content: contentOf(buf, s), trace: next };
+    const sent = ch.forward(plainOut, stable || plainOut !== buf, this.gate, sealing, env?.origin ?? null);
     if (sent > 0) this.fanoutTime.observe((performance.now() - t0) / 1000);
   }
 
@@ -494,8 +494,8 @@ export class Repeater {
       ch.stats.dropped[D.duplicate]++;
       return;
     }
-    const sealing = this.sealed === null ? null : { content: buf, trace: null };
-    const sent = ch.forward(buf, stable, this.sealed, sealing, env?.origin ?? null);
+    const sealing = this.gate === null ? null : { content: buf, trace: null };
+    const sent = ch.forward(buf, stable, this.gate, sealing, env?.origin ?? null);
     if (sent > 0) this.fanoutTime.observe((performance.now() - t0) / 1000);
   }
 
@@ -508,7 +508,7 @@ export class Repeater {
     const ch = this.channels.get(s.channel);
     if (ch === undefined) return 'no such channel';
     const form = s.sealed ? 'sealed' : 'plain';
-    if (form === 'sealed' && (this.sealed === null || s.origin === 0n)) return 'sealed without keys or origin';
+    if (form === 'sealed' && (this.gate === null || s.origin === 0n)) return 'sealed without keys or origin';
     if (s.key.length === 0 || s.key.length > 255 || (ch.key !== null && s.key !== ch.key)) return 'key_mismatch';
     const ep: Endpoint | DropReason = this.desk.vetAddress(s.address);
     if (typeof ep === 'string') return ep;
@@ -534,8 +534,8 @@ export class Repeater {
     this.routes.clear();
     for (const ch of this.channels.values()) ch.close();
     this.channels.clear();
-    this.sealed?.dispose();
-    this.sealed = null;
+    this.gate?.dispose();
+    this.gate = null;
     await Promise.all(closing);
     await this.fanout?.close();
   }

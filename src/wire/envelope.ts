@@ -1,6 +1,6 @@
 // The plaintext of a sealed frame: proto/udprepeater.proto's Envelope,
-// encoded with protobufjs. Decoding never throws: garbage inside a valid box
-// is reported as 'bad_payload'.
+// encoded with protobufjs; docs/PROTOCOL.md, "Envelope". Decoding never
+// throws: garbage inside a valid box is reported as 'bad_payload'.
 
 import { protoRoot } from './proto.js';
 import type { TraceFields } from './trace.js';

@@ -1,4 +1,4 @@
-// The sealed frame around an Envelope (proto/udprepeater.proto):
+// The sealed frame around an Envelope (proto/udprepeater.proto); docs/PROTOCOL.md, "Sealed frames":
 //
 //   offset size
 //   0      2    magic "ur" (0x75 0x72): never a uwsgi modifier1 (111 or 224)

@@ -1,5 +1,6 @@
-// The persisted subscriber registry (proto RegistryState). Pure codec:
-// decoding garbage returns null instead of throwing.
+// The persisted subscriber registry: proto RegistryState, described in
+// docs/PROTOCOL.md, "The state file". Pure codec: decoding garbage returns
+// null instead of throwing.
 
 import { bigintToLong, type LongLike, longToBigint, longToNumber } from './envelope.js';
 import { protoRoot } from './proto.js';

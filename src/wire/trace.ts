@@ -1,7 +1,7 @@
-// The trace a forwarder appends to a cache datagram (docs/PROTOCOL.md,
-// "Trace"). It is shaped like one more uwsgi var, so uWSGI, which ignores
-// whatever follows a set's expires field or a padded delete, stores exactly
-// what it would have stored without it:
+// The trace a forwarder appends to a cache datagram: docs/PROTOCOL.md, "Trace".
+// It is shaped like one more uwsgi var, so uWSGI, which ignores whatever
+// follows a set's expires field or a padded delete, stores exactly what it
+// would have stored without it:
 //
 //   offset size
 //   0      2    u16 LE 4

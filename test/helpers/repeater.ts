@@ -3,44 +3,23 @@
 
 import { type AgentHandle, startAgent } from '../../src/daemon/agent.js';
 import type { SecureSession } from '../../src/crypto/session.js';
-import { buildAgentConfig } from '../../src/config/agent-config.js';
-import { coerce } from '../../src/config/config-file.js';
-import { AGENT_OPTIONS, defaultsOf, type OptionSpec, SERVE_OPTIONS, type RawOptions } from '../../src/config/options.js';
+import { type AgentConfig, buildAgentConfig } from '../../src/config/agent-config.js';
+import { parseInvocation } from '../../src/config/args.js';
+import { loadConfig } from '../../src/config/load.js';
+import { AGENT_OPTIONS, SERVE_OPTIONS } from '../../src/config/options.js';
 import { buildServeConfig, type ServeConfig } from '../../src/config/serve-config.js';
 import { type ServeHandle, startServe } from '../../src/daemon/serve.js';
 import { LogTap } from './logtap.js';
 import type { Backend } from '../../src/net/io.js';
 
-/** Parses `--name value` / `--flag` / `--no-flag` pairs with the real option table. */
-export function parseArgs(args: readonly string[], specs: readonly OptionSpec[] = SERVE_OPTIONS): { raw: RawOptions; explicit: Set<string> } {
-  const raw: RawOptions = defaultsOf(specs);
-  const explicit = new Set<string>();
-  const lists = new Set<string>();
-  for (let i = 0; i < args.length; i++) {
-    const a = args[i]!;
-    if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}`);
-    let name = a.slice(2);
-    const negated = name.startsWith('no-') && specs.some((s) => s.negatable && s.name === name.slice(3));
-    if (negated) name = name.slice(3);
-    const spec = specs.find((s) => s.name === name);
-    if (spec === undefined) throw new Error(`unknown option ${a}`);
-    explicit.add(name);
-    if (spec.kind === 'bool') {
-      raw[name] = !negated;
-      continue;
-    }
-    const v = coerce(spec, args[++i]!);
-    if (spec.kind === 'list') {
-      raw[name] = lists.has(name) ? [...(raw[name] as string[]), ...(v as string[])] : (v as string[]);
-      lists.add(name);
-    } else raw[name] = v;
-  }
-  return { raw, explicit };
+/** `serve ARGS` parsed and validated exactly as the CLI does it. */
+export function configOf(args: readonly string[]): ServeConfig {
+  return loadConfig(parseInvocation('serve', SERVE_OPTIONS, args), SERVE_OPTIONS, buildServeConfig);
 }
 
-export function configOf(args: readonly string[]): ServeConfig {
-  const { raw, explicit } = parseArgs(args);
-  return buildServeConfig(raw, explicit);
+/** `agent ARGS` parsed and validated exactly as the CLI does it. */
+export function agentConfigOf(args: readonly string[]): AgentConfig {
+  return loadConfig(parseInvocation('agent', AGENT_OPTIONS, args), AGENT_OPTIONS, buildAgentConfig);
 }
 
 export interface TestRepeater {
@@ -77,11 +56,11 @@ export interface TestAgent {
 /** Starts an agent in-process from CLI-style arguments. */
 export async function startTestAgent(args: readonly string[], session?: SecureSession): Promise<TestAgent> {
   const tap = new LogTap();
-  const handle = await startAgent(buildAgentConfig(parseArgs(args, AGENT_OPTIONS).raw), tap.logger(), session);
+  const handle = await startAgent(agentConfigOf(args), tap.logger(), session);
   return {
     handle,
     tap,
-    reload: (next) => handle.reload(() => buildAgentConfig(parseArgs(next, AGENT_OPTIONS).raw)),
+    reload: (next) => handle.reload(() => agentConfigOf(next)),
     close: () => handle.close(),
   };
 }

@@ -1,0 +1,94 @@
+// The checks both daemons' configs share, so the same option is refused by
+// the same rule with the same words in serve and in agent.
+
+import { ConfigError } from '../base/errors.js';
+import type { LogFormat, LogLevel } from '../base/log.js';
+import { MAX_SOCKET_BUFFER } from '../net/io.js';
+import { type Endpoint, parseEndpoint } from '../wire/address.js';
+import type { RawOptions } from './options.js';
+
+export function str(raw: RawOptions, name: string): string | undefined {
+  const v = raw[name];
+  return v === undefined ? undefined : String(v);
+}
+
+export function list(raw: RawOptions, name: string): string[] {
+  const v = raw[name];
+  return Array.isArray(v) ? v : [];
+}
+
+export function bool(raw: RawOptions, name: string): boolean {
+  return raw[name] === true;
+}
+
+/** A number option within [min, max]; `above` makes min exclusive. */
+export function num(raw: RawOptions, name: string, min = Number.MIN_SAFE_INTEGER, max = Number.MAX_SAFE_INTEGER, above = false): number {
+  const v = raw[name];
+  if (typeof v !== 'number') throw new ConfigError(`--${name} is missing or not a number`, name);
+  if (above ? !(v > min) : !(v >= min)) throw new ConfigError(above ? `--${name} must be above ${min}, got ${v}` : `--${name} must be between ${min} and ${max}, got ${v}`, name);
+  if (v > max) throw new ConfigError(`--${name} must be between ${min} and ${max}, got ${v}`, name);
+  return v;
+}
+
+/** A required string option. */
+export function need(raw: RawOptions, name: string, who: string): string {
+  const v = raw[name];
+  if (v === undefined || v === '') throw new ConfigError(`${who} needs --${name}`, name);
+  return String(v);
+}
+
+export function endpointOption(name: string, text: string, bindable = false): Endpoint {
+  const ep = parseEndpoint(text, bindable);
+  if (typeof ep === 'string') throw new ConfigError(`--${name} ${ep}`, name);
+  return ep;
+}
+
+/** Splits `ADDR,k=v,flag` into the address and its parameters. */
+export function splitSpec(name: string, text: string, allowed: readonly string[]): { addr: string; params: Map<string, string> } {
+  const [addr, ...rest] = text.split(',');
+  const params = new Map<string, string>();
+  for (const part of rest) {
+    const eq = part.indexOf('=');
+    const k = (eq < 0 ? part : part.slice(0, eq)).trim();
+    const v = eq < 0 ? '' : part.slice(eq + 1).trim();
+    if (!allowed.includes(k)) throw new ConfigError(`--${name} ${text}: unknown parameter "${k}" (known: ${allowed.join(', ')})`, name);
+    if (params.has(k)) throw new ConfigError(`--${name} ${text}: "${k}" given twice`, name);
+    params.set(k, v);
+  }
+  return { addr: (addr ?? '').trim(), params };
+}
+
+export interface CommonSettings {
+  readonly recvBuffer: number;
+  readonly sendBuffer: number;
+  readonly maxDatagram: number;
+  readonly sendQueue: number;
+  readonly keyFiles: readonly string[];
+  readonly maxSkewMs: number;
+  readonly metrics: Endpoint | null;
+  readonly logLevel: LogLevel;
+  readonly logFormat: LogFormat;
+}
+
+const LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'];
+const FORMATS: readonly LogFormat[] = ['json', 'text'];
+
+/** The options serve and agent have in common, checked alike. */
+export function commonSettings(raw: RawOptions): CommonSettings {
+  const logLevel = str(raw, 'log-level') ?? 'info';
+  if (!(LEVELS as readonly string[]).includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}": want debug, info, warn or error`, 'log-level');
+  const logFormat = str(raw, 'log-format') ?? 'json';
+  if (!(FORMATS as readonly string[]).includes(logFormat)) throw new ConfigError(`--log-format "${logFormat}": want json or text`, 'log-format');
+  const metricsText = str(raw, 'metrics') ?? 'off';
+  return {
+    recvBuffer: num(raw, 'recv-buffer', 0, MAX_SOCKET_BUFFER),
+    sendBuffer: num(raw, 'send-buffer', 0, MAX_SOCKET_BUFFER),
+    maxDatagram: num(raw, 'max-datagram', 4, 65535),
+    sendQueue: num(raw, 'send-queue', 1),
+    keyFiles: list(raw, 'key-file'),
+    maxSkewMs: num(raw, 'max-skew', 0, 86_400, true) * 1000,
+    metrics: metricsText === 'off' ? null : endpointOption('metrics', metricsText, true),
+    logLevel: logLevel as LogLevel,
+    logFormat: logFormat as LogFormat,
+  };
+}
