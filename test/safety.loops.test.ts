@@ -84,7 +84,7 @@ describe('no circulation through one repeater', () => {
     const port = await freePort();
     const r = track(await serve(['--listen', `127.0.0.1:${port}`, '--allow-any']));
     const sink = await scope.receiver();
-    const bad = [`[::ffff:0.0.0.0]:${port}`, `0.0.0.0:${port}`, `[::]:${port}`, `[::ffff:224.0.0.1]:${port}`, `239.1.1.1:${port}`, `[ff02::1]:${port}`, `[::ffff:255.255.255.255]:${port}`, `255.255.255.255:${port}`];
+    const bad = [`[::ffff:0.0.0.0]:${port}`, `0.0.0.0:${port}`, `[::]:${port}`, `[::ffff:224.0.0.1]:${port}`, `239.1.1.1:${port}`, `[ff02::1]:${port}`, `[::ffff:255.255.255.255]:${port}`, `255.255.255.255:${port}`, `0.1.2.3:${port}`, `240.0.0.1:${port}`];
     const { subscribed, refused } = await announce(r, port, [sink.address, ...bad]);
     assert.deepEqual(subscribed, [sink.address]);
     for (const a of bad) assert.equal(refused.get(a), 'bad_address', `${a} was not refused`);

@@ -4,7 +4,7 @@
 
 import { createSocket } from 'node:dgram';
 import { networkInterfaces } from 'node:os';
-import { canonicalIp, type Endpoint, formatIp, ipBytes, isLimitedBroadcast, isLoopback, isMulticast, isUnspecified } from '../wire/address.js';
+import { canonicalIp, type Endpoint, formatIp, ipBytes, isLimitedBroadcast, isLoopback, isMulticast, isReservedIpv4, isUnspecified } from '../wire/address.js';
 
 /** Canonical addresses of every local interface (read now: interfaces change). */
 export function localAddresses(): Set<string> {
@@ -66,7 +66,7 @@ export class OwnAddresses {
 
   /** Checks a would-be destination (canonical endpoint): null when it is fine. */
   problem(ep: Endpoint): AddressProblem | null {
-    if (isMulticast(ep.host) || isUnspecified(ep.host) || isLimitedBroadcast(ep.host) || this.broadcast.has(ep.host)) return 'not_unicast';
+    if (isMulticast(ep.host) || isUnspecified(ep.host) || isLimitedBroadcast(ep.host) || isReservedIpv4(ep.host) || this.broadcast.has(ep.host)) return 'not_unicast';
     if (this.owns(ep)) return 'own_listener';
     return null;
   }

@@ -172,3 +172,10 @@ export function isUnspecified(host: string): boolean {
 export function isLimitedBroadcast(host: string): boolean {
   return host === '255.255.255.255';
 }
+
+/** IPv4 "this network" (0/8) and the reserved 240/4: never a host to send to. */
+export function isReservedIpv4(host: string): boolean {
+  if (host.includes(':')) return false;
+  const first = Number(host.slice(0, host.indexOf('.')));
+  return first === 0 || first >= 240;
+}

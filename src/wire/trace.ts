@@ -41,7 +41,8 @@ export function isTraceAt(buf: Uint8Array, at: number): boolean {
 /** Reads a trace checked by isTraceAt; null when a field is out of range. */
 export function readTrace(buf: Buffer, at: number): TraceFields | null {
   const hops = buf[at + 9]!;
-  if (buf.readUInt16LE(at + 16) !== 0) return null;
+  // A forwarded datagram has passed at least its first forwarder.
+  if (hops < 1 || buf.readUInt16LE(at + 16) !== 0) return null;
   const ingress = buf.readUIntLE(at + 10, 6);
   const hi = buf.readUInt32LE(at + 22);
   if (hi > 0x1fffff || ingress === 0) return null;
