@@ -1,0 +1,167 @@
+// The live state of a channel on its own: a clock passed in, no sockets.
+// Expiry, eviction order, byte accounting, deletes, versions.
+
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { ENTRY_OVERHEAD, LiveState } from '../src/repeater/live-state.js';
+import { encodeCacheDelete, encodeCacheSet, forwardForm, inspectCacheUpdate, newShape } from '../src/wire/cache.js';
+
+const NOW = 1_796_000_000;
+const set = (k: string, v: string, expires = 0) => encodeCacheSet(Buffer.from(k), Buffer.from(v), expires);
+const del = (k: string, padded = false) => encodeCacheDelete(Buffer.from(k), padded);
+const cost = (k: string, v: string, expires = 0) => set(k, v, expires).length + k.length + ENTRY_OVERHEAD;
+
+function keys(s: LiveState): string[] {
+  return [...s.walk()].map(([k]) => k);
+}
+function valueOf(s: LiveState, k: string): string | null {
+  const e = s.get(k);
+  if (e === undefined) return null;
+  const vlen = e.content.readUInt16LE(6 + k.length);
+  return e.content.toString('latin1', 8 + k.length, 8 + k.length + vlen);
+}
+
+describe('live state', () => {
+  test('the latest set of each key, in the order they were last set; a delete removes it in either form', () => {
+    const s = new LiveState(1 << 20);
+    assert.equal(s.apply(set('a', '1'), NOW), 'set');
+    assert.equal(s.apply(set('b', '1'), NOW), 'set');
+    assert.equal(s.apply(set('c', '1'), NOW), 'set');
+    assert.equal(s.apply(set('a', '2'), NOW), 'set');
+    assert.deepEqual(keys(s), ['b', 'c', 'a']);
+    assert.equal(valueOf(s, 'a'), '2');
+    assert.equal(s.apply(del('b'), NOW), 'deleted');
+    assert.equal(s.apply(del('c', true), NOW), 'deleted');
+    assert.equal(s.apply(del('zz'), NOW), 'absent');
+    assert.deepEqual(keys(s), ['a']);
+    assert.equal(s.size, 1);
+  });
+
+  test('a binary key round-trips, and a traced update is stored without its trace', () => {
+    const s = new LiveState(1 << 20);
+    const key = Buffer.from([0, 0xff, 0x80, 10, 0]);
+    const plain = encodeCacheSet(key, Buffer.from('v'), 0);
+    const traced = forwardForm(plain, shapeOf(plain), true, { ingress: 7, sequence: 1, hops: 1 }, 65507) as Buffer;
+    assert.ok(traced.length > plain.length);
+    assert.equal(s.apply(traced, NOW), 'set');
+    const [[k, e]] = [...s.walk()];
+    assert.equal(Buffer.from(k!, 'latin1').toString('hex'), key.toString('hex'));
+    assert.deepEqual(e!.content, plain);
+  });
+
+  test('bytes count each entry as its datagram, its key and the overhead, exactly, through sets, overwrites and deletes', () => {
+    const s = new LiveState(1 << 20);
+    s.apply(set('k1', 'x'.repeat(300)), NOW);
+    s.apply(set('key-two', 'y'), NOW);
+    assert.equal(s.bytes, cost('k1', 'x'.repeat(300)) + cost('key-two', 'y'));
+    s.apply(set('k1', 'short'), NOW);
+    assert.equal(s.bytes, cost('k1', 'short') + cost('key-two', 'y'));
+    s.apply(del('key-two'), NOW);
+    assert.equal(s.bytes, cost('k1', 'short'));
+    s.apply(del('k1'), NOW);
+    assert.equal(s.bytes, 0);
+  });
+
+  test('past the bound the oldest-set entries are evicted first, and counted', () => {
+    const one = cost('k0', 'v');
+    const s = new LiveState(3 * one);
+    for (const k of ['k0', 'k1', 'k2']) s.apply(set(k, 'v'), NOW);
+    s.apply(set('k0', 'v'), NOW); // k0 is now the newest
+    s.apply(set('k3', 'v'), NOW);
+    assert.deepEqual(keys(s), ['k2', 'k0', 'k3']);
+    assert.equal(s.evictions, 1);
+    assert.ok(s.bytes <= 3 * one);
+    s.setMaxBytes(one);
+    assert.deepEqual(keys(s), ['k3']);
+    assert.equal(s.evictions, 3);
+    // An entry larger than the bound on its own is not kept, and takes its older value with it.
+    assert.equal(s.apply(set('k3', 'much longer than before'), NOW), 'too_large');
+    assert.equal(s.size, 0);
+    assert.equal(s.evictions, 4);
+    assert.equal(s.bytes, 0);
+  });
+
+  test('an entry is dropped when the absolute expiry it carried passes (0 = never); an expired set removes the older value', () => {
+    const s = new LiveState(1 << 20);
+    s.apply(set('never', 'v', 0), NOW);
+    s.apply(set('soon', 'v', NOW + 1), NOW);
+    s.apply(set('later', 'v', NOW + 5), NOW);
+    s.apply(set('moved', 'v', NOW + 1), NOW);
+    s.apply(set('moved', 'v', NOW + 9), NOW); // its new expiry replaces the old one
+    assert.equal(s.sweep(NOW), 0);
+    assert.equal(s.sweep(NOW + 1), 1);
+    assert.deepEqual(keys(s).sort(), ['later', 'moved', 'never']);
+    assert.equal(s.sweep(NOW + 8), 1);
+    assert.deepEqual(keys(s).sort(), ['moved', 'never']);
+    assert.equal(s.expired, 2);
+    // A set that arrives already expired (the node's cache would drop it too) deletes the key.
+    assert.equal(s.apply(set('never', 'v2', NOW - 1), NOW + 8), 'expired');
+    assert.equal(s.get('never'), undefined);
+    assert.equal(s.expired, 3, 'a set that arrived expired counts as expired');
+    assert.equal(s.sweep(NOW + 100), 1);
+    assert.equal(s.size, 0);
+    assert.equal(s.bytes, 0);
+  });
+
+  test('deleted and re-set keys are swept by their own expiry only; many distinct expiries keep the heap bounded', () => {
+    const s = new LiveState(1 << 30);
+    for (let i = 0; i < 5000; i++) {
+      s.apply(set(`k${i}`, 'v', NOW + 10 + i), NOW);
+      s.apply(del(`k${i}`), NOW);
+    }
+    s.apply(set('last', 'v', NOW + 20_000), NOW);
+    assert.ok((s as unknown as { heap: number[] }).heap.length <= 2 * 1 + 64 + 1, 'stale seconds are compacted away');
+    assert.equal(s.sweep(NOW + 19_999), 0);
+    assert.equal(s.sweep(NOW + 20_000), 1);
+  });
+
+  test('versions: every change takes the next one; an update applied without delivery is older than any join', () => {
+    const s = new LiveState(1 << 20);
+    s.apply(set('a', '1'), NOW);
+    const start = s.version;
+    s.apply(set('b', '1'), NOW);
+    s.apply(set('c', '1'), NOW, false);
+    assert.ok(s.get('a')!.version <= start);
+    assert.ok(s.get('b')!.version > start, 'delivered after the start: a join skips it');
+    assert.equal(s.get('c')!.version, 0, 'not delivered: a join sends it');
+  });
+
+  test('the walk is live: an entry set again moves behind the walker, a deleted one is never reached', () => {
+    const s = new LiveState(1 << 20);
+    for (const k of ['a', 'b', 'c', 'd']) s.apply(set(k, '1'), NOW);
+    const it = s.walk();
+    assert.equal(it.next().value![0], 'a');
+    s.apply(set('a', '2'), NOW);
+    s.apply(del('c'), NOW);
+    assert.deepEqual([...it].map(([k, e]) => `${k}${valueOf(s, k) ?? ''}@${e.version}`), ['b1@2', 'd1@4', 'a2@5']);
+  });
+
+  test('a replaced, deleted, expired or evicted entry has its bytes zeroed (a dead session does not linger)', () => {
+    const s = new LiveState(1 << 20);
+    s.apply(set('a', 'secret-1'), NOW);
+    const first = s.get('a')!.content;
+    s.apply(set('a', 'secret-2'), NOW);
+    assert.ok(first.every((b) => b === 0));
+    const second = s.get('a')!.content;
+    s.apply(del('a'), NOW);
+    assert.ok(second.every((b) => b === 0));
+    s.apply(set('x', 'secret-3', NOW + 1), NOW);
+    const third = s.get('x')!.content;
+    s.sweep(NOW + 1);
+    assert.ok(third.every((b) => b === 0));
+  });
+
+  test('garbage offered from elsewhere is refused with the wire reason and changes nothing', () => {
+    const s = new LiveState(1 << 20);
+    assert.equal(s.apply(Buffer.from([111, 1, 0, 10, 0]), NOW), 'too_short');
+    assert.equal(s.apply(Buffer.from('hello'), NOW), 'size_mismatch');
+    assert.equal(s.size, 0);
+    assert.equal(s.version, 0);
+  });
+});
+
+function shapeOf(buf: Buffer) {
+  const s = newShape();
+  assert.equal(inspectCacheUpdate(buf, s), undefined);
+  return s;
+}
