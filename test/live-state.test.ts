@@ -1,9 +1,11 @@
-// The live state of a channel on its own: a clock passed in, no sockets.
-// Expiry, eviction order, byte accounting, deletes, versions.
+// The live state of a channel and the warm-join pacer, on their own: a clock
+// passed in, no sockets. Expiry, eviction order, byte accounting, deletes,
+// versions, and the pacer's counts over a simulated clock.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { ENTRY_OVERHEAD, LiveState } from '../src/repeater/live-state.js';
+import { Pacer } from '../src/repeater/warm-join.js';
 import { encodeCacheDelete, encodeCacheSet, forwardForm, inspectCacheUpdate, newShape } from '../src/wire/cache.js';
 
 const NOW = 1_796_000_000;
@@ -165,3 +167,49 @@ function shapeOf(buf: Buffer) {
   assert.equal(inspectCacheUpdate(buf, s), undefined);
   return s;
 }
+
+describe('warm-join pacer', () => {
+  /** Drains the pacer on a simulated clock ticking every `tickMs`; returns tokens taken per tick. */
+  function run(rate: number, tickMs: number, ms: number): number[] {
+    const p = new Pacer(rate);
+    p.reset(0);
+    const taken: number[] = [];
+    for (let t = tickMs; t <= ms; t += tickMs) {
+      const n = p.available(t);
+      p.take(n);
+      taken.push(n);
+    }
+    return taken;
+  }
+  const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+
+  test('over a second of 1 ms ticks it grants the rate, within one token', () => {
+    for (const rate of [1000, 20_000, 123_456]) {
+      const got = sum(run(rate, 1, 1000));
+      assert.ok(Math.abs(got - rate) <= 1, `rate ${rate}: granted ${got}`);
+    }
+  });
+
+  test('in any window it never grants more than the rate over that window plus one burst of 5 ms', () => {
+    const rate = 20_000;
+    const taken = run(rate, 1, 2000);
+    for (let w = 1; w <= 200; w *= 2) {
+      for (let i = 0; i + w <= taken.length; i++) {
+        const n = sum(taken.slice(i, i + w));
+        assert.ok(n <= (rate * w) / 1000 + rate * 0.005, `${n} granted in ${w} ms`);
+      }
+    }
+  });
+
+  test('a late timer does not save up more than the burst; a reset forgets what was saved', () => {
+    const p = new Pacer(20_000);
+    p.reset(0);
+    assert.equal(p.available(1000), 100, 'a second late: 5 ms of the rate, no more');
+    p.reset(1000);
+    assert.equal(p.available(1000), 0);
+    const slow = new Pacer(10);
+    slow.reset(0);
+    assert.equal(slow.available(50), 0);
+    assert.equal(slow.available(100), 1, 'below one token per tick, tokens still accrue across ticks');
+  });
+});

@@ -69,6 +69,9 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
   { name: 'subscriptions-sign-check', kind: 'string', arg: 'DIGEST:DIR', help: 'on plain listeners, accept only uWSGI-signed subscriptions verified with DIR/<key>.pem' },
   { name: 'subscriptions-sign-tolerance', kind: 'number', arg: 'SECONDS', default: 30, help: 'clock tolerance for the unix var of signed subscriptions' },
   { name: 'state-dir', kind: 'string', arg: 'DIR', help: 'persist the subscriber registry here so a restart forwards at once' },
+  { name: 'warm-join', kind: 'bool', default: true, negatable: true, help: 'send nothing to new subscribers and keep no live state (by default a subscriber new to its channel is sent the live cache: the latest set of every key)' },
+  { name: 'warm-rate', kind: 'number', arg: 'PER_SECOND', default: 20_000, help: 'warm-join datagrams per second, shared by every warm join in progress' },
+  { name: 'state-max-bytes', kind: 'int', arg: 'BYTES', default: 64 << 20, help: 'memory bound of the live state of each channel; the oldest entries are evicted first (0 keeps no state: no warm join)' },
   { name: 'metrics', kind: 'string', arg: 'ADDR', default: DEFAULT_METRICS, help: 'HTTP address for /metrics, /healthz and /subscribers ("off" disables)' },
 ];
 

@@ -9,6 +9,7 @@ import { localAddresses } from '../net/local.js';
 import { canonicalIp, type Endpoint, isLimitedBroadcast, isLoopback, isMulticast, isUnspecified } from '../wire/address.js';
 import { bool, type CommonSettings, commonSettings, endpointOption, list, num, splitSpec, str } from './checks.js';
 import type { RawOptions } from './options.js';
+import { buildWarmConfig, type WarmConfig } from './warm-config.js';
 
 export type { LogFormat, LogLevel };
 
@@ -63,6 +64,8 @@ export interface ServeConfig extends CommonSettings {
   readonly multicastTtl: number;
   readonly signCheck: SignCheckConfig | null;
   readonly stateDir: string | null;
+  /** Live state and warm joins (warm-config.ts). */
+  readonly warm: WarmConfig;
 }
 
 /**
@@ -208,5 +211,6 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
     multicastTtl,
     signCheck,
     stateDir: str(raw, 'state-dir') ?? null,
+    warm: buildWarmConfig(raw),
   };
 }

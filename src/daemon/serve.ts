@@ -27,6 +27,7 @@ import { SealedGate } from '../repeater/sealed-gate.js';
 import { Role } from '../wire/envelope.js';
 import { UwsgiSignatureCheck } from '../repeater/signcheck.js';
 import { StateStore } from './state-store.js';
+import { registerWarmMetrics } from './warm-metrics.js';
 
 export interface ServeHandle {
   readonly repeater: Repeater;
@@ -61,6 +62,7 @@ export function subscribersView(r: Repeater): unknown {
         dropped: e.outlet.dropped,
         errors: e.outlet.errors,
         lastError: e.outlet.lastError,
+        warmJoin: r.warm.progress(ch, e),
       });
     }
   }
@@ -110,6 +112,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   registerKeyMetrics(register, 'udprepeater_keys', () => repeater.sealedGate?.keyIds() ?? []);
   counterFrom(register, 'udprepeater_sealed_frames_total', 'Secure mode: frames sealed (once per datagram and subscriber key)', [], () => [[{}, session()?.framesSealed ?? 0]]);
   registerListenerKernelMetrics(register, () => repeater.listenerSockets());
+  registerWarmMetrics(register, repeater);
   counterFrom(register, 'udprepeater_state_saves_total', 'Registry state files written (--state-dir), by result', ['result'], () => [
     [{ result: 'ok' }, store?.saves ?? 0],
     [{ result: 'error' }, store?.saveErrors ?? 0],

@@ -26,10 +26,11 @@ import { decodeSubscription, type Subscription } from '../wire/subscription.js';
 import { readTrace, type TraceFields } from '../wire/trace.js';
 import { checkHeader, peekKind } from '../wire/uwsgi.js';
 import { AccessList } from './acl.js';
-import { Channel, type ChannelEvents, type ChannelOptions } from './channel.js';
+import { Channel, type ChannelEvents, type ChannelOptions, type Subscriber } from './channel.js';
 import { RateLimiter } from './ratelimit.js';
 import type { SealedGate } from './sealed-gate.js';
 import { type SignatureCheck, SubscriptionDesk } from './subscriptions.js';
+import { WarmJoins } from './warm-join.js';
 
 /** A listener's current place in the config; mutated in place on reload. */
 interface Route {
@@ -57,6 +58,8 @@ export class Repeater {
   socketErrors = 0;
   readonly backend: Backend;
   readonly loops = new LoopGuard();
+  /** Live state per channel and warm joins of new subscribers (warm-join.ts). */
+  readonly warm: WarmJoins;
 
   private config!: ServeConfig;
   private acl!: AccessList;
@@ -76,6 +79,7 @@ export class Repeater {
     private readonly hooks: RepeaterHooks = {},
   ) {
     this.backend = hooks.backend ?? DEFAULT_BACKEND;
+    this.warm = new WarmJoins(this);
     this.events = {
       outOfService: (c, e, event, why) => {
         if (event === 'suspend') {
@@ -220,7 +224,15 @@ export class Repeater {
     this.limiter.configure(next.limits.subscribeRate, next.limits.subscribeBurst);
     if (this.gate !== sealed) this.gate?.dispose();
     this.gate = sealed;
-    const deskDeps = { acl: this.acl, limiter: this.limiter, log: this.log, own, signatures, channels: () => this.channels.values() };
+    const deskDeps = {
+      acl: this.acl,
+      limiter: this.limiter,
+      log: this.log,
+      own,
+      signatures,
+      channels: () => this.channels.values(),
+      subscribed: (c: Channel, e: Subscriber, why: 'new' | 'resumed') => this.warm.subscribed(c, e, why),
+    };
     if (this.desk === undefined) this.desk = new SubscriptionDesk(deskDeps);
     else this.desk.configure(deskDeps);
 
@@ -270,6 +282,7 @@ export class Repeater {
 
     this.applyStatics(next);
     this.evictInvalid();
+    this.warm.configure(next.warm, this.fanout!);
     if (this.sweeper === null) {
       this.sweeper = setInterval(() => this.sweep(Date.now()), Math.min(1000, Math.max(50, next.toleranceMs / 4)));
     }
@@ -483,6 +496,7 @@ export class Repeater {
       st.dropped[D.duplicate]++;
       return;
     }
+    this.warm.learn(ch, buf, s);
     const sealing = this.gate === null ? null : { content: contentOf(buf, s), trace: next };
     const sent = ch.forward(plainOut, stable || plainOut !== buf, this.gate, sealing, env?.origin ?? null);
     if (sent > 0) this.fanoutTime.observe((performance.now() - t0) / 1000);
@@ -529,6 +543,7 @@ export class Repeater {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    this.warm.close();
     if (this.sweeper !== null) clearInterval(this.sweeper);
     const closing = [...this.routes.values()].map((r) => r.listener.close());
     this.routes.clear();

@@ -18,7 +18,7 @@ import type { OwnAddresses } from '../net/local.js';
 import { type Endpoint, parseEndpoint } from '../wire/address.js';
 import type { Subscription } from '../wire/subscription.js';
 import type { AccessList } from './acl.js';
-import type { Channel } from './channel.js';
+import type { Channel, Subscriber } from './channel.js';
 import type { RateLimiter } from './ratelimit.js';
 import type { Form } from './registry.js';
 
@@ -35,6 +35,12 @@ export interface DeskDeps {
   signatures: SignatureCheck | null;
   /** Every channel, for the repeater-wide form rules. */
   channels: () => Iterable<Channel>;
+  /**
+   * A subscriber new to its channel ('new': a first subscribe, not a
+   * refresh), or brought back from a suspension by its announce ('resumed'):
+   * it holds none of what it missed (warm-join.ts).
+   */
+  subscribed?: (ch: Channel, e: Subscriber, why: 'new' | 'resumed') => void;
 }
 
 /** One refused subscription, kept for /refusals (logs are throttled per reason). */
@@ -153,6 +159,7 @@ export class SubscriptionDesk {
       return null;
     }
     if (form === 'sealed') this.dropPlainFor(ep, source);
+    const suspended = (registry.get(ep.text)?.suspendedUntil ?? 0) !== 0;
     let r;
     try {
       r = registry.upsert({ endpoint: ep, key: sub.key, source, origin }, now);
@@ -167,6 +174,7 @@ export class SubscriptionDesk {
       return 'registry_full';
     }
     ch.stats.events[E[r.event]]++;
+    if (r.event === 'subscribe' || suspended) this.deps.subscribed?.(ch, r.entry, r.event === 'subscribe' ? 'new' : 'resumed');
     if (r.event === 'subscribe') log.info('subscribed', { channel: ch.name, address: ep.text, key: sub.key, form, source });
     else log.debug('refreshed', { channel: ch.name, address: ep.text, key: sub.key, form });
     return null;

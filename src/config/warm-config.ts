@@ -1,0 +1,20 @@
+// The validated settings of the live state and warm joins (README.md, "Warm
+// join"); their flags are in options.ts with every other flag.
+
+import { num } from './checks.js';
+import type { RawOptions } from './options.js';
+
+export interface WarmConfig {
+  /** Warm joins are sent and the live state is kept (false also when maxBytes is 0). */
+  readonly enabled: boolean;
+  /** Warm-join datagrams per second, all joins together. */
+  readonly rate: number;
+  /** Bound of each channel's live state, in bytes as LiveState counts them. */
+  readonly maxBytes: number;
+}
+
+export function buildWarmConfig(raw: RawOptions): WarmConfig {
+  const maxBytes = num(raw, 'state-max-bytes', 0, Number.MAX_SAFE_INTEGER);
+  const rate = num(raw, 'warm-rate', 0, 10_000_000, true);
+  return { enabled: raw['warm-join'] !== false && maxBytes > 0, rate, maxBytes };
+}

@@ -1,0 +1,306 @@
+// Warm joins over real loopback sockets, with an in-process repeater: what a
+// new subscriber receives (plain and sealed, through an agent), what it does
+// not (deleted, expired, evicted), the rules of a join (one per subscriber,
+// ended when the subscriber goes, current values only), the rate by counts,
+// reloads and the cluster hook.
+
+import assert from 'node:assert/strict';
+import { before, describe, test } from 'node:test';
+import { subscribersView } from '../src/daemon/serve.js';
+import { sodiumReady } from '../src/crypto/secretbox.js';
+import { ENTRY_OVERHEAD } from '../src/repeater/live-state.js';
+import type { Channel } from '../src/repeater/channel.js';
+import { encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
+import { encodeSubscription } from '../src/wire/subscription.js';
+import { newKeyFile } from './helpers/keys.js';
+import { eventually, freePort, type Receiver, traceOf } from './helpers/net.js';
+import type { TestRepeater } from './helpers/repeater.js';
+import { Scope } from './helpers/scope.js';
+
+const scope = new Scope();
+const { sender } = scope;
+const receiver = () => scope.receiver();
+const repeater = (args: string[]) => scope.repeater(args);
+
+before(() => sodiumReady());
+
+const nowSec = () => Math.floor(Date.now() / 1000);
+const set = (k: string, v: string, expires = 0) => encodeCacheSet(Buffer.from(k), Buffer.from(v), expires);
+const del = (k: string) => encodeCacheDelete(Buffer.from(k), false);
+const sub = (address: string, unsubscribe = false) => encodeSubscription({ key: 'ssl', address, unsubscribe });
+
+function channel(r: TestRepeater): Channel {
+  return [...r.handle.repeater.channels.values()][0]!;
+}
+
+/** Subscribes `rx` and waits for the repeater's "subscribed" (or "refreshed") line. */
+async function subscribe(r: TestRepeater, rx: Receiver, msg = 'subscribed'): Promise<void> {
+  const from = r.tap.length;
+  await sender.send(sub(rx.address), r.port());
+  await r.tap.waitFor(msg, { address: rx.address }, { from });
+}
+
+/** Sends every datagram, then waits until the repeater accepted `n` in all (so the live state has them). */
+async function feed(r: TestRepeater, msgs: Buffer[], accepted: number): Promise<void> {
+  for (const m of msgs) await sender.send(m, r.port());
+  await eventually(`${accepted} datagrams accepted`, () => (channel(r).stats.accepted >= accepted ? true : undefined));
+}
+
+/** key -> value of every set a receiver got, the last one winning (what a uWSGI cache would hold). */
+function cacheOf(datagrams: Buffer[]): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const d of datagrams) {
+    if (d[0] !== 111) continue;
+    const klen = d.readUInt16LE(4);
+    const key = d.toString('latin1', 6, 6 + klen);
+    if (d[3] === 11) {
+      out.delete(key);
+      continue;
+    }
+    const vlen = d.readUInt16LE(6 + klen);
+    out.set(key, d.toString('latin1', 8 + klen, 8 + klen + vlen));
+  }
+  return out;
+}
+
+const keysOf = (datagrams: Buffer[]) => datagrams.map((d) => d.toString('latin1', 6, 6 + d.readUInt16LE(4)));
+
+describe('warm join, plain subscribers', () => {
+  test('a new subscriber receives the latest set of every live key once, traced here, and nothing deleted or expired', async () => {
+    const r = await repeater(['--listen', '127.0.0.1:0']);
+    const soon = nowSec() + 1;
+    const msgs: Buffer[] = [];
+    for (let i = 0; i < 60; i++) msgs.push(set(`k${i}`, `v${i}`));
+    for (let i = 0; i < 10; i++) msgs.push(set(`k${i}`, `new${i}`)); // overwritten
+    for (let i = 10; i < 20; i++) msgs.push(del(`k${i}`)); // deleted, as uWSGI sends it
+    for (let i = 20; i < 30; i++) msgs.push(set(`k${i}`, `short${i}`, soon)); // expire within 2 s
+    msgs.push(set('dead', 'on-arrival', nowSec() - 10)); // already expired
+    await feed(r, msgs, msgs.length);
+    const state = r.handle.repeater.warm.state(channel(r).name)!;
+    // Waits for the repeater's own sweep, not for a clock.
+    await eventually('the short-lived entries to expire', () => (state.expired === 11 ? true : undefined), 5000);
+
+    const rx = await receiver();
+    await subscribe(r, rx);
+    const done = await r.tap.waitFor('warm join completed', { address: rx.address });
+    assert.equal(done['sent'], 40);
+    const got = await rx.waitFor(40);
+    const want = new Map<string, string>();
+    for (let i = 0; i < 60; i++) if (i >= 30 || i < 10) want.set(`k${i}`, i < 10 ? `new${i}` : `v${i}`);
+    assert.deepEqual(cacheOf(got), want);
+    assert.equal(new Set(keysOf(got)).size, 40, 'each key once');
+    const self = r.handle.repeater.loops.self;
+    for (const raw of rx.raw) assert.equal(traceOf(raw)?.ingress, self, 'every warm datagram carries a trace stamped by this repeater');
+    // Oldest first: the untouched keys, then the overwritten ones in the order they were set again.
+    assert.deepEqual(keysOf(got).slice(-10), Array.from({ length: 10 }, (_, i) => `k${i}`));
+    const stats = r.handle.repeater.warm.statsOf(channel(r).name)!;
+    assert.equal(stats.datagrams, 40);
+    assert.equal(stats.completed, 1);
+    assert.equal(channel(r).stats.forwarded, 0, 'warm datagrams are not counted as forwarded copies');
+  });
+
+  test('a refresh is not new; a join ends when its subscriber unsubscribes, and is never run twice for one subscriber', async () => {
+    const r = await repeater(['--listen', '127.0.0.1:0', '--warm-rate', '200']);
+    const msgs = Array.from({ length: 400 }, (_, i) => set(`k${i}`, 'v'));
+    await feed(r, msgs, msgs.length);
+    const rx = await receiver();
+    const name = channel(r).name;
+    const warm = r.handle.repeater.warm;
+
+    await subscribe(r, rx);
+    await rx.waitFor(10);
+    await subscribe(r, rx, 'refreshed');
+    assert.equal(warm.statsOf(name)!.started, 1, 'a refresh starts nothing');
+    assert.equal(warm.activeIn(name), 1);
+    // /subscribers shows the join in progress.
+    const view = subscribersView(r.handle.repeater) as Array<{ address: string; warmJoin: { sent: number; total: number } | null }>;
+    const mine = view.find((v) => v.address === rx.address)!;
+    assert.ok(mine.warmJoin !== null && mine.warmJoin.total === 400 && mine.warmJoin.sent >= 10 && mine.warmJoin.sent < 400, JSON.stringify(mine.warmJoin));
+
+    // A goodbye and a hello in a row: the first join ends, one new join runs.
+    let from = r.tap.length;
+    await sender.send(sub(rx.address, true), r.port());
+    await sender.send(sub(rx.address), r.port());
+    await r.tap.waitFor('subscribed', { address: rx.address }, { from });
+    // Ended by the pump ("subscriber gone") or by the new subscription, whichever came first.
+    await r.tap.waitFor('warm join ended', { address: rx.address }, { from });
+    assert.equal(warm.activeIn(name), 1, 'never two joins for one subscriber');
+    assert.equal(warm.statsOf(name)!.started, 2);
+
+    // An unsubscribe ends it for good: nothing more arrives once it is logged.
+    from = r.tap.length;
+    await sender.send(sub(rx.address, true), r.port());
+    await r.tap.waitFor('warm join ended', { address: rx.address }, { from });
+    assert.equal(warm.activeIn(name), 0);
+    const seen = rx.received.length;
+    assert.ok(seen < 800);
+    const probe = Buffer.from('probe');
+    await sender.send(probe, rx.port);
+    const after = await rx.waitFor(seen + 1);
+    assert.deepEqual(after[seen], probe, 'a warm datagram arrived after the join ended');
+    assert.equal(warm.statsOf(name)!.completed, 0);
+  });
+
+  test('a key set again during the join ends with its new value, sent once on the live path', async () => {
+    const r = await repeater(['--listen', '127.0.0.1:0', '--warm-rate', '100']);
+    const msgs = Array.from({ length: 200 }, (_, i) => set(`k${i}`, 'old'));
+    await feed(r, msgs, msgs.length);
+    const rx = await receiver();
+    await subscribe(r, rx);
+    await rx.waitFor(20);
+    // k0 was sent already; k199 is last in the walk and not sent yet.
+    await sender.send(set('k0', 'new'), r.port());
+    await sender.send(set('k199', 'new'), r.port());
+    const done = await r.tap.waitFor('warm join completed', { address: rx.address });
+    // A probe straight to the receiver queues behind everything sent to it before: then all has arrived.
+    await sender.send(Buffer.from('probe'), rx.port);
+    const all = await rx.waitFor(Number(done['sent']) + 3);
+    assert.deepEqual(all.at(-1), Buffer.from('probe'), 'nothing but the warm and the two live datagrams');
+    const got = all.slice(0, -1);
+    const cache = cacheOf(got);
+    assert.equal(cache.get('k0'), 'new');
+    assert.equal(cache.get('k199'), 'new');
+    assert.equal(keysOf(got).filter((k) => k === 'k199').length, 1, 'the join skipped the key the live path had delivered');
+    assert.equal(cache.size, 200);
+  });
+
+  test('the rate is shared: two joins together send each entry once to each, by counts', async () => {
+    const r = await repeater(['--listen', '127.0.0.1:0', '--warm-rate', '2000']);
+    const msgs = Array.from({ length: 300 }, (_, i) => set(`k${i}`, 'v'));
+    await feed(r, msgs, msgs.length);
+    const a = await receiver();
+    const b = await receiver();
+    await subscribe(r, a);
+    await subscribe(r, b);
+    await r.tap.waitFor('warm join completed', { address: a.address });
+    await r.tap.waitFor('warm join completed', { address: b.address });
+    for (const rx of [a, b]) {
+      const got = await rx.waitFor(300);
+      assert.equal(new Set(keysOf(got)).size, 300);
+    }
+    assert.equal(r.handle.repeater.warm.statsOf(channel(r).name)!.datagrams, 600);
+  });
+
+  test('--state-max-bytes: the oldest entries are evicted first and counted; a new subscriber gets the newest', async () => {
+    const one = set('k00', 'v').length + 3 + ENTRY_OVERHEAD;
+    const r = await repeater(['--listen', '127.0.0.1:0', '--state-max-bytes', String(5 * one)]);
+    const msgs = Array.from({ length: 20 }, (_, i) => set(`k${String(i).padStart(2, '0')}`, 'v'));
+    await feed(r, msgs, msgs.length);
+    const state = r.handle.repeater.warm.state(channel(r).name)!;
+    assert.equal(state.size, 5);
+    assert.equal(state.evictions, 15);
+    const rx = await receiver();
+    await subscribe(r, rx);
+    await r.tap.waitFor('warm join completed', { address: rx.address });
+    assert.deepEqual(keysOf(await rx.waitFor(5)), ['k15', 'k16', 'k17', 'k18', 'k19']);
+  });
+
+  test('--no-warm-join keeps no state and sends nothing; a reload turns it on and off', async () => {
+    const args = ['--listen', '127.0.0.1:0', '--no-warm-join'];
+    const r = await repeater(args);
+    await feed(r, [set('a', '1')], 1);
+    assert.equal(r.handle.repeater.warm.state(channel(r).name), undefined);
+    const rx = await receiver();
+    await subscribe(r, rx);
+    assert.ok(await r.reload(['--listen', '127.0.0.1:0', '--warm-rate', '50']));
+    await feed(r, Array.from({ length: 100 }, (_, i) => set(`k${i}`, 'v')), 101);
+    const late = await receiver();
+    await subscribe(r, late);
+    await r.tap.waitFor('warm join started', { address: late.address, entries: 100 });
+    await late.waitFor(5);
+    // Turned off mid-join: the join ends and the secrets are dropped.
+    assert.ok(await r.reload(['--listen', '127.0.0.1:0', '--no-warm-join']));
+    await r.tap.waitFor('warm join ended', { address: late.address, reason: 'warm joins turned off' });
+    assert.equal(r.handle.repeater.warm.state(channel(r).name), undefined);
+    assert.equal(r.handle.repeater.warm.activeIn(channel(r).name), 0);
+    // The first subscriber got only the live copies; the second a part of the state at most.
+    assert.equal(rx.received.length, 100);
+    assert.ok(late.received.length < 100);
+  });
+
+  test('a subscriber brought back from a suspension by its announce is warmed again', async () => {
+    const port = await freePort();
+    const r = await repeater(['--listen', '127.0.0.1:0', '--dead-after', '3', '--dead-retry', '600']);
+    await feed(r, Array.from({ length: 50 }, (_, i) => set(`k${i}`, 'v')), 50);
+    const address = `127.0.0.1:${port}`;
+    let from = r.tap.length;
+    await sender.send(sub(address), r.port());
+    await r.tap.waitFor('subscribed', { address }, { from });
+    // Nobody listens there: the warm datagrams meet ICMP port unreachable until it is suspended.
+    await r.tap.waitFor('subscriber suspended: unreachable', { address });
+    const back = await scope.receiver('127.0.0.1', port);
+    from = r.tap.length;
+    await sender.send(sub(address), r.port());
+    await r.tap.waitFor('refreshed', { address }, { from });
+    await r.tap.waitFor('warm join completed', { address }, { from });
+    const got = await back.waitFor(50);
+    assert.equal(new Set(keysOf(got)).size, 50);
+  });
+
+  test('a join whose datagrams met a closed port starts over once the port is open (uWSGI announces before it listens)', async () => {
+    const port = await freePort();
+    const r = await repeater(['--listen', '127.0.0.1:0', '--dead-after', '1000', '--warm-rate', '1000']);
+    await feed(r, Array.from({ length: 100 }, (_, i) => set(`k${i}`, 'v')), 100);
+    const address = `127.0.0.1:${port}`;
+    const from = r.tap.length;
+    await sender.send(sub(address), r.port());
+    await r.tap.waitFor('subscribed', { address }, { from });
+    // Nothing listens yet: the first warm datagrams are answered with ICMP port unreachable.
+    await eventually('an ICMP answer charged to the subscriber', () => ((channel(r).find(address)?.strikes ?? 0) > 0 ? true : undefined));
+    const rx = await scope.receiver('127.0.0.1', port);
+    await r.tap.waitFor('warm join restarted', { address, reason: 'datagrams met a closed port' }, { from });
+    const done = await r.tap.waitFor('warm join completed', { address }, { from, ms: 10_000 });
+    assert.equal(done['sent'], 100);
+    const got = await rx.waitFor(100);
+    assert.equal(new Set(keysOf(got)).size, 100, 'every entry arrived once the port was open');
+  });
+
+  test('the cluster hook: updates applied from elsewhere reach the state, and a new subscriber', async () => {
+    const r = await repeater(['--listen', '127.0.0.1:0']);
+    const warm = r.handle.repeater.warm;
+    const name = channel(r).name;
+    assert.equal(warm.applyUpdate(name, set('remote', 'x')), 'set');
+    assert.equal(warm.applyUpdate(name, set('gone', 'x')), 'set');
+    assert.equal(warm.applyUpdate(name, del('gone')), 'deleted');
+    assert.equal(warm.applyUpdate(name, Buffer.from('junk')), 'size_mismatch');
+    assert.equal(warm.applyUpdate('nope', set('a', 'b')), 'no_state');
+    const rx = await receiver();
+    await subscribe(r, rx);
+    assert.deepEqual(cacheOf(await rx.waitFor(1)), new Map([['remote', 'x']]));
+  });
+});
+
+describe('warm join, sealed subscribers', () => {
+  test("an agent that starts is warmed: sealed frames to it alone, delivered to its node with the agent's repair", async () => {
+    const k = newKeyFile();
+    const plainPort = await freePort();
+    const sealedPort = await freePort();
+    const r = await repeater(['--listen', `127.0.0.1:${plainPort},channel=ssl`, '--listen-sealed', `127.0.0.1:${sealedPort},channel=ssl`, '--key-file', k]);
+    const msgs = Array.from({ length: 30 }, (_, i) => set(`s${i}`, `secret${i}`));
+    msgs.push(del('s0'));
+    for (const m of msgs) await sender.send(m, plainPort);
+    await eventually('accepted', () => (channel(r).stats.accepted >= 31 ? true : undefined));
+    // A plain subscriber already there must get none of the warm datagrams.
+    const bystander = await receiver();
+    let from = r.tap.length;
+    await sender.send(sub(bystander.address), plainPort);
+    await r.tap.waitFor('warm join completed', { address: bystander.address }, { from });
+    const seenBefore = (await bystander.waitFor(29)).length;
+
+    const node = await receiver();
+    const local = await freePort();
+    from = r.tap.length;
+    const agent = await scope.agent(['--repeater', `127.0.0.1:${sealedPort}`, '--local', `127.0.0.1:${local}`, '--deliver', node.address, '--channel-key', 'ssl', '--key-file', k]);
+    const subscribed = await r.tap.waitFor('subscribed', { form: 'sealed' }, { from });
+    const done = await r.tap.waitFor('warm join completed', { address: subscribed['address'] }, { from });
+    assert.equal(done['form'], 'sealed');
+    assert.equal(done['sent'], 29);
+    const got = await node.waitFor(29);
+    assert.deepEqual(cacheOf(got), new Map(Array.from({ length: 29 }, (_, i) => [`s${i + 1}`, `secret${i + 1}`])));
+    // Traced by the repeater, passed by the agent (hops 2).
+    for (const raw of node.raw) assert.deepEqual([traceOf(raw)?.ingress, traceOf(raw)?.hops], [r.handle.repeater.loops.self, 2]);
+    assert.equal(agent.handle.agent.toNode.forwarded, 29);
+    assert.equal(bystander.received.length, seenBefore, 'the sealed join went to its one subscriber only');
+  });
+});
+
