@@ -2,19 +2,24 @@
 // new subscriber receives (plain and sealed, through an agent), what it does
 // not (deleted, expired, evicted), the rules of a join (one per subscriber,
 // ended when the subscriber goes, current values only), the rate by counts,
-// reloads and the cluster hook.
+// reloads, the cluster hook and the live state file.
 
 import assert from 'node:assert/strict';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { before, describe, test } from 'node:test';
+import { LIVE_STATE_FILE } from '../src/daemon/live-store.js';
 import { subscribersView } from '../src/daemon/serve.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
 import { ENTRY_OVERHEAD } from '../src/repeater/live-state.js';
 import type { Channel } from '../src/repeater/channel.js';
 import { encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
+import { decodeLiveState, encodeLiveState } from '../src/wire/live-state-file.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
 import { newKeyFile } from './helpers/keys.js';
 import { eventually, freePort, type Receiver, traceOf } from './helpers/net.js';
-import type { TestRepeater } from './helpers/repeater.js';
+import { configOf, startRepeater, type TestRepeater } from './helpers/repeater.js';
 import { Scope } from './helpers/scope.js';
 
 const scope = new Scope();
@@ -304,3 +309,84 @@ describe('warm join, sealed subscribers', () => {
   });
 });
 
+describe('the live state file', () => {
+  const stateDir = () => mkdtempSync(join(tmpdir(), 'udprepeater-live-'));
+
+  test('--save-live-state needs --state-dir', () => {
+    assert.throws(() => configOf(['--listen', '127.0.0.1:0', '--save-live-state']), /--save-live-state needs --state-dir/);
+  });
+
+  test('written at stop with mode 0600, read back at start and deleted; a new subscriber is warm at once', async () => {
+    const dir = stateDir();
+    const port = await freePort();
+    const args = ['--listen', `127.0.0.1:${port}`, '--state-dir', dir, '--save-live-state'];
+    const first = await startRepeater(args);
+    for (const m of [set('a', '1'), set('b', '2', nowSec() + 3600), set('c', '3'), del('c')]) await sender.send(m, port);
+    await eventually('accepted', () => ([...first.handle.repeater.channels.values()][0]!.stats.accepted >= 4 ? true : undefined));
+    await first.close();
+    const file = join(dir, LIVE_STATE_FILE);
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    const saved = decodeLiveState(readFileSync(file))!;
+    assert.deepEqual(saved.channels.map((c) => [c.channel, c.sets.length]), [[`127.0.0.1:${port}`, 2]]);
+
+    const second = await repeater(args);
+    await second.tap.waitFor('restored the live state', { restored: 2 });
+    assert.equal(existsSync(file), false, 'consumed at start: a later crash cannot bring back an old state');
+    const rx = await receiver();
+    await subscribe(second, rx);
+    assert.deepEqual(cacheOf(await rx.waitFor(2)), new Map([['a', '1'], ['b', '2']]));
+  });
+
+  test('refused unread when group or others can read it, when it is too old, and deleted when saving is off', async () => {
+    const dir = stateDir();
+    const port = await freePort();
+    const file = join(dir, LIVE_STATE_FILE);
+    const channelName = `127.0.0.1:${port}`;
+    const write = (savedAtMs: number, mode: number) => {
+      writeFileSync(file, encodeLiveState({ savedAtMs, channels: [{ channel: channelName, sets: [set('leak', 'x')] }] }), { mode });
+      chmodSync(file, mode);
+    };
+    const cases: Array<{ savedAtMs: number; mode: number; save: boolean; line: string }> = [
+      { savedAtMs: Date.now(), mode: 0o644, save: true, line: 'saved live state deleted unread' },
+      { savedAtMs: Date.now() - 6 * 60_000, mode: 0o600, save: true, line: 'saved live state refused: written too long ago (or in the future)' },
+      { savedAtMs: Date.now() + 3_600_000, mode: 0o600, save: true, line: 'saved live state refused: written too long ago (or in the future)' },
+      { savedAtMs: Date.now(), mode: 0o600, save: false, line: 'saved live state deleted unread' },
+    ];
+    for (const c of cases) {
+      write(c.savedAtMs, c.mode);
+      const r = await startRepeater(['--listen', channelName, '--state-dir', dir, ...(c.save ? ['--save-live-state'] : [])]);
+      try {
+        await r.tap.waitFor(c.line);
+        assert.equal(existsSync(file), false, `${c.line}: the file is gone`);
+        assert.equal(r.handle.repeater.warm.state(channelName)!.size, 0);
+      } finally {
+        await r.close();
+      }
+    }
+  });
+
+  test('each saved set is checked as if it came from the network: foreign channels, garbage, traces and deletes are skipped', async () => {
+    const dir = stateDir();
+    const port = await freePort();
+    const channelName = `127.0.0.1:${port}`;
+    const good = set('good', 'v');
+    const expired = set('expired', 'v', nowSec() - 5);
+    const traced = Buffer.concat([good.subarray(0, 1), Buffer.from([0, 0]), good.subarray(3)]);
+    writeFileSync(
+      join(dir, LIVE_STATE_FILE),
+      encodeLiveState({
+        savedAtMs: Date.now(),
+        channels: [
+          { channel: channelName, sets: [good, expired, del('good'), Buffer.from('garbage'), traced] },
+          { channel: 'no-such-channel', sets: [set('x', 'y')] },
+        ],
+      }),
+      { mode: 0o600 },
+    );
+    const r = await repeater(['--listen', channelName, '--state-dir', dir, '--save-live-state']);
+    const line = await r.tap.waitFor('restored the live state');
+    assert.equal(line['restored'], 1);
+    assert.deepEqual(line['skipped'], { expired: 1, 'not a set without trace': 1, size_mismatch: 2, 'no such channel': 1 });
+    assert.equal(r.handle.repeater.warm.state(channelName)!.size, 1);
+  });
+});

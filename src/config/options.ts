@@ -72,6 +72,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
   { name: 'warm-join', kind: 'bool', default: true, negatable: true, help: 'send nothing to new subscribers and keep no live state (by default a subscriber new to its channel is sent the live cache: the latest set of every key)' },
   { name: 'warm-rate', kind: 'number', arg: 'PER_SECOND', default: 20_000, help: 'warm-join datagrams per second, shared by every warm join in progress' },
   { name: 'state-max-bytes', kind: 'int', arg: 'BYTES', default: 64 << 20, help: 'memory bound of the live state of each channel; the oldest entries are evicted first (0 keeps no state: no warm join)' },
+  { name: 'save-live-state', kind: 'bool', default: false, help: 'with --state-dir, write the live state (session secrets, in clear) to DIR/live-state.pb, mode 0600, at stop; read it back and delete it at start' },
   { name: 'metrics', kind: 'string', arg: 'ADDR', default: DEFAULT_METRICS, help: 'HTTP address for /metrics, /healthz and /subscribers ("off" disables)' },
 ];
 

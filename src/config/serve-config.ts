@@ -211,6 +211,6 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
     multicastTtl,
     signCheck,
     stateDir: str(raw, 'state-dir') ?? null,
-    warm: buildWarmConfig(raw),
+    warm: buildWarmConfig(raw, str(raw, 'state-dir') ?? null),
   };
 }

@@ -1,7 +1,8 @@
 // The validated settings of the live state and warm joins (README.md, "Warm
 // join"); their flags are in options.ts with every other flag.
 
-import { num } from './checks.js';
+import { ConfigError } from '../base/errors.js';
+import { bool, num } from './checks.js';
 import type { RawOptions } from './options.js';
 
 export interface WarmConfig {
@@ -11,10 +12,14 @@ export interface WarmConfig {
   readonly rate: number;
   /** Bound of each channel's live state, in bytes as LiveState counts them. */
   readonly maxBytes: number;
+  /** Persist the live state in the state directory across restarts. */
+  readonly save: boolean;
 }
 
-export function buildWarmConfig(raw: RawOptions): WarmConfig {
+export function buildWarmConfig(raw: RawOptions, stateDir: string | null): WarmConfig {
   const maxBytes = num(raw, 'state-max-bytes', 0, Number.MAX_SAFE_INTEGER);
   const rate = num(raw, 'warm-rate', 0, 10_000_000, true);
-  return { enabled: raw['warm-join'] !== false && maxBytes > 0, rate, maxBytes };
+  const save = bool(raw, 'save-live-state');
+  if (save && stateDir === null) throw new ConfigError('--save-live-state needs --state-dir (the live state is written there)', 'save-live-state');
+  return { enabled: raw['warm-join'] !== false && maxBytes > 0, rate, maxBytes, save };
 }

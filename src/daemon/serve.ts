@@ -27,6 +27,7 @@ import { SealedGate } from '../repeater/sealed-gate.js';
 import { Role } from '../wire/envelope.js';
 import { UwsgiSignatureCheck } from '../repeater/signcheck.js';
 import { StateStore } from './state-store.js';
+import { LiveStore } from './live-store.js';
 import { registerWarmMetrics } from './warm-metrics.js';
 
 export interface ServeHandle {
@@ -102,6 +103,12 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
     if (saved !== null) store.restore(repeater, saved);
     store.start(repeater);
   }
+  // Consumed at start (read when --save-live-state, deleted in any case); written at stop when asked.
+  const live = config.stateDir === null ? null : new LiveStore(config.stateDir, log);
+  live?.restore(repeater, config.warm.save);
+  const saveLive = () => {
+    if (repeater.current.warm.save) live?.save(repeater);
+  };
   const register = newRegistry();
   const channels = () =>
     [...repeater.channels.values()].map((ch) => ({ name: ch.name, stats: ch.stats, subscribers: ch.size, suspended: ch.suspended }));
@@ -137,6 +144,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
     log,
     async () => {
       store?.stop(repeater);
+      saveLive();
       await repeater.close();
     },
   );
@@ -156,6 +164,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
       }),
     async close() {
       store?.stop(repeater);
+      saveLive();
       await repeater.close();
       if (status !== null) await status.close();
     },

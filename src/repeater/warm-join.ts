@@ -151,7 +151,7 @@ type Step = 'sent' | 'skipped' | 'paused' | 'done' | 'gone';
 const nowSeconds = () => Math.floor(Date.now() / 1000);
 
 export class WarmJoins {
-  private config: WarmConfig = { enabled: false, rate: 1, maxBytes: 0 };
+  private config: WarmConfig = { enabled: false, rate: 1, maxBytes: 0, save: false };
   private fanout: Fanout | null = null;
   private readonly states = new Map<string, LiveState>();
   private readonly stats = new Map<string, WarmStats>();
