@@ -306,6 +306,13 @@ describe('warm join, sealed subscribers', () => {
     for (const raw of node.raw) assert.deepEqual([traceOf(raw)?.ingress, traceOf(raw)?.hops], [r.handle.repeater.loops.self, 2]);
     assert.equal(agent.handle.agent.toNode.forwarded, 29);
     assert.equal(bystander.received.length, seenBefore, 'the sealed join went to its one subscriber only');
+
+    // SIGUSR1's path: the agent announces as new, and the node is warmed again.
+    from = r.tap.length;
+    agent.handle.agent.rejoin();
+    await r.tap.waitFor('unsubscribed', { address: subscribed['address'] }, { from });
+    await r.tap.waitFor('warm join completed', { address: subscribed['address'] }, { from });
+    assert.equal((await node.waitFor(58)).length, 58);
   });
 });
 

@@ -244,6 +244,20 @@ export class Agent {
     }
   }
 
+  /**
+   * Announces again as a subscriber new to each repeater: an unsubscribe,
+   * then a subscribe, from the same socket in this order, so each repeater
+   * starts a warm join for the node (README.md, "Warm join"). For a node that
+   * restarted while its agent kept running (SIGUSR1). Wire-compatible: a
+   * repeater without warm joins just sees a goodbye and a hello.
+   */
+  rejoin(): void {
+    if (this.closed) return;
+    this.announceAll(EnvelopeKind.Unsubscribe);
+    this.announceAll(EnvelopeKind.Subscribe);
+    this.log.info('announced as new to the repeaters: the node will be warmed', { repeaters: [...this.links.values()].map((l) => l.repeater.text) });
+  }
+
   /** A datagram that makes the code throw (a bug) is dropped, counted and logged, never fatal. */
   private guarded(st: ChannelStats, handler: () => void): void {
     try {

@@ -80,6 +80,14 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
   };
 }
 
+/** The CLI entry: runs until SIGTERM/SIGINT; SIGHUP reloads; SIGUSR1 announces as new (the node restarted: warm it again). */
 export function runAgent(inv: Invocation): Promise<void> {
-  return runDaemon('udprepeater agent', 'running', inv.configFile, () => loadConfig(inv, AGENT_OPTIONS, buildAgentConfig), (c, log) => startAgent(c, log));
+  return runDaemon(
+    'udprepeater agent',
+    'running',
+    inv.configFile,
+    () => loadConfig(inv, AGENT_OPTIONS, buildAgentConfig),
+    (c, log) => startAgent(c, log),
+    (h) => h.agent.rejoin(),
+  );
 }

@@ -65,16 +65,22 @@ export interface Running<C> {
 
 /**
  * Runs a daemon until SIGTERM/SIGINT; SIGHUP reloads its config through
- * `load`. Signal handlers go in before `<name> <startedWord>` is logged: a
+ * `load`; SIGUSR1 calls `usr1` (the agent: announce as new) or is ignored.
+ * Signal handlers go in before `<name> <startedWord>` is logged: a
  * supervisor may signal the moment it reads that line.
  */
-export async function runDaemon<C extends { logLevel: LogLevel; logFormat: LogFormat }>(
+export async function runDaemon<C extends { logLevel: LogLevel; logFormat: LogFormat }, R extends Running<C> = Running<C>>(
   name: string,
   startedWord: string,
   configFile: string | null,
   load: () => C,
-  start: (config: C, log: Logger) => Promise<Running<C>>,
+  start: (config: C, log: Logger) => Promise<R>,
+  usr1?: (handle: R, log: Logger) => void,
 ): Promise<void> {
+  // First of all: a SIGUSR1 nobody listens for makes Node open its inspector
+  // (a debugger on 127.0.0.1:9229, code execution for any local user).
+  let onUsr1: () => void = () => undefined;
+  process.on('SIGUSR1', () => onUsr1());
   const config = load();
   const log = new Logger(config.logLevel, config.logFormat);
   installCrashLog(log);
@@ -83,6 +89,10 @@ export async function runDaemon<C extends { logLevel: LogLevel; logFormat: LogFo
     log.info('SIGHUP: reloading', { config: configFile });
     void handle.reload(load);
   });
+  onUsr1 = () => {
+    log.info(usr1 === undefined ? 'SIGUSR1: ignored' : 'SIGUSR1');
+    usr1?.(handle, log);
+  };
   const stopped = untilSignal(log);
   log.info(`${name} ${startedWord}`, { version: VERSION, pid: process.pid, config: configFile });
   await stopped;
