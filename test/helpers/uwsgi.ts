@@ -22,8 +22,9 @@
 // --die-on-term so a stray SIGTERM also stops them, but stop() uses SIGINT.
 
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { eventually, freePort } from './net.js';
@@ -120,6 +121,8 @@ export interface NodeOptions {
   readonly repeater?: string;
   /** Where the node sends its cache updates (cache2 `node=`); default: the repeater. */
   readonly cacheNode?: string;
+  /** The cache-udp-server's address (`127.0.0.1:P`), e.g. a restarted node's old one; default: a free port. */
+  readonly udp?: string;
   /**
    * Subscription servers, one subscribe2 line each (same key and addr);
    * default: the repeater. `[]` sends no subscriptions (a node behind an agent).
@@ -140,6 +143,11 @@ export interface NodeOptions {
   readonly blocksize?: number;
   /** Seconds between announces (uWSGI's default is 10). */
   readonly subscribeFreq?: number;
+  /**
+   * Configure the subscriptions but send none until enableSubscriptions()
+   * (uWSGI's --start-unsubscribed, toggled through its master FIFO).
+   */
+  readonly startUnsubscribed?: boolean;
   readonly extraArgs?: readonly string[];
   readonly ms?: number;
 }
@@ -166,6 +174,10 @@ export class UwsgiNode {
     /** The node's cache-udp-server, `127.0.0.1:P`: what it announces and where the repeater sends. */
     readonly udpAddress: string,
     readonly cache: string,
+    /** Where it sends its cache updates (cache2 `node=`). */
+    readonly cacheNode: string,
+    /** Its master FIFO (uWSGI creates it; removed when the node exits). */
+    readonly fifo: string,
   ) {
     const feed = (d: string) => {
       this.output += d;
@@ -184,6 +196,7 @@ export class UwsgiNode {
         this.killGroupSync();
         this.groupGone = true;
         live.delete(this);
+        rmSync(this.fifo, { force: true });
         const w = this.lineWaiters;
         this.lineWaiters = [];
         for (const f of w) f();
@@ -236,7 +249,8 @@ export class UwsgiNode {
     const httpPort = await freePort();
     let udpPort = await freePort();
     while (udpPort === httpPort) udpPort = await freePort();
-    const udp = `127.0.0.1:${udpPort}`;
+    const udp = opts.udp ?? `127.0.0.1:${udpPort}`;
+    const fifo = join(tmpdir(), `udprepeater-uwsgi-${process.pid}-${httpPort}.fifo`);
     const args = [
       '--plugin', 'python3',
       '--strict',
@@ -254,12 +268,13 @@ export class UwsgiNode {
       '--cache2', `name=${cache},items=${opts.items ?? 1000},blocksize=${opts.blocksize ?? 4096},udp=${udp},node=${cacheNode}`,
       ...servers.flatMap((server) => ['--subscribe2', `server=${server},key=${cache},addr=${udp}${opts.sign === undefined ? '' : `,sign=${opts.sign}`}`]),
       '--subscribe-freq', String(opts.subscribeFreq ?? 1),
+      ...(opts.startUnsubscribed === true ? ['--start-unsubscribed', '--master-fifo', fifo] : []),
       ...(opts.extraArgs ?? []),
     ];
     const wrap = parentDeathWrapper();
     const [cmd, ...rest] = [...wrap, UWSGI_BIN, ...args];
     const child = spawn(cmd!, rest, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-    const node = new UwsgiNode(opts.name ?? `uwsgi@${httpPort}`, child, httpPort, udp, cache);
+    const node = new UwsgiNode(opts.name ?? `uwsgi@${httpPort}`, child, httpPort, udp, cache, cacheNode, fifo);
     live.add(node);
     await new Promise<void>((resolve, reject) => {
       child.once('spawn', resolve);
@@ -335,6 +350,22 @@ export class UwsgiNode {
     return r.body;
   }
 
+  /** Every live entry of the cache (GET /dump), keyed by the key's hex. */
+  async dump(): Promise<Map<string, Buffer>> {
+    const r = await this.http('GET', '/dump');
+    if (r.status !== 200) throw new Error(`${this.name}: dump answered ${r.status}`);
+    const out = new Map<string, Buffer>();
+    const b = r.body;
+    for (let at = 0; at < b.length; ) {
+      const klen = b.readUInt16LE(at);
+      const key = b.subarray(at + 2, at + 2 + klen);
+      const vlen = b.readUInt32LE(at + 2 + klen);
+      out.set(key.toString('hex'), Buffer.from(b.subarray(at + 6 + klen, at + 6 + klen + vlen)));
+      at += 6 + klen + vlen;
+    }
+    return out;
+  }
+
   /** Deletes `key`; false when it was not there. */
   async del(key: Buffer | string): Promise<boolean> {
     const r = await this.http('DELETE', `/cache?key=${encodeKey(key)}`);
@@ -371,6 +402,26 @@ export class UwsgiNode {
       req.on('error', (err) => settle(err));
       req.end(body);
     });
+  }
+
+  /**
+   * Gives the node's cache-udp-server socket a receive buffer of `bytes`
+   * (capped by net.core.rmem_max), as an operator does for warm joins by
+   * raising net.core.rmem_default on node hosts (README.md, "Warm join"):
+   * uWSGI has no option for this socket, and the sysctl is global, so the
+   * socket is taken from the running master with pidfd_getfd(2) (Linux 5.6,
+   * ptrace rights over the node) and set with SO_RCVBUF. Returns the size the
+   * kernel reports, or null when that cannot be done here.
+   */
+  /** Starts the announces of a node started with `startUnsubscribed` ("S" to its master FIFO). */
+  enableSubscriptions(): void {
+    writeFileSync(this.fifo, 'S');
+  }
+
+  raiseReceiveBuffer(bytes: number): number | null {
+    const r = spawnSync('python3', ['-c', RAISE_RCVBUF_PY, String(this.pid), this.udpAddress.split(':')[1]!, String(bytes)], { encoding: 'utf8', timeout: 5000 });
+    const got = Number(r.stdout.trim());
+    return r.status === 0 && got > 0 ? got : null;
   }
 
   // ---- signals and stopping ----
@@ -410,6 +461,35 @@ export class UwsgiNode {
     }
   }
 }
+
+/** argv: pid, udp port, bytes. Prints SO_RCVBUF after setting it on the process's socket bound to 127.0.0.1:port. */
+const RAISE_RCVBUF_PY = `
+import ctypes, os, socket, sys
+pid, port, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+inode = None
+for line in open('/proc/net/udp'):
+    f = line.split()
+    if len(f) > 9 and f[1] == '0100007F:%04X' % port:
+        inode = f[9]
+libc = ctypes.CDLL(None, use_errno=True)
+pidfd = os.pidfd_open(pid)
+for fd in os.listdir('/proc/%d/fd' % pid):
+    try:
+        link = os.readlink('/proc/%d/fd/%s' % (pid, fd))
+    except OSError:
+        continue
+    if inode is not None and link == 'socket:[%s]' % inode:
+        local = libc.syscall(438, pidfd, int(fd), 0)  # pidfd_getfd
+        if local < 0:
+            sys.exit('pidfd_getfd: ' + os.strerror(ctypes.get_errno()))
+        s = socket.socket(fileno=local)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        print(s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        s.detach()
+        os.close(local)
+        sys.exit(0)
+sys.exit('no socket bound to 127.0.0.1:%d in process %d' % (port, pid))
+`;
 
 /** Every byte percent-encoded: binary keys survive the query string. */
 function encodeKey(key: Buffer | string): string {
