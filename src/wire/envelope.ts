@@ -9,6 +9,8 @@ export enum EnvelopeKind {
   CacheDatagram = 1,
   Subscribe = 2,
   Unsubscribe = 3,
+  /** Cluster mode: a BusMessage (wire/bus.ts) between repeaters. */
+  Bus = 4,
 }
 
 /** Who sealed a frame (proto Role). */
@@ -30,6 +32,8 @@ export interface Envelope {
   readonly trace: TraceFields | null;
   /** SUBSCRIBE/UNSUBSCRIBE: where to send (never empty). */
   readonly address: string | null;
+  /** BUS: the encoded BusMessage. */
+  readonly bus?: Uint8Array | null;
 }
 
 const EnvelopeType = protoRoot.lookupType('udprepeater.Envelope');
@@ -66,6 +70,7 @@ export function encodeEnvelope(e: Omit<Envelope, 'origin'>, originLong: unknown)
   if (e.datagram !== null) msg['datagram'] = e.datagram;
   if (e.trace !== null) msg['trace'] = { ingress: e.trace.ingress, sequence: e.trace.sequence, hops: e.trace.hops };
   if (e.address !== null) msg['subscription'] = { address: e.address };
+  if (e.bus != null) msg['bus'] = e.bus;
   return EnvelopeType.encode(msg).finish();
 }
 
@@ -103,6 +108,11 @@ export function decodeEnvelope(buf: Uint8Array): Envelope | 'bad_payload' {
       trace = { ingress, sequence: seq, hops };
     }
     return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: Buffer.from(datagram.buffer, datagram.byteOffset, datagram.length), trace, address: null };
+  }
+  if (kind === EnvelopeKind.Bus) {
+    const bus = m['bus'] as Uint8Array | null | undefined;
+    if (bus == null || bus.length === 0) return 'bad_payload';
+    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: null, trace: null, address: null, bus };
   }
   if (kind === EnvelopeKind.Subscribe || kind === EnvelopeKind.Unsubscribe) {
     if (sub == null || channelKey.length === 0) return 'bad_payload';
