@@ -22,8 +22,9 @@ export const LAYERS: Readonly<Record<string, number>> = {
   repeater: 5,
   agent: 5,
   tools: 5,
-  daemon: 6,
-  '.': 7, // src/cli.ts
+  cluster: 6,
+  daemon: 7,
+  '.': 8, // src/cli.ts
 };
 
 const SRC = join(repoRoot(), 'src');

@@ -69,6 +69,18 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
   { name: 'subscriptions-sign-check', kind: 'string', arg: 'DIGEST:DIR', help: 'on plain listeners, accept only uWSGI-signed subscriptions verified with DIR/<key>.pem' },
   { name: 'subscriptions-sign-tolerance', kind: 'number', arg: 'SECONDS', default: 30, help: 'clock tolerance for the unix var of signed subscriptions' },
   { name: 'state-dir', kind: 'string', arg: 'DIR', help: 'persist the subscriber registry here so a restart forwards at once' },
+  { name: 'cluster', kind: 'list', arg: 'nats://HOST:PORT', default: [], help: 'cluster mode: NATS servers of the bus (repeatable); repeaters with the same --cluster-name share one fan-out' },
+  { name: 'cluster-name', kind: 'string', arg: 'NAME', default: 'udprepeater', help: 'repeaters with the same name form one cluster' },
+  { name: 'cluster-insecure', kind: 'bool', default: false, help: 'accept a cluster without --key-file: everything on the bus travels in clear' },
+  { name: 'cluster-creds', kind: 'string', arg: 'FILE', help: 'NATS credentials file (JWT and nkey) for the bus' },
+  { name: 'cluster-user', kind: 'string', arg: 'NAME', help: 'NATS user for the bus (with --cluster-password-file)' },
+  { name: 'cluster-password-file', kind: 'string', arg: 'FILE', help: 'file holding the NATS password for --cluster-user' },
+  { name: 'cluster-token-file', kind: 'string', arg: 'FILE', help: 'file holding a NATS token for the bus' },
+  { name: 'cluster-tls-ca', kind: 'string', arg: 'FILE', help: 'CA certificates to verify the NATS servers with (TLS)' },
+  { name: 'cluster-tls-cert', kind: 'string', arg: 'FILE', help: 'client certificate for the NATS servers (with --cluster-tls-key)' },
+  { name: 'cluster-tls-key', kind: 'string', arg: 'FILE', help: 'client key for --cluster-tls-cert' },
+  { name: 'cluster-dedup-window', kind: 'number', arg: 'SECONDS', default: 1, help: 'an update that comes in again through another repeater within this window is delivered once' },
+  { name: 'cluster-peer-timeout', kind: 'number', arg: 'SECONDS', default: 3, help: 'a repeater not heard from for this long is taken for dead and its subscribers move (heartbeats every third of it)' },
   { name: 'metrics', kind: 'string', arg: 'ADDR', default: DEFAULT_METRICS, help: 'HTTP address for /metrics, /healthz and /subscribers ("off" disables)' },
 ];
 

@@ -8,6 +8,7 @@ import type { LogFormat, LogLevel } from '../base/log.js';
 import { localAddresses } from '../net/local.js';
 import { canonicalIp, type Endpoint, isLimitedBroadcast, isLoopback, isMulticast, isUnspecified } from '../wire/address.js';
 import { bool, type CommonSettings, commonSettings, endpointOption, list, num, splitSpec, str } from './checks.js';
+import { buildClusterConfig, type ClusterConfig, SUBJECT_TOKEN } from './cluster-config.js';
 import type { RawOptions } from './options.js';
 
 export type { LogFormat, LogLevel };
@@ -19,6 +20,8 @@ export interface ListenerConfig {
   readonly key: string | null;
   readonly sealed: boolean;
   readonly multicast: boolean;
+  /** The channel was named with channel= (cluster mode needs it). */
+  readonly named: boolean;
 }
 
 export interface StaticConfig {
@@ -63,6 +66,8 @@ export interface ServeConfig extends CommonSettings {
   readonly multicastTtl: number;
   readonly signCheck: SignCheckConfig | null;
   readonly stateDir: string | null;
+  /** Cluster mode; null: standalone. */
+  readonly cluster: ClusterConfig | null;
 }
 
 /**
@@ -96,7 +101,7 @@ function listeners(raw: RawOptions, name: string, sealed: boolean): ListenerConf
     if (channel === '') throw new ConfigError(`--${name} ${text}: empty channel name`);
     const key = params.has('key') ? params.get('key')! : null;
     if (key === '') throw new ConfigError(`--${name} ${text}: empty key`);
-    return { endpoint, channel, key, sealed, multicast: isMulticast(endpoint.host) };
+    return { endpoint, channel, key, sealed, multicast: isMulticast(endpoint.host), named: params.has('channel') };
   });
 }
 
@@ -183,6 +188,17 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
     signCheck = { digest: sc.slice(0, colon), dir: sc.slice(colon + 1), tolerance: num(raw, 'subscriptions-sign-tolerance', 0, 86_400, true) };
   }
 
+  const cluster = buildClusterConfig(raw);
+  if (cluster !== null) {
+    // Channels match across repeaters by name: each must be named, as a subject token.
+    for (const l of all) {
+      if (!l.named) throw new ConfigError(`listener ${l.endpoint.text}: cluster mode needs channel=NAME on every listener`, l.sealed ? 'listen-sealed' : 'listen');
+      if (!SUBJECT_TOKEN.test(l.channel)) throw new ConfigError(`channel "${l.channel}": in cluster mode use 1-64 letters, digits, _ or -`, l.sealed ? 'listen-sealed' : 'listen');
+    }
+    if (keyFiles.length === 0 && !cluster.insecure) {
+      throw new ConfigError('cluster mode needs --key-file (everything on the bus is sealed) or an explicit --cluster-insecure', 'cluster');
+    }
+  }
   const tolerance = num(raw, 'tolerance', 0, 86_400, true);
   const rate = num(raw, 'subscribe-rate', 0, 1e9, true);
 
@@ -208,5 +224,6 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
     multicastTtl,
     signCheck,
     stateDir: str(raw, 'state-dir') ?? null,
+    cluster,
   };
 }

@@ -169,10 +169,10 @@ export class Channel {
 
   private rebuild(): void {
     const plain: Outlet[] = [];
-    for (const e of this.plain.values()) if (e.suspendedUntil === 0) plain.push(e.outlet);
+    for (const e of this.plain.values()) if (e.suspendedUntil === 0 && e.owned) plain.push(e.outlet);
     const byKey = new Map<string, Subscriber[]>();
     for (const e of this.sealed.values()) {
-      if (e.suspendedUntil !== 0) continue;
+      if (e.suspendedUntil !== 0 || !e.owned) continue;
       const list = byKey.get(e.key);
       if (list === undefined) byKey.set(e.key, [e]);
       else list.push(e);

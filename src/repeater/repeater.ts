@@ -13,6 +13,7 @@ import type { Logger } from '../base/log.js';
 import { D, type DropReason, E, FANOUT_BUCKETS, FastHistogram, K } from '../base/stats.js';
 import type { ListenerConfig, ServeConfig } from '../config/serve-config.js';
 import { ContentWindow } from '../gate/dedup.js';
+import { RecentUpdates } from '../gate/recent.js';
 import { LoopGuard } from '../gate/loop-guard.js';
 import { createFanout, DEFAULT_BACKEND, openListener } from '../net/backend.js';
 import type { Backend, DatagramListener, Fanout, Source } from '../net/io.js';
@@ -26,7 +27,8 @@ import { decodeSubscription, type Subscription } from '../wire/subscription.js';
 import { readTrace, type TraceFields } from '../wire/trace.js';
 import { checkHeader, peekKind } from '../wire/uwsgi.js';
 import { AccessList } from './acl.js';
-import { Channel, type ChannelEvents, type ChannelOptions } from './channel.js';
+import { Channel, type ChannelEvents, type ChannelOptions, type Subscriber } from './channel.js';
+import type { Arrival, ClusterPort } from './cluster-port.js';
 import { RateLimiter } from './ratelimit.js';
 import type { SealedGate } from './sealed-gate.js';
 import { type SignatureCheck, SubscriptionDesk } from './subscriptions.js';
@@ -59,6 +61,11 @@ export class Repeater {
   readonly loops = new LoopGuard();
 
   private config!: ServeConfig;
+
+  /** The running limits (they change on reload). */
+  get limits(): ServeConfig['limits'] {
+    return this.config.limits;
+  }
   private acl!: AccessList;
   private readonly limiter = new RateLimiter(1, 1);
   private desk!: SubscriptionDesk;
@@ -70,6 +77,11 @@ export class Repeater {
   private closed = false;
   private readonly shape = newShape();
   private readonly events: ChannelEvents;
+  /** Cluster mode: updates delivered once though they came in through two repeaters. */
+  clusterDuplicates = 0;
+  /** Cluster mode only: null standalone, so the datagram path pays one null check. */
+  private cluster: ClusterPort | null = null;
+  private recent: RecentUpdates | null = null;
 
   constructor(
     readonly log: Logger,
@@ -237,7 +249,11 @@ export class Repeater {
     for (const [name, key] of wanted) {
       const ch = this.channels.get(name);
       if (ch !== undefined) ch.configure(key, chOpts);
-      else this.channels.set(name, new Channel(name, key, chOpts, this.fanout!, this.events));
+      else {
+        const created = new Channel(name, key, chOpts, this.fanout!, this.events);
+        this.channels.set(name, created);
+        this.observe(created);
+      }
     }
     for (const [name, ch] of this.channels) {
       if (wanted.has(name)) continue;
@@ -416,7 +432,11 @@ export class Repeater {
       return;
     }
     if (env.kind === EnvelopeKind.CacheDatagram) {
-      this.acceptCache(ch, env.datagram!, true, env, t0);
+      this.acceptCache(ch, env.datagram!, true, { trace: env.trace, origin: env.origin, fromBus: false }, t0);
+      return;
+    }
+    if (env.kind !== EnvelopeKind.Subscribe && env.kind !== EnvelopeKind.Unsubscribe) {
+      ch.stats.dropped[D.bad_payload]++;
       return;
     }
     const sub: Subscription = {
@@ -436,25 +456,32 @@ export class Repeater {
   }
 
   /**
-   * A cache update, plain (its trace, if any, in its bytes) or opened from a
-   * frame (`env`: the trace in the envelope, the bytes must carry none).
+   * A cache update: plain (its trace, if any, in its bytes), or opened from a
+   * frame or taken off the bus (`given`: its trace and origin; the bytes must
+   * carry no trace). What came off the bus is never published again.
    */
-  private acceptCache(ch: Channel, buf: Buffer, stable: boolean, env: Envelope | null, t0: number): void {
+  private acceptCache(ch: Channel, buf: Buffer, stable: boolean, given: Arrival | null, t0: number): void {
     const st = ch.stats;
     const s = this.shape;
     const bad = inspectCacheUpdate(buf, s);
-    if (bad !== undefined || (env !== null && s.traceAt >= 0)) {
-      if (this.config.forwardUnknown) this.forwardOpaque(ch, buf, stable, env, t0);
+    if (bad !== undefined || (given !== null && s.traceAt >= 0)) {
+      if (this.config.forwardUnknown) this.forwardOpaque(ch, buf, stable, given, t0);
       else st.dropped[D[bad ?? 'malformed']]++;
       return;
     }
-    let arrived: TraceFields | null = env?.trace ?? null;
+    let arrived: TraceFields | null = given?.trace ?? null;
     if (s.traceAt >= 0) {
       arrived = readTrace(buf, s.traceAt);
       if (arrived === null) {
         st.dropped[D.malformed]++;
         return;
       }
+    }
+    // Cluster mode: the same update may come in through another repeater too (node=R1;R2).
+    if (this.recent !== null && !this.recent.admit(this.recent.hasher.hash(buf, 6, 6 + buf.readUInt16LE(4)), this.recent.hasher.hash(buf, 3, s.contentEnd), Date.now())) {
+      st.dropped[D.duplicate]++;
+      this.clusterDuplicates++;
+      return;
     }
     let next: TraceFields;
     if (arrived !== null) {
@@ -483,20 +510,82 @@ export class Repeater {
       st.dropped[D.duplicate]++;
       return;
     }
-    const sealing = this.gate === null ? null : { content: contentOf(buf, s), trace: next };
-    const sent = ch.forward(plainOut, stable || plainOut !== buf, this.gate, sealing, env?.origin ?? null);
+    const content = this.gate === null && this.cluster === null ? null : contentOf(buf, s);
+    const sealing = this.gate === null ? null : { content: content!, trace: next };
+    const sent = ch.forward(plainOut, stable || plainOut !== buf, this.gate, sealing, given?.origin ?? null);
     if (sent > 0) this.fanoutTime.observe((performance.now() - t0) / 1000);
+    if (this.cluster !== null && given?.fromBus !== true) this.cluster.publish(ch, content!, next, given?.origin ?? null, false);
   }
 
   /** --forward-unknown: any datagram, byte for byte; loops stopped by the content window. */
-  private forwardOpaque(ch: Channel, buf: Buffer, stable: boolean, env: Envelope | null, t0: number): void {
-    if (!this.dedup.admit(buf, Date.now())) {
+  private forwardOpaque(ch: Channel, buf: Buffer, stable: boolean, given: Arrival | null, t0: number): void {
+    const now = Date.now();
+    if (!this.dedup.admit(buf, now)) {
       ch.stats.dropped[D.duplicate]++;
       return;
     }
+    if (this.recent !== null && !this.recent.admit(this.recent.hasher.hash(buf), 0, now)) {
+      ch.stats.dropped[D.duplicate]++;
+      this.clusterDuplicates++;
+      return;
+    }
     const sealing = this.gate === null ? null : { content: buf, trace: null };
-    const sent = ch.forward(buf, stable, this.gate, sealing, env?.origin ?? null);
+    const sent = ch.forward(buf, stable, this.gate, sealing, given?.origin ?? null);
     if (sent > 0) this.fanoutTime.observe((performance.now() - t0) / 1000);
+    if (this.cluster !== null && given?.fromBus !== true) this.cluster.publish(ch, buf, null, given?.origin ?? null, true);
+  }
+
+  /**
+   * Cluster mode: a datagram another repeater accepted, for the subscribers
+   * this one serves. Returns why it was dropped, or null.
+   */
+  acceptFromBus(channel: string, datagram: Buffer, trace: TraceFields | null, origin: bigint | null, opaque: boolean): string | null {
+    const ch = this.channels.get(channel);
+    if (ch === undefined || this.closed) return 'no such channel';
+    const t0 = performance.now();
+    const arrival: Arrival = { trace, origin, fromBus: true };
+    if (opaque) {
+      if (!this.config.forwardUnknown) return 'opaque datagrams are not forwarded here';
+      this.forwardOpaque(ch, datagram, true, arrival, t0);
+    } else this.acceptCache(ch, datagram, true, arrival, t0);
+    return null;
+  }
+
+  /**
+   * Cluster mode: from now on every accepted datagram is offered to `port`
+   * (to be published), every registry change is reported to it, and updates
+   * seen twice within `dedupWindowMs` are delivered once.
+   */
+  attachCluster(port: ClusterPort, dedupWindowMs: number): void {
+    this.cluster = port;
+    this.recent = new RecentUpdates(dedupWindowMs);
+    for (const ch of this.channels.values()) this.observe(ch);
+  }
+
+  private observe(ch: Channel): void {
+    const port = this.cluster;
+    if (port === null) return;
+    for (const r of [ch.plain, ch.sealed]) r.observer = (e, change) => port.entryChanged(ch, e, change);
+  }
+
+  /** Cluster mode: recomputes which subscribers this repeater serves; returns those that moved. */
+  reassign(owns: (ch: Channel, e: Subscriber) => boolean): { gained: Subscriber[]; lost: Subscriber[] } {
+    const gained: Subscriber[] = [];
+    const lost: Subscriber[] = [];
+    for (const ch of this.channels.values()) {
+      for (const r of [ch.plain, ch.sealed]) {
+        let moved = false;
+        for (const e of r.values()) {
+          const mine = owns(ch, e);
+          if (mine === e.owned) continue;
+          e.owned = mine;
+          (mine ? gained : lost).push(e);
+          moved = true;
+        }
+        if (moved) r.touch();
+      }
+    }
+    return { gained, lost };
   }
 
   /**
