@@ -123,6 +123,21 @@ describe('cluster mode', { skip }, () => {
     }
   });
 
+  test('a repeater that joins later learns what the others heard: a static subscriber of both is served once', async () => {
+    const rx = await scope.receiver();
+    const a = await repeater(0, ['--to', `${rx.address},channel=ssl`]);
+    // b joins after a holds the subscriber: a's answer to b's first heartbeat must not be lost.
+    const b = await repeater(1, ['--to', `${rx.address},channel=ssl`]);
+    await peersSee([a, b], 1);
+    await settled([a, b], rx);
+    const N = 20;
+    for (let i = 0; i < N; i++) await sender.send(set(`late-${i}`), i % 2 === 0 ? a.port : b.port);
+    await rx.waitFor(N, 10_000);
+    // The marker through b: its bus messages keep their order, so it comes after b's datagrams.
+    const got = (await until(rx, 0, 'late-end', [b])).filter((k) => k.startsWith('late-'));
+    assert.deepEqual(got.sort(), Array.from({ length: N }, (_, i) => `late-${i}`).sort());
+  });
+
   test('a node on two repeaters (node=R1;R2, subscribe2 to both) gets each update once, and so does everyone else', async () => {
     const [a, b, c] = [await repeater(0), await repeater(1), await repeater(2)];
     await peersSee([a, b, c], 2);

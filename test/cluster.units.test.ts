@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { Hasher, RecentUpdates } from '../src/gate/recent.js';
 import { owner } from '../src/gate/rendezvous.js';
-import { type BusBody, type BusMessage, decodeBus, encodeBus } from '../src/wire/bus.js';
+import { type BusBody, type BusMessage, decodeBus, encodeBus, MAX_BATCH } from '../src/wire/bus.js';
 import { bigintToLong } from '../src/wire/envelope.js';
 import { protoRoot } from '../src/wire/proto.js';
 import { prng } from './helpers/adversarial.js';
@@ -59,6 +59,7 @@ const SAMPLES: ReadonlyArray<readonly [string, BusMessage]> = [
   ['datagram without trace', msg(datagram())],
   ['datagram with trace, origin and opaque', msg(datagram({ trace: { ingress: 2 ** 48 - 1, sequence: Number.MAX_SAFE_INTEGER, hops: 255 }, origin: 0xffffffffffffffffn, opaque: true }), 0xffffffffffffffffn)],
   ['datagram of one byte, channel of 255 chars', msg(datagram({ datagram: Buffer.from([0]), channel: 'c'.repeat(255) }), 1n)],
+  ['batch of three, traced and not, two channels', msg({ type: 'batch', datagrams: [datagram(), datagram({ trace: { ingress: 7, sequence: 9, hops: 2 } }) as Extract<BusBody, { type: 'datagram' }>, datagram({ channel: 'other', opaque: true }) as Extract<BusBody, { type: 'datagram' }>] as Array<Extract<BusBody, { type: 'datagram' }>> })],
   ['heartbeat', msg(heartbeat())],
   ['heartbeat with empty name and zero counts', msg(heartbeat({ name: '', startedAtMs: 0, intervalMs: 0, subscribers: 0 }))],
   ['subscriber', msg(subscriber({ sealed: true, origin: 0xfeedfacecafebeefn }))],
@@ -72,7 +73,10 @@ function assertWellFormed(m: BusMessage): void {
   assert.ok(m.sender > 0n && m.sender < 2n ** 64n);
   assert.ok(Number.isSafeInteger(m.sentAtMs), 'unsafe sentAtMs');
   const b = m.body;
-  if (b.type === 'datagram') {
+  if (b.type === 'batch') {
+    assert.ok(b.datagrams.length >= 1 && b.datagrams.length <= MAX_BATCH, 'bad batch length');
+    for (const d of b.datagrams) assertWellFormed({ ...m, body: d });
+  } else if (b.type === 'datagram') {
     assert.ok(b.datagram.length > 0 && b.channel.length > 0 && b.channel.length <= 255, 'bad datagram body');
     assert.ok(Buffer.isBuffer(b.datagram));
     if (b.trace !== null) {
@@ -170,6 +174,9 @@ describe('wire/bus.ts: the bus codec', () => {
     ['a subscriber with a key of 256 chars', () => encodeBus(msg(subscriber({ key: 'k'.repeat(256) })))],
     ['a subscriber with a negative deadline', () => encodeBus(msg(subscriber({ deadlineMs: -1 })))],
     ['a subscriber with a deadline of 2^53', () => BusType.encode({ sender: bigintToLong(5n), sentAtMs: NOW, subscriber: { channel: 'ssl', address: '127.0.0.1:1', deadlineMs: { low: 0, high: 0x00200000, unsigned: true } } }).finish()],
+    ['an empty batch', () => BusType.encode({ sender: bigintToLong(5n), sentAtMs: NOW, batch: { datagrams: [] } }).finish()],
+    ['a batch with one bad datagram among good ones', () => encodeBus(msg({ type: 'batch', datagrams: [datagram(), datagram({ channel: '' }), datagram()] as Array<Extract<BusBody, { type: 'datagram' }>> }))],
+    [`a batch of ${MAX_BATCH + 1}`, () => encodeBus(msg({ type: 'batch', datagrams: Array.from({ length: MAX_BATCH + 1 }, () => datagram()) as Array<Extract<BusBody, { type: 'datagram' }>> }))],
     ['no body at all', () => BusType.encode({ sender: bigintToLong(5n), sentAtMs: NOW }).finish()],
     ['an empty buffer', () => new Uint8Array(0)],
   ];

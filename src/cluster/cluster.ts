@@ -30,12 +30,16 @@ import type { Channel, Subscriber } from '../repeater/channel.js';
 import type { ClusterPort } from '../repeater/cluster-port.js';
 import type { EntryChange } from '../repeater/registry.js';
 import type { Repeater } from '../repeater/repeater.js';
-import { type BusBody, type BusMessage, decodeBus, encodeBus } from '../wire/bus.js';
+import { type BusBody, type BusDatagram, type BusMessage, decodeBus, encodeBus, MAX_BATCH } from '../wire/bus.js';
 import type { TraceFields } from '../wire/trace.js';
 import { Bus } from './bus.js';
 
 /** Datagrams older than this (by the sender's clock) are not delivered: stale after a reconnect. */
 export const MAX_DATAGRAM_AGE_MS = 5_000;
+/** A batch is published once it holds this many bytes of datagrams: its sealed frame stays well under 64 KiB. */
+const BATCH_BYTES = 32 * 1024;
+/** What an item adds to a batch beyond its datagram: channel, trace, origin, framing. */
+const BATCH_ITEM_OVERHEAD = 48;
 /** More repeaters than this in one cluster are refused: the peer table is bounded. */
 export const MAX_PEERS = 64;
 const STATIC_DEADLINE = Number.MAX_SAFE_INTEGER;
@@ -79,6 +83,9 @@ export class Cluster implements ClusterPort {
   private readonly heard = new Map<string, Map<bigint, number>>();
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
+  /** Datagrams accepted this turn of the event loop, per channel, to be published together. */
+  private readonly outbox = new Map<string, { items: BusDatagram[]; bytes: number }>();
+  private flushPending: NodeJS.Immediate | null = null;
 
   constructor(
     private readonly cfg: ClusterConfig,
@@ -131,11 +138,33 @@ export class Cluster implements ClusterPort {
     return true;
   }
 
-  publish(ch: Channel, datagram: Buffer, trace: TraceFields | null, origin: bigint | null, opaque: boolean): void {
+  publish(ch: Channel, datagram: Buffer, stable: boolean, trace: TraceFields | null, origin: bigint | null, opaque: boolean): void {
     // Not sealed for nothing while the bus is down: counted, and served from here to the subscribers we heard.
-    if (!this.bus.connected || !this.send({ type: 'datagram', channel: ch.name, datagram, trace, origin: origin ?? 0n, opaque }, this.subject.data(ch.name))) {
+    if (!this.bus.connected) {
       this.counters.publishSkipped++;
+      return;
     }
+    let q = this.outbox.get(ch.name);
+    if (q === undefined) this.outbox.set(ch.name, (q = { items: [], bytes: 0 }));
+    // Queued past this turn of the event loop: a view into a reused receive buffer must be copied.
+    q.items.push({ type: 'datagram', channel: ch.name, datagram: stable ? datagram : Buffer.from(datagram), trace, origin: origin ?? 0n, opaque });
+    q.bytes += datagram.length + BATCH_ITEM_OVERHEAD;
+    if (q.items.length >= MAX_BATCH || q.bytes >= BATCH_BYTES) this.flushChannel(ch.name);
+    else if (this.flushPending === null) this.flushPending = setImmediate(() => this.flush());
+  }
+
+  /** Publishes what this turn of the event loop accepted: one message (and one seal) per channel. */
+  private flush(): void {
+    this.flushPending = null;
+    for (const name of this.outbox.keys()) this.flushChannel(name);
+  }
+
+  private flushChannel(name: string): void {
+    const q = this.outbox.get(name);
+    if (q === undefined || q.items.length === 0) return;
+    this.outbox.delete(name);
+    const body: BusBody = q.items.length === 1 ? q.items[0]! : { type: 'batch', datagrams: q.items };
+    if (!this.send(body, this.subject.data(name))) this.counters.publishSkipped += q.items.length;
   }
 
   private heartbeat(): void {
@@ -208,6 +237,8 @@ export class Cluster implements ClusterPort {
       this.peers.set(m.sender, { name: b.name, startedAtMs: b.startedAtMs, lastHeard: now, subscribers: b.subscribers, clockOffsetMs: now - m.sentAtMs });
       if (fresh) {
         this.log.info('cluster peer joined', { peer: b.name, id: m.sender.toString(16) });
+        // Our heartbeat first: the newcomer takes announcements only from peers it knows.
+        this.heartbeat();
         this.dumpHeard();
         this.reassign('join');
       }
@@ -245,8 +276,10 @@ export class Cluster implements ClusterPort {
       this.counters.bump(this.counters.dropped, 'stale');
       return;
     }
-    const why = this.repeater.acceptFromBus(b.channel, b.datagram, b.trace, b.origin === 0n ? null : b.origin, b.opaque);
-    if (why !== null) this.counters.bump(this.counters.dropped, 'not_deliverable');
+    for (const d of b.type === 'batch' ? b.datagrams : [b]) {
+      const why = this.repeater.acceptFromBus(d.channel, d.datagram, d.trace, d.origin === 0n ? null : d.origin, d.opaque);
+      if (why !== null) this.counters.bump(this.counters.dropped, 'not_deliverable');
+    }
   }
 
   /** Makes room in a full peer table: forgets the peer silent longest, if it is past the timeout. */
@@ -370,6 +403,8 @@ export class Cluster implements ClusterPort {
   }
 
   async close(): Promise<void> {
+    this.flush();
+    if (this.flushPending !== null) clearImmediate(this.flushPending);
     this.closed = true;
     if (this.timer !== null) clearInterval(this.timer);
     // A clean goodbye: the others stop counting on us at once.

@@ -9,8 +9,10 @@ export interface ClusterPort {
   /**
    * A datagram this repeater accepted from one of its own listeners and
    * forwarded: the other repeaters forward it to the subscribers they serve.
+   * `stable`: false when `datagram` is a view into a buffer the next receive
+   * reuses (the port copies what it keeps past the call).
    */
-  publish(ch: Channel, datagram: Buffer, trace: TraceFields | null, origin: bigint | null, opaque: boolean): void;
+  publish(ch: Channel, datagram: Buffer, stable: boolean, trace: TraceFields | null, origin: bigint | null, opaque: boolean): void;
   /** A subscriber this repeater heard was added, refreshed or removed. */
   entryChanged(ch: Channel, e: Subscriber, change: EntryChange): void;
 }

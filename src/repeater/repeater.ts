@@ -514,7 +514,7 @@ export class Repeater {
     const sealing = this.gate === null ? null : { content: content!, trace: next };
     const sent = ch.forward(plainOut, stable || plainOut !== buf, this.gate, sealing, given?.origin ?? null);
     if (sent > 0) this.fanoutTime.observe((performance.now() - t0) / 1000);
-    if (this.cluster !== null && given?.fromBus !== true) this.cluster.publish(ch, content!, next, given?.origin ?? null, false);
+    if (this.cluster !== null && given?.fromBus !== true) this.cluster.publish(ch, content!, stable || content !== buf, next, given?.origin ?? null, false);
   }
 
   /** --forward-unknown: any datagram, byte for byte; loops stopped by the content window. */
@@ -532,7 +532,7 @@ export class Repeater {
     const sealing = this.gate === null ? null : { content: buf, trace: null };
     const sent = ch.forward(buf, stable, this.gate, sealing, given?.origin ?? null);
     if (sent > 0) this.fanoutTime.observe((performance.now() - t0) / 1000);
-    if (this.cluster !== null && given?.fromBus !== true) this.cluster.publish(ch, buf, null, given?.origin ?? null, true);
+    if (this.cluster !== null && given?.fromBus !== true) this.cluster.publish(ch, buf, stable, null, given?.origin ?? null, true);
   }
 
   /**

@@ -38,7 +38,13 @@ export interface BusSubscriber {
   readonly isStatic: boolean;
 }
 
-export type BusBody = BusDatagram | BusHeartbeat | BusSubscriber;
+/** Datagrams accepted in one turn of the sender's event loop, in order (at most MAX_BATCH). */
+export interface BusBatch {
+  readonly type: 'batch';
+  readonly datagrams: readonly BusDatagram[];
+}
+
+export type BusBody = BusDatagram | BusBatch | BusHeartbeat | BusSubscriber;
 
 export interface BusMessage {
   readonly sender: bigint;
@@ -47,18 +53,26 @@ export interface BusMessage {
 }
 
 const MAX_NAME = 255;
+/** Most datagrams one batch may hold: what a receiver will process for one message. */
+export const MAX_BATCH = 1024;
+
+function datagramFields(b: BusDatagram): Record<string, unknown> {
+  return {
+    channel: b.channel,
+    datagram: b.datagram,
+    origin: bigintToLong(b.origin),
+    opaque: b.opaque,
+    ...(b.trace === null ? {} : { trace: { ingress: b.trace.ingress, sequence: b.trace.sequence, hops: b.trace.hops } }),
+  };
+}
 
 export function encodeBus(m: BusMessage): Uint8Array {
   const b = m.body;
   const msg: Record<string, unknown> = { sender: bigintToLong(m.sender), sentAtMs: m.sentAtMs };
   if (b.type === 'datagram') {
-    msg['datagram'] = {
-      channel: b.channel,
-      datagram: b.datagram,
-      origin: bigintToLong(b.origin),
-      opaque: b.opaque,
-      ...(b.trace === null ? {} : { trace: { ingress: b.trace.ingress, sequence: b.trace.sequence, hops: b.trace.hops } }),
-    };
+    msg['datagram'] = datagramFields(b);
+  } else if (b.type === 'batch') {
+    msg['batch'] = { datagrams: b.datagrams.map(datagramFields) };
   } else if (b.type === 'heartbeat') {
     msg['heartbeat'] = { name: b.name, startedAtMs: b.startedAtMs, intervalMs: b.intervalMs, subscribers: b.subscribers };
   } else {
@@ -68,6 +82,29 @@ export function encodeBus(m: BusMessage): Uint8Array {
 }
 
 const str = (v: unknown) => (typeof v === 'string' ? v : '');
+
+function datagramOf(d: Record<string, unknown>): BusDatagram | null {
+  const datagram = d['datagram'] as Uint8Array | null | undefined;
+  const channel = str(d['channel']);
+  if (datagram == null || datagram.length === 0 || channel === '' || channel.length > MAX_NAME) return null;
+  const t = d['trace'] as { ingress?: LongLike; sequence?: LongLike; hops?: number } | null | undefined;
+  let trace: TraceFields | null = null;
+  if (t != null) {
+    const ingress = longToNumber(t.ingress);
+    const sequence = longToNumber(t.sequence);
+    const hops = t.hops ?? 0;
+    if (ingress < 1 || ingress >= 2 ** 48 || sequence < 1 || !Number.isSafeInteger(sequence) || hops < 1 || hops > 255) return null;
+    trace = { ingress, sequence, hops };
+  }
+  return {
+    type: 'datagram',
+    channel,
+    datagram: Buffer.from(datagram.buffer, datagram.byteOffset, datagram.length),
+    trace,
+    origin: longToBigint(d['origin'] as LongLike),
+    opaque: d['opaque'] === true,
+  };
+}
 
 /** Decodes and checks a bus message; 'bad_payload' for anything malformed. */
 export function decodeBus(buf: Uint8Array): BusMessage | 'bad_payload' {
@@ -83,28 +120,21 @@ export function decodeBus(buf: Uint8Array): BusMessage | 'bad_payload' {
   const d = m['datagram'] as Record<string, unknown> | null | undefined;
   const h = m['heartbeat'] as Record<string, unknown> | null | undefined;
   const s = m['subscriber'] as Record<string, unknown> | null | undefined;
+  const batch = m['batch'] as { datagrams?: Array<Record<string, unknown>> } | null | undefined;
   if (d != null) {
-    const datagram = d['datagram'] as Uint8Array | null | undefined;
-    const channel = str(d['channel']);
-    if (datagram == null || datagram.length === 0 || channel === '' || channel.length > MAX_NAME) return 'bad_payload';
-    const t = d['trace'] as { ingress?: LongLike; sequence?: LongLike; hops?: number } | null | undefined;
-    let trace: TraceFields | null = null;
-    if (t != null) {
-      const ingress = longToNumber(t.ingress);
-      const sequence = longToNumber(t.sequence);
-      const hops = t.hops ?? 0;
-      if (ingress < 1 || ingress >= 2 ** 48 || sequence < 1 || !Number.isSafeInteger(sequence) || hops < 1 || hops > 255) return 'bad_payload';
-      trace = { ingress, sequence, hops };
+    const body = datagramOf(d);
+    return body === null ? 'bad_payload' : { sender, sentAtMs, body };
+  }
+  if (batch != null) {
+    const items = batch.datagrams ?? [];
+    if (items.length === 0 || items.length > MAX_BATCH) return 'bad_payload';
+    const datagrams: BusDatagram[] = [];
+    for (const item of items) {
+      const one = datagramOf(item);
+      if (one === null) return 'bad_payload';
+      datagrams.push(one);
     }
-    const body: BusDatagram = {
-      type: 'datagram',
-      channel,
-      datagram: Buffer.from(datagram.buffer, datagram.byteOffset, datagram.length),
-      trace,
-      origin: longToBigint(d['origin'] as LongLike),
-      opaque: d['opaque'] === true,
-    };
-    return { sender, sentAtMs, body };
+    return { sender, sentAtMs, body: { type: 'batch', datagrams } };
   }
   if (h != null) {
     const name = str(h['name']);
