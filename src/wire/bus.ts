@@ -2,8 +2,9 @@
 // See docs/PROTOCOL.md, "The cluster bus". Pure codec: decoding garbage
 // returns a reason, never throws.
 
-import { bigintToLong, type LongLike, longToBigint, longToNumber } from './envelope.js';
+import { bigintToLong, type LongLike, longToBigint, longToNumber } from './longs.js';
 import { protoRoot } from './proto.js';
+import { type TicketKey, ticketsFromProto, ticketsToProto } from './tickets.js';
 import type { TraceFields } from './trace.js';
 
 const BusType = protoRoot.lookupType('udprepeater.BusMessage');
@@ -38,7 +39,13 @@ export interface BusSubscriber {
   readonly isStatic: boolean;
 }
 
-export type BusBody = BusDatagram | BusHeartbeat | BusSubscriber;
+/** The sender's ticket-key schedule (every repeater merges what it hears). */
+export interface BusTickets {
+  readonly type: 'tickets';
+  readonly keys: readonly TicketKey[];
+}
+
+export type BusBody = BusDatagram | BusHeartbeat | BusSubscriber | BusTickets;
 
 export interface BusMessage {
   readonly sender: bigint;
@@ -61,6 +68,8 @@ export function encodeBus(m: BusMessage): Uint8Array {
     };
   } else if (b.type === 'heartbeat') {
     msg['heartbeat'] = { name: b.name, startedAtMs: b.startedAtMs, intervalMs: b.intervalMs, subscribers: b.subscribers };
+  } else if (b.type === 'tickets') {
+    msg['tickets'] = ticketsToProto(b.keys);
   } else {
     msg['subscriber'] = { channel: b.channel, sealed: b.sealed, address: b.address, key: b.key, origin: bigintToLong(b.origin), deadlineMs: b.deadlineMs, static: b.isStatic };
   }
@@ -83,6 +92,12 @@ export function decodeBus(buf: Uint8Array): BusMessage | 'bad_payload' {
   const d = m['datagram'] as Record<string, unknown> | null | undefined;
   const h = m['heartbeat'] as Record<string, unknown> | null | undefined;
   const s = m['subscriber'] as Record<string, unknown> | null | undefined;
+  const t = m['tickets'] as unknown;
+  if (t != null) {
+    const keys = ticketsFromProto(t);
+    if (typeof keys === 'string') return keys;
+    return { sender, sentAtMs, body: { type: 'tickets', keys } };
+  }
   if (d != null) {
     const datagram = d['datagram'] as Uint8Array | null | undefined;
     const channel = str(d['channel']);
