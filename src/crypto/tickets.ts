@@ -1,7 +1,7 @@
 // The fleet's TLS session-ticket key schedule, as every holder keeps it: the
 // repeater that generates it, the repeaters of a cluster, agents (nginx key
 // files) and the Node.js session cache (setTicketKeys). docs/PROTOCOL.md,
-// "Ticket keys"; SECURITY.md, "Ticket keys".
+// "Ticket keys"; SECURITY.md, "Ticket keys (TLS session resumption)".
 //
 // Invariants:
 // - Key i encrypts from its not_before until the next key's not_before and

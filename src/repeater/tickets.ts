@@ -1,5 +1,5 @@
 // The fleet's TLS ticket-key schedule, as the repeater keeps and distributes
-// it (docs/PROTOCOL.md, "Ticket keys"; SECURITY.md, "Ticket keys").
+// it (docs/PROTOCOL.md, "Ticket keys"; SECURITY.md, "Ticket keys (TLS session resumption)").
 //
 // - One schedule per repeater (per cluster: the repeaters merge theirs over
 //   the bus by the rule of crypto/tickets.ts, so they converge on one).
