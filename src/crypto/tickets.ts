@@ -1,7 +1,8 @@
 // The fleet's TLS session-ticket key schedule, as every holder keeps it: the
 // repeater that generates it, the repeaters of a cluster, agents (nginx key
-// files) and the Node.js session cache (setTicketKeys). docs/PROTOCOL.md,
-// "Ticket keys"; SECURITY.md, "Ticket keys (TLS session resumption)".
+// files) and the Node.js session cache (setTicketKeys).
+// Wire format: docs/PROTOCOL.md, "Ticket keys".
+// What it protects and what not: SECURITY.md, "Ticket keys (TLS session resumption)".
 //
 // Invariants:
 // - Key i encrypts from its not_before until the next key's not_before and
