@@ -22,6 +22,7 @@ export const LAYERS: Readonly<Record<string, number>> = {
   repeater: 5,
   agent: 5,
   tools: 5,
+  tls: 5,
   cluster: 6,
   daemon: 7,
   '.': 8, // src/cli.ts

@@ -29,6 +29,7 @@ import { owner } from '../gate/rendezvous.js';
 import type { Channel, Subscriber } from '../repeater/channel.js';
 import type { ClusterPort } from '../repeater/cluster-port.js';
 import type { EntryChange } from '../repeater/registry.js';
+import type { TicketService } from '../repeater/tickets.js';
 import type { Repeater } from '../repeater/repeater.js';
 import { type BusBody, type BusDatagram, type BusMessage, decodeBus, encodeBus, MAX_BATCH } from '../wire/bus.js';
 import type { TraceFields } from '../wire/trace.js';
@@ -86,6 +87,7 @@ export class Cluster implements ClusterPort {
   /** Datagrams accepted this turn of the event loop, per channel, to be published together. */
   private readonly outbox = new Map<string, { items: BusDatagram[]; bytes: number }>();
   private flushPending: NodeJS.Immediate | null = null;
+  private tickets: TicketService | null = null;
 
   constructor(
     private readonly cfg: ClusterConfig,
@@ -116,6 +118,7 @@ export class Cluster implements ClusterPort {
         // Tell the others we are here, and everything we heard.
         this.heartbeat();
         this.dumpHeard();
+        this.sendTickets();
       }
     });
     this.timer = setInterval(() => this.tick(), this.cfg.peerTimeoutMs / 3);
@@ -181,6 +184,27 @@ export class Cluster implements ClusterPort {
     );
   }
 
+  /**
+   * One ticket-key schedule per cluster: every repeater merges every schedule
+   * it hears by one deterministic rule (crypto/tickets.ts), and only the
+   * rendezvous owner of a period among the live repeaters generates its key
+   * (anyone, once it is due within half a period: the owner's message may
+   * have been lost). Schedules travel with every heartbeat, so a lost one or
+   * a newcomer is caught up within a second.
+   */
+  attachTickets(service: TicketService): void {
+    this.tickets = service;
+    service.peers = {
+      mayGenerate: (nb, now) => owner(this.live(now), `tickets|${nb}`) === this.id,
+      changed: (keys) => this.send({ type: 'tickets', keys }, this.subject.control),
+    };
+  }
+
+  private sendTickets(): void {
+    const t = this.tickets;
+    if (t !== null && t.keys.size > 0) this.send({ type: 'tickets', keys: t.keys.keys }, this.subject.control);
+  }
+
   /** Everything we heard, so a peer that just came (or came back) knows it at once. */
   private dumpHeard(): void {
     for (const ch of this.repeater.channels.values()) for (const e of ch.subscribers()) this.announce(ch, e, false);
@@ -240,6 +264,7 @@ export class Cluster implements ClusterPort {
         // Our heartbeat first: the newcomer takes announcements only from peers it knows.
         this.heartbeat();
         this.dumpHeard();
+        this.sendTickets();
         this.reassign('join');
       }
       return;
@@ -269,6 +294,13 @@ export class Cluster implements ClusterPort {
         by.set(m.sender, b.isStatic ? Infinity : now + Math.max(0, b.deadlineMs - m.sentAtMs));
       }
       this.reassignOne(b.channel, b.sealed, b.address, now);
+      return;
+    }
+    if (b.type === 'tickets') {
+      // From peers we track only, like announcements; a repeater without `tickets` ignores them.
+      if (!this.peers.has(m.sender)) this.counters.bump(this.counters.dropped, 'unknown_peer');
+      else if (this.tickets === null) this.counters.bump(this.counters.dropped, 'not_deliverable');
+      else this.tickets.merge(b.keys);
       return;
     }
     // Age on the sender's clock as we know it, so skewed clocks do not make everything stale.
@@ -341,7 +373,10 @@ export class Cluster implements ClusterPort {
 
   private tick(): void {
     const now = Date.now();
-    if (this.bus.connected) this.heartbeat();
+    if (this.bus.connected) {
+      this.heartbeat();
+      this.sendTickets();
+    }
     let died = false;
     for (const [id, p] of this.peers) {
       if (now - p.lastHeard > this.cfg.peerTimeoutMs) {

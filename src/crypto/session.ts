@@ -11,6 +11,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { type Envelope, type EnvelopeKind, Role, bigintToLong, decodeEnvelope, encodeEnvelope } from '../wire/envelope.js';
+import type { TicketKey } from '../wire/tickets.js';
 import type { TraceFields } from '../wire/trace.js';
 import { FRAME_HEADER, FRAME_OVERHEAD, MAX_UDP_PAYLOAD, NONCE_BYTES, frameKeyId, writeFrameHeader } from '../wire/frame.js';
 import type { KeyRing } from './keyring.js';
@@ -39,6 +40,7 @@ export interface SealFields {
   readonly trace?: TraceFields | null;
   readonly address: string | null;
   readonly bus?: Uint8Array | null;
+  readonly tickets?: readonly TicketKey[] | null;
 }
 
 export class SecureSession {
@@ -77,7 +79,7 @@ export class SecureSession {
   /** Seals one Envelope under the ring's first key; null when it would not fit a UDP datagram. */
   seal(ring: KeyRing, f: SealFields, nowMs = Date.now()): Buffer | null {
     const plain = encodeEnvelope(
-      { kind: f.kind, channelKey: f.channelKey, sequence: this.sequence + 1, sentAtMs: nowMs, role: this.role, datagram: f.datagram, trace: f.trace ?? null, address: f.address, bus: f.bus ?? null },
+      { kind: f.kind, channelKey: f.channelKey, sequence: this.sequence + 1, sentAtMs: nowMs, role: this.role, datagram: f.datagram, trace: f.trace ?? null, address: f.address, bus: f.bus ?? null, tickets: f.tickets ?? null },
       this.originLong,
     );
     if (plain.length + FRAME_OVERHEAD > MAX_UDP_PAYLOAD) return null;

@@ -1,11 +1,14 @@
 // Prometheus metrics via prom-client. The datagram path only bumps plain
 // numbers (see repeater/stats.ts); everything here runs on scrape.
 
-import { Counter, Gauge, collectDefaultMetrics, type Metric, Registry } from 'prom-client';
+import { collectDefaultMetrics, type Metric, Registry } from 'prom-client';
+import { counterFrom, gaugeFrom } from '../base/prom.js';
 import { type ChannelStats, DROP_REASONS, EVENTS, type FastHistogram, KINDS } from '../base/stats.js';
 import { socketInode, udpSocketStats } from '../net/kernel.js';
 import type { Cluster } from '../cluster/cluster.js';
 import type { Repeater } from '../repeater/repeater.js';
+
+export { counterFrom, gaugeFrom };
 
 export interface ChannelView {
   readonly name: string;
@@ -13,45 +16,6 @@ export interface ChannelView {
   readonly subscribers: number;
   /** Subscribers taken out of service for being unreachable (repeater only). */
   readonly suspended?: number;
-}
-
-/** Publishes a counter whose values are read from our own numbers on scrape. */
-export function counterFrom<L extends string>(
-  register: Registry,
-  name: string,
-  help: string,
-  labelNames: readonly L[],
-  read: () => Iterable<readonly [Partial<Record<L, string>>, number]>,
-): Counter<L> {
-  return new Counter<L>({
-    name,
-    help,
-    labelNames,
-    registers: [register],
-    collect() {
-      this.reset();
-      for (const [labels, v] of read()) this.inc(labels, v);
-    },
-  });
-}
-
-export function gaugeFrom<L extends string>(
-  register: Registry,
-  name: string,
-  help: string,
-  labelNames: readonly L[],
-  read: () => Iterable<readonly [Partial<Record<L, string>>, number]>,
-): Gauge<L> {
-  return new Gauge<L>({
-    name,
-    help,
-    labelNames,
-    registers: [register],
-    collect() {
-      this.reset();
-      for (const [labels, v] of read()) this.set(labels, v);
-    },
-  });
 }
 
 /** Exposes a FastHistogram in the Prometheus histogram shape. */

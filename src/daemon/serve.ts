@@ -29,6 +29,8 @@ import { SealedGate } from '../repeater/sealed-gate.js';
 import { Role } from '../wire/envelope.js';
 import { UwsgiSignatureCheck } from '../repeater/signcheck.js';
 import { StateStore } from './state-store.js';
+import { TicketStore } from './ticket-store.js';
+import { registerTicketMetrics } from './ticket-metrics.js';
 
 export interface ServeHandle {
   readonly repeater: Repeater;
@@ -99,7 +101,8 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   const h = hooks ?? (await repeaterHooks(log));
   // An unusable state dir refuses the start, before any socket is opened.
   const store = config.stateDir === null ? null : new StateStore(config.stateDir, log);
-  const repeater = await Repeater.start(config, log, { ...h, ...(backend === undefined ? {} : { backend }) });
+  const ticketStore = config.stateDir === null ? null : new TicketStore(config.stateDir, log);
+  const repeater = await Repeater.start(config, log, { ...h, ...(backend === undefined ? {} : { backend }), ...(ticketStore === null ? {} : { ticketStore }) });
   const cluster = config.cluster === null ? null : new Cluster(config.cluster, repeater, log);
   if (store !== null) {
     const saved = store.load();
@@ -123,6 +126,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   ]);
   gaugeFrom(register, 'udprepeater_replay_origins', 'Secure mode: origins with a replay window', [], () => [[{}, session()?.origins ?? 0]]);
   if (cluster !== null) registerClusterMetrics(register, cluster, repeater);
+  registerTicketMetrics(register, () => repeater.tickets, ticketStore);
   const started = Date.now();
   const status = await startStatus(
     config.metrics,
@@ -135,6 +139,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
         listeners: repeater.listeners(),
         channels: repeater.channels.size,
         keys: repeater.sealedGate?.keyIds() ?? [],
+        ...(repeater.tickets === null ? {} : { ticketKeys: repeater.tickets.keys.describe(Date.now()) }),
         ...(cluster === null ? {} : { status: cluster.bus.connected ? 'ok' : 'degraded', cluster: cluster.health() }),
       }),
       '/subscribers': () => subscribersView(repeater, cluster),

@@ -4,6 +4,7 @@
 import type { TraceFields } from '../wire/trace.js';
 import type { Channel, Subscriber } from './channel.js';
 import type { EntryChange } from './registry.js';
+import type { TicketService } from './tickets.js';
 
 export interface ClusterPort {
   /**
@@ -15,6 +16,8 @@ export interface ClusterPort {
   publish(ch: Channel, datagram: Buffer, stable: boolean, trace: TraceFields | null, origin: bigint | null, opaque: boolean): void;
   /** A subscriber this repeater heard was added, refreshed or removed. */
   entryChanged(ch: Channel, e: Subscriber, change: EntryChange): void;
+  /** The repeater distributes ticket keys: the cluster keeps one schedule for all (sets `service.peers`). */
+  attachTickets(service: TicketService): void;
 }
 
 /** How a datagram that is not from one of our plain listeners arrived. */

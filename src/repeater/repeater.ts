@@ -32,6 +32,8 @@ import type { Arrival, ClusterPort } from './cluster-port.js';
 import { RateLimiter } from './ratelimit.js';
 import type { SealedGate } from './sealed-gate.js';
 import { type SignatureCheck, SubscriptionDesk } from './subscriptions.js';
+import { type TicketPersistence, TicketService } from './tickets.js';
+import type { TicketKey } from '../wire/tickets.js';
 
 /** A listener's current place in the config; mutated in place on reload. */
 interface Route {
@@ -47,6 +49,8 @@ export interface RepeaterHooks {
   signatures?: (config: ServeConfig) => SignatureCheck | null;
   /** Socket backend (default: native when the addon is built). */
   backend?: Backend;
+  /** Where the ticket keys are kept (--state-dir): read once, when tickets are first configured; throws to refuse. */
+  ticketStore?: TicketPersistence & { load(): TicketKey[] };
 }
 
 /** Largest age of a restored subscriber's timestamps beyond now (clock steps). */
@@ -82,6 +86,7 @@ export class Repeater {
   /** Cluster mode only: null standalone, so the datagram path pays one null check. */
   private cluster: ClusterPort | null = null;
   private recent: RecentUpdates | null = null;
+  private ticketService: TicketService | null = null;
 
   constructor(
     readonly log: Logger,
@@ -114,6 +119,11 @@ export class Repeater {
 
   get sealedGate(): SealedGate | null {
     return this.gate;
+  }
+
+  /** The fleet's ticket-key schedule; null when no listener has `tickets`. */
+  get tickets(): TicketService | null {
+    return this.ticketService;
   }
 
   get subscriptions(): SubscriptionDesk {
@@ -185,6 +195,8 @@ export class Repeater {
     if (sealed === null && (next.listeners.some((l) => l.sealed) || next.statics.some((s) => s.sealed))) {
       throw new ConfigError('sealed listeners and outputs need --key-file');
     }
+    // Read before anything is swapped: a schedule file we cannot trust refuses the config.
+    const savedTickets = next.tickets !== null && this.ticketService === null ? (this.hooks.ticketStore?.load() ?? []) : [];
     const first = this.config === undefined;
     if (first) this.fanout = createFanout(this.backend, { sendBuffer: next.sendBuffer, sendQueue: next.limits.sendQueue });
     else if (next.sendBuffer !== this.config.sendBuffer || next.limits.sendQueue !== this.config.limits.sendQueue) {
@@ -284,12 +296,30 @@ export class Repeater {
       }
     }
 
+    for (const ch of this.channels.values()) ch.tickets = next.tickets !== null && next.listeners.some((l) => l.tickets && l.channel === ch.name);
+    this.applyTickets(next, savedTickets);
     this.applyStatics(next);
     this.evictInvalid();
     if (this.sweeper === null) {
       this.sweeper = setInterval(() => this.sweep(Date.now()), Math.min(1000, Math.max(50, next.toleranceMs / 4)));
     }
     if (!first) this.log.info('config applied', { listeners: next.listeners.length, channels: this.channels.size });
+  }
+
+  private applyTickets(next: ServeConfig, saved: readonly TicketKey[]): void {
+    if (next.tickets === null) {
+      if (this.ticketService !== null) this.log.info('ticket keys no longer distributed (no listener has tickets); the saved schedule is kept on disk');
+      this.ticketService?.close();
+      this.ticketService = null;
+      return;
+    }
+    if (this.ticketService !== null) {
+      this.ticketService.configure(next.tickets);
+      return;
+    }
+    this.ticketService = new TicketService(next.tickets, { channels: () => this.channels.values(), gate: () => this.gate, store: this.hooks.ticketStore ?? null, log: this.log });
+    if (this.cluster !== null) this.cluster.attachTickets(this.ticketService);
+    this.ticketService.start(saved);
   }
 
   private applyStatics(next: ServeConfig): void {
@@ -452,7 +482,13 @@ export class Repeater {
       sign: null,
       signed: null,
     };
-    this.desk.apply(ch, sub, 'sealed', from.address, Date.now(), env.origin);
+    const refused = this.desk.apply(ch, sub, 'sealed', from.address, Date.now(), env.origin);
+    // Every subscribe and refresh of a ticket channel gets the schedule: UDP may have lost the last one.
+    if (refused === null && !sub.unsubscribe && ch.tickets && this.ticketService !== null) {
+      const ep = this.desk.vetAddress(sub.address);
+      const e = typeof ep === 'string' ? undefined : ch.sealed.get(ep.text);
+      if (e !== undefined) this.ticketService.send(ch, e);
+    }
   }
 
   /**
@@ -559,6 +595,7 @@ export class Repeater {
   attachCluster(port: ClusterPort, dedupWindowMs: number): void {
     this.cluster = port;
     this.recent = new RecentUpdates(dedupWindowMs);
+    if (this.ticketService !== null) port.attachTickets(this.ticketService);
     for (const ch of this.channels.values()) this.observe(ch);
   }
 
@@ -619,6 +656,8 @@ export class Repeater {
     if (this.closed) return;
     this.closed = true;
     if (this.sweeper !== null) clearInterval(this.sweeper);
+    this.ticketService?.close();
+    this.ticketService = null;
     const closing = [...this.routes.values()].map((r) => r.listener.close());
     this.routes.clear();
     for (const ch of this.channels.values()) ch.close();

@@ -7,6 +7,7 @@ import { D } from '../base/stats.js';
 import type { KeyRing } from '../crypto/keyring.js';
 import type { SecureSession } from '../crypto/session.js';
 import { type Envelope, EnvelopeKind } from '../wire/envelope.js';
+import type { TicketKey } from '../wire/tickets.js';
 import type { Channel, FrameSealer, SealingInput } from './channel.js';
 
 export interface SealedOptions {
@@ -59,6 +60,11 @@ export class SealedGate implements FrameSealer {
 
   sealDatagram(channelKey: string, input: SealingInput): Buffer | null {
     return this.session.seal(this.ring, { kind: EnvelopeKind.CacheDatagram, channelKey, datagram: input.content, trace: input.trace, address: null });
+  }
+
+  /** The fleet's ticket keys for the sealed subscribers of one channel key; null when it would not fit. */
+  sealTickets(channelKey: string, keys: readonly TicketKey[]): Buffer | null {
+    return this.session.seal(this.ring, { kind: EnvelopeKind.TicketKeys, channelKey, datagram: null, address: null, tickets: keys });
   }
 
   /** Releases the key ring once this gate is no longer used. */

@@ -2,8 +2,9 @@
 // See docs/PROTOCOL.md, "The cluster bus". Pure codec: decoding garbage
 // returns a reason, never throws.
 
-import { bigintToLong, type LongLike, longToBigint, longToNumber } from './envelope.js';
+import { bigintToLong, type LongLike, longToBigint, longToNumber } from './longs.js';
 import { protoRoot } from './proto.js';
+import { type TicketKey, ticketsFromProto, ticketsToProto } from './tickets.js';
 import type { TraceFields } from './trace.js';
 
 const BusType = protoRoot.lookupType('udprepeater.BusMessage');
@@ -44,7 +45,13 @@ export interface BusBatch {
   readonly datagrams: readonly BusDatagram[];
 }
 
-export type BusBody = BusDatagram | BusBatch | BusHeartbeat | BusSubscriber;
+/** The sender's ticket-key schedule (every repeater merges what it hears). */
+export interface BusTickets {
+  readonly type: 'tickets';
+  readonly keys: readonly TicketKey[];
+}
+
+export type BusBody = BusDatagram | BusBatch | BusHeartbeat | BusSubscriber | BusTickets;
 
 export interface BusMessage {
   readonly sender: bigint;
@@ -75,6 +82,8 @@ export function encodeBus(m: BusMessage): Uint8Array {
     msg['batch'] = { datagrams: b.datagrams.map(datagramFields) };
   } else if (b.type === 'heartbeat') {
     msg['heartbeat'] = { name: b.name, startedAtMs: b.startedAtMs, intervalMs: b.intervalMs, subscribers: b.subscribers };
+  } else if (b.type === 'tickets') {
+    msg['tickets'] = ticketsToProto(b.keys);
   } else {
     msg['subscriber'] = { channel: b.channel, sealed: b.sealed, address: b.address, key: b.key, origin: bigintToLong(b.origin), deadlineMs: b.deadlineMs, static: b.isStatic };
   }
@@ -121,6 +130,12 @@ export function decodeBus(buf: Uint8Array): BusMessage | 'bad_payload' {
   const h = m['heartbeat'] as Record<string, unknown> | null | undefined;
   const s = m['subscriber'] as Record<string, unknown> | null | undefined;
   const batch = m['batch'] as { datagrams?: Array<Record<string, unknown>> } | null | undefined;
+  const t = m['tickets'] as unknown;
+  if (t != null) {
+    const keys = ticketsFromProto(t);
+    if (typeof keys === 'string') return keys;
+    return { sender, sentAtMs, body: { type: 'tickets', keys } };
+  }
   if (d != null) {
     const body = datagramOf(d);
     return body === null ? 'bad_payload' : { sender, sentAtMs, body };
