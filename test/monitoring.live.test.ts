@@ -71,6 +71,13 @@ const WITHOUT_THRESHOLD: Record<string, Array<[string, string]>> = {
   UdprepeaterClusterBusRejects: [[' > 0', '']],
   UdprepeaterClusterMessagesDropped: [[' > 0', '']],
   UdprepeaterClusterFailover: [[' > 0', '']],
+  UdprepeaterTicketKeysStuck: [
+    [' > on (job, instance) udprepeater_ticket_rotate_seconds{job="udprepeater"} + 60', ' - on (job, instance) udprepeater_ticket_rotate_seconds{job="udprepeater"}'],
+    [' < 0 and', ' and'],
+    ['{job="udprepeater"} > 0)', '{job="udprepeater"})'],
+  ],
+  UdprepeaterTicketKeySavesFailing: [[' > 0', '']],
+  UdprepeaterAgentTicketFilesFailing: [['> 0', '']],
 };
 
 interface Target {

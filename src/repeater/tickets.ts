@@ -121,6 +121,11 @@ export class TicketService {
     this.framesSent += ch.sendSealed((key) => gate.sealTickets(key, keys), e);
   }
 
+  /** The rotation period, in seconds. */
+  get rotateSeconds(): number {
+    return this.params.rotateMs / 1000;
+  }
+
   /** Seconds since the key that encrypts now started encrypting (-1: none). */
   encryptingAge(now = Date.now()): number {
     const e = this.keys.view(now).encrypting;
