@@ -22,8 +22,10 @@ export const LAYERS: Readonly<Record<string, number>> = {
   repeater: 5,
   agent: 5,
   tools: 5,
-  daemon: 6,
-  '.': 7, // src/cli.ts
+  tls: 5,
+  cluster: 6,
+  daemon: 7,
+  '.': 8, // src/cli.ts
 };
 
 const SRC = join(repoRoot(), 'src');

@@ -47,10 +47,29 @@ describe('serve config', () => {
     ['a zero tolerance', ['--tolerance', '0'], /tolerance must be above 0/],
     ['a bad log level', ['--log-level', 'loud'], /log-level "loud"/],
     ['key= on a plain output', ['--to', '127.0.0.1:9,key=x'], /sealed outputs only/],
+    ['a cluster listener without channel=', ['--listen', '127.0.0.1:1', '--cluster', 'nats://127.0.0.1:4222', '--cluster-insecure'], /channel=/],
+    ['a cluster without keys or --cluster-insecure', ['--listen', '127.0.0.1:1,channel=c', '--cluster', 'nats://127.0.0.1:4222'], /--key-file.*--cluster-insecure/],
+    ['a cluster server that is not a NATS URL', ['--listen', '127.0.0.1:1,channel=c', '--cluster', 'http://x:1', '--cluster-insecure'], /not nats:\/\/HOST:PORT/],
+    ['a cluster name that is not a subject token', ['--listen', '127.0.0.1:1,channel=c', '--cluster', 'nats://h:1', '--cluster-insecure', '--cluster-name', 'a.b'], /cluster-name "a\.b"/],
+    ['a cluster channel that is not a subject token', ['--listen', '127.0.0.1:1,channel=a*', '--cluster', 'nats://h:1', '--cluster-insecure'], /a\*/],
+    ['a password file without a user', ['--listen', '127.0.0.1:1,channel=c', '--cluster', 'nats://h:1', '--cluster-insecure', '--cluster-password-file', '/etc/hostname'], /needs --cluster-user/],
+    ['a cluster TLS certificate without its key', ['--listen', '127.0.0.1:1,channel=c', '--cluster', 'nats://h:1', '--cluster-insecure', '--cluster-tls-cert', '/etc/hostname'], /go together/],
+    ['an unreadable cluster token file', ['--listen', '127.0.0.1:1,channel=c', '--cluster', 'nats://h:1', '--cluster-insecure', '--cluster-token-file', '/nonexistent/token'], /cluster-token-file \/nonexistent\/token/],
   ];
   for (const [name, args, why] of refusals) {
     test(`refuses ${name}`, () => assert.throws(() => configOf(args), why));
   }
+
+  test('cluster mode: servers, name, timeouts; standalone without --cluster', () => {
+    assert.equal(configOf([]).cluster, null);
+    const c = configOf(['--listen', '127.0.0.1:1,channel=ssl', '--key-file', '/k', '--cluster', '10.0.0.1:4222', '--cluster', 'tls://nats.example:4443', '--cluster-name', 'prod-ssl', '--cluster-peer-timeout', '1.5']).cluster;
+    assert.ok(c !== null);
+    assert.deepEqual(c.servers.map((s) => s.text), ['nats://10.0.0.1:4222', 'tls://nats.example:4443']);
+    assert.equal(c.name, 'prod-ssl');
+    assert.equal(c.peerTimeoutMs, 1500);
+    assert.equal(c.dedupWindowMs, 1000);
+    assert.equal(c.insecure, false);
+  });
 
   test('a non-loopback listener is accepted with an explicit allow-list or --allow-any', () => {
     assert.deepEqual(configOf(['--listen', '0.0.0.0:7171', '--allow', '10.0.0.0/8']).allow, ['10.0.0.0/8']);

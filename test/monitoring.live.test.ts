@@ -2,7 +2,10 @@
 // on loopback: every dashboard query, recording rule and alert expression
 // must return data from real scrapes (a typo in a metric or label name
 // returns nothing, silently, in production), and alerts we provoke must go
-// pending. The daemons are driven only through the CLI and HTTP.
+// pending. The daemons are driven only through the CLI and HTTP. The
+// repeater runs in cluster mode with a peer over a real NATS server, so the
+// cluster rules and panels are checked too (skipped loudly without
+// nats-server).
 
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -10,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { Daemon, runCli } from './helpers/daemon.js';
+import { NATS_HINT, NatsCluster, natsAvailability } from './helpers/nats.js';
 import { eventually, freePort, Receiver, Sender } from './helpers/net.js';
 import { type AlertRule, installed, loadRules, MONITORING, Prometheus, type Sample } from './helpers/prometheus.js';
 import { requirement } from './helpers/requirement.js';
@@ -21,6 +25,20 @@ const prometheusBin = requirement(
   installed('prometheus'),
   'install the Debian package "prometheus"',
 );
+
+const nats = requirement(
+  'nats-server',
+  'the cluster part of the monitoring live test',
+  'The cluster alerts, recording rules and dashboard panels are not checked against real metrics.',
+  natsAvailability(),
+  NATS_HINT,
+);
+/** The repeater's channels. */
+const PLAIN = 'plain';
+const SEALED = 'sealed';
+/** Without nats-server the repeater runs standalone: what reads cluster metrics is left out. */
+const clustered = nats.skip === false;
+const forMode = (items: Array<[string, string]>): Array<[string, string]> => (clustered ? items : items.filter(([, e]) => !e.includes('udprepeater_cluster_')));
 
 const { alerts } = loadRules(join(MONITORING, 'alerts.yml'));
 const { records } = loadRules(join(MONITORING, 'rules.yml'));
@@ -46,6 +64,20 @@ const WITHOUT_THRESHOLD: Record<string, Array<[string, string]>> = {
   UdprepeaterAgentKeyMismatch: [[' > 0', '']],
   UdprepeaterAgentNotReceiving: [[' == 0', ''], [' > 0', '']],
   UdprepeaterAgentDatagramsDropped: [[' > 0', '']],
+  UdprepeaterClusterBusDown: [[' == 0', '']],
+  UdprepeaterClusterBusFlapping: [[' > 3', '']],
+  UdprepeaterClusterPeerLost: [['  < on (job) group_left ()', '  - on (job) group_left ()'], [' == 1', '']],
+  UdprepeaterClusterSplit: [[' == 1', ''], [') > 0', ')']],
+  UdprepeaterClusterBusRejects: [[' > 0', '']],
+  UdprepeaterClusterMessagesDropped: [[' > 0', '']],
+  UdprepeaterClusterFailover: [[' > 0', '']],
+  UdprepeaterTicketKeysStuck: [
+    [' > on (job, instance) udprepeater_ticket_rotate_seconds{job="udprepeater"} + 60', ' - on (job, instance) udprepeater_ticket_rotate_seconds{job="udprepeater"}'],
+    [' < 0 and', ' and'],
+    ['{job="udprepeater"} > 0)', '{job="udprepeater"})'],
+  ],
+  UdprepeaterTicketKeySavesFailing: [[' > 0', '']],
+  UdprepeaterAgentTicketFilesFailing: [['> 0', '']],
 };
 
 interface Target {
@@ -108,6 +140,8 @@ describe('monitoring against a live repeater, agent and Prometheus', { skip: pro
   let listen = 0;
   let sealed = 0;
   let dead = 0;
+  let repeaterInstance = '';
+  let peerInstance = '';
 
   after(async () => {
     clearInterval(traffic);
@@ -125,17 +159,45 @@ describe('monitoring against a live repeater, agent and Prometheus', { skip: pro
     const node = await Receiver.open();
     cleanup.push(() => node.close());
 
+    // Cluster mode: the repeater and a peer with the same key on one NATS
+    // server. The peer's only channel has another name, so the datagrams
+    // the repeater publishes are not deliverable there (drops by design),
+    // and a third repeater on the same cluster name seals with kb, the
+    // repeater's unknown key: its messages are rejected on the bus.
+    let bus: string[] = [];
+    if (clustered) {
+      nats.require();
+      const server = await NatsCluster.start(1, 'monitoring');
+      cleanup.push(() => server.close());
+      bus = ['--cluster', server.urls[0]!, '--cluster-name', 'monitoring'];
+    }
+
     // The repeater opens with ka only; the agent seals with kb, so its
     // announces (and the updates it seals) are a key mismatch by design.
+    // Channels are named, as cluster mode requires.
     const repeater = await Daemon.serve([
-      '--listen', `127.0.0.1:${listen}`,
-      '--listen-sealed', `127.0.0.1:${sealed}`,
+      '--listen', `127.0.0.1:${listen},channel=${PLAIN}`,
+      '--listen-sealed', `127.0.0.1:${sealed},channel=${SEALED}`,
       '--key-file', ka,
       '--metrics', '127.0.0.1:0',
       '--state-dir', join(dir, 'state'),
       '--dead-retry', '0.5',
+      ...bus,
     ]);
     cleanup.push(() => repeater.stop());
+    repeaterInstance = `127.0.0.1:${await repeater.metricsPort()}`;
+    const targets = [repeaterInstance];
+    if (clustered) {
+      const [peerPort, roguePort] = await Promise.all([freePort(), freePort()]);
+      const peer = await Daemon.serve(['--listen', `127.0.0.1:${peerPort},channel=other`, '--key-file', ka, '--metrics', '127.0.0.1:0', ...bus]);
+      cleanup.push(() => peer.stop());
+      const rogue = await Daemon.serve(['--listen', `127.0.0.1:${roguePort},channel=${PLAIN}`, '--key-file', kb, '--metrics', 'off', ...bus]);
+      cleanup.push(() => rogue.stop());
+      await Promise.all([repeater, peer, rogue].map((d) => d.log.waitFor('cluster bus connected')));
+      await Promise.all([repeater, peer].map((d) => d.log.waitFor('cluster peer joined')));
+      peerInstance = `127.0.0.1:${await peer.metricsPort()}`;
+      targets.push(peerInstance);
+    }
     const agent = Daemon.spawn([
       'agent',
       '--repeater', `127.0.0.1:${sealed}`,
@@ -159,7 +221,7 @@ describe('monitoring against a live repeater, agent and Prometheus', { skip: pro
         global: { scrape_interval: '1s', scrape_timeout: '1s', evaluation_interval: '1s' },
         rule_files: [join(MONITORING, 'rules.yml'), join(MONITORING, 'alerts.yml')],
         scrape_configs: [
-          { job_name: 'udprepeater', static_configs: [{ targets: [`127.0.0.1:${rport}`] }] },
+          { job_name: 'udprepeater', static_configs: [{ targets }] },
           { job_name: 'udprepeater-agent', static_configs: [{ targets: [`127.0.0.1:${aport}`] }] },
         ],
       }),
@@ -168,7 +230,7 @@ describe('monitoring against a live repeater, agent and Prometheus', { skip: pro
     cleanup.push(() => prom.stop());
     // Counters must have a sample from before the traffic, or their first
     // increase is invisible to rate() and increase().
-    await eventually('a successful scrape of both daemons', async () => ((await prom.query('up == 1')).length === 2 ? true : undefined), 10_000);
+    await eventually('a successful scrape of every daemon', async () => ((await prom.query('up == 1')).length === targets.length + 1 ? true : undefined), 10_000);
 
     // One real cache set, as the CLI builds it, replayed by the test.
     const capture = await Receiver.open();
@@ -204,7 +266,7 @@ describe('monitoring against a live repeater, agent and Prometheus', { skip: pro
     vars = { __rate_interval: '1m', job: 'udprepeater', agent_job: 'udprepeater-agent' };
     vars['instance'] = regexValue(`127.0.0.1:${rport}`);
     vars['agent_instance'] = regexValue(`127.0.0.1:${aport}`);
-    vars['channel'] = regexValue(`127.0.0.1:${listen}`);
+    vars['channel'] = regexValue(PLAIN);
   });
 
   /** Runs `exprs` until each returned a series, or the deadline; returns those that never did. */
@@ -238,12 +300,12 @@ describe('monitoring against a live repeater, agent and Prometheus', { skip: pro
   });
 
   test('every recording rule expression returns data', async () => {
-    assert.deepEqual(await empty(records.map((r) => [r.name, r.expr])), []);
+    assert.deepEqual(await empty(forMode(records.map((r) => [r.name, r.expr]))), []);
   });
 
   test('every alert expression returns data once its threshold is removed', async () => {
     assert.deepEqual(Object.keys(WITHOUT_THRESHOLD).sort(), alerts.map((a) => a.name).sort(), 'WITHOUT_THRESHOLD must list exactly the alerts');
-    assert.deepEqual(await empty(alerts.map((a) => [a.name, withoutThreshold(a)])), []);
+    assert.deepEqual(await empty(forMode(alerts.map((a) => [a.name, withoutThreshold(a)]))), []);
   });
 
   test('the dashboard: datasource variable, template queries, and every panel query returns data', async () => {
@@ -273,7 +335,7 @@ describe('monitoring against a live repeater, agent and Prometheus', { skip: pro
         queries.push([p.title, substitute(t.expr, vars)]);
       }
     }
-    assert.deepEqual(await empty(queries), []);
+    assert.deepEqual(await empty(forMode(queries)), []);
   });
 
   test('label values the rules and dashboard name exist in the daemons output', async () => {
@@ -297,11 +359,19 @@ describe('monitoring against a live repeater, agent and Prometheus', { skip: pro
   test('provoked problems raise their alerts (pending or firing)', async () => {
     const want: Record<string, (l: Record<string, string>) => boolean> = {
       // The garbage datagrams.
-      UdprepeaterDatagramsDropped: (l) => l['channel'] === `127.0.0.1:${listen}` && !['no_subscribers', 'unknown_key', 'auth_failed'].includes(l['reason']!),
+      UdprepeaterDatagramsDropped: (l) => l['channel'] === PLAIN && !['no_subscribers', 'unknown_key', 'auth_failed'].includes(l['reason']!),
       // The agent's frames, sealed under a key the repeater does not have.
-      UdprepeaterKeyMismatch: (l) => l['channel'] === `127.0.0.1:${sealed}` && l['reason'] === 'unknown_key',
+      UdprepeaterKeyMismatch: (l) => l['channel'] === SEALED && l['reason'] === 'unknown_key',
       // The subscriber at a dead port.
-      UdprepeaterSubscribersSuspended: (l) => l['channel'] === `127.0.0.1:${listen}`,
+      UdprepeaterSubscribersSuspended: (l) => l['channel'] === PLAIN,
+      ...(clustered
+        ? {
+            // The third repeater's messages, sealed under kb.
+            UdprepeaterClusterBusRejects: (l: Record<string, string>) => l['instance'] === repeaterInstance && l['reason'] === 'unknown_key',
+            // The repeater's datagrams, for a channel the peer does not have.
+            UdprepeaterClusterMessagesDropped: (l: Record<string, string>) => l['instance'] === peerInstance && l['reason'] === 'not_deliverable',
+          }
+        : {}),
     };
     const seen = await eventually(
       `alerts ${Object.keys(want).join(', ')}`,
@@ -313,7 +383,8 @@ describe('monitoring against a live repeater, agent and Prometheus', { skip: pro
       15_000,
     );
     for (const a of seen.filter((x) => x.labels['alertname']! in want)) assert.match(a.state, /^(pending|firing)$/);
-    // Nothing we did should look like a dead daemon.
-    assert.deepEqual(seen.filter((a) => /Down$|TargetMissing$/.test(a.labels['alertname']!)), []);
+    // Nothing we did should look like a dead daemon, a lost bus or a
+    // partitioned cluster: the repeater and its peer hear each other.
+    assert.deepEqual(seen.filter((a) => /Down$|TargetMissing$|ClusterPeerLost$|ClusterSplit$/.test(a.labels['alertname']!)), []);
   });
 });

@@ -3,7 +3,7 @@
 // and the files keep the conventions the README promises.
 
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { type AlertRule, installed, loadPromtoolTests, loadRules, MONITORING, parseYaml, type RecordRule, run } from './helpers/prometheus.js';
@@ -111,6 +111,49 @@ describe('conventions', () => {
       }
       assert.ok(seen > 0, `${r.name}: no metric found in ${r.expr}`);
     }
+  });
+
+  // The live test proves the same against real scrapes; this runs without
+  // prometheus or nats-server, so a typo shows up everywhere.
+  test('the dashboard: unique ids, the datasource variable, no overlapping panels, and only metrics the daemons register', () => {
+    interface Panel {
+      id: number;
+      type: string;
+      title: string;
+      gridPos: { x: number; y: number; w: number; h: number };
+      datasource?: { uid?: string };
+      targets?: Array<{ expr: string; datasource?: { uid?: string } }>;
+    }
+    const dashboard = JSON.parse(readFileSync(join(MONITORING, 'dashboards', 'udprepeater.json'), 'utf8')) as { panels: Panel[] };
+    const panels = dashboard.panels;
+    assert.equal(new Set(panels.map((p) => p.id)).size, panels.length, 'panel ids are unique');
+    for (const p of panels.filter((x) => x.type !== 'row')) {
+      assert.equal(p.datasource?.uid, '${datasource}', `${p.title}: panel datasource`);
+      for (const t of p.targets ?? []) assert.equal(t.datasource?.uid, '${datasource}', `${p.title}: target datasource`);
+    }
+    for (const [i, a] of panels.entries()) {
+      assert.ok(a.gridPos.x >= 0 && a.gridPos.x + a.gridPos.w <= 24, `${a.title}: gridPos ${JSON.stringify(a.gridPos)}`);
+      for (const b of panels.slice(i + 1)) {
+        const apart = a.gridPos.x + a.gridPos.w <= b.gridPos.x || b.gridPos.x + b.gridPos.w <= a.gridPos.x || a.gridPos.y + a.gridPos.h <= b.gridPos.y || b.gridPos.y + b.gridPos.h <= a.gridPos.y;
+        assert.ok(apart, `"${a.title}" and "${b.title}" overlap`);
+      }
+    }
+
+    // Names as src/ registers them: literal 'udprepeater_...' strings, and
+    // `${prefix}_...` for the metrics the repeater and the agent share.
+    const src = join(MONITORING, '..', 'src');
+    const files = (readdirSync(src, { recursive: true }) as string[]).map((f) => join(src, f)).filter((f) => f.endsWith('.ts') && statSync(f).isFile());
+    const registered = new Set<string>();
+    for (const f of files) {
+      const text = readFileSync(f, 'utf8');
+      for (const m of text.matchAll(/['"`](udprepeater_[a-z_]+)['"`]/g)) registered.add(m[1]!);
+      for (const m of text.matchAll(/`\$\{prefix\}(_[a-z_]+)`/g)) for (const prefix of ['udprepeater', 'udprepeater_agent']) registered.add(prefix + m[1]!);
+    }
+    assert.ok(registered.has('udprepeater_subscribers') && registered.has('udprepeater_datagrams_received_total'), `registered: ${[...registered].join(' ')}`);
+    const exprs = [...rules().alerts.map((a) => a.expr), ...rules().records.map((r) => r.expr), ...panels.flatMap((p) => (p.targets ?? []).map((t) => t.expr))];
+    const used = new Set(exprs.flatMap((e) => [...e.matchAll(/(?<![\w:])udprepeater_[a-z_]+(?![\w:])/g)].map((m) => m[0])));
+    const unknown = [...used].filter((n) => !registered.has(n) && !registered.has(n.replace(/_(bucket|count|sum)$/, '')));
+    assert.deepEqual(unknown, [], 'metrics named in monitoring/ that src/ does not register');
   });
 
   test('the YAML reader refuses what it does not understand instead of guessing', () => {

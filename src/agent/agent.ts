@@ -23,10 +23,11 @@ import { LoopGuard } from '../gate/loop-guard.js';
 import { createFanout, DEFAULT_BACKEND, openListener } from '../net/backend.js';
 import { bindUdp } from '../net/dgram-listener.js';
 import type { Backend, DatagramListener, Fanout, Outlet, Source } from '../net/io.js';
-import { routeSource } from '../net/local.js';
-import { canonicalIp, type Endpoint, formatEndpoint, isUnspecified } from '../wire/address.js';
+import { advertiseAddress } from '../net/local.js';
+import { canonicalIp, type Endpoint, formatEndpoint } from '../wire/address.js';
 import { contentOf, forwardForm, inspectCacheUpdate, newShape } from '../wire/cache.js';
 import { EnvelopeKind } from '../wire/envelope.js';
+import { TicketFiles } from './ticket-files.js';
 import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
 import { readTrace, type TraceFields } from '../wire/trace.js';
 import { peekKind } from '../wire/uwsgi.js';
@@ -58,6 +59,8 @@ export class Agent {
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   private readonly shape = newShape();
+  /** nginx ticket key files (--ticket-key-dir); null when not asked for. */
+  ticketFiles: TicketFiles | null = null;
 
   private constructor(
     private config: AgentConfig,
@@ -82,6 +85,7 @@ export class Agent {
       throw err;
     }
     agent.fanout = createFanout(backend, { sendBuffer: config.sendBuffer, sendQueue: config.sendQueue });
+    agent.setTicketFiles(config);
     agent.deliver = agent.openDeliver(config);
     await agent.setRepeaters(config);
     agent.log.info('agent started', {
@@ -123,12 +127,8 @@ export class Agent {
   }
 
   /** Where `repeater` should send: --advertise, else our address on the route to it and the socket's port. */
-  private async advertiseFor(repeater: Endpoint): Promise<string> {
-    if (this.config.advertise !== null) return this.config.advertise;
-    const a = this.socket.address();
-    const bound = canonicalIp(a.address)?.host ?? a.address;
-    const host = isUnspecified(bound) ? await routeSource(repeater) : bound;
-    return formatEndpoint(host, a.port);
+  private advertiseFor(repeater: Endpoint): Promise<string> {
+    return advertiseAddress(this.socket, repeater, this.config.advertise);
   }
 
   private async setRepeaters(config: AgentConfig): Promise<void> {
@@ -170,6 +170,15 @@ export class Agent {
     });
   }
 
+  private setTicketFiles(config: AgentConfig): void {
+    if (JSON.stringify(config.ticketFiles) === JSON.stringify(this.ticketFiles === null ? null : this.config.ticketFiles)) return;
+    const old = this.ticketFiles;
+    this.ticketFiles = config.ticketFiles === null ? null : new TicketFiles(config.ticketFiles, this.log);
+    // The keys held so far go on to the new files (copied before the old holder zeroes them).
+    if (old !== null && old.keys.size > 0) this.ticketFiles?.receive(old.keys.keys);
+    old?.close();
+  }
+
   /** Applies a reloaded config: a new key ring, and any changed address. */
   async apply(next: AgentConfig): Promise<void> {
     const ring = KeyRing.load(next.keyFiles);
@@ -184,6 +193,7 @@ export class Agent {
       ring.destroy();
       throw err;
     }
+    this.setTicketFiles(next);
     this.config = next;
     this.ring.destroy();
     this.ring = ring;
@@ -332,12 +342,18 @@ export class Agent {
       st.dropped[D[env]]++;
       return;
     }
-    if (env.kind !== EnvelopeKind.CacheDatagram) {
-      st.dropped[D.unknown_command]++;
-      return;
-    }
     if (env.channelKey !== this.config.channelKey) {
       st.dropped[D.key_mismatch]++;
+      return;
+    }
+    if (env.kind === EnvelopeKind.TicketKeys && this.ticketFiles !== null) {
+      link.received++;
+      link.lastFrameAt = Date.now();
+      this.ticketFiles.receive(env.tickets!);
+      return;
+    }
+    if (env.kind !== EnvelopeKind.CacheDatagram) {
+      st.dropped[D.unknown_command]++;
       return;
     }
     link.received++;
@@ -380,6 +396,7 @@ export class Agent {
     await this.local.close();
     await this.fanout.close();
     this.ring.destroy();
+    this.ticketFiles?.close();
   }
 }
 

@@ -1,9 +1,21 @@
 // The typed, validated config of `udprepeater agent`.
 
-import { ConfigError } from '../base/errors.js';
+import { accessSync, constants, mkdirSync } from 'node:fs';
+import { ConfigError, describe } from '../base/errors.js';
+import { MAX_TICKET_KEYS } from '../wire/tickets.js';
 import { type Endpoint, isLoopback } from '../wire/address.js';
 import { type CommonSettings, commonSettings, endpointOption, list, need, num, str } from './checks.js';
 import type { RawOptions } from './options.js';
+
+/** Where and how the agent writes nginx ticket key files (agent/ticket-files.ts). */
+export interface TicketFilesConfig {
+  readonly dir: string;
+  readonly slots: number;
+  readonly size: 48 | 80;
+  /** Run with /bin/sh -c after the files changed; null: none. */
+  readonly reloadCommand: string | null;
+  readonly reloadTimeoutMs: number;
+}
 
 export interface AgentConfig extends CommonSettings {
   readonly repeaters: readonly Endpoint[];
@@ -16,6 +28,8 @@ export interface AgentConfig extends CommonSettings {
   readonly advertise: string | null;
   readonly subscribeIntervalMs: number;
   readonly repairDeletes: boolean;
+  /** nginx ticket key files; null: ticket keys are not written. */
+  readonly ticketFiles: TicketFilesConfig | null;
 }
 
 export function buildAgentConfig(raw: RawOptions): AgentConfig {
@@ -47,5 +61,29 @@ export function buildAgentConfig(raw: RawOptions): AgentConfig {
     advertise,
     subscribeIntervalMs: num(raw, 'subscribe-interval', 0, 3600, true) * 1000,
     repairDeletes: raw['repair-deletes'] !== false,
+    ticketFiles: ticketFiles(raw),
   };
+}
+
+/** --ticket-key-dir and friends; the directory is created (0700) and must be writable, or the start is refused. */
+function ticketFiles(raw: RawOptions): TicketFilesConfig | null {
+  const slots = num(raw, 'ticket-key-slots', 1, MAX_TICKET_KEYS);
+  const size = num(raw, 'ticket-key-size', 48, 80);
+  if (size !== 48 && size !== 80) throw new ConfigError(`--ticket-key-size must be 48 or 80, got ${size}`, 'ticket-key-size');
+  const reloadTimeoutMs = num(raw, 'ticket-reload-timeout', 0, 3600, true) * 1000;
+  const reloadCommand = str(raw, 'ticket-reload-command') ?? null;
+  if (reloadCommand !== null && reloadCommand.trim() === '') throw new ConfigError('--ticket-reload-command is empty', 'ticket-reload-command');
+  const dir = str(raw, 'ticket-key-dir');
+  if (dir === undefined) {
+    if (reloadCommand !== null) throw new ConfigError('--ticket-reload-command needs --ticket-key-dir', 'ticket-reload-command');
+    return null;
+  }
+  if (dir === '') throw new ConfigError('--ticket-key-dir is empty', 'ticket-key-dir');
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o700 });
+    accessSync(dir, constants.W_OK | constants.X_OK);
+  } catch (err) {
+    throw new ConfigError(`--ticket-key-dir ${dir}: not a writable directory (${describe(err)})`, 'ticket-key-dir');
+  }
+  return { dir, slots, size, reloadCommand, reloadTimeoutMs };
 }

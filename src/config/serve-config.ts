@@ -8,8 +8,11 @@ import type { LogFormat, LogLevel } from '../base/log.js';
 import { localAddresses } from '../net/local.js';
 import { canonicalIp, type Endpoint, isLimitedBroadcast, isLoopback, isMulticast, isUnspecified } from '../wire/address.js';
 import { bool, type CommonSettings, commonSettings, endpointOption, list, num, splitSpec, str } from './checks.js';
+import { buildClusterConfig, type ClusterConfig, SUBJECT_TOKEN } from './cluster-config.js';
 import type { RawOptions } from './options.js';
 import { buildWarmConfig, type WarmConfig } from './warm-config.js';
+import { keysHeld, type TicketParams } from '../crypto/tickets.js';
+import { MAX_TICKET_KEYS } from '../wire/tickets.js';
 
 export type { LogFormat, LogLevel };
 
@@ -20,6 +23,10 @@ export interface ListenerConfig {
   readonly key: string | null;
   readonly sealed: boolean;
   readonly multicast: boolean;
+  /** The channel was named with channel= (cluster mode needs it). */
+  readonly named: boolean;
+  /** Sealed listeners: its channel's sealed subscribers get the fleet's ticket keys. */
+  readonly tickets: boolean;
 }
 
 export interface StaticConfig {
@@ -66,6 +73,10 @@ export interface ServeConfig extends CommonSettings {
   readonly stateDir: string | null;
   /** Live state and warm joins (warm-config.ts). */
   readonly warm: WarmConfig;
+  /** Cluster mode; null: standalone. */
+  readonly cluster: ClusterConfig | null;
+  /** The fleet's TLS ticket-key schedule; null when no listener has `tickets`. */
+  readonly tickets: TicketParams | null;
 }
 
 /**
@@ -93,13 +104,14 @@ export function checkCidrs(name: string, cidrs: readonly string[]): string[] {
 
 function listeners(raw: RawOptions, name: string, sealed: boolean): ListenerConfig[] {
   return list(raw, name).map((text) => {
-    const { addr, params } = splitSpec(name, text, ['channel', 'key']);
+    const { addr, params } = splitSpec(name, text, sealed ? ['channel', 'key', 'tickets'] : ['channel', 'key']);
     const endpoint = endpointOption(name, addr, true);
     const channel = params.get('channel') ?? endpoint.text;
     if (channel === '') throw new ConfigError(`--${name} ${text}: empty channel name`);
     const key = params.has('key') ? params.get('key')! : null;
     if (key === '') throw new ConfigError(`--${name} ${text}: empty key`);
-    return { endpoint, channel, key, sealed, multicast: isMulticast(endpoint.host) };
+    if (params.has('tickets') && params.get('tickets') !== '') throw new ConfigError(`--${name} ${text}: "tickets" takes no value`, name);
+    return { endpoint, channel, key, sealed, multicast: isMulticast(endpoint.host), named: params.has('channel'), tickets: params.has('tickets') };
   });
 }
 
@@ -186,6 +198,18 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
     signCheck = { digest: sc.slice(0, colon), dir: sc.slice(colon + 1), tolerance: num(raw, 'subscriptions-sign-tolerance', 0, 86_400, true) };
   }
 
+  const cluster = buildClusterConfig(raw);
+  if (cluster !== null) {
+    // Channels match across repeaters by name: each must be named, as a subject token.
+    for (const l of all) {
+      if (!l.named) throw new ConfigError(`listener ${l.endpoint.text}: cluster mode needs channel=NAME on every listener`, l.sealed ? 'listen-sealed' : 'listen');
+      if (!SUBJECT_TOKEN.test(l.channel)) throw new ConfigError(`channel "${l.channel}": in cluster mode use 1-64 letters, digits, _ or -`, l.sealed ? 'listen-sealed' : 'listen');
+    }
+    if (keyFiles.length === 0 && !cluster.insecure) {
+      throw new ConfigError('cluster mode needs --key-file (everything on the bus is sealed) or an explicit --cluster-insecure', 'cluster');
+    }
+  }
+  const tickets = ticketParams(raw, all, str(raw, 'state-dir') ?? null);
   const tolerance = num(raw, 'tolerance', 0, 86_400, true);
   const rate = num(raw, 'subscribe-rate', 0, 1e9, true);
 
@@ -212,5 +236,28 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
     signCheck,
     stateDir: str(raw, 'state-dir') ?? null,
     warm: buildWarmConfig(raw, str(raw, 'state-dir') ?? null),
+    cluster,
+    tickets,
   };
+}
+
+/**
+ * The ticket-key schedule, when a sealed listener asks for it with `tickets`.
+ * It must survive restarts (a new schedule would invalidate every ticket in
+ * flight), so it needs --state-dir; and a schedule holds 2 + ceil(lifetime /
+ * rotation) keys, at most what receivers accept.
+ */
+function ticketParams(raw: RawOptions, listeners: readonly ListenerConfig[], stateDir: string | null): TicketParams | null {
+  const rotateMs = num(raw, 'ticket-rotate', 1, 7 * 86_400) * 1000;
+  const lifetimeMs = num(raw, 'ticket-lifetime', 1, 7 * 86_400) * 1000;
+  const asking = listeners.find((l) => l.tickets);
+  if (asking === undefined) return null;
+  if (stateDir === null) {
+    throw new ConfigError(`--listen-sealed ${asking.endpoint.text},tickets needs --state-dir: the ticket keys must survive a restart`, 'listen-sealed');
+  }
+  const p = { rotateMs, lifetimeMs };
+  if (keysHeld(p) > MAX_TICKET_KEYS) {
+    throw new ConfigError(`--ticket-lifetime ${lifetimeMs / 1000} with --ticket-rotate ${rotateMs / 1000} needs ${keysHeld(p)} keys at once; at most ${MAX_TICKET_KEYS} (lifetime at most ${MAX_TICKET_KEYS - 2} rotations)`, 'ticket-lifetime');
+  }
+  return p;
 }

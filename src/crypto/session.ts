@@ -11,6 +11,7 @@
 
 import { randomBytes } from 'node:crypto';
 import { type Envelope, type EnvelopeKind, Role, bigintToLong, decodeEnvelope, encodeEnvelope } from '../wire/envelope.js';
+import type { TicketKey } from '../wire/tickets.js';
 import type { TraceFields } from '../wire/trace.js';
 import { FRAME_HEADER, FRAME_OVERHEAD, MAX_UDP_PAYLOAD, NONCE_BYTES, frameKeyId, writeFrameHeader } from '../wire/frame.js';
 import type { KeyRing } from './keyring.js';
@@ -38,6 +39,8 @@ export interface SealFields {
   readonly datagram: Buffer | null;
   readonly trace?: TraceFields | null;
   readonly address: string | null;
+  readonly bus?: Uint8Array | null;
+  readonly tickets?: readonly TicketKey[] | null;
 }
 
 export class SecureSession {
@@ -54,18 +57,19 @@ export class SecureSession {
 
   /**
    * @param role what this process is: it seals as that role and opens only
-   *   frames sealed by the other one.
+   *   frames sealed by the other one (`peer`, for the cluster bus).
    */
   constructor(
     readonly role: Role,
-    opts: { origin?: bigint; startedAtMs?: number } = {},
+    opts: { origin?: bigint; startedAtMs?: number; peer?: Role } = {},
   ) {
     let o = opts.origin ?? randomBytes(8).readBigUInt64LE(0);
     if (o === 0n) o = 1n;
     this.origin = o;
     this.originLong = bigintToLong(o);
     this.startedAtMs = opts.startedAtMs ?? Date.now();
-    this.peer = role === Role.Agent ? Role.Repeater : Role.Agent;
+    // The cluster bus is repeater to repeater; every other leg is agent to repeater.
+    this.peer = opts.peer ?? (role === Role.Agent ? Role.Repeater : Role.Agent);
   }
 
   get framesSealed(): number {
@@ -75,7 +79,7 @@ export class SecureSession {
   /** Seals one Envelope under the ring's first key; null when it would not fit a UDP datagram. */
   seal(ring: KeyRing, f: SealFields, nowMs = Date.now()): Buffer | null {
     const plain = encodeEnvelope(
-      { kind: f.kind, channelKey: f.channelKey, sequence: this.sequence + 1, sentAtMs: nowMs, role: this.role, datagram: f.datagram, trace: f.trace ?? null, address: f.address },
+      { kind: f.kind, channelKey: f.channelKey, sequence: this.sequence + 1, sentAtMs: nowMs, role: this.role, datagram: f.datagram, trace: f.trace ?? null, address: f.address, bus: f.bus ?? null, tickets: f.tickets ?? null },
       this.originLong,
     );
     if (plain.length + FRAME_OVERHEAD > MAX_UDP_PAYLOAD) return null;

@@ -44,6 +44,19 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
     agent.repeaterLinks().map((l) => [{ repeater: l.repeater }, l.lastFrameAt === null ? 0 : Date.parse(l.lastFrameAt) / 1000] as const),
   );
   registerKeyMetrics(register, 'udprepeater_agent_keys', () => agent.keyIds);
+  gaugeFrom(register, 'udprepeater_agent_ticket_keys', 'TLS ticket keys held for the ticket key files', [], () => [[{}, agent.ticketFiles?.keys.size ?? 0]]);
+  counterFrom(register, 'udprepeater_agent_ticket_key_writes_total', 'Rewrites of the ticket key files (--ticket-key-dir), by result', ['result'], () => [
+    [{ result: 'ok' }, agent.ticketFiles?.writes ?? 0],
+    [{ result: 'error' }, agent.ticketFiles?.writeErrors ?? 0],
+  ]);
+  counterFrom(register, 'udprepeater_agent_ticket_reloads_total', 'Runs of --ticket-reload-command, by result (ok, failed, timeout)', ['result'], () => {
+    const r = agent.ticketFiles?.reloads ?? { ok: 0, failed: 0, timeout: 0 };
+    return [
+      [{ result: 'ok' }, r.ok],
+      [{ result: 'failed' }, r.failed],
+      [{ result: 'timeout' }, r.timeout],
+    ];
+  });
   const ops = new OpsMetrics(register, 'udprepeater_agent', VERSION);
   const status = await startStatus(
     config.metrics,
@@ -56,6 +69,7 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
         origin: s.origin.toString(16),
         keys: agent.keyIds,
         links: agent.repeaterLinks(),
+        ...(agent.ticketFiles === null ? {} : { ticketKeys: agent.ticketFiles.keys.describe(Date.now()) }),
       }),
     },
     log,

@@ -1,9 +1,14 @@
 // Prometheus metrics via prom-client. The datagram path only bumps plain
 // numbers (see repeater/stats.ts); everything here runs on scrape.
 
-import { Counter, Gauge, collectDefaultMetrics, type Metric, Registry } from 'prom-client';
+import { collectDefaultMetrics, type Metric, Registry } from 'prom-client';
+import { counterFrom, gaugeFrom } from '../base/prom.js';
 import { type ChannelStats, DROP_REASONS, EVENTS, type FastHistogram, KINDS } from '../base/stats.js';
 import { socketInode, udpSocketStats } from '../net/kernel.js';
+import type { Cluster } from '../cluster/cluster.js';
+import type { Repeater } from '../repeater/repeater.js';
+
+export { counterFrom, gaugeFrom };
 
 export interface ChannelView {
   readonly name: string;
@@ -11,45 +16,6 @@ export interface ChannelView {
   readonly subscribers: number;
   /** Subscribers taken out of service for being unreachable (repeater only). */
   readonly suspended?: number;
-}
-
-/** Publishes a counter whose values are read from our own numbers on scrape. */
-export function counterFrom<L extends string>(
-  register: Registry,
-  name: string,
-  help: string,
-  labelNames: readonly L[],
-  read: () => Iterable<readonly [Partial<Record<L, string>>, number]>,
-): Counter<L> {
-  return new Counter<L>({
-    name,
-    help,
-    labelNames,
-    registers: [register],
-    collect() {
-      this.reset();
-      for (const [labels, v] of read()) this.inc(labels, v);
-    },
-  });
-}
-
-export function gaugeFrom<L extends string>(
-  register: Registry,
-  name: string,
-  help: string,
-  labelNames: readonly L[],
-  read: () => Iterable<readonly [Partial<Record<L, string>>, number]>,
-): Gauge<L> {
-  return new Gauge<L>({
-    name,
-    help,
-    labelNames,
-    registers: [register],
-    collect() {
-      this.reset();
-      for (const [labels, v] of read()) this.set(labels, v);
-    },
-  });
 }
 
 /** Exposes a FastHistogram in the Prometheus histogram shape. */
@@ -180,4 +146,20 @@ export function registerListenerKernelMetrics(register: Registry, listeners: () 
   gaugeFrom(register, 'udprepeater_listener_receive_queue_bytes', 'Bytes waiting in a listener socket', ['listener'], () =>
     read().flatMap((l) => (l.s === undefined ? [] : [[{ listener: l.address }, l.s.rxQueue] as const])),
   );
+}
+
+/** Cluster mode: the bus, the peers, and who serves what. */
+export function registerClusterMetrics(register: Registry, cluster: Cluster, repeater: Repeater): void {
+  const c = cluster.counters;
+  gaugeFrom(register, 'udprepeater_cluster_info', 'Always 1: the cluster this repeater belongs to and its id on the bus', ['cluster', 'id'], () => [[{ cluster: cluster.clusterName, id: cluster.id.toString(16) }, 1]]);
+  gaugeFrom(register, 'udprepeater_cluster_connected', '1 while connected to a NATS server of the bus', [], () => [[{}, cluster.bus.connected ? 1 : 0]]);
+  gaugeFrom(register, 'udprepeater_cluster_peers', 'Other repeaters of the cluster heard within the peer timeout', [], () => [[{}, cluster.livePeers().length]]);
+  gaugeFrom(register, 'udprepeater_cluster_owned_subscribers', 'Subscribers this repeater serves', [], () => [[{}, cluster.ownedSubscribers()]]);
+  counterFrom(register, 'udprepeater_cluster_messages_published_total', 'Bus messages published, by kind', ['kind'], () => [...c.published].map(([kind, v]) => [{ kind }, v] as const));
+  counterFrom(register, 'udprepeater_cluster_messages_received_total', 'Bus messages received from other repeaters, by kind', ['kind'], () => [...c.received].map(([kind, v]) => [{ kind }, v] as const));
+  counterFrom(register, 'udprepeater_cluster_messages_dropped_total', 'Bus messages dropped, by reason', ['reason'], () => [...c.dropped].map(([reason, v]) => [{ reason }, v] as const));
+  counterFrom(register, 'udprepeater_cluster_publish_skipped_total', 'Datagrams not published because the bus was down', [], () => [[{}, c.publishSkipped]]);
+  counterFrom(register, 'udprepeater_cluster_duplicates_total', 'Updates that came in a second time through another repeater, delivered once', [], () => [[{}, repeater.clusterDuplicates]]);
+  counterFrom(register, 'udprepeater_cluster_failovers_total', 'Subscribers this repeater took over from a repeater that died', [], () => [[{}, c.failovers]]);
+  counterFrom(register, 'udprepeater_cluster_disconnects_total', 'Times the bus connection was lost', [], () => [[{}, cluster.bus.disconnects]]);
 }

@@ -6,6 +6,7 @@ import { type StatusServer, startStatus } from './http.js';
 import { type Invocation, loadConfig } from '../config/load.js';
 import type { Logger } from '../base/log.js';
 import {
+  registerClusterMetrics,
   counterFrom,
   gaugeFrom,
   newRegistry,
@@ -23,12 +24,15 @@ import { sodiumReady } from '../crypto/secretbox.js';
 import { SecureSession } from '../crypto/session.js';
 import { Repeater, type RepeaterHooks } from '../repeater/repeater.js';
 import type { Backend } from '../net/io.js';
+import { Cluster } from '../cluster/cluster.js';
 import { SealedGate } from '../repeater/sealed-gate.js';
 import { Role } from '../wire/envelope.js';
 import { UwsgiSignatureCheck } from '../repeater/signcheck.js';
 import { StateStore } from './state-store.js';
 import { LiveStore } from './live-store.js';
 import { registerWarmMetrics } from './warm-metrics.js';
+import { TicketStore } from './ticket-store.js';
+import { registerTicketMetrics } from './ticket-metrics.js';
 
 export interface ServeHandle {
   readonly repeater: Repeater;
@@ -40,12 +44,13 @@ export interface ServeHandle {
   close(): Promise<void>;
 }
 
-export function subscribersView(r: Repeater): unknown {
+export function subscribersView(r: Repeater, cluster: Cluster | null = null): unknown {
   const iso = (ms: number) => (Number.isFinite(ms) ? new Date(ms).toISOString() : null);
   const out: unknown[] = [];
   for (const ch of r.channels.values()) {
     for (const e of ch.subscribers()) {
       out.push({
+        ...(cluster === null ? {} : { served: e.owned, ...cluster.describeEntry(ch, e) }),
         channel: ch.name,
         address: e.endpoint.text,
         key: e.key,
@@ -78,6 +83,7 @@ export function subscribersView(r: Repeater): unknown {
 export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { session(): SecureSession | null }> {
   await sodiumReady();
   let session: SecureSession | null = null;
+  let busSession: SecureSession | null = null;
   const signedClocks = new Map<string, number>();
   return {
     session: () => session,
@@ -85,8 +91,9 @@ export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { sess
       if (config.keyFiles.length === 0) return null;
       const ring = KeyRing.load(config.keyFiles);
       session ??= new SecureSession(Role.Repeater);
+      busSession ??= config.cluster === null ? null : new SecureSession(Role.Repeater, { peer: Role.Repeater });
       log.info('key ring loaded', { keys: ring.describe(), origin: session.origin.toString(16) });
-      return new SealedGate(session, ring, { maxSkewMs: config.maxSkewMs });
+      return new SealedGate(session, ring, { maxSkewMs: config.maxSkewMs }, busSession);
     },
     signatures: (config) => (config.signCheck === null ? null : new UwsgiSignatureCheck(config.signCheck, log, signedClocks)),
   };
@@ -97,7 +104,9 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   const h = hooks ?? (await repeaterHooks(log));
   // An unusable state dir refuses the start, before any socket is opened.
   const store = config.stateDir === null ? null : new StateStore(config.stateDir, log);
-  const repeater = await Repeater.start(config, log, { ...h, ...(backend === undefined ? {} : { backend }) });
+  const ticketStore = config.stateDir === null ? null : new TicketStore(config.stateDir, log);
+  const repeater = await Repeater.start(config, log, { ...h, ...(backend === undefined ? {} : { backend }), ...(ticketStore === null ? {} : { ticketStore }) });
+  const cluster = config.cluster === null ? null : new Cluster(config.cluster, repeater, log);
   if (store !== null) {
     const saved = store.load();
     if (saved !== null) store.restore(repeater, saved);
@@ -109,6 +118,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   const saveLive = () => {
     if (repeater.current.warm.save) live?.save(repeater);
   };
+  cluster?.start();
   const register = newRegistry();
   const channels = () =>
     [...repeater.channels.values()].map((ch) => ({ name: ch.name, stats: ch.stats, subscribers: ch.size, suspended: ch.suspended }));
@@ -125,6 +135,8 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
     [{ result: 'error' }, store?.saveErrors ?? 0],
   ]);
   gaugeFrom(register, 'udprepeater_replay_origins', 'Secure mode: origins with a replay window', [], () => [[{}, session()?.origins ?? 0]]);
+  if (cluster !== null) registerClusterMetrics(register, cluster, repeater);
+  registerTicketMetrics(register, () => repeater.tickets, ticketStore);
   const started = Date.now();
   const status = await startStatus(
     config.metrics,
@@ -137,14 +149,17 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
         listeners: repeater.listeners(),
         channels: repeater.channels.size,
         keys: repeater.sealedGate?.keyIds() ?? [],
+        ...(repeater.tickets === null ? {} : { ticketKeys: repeater.tickets.keys.describe(Date.now()) }),
+        ...(cluster === null ? {} : { status: cluster.bus.connected ? 'ok' : 'degraded', cluster: cluster.health() }),
       }),
-      '/subscribers': () => subscribersView(repeater),
+      '/subscribers': () => subscribersView(repeater, cluster),
       '/refusals': () => repeater.subscriptions.recent(),
     },
     log,
     async () => {
       store?.stop(repeater);
       saveLive();
+      await cluster?.close();
       await repeater.close();
     },
   );
@@ -159,12 +174,14 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
       reloads.run(async () => {
         const cfg = next();
         if (cfg.stateDir !== config.stateDir) log.warn('--state-dir changes take effect at the next restart', { running: config.stateDir, configured: cfg.stateDir });
+        if (JSON.stringify(cfg.cluster) !== JSON.stringify(config.cluster)) log.warn('cluster settings take effect at the next restart');
         await repeater.apply(cfg);
         log.configure(cfg.logLevel, cfg.logFormat);
       }),
     async close() {
       store?.stop(repeater);
       saveLive();
+      await cluster?.close();
       await repeater.close();
       if (status !== null) await status.close();
     },

@@ -4,9 +4,10 @@
 // Writes are atomic (temp file, fsync, rename, fsync of the directory) and
 // at most one per interval; a failing disk never affects forwarding.
 
-import { closeSync, constants, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, accessSync, writeSync } from 'node:fs';
+import { constants, mkdirSync, readFileSync, accessSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, describe } from '../base/errors.js';
+import { writeAtomically } from '../base/files.js';
 import type { Logger } from '../base/log.js';
 import { decodeState, encodeState, type RegistryState, type SavedSubscriber } from '../wire/state.js';
 import type { Repeater } from '../repeater/repeater.js';
@@ -133,24 +134,5 @@ export class StateStore {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
     this.save(repeater, true);
-  }
-}
-
-/** Replaces `file` with `data` so a crash leaves either the old or the new file, whole. */
-export function writeAtomically(file: string, data: Buffer): void {
-  const tmp = `${file}.tmp`;
-  const fd = openSync(tmp, 'w', 0o600);
-  try {
-    writeSync(fd, data);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, file);
-  const dir = openSync(join(file, '..'), 'r');
-  try {
-    fsyncSync(dir);
-  } finally {
-    closeSync(dir);
   }
 }

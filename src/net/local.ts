@@ -4,7 +4,7 @@
 
 import { createSocket } from 'node:dgram';
 import { networkInterfaces } from 'node:os';
-import { canonicalIp, type Endpoint, formatIp, ipBytes, isLimitedBroadcast, isLoopback, isMulticast, isReservedIpv4, isUnspecified } from '../wire/address.js';
+import { canonicalIp, type Endpoint, formatEndpoint, formatIp, ipBytes, isLimitedBroadcast, isLoopback, isMulticast, isReservedIpv4, isUnspecified } from '../wire/address.js';
 
 /** Canonical addresses of every local interface (read now: interfaces change). */
 export function localAddresses(): Set<string> {
@@ -89,4 +89,17 @@ export function routeSource(to: Endpoint): Promise<string> {
       resolve(canonicalIp(a.address)?.host ?? a.address);
     });
   });
+}
+
+/**
+ * Where a peer at `to` should send to reach `socket`: `configured` when
+ * given, else the socket's bound address, or for a wildcard socket this
+ * host's address on the route to `to`, with the socket's port.
+ */
+export async function advertiseAddress(socket: { address(): { address: string; port: number } }, to: Endpoint, configured: string | null): Promise<string> {
+  if (configured !== null) return configured;
+  const a = socket.address();
+  const bound = canonicalIp(a.address)?.host ?? a.address;
+  const host = isUnspecified(bound) ? await routeSource(to) : bound;
+  return formatEndpoint(host, a.port);
 }

@@ -61,6 +61,8 @@ export class Channel {
   readonly sealed: Registry<Outlet>;
   /** Subscriptions for another key are refused; null accepts any key. */
   key: string | null;
+  /** Its sealed subscribers get the fleet's ticket keys (a sealed listener said `tickets`). */
+  tickets = false;
   /** TTLs of static multicast outputs, by endpoint text. */
   readonly staticTtl = new Map<string, number>();
 
@@ -169,10 +171,10 @@ export class Channel {
 
   private rebuild(): void {
     const plain: Outlet[] = [];
-    for (const e of this.plain.values()) if (e.suspendedUntil === 0) plain.push(e.outlet);
+    for (const e of this.plain.values()) if (e.suspendedUntil === 0 && e.owned) plain.push(e.outlet);
     const byKey = new Map<string, Subscriber[]>();
     for (const e of this.sealed.values()) {
-      if (e.suspendedUntil !== 0) continue;
+      if (e.suspendedUntil !== 0 || !e.owned) continue;
       const list = byKey.get(e.key);
       if (list === undefined) byKey.set(e.key, [e]);
       else list.push(e);
@@ -236,6 +238,26 @@ export class Channel {
     st.dropped[D.send_error] += t.failed;
     st.forwarded += t.sent;
     if (!any) st.dropped[D.no_subscribers]++;
+    return t.sent;
+  }
+
+  /**
+   * Sends a control frame (the ticket keys) to the sealed subscribers this
+   * repeater serves, sealed once per subscriber key by `frameFor`; only to `e`
+   * when given. Suspended subscribers are skipped. Returns the copies sent.
+   */
+  sendSealed(frameFor: (key: string) => Buffer | null, e: Subscriber | null = null): number {
+    if (e !== null) {
+      if (e.form !== 'sealed' || !e.owned || e.suspendedUntil !== 0) return 0;
+      const frame = frameFor(e.key);
+      return frame !== null && e.outlet.send(frame) ? 1 : 0;
+    }
+    if (this.dirty) this.rebuild();
+    const t = newTally();
+    for (const g of this.keyGroups) {
+      const frame = frameFor(g.key);
+      if (frame !== null) g.all.send(frame, true, t);
+    }
     return t.sent;
   }
 

@@ -29,8 +29,13 @@ export interface Entry<O extends Closable> {
   strikes: number;
   /** While > 0: suspended (no sends) until this ms timestamp, or the next announce. */
   suspendedUntil: number;
+  /** Cluster mode: whether this repeater serves it (another that heard it may); always true standalone. */
+  owned: boolean;
   readonly outlet: O;
 }
+
+/** What happened to an entry, for observers (cluster mode tells the other repeaters). */
+export type EntryChange = 'add' | 'refresh' | 'remove';
 
 export interface Announce {
   readonly endpoint: Endpoint;
@@ -53,6 +58,9 @@ export class Registry<O extends Closable> {
   /** Bumped when an entry is refreshed. */
   refreshes = 0;
 
+  /** Told of every entry added, refreshed or removed (set by the channel's owner). */
+  observer: ((e: Entry<O>, change: EntryChange) => void) | null = null;
+
   constructor(
     readonly form: Form,
     private readonly open: (endpoint: Endpoint, isStatic: boolean) => O,
@@ -60,6 +68,11 @@ export class Registry<O extends Closable> {
     public maxDynamic: number,
     public toleranceMs: number,
   ) {}
+
+  /** Marks the entries changed in a way senders must see (ownership moved). */
+  touch(): void {
+    this.onChange();
+  }
 
   get size(): number {
     return this.entries.size;
@@ -109,6 +122,7 @@ export class Registry<O extends Closable> {
         existing.suspendedUntil = 0;
         this.onChange();
       }
+      this.observer?.(existing, 'refresh');
       return { event: 'refresh', entry: existing };
     }
     if (this.dynamicCount >= this.maxDynamic) return { event: 'full' };
@@ -153,6 +167,7 @@ export class Registry<O extends Closable> {
       origin,
       strikes: 0,
       suspendedUntil: 0,
+      owned: true,
       outlet: this.open(endpoint, isStatic),
     };
     this.entries.set(endpoint.text, entry);
@@ -162,6 +177,7 @@ export class Registry<O extends Closable> {
     }
     this.membership++;
     this.onChange();
+    this.observer?.(entry, 'add');
     return entry;
   }
 
@@ -176,6 +192,7 @@ export class Registry<O extends Closable> {
     this.membership++;
     e.outlet.close();
     this.onChange();
+    this.observer?.(e, 'remove');
     return e;
   }
 

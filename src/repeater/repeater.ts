@@ -13,6 +13,7 @@ import type { Logger } from '../base/log.js';
 import { D, type DropReason, E, FANOUT_BUCKETS, FastHistogram, K } from '../base/stats.js';
 import type { ListenerConfig, ServeConfig } from '../config/serve-config.js';
 import { ContentWindow } from '../gate/dedup.js';
+import { RecentUpdates } from '../gate/recent.js';
 import { LoopGuard } from '../gate/loop-guard.js';
 import { createFanout, DEFAULT_BACKEND, openListener } from '../net/backend.js';
 import type { Backend, DatagramListener, Fanout, Source } from '../net/io.js';
@@ -27,9 +28,12 @@ import { readTrace, type TraceFields } from '../wire/trace.js';
 import { checkHeader, peekKind } from '../wire/uwsgi.js';
 import { AccessList } from './acl.js';
 import { Channel, type ChannelEvents, type ChannelOptions, type Subscriber } from './channel.js';
+import type { Arrival, ClusterPort } from './cluster-port.js';
 import { RateLimiter } from './ratelimit.js';
 import type { SealedGate } from './sealed-gate.js';
 import { type SignatureCheck, SubscriptionDesk } from './subscriptions.js';
+import { type TicketPersistence, TicketService } from './tickets.js';
+import type { TicketKey } from '../wire/tickets.js';
 import { WarmJoins } from './warm-join.js';
 
 /** A listener's current place in the config; mutated in place on reload. */
@@ -46,6 +50,8 @@ export interface RepeaterHooks {
   signatures?: (config: ServeConfig) => SignatureCheck | null;
   /** Socket backend (default: native when the addon is built). */
   backend?: Backend;
+  /** Where the ticket keys are kept (--state-dir): read once, when tickets are first configured; throws to refuse. */
+  ticketStore?: TicketPersistence & { load(): TicketKey[] };
 }
 
 /** Largest age of a restored subscriber's timestamps beyond now (clock steps). */
@@ -62,6 +68,11 @@ export class Repeater {
   readonly warm: WarmJoins;
 
   private config!: ServeConfig;
+
+  /** The running limits (they change on reload). */
+  get limits(): ServeConfig['limits'] {
+    return this.config.limits;
+  }
   private acl!: AccessList;
   private readonly limiter = new RateLimiter(1, 1);
   private desk!: SubscriptionDesk;
@@ -73,6 +84,12 @@ export class Repeater {
   private closed = false;
   private readonly shape = newShape();
   private readonly events: ChannelEvents;
+  /** Cluster mode: updates delivered once though they came in through two repeaters. */
+  clusterDuplicates = 0;
+  /** Cluster mode only: null standalone, so the datagram path pays one null check. */
+  private cluster: ClusterPort | null = null;
+  private recent: RecentUpdates | null = null;
+  private ticketService: TicketService | null = null;
 
   constructor(
     readonly log: Logger,
@@ -106,6 +123,11 @@ export class Repeater {
 
   get sealedGate(): SealedGate | null {
     return this.gate;
+  }
+
+  /** The fleet's ticket-key schedule; null when no listener has `tickets`. */
+  get tickets(): TicketService | null {
+    return this.ticketService;
   }
 
   get subscriptions(): SubscriptionDesk {
@@ -177,6 +199,8 @@ export class Repeater {
     if (sealed === null && (next.listeners.some((l) => l.sealed) || next.statics.some((s) => s.sealed))) {
       throw new ConfigError('sealed listeners and outputs need --key-file');
     }
+    // Read before anything is swapped: a schedule file we cannot trust refuses the config.
+    const savedTickets = next.tickets !== null && this.ticketService === null ? (this.hooks.ticketStore?.load() ?? []) : [];
     const first = this.config === undefined;
     if (first) this.fanout = createFanout(this.backend, { sendBuffer: next.sendBuffer, sendQueue: next.limits.sendQueue });
     else if (next.sendBuffer !== this.config.sendBuffer || next.limits.sendQueue !== this.config.limits.sendQueue) {
@@ -249,7 +273,11 @@ export class Repeater {
     for (const [name, key] of wanted) {
       const ch = this.channels.get(name);
       if (ch !== undefined) ch.configure(key, chOpts);
-      else this.channels.set(name, new Channel(name, key, chOpts, this.fanout!, this.events));
+      else {
+        const created = new Channel(name, key, chOpts, this.fanout!, this.events);
+        this.channels.set(name, created);
+        this.observe(created);
+      }
     }
     for (const [name, ch] of this.channels) {
       if (wanted.has(name)) continue;
@@ -280,6 +308,8 @@ export class Repeater {
       }
     }
 
+    for (const ch of this.channels.values()) ch.tickets = next.tickets !== null && next.listeners.some((l) => l.tickets && l.channel === ch.name);
+    this.applyTickets(next, savedTickets);
     this.applyStatics(next);
     this.evictInvalid();
     this.warm.configure(next.warm, this.fanout!);
@@ -287,6 +317,22 @@ export class Repeater {
       this.sweeper = setInterval(() => this.sweep(Date.now()), Math.min(1000, Math.max(50, next.toleranceMs / 4)));
     }
     if (!first) this.log.info('config applied', { listeners: next.listeners.length, channels: this.channels.size });
+  }
+
+  private applyTickets(next: ServeConfig, saved: readonly TicketKey[]): void {
+    if (next.tickets === null) {
+      if (this.ticketService !== null) this.log.info('ticket keys no longer distributed (no listener has tickets); the saved schedule is kept on disk');
+      this.ticketService?.close();
+      this.ticketService = null;
+      return;
+    }
+    if (this.ticketService !== null) {
+      this.ticketService.configure(next.tickets);
+      return;
+    }
+    this.ticketService = new TicketService(next.tickets, { channels: () => this.channels.values(), gate: () => this.gate, store: this.hooks.ticketStore ?? null, log: this.log });
+    if (this.cluster !== null) this.cluster.attachTickets(this.ticketService);
+    this.ticketService.start(saved);
   }
 
   private applyStatics(next: ServeConfig): void {
@@ -429,7 +475,11 @@ export class Repeater {
       return;
     }
     if (env.kind === EnvelopeKind.CacheDatagram) {
-      this.acceptCache(ch, env.datagram!, true, env, t0);
+      this.acceptCache(ch, env.datagram!, true, { trace: env.trace, origin: env.origin, fromBus: false }, t0);
+      return;
+    }
+    if (env.kind !== EnvelopeKind.Subscribe && env.kind !== EnvelopeKind.Unsubscribe) {
+      ch.stats.dropped[D.bad_payload]++;
       return;
     }
     const sub: Subscription = {
@@ -445,29 +495,42 @@ export class Repeater {
       sign: null,
       signed: null,
     };
-    this.desk.apply(ch, sub, 'sealed', from.address, Date.now(), env.origin);
+    const refused = this.desk.apply(ch, sub, 'sealed', from.address, Date.now(), env.origin);
+    // Every subscribe and refresh of a ticket channel gets the schedule: UDP may have lost the last one.
+    if (refused === null && !sub.unsubscribe && ch.tickets && this.ticketService !== null) {
+      const ep = this.desk.vetAddress(sub.address);
+      const e = typeof ep === 'string' ? undefined : ch.sealed.get(ep.text);
+      if (e !== undefined) this.ticketService.send(ch, e);
+    }
   }
 
   /**
-   * A cache update, plain (its trace, if any, in its bytes) or opened from a
-   * frame (`env`: the trace in the envelope, the bytes must carry none).
+   * A cache update: plain (its trace, if any, in its bytes), or opened from a
+   * frame or taken off the bus (`given`: its trace and origin; the bytes must
+   * carry no trace). What came off the bus is never published again.
    */
-  private acceptCache(ch: Channel, buf: Buffer, stable: boolean, env: Envelope | null, t0: number): void {
+  private acceptCache(ch: Channel, buf: Buffer, stable: boolean, given: Arrival | null, t0: number): void {
     const st = ch.stats;
     const s = this.shape;
     const bad = inspectCacheUpdate(buf, s);
-    if (bad !== undefined || (env !== null && s.traceAt >= 0)) {
-      if (this.config.forwardUnknown) this.forwardOpaque(ch, buf, stable, env, t0);
+    if (bad !== undefined || (given !== null && s.traceAt >= 0)) {
+      if (this.config.forwardUnknown) this.forwardOpaque(ch, buf, stable, given, t0);
       else st.dropped[D[bad ?? 'malformed']]++;
       return;
     }
-    let arrived: TraceFields | null = env?.trace ?? null;
+    let arrived: TraceFields | null = given?.trace ?? null;
     if (s.traceAt >= 0) {
       arrived = readTrace(buf, s.traceAt);
       if (arrived === null) {
         st.dropped[D.malformed]++;
         return;
       }
+    }
+    // Cluster mode: the same update may come in through another repeater too (node=R1;R2).
+    if (this.recent !== null && !this.recent.admit(this.recent.hasher.hash(buf, 6, 6 + buf.readUInt16LE(4)), this.recent.hasher.hash(buf, 3, s.contentEnd), Date.now())) {
+      st.dropped[D.duplicate]++;
+      this.clusterDuplicates++;
+      return;
     }
     let next: TraceFields;
     if (arrived !== null) {
@@ -497,20 +560,83 @@ export class Repeater {
       return;
     }
     this.warm.learn(ch, buf, s);
-    const sealing = this.gate === null ? null : { content: contentOf(buf, s), trace: next };
-    const sent = ch.forward(plainOut, stable || plainOut !== buf, this.gate, sealing, env?.origin ?? null);
+    const content = this.gate === null && this.cluster === null ? null : contentOf(buf, s);
+    const sealing = this.gate === null ? null : { content: content!, trace: next };
+    const sent = ch.forward(plainOut, stable || plainOut !== buf, this.gate, sealing, given?.origin ?? null);
     if (sent > 0) this.fanoutTime.observe((performance.now() - t0) / 1000);
+    if (this.cluster !== null && given?.fromBus !== true) this.cluster.publish(ch, content!, stable || content !== buf, next, given?.origin ?? null, false);
   }
 
   /** --forward-unknown: any datagram, byte for byte; loops stopped by the content window. */
-  private forwardOpaque(ch: Channel, buf: Buffer, stable: boolean, env: Envelope | null, t0: number): void {
-    if (!this.dedup.admit(buf, Date.now())) {
+  private forwardOpaque(ch: Channel, buf: Buffer, stable: boolean, given: Arrival | null, t0: number): void {
+    const now = Date.now();
+    if (!this.dedup.admit(buf, now)) {
       ch.stats.dropped[D.duplicate]++;
       return;
     }
+    if (this.recent !== null && !this.recent.admit(this.recent.hasher.hash(buf), 0, now)) {
+      ch.stats.dropped[D.duplicate]++;
+      this.clusterDuplicates++;
+      return;
+    }
     const sealing = this.gate === null ? null : { content: buf, trace: null };
-    const sent = ch.forward(buf, stable, this.gate, sealing, env?.origin ?? null);
+    const sent = ch.forward(buf, stable, this.gate, sealing, given?.origin ?? null);
     if (sent > 0) this.fanoutTime.observe((performance.now() - t0) / 1000);
+    if (this.cluster !== null && given?.fromBus !== true) this.cluster.publish(ch, buf, stable, null, given?.origin ?? null, true);
+  }
+
+  /**
+   * Cluster mode: a datagram another repeater accepted, for the subscribers
+   * this one serves. Returns why it was dropped, or null.
+   */
+  acceptFromBus(channel: string, datagram: Buffer, trace: TraceFields | null, origin: bigint | null, opaque: boolean): string | null {
+    const ch = this.channels.get(channel);
+    if (ch === undefined || this.closed) return 'no such channel';
+    const t0 = performance.now();
+    const arrival: Arrival = { trace, origin, fromBus: true };
+    if (opaque) {
+      if (!this.config.forwardUnknown) return 'opaque datagrams are not forwarded here';
+      this.forwardOpaque(ch, datagram, true, arrival, t0);
+    } else this.acceptCache(ch, datagram, true, arrival, t0);
+    return null;
+  }
+
+  /**
+   * Cluster mode: from now on every accepted datagram is offered to `port`
+   * (to be published), every registry change is reported to it, and updates
+   * seen twice within `dedupWindowMs` are delivered once.
+   */
+  attachCluster(port: ClusterPort, dedupWindowMs: number): void {
+    this.cluster = port;
+    this.recent = new RecentUpdates(dedupWindowMs);
+    if (this.ticketService !== null) port.attachTickets(this.ticketService);
+    for (const ch of this.channels.values()) this.observe(ch);
+  }
+
+  private observe(ch: Channel): void {
+    const port = this.cluster;
+    if (port === null) return;
+    for (const r of [ch.plain, ch.sealed]) r.observer = (e, change) => port.entryChanged(ch, e, change);
+  }
+
+  /** Cluster mode: recomputes which subscribers this repeater serves; returns those that moved. */
+  reassign(owns: (ch: Channel, e: Subscriber) => boolean): { gained: Subscriber[]; lost: Subscriber[] } {
+    const gained: Subscriber[] = [];
+    const lost: Subscriber[] = [];
+    for (const ch of this.channels.values()) {
+      for (const r of [ch.plain, ch.sealed]) {
+        let moved = false;
+        for (const e of r.values()) {
+          const mine = owns(ch, e);
+          if (mine === e.owned) continue;
+          e.owned = mine;
+          (mine ? gained : lost).push(e);
+          moved = true;
+        }
+        if (moved) r.touch();
+      }
+    }
+    return { gained, lost };
   }
 
   /**
@@ -545,6 +671,8 @@ export class Repeater {
     this.closed = true;
     this.warm.close();
     if (this.sweeper !== null) clearInterval(this.sweeper);
+    this.ticketService?.close();
+    this.ticketService = null;
     const closing = [...this.routes.values()].map((r) => r.listener.close());
     this.routes.clear();
     for (const ch of this.channels.values()) ch.close();

@@ -7,6 +7,7 @@ import { D } from '../base/stats.js';
 import type { KeyRing } from '../crypto/keyring.js';
 import type { SecureSession } from '../crypto/session.js';
 import { type Envelope, EnvelopeKind } from '../wire/envelope.js';
+import type { TicketKey } from '../wire/tickets.js';
 import type { Channel, FrameSealer, SealingInput } from './channel.js';
 
 export interface SealedOptions {
@@ -14,11 +15,35 @@ export interface SealedOptions {
 }
 
 export class SealedGate implements FrameSealer {
+  /**
+   * @param busSession cluster mode: the session that seals and opens bus
+   *   messages between repeaters (its own origin and replay windows).
+   */
   constructor(
     private readonly session: SecureSession,
     private readonly ring: KeyRing,
     private readonly opts: SealedOptions,
+    private readonly busSession: SecureSession | null = null,
   ) {}
+
+  /** Cluster mode: the origin our bus frames carry (this repeater's id on the bus). */
+  get busOrigin(): bigint | null {
+    return this.busSession?.origin ?? null;
+  }
+
+  /** Cluster mode: seals an encoded bus message; null when it would not fit. */
+  sealBus(message: Uint8Array): Buffer | null {
+    if (this.busSession === null) return null;
+    return this.busSession.seal(this.ring, { kind: EnvelopeKind.Bus, channelKey: '', datagram: null, address: null, bus: message });
+  }
+
+  /** Cluster mode: opens a bus frame; the drop reason as a string when it does not open. */
+  openBus(frame: Buffer): Envelope | string {
+    if (this.busSession === null) return 'no_bus_session';
+    const env = this.busSession.open(this.ring, frame, this.opts.maxSkewMs);
+    if (typeof env === 'string') return env;
+    return env.kind === EnvelopeKind.Bus ? env : 'bad_payload';
+  }
 
   /**
    * Opens a frame that arrived on one of `ch`'s sealed listeners. Returns
@@ -35,6 +60,11 @@ export class SealedGate implements FrameSealer {
 
   sealDatagram(channelKey: string, input: SealingInput): Buffer | null {
     return this.session.seal(this.ring, { kind: EnvelopeKind.CacheDatagram, channelKey, datagram: input.content, trace: input.trace, address: null });
+  }
+
+  /** The fleet's ticket keys for the sealed subscribers of one channel key; null when it would not fit. */
+  sealTickets(channelKey: string, keys: readonly TicketKey[]): Buffer | null {
+    return this.session.seal(this.ring, { kind: EnvelopeKind.TicketKeys, channelKey, datagram: null, address: null, tickets: keys });
   }
 
   /** Releases the key ring once this gate is no longer used. */

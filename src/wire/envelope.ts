@@ -2,13 +2,21 @@
 // encoded with protobufjs; docs/PROTOCOL.md, "Envelope". Decoding never
 // throws: garbage inside a valid box is reported as 'bad_payload'.
 
+import { bigintToLong, type LongLike, longToBigint, longToNumber } from './longs.js';
 import { protoRoot } from './proto.js';
+import { type TicketKey, ticketsFromProto, ticketsToProto } from './tickets.js';
 import type { TraceFields } from './trace.js';
+
+export { bigintToLong, type LongLike, longToBigint, longToNumber };
 
 export enum EnvelopeKind {
   CacheDatagram = 1,
   Subscribe = 2,
   Unsubscribe = 3,
+  /** Cluster mode: a BusMessage (wire/bus.ts) between repeaters. */
+  Bus = 4,
+  /** The fleet's TLS ticket keys (wire/tickets.ts): repeater to sealed subscribers only. */
+  TicketKeys = 5,
 }
 
 /** Who sealed a frame (proto Role). */
@@ -30,28 +38,13 @@ export interface Envelope {
   readonly trace: TraceFields | null;
   /** SUBSCRIBE/UNSUBSCRIBE: where to send (never empty). */
   readonly address: string | null;
+  /** BUS: the encoded BusMessage. */
+  readonly bus?: Uint8Array | null;
+  /** TICKET_KEYS: the schedule, checked (wire/tickets.ts). */
+  readonly tickets?: readonly TicketKey[] | null;
 }
 
 const EnvelopeType = protoRoot.lookupType('udprepeater.Envelope');
-
-export type LongLike = { low: number; high: number; unsigned: boolean } | number;
-
-export function longToBigint(v: LongLike | null | undefined): bigint {
-  if (v === null || v === undefined) return 0n;
-  if (typeof v === 'number') return BigInt(v);
-  return (BigInt(v.high >>> 0) << 32n) | BigInt(v.low >>> 0);
-}
-
-export function longToNumber(v: LongLike | null | undefined): number {
-  if (v === null || v === undefined) return 0;
-  if (typeof v === 'number') return v;
-  return (v.high >>> 0) * 0x1_0000_0000 + (v.low >>> 0);
-}
-
-/** protobufjs writes 64-bit fields from any {low, high} pair. */
-export function bigintToLong(v: bigint): { low: number; high: number; unsigned: boolean } {
-  return { low: Number(v & 0xffffffffn) | 0, high: Number((v >> 32n) & 0xffffffffn) | 0, unsigned: true };
-}
 
 /** Encodes an Envelope; `originLong` is the origin pre-converted by bigintToLong. */
 export function encodeEnvelope(e: Omit<Envelope, 'origin'>, originLong: unknown): Uint8Array {
@@ -66,6 +59,8 @@ export function encodeEnvelope(e: Omit<Envelope, 'origin'>, originLong: unknown)
   if (e.datagram !== null) msg['datagram'] = e.datagram;
   if (e.trace !== null) msg['trace'] = { ingress: e.trace.ingress, sequence: e.trace.sequence, hops: e.trace.hops };
   if (e.address !== null) msg['subscription'] = { address: e.address };
+  if (e.bus != null) msg['bus'] = e.bus;
+  if (e.tickets != null) msg['tickets'] = ticketsToProto(e.tickets);
   return EnvelopeType.encode(msg).finish();
 }
 
@@ -103,6 +98,18 @@ export function decodeEnvelope(buf: Uint8Array): Envelope | 'bad_payload' {
       trace = { ingress, sequence: seq, hops };
     }
     return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: Buffer.from(datagram.buffer, datagram.byteOffset, datagram.length), trace, address: null };
+  }
+  if (kind === EnvelopeKind.Bus) {
+    const bus = m['bus'] as Uint8Array | null | undefined;
+    if (bus == null || bus.length === 0) return 'bad_payload';
+    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: null, trace: null, address: null, bus };
+  }
+  if (kind === EnvelopeKind.TicketKeys) {
+    // Only a repeater distributes ticket keys; an agent's is refused here, before anyone believes it.
+    if (role !== Role.Repeater) return 'bad_payload';
+    const tickets = ticketsFromProto(m['tickets']);
+    if (typeof tickets === 'string') return tickets;
+    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: null, trace: null, address: null, tickets };
   }
   if (kind === EnvelopeKind.Subscribe || kind === EnvelopeKind.Unsubscribe) {
     if (sub == null || channelKey.length === 0) return 'bad_payload';

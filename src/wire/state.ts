@@ -2,7 +2,7 @@
 // docs/PROTOCOL.md, "The state file". Pure codec: decoding garbage returns
 // null instead of throwing.
 
-import { bigintToLong, type LongLike, longToBigint, longToNumber } from './envelope.js';
+import { bigintToLong, type LongLike, longToBigint, longToNumber } from './longs.js';
 import { protoRoot } from './proto.js';
 
 const StateType = protoRoot.lookupType('udprepeater.RegistryState');

@@ -1,0 +1,78 @@
+// Cluster mode's settings (`serve --cluster ...`), checked before anything
+// starts: several repeaters share one fan-out over a NATS bus.
+
+import { accessSync, constants } from 'node:fs';
+import { ConfigError, describe } from '../base/errors.js';
+import { bool, list, num, str } from './checks.js';
+import type { RawOptions } from './options.js';
+
+export interface BusServer {
+  /** As given to the NATS client: nats://host:port or tls://host:port. */
+  readonly text: string;
+}
+
+export interface ClusterConfig {
+  readonly servers: readonly BusServer[];
+  /** Repeaters with the same name form one cluster (a prefix of every subject). */
+  readonly name: string;
+  /** The operator accepts an unsealed bus (no key file). */
+  readonly insecure: boolean;
+  readonly credsFile: string | null;
+  readonly user: string | null;
+  readonly passwordFile: string | null;
+  readonly tokenFile: string | null;
+  readonly tlsCa: string | null;
+  readonly tlsCert: string | null;
+  readonly tlsKey: string | null;
+  /** An update seen again within this window (through another repeater) is delivered once. */
+  readonly dedupWindowMs: number;
+  /** A repeater not heard from for this long is taken for dead: its subscribers move. */
+  readonly peerTimeoutMs: number;
+}
+
+/** Names that are safe as NATS subject tokens. */
+export const SUBJECT_TOKEN = /^[A-Za-z0-9_-]{1,64}$/;
+
+function server(text: string): BusServer {
+  const m = /^(?:(nats|tls):\/\/)?([^/\s]+):([0-9]{1,5})$/.exec(text);
+  if (m === null || Number(m[3]) < 1 || Number(m[3]) > 65535) throw new ConfigError(`--cluster "${text}" is not nats://HOST:PORT (or tls://HOST:PORT)`, 'cluster');
+  return { text: `${m[1] ?? 'nats'}://${m[2]}:${m[3]}` };
+}
+
+function readable(name: string, file: string | undefined): string | null {
+  if (file === undefined) return null;
+  try {
+    accessSync(file, constants.R_OK);
+  } catch (err) {
+    throw new ConfigError(`--${name} ${file}: ${describe(err)}`, name);
+  }
+  return file;
+}
+
+/** Null when `--cluster` is not given: standalone mode. */
+export function buildClusterConfig(raw: RawOptions): ClusterConfig | null {
+  const urls = list(raw, 'cluster');
+  if (urls.length === 0) return null;
+  const name = str(raw, 'cluster-name') ?? 'udprepeater';
+  if (!SUBJECT_TOKEN.test(name)) throw new ConfigError(`--cluster-name "${name}": use 1-64 letters, digits, _ or -`, 'cluster-name');
+  const user = str(raw, 'cluster-user') ?? null;
+  const passwordFile = readable('cluster-password-file', str(raw, 'cluster-password-file'));
+  if (passwordFile !== null && user === null) throw new ConfigError('--cluster-password-file needs --cluster-user', 'cluster-password-file');
+  const tlsCert = readable('cluster-tls-cert', str(raw, 'cluster-tls-cert'));
+  const tlsKey = readable('cluster-tls-key', str(raw, 'cluster-tls-key'));
+  if ((tlsCert === null) !== (tlsKey === null)) throw new ConfigError('--cluster-tls-cert and --cluster-tls-key go together', 'cluster-tls-cert');
+  return {
+    servers: urls.map(server),
+    name,
+    insecure: bool(raw, 'cluster-insecure'),
+    credsFile: readable('cluster-creds', str(raw, 'cluster-creds')),
+    user,
+    passwordFile,
+    tokenFile: readable('cluster-token-file', str(raw, 'cluster-token-file')),
+    tlsCa: readable('cluster-tls-ca', str(raw, 'cluster-tls-ca')),
+    tlsCert,
+    tlsKey,
+    dedupWindowMs: num(raw, 'cluster-dedup-window', 0.01, 60) * 1000,
+    peerTimeoutMs: num(raw, 'cluster-peer-timeout', 0.3, 60) * 1000,
+  };
+}

@@ -1,0 +1,140 @@
+// The fleet's TLS ticket-key schedule, as the repeater keeps and distributes
+// it (docs/PROTOCOL.md, "Ticket keys"; SECURITY.md, "Ticket keys (TLS session resumption)").
+//
+// - One schedule per repeater (per cluster: the repeaters merge theirs over
+//   the bus by the rule of crypto/tickets.ts, so they converge on one).
+// - A key is generated one rotation period before it encrypts and sent at
+//   once, so every server holds it before anyone encrypts with it.
+// - Distributed sealed only, never to plain subscribers: to the sealed
+//   subscribers of channels with `tickets` that this repeater serves, when
+//   they subscribe and at every refresh (UDP loses datagrams; a refresh is
+//   every --subscribe-interval), and to all of them when the schedule changes.
+// - Persisted (0600, atomically) on every change before it is sent, so a
+//   restart never invalidates tickets in flight.
+
+import { describe } from '../base/errors.js';
+import type { Logger } from '../base/log.js';
+import { type TicketParams, ticketKeyId, TicketKeys } from '../crypto/tickets.js';
+import type { TicketKey } from '../wire/tickets.js';
+import type { Channel, Subscriber } from './channel.js';
+import type { SealedGate } from './sealed-gate.js';
+
+/** Where the schedule is kept across restarts (daemon/ticket-store.ts). */
+export interface TicketPersistence {
+  save(keys: readonly TicketKey[]): void;
+}
+
+/** Cluster mode: who may generate a period's key, and where changes are told. */
+export interface TicketPeers {
+  /** True when this repeater should generate the key starting at `notBeforeMs`. */
+  mayGenerate(notBeforeMs: number, now: number): boolean;
+  /** The schedule changed here: tell the other repeaters. */
+  changed(keys: readonly TicketKey[]): void;
+}
+
+/** Longest wait between two looks at the schedule (a clock step is noticed by then). */
+const MAX_WAIT_MS = 60_000;
+
+export class TicketService {
+  readonly keys = new TicketKeys();
+  framesSent = 0;
+  generated = 0;
+  peers: TicketPeers | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private closed = false;
+
+  constructor(
+    private params: TicketParams,
+    private readonly deps: {
+      readonly channels: () => Iterable<Channel>;
+      readonly gate: () => SealedGate | null;
+      readonly store: TicketPersistence | null;
+      readonly log: Logger;
+    },
+  ) {}
+
+  configure(params: TicketParams): void {
+    this.params = params;
+    this.tick();
+  }
+
+  /** Starts from the saved keys (already checked), generates what is missing, and keeps the schedule current. */
+  start(saved: readonly TicketKey[]): void {
+    if (saved.length > 0) this.keys.merge(saved, Date.now());
+    this.deps.log.info('ticket keys restored', { keys: this.keys.keys.map(ticketKeyId) });
+    this.tick();
+  }
+
+  /** Keys from another repeater (cluster mode): merged, and distributed when they changed ours. */
+  merge(incoming: readonly TicketKey[]): void {
+    if (this.closed) return;
+    if (this.keys.merge(incoming, Date.now())) this.changed('merged');
+  }
+
+  /** Generates and prunes as the clock says, then sleeps until the next change (bounded). */
+  tick(): void {
+    if (this.closed) return;
+    const now = Date.now();
+    // The current key, or the next one due within half a period, is made by whoever misses it.
+    const made = this.keys.ensure(this.params, now, (nb) => this.peers === null || nb <= now + this.params.rotateMs / 2 || this.peers.mayGenerate(nb, now));
+    this.generated += made;
+    const pruned = this.keys.prune(now);
+    if (made > 0 || pruned) this.changed(made > 0 ? 'generated' : 'expired');
+    if (this.timer !== null) clearTimeout(this.timer);
+    const boundary = (Math.floor(now / this.params.rotateMs) + 1) * this.params.rotateMs;
+    const next = Math.min(boundary, this.keys.nextChange(now) ?? Infinity, now + MAX_WAIT_MS);
+    this.timer = setTimeout(() => this.tick(), Math.max(1, next - now + 1));
+    this.timer.unref();
+  }
+
+  private changed(why: string): void {
+    const now = Date.now();
+    const view = this.keys.view(now);
+    this.deps.log.info('ticket keys changed', {
+      why,
+      encrypting: view.encrypting === null ? null : ticketKeyId(view.encrypting),
+      next: view.next === null ? null : ticketKeyId(view.next),
+      keys: this.keys.keys.map(ticketKeyId),
+    });
+    // Saved before anyone hears of it: nothing encrypts under a key a restart could lose.
+    if (this.deps.store !== null) {
+      try {
+        this.deps.store.save(this.keys.keys);
+      } catch (err) {
+        this.deps.log.error('cannot save the ticket keys; distributing them anyway', { error: describe(err) });
+      }
+    }
+    this.sendAll();
+    this.peers?.changed(this.keys.keys);
+  }
+
+  /** To every sealed subscriber this repeater serves in the channels with `tickets`. */
+  sendAll(): void {
+    for (const ch of this.deps.channels()) if (ch.tickets) this.send(ch, null);
+  }
+
+  /** To one subscriber that just subscribed or refreshed (or to all of `ch`'s when `e` is null). */
+  send(ch: Channel, e: Subscriber | null): void {
+    const gate = this.deps.gate();
+    if (gate === null || !ch.tickets || this.keys.size === 0) return;
+    const keys = this.keys.keys;
+    this.framesSent += ch.sendSealed((key) => gate.sealTickets(key, keys), e);
+  }
+
+  /** The rotation period, in seconds. */
+  get rotateSeconds(): number {
+    return this.params.rotateMs / 1000;
+  }
+
+  /** Seconds since the key that encrypts now started encrypting (-1: none). */
+  encryptingAge(now = Date.now()): number {
+    const e = this.keys.view(now).encrypting;
+    return e === null ? -1 : (now - e.notBeforeMs) / 1000;
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.keys.clear();
+  }
+}
