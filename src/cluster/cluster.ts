@@ -19,6 +19,9 @@
 // - The bus is untrusted: with keys, every message is a sealed frame (its own
 //   origin, replay window, start fence), and datagrams older than
 //   MAX_DATAGRAM_AGE_MS are not delivered (a reconnect may flush old ones).
+// - Warm join: every repeater's live state learns what comes off the bus, so
+//   each holds the whole cluster's; a repeater that starts fetches it from a
+//   peer before it warms anyone (state-fetch.ts).
 
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -34,6 +37,7 @@ import type { Repeater } from '../repeater/repeater.js';
 import { type BusBody, type BusDatagram, type BusMessage, decodeBus, encodeBus, MAX_BATCH } from '../wire/bus.js';
 import type { TraceFields } from '../wire/trace.js';
 import { Bus } from './bus.js';
+import { StateAnswers, StateFetch, type StateHost } from './state-fetch.js';
 
 /** Datagrams older than this (by the sender's clock) are not delivered: stale after a reconnect. */
 export const MAX_DATAGRAM_AGE_MS = 5_000;
@@ -52,6 +56,8 @@ interface Peer {
   subscribers: number;
   /** Our clock minus its clock (plus the bus latency), from its last heartbeat. */
   clockOffsetMs: number;
+  /** Its last heartbeat said it holds the cluster's live state. */
+  stateReady: boolean;
 }
 
 /** A subscriber's identity across repeaters. */
@@ -88,6 +94,9 @@ export class Cluster implements ClusterPort {
   private readonly outbox = new Map<string, { items: BusDatagram[]; bytes: number }>();
   private flushPending: NodeJS.Immediate | null = null;
   private tickets: TicketService | null = null;
+  /** This repeater's fetch of the live state at start, and its answers to others'. */
+  readonly stateFetch: StateFetch;
+  readonly stateAnswers: StateAnswers;
 
   constructor(
     private readonly cfg: ClusterConfig,
@@ -98,6 +107,19 @@ export class Cluster implements ClusterPort {
     this.id = repeater.sealedGate?.busOrigin ?? (randomBytes(8).readBigUInt64LE(0) || 1n);
     this.name = `${hostname()}/${process.pid}`;
     this.bus = new Bus(cfg, log);
+    const host: StateHost = {
+      id: this.id,
+      log,
+      warm: repeater.warm,
+      channels: repeater.channels,
+      send: (body, subject) => this.send(body, subject),
+      controlSubject: this.subject.control,
+      stateSubject: (requester) => this.subject.state(requester),
+      readyPeers: () => this.readyPeers(),
+    };
+    // Each step of the fetch is bounded by the peer timeout: a live peer heartbeats three times within it.
+    this.stateFetch = new StateFetch(host, cfg.peerTimeoutMs);
+    this.stateAnswers = new StateAnswers(host);
   }
 
   /** The cluster this repeater belongs to (--cluster-name). */
@@ -105,16 +127,19 @@ export class Cluster implements ClusterPort {
     return this.cfg.name;
   }
 
-  private get subject(): { data: (channel: string) => string; control: string; all: string } {
+  private get subject(): { data: (channel: string) => string; allData: string; control: string; state: (requester: bigint) => string } {
     const n = this.cfg.name;
-    return { data: (c) => `${n}.dg.${c}`, control: `${n}.ctl`, all: `${n}.>` };
+    // A state answer goes to its requester's subject only: the others never receive (nor open) it.
+    return { data: (c) => `${n}.dg.${c}`, allData: `${n}.dg.>`, control: `${n}.ctl`, state: (r) => `${n}.st.${r.toString(16)}` };
   }
 
   start(): void {
     this.repeater.attachCluster(this, this.cfg.dedupWindowMs);
-    this.bus.subscribe(this.subject.all, (_subject, data) => this.onMessage(data));
+    for (const subject of [this.subject.allData, this.subject.control, this.subject.state(this.id)]) this.bus.subscribe(subject, (_subject, data) => this.onMessage(data));
+    this.stateFetch.start();
     this.bus.start((connected) => {
       if (connected) {
+        this.stateFetch.connected();
         // Tell the others we are here, and everything we heard.
         this.heartbeat();
         this.dumpHeard();
@@ -173,7 +198,21 @@ export class Cluster implements ClusterPort {
   private heartbeat(): void {
     let subscribers = 0;
     for (const ch of this.repeater.channels.values()) subscribers += ch.size;
-    this.send({ type: 'heartbeat', name: this.name, startedAtMs: this.startedAtMs, intervalMs: Math.round(this.cfg.peerTimeoutMs / 3), subscribers }, this.subject.control);
+    this.send({ type: 'heartbeat', name: this.name, startedAtMs: this.startedAtMs, intervalMs: Math.round(this.cfg.peerTimeoutMs / 3), subscribers, stateReady: this.stateReady }, this.subject.control);
+  }
+
+  /** We hold the cluster's live state: warm joins on, and our own fetch over. */
+  private get stateReady(): boolean {
+    return this.repeater.warm.enabled && !this.repeater.warm.holding;
+  }
+
+  /** Live peers holding the state, longest running first (most likely to hold it all). */
+  private readyPeers(): bigint[] {
+    const now = Date.now();
+    return [...this.peers]
+      .filter(([, p]) => p.stateReady && now - p.lastHeard <= this.cfg.peerTimeoutMs)
+      .sort(([, a], [, b]) => a.startedAtMs - b.startedAtMs)
+      .map(([id]) => id);
   }
 
   private announce(ch: Channel, e: Subscriber, gone: boolean): void {
@@ -258,7 +297,7 @@ export class Cluster implements ClusterPort {
         return;
       }
       const fresh = p === undefined || p.startedAtMs !== b.startedAtMs || now - p.lastHeard > this.cfg.peerTimeoutMs;
-      this.peers.set(m.sender, { name: b.name, startedAtMs: b.startedAtMs, lastHeard: now, subscribers: b.subscribers, clockOffsetMs: now - m.sentAtMs });
+      this.peers.set(m.sender, { name: b.name, startedAtMs: b.startedAtMs, lastHeard: now, subscribers: b.subscribers, clockOffsetMs: now - m.sentAtMs, stateReady: b.stateReady === true });
       if (fresh) {
         this.log.info('cluster peer joined', { peer: b.name, id: m.sender.toString(16) });
         // Our heartbeat first: the newcomer takes announcements only from peers it knows.
@@ -267,6 +306,14 @@ export class Cluster implements ClusterPort {
         this.sendTickets();
         this.reassign('join');
       }
+      if (b.stateReady === true) this.stateFetch.peerReady(m.sender);
+      return;
+    }
+    if (b.type === 'state_request' || b.type === 'state_chunk') {
+      // From peers we track only: a requester heartbeats before it asks, and we asked only a peer we heard.
+      if (!this.peers.has(m.sender)) this.counters.bump(this.counters.dropped, 'unknown_peer');
+      else if (b.type === 'state_request') this.stateAnswers.request(m.sender, b, this.stateReady);
+      else if (!this.stateFetch.chunk(m.sender, b)) this.counters.bump(this.counters.dropped, 'unexpected_state');
       return;
     }
     if (b.type === 'subscriber') {
@@ -434,6 +481,8 @@ export class Cluster implements ClusterPort {
       degraded: !this.bus.connected,
       peers: this.livePeers(),
       ownedSubscribers: this.ownedSubscribers(),
+      stateFetch: this.stateFetch.describe(),
+      stateAnswersInProgress: this.stateAnswers.inProgress,
     };
   }
 
@@ -442,6 +491,8 @@ export class Cluster implements ClusterPort {
     if (this.flushPending !== null) clearImmediate(this.flushPending);
     this.closed = true;
     if (this.timer !== null) clearInterval(this.timer);
+    this.stateFetch.close();
+    this.stateAnswers.close();
     // A clean goodbye: the others stop counting on us at once.
     for (const ch of this.repeater.channels.values()) for (const e of ch.subscribers()) this.announce(ch, e, true);
     await this.bus.close();

@@ -162,4 +162,11 @@ export function registerClusterMetrics(register: Registry, cluster: Cluster, rep
   counterFrom(register, 'udprepeater_cluster_duplicates_total', 'Updates that came in a second time through another repeater, delivered once', [], () => [[{}, repeater.clusterDuplicates]]);
   counterFrom(register, 'udprepeater_cluster_failovers_total', 'Subscribers this repeater took over from a repeater that died', [], () => [[{}, c.failovers]]);
   counterFrom(register, 'udprepeater_cluster_disconnects_total', 'Times the bus connection was lost', [], () => [[{}, cluster.bus.disconnects]]);
+  const f = cluster.stateFetch;
+  const a = cluster.stateAnswers;
+  counterFrom(register, 'udprepeater_cluster_state_fetches_total', "Fetches of the cluster's live state at start, by result (complete, no_peer, bus_down, timeout, incomplete, declined, overflow)", ['result'], () => [...f.results].map(([result, v]) => [{ result }, v] as const));
+  counterFrom(register, 'udprepeater_cluster_state_entries_received_total', 'Live-state entries fetched from a peer, by what they did (set; live_newer: the live path had a newer value; others refused)', ['outcome'], () => [...f.entries].map(([outcome, v]) => [{ outcome }, v] as const));
+  gaugeFrom(register, 'udprepeater_cluster_state_fetch_seconds', 'How long the fetch at start took, or has taken so far', [], () => [[{}, (f.describe()['ms'] as number) / 1000]]);
+  counterFrom(register, 'udprepeater_cluster_state_answers_total', 'Requests for our live state from starting peers, by result (complete, declined, failed, replaced)', ['result'], () => [...a.results].map(([result, v]) => [{ result }, v] as const));
+  counterFrom(register, 'udprepeater_cluster_state_entries_sent_total', 'Live-state entries sent to starting peers', [], () => [[{}, a.entriesSent]]);
 }

@@ -167,6 +167,9 @@ export class Repeater {
 
   static async start(config: ServeConfig, log: Logger, hooks: RepeaterHooks = {}): Promise<Repeater> {
     const r = new Repeater(log, hooks);
+    // Cluster mode: no warm join before the cluster's live state was fetched
+    // from a peer (the cluster releases them); held before any listener opens.
+    if (config.cluster !== null && config.warm.enabled) r.warm.hold();
     try {
       await r.apply(config);
     } catch (err) {

@@ -30,12 +30,24 @@
 //   "Warm join". A join begins START_DELAY_MS after the subscription, past
 //   that uWSGI start-up race.
 // - Static outputs (--to) are never warmed: they are not "new".
+// - Cluster mode: a repeater that starts fetches the live state from a peer
+//   (cluster/state-fetch.ts) before it warms anyone. Until then joins are
+//   held (hold/release: a subscriber that joins meanwhile is warmed after
+//   the fetch ends, whatever its outcome; what the live path set after its
+//   subscription is not sent again), and a key the live path touched
+//   since the fetch began is never overwritten by a fetched entry: the live
+//   value (or delete) is newer than anything the peer sent. Only the
+//   repeater that serves a subscriber warms it: its live path is the one
+//   that reaches it, so the skip rule above holds; a join whose subscriber
+//   is served elsewhere ends (checked at each step, after START_DELAY_MS,
+//   by when the repeaters that heard it agree on its server).
 
 import type { Logger } from '../base/log.js';
 import { D } from '../base/stats.js';
 import type { WarmConfig } from '../config/warm-config.js';
 import type { LoopGuard } from '../gate/loop-guard.js';
 import { type Fanout, newTally, type OutletGroup } from '../net/io.js';
+import { cacheKeyText } from '../wire/cache-fields.js';
 import { type CacheShape, forwardForm, inspectCacheUpdate, newShape } from '../wire/cache.js';
 import type { WireError } from '../wire/uwsgi.js';
 import type { Channel, FrameSealer, Subscriber } from './channel.js';
@@ -76,7 +88,15 @@ export interface WarmProgress {
   /** Entries in the state when the join (re)started. */
   readonly total: number;
   readonly startedAt: string;
+  /** Cluster mode: the join waits for the live state to be fetched from a peer. */
+  readonly waiting?: 'cluster state';
 }
+
+/** What a fetched entry did to the live state (applyFetched). */
+export type FetchedChange = LiveChange | WireError | 'no_state' | 'live_newer';
+
+/** Keys the live path touched during a fetch, at most: past it the fetch stops (the rest would be unsafe to apply). */
+export const MAX_TOUCHED = 1 << 20;
 
 /** Tokens per second, at most `burstSeconds` of them saved up. Pure over the clock it is given (ms). */
 export class Pacer {
@@ -144,9 +164,11 @@ interface Join {
   notBefore: number;
   /** The subscriber's strikes when last looked at: one more means an ICMP answer. */
   strikes: number;
+  /** A join held during a cluster fetch: the state's version when its subscriber came (the first start counts from it). */
+  since: number | null;
 }
 
-type Step = 'sent' | 'skipped' | 'paused' | 'done' | 'gone';
+type Step = 'sent' | 'skipped' | 'paused' | 'done' | 'gone' | 'not_served';
 
 const nowSeconds = () => Math.floor(Date.now() / 1000);
 
@@ -167,6 +189,11 @@ export class WarmJoins {
   private readonly shape: CacheShape = newShape();
   private readonly tally = newTally();
   private closed = false;
+  /** Subscribers whose join waits for release() (cluster mode start); null: joins start at once. */
+  private held: Map<string, { ch: Channel; e: Subscriber; why: 'new' | 'resumed'; at: number; since: number }> | null = null;
+  /** During a fetch: the keys the live path touched, per channel; null: no fetch. */
+  private touched: Map<string, Set<string>> | null = null;
+  private touchedCount = 0;
 
   constructor(
     private readonly host: WarmHost,
@@ -230,7 +257,76 @@ export class WarmJoins {
   /** Hot path: an update the repeater accepted and is about to forward (inspected into `s`). */
   learn(ch: Channel, buf: Buffer, s: CacheShape): void {
     const state = this.states.get(ch.name);
-    if (state !== undefined) state.learn(buf, s, nowSeconds());
+    if (state === undefined) return;
+    if (this.touched !== null) this.touch(ch.name, cacheKeyText(buf));
+    state.learn(buf, s, nowSeconds());
+  }
+
+  /** Joins wait from now until release(): the cluster's state is being fetched. */
+  hold(): void {
+    this.held ??= new Map();
+  }
+
+  /** Whether joins are held (a fetch is pending or in progress). */
+  get holding(): boolean {
+    return this.held !== null;
+  }
+
+  /** Starts the joins held since hold(), of the subscribers still there. */
+  release(): void {
+    const held = this.held;
+    this.held = null;
+    if (held === null) return;
+    for (const { ch, e, why, since } of held.values()) {
+      if (this.host.channels.get(ch.name) === ch && ch.registry(e.form).get(e.endpoint.text) === e) {
+        this.subscribed(ch, e, why);
+        // What the live path set since the subscription reached the subscriber already.
+        const j = this.joins.get(`${ch.name}\0${e.form}\0${e.endpoint.text}`);
+        if (j !== undefined && j.entry === e) j.since = since;
+      }
+    }
+  }
+
+  /** A fetch begins: from now on the keys the live path touches are remembered, so fetched entries never overwrite them. */
+  beginFetch(): void {
+    this.touched = new Map();
+    this.touchedCount = 0;
+  }
+
+  /** The fetch is over (any outcome): the remembered keys are forgotten. */
+  endFetch(): void {
+    this.touched = null;
+    this.touchedCount = 0;
+  }
+
+  /** Whether the touched-keys bound was passed: the fetch must stop. */
+  get fetchOverflowed(): boolean {
+    return this.touchedCount > MAX_TOUCHED;
+  }
+
+  private touch(channel: string, key: string): void {
+    if (this.touchedCount > MAX_TOUCHED) return;
+    let keys = this.touched!.get(channel);
+    if (keys === undefined) this.touched!.set(channel, (keys = new Set()));
+    const before = keys.size;
+    keys.add(key);
+    this.touchedCount += keys.size - before;
+  }
+
+  /**
+   * An entry of a peer's live state (cluster warm join): validated as a
+   * datagram from the network, applied unless the live path touched its key
+   * since the fetch began ('live_newer'). No join runs meanwhile (they are
+   * held), so nothing needs to send it.
+   */
+  applyFetched(channel: string, datagram: Buffer): FetchedChange {
+    const state = this.states.get(channel);
+    if (state === undefined) return 'no_state';
+    const bad = inspectCacheUpdate(datagram, this.shape);
+    if (bad !== undefined) return bad;
+    if (this.touched === null || this.touchedCount > MAX_TOUCHED || this.touched.get(channel)?.has(cacheKeyText(datagram)) === true) return 'live_newer';
+    // Version 0 (not delivered): older than any join, so joins held since before it send it.
+    return state.learn(datagram, this.shape, nowSeconds(), false);
   }
 
   /**
@@ -261,6 +357,11 @@ export class WarmJoins {
     const state = this.states.get(ch.name);
     if (state === undefined) return;
     const id = `${ch.name}\0${e.form}\0${e.endpoint.text}`;
+    if (this.held !== null) {
+      // Bounded: one per subscriber of the registries, and dropped with them at release().
+      this.held.set(id, { ch, e, why, at: Date.now(), since: state.version });
+      return;
+    }
     const existing = this.joins.get(id);
     if (existing !== undefined) {
       if (existing.entry === e) {
@@ -295,6 +396,7 @@ export class WarmJoins {
       why: null,
       notBefore: this.clock() + START_DELAY_MS,
       strikes: e.strikes,
+      since: null,
     };
     this.joins.set(id, j);
     if (this.active.length === 0) this.pacer.reset(this.clock());
@@ -305,7 +407,10 @@ export class WarmJoins {
 
   /** A join in progress for this subscriber, for /subscribers. */
   progress(ch: Channel, e: Subscriber): WarmProgress | null {
-    const j = this.joins.get(`${ch.name}\0${e.form}\0${e.endpoint.text}`);
+    const id = `${ch.name}\0${e.form}\0${e.endpoint.text}`;
+    const h = this.held?.get(id);
+    if (h !== undefined && h.e === e) return { sent: 0, skipped: 0, dropped: 0, total: 0, startedAt: new Date(h.at).toISOString(), waiting: 'cluster state' };
+    const j = this.joins.get(id);
     if (j === undefined || j.entry !== e) return null;
     return { sent: j.sent, skipped: j.skipped, dropped: j.dropped, total: j.total, startedAt: new Date(j.startedAt).toISOString() };
   }
@@ -341,7 +446,7 @@ export class WarmJoins {
         this.active.splice(this.next, 1);
         this.joins.delete(j.id);
         if (r === 'done') this.complete(j);
-        else this.ended(j, 'subscriber gone');
+        else this.ended(j, r === 'gone' ? 'subscriber gone' : 'served by another repeater');
       }
     }
     if (this.active.length === 0) return;
@@ -352,6 +457,8 @@ export class WarmJoins {
   private step(j: Join, nowSec: number): Step {
     const e = j.entry;
     if (this.host.channels.get(j.ch.name) !== j.ch || j.ch.registry(e.form).get(e.endpoint.text) !== e) return 'gone';
+    // Cluster mode: the repeater that serves a subscriber warms it; the others leave it (their live path does not reach it).
+    if (!e.owned) return 'not_served';
     if (e.suspendedUntil !== 0) {
       j.interrupted = true;
       j.why = 'resumed after a suspension';
@@ -426,7 +533,8 @@ export class WarmJoins {
   /** Starts the walk (over); `why` null is the first start. */
   private restart(j: Join, why: string | null): void {
     j.iter = j.state.walk();
-    j.startVersion = j.state.version;
+    j.startVersion = why === null && j.since !== null ? j.since : j.state.version;
+    j.since = null;
     j.total = j.state.size;
     j.sent = 0;
     j.skipped = 0;
@@ -481,6 +589,8 @@ export class WarmJoins {
     this.sweeper = null;
     this.active = [];
     this.joins.clear();
+    this.held = null;
+    this.touched = null;
     for (const state of this.states.values()) state.clear();
     this.states.clear();
   }

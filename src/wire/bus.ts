@@ -25,6 +25,27 @@ export interface BusHeartbeat {
   readonly startedAtMs: number;
   readonly intervalMs: number;
   readonly subscribers: number;
+  /** It holds the cluster's live state and may be asked for it (absent: false). */
+  readonly stateReady?: boolean;
+}
+
+/** A starting repeater asks `target` for its live state (cluster warm join). */
+export interface BusStateRequest {
+  readonly type: 'state_request';
+  readonly target: bigint;
+  readonly request: number;
+}
+
+/** One part of an answer to a BusStateRequest, on the requester's own subject. */
+export interface BusStateChunk {
+  readonly type: 'state_chunk';
+  readonly request: number;
+  readonly seq: number;
+  /** Plain cache sets: no trace, never opaque, origin 0. */
+  readonly entries: readonly BusDatagram[];
+  readonly last: boolean;
+  readonly total: number;
+  readonly declined: boolean;
 }
 
 export interface BusSubscriber {
@@ -51,7 +72,7 @@ export interface BusTickets {
   readonly keys: readonly TicketKey[];
 }
 
-export type BusBody = BusDatagram | BusBatch | BusHeartbeat | BusSubscriber | BusTickets;
+export type BusBody = BusDatagram | BusBatch | BusHeartbeat | BusSubscriber | BusTickets | BusStateRequest | BusStateChunk;
 
 export interface BusMessage {
   readonly sender: bigint;
@@ -81,7 +102,11 @@ export function encodeBus(m: BusMessage): Uint8Array {
   } else if (b.type === 'batch') {
     msg['batch'] = { datagrams: b.datagrams.map(datagramFields) };
   } else if (b.type === 'heartbeat') {
-    msg['heartbeat'] = { name: b.name, startedAtMs: b.startedAtMs, intervalMs: b.intervalMs, subscribers: b.subscribers };
+    msg['heartbeat'] = { name: b.name, startedAtMs: b.startedAtMs, intervalMs: b.intervalMs, subscribers: b.subscribers, stateReady: b.stateReady === true };
+  } else if (b.type === 'state_request') {
+    msg['stateRequest'] = { target: bigintToLong(b.target), request: b.request };
+  } else if (b.type === 'state_chunk') {
+    msg['stateChunk'] = { request: b.request, seq: b.seq, entries: b.entries.map(datagramFields), last: b.last, total: b.total, declined: b.declined };
   } else if (b.type === 'tickets') {
     msg['tickets'] = ticketsToProto(b.keys);
   } else {
@@ -131,6 +156,15 @@ export function decodeBus(buf: Uint8Array): BusMessage | 'bad_payload' {
   const s = m['subscriber'] as Record<string, unknown> | null | undefined;
   const batch = m['batch'] as { datagrams?: Array<Record<string, unknown>> } | null | undefined;
   const t = m['tickets'] as unknown;
+  const rq = m['stateRequest'] as Record<string, unknown> | null | undefined;
+  const chunk = m['stateChunk'] as Record<string, unknown> | null | undefined;
+  if (rq != null) {
+    const target = longToBigint(rq['target'] as LongLike);
+    const request = longToNumber(rq['request'] as LongLike);
+    if (target === 0n || request < 1 || !Number.isSafeInteger(request)) return 'bad_payload';
+    return { sender, sentAtMs, body: { type: 'state_request', target, request } };
+  }
+  if (chunk != null) return stateChunkOf(sender, sentAtMs, chunk);
   if (t != null) {
     const keys = ticketsFromProto(t);
     if (typeof keys === 'string') return keys;
@@ -160,6 +194,7 @@ export function decodeBus(buf: Uint8Array): BusMessage | 'bad_payload' {
       startedAtMs: longToNumber(h['startedAtMs'] as LongLike),
       intervalMs: Number(h['intervalMs'] ?? 0),
       subscribers: Number(h['subscribers'] ?? 0),
+      ...(h['stateReady'] === true ? { stateReady: true } : {}),
     };
     return { sender, sentAtMs, body };
   }
@@ -183,4 +218,23 @@ export function decodeBus(buf: Uint8Array): BusMessage | 'bad_payload' {
     return { sender, sentAtMs, body };
   }
   return 'bad_payload';
+}
+
+/**
+ * A state chunk: bounded (MAX_BATCH entries), and every entry a plain cache
+ * update with neither trace nor origin (the live state keeps neither).
+ */
+function stateChunkOf(sender: bigint, sentAtMs: number, c: Record<string, unknown>): BusMessage | 'bad_payload' {
+  const request = longToNumber(c['request'] as LongLike);
+  const seq = Number(c['seq'] ?? 0);
+  const total = Number(c['total'] ?? 0);
+  const items = (c['entries'] as Array<Record<string, unknown>> | undefined) ?? [];
+  if (request < 1 || !Number.isSafeInteger(request) || items.length > MAX_BATCH) return 'bad_payload';
+  const entries: BusDatagram[] = [];
+  for (const item of items) {
+    const one = datagramOf(item);
+    if (one === null || one.trace !== null || one.opaque || one.origin !== 0n) return 'bad_payload';
+    entries.push(one);
+  }
+  return { sender, sentAtMs, body: { type: 'state_chunk', request, seq, entries, last: c['last'] === true, total, declined: c['declined'] === true } };
 }

@@ -1,0 +1,301 @@
+// Cluster warm join (docs/PROTOCOL.md, "The cluster bus"; README, "Cluster
+// mode"): a repeater that starts in cluster mode fetches the live state from
+// one peer before it warms anyone, and every repeater answers such requests.
+//
+// Invariants:
+// - Every repeater keeps the live state of the whole cluster: what comes off
+//   the bus goes through the same acceptance path as what its own listeners
+//   get, and that path updates the live state (repeater.ts, acceptCache).
+//   So any peer that is "ready" holds it all; the fetch fills the gap before
+//   this repeater was on the bus.
+// - Joins are held until the fetch ends, whatever its outcome (warm-join.ts,
+//   hold/release), and the fetch is bounded at every step by the peer
+//   timeout: the bus must connect, a ready peer must be heard, and each chunk
+//   must follow the previous one within it. Otherwise: go on with what we
+//   have (cold, or partial), counted by result. At most MAX_ATTEMPTS peers
+//   are asked.
+// - The bus subscription is in place before the request goes out, so every
+//   update published after it reaches us live; a key the live path touched
+//   since the fetch began is never overwritten by a fetched entry (it is
+//   newer). The answerer sends only entries at most as new as the request
+//   (newer ones went out on the bus after our subscription).
+// - Nothing is believed before it is authenticated: with keys every message
+//   is a sealed bus frame whose origin is its sender (cluster.ts); a chunk
+//   counts only from the peer asked, for the request number of this
+//   attempt, in sequence. Entries are validated as datagrams from the
+//   network, at most MAX_BATCH per chunk and CHUNK_BYTES of datagrams, and
+//   the live state's own bound (--state-max-bytes) applies to them.
+// - Answering never stalls live traffic: CHUNKS_PER_TURN chunks per turn of
+//   the event loop, at most MAX_ANSWERS answers at once (more are declined).
+
+import type { Logger } from '../base/log.js';
+import type { Channel } from '../repeater/channel.js';
+import type { LiveEntry, LiveState } from '../repeater/live-state.js';
+import type { WarmJoins } from '../repeater/warm-join.js';
+import { type BusBody, type BusDatagram, type BusStateChunk, type BusStateRequest, MAX_BATCH } from '../wire/bus.js';
+
+/** Datagram bytes per chunk at most: a sealed chunk stays well under a 64 KiB frame. */
+export const CHUNK_BYTES = 32 * 1024;
+/** What an entry adds to a chunk beyond its datagram: channel name, framing. */
+const ENTRY_OVERHEAD = 16;
+/** Chunks an answer publishes per turn of the event loop. */
+const CHUNKS_PER_TURN = 2;
+/** Answers in progress at once, at most; further requests are declined. */
+export const MAX_ANSWERS = 2;
+/** Peers asked at most by one fetch (a decline, a lost chunk or a silent peer moves on to the next). */
+export const MAX_ATTEMPTS = 3;
+
+export type FetchResult =
+  | 'complete' // a peer sent all its live state
+  | 'no_peer' // no peer holding the state was heard within the bound: the first repeater, or all starting
+  | 'bus_down' // the bus did not connect within the bound
+  | 'timeout' // the peer asked stopped answering
+  | 'incomplete' // a chunk was lost (the entries before it are kept)
+  | 'declined' // the peer asked would not answer
+  | 'overflow'; // too many live updates during the fetch to tell which fetched entries are older
+
+export type FetchPhase = 'connecting' | 'finding' | 'fetching' | 'done';
+
+/** What the fetch and the answers need of the cluster. */
+export interface StateHost {
+  readonly id: bigint;
+  readonly log: Logger;
+  readonly warm: WarmJoins;
+  readonly channels: ReadonlyMap<string, Channel>;
+  /** Publishes a bus message (sealed when the cluster has keys); false when it could not. */
+  send(body: BusBody, subject: string): boolean;
+  /** The control subject (requests) and a repeater's own state subject (its answers). */
+  readonly controlSubject: string;
+  stateSubject(requester: bigint): string;
+  /** Live peers that said they hold the state, oldest first. */
+  readyPeers(): bigint[];
+}
+
+/** The fetch of this repeater's start. */
+export class StateFetch {
+  phase: FetchPhase = 'connecting';
+  result: FetchResult | null = null;
+  readonly results = new Map<string, number>();
+  /** Fetched entries, by what they did to the live state. */
+  readonly entries = new Map<string, number>();
+  chunks = 0;
+  private peer: bigint | null = null;
+  private request = 0;
+  private expectSeq = 0;
+  private readonly tried = new Set<bigint>();
+  private lastFailure: FetchResult | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private readonly t0 = Date.now();
+  ms = 0;
+
+  constructor(
+    private readonly host: StateHost,
+    private readonly boundMs: number,
+  ) {}
+
+  /** Starts waiting for the bus; nothing to fetch when warm joins are off (nothing is held). */
+  start(): void {
+    if (!this.host.warm.holding) {
+      this.phase = 'done';
+      return;
+    }
+    this.arm(() => this.finish('bus_down'));
+  }
+
+  /** The bus connected: look for a ready peer (its heartbeat answers ours at once). */
+  connected(): void {
+    if (this.phase !== 'connecting') return;
+    this.phase = 'finding';
+    for (const p of this.host.readyPeers()) if (this.phase === 'finding') this.ask(p);
+    if (this.phase === 'finding') this.arm(() => this.giveUp());
+  }
+
+  /** A peer's heartbeat says it holds the state. */
+  peerReady(peer: bigint): void {
+    if (this.phase === 'finding' && !this.tried.has(peer) && this.tried.size < MAX_ATTEMPTS) this.ask(peer);
+  }
+
+  private ask(peer: bigint): void {
+    if (this.tried.size === 0) this.host.warm.beginFetch();
+    this.tried.add(peer);
+    this.peer = peer;
+    this.request++;
+    this.expectSeq = 0;
+    this.phase = 'fetching';
+    this.host.log.info('cluster: fetching the live state from a peer', { peer: peer.toString(16), attempt: this.tried.size });
+    this.arm(() => this.next('timeout'));
+    if (!this.host.send({ type: 'state_request', target: peer, request: this.request }, this.host.controlSubject)) this.next('timeout');
+  }
+
+  /** A chunk on our state subject; false when it is not the one expected (counted by the caller). */
+  chunk(sender: bigint, c: BusStateChunk): boolean {
+    if (this.phase !== 'fetching' || sender !== this.peer || c.request !== this.request) return false;
+    if (c.seq !== this.expectSeq) {
+      // Core NATS is at most once: a chunk was lost. What came before it is valid and kept.
+      this.next('incomplete');
+      return true;
+    }
+    this.expectSeq++;
+    this.chunks++;
+    for (const e of c.entries) {
+      const r = this.host.warm.applyFetched(e.channel, e.datagram);
+      this.entries.set(r, (this.entries.get(r) ?? 0) + 1);
+    }
+    if (this.host.warm.fetchOverflowed) this.finish('overflow');
+    else if (c.declined) this.next('declined');
+    else if (c.last) this.finish('complete');
+    else this.arm(() => this.next('timeout'));
+    return true;
+  }
+
+  /** This attempt failed: ask another ready peer, or give up. */
+  private next(why: FetchResult): void {
+    this.lastFailure = why;
+    this.peer = null;
+    this.phase = 'finding';
+    if (this.tried.size < MAX_ATTEMPTS) {
+      const other = this.host.readyPeers().find((p) => !this.tried.has(p));
+      if (other !== undefined) {
+        this.ask(other);
+        return;
+      }
+    }
+    this.finish(why);
+  }
+
+  private giveUp(): void {
+    this.finish(this.lastFailure ?? 'no_peer');
+  }
+
+  private arm(fn: () => void): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = setTimeout(fn, this.boundMs);
+    this.timer.unref();
+  }
+
+  private finish(result: FetchResult): void {
+    if (this.phase === 'done') return;
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    this.phase = 'done';
+    this.result = result;
+    this.peer = null;
+    this.ms = Date.now() - this.t0;
+    this.results.set(result, (this.results.get(result) ?? 0) + 1);
+    this.host.warm.endFetch();
+    const entries = Object.fromEntries(this.entries);
+    const level = result === 'complete' || result === 'no_peer' ? 'info' : 'warn';
+    this.host.log[level]('cluster: live state fetch over; warm joins start', { result, ms: this.ms, chunks: this.chunks, entries, peersAsked: this.tried.size });
+    this.host.warm.release();
+  }
+
+  /** For /healthz. */
+  describe(): Record<string, unknown> {
+    return { phase: this.phase, result: this.result, ms: this.phase === 'done' ? this.ms : Date.now() - this.t0, chunks: this.chunks, entries: Object.fromEntries(this.entries) };
+  }
+
+  close(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+  }
+}
+
+interface Answer {
+  readonly requester: bigint;
+  readonly request: number;
+  /** Channels still to walk, each with the version of its state when the request came. */
+  readonly walks: Array<{ channel: string; state: LiveState; startVersion: number; iter: Iterator<[string, LiveEntry]> }>;
+  seq: number;
+  total: number;
+}
+
+/** Answers other repeaters' requests for our live state. */
+export class StateAnswers {
+  readonly results = new Map<string, number>();
+  entriesSent = 0;
+  private readonly active = new Map<bigint, Answer>();
+  private pending: NodeJS.Immediate | null = null;
+  private closed = false;
+
+  constructor(private readonly host: StateHost) {}
+
+  /** A request from a tracked peer; ignored unless addressed to us. `ready`: we hold the state. */
+  request(sender: bigint, r: BusStateRequest, ready: boolean): void {
+    if (r.target !== this.host.id || this.closed) return;
+    if (!ready || (this.active.size >= MAX_ANSWERS && !this.active.has(sender))) {
+      this.count('declined');
+      this.host.send({ type: 'state_chunk', request: r.request, seq: 0, entries: [], last: true, total: 0, declined: true }, this.host.stateSubject(sender));
+      return;
+    }
+    // A requester that asks again started over: its earlier answer is of no use to it.
+    if (this.active.has(sender)) this.count('replaced');
+    const walks: Answer['walks'] = [];
+    for (const name of this.host.channels.keys()) {
+      const state = this.host.warm.state(name);
+      if (state !== undefined && state.size > 0) walks.push({ channel: name, state, startVersion: state.version, iter: state.walk() });
+    }
+    this.active.set(sender, { requester: sender, request: r.request, walks, seq: 0, total: 0 });
+    this.host.log.info('cluster: sending our live state to a peer', { peer: sender.toString(16), entries: walks.reduce((n, w) => n + w.state.size, 0) });
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.pending === null && !this.closed && this.active.size > 0) this.pending = setImmediate(this.pump);
+  }
+
+  private readonly pump = (): void => {
+    this.pending = null;
+    for (const a of [...this.active.values()]) {
+      for (let i = 0; i < CHUNKS_PER_TURN && this.active.get(a.requester) === a; i++) this.sendChunk(a);
+    }
+    this.schedule();
+  };
+
+  private sendChunk(a: Answer): void {
+    const entries: BusDatagram[] = [];
+    let bytes = 0;
+    const nowSec = Math.floor(Date.now() / 1000);
+    while (a.walks.length > 0 && entries.length < MAX_BATCH && bytes < CHUNK_BYTES) {
+      const w = a.walks[0]!;
+      const n = w.iter.next();
+      if (n.done === true) {
+        a.walks.shift();
+        continue;
+      }
+      const e = n.value[1];
+      // Newer than the request: it went out on the bus, which the requester already heard.
+      if (e.version > w.startVersion || (e.expires !== 0 && e.expires <= nowSec)) continue;
+      entries.push({ type: 'datagram', channel: w.channel, datagram: e.content, trace: null, origin: 0n, opaque: false });
+      bytes += e.content.length + w.channel.length + ENTRY_OVERHEAD;
+    }
+    const last = a.walks.length === 0;
+    a.total += entries.length;
+    // Encoded (copied) at once: the entries' buffers may be zeroed once the state replaces them.
+    const ok = this.host.send({ type: 'state_chunk', request: a.request, seq: a.seq++, entries, last, total: a.total, declined: false }, this.host.stateSubject(a.requester));
+    this.entriesSent += entries.length;
+    if (!ok) {
+      this.active.delete(a.requester);
+      this.count('failed');
+    } else if (last) {
+      this.active.delete(a.requester);
+      this.count('complete');
+      this.host.log.info('cluster: live state sent to a peer', { peer: a.requester.toString(16), entries: a.total, chunks: a.seq });
+    }
+  }
+
+  private count(result: string): void {
+    this.results.set(result, (this.results.get(result) ?? 0) + 1);
+  }
+
+  /** Answers in progress, for /healthz. */
+  get inProgress(): number {
+    return this.active.size;
+  }
+
+  close(): void {
+    this.closed = true;
+    if (this.pending !== null) clearImmediate(this.pending);
+    this.pending = null;
+    this.active.clear();
+  }
+}
