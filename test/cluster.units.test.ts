@@ -65,6 +65,10 @@ const SAMPLES: ReadonlyArray<readonly [string, BusMessage]> = [
   ['subscriber', msg(subscriber({ sealed: true, origin: 0xfeedfacecafebeefn }))],
   ['subscriber gone (deadline 0)', msg(subscriber({ deadlineMs: 0 }))],
   ['static subscriber', msg(subscriber({ deadlineMs: Number.MAX_SAFE_INTEGER, isStatic: true, address: '[::1]:65535' }))],
+  ['heartbeat of a peer holding the live state', msg(heartbeat({ stateReady: true }))],
+  ['state request', msg({ type: 'state_request', target: 0xfeedfacecafebeefn, request: 1 })],
+  ['state chunk of two entries, two channels, the last', msg({ type: 'state_chunk', request: 3, seq: 7, entries: [datagram() as Extract<BusBody, { type: 'datagram' }>, datagram({ channel: 'other' }) as Extract<BusBody, { type: 'datagram' }>], last: true, total: 1502, declined: false })],
+  ['state chunk: declined', msg({ type: 'state_chunk', request: 9, seq: 0, entries: [], last: true, total: 0, declined: true })],
 ];
 
 /** What decodeBus promises of anything it returns. */
@@ -86,6 +90,16 @@ function assertWellFormed(m: BusMessage): void {
     }
   } else if (b.type === 'heartbeat') {
     assert.ok(b.name.length <= 255, 'heartbeat name too long');
+  } else if (b.type === 'state_request') {
+    assert.ok(b.target !== 0n && b.request >= 1 && Number.isSafeInteger(b.request), 'bad state request');
+  } else if (b.type === 'state_chunk') {
+    assert.ok(b.request >= 1 && Number.isSafeInteger(b.request) && b.entries.length <= MAX_BATCH, 'bad state chunk');
+    for (const d of b.entries) {
+      assert.ok(d.trace === null && !d.opaque && d.origin === 0n, 'a state entry with a trace, an origin or opaque');
+      assertWellFormed({ ...m, body: d });
+    }
+  } else if (b.type === 'tickets') {
+    // checked by the tickets codec's own tests
   } else {
     assert.equal(b.type, 'subscriber');
     assert.ok(b.channel.length > 0 && b.channel.length <= 255 && b.address.length > 0 && b.address.length <= 255 && b.key.length <= 255, 'bad subscriber strings');
@@ -116,6 +130,18 @@ describe('wire/bus.ts: the bus codec', () => {
       assert.deepEqual(back, m);
     });
   }
+
+  test('state chunks: an entry with a trace, an origin or opaque, or more than MAX_BATCH entries, is refused whole', () => {
+    const chunk = (entries: BusBody[]) => msg({ type: 'state_chunk', request: 1, seq: 0, entries: entries as Array<Extract<BusBody, { type: 'datagram' }>>, last: false, total: 0, declined: false });
+    assert.notEqual(decodeBus(encodeBus(chunk([datagram()]))), 'bad_payload');
+    assert.equal(decodeBus(encodeBus(chunk([datagram(), datagram({ trace: { ingress: 1, sequence: 1, hops: 1 } })]))), 'bad_payload');
+    assert.equal(decodeBus(encodeBus(chunk([datagram({ origin: 5n })]))), 'bad_payload');
+    assert.equal(decodeBus(encodeBus(chunk([datagram({ opaque: true })]))), 'bad_payload');
+    assert.notEqual(decodeBus(encodeBus(chunk(Array.from({ length: MAX_BATCH }, () => datagram())))), 'bad_payload');
+    assert.equal(decodeBus(encodeBus(chunk(Array.from({ length: MAX_BATCH + 1 }, () => datagram())))), 'bad_payload');
+    assert.equal(decodeBus(encodeBus(msg({ type: 'state_request', target: 0n, request: 1 }))), 'bad_payload', 'a request to nobody');
+    assert.equal(decodeBus(encodeBus(msg({ type: 'state_request', target: 1n, request: 0 }))), 'bad_payload', 'request numbers start at 1');
+  });
 
   test('garbage never throws: random buffers of every length up to 300', () => {
     const rand = prng(1);
