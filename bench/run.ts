@@ -26,6 +26,7 @@ import { checkSecure, type KeyInfo, keygen, keyIdOfFile } from './lib/secure-che
 import { selftest } from './lib/selftest.js';
 import { parseSize, type SyntheticSpec } from './lib/synthetic.js';
 import { DEFAULT_TARGETS, repeaterPath, TARGETS, type TargetKind } from './lib/targets.js';
+import { warmCommand } from './lib/warm.js';
 
 const HELP = `usage: npm run bench -- [command] [options]
 
@@ -35,6 +36,7 @@ commands:
   replay       replay a capture at a running repeater on 127.0.0.1
   pcap-info    describe a capture file
   selftest     check the pcap reader, generator and receivers
+  warm         time to warm a joining node, and the join's effect on live traffic (bench/README.md)
   report FILE  re-render the .md and .svg of a results .json
 
 suite options:
@@ -485,6 +487,7 @@ async function main(): Promise<void> {
   else if (command === 'pcap-info') pcapInfo(opts);
   else if (command === 'selftest') await selftestCmd(opts);
   else if (command === 'report') rerender(opts);
+  else if (command === 'warm') await warmCommand(argv.slice(1), commandLine(argv));
   else throw new BenchError(`unknown command "${command}"\n\n${HELP}`);
 }
 
