@@ -6,7 +6,14 @@
 
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
+import { connect } from '@nats-io/transport-node';
+import { KeyRing } from '../src/crypto/keyring.js';
+import { sodiumReady } from '../src/crypto/secretbox.js';
+import { SecureSession } from '../src/crypto/session.js';
+import { SealedGate } from '../src/repeater/sealed-gate.js';
+import { type BusBody, type BusMessage, decodeBus, encodeBus } from '../src/wire/bus.js';
 import { encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
+import { Role } from '../src/wire/envelope.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
 import { httpGet, keygen, type Running, serve } from './helpers/attack.js';
 import { NATS_HINT, NatsCluster, natsAvailability } from './helpers/nats.js';
@@ -53,6 +60,7 @@ describe('cluster mode: warm join', { skip }, () => {
 
   before(async () => {
     requireNats();
+    await sodiumReady();
     nats = await NatsCluster.start(2, 'urwarm');
     key = await keygen();
   });
@@ -165,5 +173,60 @@ describe('cluster mode: warm join', { skip }, () => {
     const { keys } = cacheOf(await rx.waitFor(25, 5000));
     assert.equal(new Set(keys).size, 25);
     assert.equal((await d.r.metrics()).value('udprepeater_cluster_state_fetches_total', { result: 'no_peer' }), 1, 'counted');
+  });
+
+  test('a peer that holds the state but never answers: the starting repeater goes on cold within the bound, counted; a chunk from another peer is not believed', async () => {
+    // Two bus clients with the cluster's key: each a repeater as far as the bus can tell.
+    const gateOf = () => new SealedGate(new SecureSession(Role.Repeater), KeyRing.load([key]), { maxSkewMs: 30_000 }, new SecureSession(Role.Repeater, { peer: Role.Repeater }));
+    const silent = gateOf();
+    const impostor = gateOf();
+    const seal = (g: SealedGate, body: BusBody) => g.sealBus(encodeBus({ sender: g.busOrigin!, sentAtMs: Date.now(), body }))!;
+    const nc = await connect({ servers: nats.urls[0]!, noEcho: true });
+    const requests: BusMessage[] = [];
+    nc.subscribe('quiet.ctl', {
+      callback: (err, m) => {
+        if (err !== null) return;
+        const env = silent.openBus(Buffer.from(m.data));
+        if (typeof env === 'string') return;
+        const msg = decodeBus(env.bus!);
+        if (typeof msg !== 'string' && msg.body.type === 'state_request') requests.push(msg);
+      },
+    });
+    await nc.flush();
+    // Both heartbeat; only the silent one says it holds the state, and it never answers.
+    const beat = setInterval(() => {
+      nc.publish('quiet.ctl', seal(silent, { type: 'heartbeat', name: 'silent/1', startedAtMs: 1, intervalMs: 300, subscribers: 0, stateReady: true }));
+      nc.publish('quiet.ctl', seal(impostor, { type: 'heartbeat', name: 'impostor/1', startedAtMs: 2, intervalMs: 300, subscribers: 0 }));
+    }, 300);
+    try {
+      const r = await repeater(0, { name: 'quiet', waitFetch: false });
+      const id = BigInt(`0x${(JSON.parse((await httpGet(r.r.metricsPort, '/healthz')).body) as { cluster: { id: string } }).cluster.id}`);
+      const asked = await eventually('the state request', () => requests.find((q) => q.sender === id), 10_000);
+      assert.equal(asked.body.type === 'state_request' && asked.body.target, silent.busOrigin, 'the peer that said it holds the state is asked');
+      // An answer from a peer that was not asked, for the right request number: not believed.
+      const forged = encodeCacheSet(Buffer.from('forged'), Buffer.from('x'), 0);
+      const request = asked.body.type === 'state_request' ? asked.body.request : 0;
+      nc.publish(`quiet.st.${id.toString(16)}`, seal(impostor, { type: 'state_chunk', request, seq: 0, entries: [{ type: 'datagram', channel: 'ssl', datagram: forged, trace: null, origin: 0n, opaque: false }], last: true, total: 1, declined: false }));
+      await nc.flush();
+      const over = await r.r.d.log.waitFor(FETCH_OVER, {}, { ms: 10_000 });
+      assert.equal(over['result'], 'timeout');
+      assert.ok((over['ms'] as number) >= PEER_TIMEOUT_S * 1000, 'it waited the bound for an answer');
+      const m = await r.r.metrics();
+      assert.equal(m.value('udprepeater_cluster_state_fetches_total', { result: 'timeout' }), 1);
+      assert.equal(m.value('udprepeater_cluster_messages_dropped_total', { reason: 'unexpected_state' }), 1, 'the impostor chunk');
+      assert.equal(await entries(r), 0, 'nothing of it reached the live state');
+      // Cold, but working: a new subscriber is warmed with what the repeater learns from now on.
+      for (let i = 0; i < 5; i++) await sender.send(set(`k${i}`, 'v'), r.port);
+      await eventually('5 live entries', async () => ((await entries(r)) === 5 ? true : undefined), 5000);
+      const rx = await scope.receiver();
+      await subscribe(r, rx);
+      const done = await r.r.d.log.waitFor('warm join completed', { address: rx.address }, { ms: 10_000 });
+      assert.equal(done['sent'], 5);
+    } finally {
+      clearInterval(beat);
+      await nc.close();
+      silent.dispose();
+      impostor.dispose();
+    }
   });
 });
