@@ -28,6 +28,7 @@ import { createServer } from 'node:net';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { encodeCacheSet } from '../../src/wire/cache.js';
 import { encodeSubscription } from '../../src/wire/subscription.js';
+import { LogTap } from '../../test/helpers/logtap.js';
 import { REPEATER_CLI } from './paths.js';
 import { BenchError } from './procs.js';
 
@@ -163,32 +164,15 @@ function sessionKey(i: number, keySize: number): Buffer {
   return Buffer.from(`warm-${i}`.padEnd(keySize, '.'), 'latin1');
 }
 
-/** The repeater under test, with its JSON log lines parsed as they come. */
+/** The repeater under test, its JSON log lines read by the tests' LogTap as they come. */
 class Repeater {
-  private readonly lines: Array<Record<string, unknown>> = [];
-  private waiters: Array<() => void> = [];
+  readonly log = new LogTap();
   private constructor(
     readonly child: ChildProcess,
     readonly port: number,
     readonly metricsPort: number,
   ) {
-    let buf = '';
-    const feed = (d: Buffer) => {
-      buf += d.toString('utf8');
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const line = buf.slice(0, nl);
-        buf = buf.slice(nl + 1);
-        try {
-          this.lines.push(JSON.parse(line) as Record<string, unknown>);
-        } catch {
-          // not a log line
-        }
-      }
-      const w = this.waiters;
-      this.waiters = [];
-      for (const f of w) f();
-    };
+    const feed = (d: Buffer) => this.log.feed(d.toString('utf8'));
     child.stdout!.on('data', feed);
     child.stderr!.on('data', feed);
   }
@@ -205,28 +189,11 @@ class Repeater {
     return r;
   }
 
-  /** The first log line with this msg and fields, from `from` on. */
-  async waitFor(msg: string, fields: Record<string, unknown>, limitMs: number, from = 0): Promise<Record<string, unknown>> {
-    const deadline = Date.now() + limitMs;
-    for (;;) {
-      const hit = this.lines.slice(from).find((l) => l['msg'] === msg && Object.entries(fields).every(([k, v]) => l[k] === v));
-      if (hit !== undefined) return hit;
-      if (this.child.exitCode !== null) throw new BenchError(`warm: the repeater exited (${this.child.exitCode}) before "${msg}"`);
-      const left = deadline - Date.now();
-      if (left <= 0) throw new BenchError(`warm: no "${msg}" from the repeater within ${limitMs} ms`);
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, left);
-        this.waiters.push(() => {
-          clearTimeout(t);
-          resolve();
-        });
-      });
-    }
-  }
-
-  /** Log lines so far: a mark for waitFor's `from`. */
-  get length(): number {
-    return this.lines.length;
+  /** The first log line with this msg and fields, from line `from` on; fails at once if the repeater exits. */
+  waitFor(msg: string, fields: Record<string, unknown>, limitMs: number, from = 0): Promise<Record<string, unknown>> {
+    const exited = new Promise<never>((_, reject) => this.child.once('exit', (code) => reject(new BenchError(`warm: the repeater exited (${code}) before "${msg}"`))));
+    exited.catch(() => undefined);
+    return Promise.race([this.log.waitFor(msg, fields, { from, ms: limitMs }), exited]);
   }
 
   async stop(): Promise<void> {
@@ -404,7 +371,7 @@ export async function runWarmBench(o: WarmOptions, log: (s: string) => void): Pr
     windows[0]!.to = windows[0]!.from + BigInt(Math.round(o.beforeS * 1e9));
     await new Promise((r) => setTimeout(r, Math.ceil(ms(windows[0]!.to - now()))));
     // The join: during runs from the subscribe until the newcomer holds every session.
-    const from = rep.length;
+    const from = rep.log.length;
     const joinAt = now();
     windows[1]!.from = windows[0]!.to;
     windows[1]!.to = 1n << 62n;
