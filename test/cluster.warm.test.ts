@@ -229,4 +229,50 @@ describe('cluster mode: warm join', { skip }, () => {
       impostor.dispose();
     }
   });
+
+  test('a key set or deleted live while the fetch runs keeps its live value: the older fetched entry is not applied', async () => {
+    // A peer on the bus with the cluster's key that answers by hand, after the live updates.
+    const peer = new SealedGate(new SecureSession(Role.Repeater), KeyRing.load([key]), { maxSkewMs: 30_000 }, new SecureSession(Role.Repeater, { peer: Role.Repeater }));
+    const seal = (body: BusBody) => peer.sealBus(encodeBus({ sender: peer.busOrigin!, sentAtMs: Date.now(), body }))!;
+    const nc = await connect({ servers: nats.urls[1]!, noEcho: true });
+    const requests: BusMessage[] = [];
+    nc.subscribe('late.ctl', {
+      callback: (err, m) => {
+        if (err !== null) return;
+        const env = peer.openBus(Buffer.from(m.data));
+        if (typeof env === 'string') return;
+        const msg = decodeBus(env.bus!);
+        if (typeof msg !== 'string' && msg.body.type === 'state_request') requests.push(msg);
+      },
+    });
+    await nc.flush();
+    const beat = setInterval(() => nc.publish('late.ctl', seal({ type: 'heartbeat', name: 'peer/1', startedAtMs: 1, intervalMs: 300, subscribers: 0, stateReady: true })), 300);
+    try {
+      const r = await repeater(1, { name: 'late', timeoutS: 5, waitFetch: false });
+      const asked = await eventually('the state request', () => requests.find((q) => q.body.type === 'state_request' && q.body.target === peer.busOrigin), 10_000);
+      const request = asked.body.type === 'state_request' ? asked.body.request : 0;
+      // Live, while the fetch waits for the answer: one key set anew, one set and deleted.
+      await sender.send(set('fresh', 'live value'), r.port);
+      await sender.send(set('gone', 'live value'), r.port);
+      await sender.send(del('gone'), r.port);
+      await eventually('the live updates', async () => ((await r.r.metrics()).value('udprepeater_datagrams_accepted_total') >= 3 ? true : undefined), 5000);
+      const entry = (k: string, v: string) => ({ type: 'datagram' as const, channel: 'ssl', datagram: set(k, v), trace: null, origin: 0n, opaque: false });
+      nc.publish(`late.st.${asked.sender.toString(16)}`, seal({ type: 'state_chunk', request, seq: 0, entries: [entry('fresh', 'old value'), entry('gone', 'old value'), entry('peer-only', 'p')], last: true, total: 3, declined: false }));
+      await nc.flush();
+      const over = await r.r.d.log.waitFor(FETCH_OVER, {}, { ms: 10_000 });
+      assert.equal(over['result'], 'complete');
+      const m = await r.r.metrics();
+      assert.equal(m.value('udprepeater_cluster_state_entries_received_total', { outcome: 'live_newer' }), 2);
+      assert.equal(m.value('udprepeater_cluster_state_entries_received_total', { outcome: 'set' }), 1);
+      const rx = await scope.receiver();
+      await subscribe(r, rx);
+      const done = await r.r.d.log.waitFor('warm join completed', { address: rx.address }, { ms: 10_000 });
+      assert.equal(done['sent'], 2);
+      assert.deepEqual(cacheOf(await rx.waitFor(2, 5000)).cache, new Map([['fresh', 'live value'], ['peer-only', 'p']]));
+    } finally {
+      clearInterval(beat);
+      await nc.close();
+      peer.dispose();
+    }
+  });
 });

@@ -16,8 +16,8 @@
 //   are asked.
 // - The bus subscription is in place before the request goes out, so every
 //   update published after it reaches us live; a key the live path touched
-//   since the fetch began is never overwritten by a fetched entry (it is
-//   newer). The answerer sends only entries at most as new as the request
+//   since this repeater started is never overwritten by a fetched entry (it
+//   is newer). The answerer sends only entries at most as new as the request
 //   (newer ones went out on the bus after our subscription).
 // - Nothing is believed before it is authenticated: with keys every message
 //   is a sealed bus frame whose origin is its sender (cluster.ts); a chunk
@@ -99,6 +99,8 @@ export class StateFetch {
       this.phase = 'done';
       return;
     }
+    // From the start, not from the request: an update the bus brings before we ask is newer than the answer may be.
+    this.host.warm.beginFetch();
     this.arm(() => this.finish('bus_down'));
   }
 
@@ -116,7 +118,6 @@ export class StateFetch {
   }
 
   private ask(peer: bigint): void {
-    if (this.tried.size === 0) this.host.warm.beginFetch();
     this.tried.add(peer);
     this.peer = peer;
     this.request++;

@@ -35,7 +35,7 @@
 //   held (hold/release: a subscriber that joins meanwhile is warmed after
 //   the fetch ends, whatever its outcome; what the live path set after its
 //   subscription is not sent again), and a key the live path touched
-//   since the fetch began is never overwritten by a fetched entry: the live
+//   since the fetch began (at start) is never overwritten by a fetched entry: the live
 //   value (or delete) is newer than anything the peer sent. Only the
 //   repeater that serves a subscriber warms it: its live path is the one
 //   that reaches it, so the skip rule above holds; a join whose subscriber
@@ -316,7 +316,7 @@ export class WarmJoins {
   /**
    * An entry of a peer's live state (cluster warm join): validated as a
    * datagram from the network, applied unless the live path touched its key
-   * since the fetch began ('live_newer'). No join runs meanwhile (they are
+   * since the fetch began (at start) ('live_newer'). No join runs meanwhile (they are
    * held), so nothing needs to send it.
    */
   applyFetched(channel: string, datagram: Buffer): FetchedChange {
