@@ -275,4 +275,21 @@ describe('cluster mode: warm join', { skip }, () => {
       peer.dispose();
     }
   });
+
+  test('entries near 64 KiB: every chunk fits one sealed frame; an entry too large for any is left out and counted', async () => {
+    const a = await repeater(0, { name: 'big' });
+    // Small before large: a chunk that took the next entry whatever its size would pass the frame.
+    const sizes = [20_000, 64_000, 20_000, 20_000, 64_000, 20_000, 65_300];
+    for (const [i, n] of sizes.entries()) await sender.send(set(`big${i}`, 'x'.repeat(n)), a.port);
+    await eventually(`${sizes.length} live entries`, async () => ((await entries(a)) === sizes.length ? true : undefined), 5000);
+    const b = await repeater(1, { name: 'big' });
+    assert.equal(b.fetch, 'complete');
+    assert.equal((await b.r.metrics()).value('udprepeater_cluster_state_entries_received_total', { outcome: 'set' }), 6);
+    const ma = await a.r.metrics();
+    assert.equal(ma.value('udprepeater_cluster_state_entries_too_large_total'), 1, 'the 65,300-byte value cannot travel in a sealed chunk');
+    // (Its live copy could not cross the bus either: counted by the bus as seal_failed.)
+    assert.equal(ma.value('udprepeater_cluster_state_answers_total', { result: 'complete' }), 1, 'no chunk was too large to seal');
+    assert.equal(ma.value('udprepeater_cluster_state_answers_total', { result: 'failed' }), 0);
+    assert.equal(await entries(b), 6);
+  });
 });

@@ -33,11 +33,18 @@ import type { Channel } from '../repeater/channel.js';
 import type { LiveEntry, LiveState } from '../repeater/live-state.js';
 import type { WarmJoins } from '../repeater/warm-join.js';
 import { type BusBody, type BusDatagram, type BusStateChunk, type BusStateRequest, MAX_BATCH } from '../wire/bus.js';
+import { FRAME_OVERHEAD, MAX_UDP_PAYLOAD } from '../wire/frame.js';
 
 /** Datagram bytes per chunk at most: a sealed chunk stays well under a 64 KiB frame. */
 export const CHUNK_BYTES = 32 * 1024;
 /** What an entry adds to a chunk beyond its datagram: channel name, framing. */
 const ENTRY_OVERHEAD = 16;
+/**
+ * The largest entry a chunk can carry: one alone must still fit a sealed
+ * frame with the Envelope and BusMessage around it (a few dozen bytes; 512
+ * spare). A larger one (a datagram near 64 KiB) is left out and counted.
+ */
+export const MAX_ENTRY = MAX_UDP_PAYLOAD - FRAME_OVERHEAD - 512;
 /** Chunks an answer publishes per turn of the event loop. */
 const CHUNKS_PER_TURN = 2;
 /** Answers in progress at once, at most; further requests are declined. */
@@ -208,12 +215,16 @@ interface Answer {
   readonly walks: Array<{ channel: string; state: LiveState; startVersion: number; iter: Iterator<[string, LiveEntry]> }>;
   seq: number;
   total: number;
+  /** An entry read that did not fit the last chunk: the first of the next. */
+  carry: BusDatagram | null;
 }
 
 /** Answers other repeaters' requests for our live state. */
 export class StateAnswers {
   readonly results = new Map<string, number>();
   entriesSent = 0;
+  /** Entries too large for any chunk (MAX_ENTRY), left out of answers. */
+  entriesTooLarge = 0;
   private readonly active = new Map<bigint, Answer>();
   private pending: NodeJS.Immediate | null = null;
   private closed = false;
@@ -235,7 +246,7 @@ export class StateAnswers {
       const state = this.host.warm.state(name);
       if (state !== undefined && state.size > 0) walks.push({ channel: name, state, startVersion: state.version, iter: state.walk() });
     }
-    this.active.set(sender, { requester: sender, request: r.request, walks, seq: 0, total: 0 });
+    this.active.set(sender, { requester: sender, request: r.request, walks, seq: 0, total: 0, carry: null });
     this.host.log.info('cluster: sending our live state to a peer', { peer: sender.toString(16), entries: walks.reduce((n, w) => n + w.state.size, 0) });
     this.schedule();
   }
@@ -256,6 +267,13 @@ export class StateAnswers {
     const entries: BusDatagram[] = [];
     let bytes = 0;
     const nowSec = Math.floor(Date.now() / 1000);
+    const size = (d: BusDatagram) => d.datagram.length + d.channel.length + ENTRY_OVERHEAD;
+    // Whole entries only, up to CHUNK_BYTES (one alone may pass it, up to MAX_ENTRY): a chunk always fits one frame.
+    if (a.carry !== null) {
+      entries.push(a.carry);
+      bytes += size(a.carry);
+      a.carry = null;
+    }
     while (a.walks.length > 0 && entries.length < MAX_BATCH && bytes < CHUNK_BYTES) {
       const w = a.walks[0]!;
       const n = w.iter.next();
@@ -266,10 +284,20 @@ export class StateAnswers {
       const e = n.value[1];
       // Newer than the request: it went out on the bus, which the requester already heard.
       if (e.version > w.startVersion || (e.expires !== 0 && e.expires <= nowSec)) continue;
-      entries.push({ type: 'datagram', channel: w.channel, datagram: e.content, trace: null, origin: 0n, opaque: false });
-      bytes += e.content.length + w.channel.length + ENTRY_OVERHEAD;
+      const d: BusDatagram = { type: 'datagram', channel: w.channel, datagram: e.content, trace: null, origin: 0n, opaque: false };
+      if (size(d) > MAX_ENTRY) {
+        this.entriesTooLarge++;
+        continue;
+      }
+      if (entries.length > 0 && bytes + size(d) > CHUNK_BYTES) {
+        // Copied: it outlives this turn, and the state zeroes the bytes of an entry it replaces.
+        a.carry = { ...d, datagram: Buffer.from(e.content) };
+        break;
+      }
+      entries.push(d);
+      bytes += size(d);
     }
-    const last = a.walks.length === 0;
+    const last = a.walks.length === 0 && a.carry === null;
     a.total += entries.length;
     // Encoded (copied) at once: the entries' buffers may be zeroed once the state replaces them.
     const ok = this.host.send({ type: 'state_chunk', request: a.request, seq: a.seq++, entries, last, total: a.total, declined: false }, this.host.stateSubject(a.requester));

@@ -169,4 +169,5 @@ export function registerClusterMetrics(register: Registry, cluster: Cluster, rep
   gaugeFrom(register, 'udprepeater_cluster_state_fetch_seconds', 'How long the fetch at start took, or has taken so far', [], () => [[{}, (f.describe()['ms'] as number) / 1000]]);
   counterFrom(register, 'udprepeater_cluster_state_answers_total', 'Requests for our live state from starting peers, by result (complete, declined, failed, replaced)', ['result'], () => [...a.results].map(([result, v]) => [{ result }, v] as const));
   counterFrom(register, 'udprepeater_cluster_state_entries_sent_total', 'Live-state entries sent to starting peers', [], () => [[{}, a.entriesSent]]);
+  counterFrom(register, 'udprepeater_cluster_state_entries_too_large_total', 'Live-state entries left out of answers: too large for a sealed chunk', [], () => [[{}, a.entriesTooLarge]]);
 }
