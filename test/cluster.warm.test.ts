@@ -292,4 +292,27 @@ describe('cluster mode: warm join', { skip }, () => {
     assert.equal(ma.value('udprepeater_cluster_state_answers_total', { result: 'failed' }), 0);
     assert.equal(await entries(b), 6);
   });
+
+  test('a node that subscribes to two repeaters is warmed once, by the one that serves it', async () => {
+    const a = await repeater(0, { name: 'both' });
+    const b = await repeater(1, { name: 'both' });
+    for (let i = 0; i < 50; i++) await sender.send(set(`s${i}`, 'v'), i % 2 === 0 ? a.port : b.port);
+    for (const n of [a, b]) await eventually('50 live entries', async () => ((await entries(n)) === 50 ? true : undefined), 5000);
+    const rx = await scope.receiver();
+    const marks = [a.r.d.log.length, b.r.d.log.length];
+    await subscribe(a, rx);
+    await subscribe(b, rx);
+    // The join starts 100 ms after the subscription, by when the two agree on its server.
+    const outcome = async (n: Node, from: number) =>
+      Promise.race([
+        n.r.d.log.waitFor('warm join completed', { address: rx.address }, { from, ms: 10_000 }).then((l) => ['completed', l] as const),
+        n.r.d.log.waitFor('warm join ended', { address: rx.address, reason: 'served by another repeater' }, { from, ms: 10_000 }).then((l) => ['ended', l] as const),
+      ]);
+    const [oa, ob] = await Promise.all([outcome(a, marks[0]!), outcome(b, marks[1]!)]);
+    assert.deepEqual([oa[0], ob[0]].sort(), ['completed', 'ended']);
+    assert.equal((oa[0] === 'completed' ? oa : ob)[1]['sent'], 50);
+    assert.equal((oa[0] === 'ended' ? oa : ob)[1]['sent'], 0, 'the other sent nothing');
+    const { keys } = cacheOf(await rx.waitFor(50, 5000));
+    assert.equal(new Set(keys).size, 50);
+  });
 });
