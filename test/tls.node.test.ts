@@ -12,9 +12,10 @@
 
 import assert from 'node:assert/strict';
 import { createSocket } from 'node:dgram';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { createServer as createTlsServer } from 'node:tls';
 import { before, describe, test } from 'node:test';
 import { Logger } from '../src/base/log.js';
 import { SessionCache } from '../src/tls/session-cache.js';
@@ -59,6 +60,19 @@ describe('Node.js servers share TLS sessions through a repeater', { skip, timeou
     track(await SessionCache.start({ repeater: `127.0.0.1:${plainPort}`, bind: '127.0.0.1:0', logger: quiet, ...o }));
   const sealedCache = async () => track(await SessionCache.start({ repeater: `127.0.0.1:${sealedPort}`, bind: '127.0.0.1:0', keyFiles: [key], logger: quiet }));
   const subscribed = (c: SessionCache) => repeater.d.log.waitFor('subscribed', { address: c.address });
+
+  test('a plain cache refuses to serve session ids to a server that asks for client certificates', async () => {
+    const [plain, sealed] = [await plainCache(), await sealedCache()];
+    const opts = { cert: readFileSync(cert.cert), key: readFileSync(cert.key), requestCert: true, rejectUnauthorized: false };
+    assert.throws(() => plain.attach(createTlsServer(opts)), /asks for client certificates.*plain channel/);
+    // Nothing is attached by the refusal: the same server can still be attached as the operator decides.
+    const s = createTlsServer(opts);
+    assert.throws(() => plain.attach(s));
+    plain.attach(s, { plainWithClientCertificates: true })();
+    plain.attach(createTlsServer(opts), { sessions: false })();
+    plain.attach(createTlsServer({ ...opts, requestCert: false }))();
+    sealed.attach(createTlsServer(opts))();
+  });
 
   for (const form of ['plain', 'sealed'] as const) {
     test(`TLS 1.2 session ids resume on another server (${form})`, async () => {

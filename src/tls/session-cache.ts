@@ -97,6 +97,13 @@ export interface AttachOptions {
   readonly sessions?: boolean;
   /** Load the fleet's ticket keys (sealed mode). Default true. */
   readonly tickets?: boolean;
+  /**
+   * Share session ids over a plain channel although the server asks for
+   * client certificates. A resumed session carries the client's identity, and
+   * a plain channel lets whoever can spoof an allowed source plant sessions:
+   * refused unless set. SECURITY.md, "Ticket keys (TLS session resumption)".
+   */
+  readonly plainWithClientCertificates?: boolean;
 }
 
 /**
@@ -234,6 +241,13 @@ export class SessionCache extends EventEmitter {
     if (this.servers.has(server)) throw new Error('this server is already attached');
     const sessions = options.sessions !== false;
     const tickets = options.tickets !== false;
+    // tls.Server keeps its requestCert option as a property (Node's _tls_wrap.js).
+    if (sessions && this.sealed === null && (server as { requestCert?: boolean }).requestCert === true && options.plainWithClientCertificates !== true) {
+      throw new Error(
+        'this server asks for client certificates, and this cache is on a plain channel: anyone who can send as the repeater could plant a session carrying any client identity. ' +
+          'Join a sealed listener (keyFiles), or attach with { sessions: false } or { plainWithClientCertificates: true }',
+      );
+    }
     const onNew = (id: Buffer, data: Buffer, done: () => void) => {
       this.guarded(() => this.onNewSession(id, data));
       done();
