@@ -14,9 +14,10 @@
 //   if it came from the network (a set without trace, not expired), applied
 //   oldest first under the --state-max-bytes bound.
 
-import { closeSync, constants, fsyncSync, openSync, readFileSync, renameSync, statSync, unlinkSync, writeSync } from 'node:fs';
+import { readFileSync, statSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe } from '../base/errors.js';
+import { writeAtomically } from '../base/files.js';
 import type { Logger } from '../base/log.js';
 import type { Repeater } from '../repeater/repeater.js';
 import { CACHE_SET, inspectCacheUpdate, newShape } from '../wire/cache.js';
@@ -138,7 +139,7 @@ export class LiveStore {
     }
     const data = Buffer.from(encodeLiveState({ savedAtMs: now, channels }));
     try {
-      writePrivately(this.file, data);
+      writeAtomically(this.file, data);
       this.saves++;
       this.log.info('live state saved', { file: this.file, channels: channels.length, sets: channels.reduce((n, c) => n + c.sets.length, 0), bytes: data.length });
       return true;
@@ -149,34 +150,5 @@ export class LiveStore {
     } finally {
       data.fill(0);
     }
-  }
-}
-
-/**
- * Replaces `file` with `data`, mode 0600 whatever the umask or a leftover
- * temp file says: the temp file is created exclusively (a stale one is
- * removed first, never reused with its mode), fsynced, renamed over `file`,
- * and the directory fsynced, so a crash leaves the old file or the new one.
- */
-export function writePrivately(file: string, data: Buffer): void {
-  const tmp = `${file}.tmp`;
-  try {
-    unlinkSync(tmp);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
-  }
-  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
-  try {
-    writeSync(fd, data);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
-  }
-  renameSync(tmp, file);
-  const dir = openSync(join(file, '..'), 'r');
-  try {
-    fsyncSync(dir);
-  } finally {
-    closeSync(dir);
   }
 }
