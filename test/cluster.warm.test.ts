@@ -6,7 +6,7 @@
 
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
-import { connect } from '@nats-io/transport-node';
+import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { KeyRing } from '../src/crypto/keyring.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
 import { SecureSession } from '../src/crypto/session.js';
@@ -51,6 +51,67 @@ function cacheOf(datagrams: Buffer[]): { cache: Map<string, string>; keys: strin
 interface Node {
   readonly r: Running;
   readonly port: number;
+}
+
+/**
+ * A repeater as far as the bus can tell (a NATS client sealing with the
+ * cluster's key), driven by hand: it heartbeats every 300 ms, collects the
+ * state requests addressed to it, and publishes what the test tells it to.
+ */
+class HandPeer {
+  readonly requests: Array<Extract<BusMessage['body'], { type: 'state_request' }> & { from: bigint }> = [];
+  private readonly beat: NodeJS.Timeout;
+
+  private constructor(
+    readonly gate: SealedGate,
+    readonly nc: NatsConnection,
+    readonly cluster: string,
+    name: string,
+    stateReady: boolean,
+  ) {
+    // A beat in flight when the test closes the connection is of no interest.
+    this.beat = setInterval(() => this.publish(`${cluster}.ctl`, { type: 'heartbeat', name, startedAtMs: 1, intervalMs: 300, subscribers: 0, stateReady }).catch(() => undefined), 300);
+  }
+
+  static async join(url: string, cluster: string, keyFile: string, name: string, stateReady: boolean): Promise<HandPeer> {
+    const gate = new SealedGate(new SecureSession(Role.Repeater), KeyRing.load([keyFile]), { maxSkewMs: 30_000 }, new SecureSession(Role.Repeater, { peer: Role.Repeater }));
+    const nc = await connect({ servers: url, noEcho: true });
+    const peer = new HandPeer(gate, nc, cluster, name, stateReady);
+    nc.subscribe(`${cluster}.ctl`, {
+      callback: (err, m) => {
+        if (err !== null) return;
+        const env = gate.openBus(Buffer.from(m.data));
+        if (typeof env === 'string') return;
+        const msg = decodeBus(env.bus!);
+        if (typeof msg !== 'string' && msg.body.type === 'state_request' && msg.body.target === gate.busOrigin) peer.requests.push({ ...msg.body, from: msg.sender });
+      },
+    });
+    await nc.flush();
+    return peer;
+  }
+
+  /** The first state request addressed to this peer. */
+  asked(): Promise<HandPeer['requests'][number]> {
+    return eventually('a state request', () => this.requests[0], 10_000);
+  }
+
+  /** Seals `body` as this peer and publishes it; resolves once the server has it. */
+  async publish(subject: string, body: BusBody): Promise<void> {
+    this.nc.publish(subject, this.gate.sealBus(encodeBus({ sender: this.gate.busOrigin!, sentAtMs: Date.now(), body }))!);
+    await this.nc.flush();
+  }
+
+  /** A state chunk to `requester`, of cache sets (key, value). */
+  answer(requester: bigint, request: number, sets: Array<[string, string]>): Promise<void> {
+    const entries = sets.map(([k, v]) => ({ type: 'datagram' as const, channel: 'ssl', datagram: set(k, v), trace: null, origin: 0n, opaque: false }));
+    return this.publish(`${this.cluster}.st.${requester.toString(16)}`, { type: 'state_chunk', request, seq: 0, entries, last: true, total: entries.length, declined: false });
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.beat);
+    await this.nc.close();
+    this.gate.dispose();
+  }
 }
 
 describe('cluster mode: warm join', { skip }, () => {
@@ -176,38 +237,16 @@ describe('cluster mode: warm join', { skip }, () => {
   });
 
   test('a peer that holds the state but never answers: the starting repeater goes on cold within the bound, counted; a chunk from another peer is not believed', async () => {
-    // Two bus clients with the cluster's key: each a repeater as far as the bus can tell.
-    const gateOf = () => new SealedGate(new SecureSession(Role.Repeater), KeyRing.load([key]), { maxSkewMs: 30_000 }, new SecureSession(Role.Repeater, { peer: Role.Repeater }));
-    const silent = gateOf();
-    const impostor = gateOf();
-    const seal = (g: SealedGate, body: BusBody) => g.sealBus(encodeBus({ sender: g.busOrigin!, sentAtMs: Date.now(), body }))!;
-    const nc = await connect({ servers: nats.urls[0]!, noEcho: true });
-    const requests: BusMessage[] = [];
-    nc.subscribe('quiet.ctl', {
-      callback: (err, m) => {
-        if (err !== null) return;
-        const env = silent.openBus(Buffer.from(m.data));
-        if (typeof env === 'string') return;
-        const msg = decodeBus(env.bus!);
-        if (typeof msg !== 'string' && msg.body.type === 'state_request') requests.push(msg);
-      },
-    });
-    await nc.flush();
     // Both heartbeat; only the silent one says it holds the state, and it never answers.
-    const beat = setInterval(() => {
-      nc.publish('quiet.ctl', seal(silent, { type: 'heartbeat', name: 'silent/1', startedAtMs: 1, intervalMs: 300, subscribers: 0, stateReady: true }));
-      nc.publish('quiet.ctl', seal(impostor, { type: 'heartbeat', name: 'impostor/1', startedAtMs: 2, intervalMs: 300, subscribers: 0 }));
-    }, 300);
+    const silent = await HandPeer.join(nats.urls[0]!, 'quiet', key, 'silent/1', true);
+    const impostor = await HandPeer.join(nats.urls[0]!, 'quiet', key, 'impostor/1', false);
     try {
       const r = await repeater(0, { name: 'quiet', waitFetch: false });
-      const id = BigInt(`0x${(JSON.parse((await httpGet(r.r.metricsPort, '/healthz')).body) as { cluster: { id: string } }).cluster.id}`);
-      const asked = await eventually('the state request', () => requests.find((q) => q.sender === id), 10_000);
-      assert.equal(asked.body.type === 'state_request' && asked.body.target, silent.busOrigin, 'the peer that said it holds the state is asked');
-      // An answer from a peer that was not asked, for the right request number: not believed.
-      const forged = encodeCacheSet(Buffer.from('forged'), Buffer.from('x'), 0);
-      const request = asked.body.type === 'state_request' ? asked.body.request : 0;
-      nc.publish(`quiet.st.${id.toString(16)}`, seal(impostor, { type: 'state_chunk', request, seq: 0, entries: [{ type: 'datagram', channel: 'ssl', datagram: forged, trace: null, origin: 0n, opaque: false }], last: true, total: 1, declined: false }));
-      await nc.flush();
+      const asked = await silent.asked();
+      // Once the repeater knows the impostor (else its chunk would count as unknown_peer):
+      await eventually('both peers known', async () => ((JSON.parse((await httpGet(r.r.metricsPort, '/healthz')).body) as { cluster: { peers: unknown[] } }).cluster.peers.length === 2 ? true : undefined), 5000);
+      // an answer from a peer that was not asked, for the right request number: not believed.
+      await impostor.answer(asked.from, asked.request, [['forged', 'x']]);
       const over = await r.r.d.log.waitFor(FETCH_OVER, {}, { ms: 10_000 });
       assert.equal(over['result'], 'timeout');
       assert.ok((over['ms'] as number) >= PEER_TIMEOUT_S * 1000, 'it waited the bound for an answer');
@@ -215,6 +254,7 @@ describe('cluster mode: warm join', { skip }, () => {
       assert.equal(m.value('udprepeater_cluster_state_fetches_total', { result: 'timeout' }), 1);
       assert.equal(m.value('udprepeater_cluster_messages_dropped_total', { reason: 'unexpected_state' }), 1, 'the impostor chunk');
       assert.equal(await entries(r), 0, 'nothing of it reached the live state');
+      assert.equal(impostor.requests.length, 0, 'the peer that does not hold the state is never asked');
       // Cold, but working: a new subscriber is warmed with what the repeater learns from now on.
       for (let i = 0; i < 5; i++) await sender.send(set(`k${i}`, 'v'), r.port);
       await eventually('5 live entries', async () => ((await entries(r)) === 5 ? true : undefined), 5000);
@@ -223,42 +263,23 @@ describe('cluster mode: warm join', { skip }, () => {
       const done = await r.r.d.log.waitFor('warm join completed', { address: rx.address }, { ms: 10_000 });
       assert.equal(done['sent'], 5);
     } finally {
-      clearInterval(beat);
-      await nc.close();
-      silent.dispose();
-      impostor.dispose();
+      await silent.close();
+      await impostor.close();
     }
   });
 
   test('a key set or deleted live while the fetch runs keeps its live value: the older fetched entry is not applied', async () => {
-    // A peer on the bus with the cluster's key that answers by hand, after the live updates.
-    const peer = new SealedGate(new SecureSession(Role.Repeater), KeyRing.load([key]), { maxSkewMs: 30_000 }, new SecureSession(Role.Repeater, { peer: Role.Repeater }));
-    const seal = (body: BusBody) => peer.sealBus(encodeBus({ sender: peer.busOrigin!, sentAtMs: Date.now(), body }))!;
-    const nc = await connect({ servers: nats.urls[1]!, noEcho: true });
-    const requests: BusMessage[] = [];
-    nc.subscribe('late.ctl', {
-      callback: (err, m) => {
-        if (err !== null) return;
-        const env = peer.openBus(Buffer.from(m.data));
-        if (typeof env === 'string') return;
-        const msg = decodeBus(env.bus!);
-        if (typeof msg !== 'string' && msg.body.type === 'state_request') requests.push(msg);
-      },
-    });
-    await nc.flush();
-    const beat = setInterval(() => nc.publish('late.ctl', seal({ type: 'heartbeat', name: 'peer/1', startedAtMs: 1, intervalMs: 300, subscribers: 0, stateReady: true })), 300);
+    // A peer that answers by hand, after the live updates.
+    const peer = await HandPeer.join(nats.urls[1]!, 'late', key, 'peer/1', true);
     try {
       const r = await repeater(1, { name: 'late', timeoutS: 5, waitFetch: false });
-      const asked = await eventually('the state request', () => requests.find((q) => q.body.type === 'state_request' && q.body.target === peer.busOrigin), 10_000);
-      const request = asked.body.type === 'state_request' ? asked.body.request : 0;
+      const asked = await peer.asked();
       // Live, while the fetch waits for the answer: one key set anew, one set and deleted.
       await sender.send(set('fresh', 'live value'), r.port);
       await sender.send(set('gone', 'live value'), r.port);
       await sender.send(del('gone'), r.port);
       await eventually('the live updates', async () => ((await r.r.metrics()).value('udprepeater_datagrams_accepted_total') >= 3 ? true : undefined), 5000);
-      const entry = (k: string, v: string) => ({ type: 'datagram' as const, channel: 'ssl', datagram: set(k, v), trace: null, origin: 0n, opaque: false });
-      nc.publish(`late.st.${asked.sender.toString(16)}`, seal({ type: 'state_chunk', request, seq: 0, entries: [entry('fresh', 'old value'), entry('gone', 'old value'), entry('peer-only', 'p')], last: true, total: 3, declined: false }));
-      await nc.flush();
+      await peer.answer(asked.from, asked.request, [['fresh', 'old value'], ['gone', 'old value'], ['peer-only', 'p']]);
       const over = await r.r.d.log.waitFor(FETCH_OVER, {}, { ms: 10_000 });
       assert.equal(over['result'], 'complete');
       const m = await r.r.metrics();
@@ -270,9 +291,7 @@ describe('cluster mode: warm join', { skip }, () => {
       assert.equal(done['sent'], 2);
       assert.deepEqual(cacheOf(await rx.waitFor(2, 5000)).cache, new Map([['fresh', 'live value'], ['peer-only', 'p']]));
     } finally {
-      clearInterval(beat);
-      await nc.close();
-      peer.dispose();
+      await peer.close();
     }
   });
 
