@@ -334,4 +334,18 @@ describe('cluster mode: warm join', { skip }, () => {
     const { keys } = cacheOf(await rx.waitFor(50, 5000));
     assert.equal(new Set(keys).size, 50);
   });
+
+  test('live bus: a large datagram after a small one in the same turn still crosses the bus (each batch fits a sealed frame)', async () => {
+    const a = await repeater(0, { name: 'batch' });
+    const b = await repeater(1, { name: 'batch' });
+    const rx = await scope.receiver();
+    await subscribe(b, rx);
+    // Back to back, so a's listener reads both in one turn and batches them.
+    const small = set('small', 's'.repeat(20_000));
+    const large = set('large', 'l'.repeat(60_000));
+    await Promise.all([sender.send(small, a.port), sender.send(large, a.port)]);
+    const got = await rx.waitFor(2, 5000);
+    assert.deepEqual([...cacheOf(got).cache.keys()].sort(), ['large', 'small']);
+    assert.equal((await a.r.metrics()).value('udprepeater_cluster_messages_dropped_total', { reason: 'seal_failed' }), 0);
+  });
 });

@@ -41,7 +41,7 @@ import { StateAnswers, StateFetch, type StateHost } from './state-fetch.js';
 
 /** Datagrams older than this (by the sender's clock) are not delivered: stale after a reconnect. */
 export const MAX_DATAGRAM_AGE_MS = 5_000;
-/** A batch is published once it holds this many bytes of datagrams: its sealed frame stays well under 64 KiB. */
+/** A batch holds at most this many bytes of datagrams (one datagram alone may hold more): its sealed frame stays under 64 KiB. */
 const BATCH_BYTES = 32 * 1024;
 /** What an item adds to a batch beyond its datagram: channel, trace, origin, framing. */
 const BATCH_ITEM_OVERHEAD = 48;
@@ -173,6 +173,12 @@ export class Cluster implements ClusterPort {
       return;
     }
     let q = this.outbox.get(ch.name);
+    // A batch must fit one sealed frame: what is queued goes first when this one would pass BATCH_BYTES
+    // (a large datagram after small ones would otherwise make the batch unsealable, and lose them all).
+    if (q !== undefined && q.items.length > 0 && q.bytes + datagram.length + BATCH_ITEM_OVERHEAD > BATCH_BYTES) {
+      this.flushChannel(ch.name);
+      q = undefined;
+    }
     if (q === undefined) this.outbox.set(ch.name, (q = { items: [], bytes: 0 }));
     // Queued past this turn of the event loop: a view into a reused receive buffer must be copied.
     q.items.push({ type: 'datagram', channel: ch.name, datagram: stable ? datagram : Buffer.from(datagram), trace, origin: origin ?? 0n, opaque });
