@@ -25,6 +25,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { createSocket, type Socket } from 'node:dgram';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
+import { loadavg } from 'node:os';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
 import { encodeCacheSet } from '../../src/wire/cache.js';
 import { encodeSubscription } from '../../src/wire/subscription.js';
@@ -102,6 +103,8 @@ export function warmOptions(argv: readonly string[]): WarmOptions {
 }
 
 const now = () => process.hrtime.bigint();
+/** How far the live stream may fall behind its schedule before the rest is skipped (see the stream loop). */
+const MAX_BACKLOG_MS = 20;
 const ms = (ns: bigint) => Number(ns) / 1e6;
 
 function freePort(): Promise<number> {
@@ -271,6 +274,10 @@ export interface WarmResult {
   joinerDuplicates: number;
   warmDatagramsSent: number;
   liveSentPerS: number;
+  /** Live datagrams never sent because this process fell behind its schedule (a stall of the bench itself). */
+  liveSkipped: number;
+  /** The machine's 1-minute load average when the stream started and when it stopped. */
+  load: [number, number];
   windows: Array<{ name: string; seconds: number; sent: number; copies: number; received: number; loss: number; p50Ms: number; p99Ms: number; maxMs: number }>;
 }
 
@@ -349,10 +356,19 @@ export async function runWarmBench(o: WarmOptions, log: (s: string) => void): Pr
     let seq = 0;
     let stop = false;
     const t0 = now();
+    const loadStart = loadavg()[0]!;
+    // A steady stream, not a catch-up burst: when this process was not scheduled for a while, what fell
+    // more than MAX_BACKLOG_MS behind is not sent at all, and counted (a burst would measure our stall).
+    let behind = 0;
     const stream = (async () => {
       const start = now();
       while (!stop) {
-        const due = Math.floor((ms(now() - start) / 1000) * o.liveRate);
+        let due = Math.floor((ms(now() - start) / 1000) * o.liveRate) - behind;
+        const cap = Math.max(1, Math.ceil((o.liveRate * MAX_BACKLOG_MS) / 1000));
+        if (due - seq > cap) {
+          behind += due - seq - cap;
+          due = seq + cap;
+        }
         while (seq < due && !stop) {
           const t = now();
           liveValue.writeUInt32LE(seq, 0);
@@ -411,6 +427,8 @@ export async function runWarmBench(o: WarmOptions, log: (s: string) => void): Pr
       joinerDuplicates: f.duplicates,
       warmDatagramsSent,
       liveSentPerS: seq / (ms(now() - t0) / 1000),
+      liveSkipped: behind,
+      load: [loadStart, loadavg()[0]!],
       windows: windows.map((w) => {
         const inside = (t: bigint) => t >= w.from && t < w.to;
         const sent = sendTimes.filter(inside).length;
@@ -445,6 +463,7 @@ export function formatWarm(r: WarmResult, command: string): string {
     `command: ${command}`,
     `setup: ${o.sessions} sessions of ${o.valueSize} B (keys ${o.keySize} B) in the repeater; live stream ${o.liveRate}/s to ${o.liveSubscribers} subscribers; warm rate ${o.warmRate ?? 'default (20000)'}/s; SO_RCVBUF ${o.recvBuffer}`,
     `time to warm: ${r.warmMs.toFixed(0)} ms from the subscribe until the newcomer held all ${o.sessions} sessions (repeater's own count: ${r.warmCompletedLogMs ?? '-'} ms, 100 ms start delay included in both)`,
+    `machine: load average ${r.load[0].toFixed(2)} at the start of the stream, ${r.load[1].toFixed(2)} at its end; live datagrams skipped because the bench fell behind its schedule: ${r.liveSkipped}`,
     `newcomer: ${r.joinerSessions}/${o.sessions} sessions, ${r.joinerDatagrams} datagrams received (${r.joinerDuplicates} duplicate sessions); warm-join datagrams sent: ${r.warmDatagramsSent}`,
     '',
     '| live stream | seconds | sent | copies expected | received | loss | p50 ms | p99 ms | max ms |',
