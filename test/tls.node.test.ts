@@ -77,6 +77,33 @@ describe('Node.js servers share TLS sessions through a repeater', { skip, timeou
     sealed.attach(createTlsServer(opts))();
   });
 
+  test('a cache that starts after the sessions were made is warmed by the repeater: they resume on its server at once (sealed)', async () => {
+    // A repeater of its own, with warm joins (the default) and an empty live state.
+    const port = await freePort();
+    const warm = await serve(['--listen-sealed', `127.0.0.1:${port},channel=ssl,key=ssl`, '--key-file', key]);
+    track({ close: () => warm.stop() });
+    const start = async () => track(await SessionCache.start({ repeater: `127.0.0.1:${port}`, bind: '127.0.0.1:0', keyFiles: [key], logger: quiet }));
+    const ca = await start();
+    await warm.d.log.waitFor('subscribed', { address: ca.address });
+    const a = track(await httpsServer(cert, ca, { tickets: false }));
+    const files = [0, 1, 2].map((i) => join(dir, `warm-${i}`));
+    const ids: string[] = [];
+    for (const f of files) ids.push((await sClient(a.port, { version: '1.2', noTicket: true, sessOut: f })).sessionId);
+    await eventually('the repeater to hold the three sessions', async () => ((await warm.metrics()).value('udprepeater_live_state_entries', { channel: 'ssl' }) === 3 ? true : undefined));
+
+    // Nothing is published after this cache joins: all it holds came by the warm join.
+    const cb = await start();
+    await warm.d.log.waitFor('warm join completed', { address: cb.address });
+    for (const id of ids) await untilApplied(cb, Buffer.from(id, 'hex'));
+    const b = track(await httpsServer(cert, cb, { tickets: false }));
+    for (const [i, f] of files.entries()) {
+      const again = await sClient(b.port, { version: '1.2', noTicket: true, sessIn: f });
+      assert.equal(again.reused, true, again.output);
+      assert.equal(again.sessionId, ids[i]);
+    }
+    assert.equal(cb.stats.stored, 0);
+  });
+
   for (const form of ['plain', 'sealed'] as const) {
     test(`TLS 1.2 session ids resume on another server (${form})`, async () => {
       const [ca, cb] = form === 'plain' ? [await plainCache(), await plainCache()] : [await sealedCache(), await sealedCache()];
