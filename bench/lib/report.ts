@@ -595,7 +595,9 @@ function clusterSection(info: RunInfo, sums: ScenarioSummary[]): string[] {
   L.push(
     '**Scale-out** (two repeaters each serving half the subscribers against one serving all): the cores the standalone repeater needed for one second of input ' +
       'over the cores the busier of A and B needed for the same. Above 1x the pair carries that many times the input of one repeater before its busier member ' +
-      'saturates, each on a core (a machine) of its own; nats-server needs its share on top. With the input to A, A still reads all of it.',
+      'saturates, each on a core (a machine) of its own; nats-server needs its share on top. With the input to A, A still reads all of it. ' +
+      'Cores are what a process used for the input it read: where a target lost input (lost at input above), they understate what the whole input needs; ' +
+      'dividing each side by (1 - its loss) gives a first estimate.',
     '',
   );
   L.push('| scenario | target | cores to keep up: standalone | A | B | nats-server | scale-out |');
