@@ -1,8 +1,9 @@
 // `npm run bench -- [options]`: the load-replay suite. See bench/README.md.
 //
-//   npm run bench                 full run, plain and secure (about 15 minutes on 2 cores)
-//   npm run bench -- --quick      the same questions, smaller (under 2 minutes)
+//   npm run bench                 full run, plain, secure and cluster (about 25 minutes on 2 cores)
+//   npm run bench -- --quick      the same questions, smaller (about 3 minutes)
 //   npm run bench -- --mode secure  only the secure scenarios and their plain twins
+//   npm run bench -- --mode cluster only the cluster scenarios (two repeaters over NATS)
 //   npm run bench -- replay --capture FILE --to 127.0.0.1:PORT [--speed 10]
 //   npm run bench -- pcap-info FILE
 //   npm run bench -- capacity     only the generator/receiver self-check
@@ -18,12 +19,13 @@ import { type BenchMode, type ModeName, PLAIN, secureMode } from './lib/modes.js
 import { buildNative, requireSodium, SODIUM_HINT } from './lib/native.js';
 import { BUILD_DIR, DEFAULT_CAPTURE, REPEATER_CLI, RESULTS_DIR, ROOT } from './lib/paths.js';
 import { describeCapture, readPcap } from './lib/pcap.js';
-import { buildPlan, parsePoints } from './lib/plan.js';
+import { findNatsServer, natsVersion } from './lib/cluster.js';
+import { buildPlan, type ClusterVariant, type ModeSelection, parseClusterVariants, parsePoints } from './lib/plan.js';
 import { BenchError, installCleanup, setLauncher } from './lib/procs.js';
 import { Progress } from './lib/progress.js';
-import { type RunInfo, summarize, writeReports } from './lib/report.js';
+import { clusterNotes, type RunInfo, summarize, writeReports } from './lib/report.js';
 import { checkSecure, type KeyInfo, keygen, keyIdOfFile } from './lib/secure-check.js';
-import { selftest } from './lib/selftest.js';
+import { selftest, selftestCluster } from './lib/selftest.js';
 import { parseSize, type SyntheticSpec } from './lib/synthetic.js';
 import { DEFAULT_TARGETS, repeaterPath, TARGETS, type TargetKind } from './lib/targets.js';
 import { warmCommand } from './lib/warm.js';
@@ -40,7 +42,7 @@ commands:
   report FILE  re-render the .md and .svg of a results .json
 
 suite options:
-  --quick                 smaller matrix, 3 repeats of 1.5 s (under 2 minutes)
+  --quick                 smaller matrix, 3 repeats of 1.5 s (about 3 minutes, 1.5 of them cluster mode)
   --repeats N             measurements per fan-out per scenario (default 5; quick 3)
   --duration S            seconds per measurement (default 4; quick 1.5)
   --warmup S              warm-up traffic per fan-out before measuring (default 0.5; quick 0.3)
@@ -49,11 +51,23 @@ suite options:
   --big N                 subscribers of the one-channel dynamic run (default 10000; quick 1000; 0 = skip)
   --targets LIST          floor,udprepeater,udprepeater-dgram (default floor,udprepeater; udprepeater-dgram
                           is udprepeater with UDPREPEATER_NATIVE=0, its pure node:dgram path)
-  --mode plain|secure|both
+  --mode plain|secure|cluster|both
                           plain: the plain matrix only; secure: only the secure points and their plain twins;
-                          both (default): the plain matrix and the secure points, each next to its plain twin
+                          cluster: only the cluster scenarios; both (default): the plain matrix, the secure points,
+                          each next to its plain twin, and the cluster scenarios
   --secure POINTS         secure points, SUBSCRIBERSxRATE (input datagrams/s), comma-separated, or none
                           (default 1x160000,8x20000,64x2500,8x60000; quick 8x20000)
+  --cluster VARIANTS      cluster scenarios (two repeaters A and B over a nats-server, each serving about half of the
+                          same static subscribers, next to the floor and a standalone udprepeater): one (input to A,
+                          bus in clear), sealed (the same with the bus sealed, --key-file), split (input split
+                          between A and B); comma-separated, or none (default one,sealed,split)
+  --cluster-points POINTS cluster points, SUBSCRIBERSxRATE (input datagrams/s), comma-separated
+                          (default 8x20000,8x5000; quick 8x20000)
+  --cluster-pin fanout|spread|none
+                          where the cluster runs: fanout (default): A, B and nats-server all on the fan-out CPU,
+                          the budget the standalone repeater gets; spread: A on the fan-out CPU, B and nats-server
+                          on the others (with the generator and receivers); none: not pinned
+  --nats-server PATH      the nats-server binary (default: nats-server on PATH)
   --key-file FILE         secure mode: use this key (32 raw bytes, mode 0600) instead of a new one from
                           "udprepeater keygen" in the scratch directory
   --open-every            secure mode: receivers open every frame (by default a byte-identical copy of a frame
@@ -183,10 +197,21 @@ function pinning(noPin: boolean, nproc: number): { fan: string | undefined; load
 }
 
 /** Which scenarios --mode asks for. */
-function modeSelection(opts: Opts, dflt: 'plain' | 'secure' | 'both'): 'plain' | 'secure' | 'both' {
+function modeSelection(opts: Opts, dflt: ModeSelection): ModeSelection {
   const m = one(opts, '--mode') ?? dflt;
-  if (m !== 'plain' && m !== 'secure' && m !== 'both') throw new BenchError(`--mode ${m}: want plain, secure or both`);
+  if (m !== 'plain' && m !== 'secure' && m !== 'both' && m !== 'cluster') throw new BenchError(`--mode ${m}: want plain, secure, cluster or both`);
   return m;
+}
+
+type ClusterPin = 'fanout' | 'spread' | 'none';
+
+/** Where A, B and nats-server run (--cluster-pin), given the fan-out's and the load tools' CPUs. */
+function clusterPinning(opts: Opts, pin: { fan: string | undefined; load: string | undefined }): { mode: ClusterPin; a: string | undefined; b: string | undefined; nats: string | undefined; text: string } {
+  const mode = (one(opts, '--cluster-pin') ?? 'fanout') as ClusterPin;
+  if (!['fanout', 'spread', 'none'].includes(mode)) throw new BenchError(`--cluster-pin ${mode}: want fanout, spread or none`);
+  if (mode === 'none' || pin.fan === undefined) return { mode, a: undefined, b: undefined, nats: undefined, text: 'cluster: A, B and nats-server not pinned' };
+  if (mode === 'fanout') return { mode, a: pin.fan, b: pin.fan, nats: pin.fan, text: `cluster: A, B and nats-server all on CPU ${pin.fan} (the fan-out CPU)` };
+  return { mode, a: pin.fan, b: pin.load, nats: pin.load, text: `cluster: A on CPU ${pin.fan} (the fan-out CPU), B and nats-server on CPU ${pin.load} (with the generator and receivers)` };
 }
 
 /**
@@ -209,19 +234,29 @@ async function prepareSecure(opts: Opts, scratch: string, tools: ReturnType<type
   return { key, mode };
 }
 
-function makeContext(opts: Opts, progress: Progress, scratch: string, tools: ReturnType<typeof buildNative>, quick: boolean, secure: BenchMode | null): Context {
+function makeContext(
+  opts: Opts,
+  progress: Progress,
+  scratch: string,
+  tools: ReturnType<typeof buildNative>,
+  quick: boolean,
+  secure: BenchMode | null,
+  natsServer: string | null = null,
+): Context {
   const modes: Partial<Record<ModeName, BenchMode>> = { plain: PLAIN };
   if (secure !== null) modes.secure = secure;
   const pin = pinning(opts.has('--no-pin'), machineFacts(tools.compiler).nproc);
   const repeaterArgs = [...(opts.get('--repeater-arg') ?? [])];
   const sq = one(opts, '--send-queue');
   if (sq !== undefined) repeaterArgs.push('--send-queue', sq);
+  const cp = clusterPinning(opts, pin);
   return {
     tools,
     modes,
     scratch,
     cpuFanout: pin.fan,
     cpuLoad: pin.load,
+    ...(natsServer === null ? {} : { cluster: { natsServer, cpuA: cp.a, cpuB: cp.b, cpuNats: cp.nats, keyFile: null } }),
     recvBuffer: num(opts, '--recv-buffer', 4 << 20, 1024),
     repeaterArgs,
     warmup: num(opts, '--warmup', quick ? 0.3 : 0.5),
@@ -265,6 +300,14 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
   } catch (err) {
     throw new BenchError(`--secure ${(err as Error).message}`);
   }
+  let clusterVariants: ClusterVariant[];
+  let clusterPoints: Array<[number, number]>;
+  try {
+    clusterVariants = parseClusterVariants(one(opts, '--cluster') ?? 'one,sealed,split');
+    clusterPoints = parsePoints(one(opts, '--cluster-points') ?? (quick ? '8x20000' : '8x20000,8x5000'));
+  } catch (err) {
+    throw new BenchError(`--cluster / --cluster-points ${(err as Error).message}`);
+  }
   const machine = machineFacts(tools.compiler);
 
   const targets = (one(opts, '--targets') ?? DEFAULT_TARGETS.join(',')).split(',') as TargetKind[];
@@ -298,10 +341,13 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
         targets,
         secure: securePoints,
         mode: modeSel,
+        cluster: { points: clusterPoints, variants: clusterVariants },
       });
   if (only !== undefined) plan = plan.filter((s) => new RegExp(only).test(s.id));
+  // nats-server is looked for only when a cluster scenario will run.
+  const natsServer = plan.some((s) => s.cluster !== undefined) ? findNatsServer(one(opts, '--nats-server')) : null;
   // Secure mode is prepared (key, libsodium, interoperability check) only when something will run in it.
-  const wantSecure = plan.some((s) => s.mode === 'secure') || (capacityOnly && modeSel !== 'plain' && !opts.has('--no-capacity') && securePoints.length > 0);
+  const wantSecure = plan.some((s) => s.mode === 'secure') || (capacityOnly && (modeSel === 'secure' || modeSel === 'both') && !opts.has('--no-capacity') && securePoints.length > 0);
   if (wantSecure && tools.sodium === null) {
     throw new BenchError(
       `${SODIUM_HINT}.\n(${tools.sodiumProblem ?? 'libsodium not found'})\n` +
@@ -309,7 +355,7 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
     );
   }
   const secure = wantSecure ? await prepareSecure(opts, scratch, tools) : null;
-  const ctx = makeContext(opts, progress, scratch, tools, quick, secure?.mode ?? null);
+  const ctx = makeContext(opts, progress, scratch, tools, quick, secure?.mode ?? null, natsServer);
   const caps = capacityOnly || !opts.has('--no-capacity') ? capacityCases(quick, wantSecure) : [];
   const capRepeats = quick ? 1 : 3;
   const capDuration = quick ? 1 : 2;
@@ -371,6 +417,15 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
       quiet: ctx.quiet,
       repeaterPath: repeaterPath(),
       targets,
+      cluster:
+        natsServer === null
+          ? null
+          : {
+              natsServer: natsVersion(natsServer),
+              pinning: clusterPinning(opts, pinning(opts.has('--no-pin'), machine.nproc)).text,
+              variants: clusterVariants,
+              points: clusterPoints.map(([n, r]) => `${n}x${r}`),
+            },
     };
     return writeReports(join(RESULTS_DIR, name), info, results, capResults);
   };
@@ -389,6 +444,7 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
         (t) => `${t.target} ${fmtRate(t.deliveredRate)}/s out, loss ${(t.loss * 100).toFixed(2)}%, ${t.cpuPerOutUs.toFixed(2)} µs CPU/out, p99 ${t.p99.toFixed(0)} µs`,
       );
       progress.note(`  ${r.scenario.title}: ${parts.join(' | ')}`);
+      for (const line of clusterNotes(s)) progress.note(`    ${line}`);
     }
     write(); // keep partial results if a later scenario fails
   }
@@ -409,7 +465,7 @@ async function replay(opts: Opts): Promise<void> {
   mkdirSync(scratch, { recursive: true });
   process.on('exit', () => rmSync(scratch, { recursive: true, force: true }));
   const modeSel = modeSelection(opts, 'plain');
-  if (modeSel === 'both') throw new BenchError('replay: --mode plain or --mode secure');
+  if (modeSel === 'both' || modeSel === 'cluster') throw new BenchError('replay: --mode plain or --mode secure');
   let secure: BenchMode | null = null;
   if (modeSel === 'secure') {
     // Frames must be sealed under the running repeater's key: a new key would be refused (unknown_key).
@@ -440,17 +496,35 @@ async function selftestCmd(opts: Opts): Promise<void> {
   mkdirSync(scratch, { recursive: true });
   process.on('exit', () => rmSync(scratch, { recursive: true, force: true }));
   const modeSel = modeSelection(opts, 'both');
-  const secure = modeSel !== 'plain' && tools.sodium !== null ? await prepareSecure(opts, scratch, tools) : null;
+  const withSecure = modeSel === 'secure' || modeSel === 'both';
+  const secure = withSecure && tools.sodium !== null ? await prepareSecure(opts, scratch, tools) : null;
   if (modeSel === 'secure') requireSodium(tools);
-  const ctx = makeContext(opts, progress, scratch, tools, true, secure?.mode ?? null);
+  // The cluster check needs nats-server: required with --mode cluster, skipped (and said so) without one otherwise.
+  let nats: string | null = null;
+  let natsProblem = '';
+  if (modeSel === 'cluster' || modeSel === 'both') {
+    try {
+      nats = findNatsServer(one(opts, '--nats-server'));
+    } catch (err) {
+      if (modeSel === 'cluster') throw err;
+      natsProblem = err instanceof Error ? err.message.split('\n')[0]! : String(err);
+    }
+  }
+  const ctx = makeContext(opts, progress, scratch, tools, true, secure?.mode ?? null, nats);
   const capture = opts.has('--no-replay') ? null : resolve(one(opts, '--capture') ?? DEFAULT_CAPTURE);
   const log = (s: string) => process.stdout.write(`${s}\n`);
-  if (modeSel !== 'secure') await selftest(ctx, capture !== null && existsSync(capture) ? capture : null, log);
+  if (modeSel === 'plain' || modeSel === 'both') await selftest(ctx, capture !== null && existsSync(capture) ? capture : null, log);
   if (secure !== null) {
     log(`secure mode: key id ${secure.key.id}, libsodium ${tools.sodium}`);
     await checkSecure(ctx, secure.key, log, { thorough: true });
-  } else if (modeSel !== 'plain') {
+  } else if (withSecure) {
     log(`secure mode NOT checked: ${SODIUM_HINT} (${tools.sodiumProblem ?? 'libsodium not found'})`);
+  }
+  if (nats !== null) {
+    log(`cluster mode: ${natsVersion(nats)}; ${clusterPinning(opts, pinning(opts.has('--no-pin'), machineFacts(tools.compiler).nproc)).text}`);
+    await selftestCluster(ctx, log);
+  } else if (modeSel === 'both') {
+    log(`cluster mode NOT checked: ${natsProblem}`);
   }
   process.stdout.write('selftest passed\n');
 }

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { encodeCacheSet } from '../src/wire/cache.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
-import { httpGet, keygen, type Running, serve } from './helpers/attack.js';
+import { httpGet, keygen, type Metrics, type Running, serve } from './helpers/attack.js';
 import { NATS_HINT, NatsCluster, natsAvailability } from './helpers/nats.js';
 import { eventually, freePort, type Receiver, untraced } from './helpers/net.js';
 import { requirement } from './helpers/requirement.js';
@@ -121,6 +121,43 @@ describe('cluster mode', { skip }, () => {
       assert.equal(got.length, 2 * N, `${rx.address} got ${got.length} datagrams for ${2 * N}`);
       assert.equal(new Set(got).size, 2 * N, `${rx.address} got a datagram twice`);
     }
+  });
+
+  test('a burst goes over the bus in fewer messages than datagrams, and the datagram counters count every datagram once', async () => {
+    const [a, b] = [await repeater(0), await repeater(1)];
+    await peersSee([a, b], 1);
+    const rx = await scope.receiver();
+    await subscribe(b, rx);
+    await settled([b], rx);
+    const busMessages = (m: Metrics) => m.value('udprepeater_cluster_messages_published_total', { kind: 'datagram' }) + m.value('udprepeater_cluster_messages_published_total', { kind: 'batch' });
+    const [a0, b0] = [await a.r.metrics(), await b.r.metrics()];
+    // A burst: A is stopped while the whole of it lands in its listener's
+    // queue (on loopback a send has reached the queue when its callback runs),
+    // so A reads it in one go and batches it however fast this machine is.
+    // 200 small datagrams fit the default receive buffer; the kernel drop
+    // counter below says if they did not. A is stopped for milliseconds, far
+    // below the peer timeout.
+    const N = 200;
+    a.r.d.child.kill('SIGSTOP');
+    try {
+      await Promise.all(Array.from({ length: N }, (_, i) => sender.send(set(`burst-${i}`), a.port)));
+    } finally {
+      a.r.d.child.kill('SIGCONT');
+    }
+    await rx.waitFor(N, 10_000);
+    const [a1, b1] = [await a.r.metrics(), await b.r.metrics()];
+    const delta = (x: Metrics, y: Metrics, name: string) => y.value(name) - x.value(name);
+    assert.equal(delta(a0, a1, 'udprepeater_listener_kernel_drops_total'), 0, 'the burst overflowed A\'s listener: the test needs a smaller one');
+    const published = delta(a0, a1, 'udprepeater_cluster_datagrams_published_total');
+    const messages = busMessages(a1) - busMessages(a0);
+    console.log(JSON.stringify({ sent: N, datagramsPublished: published, busMessages: messages, datagramsReceivedByB: delta(b0, b1, 'udprepeater_cluster_datagrams_received_total') }));
+    assert.equal(published, N, 'A published other than one datagram per datagram sent');
+    assert.equal(delta(b0, b1, 'udprepeater_cluster_datagrams_received_total'), N, 'B took other than every datagram off the bus');
+    assert.ok(messages >= 1 && messages < N, `${messages} bus messages for ${N} datagrams: the burst was not batched`);
+    assert.equal(delta(a0, a1, 'udprepeater_cluster_publish_skipped_total'), 0);
+    assert.equal(delta(b0, b1, 'udprepeater_cluster_messages_dropped_total'), 0);
+    const got = rx.received.map((d) => keyOf(untraced(d))).filter((k) => k.startsWith('burst-'));
+    assert.equal(new Set(got).size, N, `${rx.address} got ${new Set(got).size} distinct datagrams of ${N}`);
   });
 
   test('a repeater that joins later learns what the others heard: a static subscriber of both is served once', async () => {

@@ -17,8 +17,10 @@ import { captureToPool, readPcap } from './pcap.js';
 import { clockTicks, cpuSeconds, ksoftirqdCpu, machineCpu, memory } from './procstat.js';
 import type { Progress } from './progress.js';
 import { BenchError, Child, sleep } from './procs.js';
+import { keygen } from './secure-check.js';
 import { describeSynthetic, type SyntheticSpec, syntheticPool } from './synthetic.js';
-import { type FanCounters, type FanOut, type RepeaterFanOut, startFloor, startRepeater, subscribeAll, type TargetKind } from './targets.js';
+import { type ClusterFanOut, type ClusterInput, type ClusterSample, type ClusterSnapshot, clusterSample, startCluster } from './cluster.js';
+import { type FanCounters, type FanOut, isCluster, type RepeaterFanOut, startFloor, startRepeater, subscribeAll, type TargetKind } from './targets.js';
 
 export type Source =
   | { readonly kind: 'synthetic'; readonly rate: number; readonly spec: SyntheticSpec }
@@ -40,6 +42,12 @@ export interface Scenario {
   readonly mode?: ModeName;
   /** Secure scenarios: the id of the plain scenario measuring the same load (for the secure/plain ratios). */
   readonly twin?: string;
+  /**
+   * Cluster scenarios (cluster.ts): how the input reaches the cluster targets
+   * (all to A, or split between A and B). Every repeater of the scenario, the
+   * standalone one too, listens with channel=ssl (cluster mode needs it).
+   */
+  readonly cluster?: { readonly input: ClusterInput };
 }
 
 export interface Context {
@@ -55,6 +63,8 @@ export interface Context {
   readonly progress: Progress;
   /** Waiting for a quiet machine before each measurement: the threshold (CPUs busy elsewhere) and a total budget in seconds. */
   readonly quiet: { threshold: number; budget: number; perMeasurement: number; spent: number };
+  /** Cluster scenarios: nats-server, where the cluster's processes run, the sealed bus's key (made on first use). */
+  readonly cluster?: { readonly natsServer: string; readonly cpuA: string | undefined; readonly cpuB: string | undefined; readonly cpuNats: string | undefined; keyFile: string | null };
 }
 
 export interface Latency {
@@ -111,12 +121,16 @@ export interface Sample {
   recvUnsealed?: number;
   /** [port, delivered, p50 µs, p99 µs, max µs] per receiver (scenarios up to 256 subscribers). */
   receivers?: Array<[number, number, number, number, number]>;
+  /** Cluster targets: each repeater's share, nats-server's CPU, the direct and the bus path apart. */
+  cluster?: ClusterSample;
 }
 
 export interface TargetResult {
   target: TargetKind;
   samples: Sample[];
   peakRssKiB: number;
+  /** Cluster targets: how the receivers were split between A and B, and each process's peak RSS (KiB). */
+  cluster?: { note: string; servedByA: number; servedByB: number; peakRssKiB: { A: number; B: number; nats: number } };
   warnings: string[];
   setupSeconds: number;
 }
@@ -343,16 +357,19 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
   await arm(recv, id, cap + 1);
   await awaitQuiet(ctx);
   const recvBefore = await recv.ask<RecvDump>('TOTAL');
+  const clusterFan = isCluster(fan.kind) ? (fan as ClusterFanOut) : null;
+  const cl0: ClusterSnapshot | null = clusterFan === null ? null : await clusterFan.snapshot();
   const before: FanCounters = await fan.counters();
-  const cpu0 = cpuSeconds(fan.child.pid);
+  const cpuOf = () => (fan.cpuSeconds ? fan.cpuSeconds() : cpuSeconds(fan.child.pid));
+  const cpu0 = cpuOf();
   const m0 = machineCpu();
   const k0 = ksoftirqdCpu();
   const mode = modeOf(ctx, sc);
   const gen = await runGen(
     ctx,
     pool.path,
-    [fan.inputPort],
-    args,
+    fan.inputPorts ?? [fan.inputPort],
+    [...args, ...spreadArgs(fan)],
     sc.duration,
     cap,
     id,
@@ -361,10 +378,13 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
     mode,
   );
   ctx.progress.tick(`${label}: draining`);
+  // Cluster: first until the bus is empty (what A published, B took off it), then the receivers.
+  if (clusterFan !== null) await clusterFan.settle(10_000);
   await drain(recv);
-  const cpu1 = cpuSeconds(fan.child.pid);
+  const cpu1 = cpuOf();
   const m1 = machineCpu();
   const k1 = ksoftirqdCpu();
+  const cl1: ClusterSnapshot | null = clusterFan === null ? null : await clusterFan.snapshot();
   const after = await fan.counters();
   const dump = await recv.ask<RecvDump>(sc.subscribers <= 256 ? 'DUMP' : 'TOTAL', 30_000);
   const t = dump.total;
@@ -380,8 +400,10 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
   }
   const cpu = cpu1 - cpu0;
   const recvCpu = dump.cpu_s - recvBefore.cpu_s;
+  // Cluster: nats-server is part of what runs for the fan-out, not "other load" (its CPU is reported apart).
+  const natsCpu = cl0 !== null && cl1 !== null ? cl1.natsCpu - cl0.natsCpu : 0;
   // Everything else that ran on the machine meanwhile (other users, our own idle children, the driver).
-  const otherLoad = Math.max(0, m1.busy - m0.busy - cpu - recvCpu - gen.cpu_s) / window;
+  const otherLoad = Math.max(0, m1.busy - m0.busy - cpu - natsCpu - recvCpu - gen.cpu_s) / window;
   const steal = (m1.steal - m0.steal) / window;
   const flags: string[] = [];
   if (otherLoad > 0.2) flags.push(`other processes kept ${(otherLoad * 100).toFixed(0)}% of a CPU busy during the run`);
@@ -443,6 +465,11 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
   if (sockets.length > 0) {
     sample.receivers = sockets.map((s) => [s.port, s.uniq, Math.round(s.p50 / 100) / 10, Math.round(s.p99 / 100) / 10, Math.round(s.max / 100) / 10]);
   }
+  if (clusterFan !== null && cl0 !== null && cl1 !== null) {
+    sample.cluster = await clusterSample(clusterFan, cl0, cl1, recv, gen.stamped, window, flags);
+    // Each receiver is served by exactly one repeater: a copy from both is a cluster bug (or a peer taken for dead).
+    if (t.dup > 0) flags.push(`cluster: the receivers got ${t.dup} duplicates (a receiver served by both repeaters)`);
+  }
   return sample;
 }
 
@@ -450,8 +477,13 @@ async function warm(ctx: Context, sc: Scenario, fan: FanOut, pool: ReturnType<ty
   if (ctx.warmup <= 0) return;
   const { args } = pacing(sc.source, pool, ctx.warmup);
   // A run id the receivers are not armed for: its arrivals are counted as foreign and ignored.
-  await runGen(ctx, pool.path, [fan.inputPort], args, ctx.warmup, Math.ceil(2e6 * ctx.warmup), 0, ctx.cpuLoad, undefined, modeOf(ctx, sc));
+  await runGen(ctx, pool.path, fan.inputPorts ?? [fan.inputPort], [...args, ...spreadArgs(fan)], ctx.warmup, Math.ceil(2e6 * ctx.warmup), 0, ctx.cpuLoad, undefined, modeOf(ctx, sc));
   await sleep(100);
+}
+
+/** A fan-out with several inputs (cluster, input split) gets datagram i on input i mod N. */
+function spreadArgs(fan: FanOut): string[] {
+  return (fan.inputPorts?.length ?? 1) > 1 ? ['--spread'] : [];
 }
 
 export function fmtRate(r: number): string {
@@ -521,10 +553,32 @@ export async function runGroup(ctx: Context, scs: readonly Scenario[]): Promise<
   const start = async (lane: Lane, kind: TargetKind): Promise<FanOut> => {
     const { sc, mode, ports, portsFile } = lane;
     const t0 = Date.now();
-    const opts = { cpu: ctx.cpuFanout, repeaterArgs: ctx.repeaterArgs, recvBuffer: ctx.recvBuffer };
+    // Cluster mode needs channel= on every listener; the standalone repeater of a cluster scenario gets the same listener.
+    const opts = { cpu: ctx.cpuFanout, repeaterArgs: ctx.repeaterArgs, recvBuffer: ctx.recvBuffer, ...(sc.cluster ? { listen: `127.0.0.1:0,channel=${CHANNEL_KEY}` } : {}) };
     let fan: FanOut;
     if (kind === 'floor') fan = await startFloor(ctx.tools, mode, portsFile, opts);
-    else {
+    else if (isCluster(kind)) {
+      const c = ctx.cluster;
+      if (c === undefined || sc.cluster === undefined) throw new BenchError(`internal: ${kind} outside a cluster scenario`);
+      if (sc.dynamic) throw new BenchError('internal: cluster scenarios use static subscribers');
+      let keyFile: string | null = null;
+      if (kind === 'udprepeater-cluster-sealed') {
+        // One key for the run's sealed buses, made by the real CLI on first use.
+        c.keyFile ??= keygen(join(ctx.scratch, 'cluster.key')).file;
+        keyFile = c.keyFile;
+      }
+      fan = await startCluster(kind, mode, ports, {
+        ...opts,
+        cpu: c.cpuA,
+        cpuB: c.cpuB,
+        natsCpu: c.cpuNats,
+        natsServer: c.natsServer,
+        input: sc.cluster.input,
+        keyFile,
+        onProgress: (s) => ctx.progress.tick(s),
+      });
+      live.push(fan);
+    } else {
       const dynArgs = sc.dynamic
         ? ['--max-subscribers', String(sc.subscribers + 16), '--subscribe-rate', '1000000', '--subscribe-burst', '1000000', '--tolerance', '3600']
         : [];
@@ -542,8 +596,13 @@ export async function runGroup(ctx: Context, scs: readonly Scenario[]): Promise<
     return fan;
   };
   const finish = async (lane: Lane, fan: FanOut) => {
-    const mem = memory(fan.child.pid);
-    lane.results.push({ target: fan.kind, samples: lane.samples.get(fan.kind)!, peakRssKiB: mem.peakKiB, warnings: [...fan.warnings], setupSeconds: lane.setup.get(fan.kind) ?? 0 });
+    const peak = fan.peakRssKiB ? fan.peakRssKiB() : memory(fan.child.pid).peakKiB;
+    const r: TargetResult = { target: fan.kind, samples: lane.samples.get(fan.kind)!, peakRssKiB: peak, warnings: [...fan.warnings], setupSeconds: lane.setup.get(fan.kind) ?? 0 };
+    if (isCluster(fan.kind)) {
+      const c = fan as ClusterFanOut;
+      r.cluster = { note: c.note, servedByA: c.servedBy.A.length, servedByB: c.servedBy.B.length, peakRssKiB: c.peakRssParts() };
+    }
+    lane.results.push(r);
     await fan.stop();
     live.splice(live.indexOf(fan), 1);
   };

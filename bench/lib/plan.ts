@@ -9,10 +9,24 @@
 // plain one from the same run, measured minutes apart at most. The twin is
 // added when the plain matrix lacks it. --mode plain drops the secure
 // points; --mode secure keeps only them and their twins.
+//
+// Cluster mode (cluster.ts): at each cluster point (8 subscribers at 20k/s in
+// by default) two scenarios, each with its own receivers, measuring side by
+// side and in turn the floor, a standalone udprepeater and the cluster of two:
+//   cluster-s8-in20k        the input to A only; the cluster with its bus in
+//                           clear and, as a fourth target, sealed (--key-file)
+//   cluster-split-s8-in20k  the input split between A and B (gen --spread)
+// --mode cluster runs only these; --mode plain and --mode secure none of them.
 
 import type { Scenario, Source } from './measure.js';
 import type { SyntheticSpec } from './synthetic.js';
-import type { TargetKind } from './targets.js';
+import type { ClusterKind, TargetKind } from './targets.js';
+
+/** Cluster scenarios: input to A (with the bus in clear), the same with the bus sealed, input split. */
+export type ClusterVariant = 'one' | 'sealed' | 'split';
+export const CLUSTER_VARIANTS: readonly ClusterVariant[] = ['one', 'sealed', 'split'];
+
+export type ModeSelection = 'plain' | 'secure' | 'both' | 'cluster';
 
 export interface PlanOptions {
   readonly quick: boolean;
@@ -34,8 +48,10 @@ export interface PlanOptions {
   readonly targets: readonly TargetKind[];
   /** Secure points (subscribers, input rate), each measured next to its plain twin. */
   readonly secure: ReadonlyArray<readonly [number, number]>;
-  /** Which scenarios: the plain matrix and the secure points ('both'), or one side. */
-  readonly mode: 'plain' | 'secure' | 'both';
+  /** Which scenarios: the plain matrix, the secure points and the cluster points ('both'), or one of them. */
+  readonly mode: ModeSelection;
+  /** Cluster points (subscribers, input rate) and which variants to measure there (none: no cluster scenario). */
+  readonly cluster: { readonly points: ReadonlyArray<readonly [number, number]>; readonly variants: readonly ClusterVariant[] };
 }
 
 export const kfmt = (n: number) => (n >= 1000 && n % 1000 === 0 ? `${n / 1000}k` : String(n));
@@ -99,7 +115,55 @@ export function buildPlan(o: PlanOptions): Scenario[] {
     const twins = new Set(out.filter((s) => s.mode === 'secure').map((s) => s.twin));
     return out.filter((s) => s.mode === 'secure' || twins.has(s.id));
   }
+  const cluster = o.mode === 'both' || o.mode === 'cluster' ? clusterScenarios(o, base) : [];
+  return o.mode === 'cluster' ? cluster : [...out, ...cluster];
+}
+
+function clusterScenarios(o: PlanOptions, base: Pick<Scenario, 'repeats' | 'duration' | 'targets' | 'dynamic' | 'mode'>): Scenario[] {
+  const v = new Set(o.cluster.variants);
+  const out: Scenario[] = [];
+  // The floor and the standalone repeater(s) the run measures, then the cluster targets.
+  const others = o.targets.filter((t) => t === 'floor' || t === 'udprepeater' || t === 'udprepeater-dgram');
+  for (const [n, rate] of o.cluster.points) {
+    const source: Source = { kind: 'synthetic', rate, spec: o.spec };
+    const at = `${n} subscribers at ${kfmt(rate)}/s in`;
+    const one: ClusterKind[] = [...(v.has('one') ? ['udprepeater-cluster' as const] : []), ...(v.has('sealed') ? ['udprepeater-cluster-sealed' as const] : [])];
+    if (one.length > 0) {
+      out.push({
+        ...base,
+        id: `cluster-s${n}-in${kfmt(rate)}`,
+        title: `cluster of 2, input to A: ${at}`,
+        series: null,
+        subscribers: n,
+        source,
+        targets: [...others, ...one],
+        cluster: { input: 'one' },
+      });
+    }
+    if (v.has('split')) {
+      out.push({
+        ...base,
+        id: `cluster-split-s${n}-in${kfmt(rate)}`,
+        title: `cluster of 2, input split A/B: ${at}`,
+        series: null,
+        subscribers: n,
+        source,
+        targets: [...others, 'udprepeater-cluster'],
+        cluster: { input: 'split' },
+      });
+    }
+  }
   return out;
+}
+
+/** Parses --cluster: variants (one, sealed, split), comma-separated, or none. */
+export function parseClusterVariants(text: string): ClusterVariant[] {
+  if (text.trim() === 'none' || text.trim() === '') return [];
+  return text.split(',').map((x) => {
+    const t = x.trim() as ClusterVariant;
+    if (!CLUSTER_VARIANTS.includes(t)) throw new Error(`"${x}": want ${CLUSTER_VARIANTS.join(', ')} or none`);
+    return t;
+  });
 }
 
 /** Parses secure points: "8x20000,1x160000" (subscribers x input datagrams/s); "none" = no point. */

@@ -8,7 +8,7 @@ import type { CapacityResult } from './capacity.js';
 import type { Machine } from './machine.js';
 import { fmtRate, interleaves, median, type Sample, type ScenarioResult, SEALED_GATE_DROPS } from './measure.js';
 import { kfmt } from './plan.js';
-import type { TargetKind } from './targets.js';
+import { isCluster, type TargetKind } from './targets.js';
 
 export interface RunInfo {
   readonly command: string;
@@ -29,6 +29,8 @@ export interface RunInfo {
   readonly targets: readonly TargetKind[];
   /** Secure mode in this run (absent in older results): its key, libsodium, the interoperability check's lines. */
   readonly secure?: { keyId: string; keyFile: string; libsodium: string; openEvery: boolean; check: string[] } | null;
+  /** Cluster scenarios in this run (absent in older results): nats-server, where the cluster ran, what was asked for. */
+  readonly cluster?: { natsServer: string; pinning: string; variants: string[]; points: string[] } | null;
 }
 
 /** Secure mode's target: udprepeater's CPU per output datagram at most this many times plain mode's. */
@@ -55,6 +57,10 @@ export interface TargetSummary {
   worstReceiverP99: number;
   cpuPerOutUs: number;
   fanCpuUtil: number;
+  /** The fan-out's CPU time over the generator's run: the cores it needed to keep up (absent in older results). */
+  cores?: number;
+  /** Its CPU per datagram read from its input. */
+  cpuPerInUs?: number;
   recvCpuUtil: number;
   otherLoad: number;
   peakRssMiB: number;
@@ -62,6 +68,44 @@ export interface TargetSummary {
   flags: string[];
   /** Secure mode: frames the receivers could not open, or that held no valid Envelope, or were no frames (per measurement, mean). */
   recvErrors: number;
+  /** Cluster targets: medians of each repeater's share, nats-server and the two paths. */
+  cluster?: ClusterSummary;
+}
+
+/** Medians of a cluster target's measurements (rates per second of the run, CPU as a share of one core, latency in µs). */
+export interface ClusterSummary {
+  input: 'one' | 'split';
+  sealed: boolean;
+  /** How the receivers were split between A and B. */
+  note: string;
+  servedByA: number;
+  servedByB: number;
+  /**
+   * Per repeater, rates per second of the generator's run (what it had to keep up with); `cores`: its CPU time
+   * over that time, the cores it needed to keep up (above 1: it could not, and caught up after the generator stopped).
+   */
+  members: Array<{
+    name: 'A' | 'B';
+    inRate: number;
+    outRate: number;
+    publishedRate: number;
+    fromBusRate: number;
+    cores: number;
+    cpuPerOutUs: number;
+    /** CPU per datagram it handled (read from its listener or taken off the bus). */
+    cpuPerDatagramUs: number;
+    peakRssMiB: number;
+  }>;
+  natsCores: number;
+  natsCpuPerMessageUs: number;
+  natsCpuPerOutUs: number;
+  natsPeakRssMiB: number;
+  totalCpuPerOutUs: number;
+  /** Bus messages carrying datagrams, per second of the generator's run. */
+  busMessagesRate: number;
+  /** Datagrams per such bus message (the batching; NaN in results from before the datagram counters). */
+  datagramsPerBusMessage?: number;
+  paths: Record<'direct' | 'bus', { receivers: number; deliveredRate: number; loss: number; p50: number; p90: number; p99: number; max: number }>;
 }
 
 export interface Ratios {
@@ -132,6 +176,8 @@ export function summarize(r: ScenarioResult): ScenarioSummary {
       worstReceiverP99: m((x) => x.worstReceiverP99),
       cpuPerOutUs: m((x) => x.cpuPerOutUs),
       fanCpuUtil: m((x) => x.fanCpuUtil),
+      cores: m((x) => x.cpu / Math.max(x.genElapsed, 1e-9)),
+      cpuPerInUs: m((x) => (x.fanIn > 0 ? (x.cpu / x.fanIn) * 1e6 : NaN)),
       recvCpuUtil: m((x) => x.recvCpuUtil),
       peakRssMiB: t.peakRssKiB / 1024,
       drops,
@@ -139,6 +185,48 @@ export function summarize(r: ScenarioResult): ScenarioSummary {
       recvErrors: s.reduce((n, x) => n + (x.recvUnopened ?? 0) + (x.recvBadEnvelope ?? 0) + (x.recvUnsealed ?? 0), 0) / Math.max(1, s.length),
       flags: [...kinds.values()].map((e) => `${e.first} (${e.n} of ${s.length} measurements${e.n > 1 ? '; first shown' : ''})`),
     };
+    const cs = s.filter((x) => x.cluster !== undefined);
+    if (isCluster(t.target) && cs.length > 0) {
+      // Rates over the generator's run: the load each process had to keep up with.
+      const c = (f: (x: NonNullable<Sample['cluster']>, w: number) => number) => median(cs.map((x) => f(x.cluster!, Math.max(x.genElapsed, 1e-9))));
+      const first = cs[0]!.cluster!;
+      const rss = t.cluster?.peakRssKiB;
+      const path = (k: 'direct' | 'bus') => ({
+        receivers: first[k].receivers,
+        deliveredRate: c((x, w) => x[k].delivered / w),
+        loss: c((x) => x[k].loss),
+        p50: c((x) => x[k].p50),
+        p90: c((x) => x[k].p90),
+        p99: c((x) => x[k].p99),
+        max: c((x) => x[k].max),
+      });
+      targets[t.target]!.cluster = {
+        input: first.input,
+        sealed: first.sealed,
+        note: t.cluster?.note ?? '',
+        servedByA: t.cluster?.servedByA ?? NaN,
+        servedByB: t.cluster?.servedByB ?? NaN,
+        members: ([0, 1] as const).map((i) => ({
+          name: i === 0 ? ('A' as const) : ('B' as const),
+          inRate: c((x, w) => x.members[i]!.received / w),
+          outRate: c((x, w) => x.members[i]!.forwarded / w),
+          publishedRate: c((x, w) => x.members[i]!.published / w),
+          fromBusRate: c((x, w) => x.members[i]!.fromBus / w),
+          cores: c((x, w) => x.members[i]!.cpu / w),
+          cpuPerOutUs: c((x) => x.members[i]!.cpuPerOutUs),
+          cpuPerDatagramUs: c((x) => (x.members[i]!.cpu / Math.max(1, x.members[i]!.received + x.members[i]!.fromBus)) * 1e6),
+          peakRssMiB: rss === undefined ? NaN : (i === 0 ? rss.A : rss.B) / 1024,
+        })),
+        natsCores: c((x, w) => x.natsCpu / w),
+        natsCpuPerMessageUs: c((x) => x.natsCpuPerMessageUs),
+        natsCpuPerOutUs: c((x) => x.natsCpuPerOutUs),
+        natsPeakRssMiB: rss === undefined ? NaN : rss.nats / 1024,
+        totalCpuPerOutUs: c((x) => x.totalCpuPerOutUs),
+        busMessagesRate: c((x, w) => x.busMessages / w),
+        datagramsPerBusMessage: c((x) => (x.busDatagrams ?? NaN) / x.busMessages),
+        paths: { direct: path('direct'), bus: path('bus') },
+      };
+    }
   }
   const f = targets.floor;
   const ratios: Partial<Record<TargetKind, Ratios>> = {};
@@ -171,7 +259,7 @@ const cpuUs = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '-');
 export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityResult[]): string {
   const m = info.machine;
   const L: string[] = [];
-  const modeText = info.mode === 'both' ? 'plain and secure modes' : `${info.mode} mode`;
+  const modeText = info.mode === 'both' ? `plain and secure modes${info.cluster ? ', cluster mode' : ''}` : `${info.mode} mode`;
   L.push(`# udprepeater bench (${info.quick ? 'quick' : 'full'} run, ${modeText})`, '');
   L.push(`Produced by \`${info.command}\` on ${info.started} in ${info.seconds.toFixed(0)} s${info.gitHead ? ` (tree at ${info.gitHead})` : ''}.`, '');
   L.push(
@@ -191,6 +279,7 @@ export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityRe
   );
 
   L.push(...secureSection(info, sums));
+  L.push(...clusterSection(info, sums));
 
   L.push('## udprepeater against the floor', '');
   L.push('Ratios are udprepeater / floor: above 1x is worse for CPU and latency, below 1x is worse for delivered rate.', '');
@@ -381,6 +470,152 @@ function secureSection(info: RunInfo, sums: ScenarioSummary[]): string[] {
   return L;
 }
 
+const perMessage = (c: ClusterSummary) => (Number.isFinite(c.datagramsPerBusMessage) ? c.datagramsPerBusMessage!.toFixed(1) : '-');
+
+/**
+ * Scale-out: the cores the standalone repeater needed for one second of the
+ * input over those the busiest of A and B needed for the same. Above 1x the
+ * pair carries that many times one repeater's input before its busiest
+ * member saturates, each member on a core (a machine) of its own.
+ */
+function scaleOut(solo: TargetSummary | undefined, c: ClusterSummary): number {
+  return (solo?.cores ?? NaN) / Math.max(c.members[0]!.cores, c.members[1]!.cores);
+}
+
+/** Progress lines for a cluster scenario (run.ts prints them as each scenario ends). */
+export function clusterNotes(s: ScenarioSummary): string[] {
+  const out: string[] = [];
+  const solo = s.targets.udprepeater;
+  const f = s.targets.floor;
+  for (const t of Object.values(s.targets)) {
+    const c = t.cluster;
+    if (c === undefined) continue;
+    const [a, b] = c.members;
+    out.push(
+      `${t.target}: ${c.note}; CPU/out A+B ${cpuUs(t.cpuPerOutUs)} µs (${ratio(t.cpuPerOutUs / (solo?.cpuPerOutUs ?? NaN))} standalone, ${ratio(t.cpuPerOutUs / (f?.cpuPerOutUs ?? NaN))} floor), ` +
+        `A ${cpuUs(a!.cpuPerOutUs)} B ${cpuUs(b!.cpuPerOutUs)}, nats ${cpuUs(c.natsCpuPerMessageUs)} µs/bus message (${perMessage(c)} datagrams each); ` +
+        `scale-out ${ratio(scaleOut(solo, c))}; ` +
+        `direct p50/p90/p99 ${us(c.paths.direct.p50)}/${us(c.paths.direct.p90)}/${us(c.paths.direct.p99)}, bus ${us(c.paths.bus.p50)}/${us(c.paths.bus.p90)}/${us(c.paths.bus.p99)}`,
+    );
+  }
+  return out;
+}
+
+/** The cluster section: the pair of repeaters against a standalone one and the floor, per path, per repeater, nats-server. */
+function clusterSection(info: RunInfo, sums: ScenarioSummary[]): string[] {
+  const cl = sums.filter((s) => Object.values(s.targets).some((t) => t.cluster !== undefined));
+  if (cl.length === 0) return [];
+  const L: string[] = ['## Cluster mode: two repeaters over NATS against one', ''];
+  const used = (t: TargetSummary) => (t.quietUsed ? `${t.used} quiet of ${t.repeats}` : `all ${t.repeats}`);
+  const cores = (x: number | undefined) => (x === undefined || !Number.isFinite(x) ? '-' : x.toFixed(2));
+  L.push(
+    `Produced by \`${info.command}\`${info.cluster ? ` with ${info.cluster.natsServer}; ${info.cluster.pinning}` : ''}.`,
+    '',
+    'Each cluster target is two `udprepeater serve` processes, A and B, joined by their own nats-server on a loopback port ' +
+      '(`--cluster nats://127.0.0.1:PORT --cluster-name bench`, and `--cluster-insecure` or, sealed, `--key-file K` from `udprepeater keygen`), ' +
+      'both given the same static `--to` receivers: each serves those it wins by rendezvous hashing (B is restarted until the split is even). ' +
+      '*Input to A*: the generator sends everything to A, which forwards to its receivers (the **direct** path) and publishes each datagram once on the bus; ' +
+      'B takes it off the bus and forwards to its receivers (the **bus** path). *Input split*: datagram i goes to A when i is even, to B when odd ' +
+      "(`gen --spread`), so each repeater feeds half its own receivers' datagrams directly and half over the bus; the receivers tell the paths apart by the parity of the sequence number. " +
+      'In the same scenario, on the same receivers, the floor and a standalone udprepeater (the same listener, no cluster) take the same input (all of it on one port), ' +
+      'and the measurements rotate over all targets.',
+    '',
+    "- **CPU µs per output** of a cluster target: A's + B's CPU time (user + system, all threads) over A's + B's output datagrams; nats-server's CPU is apart " +
+      '(**A+B+NATS** adds it in). Ratios are to the standalone udprepeater and to the floor, same scenario, same run.',
+    "- **cores to keep up**: a process's CPU time over the generator's run: what it needed for one second of input (above 1.00 a single core cannot keep up; it then catches up after the generator stops, and latency is queueing).",
+    '- **latency** of a path: send stamp to receipt at the receivers on that path only. The bus path adds A\'s publish, nats-server and B\'s receive to the direct path.',
+    '- **lost at input**: datagrams neither repeater read from its listener (kernel drops at a full input socket).',
+    '',
+  );
+  L.push('| scenario | target | delivered out/s | loss | lost at input | p50 | p90 | p99 | CPU µs per output | / standalone | / floor | A+B+NATS CPU µs per output | cores to keep up: fan-out (A + B) / nats-server | medians of |');
+  L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const s of cl) {
+    const solo = s.targets.udprepeater;
+    const f = s.targets.floor;
+    for (const t of Object.values(s.targets)) {
+      const c = t.cluster;
+      const fan = c ? `${cores(t.cores)} (${cores(c.members[0]!.cores)} + ${cores(c.members[1]!.cores)}) / ${cores(c.natsCores)}` : cores(t.cores);
+      L.push(
+        `| ${s.title} | ${t.target} | ${fmtRate(t.deliveredRate)} | ${pct(t.loss)} | ${pct(t.inputLoss)} | ${us(t.p50)} | ${us(t.p90)} | ${us(t.p99)} | ${cpuUs(t.cpuPerOutUs)} | ` +
+          `${t.target === 'udprepeater' ? '1x' : ratio(t.cpuPerOutUs / (solo?.cpuPerOutUs ?? NaN))} | ${t.target === 'floor' ? '1x' : ratio(t.cpuPerOutUs / (f?.cpuPerOutUs ?? NaN))} | ` +
+          `${c ? cpuUs(c.totalCpuPerOutUs) : '-'} | ${fan} | ${used(t)} |`,
+      );
+    }
+  }
+  L.push('');
+  L.push('**Per path** (the receivers on each path; with a split input every receiver is on both, half its datagrams each):', '');
+  L.push('| scenario | target | path | receivers | delivered out/s | loss | p50 | p90 | p99 | max | p50 / standalone p50 |');
+  L.push('|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const s of cl) {
+    const solo = s.targets.udprepeater;
+    for (const t of Object.values(s.targets)) {
+      const c = t.cluster;
+      if (c === undefined) continue;
+      for (const k of ['direct', 'bus'] as const) {
+        const p = c.paths[k];
+        const who = c.input === 'one' ? (k === 'direct' ? 'served by A' : 'served by B') : k === 'direct' ? "all, via their server's listener" : 'all, via the bus';
+        L.push(
+          `| ${s.title} | ${t.target} | ${k} | ${p.receivers} (${who}) | ${fmtRate(p.deliveredRate)} | ${pct(p.loss)} | ${us(p.p50)} | ${us(p.p90)} | ${us(p.p99)} | ${us(p.max)} | ${ratio(p.p50 / (solo?.p50 ?? NaN))} |`,
+        );
+      }
+    }
+  }
+  L.push('');
+  L.push(
+    '**Per repeater** (and nats-server), against the standalone repeater of the same scenario. Rates are per second of the generator\'s run; ' +
+      '"per datagram" is per datagram the process handled (read from its listener or taken off the bus):',
+    '',
+  );
+  L.push('| scenario | target | process | serves | read from its listener/s | published/s | taken off the bus/s | out/s | cores to keep up | CPU µs per output | / standalone | CPU µs per datagram | peak RSS MiB |');
+  L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  for (const s of cl) {
+    const solo = s.targets.udprepeater;
+    if (solo !== undefined) {
+      L.push(
+        `| ${s.title} | udprepeater | standalone | ${s.subscribers} | ${fmtRate(solo.inRate)} | - | - | ${fmtRate(solo.inRate * s.subscribers * (1 - solo.loss))} | ${cores(solo.cores)} | ` +
+          `${cpuUs(solo.cpuPerOutUs)} | 1x | ${cpuUs(solo.cpuPerInUs ?? NaN)} | ${solo.peakRssMiB.toFixed(0)} |`,
+      );
+    }
+    for (const t of Object.values(s.targets)) {
+      const c = t.cluster;
+      if (c === undefined) continue;
+      for (const m of c.members) {
+        L.push(
+          `| ${s.title} | ${t.target} | ${m.name} | ${m.name === 'A' ? c.servedByA : c.servedByB} | ${fmtRate(m.inRate)} | ${fmtRate(m.publishedRate)} | ${fmtRate(m.fromBusRate)} | ${fmtRate(m.outRate)} | ` +
+            `${cores(m.cores)} | ${cpuUs(m.cpuPerOutUs)} | ${ratio(m.cpuPerOutUs / (solo?.cpuPerOutUs ?? NaN))} | ${cpuUs(m.cpuPerDatagramUs)} | ${m.peakRssMiB.toFixed(0)} |`,
+        );
+      }
+      L.push(
+        `| ${s.title} | ${t.target} | nats-server | - | - | - | ${fmtRate(c.busMessagesRate)} bus messages relayed (${perMessage(c)} datagrams each) | - | ${cores(c.natsCores)} | ` +
+          `${cpuUs(c.natsCpuPerOutUs)} | - | ${cpuUs(c.natsCpuPerMessageUs)} per bus message | ${c.natsPeakRssMiB.toFixed(0)} |`,
+      );
+    }
+  }
+  L.push('');
+  L.push(
+    '**Scale-out** (two repeaters each serving half the subscribers against one serving all): the cores the standalone repeater needed for one second of input ' +
+      'over the cores the busier of A and B needed for the same. Above 1x the pair carries that many times the input of one repeater before its busier member ' +
+      'saturates, each on a core (a machine) of its own; nats-server needs its share on top. With the input to A, A still reads all of it. ' +
+      'Cores are what a process used for the input it read: where a target lost input (lost at input above), they understate what the whole input needs; ' +
+      'dividing each side by (1 - its loss) gives a first estimate.',
+    '',
+  );
+  L.push('| scenario | target | cores to keep up: standalone | A | B | nats-server | scale-out |');
+  L.push('|---|---|---|---|---|---|---|');
+  for (const s of cl) {
+    const solo = s.targets.udprepeater;
+    for (const t of Object.values(s.targets)) {
+      const c = t.cluster;
+      if (c === undefined) continue;
+      L.push(`| ${s.title} | ${t.target} | ${cores(solo?.cores)} | ${cores(c.members[0]!.cores)} | ${cores(c.members[1]!.cores)} | ${cores(c.natsCores)} | ${ratio(scaleOut(solo, c))} |`);
+    }
+  }
+  L.push('');
+  const notes = cl.flatMap((s) => Object.values(s.targets).flatMap((t) => (t.cluster ? [`- ${s.title}, ${t.target}: ${t.cluster.note}`] : [])));
+  L.push('Receivers per repeater (rendezvous hashing on random repeater ids):', '', ...notes, '');
+  return L;
+}
+
 const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;');
 
 /** Two panels: delivered output rate and CPU per output datagram, both against subscribers (log scale). */
@@ -394,7 +629,13 @@ export function svg(info: RunInfo, sums: ScenarioSummary[]): string {
   const panelH = 300;
   const top = 70;
   const lefts = [70, 570];
-  const colors: Record<TargetKind, string> = { floor: '#4c72b0', udprepeater: '#dd8452', 'udprepeater-dgram': '#55a868' };
+  const colors: Record<TargetKind, string> = {
+    floor: '#4c72b0',
+    udprepeater: '#dd8452',
+    'udprepeater-dgram': '#55a868',
+    'udprepeater-cluster': '#c44e52',
+    'udprepeater-cluster-sealed': '#8172b3',
+  };
   const kinds = info.targets;
   const dashes = ['', '7 4', '2 3', '10 3 2 3'];
   // Plain points are filled circles, secure ones hollow squares.

@@ -3,11 +3,17 @@
 // type it claims (with VLAN tags, IPv4 fragments out of order, both byte
 // orders, µs and ns timestamps); then the generator and receivers end to
 // end: every stamped datagram, sets and deletes, synthetic and replayed,
-// must be found, once, by every receiver.
+// must be found, once, by every receiver; the generator's --spread and the
+// receivers' PART (what the cluster scenarios use) split and count as they
+// say; and, with nats-server, a cluster of two delivers every datagram once
+// over both paths (bus in clear and sealed, input to one and split).
 
 import { strict as assert } from 'node:assert';
 import { readFileSync } from 'node:fs';
+import { type ClusterSnapshot, startCluster } from './cluster.js';
 import { arm, type Context, drain, poolFor, runGen, startReceivers } from './measure.js';
+import { PLAIN } from './modes.js';
+import { keygen } from './secure-check.js';
 import { captureToPool, readPcap } from './pcap.js';
 import { stampOffset } from './pool.js';
 import { parseSize } from './synthetic.js';
@@ -156,6 +162,27 @@ export async function selftest(ctx: Context, capture: string | null, log: (s: st
       assert.equal(t.foreign, (g.sent - g.stamped) * ports.length, 'unstamped datagrams are counted as foreign');
       log(`generator -> receivers: ${pool.text}: ${g.stamped} stamped of ${g.sent}, all found by ${ports.length} receivers: ok`);
     }
+    // --spread: datagram i to target i mod 2; PART counts by socket and by parity of the sequence number.
+    const pool = poolFor(ctx, sources[0]!);
+    await arm(recv, 1100, 3001);
+    const g = await runGen(ctx, pool.path, [ports[0]!, ports[1]!], ['--rate', '50000', '--spread'], 5, 3000, 1100, ctx.cpuLoad);
+    const t = (await drain(recv)).total;
+    assert.equal(g.copies, g.sent, 'gen --spread: one copy per datagram');
+    assert.equal(t.uniq, g.stamped, `gen --spread: every stamped datagram arrives once (got ${t.uniq} of ${g.stamped})`);
+    type Part = { part: number; uniq: number; count: number };
+    const part = (spec: string) => recv.ask<Part>(`PART ${spec}`);
+    const both = await part(`${ports[0]},${ports[1]}`);
+    const even0 = await part(`${ports[0]}:0`);
+    const odd0 = await part(`${ports[0]}:1`);
+    const odd1 = await part(`${ports[1]}:1`);
+    const none = await part(`${ports[2]}`);
+    assert.equal(both.part, 2, 'PART: both sockets matched');
+    assert.equal(both.uniq, t.uniq, 'PART over the two sockets = the total');
+    assert.equal(odd0.uniq, 0, 'gen --spread: nothing odd reached the first target');
+    assert.equal(even0.uniq + odd1.uniq, t.uniq, 'gen --spread: even sequence numbers to the first target, odd to the second');
+    assert.ok(Math.abs(even0.uniq - odd1.uniq) <= 1 + (g.sent - g.stamped), 'gen --spread: half each');
+    assert.equal(none.uniq, 0, 'PART of the third socket (sent nothing) is empty');
+    log(`generator --spread over 2 receivers: ${even0.uniq} even + ${odd1.uniq} odd of ${g.stamped}, receivers' PART by socket and parity: ok`);
   } finally {
     await recv.stop();
   }
@@ -163,5 +190,81 @@ export async function selftest(ctx: Context, capture: string | null, log: (s: st
     const c = readPcap(readFileSync(capture), capture);
     const stampable = c.datagrams.filter((d) => d.payload[0] === 111).filter((d) => stampOffset(d.payload) >= 0).length;
     log(`${capture.split('/').pop()}: ${stampable} of ${c.datagrams.filter((d) => d.payload[0] === 111).length} cache datagrams can carry a stamp`);
+  }
+}
+
+/**
+ * A cluster of two (cluster.ts) end to end, for each variant the cluster
+ * scenarios measure: every stamped datagram reaches every receiver exactly
+ * once, the direct and the bus path together are the total, every datagram
+ * was published once (by A with input to A, by whichever read it with a
+ * split input) and taken off the bus once, in at most as many bus messages
+ * as datagrams (the repeaters batch what one turn of their event loop
+ * accepted, so under load a message carries several).
+ */
+export async function selftestCluster(ctx: Context, log: (s: string) => void): Promise<void> {
+  const c = ctx.cluster;
+  if (c === undefined) throw new Error('internal: no nats-server for the cluster selftest');
+  const { recv, ports } = await startReceivers(ctx, 4, 'selftest-cluster');
+  const pool = poolFor(ctx, { kind: 'synthetic', rate: 10000, spec: { keySize: parseSize('key-size', '32'), valueSize: parseSize('value-size', '200'), deletes: 0.1, lifetime: 300, poolSize: 512, seed: 5 } });
+  try {
+    const variants = [
+      { kind: 'udprepeater-cluster', input: 'one', sealed: false },
+      { kind: 'udprepeater-cluster-sealed', input: 'one', sealed: true },
+      { kind: 'udprepeater-cluster', input: 'split', sealed: false },
+    ] as const;
+    for (const [i, v] of variants.entries()) {
+      if (v.sealed) c.keyFile ??= keygen(`${ctx.scratch}/cluster.key`).file;
+      const fan = await startCluster(v.kind, PLAIN, ports, {
+        cpu: c.cpuA,
+        cpuB: c.cpuB,
+        natsCpu: c.cpuNats,
+        natsServer: c.natsServer,
+        repeaterArgs: ctx.repeaterArgs,
+        recvBuffer: ctx.recvBuffer,
+        listen: '127.0.0.1:0,channel=ssl',
+        input: v.input,
+        keyFile: v.sealed ? c.keyFile : null,
+      });
+      try {
+        const count = 2000;
+        const id = 1200 + i;
+        await arm(recv, id, count + 1);
+        const before: ClusterSnapshot = await fan.snapshot();
+        const to = fan.inputPorts ?? [fan.inputPort];
+        const g = await runGen(ctx, pool.path, to, ['--rate', '10000', ...(to.length > 1 ? ['--spread'] : [])], 5, count, id, ctx.cpuLoad);
+        await fan.settle(10_000);
+        const t = (await drain(recv)).total;
+        const after = await fan.snapshot();
+        const what = `cluster (${v.sealed ? 'sealed bus' : 'bus in clear'}, input ${v.input === 'one' ? 'to A' : 'split A/B'}; ${fan.note})`;
+        assert.equal(t.uniq, g.stamped * ports.length, `${what}: every stamped datagram reaches every receiver (got ${t.uniq} of ${g.stamped * ports.length})`);
+        assert.equal(t.dup, 0, `${what}: no receiver gets a datagram twice`);
+        const specs = fan.pathSpecs();
+        const part = async (spec: string) => (spec === '' ? 0 : (await recv.ask<{ uniq: number }>(`PART ${spec}`)).uniq);
+        const direct = await part(specs.direct);
+        const bus = await part(specs.bus);
+        assert.equal(direct + bus, t.uniq, `${what}: direct + bus path = the total`);
+        const delta = (f: (m: ClusterSnapshot['members'][number]) => number) => after.members.map((m, k) => f(m) - f(before.members[k]!));
+        const published = delta((m) => m.published);
+        const fromBus = delta((m) => m.fromBus);
+        const messages = delta((m) => m.busPublished);
+        const messagesIn = delta((m) => m.busReceived);
+        const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
+        assert.equal(sum(published), g.sent, `${what}: every datagram sent published once (${published.join(' + ')} of ${g.sent})`);
+        assert.equal(sum(fromBus), g.sent, `${what}: every datagram taken off the bus once (${fromBus.join(' + ')} of ${g.sent})`);
+        assert.ok(sum(messages) >= 1 && sum(messages) <= sum(published), `${what}: ${sum(messages)} bus messages for ${sum(published)} datagrams (at most one per datagram)`);
+        assert.equal(sum(messagesIn), sum(messages), `${what}: every bus message taken off the bus (${messagesIn.join(' + ')} of ${sum(messages)})`);
+        if (v.input === 'one') assert.equal(published[1], 0, `${what}: B publishes nothing when all input goes to A`);
+        for (const m of after.members) assert.deepEqual(m.busDropped, {}, `${what}: no bus message dropped`);
+        log(
+          `${what}: ${g.stamped} stamped datagrams to ${ports.length} receivers, once each (direct ${direct}, bus ${bus}); ` +
+            `${sum(published)} datagrams published in ${sum(messages)} bus messages (${(sum(published) / sum(messages)).toFixed(1)} per message): ok`,
+        );
+      } finally {
+        await fan.stop();
+      }
+    }
+  } finally {
+    await recv.stop();
   }
 }

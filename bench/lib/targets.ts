@@ -14,9 +14,15 @@ import { BenchError, Child, sleep, within } from './procs.js';
  * floor: the C reference. udprepeater: `serve` as installed (with its native
  * datagram path when the udpfast addon is built). udprepeater-dgram: the same
  * with UDPREPEATER_NATIVE=0, i.e. the pure node:dgram path.
+ * udprepeater-cluster(-sealed): two repeaters A and B in cluster mode over
+ * their own nats-server, the bus in clear or sealed (cluster.ts); only in
+ * cluster scenarios, never chosen with --targets.
  */
-export type TargetKind = 'floor' | 'udprepeater' | 'udprepeater-dgram';
+export type TargetKind = 'floor' | 'udprepeater' | 'udprepeater-dgram' | ClusterKind;
+export type ClusterKind = 'udprepeater-cluster' | 'udprepeater-cluster-sealed';
 export const TARGETS: readonly TargetKind[] = ['floor', 'udprepeater', 'udprepeater-dgram'];
+export const CLUSTER_TARGETS: readonly ClusterKind[] = ['udprepeater-cluster', 'udprepeater-cluster-sealed'];
+export const isCluster = (k: TargetKind): k is ClusterKind => (CLUSTER_TARGETS as readonly TargetKind[]).includes(k);
 export const DEFAULT_TARGETS: readonly TargetKind[] = ['floor', 'udprepeater'];
 
 /** Which datagram path `udprepeater` (as installed) takes, as the repeater itself decides it. */
@@ -45,7 +51,13 @@ export interface FanOut {
   readonly kind: TargetKind;
   readonly child: Child;
   readonly inputPort: number;
+  /** Several inputs (cluster, input split): the generator sends datagram i to input i mod N (gen --spread). */
+  readonly inputPorts?: readonly number[];
   counters(): Promise<FanCounters>;
+  /** CPU seconds of the fan-out (all its processes); by default the child's. */
+  cpuSeconds?(): number;
+  /** Peak RSS in KiB (all its processes); by default the child's VmHWM. */
+  peakRssKiB?(): number;
   /** Warnings and errors the fan-out logged (udprepeater), for the report. */
   readonly warnings: string[];
   stop(): Promise<void>;
@@ -56,6 +68,8 @@ export interface TargetOptions {
   /** udprepeater: --send-queue, --recv-buffer and anything else to pass. */
   readonly repeaterArgs: readonly string[];
   readonly recvBuffer: number;
+  /** udprepeater: the listener (default 127.0.0.1:0; cluster scenarios add channel=ssl, which cluster mode needs). */
+  readonly listen?: string;
 }
 
 export async function startFloor(tools: NativeTools, mode: BenchMode, portsFile: string, opts: TargetOptions): Promise<FanOut> {
@@ -81,7 +95,7 @@ export async function startFloor(tools: NativeTools, mode: BenchMode, portsFile:
   };
 }
 
-function httpGet(port: number, path: string, ms = 5000): Promise<string> {
+export function httpGet(port: number, path: string, ms = 5000): Promise<string> {
   return within(
     new Promise<string>((resolve, reject) => {
       const req = request({ host: '127.0.0.1', port, path, method: 'GET' }, (res) => {
@@ -109,7 +123,8 @@ export function parseMetrics(text: string): Map<string, number> {
     if (!Number.isFinite(v)) continue;
     const name = m[1]!;
     out.set(name, (out.get(name) ?? 0) + v);
-    const reason = /reason="([^"]*)"/.exec(m[2] ?? '');
+    // One label per metric is kept apart: the drop reason, or the kind (cluster bus messages).
+    const reason = /(?:reason|kind)="([^"]*)"/.exec(m[2] ?? '');
     if (reason !== null) out.set(`${name}{${reason[1]}}`, (out.get(`${name}{${reason[1]}}`) ?? 0) + v);
   }
   return out;
@@ -129,12 +144,12 @@ export async function startRepeater(
   mode: BenchMode,
   staticPorts: readonly number[],
   opts: TargetOptions,
-  kind: 'udprepeater' | 'udprepeater-dgram' = 'udprepeater',
+  kind: 'udprepeater' | 'udprepeater-dgram' | ClusterKind = 'udprepeater',
 ): Promise<RepeaterFanOut> {
   const args = [
     REPEATER_CLI,
     'serve',
-    ...mode.repeaterArgs('127.0.0.1:0', staticPorts),
+    ...mode.repeaterArgs(opts.listen ?? '127.0.0.1:0', staticPorts),
     '--metrics',
     '127.0.0.1:0',
     '--log-level',

@@ -10,7 +10,9 @@
  * fast as possible), looping with --loop. Between bursts it sleeps
  * (clock_nanosleep) at least --tick-us, so it never spins a core.
  * With several --to targets each datagram goes to every target with the same
- * sequence number (direct mode: measures the receivers without a fan-out).
+ * sequence number (direct mode: measures the receivers without a fan-out);
+ * with --spread each goes to one of them instead, in turn: datagram (sequence
+ * number) i to target i mod N (cluster mode: input split over repeaters).
  *
  * --no-stamp sends the pool byte for byte (replaying a capture into real nodes).
  *
@@ -41,7 +43,7 @@ static void on_stop(int sig) { (void)sig; stop_flag = 1; }
 
 static struct rec *recs;
 static uint64_t nrecs, span_ns;
-static int timeline, loop_pool, no_stamp;
+static int timeline, loop_pool, no_stamp, spread;
 static double rate, speed, period_ns;
 
 static void load_pool(const char *path, uint32_t *maxlen) {
@@ -87,7 +89,7 @@ static inline uint64_t due(uint64_t i) {
 static void usage(void) {
   fprintf(stderr,
           "usage: gen --pool FILE --to 127.0.0.1:PORT [--to ...] (--rate N | --timeline [--speed X] [--loop])\n"
-          "           [--duration S] [--count N] [--run ID] [--batch N] [--tick-us N] [--sndbuf BYTES]\n"
+          "           [--duration S] [--count N] [--run ID] [--batch N] [--tick-us N] [--sndbuf BYTES] [--spread]\n"
           "           [--key-file K [--channel-key KEY]]   (secure mode: send sealed frames)\n");
   exit(2);
 }
@@ -113,6 +115,7 @@ int main(int argc, char **argv) {
     else if (ARG("--speed")) speed = atof(v);
     else if (strcmp(a, "--loop") == 0) loop_pool = 1;
     else if (strcmp(a, "--no-stamp") == 0) no_stamp = 1;
+    else if (strcmp(a, "--spread") == 0) spread = 1;
     else if (ARG("--duration")) duration = atof(v);
     else if (ARG("--count")) count = strtoull(v, NULL, 10);
     else if (ARG("--run")) run = (uint32_t)strtoul(v, NULL, 10);
@@ -131,6 +134,9 @@ int main(int argc, char **argv) {
 
   uint32_t maxlen;
   load_pool(pool, &maxlen);
+  if (nto < 2) spread = 0;
+  /* Copies per datagram: every target, or (--spread) one. */
+  const size_t per = spread ? 1 : nto;
   if (batch * nto > 65536) batch = (unsigned)(65536 / nto) ? (unsigned)(65536 / nto) : 1;
 
   int fd = socket(AF_INET, SOCK_DGRAM, 0);
@@ -216,8 +222,9 @@ int main(int argc, char **argv) {
       }
       iov[j].iov_base = slot;
       iov[j].iov_len = len;
-      for (size_t t = 0; t < nto; t++) {
-        struct msghdr *h = &msgs[(size_t)j * nto + t].msg_hdr;
+      for (size_t c = 0; c < per; c++) {
+        size_t t = spread ? (size_t)((sent + j) % nto) : c;
+        struct msghdr *h = &msgs[(size_t)j * per + c].msg_hdr;
         memset(h, 0, sizeof *h);
         h->msg_iov = &iov[j];
         h->msg_iovlen = 1;
@@ -227,7 +234,7 @@ int main(int argc, char **argv) {
         }
       }
     }
-    size_t total = (size_t)k * nto, off = 0;
+    size_t total = (size_t)k * per, off = 0;
     while (off < total) {
       size_t n = total - off > 1024 ? 1024 : total - off;
       int r = sendmmsg(fd, msgs + off, (unsigned)n, 0);
@@ -252,10 +259,10 @@ int main(int argc, char **argv) {
     snprintf(sealed_info, sizeof sealed_info, "\"key_id\":\"%08x\",\"origin\":\"%016llx\",\"sealed\":%llu,", sealer.key_id,
              (unsigned long long)sealer.origin, (unsigned long long)sealer.sequence);
 #endif
-  printf("{%s\"sent\":%llu,\"stamped\":%llu,\"copies\":%llu,\"errors\":%llu,\"last_error\":\"%s\",\"targets\":%zu,"
+  printf("{%s\"sent\":%llu,\"stamped\":%llu,\"copies\":%llu,\"errors\":%llu,\"last_error\":\"%s\",\"targets\":%zu,\"spread\":%d,"
          "\"bursts\":%llu,\"t0_ns\":%llu,\"t_end_ns\":%llu,\"elapsed_s\":%.6f,\"rate\":%.1f,\"max_lag_ms\":%.3f,\"cpu_s\":%.3f}\n",
          sealed_info, (unsigned long long)sent, (unsigned long long)stamped, (unsigned long long)copies, (unsigned long long)errors,
-         last_errno ? strerror(last_errno) : "", nto, (unsigned long long)bursts, (unsigned long long)t0,
+         last_errno ? strerror(last_errno) : "", nto, spread, (unsigned long long)bursts, (unsigned long long)t0,
          (unsigned long long)t_last, elapsed, elapsed > 0 ? (double)sent / elapsed : 0.0, (double)max_lag / 1e6, cpu_seconds());
   return 0;
 }

@@ -26,6 +26,11 @@
  *   RUN <id> <maxseq>   reset counters, accept only stamps of run <id>  -> "OK RUN <id>"
  *   DUMP                one JSON line of figures (per socket and total)
  *   TOTAL               the same without the per-socket list
+ *   PART <spec>         count, uniq and latency over some sockets only: spec is a
+ *                       comma-separated list of PORT (every datagram of that socket)
+ *                       or PORT:P (only sequence numbers of parity P, 0 or 1: with a
+ *                       generator alternating between two inputs, what came in
+ *                       through one of them)  -> one JSON line
  *   QUIT / EOF          exit */
 #include "common.h"
 #include "sealed.h"
@@ -45,7 +50,8 @@ struct sock {
   uint64_t last_seq, max_lat, first_ns, last_ns;
   uint32_t ovfl_base, ovfl_last;
   int ovfl_seen;
-  uint32_t *hist;
+  uint32_t *hist; /* two histograms: even sequence numbers, then odd ones (PART) */
+  uint64_t pcount[2], puniq[2], pmax[2];
   uint8_t *seen;
 };
 
@@ -96,8 +102,9 @@ static void reset(uint32_t run, uint64_t mseq) {
     struct sock *s = &socks[i];
     s->count = s->uniq = s->dup = s->ooo = s->foreign = s->bytes = s->beyond = s->unopened = s->badenv = s->unsealed = 0;
     s->last_seq = s->max_lat = s->first_ns = s->last_ns = 0;
+    s->pcount[0] = s->pcount[1] = s->puniq[0] = s->puniq[1] = s->pmax[0] = s->pmax[1] = 0;
     s->ovfl_base = s->ovfl_last;
-    memset(s->hist, 0, NBUCKETS * sizeof *s->hist);
+    memset(s->hist, 0, 2 * NBUCKETS * sizeof *s->hist);
     free(s->seen);
     s->seen = calloc(maxseq / 8 + 1, 1);
     if (s->seen == NULL) die("out of memory for %llu-entry sequence bitmaps", (unsigned long long)maxseq);
@@ -114,8 +121,8 @@ static void dump(int full) {
   for (int i = 0; i < nsocks; i++) {
     struct sock *s = &socks[i];
     for (unsigned b = 0; b < NBUCKETS; b++) {
-      h64[b] = s->hist[b];
-      tot_hist[b] += s->hist[b];
+      h64[b] = (uint64_t)s->hist[b] + s->hist[NBUCKETS + b];
+      tot_hist[b] += h64[b];
     }
     uint32_t dr = s->ovfl_last - s->ovfl_base;
     if (full)
@@ -146,6 +153,40 @@ static void dump(int full) {
   fflush(stdout);
 }
 
+/* PART: the figures of some sockets (PORT) or of one parity of their sequence numbers (PORT:P). */
+static void part(const char *spec) {
+  static uint64_t h[NBUCKETS];
+  memset(h, 0, sizeof h);
+  uint64_t c = 0, u = 0, mx = 0, matched = 0;
+  const char *p = spec;
+  while (*p) {
+    char *end;
+    long port = strtol(p, &end, 10);
+    int par = -1;
+    if (*end == ':') {
+      par = (int)strtol(end + 1, &end, 10) & 1;
+    }
+    for (int i = 0; i < nsocks; i++) {
+      struct sock *s = &socks[i];
+      if (s->port != port) continue;
+      matched++;
+      for (int q = 0; q < 2; q++) {
+        if (par >= 0 && q != par) continue;
+        for (unsigned b = 0; b < NBUCKETS; b++) h[b] += s->hist[q * NBUCKETS + b];
+        c += s->pcount[q];
+        u += s->puniq[q];
+        if (s->pmax[q] > mx) mx = s->pmax[q];
+      }
+    }
+    if (end == p) break;
+    p = *end == ',' ? end + 1 : end;
+  }
+  printf("{\"part\":%llu,\"count\":%llu,\"uniq\":%llu,\"p50\":%.0f,\"p90\":%.0f,\"p99\":%.0f,\"p999\":%.0f,\"max\":%llu}\n",
+         (unsigned long long)matched, (unsigned long long)c, (unsigned long long)u, percentile(h, c, 0.5, mx), percentile(h, c, 0.9, mx),
+         percentile(h, c, 0.99, mx), percentile(h, c, 0.999, mx), (unsigned long long)mx);
+  fflush(stdout);
+}
+
 /* Handles complete lines in the stdin buffer; returns 0 to quit. */
 static int commands(char *buf, size_t *len) {
   char *nl;
@@ -161,6 +202,8 @@ static int commands(char *buf, size_t *len) {
       dump(1);
     } else if (strcmp(buf, "TOTAL") == 0) {
       dump(0);
+    } else if (strncmp(buf, "PART ", 5) == 0) {
+      part(buf + 5);
     } else if (strcmp(buf, "QUIT") == 0) {
       return 0;
     } else if (buf[0] != 0) {
@@ -181,7 +224,9 @@ static inline void on_datagram(struct sock *s, const uint8_t *p, size_t len, uin
   }
   uint64_t seq = get_u64(p + off + 8), ts = get_u64(p + off + 16);
   uint64_t lat = now > ts ? now - ts : 0;
+  unsigned q = (unsigned)(seq & 1);
   s->count++;
+  s->pcount[q]++;
   s->bytes += len;
   if (seq < maxseq) {
     uint8_t bit = (uint8_t)(1u << (seq & 7));
@@ -189,15 +234,18 @@ static inline void on_datagram(struct sock *s, const uint8_t *p, size_t len, uin
     else {
       s->seen[seq >> 3] |= bit;
       s->uniq++;
+      s->puniq[q]++;
     }
   } else {
     s->beyond++;
     s->uniq++;
+    s->puniq[q]++;
   }
   if (s->count > 1 && seq < s->last_seq) s->ooo++;
   s->last_seq = seq;
-  s->hist[bucket(lat)]++;
+  s->hist[q * NBUCKETS + bucket(lat)]++;
   if (lat > s->max_lat) s->max_lat = lat;
+  if (lat > s->pmax[q]) s->pmax[q] = lat;
   if (!s->first_ns) s->first_ns = now;
   s->last_ns = now;
 }
@@ -330,7 +378,7 @@ int main(int argc, char **argv) {
     socklen_t al = sizeof a;
     getsockname(s->fd, (struct sockaddr *)&a, &al);
     s->port = ntohs(a.sin_port);
-    s->hist = calloc(NBUCKETS, sizeof *s->hist);
+    s->hist = calloc(2 * NBUCKETS, sizeof *s->hist);
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
     if (epoll_ctl(ep, EPOLL_CTL_ADD, s->fd, &ev) != 0) die("epoll_ctl: %s", strerror(errno));
     fprintf(pf, "%d\n", s->port);

@@ -72,6 +72,14 @@ export class ClusterCounters {
   failovers = 0;
   /** Datagrams not published: the bus was down (or the client refused them). */
   publishSkipped = 0;
+  /**
+   * Datagrams, whatever the batching: published on the bus (one per datagram
+   * in a published datagram or batch message), and taken off it from other
+   * repeaters (one per datagram in a received message that was not dropped
+   * whole: stale or refused messages count in `dropped`, by message).
+   */
+  datagramsPublished = 0;
+  datagramsReceived = 0;
 
   bump(m: Map<string, number>, k: string): void {
     m.set(k, (m.get(k) ?? 0) + 1);
@@ -198,7 +206,8 @@ export class Cluster implements ClusterPort {
     if (q === undefined || q.items.length === 0) return;
     this.outbox.delete(name);
     const body: BusBody = q.items.length === 1 ? q.items[0]! : { type: 'batch', datagrams: q.items };
-    if (!this.send(body, this.subject.data(name))) this.counters.publishSkipped += q.items.length;
+    if (this.send(body, this.subject.data(name))) this.counters.datagramsPublished += q.items.length;
+    else this.counters.publishSkipped += q.items.length;
   }
 
   private heartbeat(): void {
@@ -361,7 +370,9 @@ export class Cluster implements ClusterPort {
       this.counters.bump(this.counters.dropped, 'stale');
       return;
     }
-    for (const d of b.type === 'batch' ? b.datagrams : [b]) {
+    const datagrams = b.type === 'batch' ? b.datagrams : [b];
+    this.counters.datagramsReceived += datagrams.length;
+    for (const d of datagrams) {
       const why = this.repeater.acceptFromBus(d.channel, d.datagram, d.trace, d.origin === 0n ? null : d.origin, d.opaque);
       if (why !== null) this.counters.bump(this.counters.dropped, 'not_deliverable');
     }

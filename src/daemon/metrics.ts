@@ -157,6 +157,8 @@ export function registerClusterMetrics(register: Registry, cluster: Cluster, rep
   gaugeFrom(register, 'udprepeater_cluster_owned_subscribers', 'Subscribers this repeater serves', [], () => [[{}, cluster.ownedSubscribers()]]);
   counterFrom(register, 'udprepeater_cluster_messages_published_total', 'Bus messages published, by kind', ['kind'], () => [...c.published].map(([kind, v]) => [{ kind }, v] as const));
   counterFrom(register, 'udprepeater_cluster_messages_received_total', 'Bus messages received from other repeaters, by kind', ['kind'], () => [...c.received].map(([kind, v]) => [{ kind }, v] as const));
+  counterFrom(register, 'udprepeater_cluster_datagrams_published_total', 'Datagrams published on the bus, whatever the batching (messages_published counts bus messages)', [], () => [[{}, c.datagramsPublished]]);
+  counterFrom(register, 'udprepeater_cluster_datagrams_received_total', 'Datagrams taken off the bus from other repeaters, whatever the batching (not_deliverable ones included)', [], () => [[{}, c.datagramsReceived]]);
   counterFrom(register, 'udprepeater_cluster_messages_dropped_total', 'Bus messages dropped, by reason', ['reason'], () => [...c.dropped].map(([reason, v]) => [{ reason }, v] as const));
   counterFrom(register, 'udprepeater_cluster_publish_skipped_total', 'Datagrams not published because the bus was down', [], () => [[{}, c.publishSkipped]]);
   counterFrom(register, 'udprepeater_cluster_duplicates_total', 'Updates that came in a second time through another repeater, delivered once', [], () => [[{}, repeater.clusterDuplicates]]);
