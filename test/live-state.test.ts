@@ -142,11 +142,17 @@ describe('live state', () => {
     const s = new LiveState(1 << 20);
     s.apply(set('a', 'secret-1'), NOW);
     const first = s.get('a')!.content;
+    // The same size: overwritten in place, the old value is gone.
     s.apply(set('a', 'secret-2'), NOW);
-    assert.ok(first.every((b) => b === 0));
+    assert.equal(first.indexOf('secret-1'), -1);
+    assert.equal(s.get('a')!.content.indexOf('secret-2') > 0, true);
+    // Another size: a new copy, the old one zeroed.
     const second = s.get('a')!.content;
-    s.apply(del('a'), NOW);
+    s.apply(set('a', 'a-longer-secret'), NOW);
     assert.ok(second.every((b) => b === 0));
+    const longer = s.get('a')!.content;
+    s.apply(del('a'), NOW);
+    assert.ok(longer.every((b) => b === 0));
     s.apply(set('x', 'secret-3', NOW + 1), NOW);
     const third = s.get('x')!.content;
     s.sweep(NOW + 1);

@@ -34,6 +34,11 @@ import type { WireError } from '../wire/uwsgi.js';
  */
 export const ENTRY_OVERHEAD = 640;
 
+/**
+ * Read-only to everyone but LiveState, which overwrites an entry in place when
+ * its key is set again with a value of the same size: read it within the turn
+ * you got it in (as the replaced bytes are zeroed anyway).
+ */
 export interface LiveEntry {
   /** The set as the node sent it (no trace); owned by the state, never a view of a reused buffer. */
   readonly content: Buffer;
@@ -44,11 +49,13 @@ export interface LiveEntry {
   readonly cost: number;
 }
 
+type Mutable<T> = { -readonly [K in keyof T]: T[K] };
+
 /** What happened to an update offered to the state. */
 export type LiveChange = 'set' | 'deleted' | 'absent' | 'expired' | 'too_large';
 
 export class LiveState {
-  private readonly entries = new Map<string, LiveEntry>();
+  private readonly entries = new Map<string, Mutable<LiveEntry>>();
   /** Keys by the second they expire in, and a min-heap of those seconds (possibly stale: see sweep). */
   private readonly buckets = new Map<number, Set<string>>();
   private heap: number[] = [];
@@ -88,9 +95,33 @@ export class LiveState {
   learn(buf: Buffer, s: CacheShape, nowSec: number, delivered = true): LiveChange {
     const key = cacheKeyText(buf);
     if (s.cmd === CACHE_DELETE) return this.delete(key) ? 'deleted' : 'absent';
-    // A copy: the datagram may be a view of the listener's receive arena.
+    const expires = cacheExpires(buf, s);
     const own = contentOf(buf, s);
-    return this.set(key, own === buf ? Buffer.from(buf) : own, cacheExpires(buf, s), nowSec, delivered);
+    if (own !== buf) return this.set(key, own, expires, nowSec, delivered);
+    // The hot path (every set a node sends): a key set again with a value of
+    // the same size overwrites its entry's bytes, with no allocation and
+    // nothing to zero; otherwise a copy, as the datagram may be a view of the
+    // listener's receive arena.
+    const old = this.entries.get(key);
+    if (old !== undefined && old.content.length === buf.length && (expires === 0 || expires > nowSec)) {
+      buf.copy(old.content);
+      this.renew(key, old, expires, delivered);
+      return 'set';
+    }
+    return this.set(key, Buffer.from(buf), expires, nowSec, delivered);
+  }
+
+  /** `e`, whose content was just overwritten, becomes the key's latest set (moved to the end). */
+  private renew(key: string, e: Mutable<LiveEntry>, expires: number, delivered: boolean): void {
+    this.entries.delete(key);
+    this.entries.set(key, e);
+    if (e.expires !== expires) {
+      if (e.expires !== 0) this.bucketDelete(e.expires, key);
+      if (expires !== 0) this.bucketAdd(expires, key);
+      e.expires = expires;
+    }
+    this.version++;
+    e.version = delivered ? this.version : 0;
   }
 
   /**
@@ -187,11 +218,13 @@ export class LiveState {
     this.entries.delete(key);
     this.bytes -= e.cost;
     e.content.fill(0);
-    if (e.expires !== 0) {
-      const keys = this.buckets.get(e.expires)!;
-      keys.delete(key);
-      if (keys.size === 0) this.buckets.delete(e.expires);
-    }
+    if (e.expires !== 0) this.bucketDelete(e.expires, key);
+  }
+
+  private bucketDelete(second: number, key: string): void {
+    const keys = this.buckets.get(second)!;
+    keys.delete(key);
+    if (keys.size === 0) this.buckets.delete(second);
   }
 
   private bucketAdd(second: number, key: string): void {
