@@ -182,7 +182,7 @@ export function nodeTicketKey(k: TicketKey): Buffer {
  * AES-256 key (32): the secret itself. 48 bytes: name (16), AES-128 key (16),
  * HMAC key (16): note the AES and HMAC halves are in the opposite order from
  * Node's (nginx 1.22, ngx_ssl_session_ticket_keys; proven by
- * test/tls.nginx.test.ts decrypting nginx's own tickets).
+ * test/system/tls.nginx.test.ts decrypting nginx's own tickets).
  */
 export function nginxTicketKey(k: TicketKey, size: 48 | 80): Buffer {
   if (size === 80) return Buffer.from(k.secret);

@@ -11,15 +11,15 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { encodeCacheSet } from '../src/wire/cache.js';
-import { encodeSubscription } from '../src/wire/subscription.js';
-import { httpGet, keygen, type Running, serve } from './helpers/attack.js';
-import { NATS_HINT, NatsCluster, natsAvailability } from './helpers/nats.js';
-import { freePort } from './helpers/net.js';
-import { requirement } from './helpers/requirement.js';
-import { Scope } from './helpers/scope.js';
+import { encodeCacheSet } from '../../src/wire/cache.js';
+import { encodeSubscription } from '../../src/wire/subscription.js';
+import { httpGet, keygen, type Running, serve } from '../helpers/attack.js';
+import { NATS_HINT, NatsCluster, natsAvailability } from '../helpers/nats.js';
+import { freePort } from '../helpers/net.js';
+import { requirement } from '../helpers/requirement.js';
+import { Scope } from '../helpers/scope.js';
 
-const { skip, require: requireNats } = requirement('nats-server', 'the cluster authentication suite (test/cluster.auth.test.ts)', 'Cluster bus authentication and TLS are NOT being tested.', natsAvailability(), NATS_HINT);
+const { skip, require: requireNats } = requirement('nats-server', 'the cluster authentication suite (test/system/cluster.auth.test.ts)', 'Cluster bus authentication and TLS are NOT being tested.', natsAvailability(), NATS_HINT);
 
 const dir = mkdtempSync(join(tmpdir(), 'udprepeater-nats-auth-'));
 const file = (name: string, text: string) => {

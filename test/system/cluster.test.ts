@@ -5,15 +5,15 @@
 
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
-import { encodeCacheSet } from '../src/wire/cache.js';
-import { encodeSubscription } from '../src/wire/subscription.js';
-import { httpGet, keygen, type Metrics, type Running, serve } from './helpers/attack.js';
-import { NATS_HINT, NatsCluster, natsAvailability } from './helpers/nats.js';
-import { eventually, freePort, type Receiver, untraced } from './helpers/net.js';
-import { requirement } from './helpers/requirement.js';
-import { Scope } from './helpers/scope.js';
+import { encodeCacheSet } from '../../src/wire/cache.js';
+import { encodeSubscription } from '../../src/wire/subscription.js';
+import { httpGet, keygen, type Metrics, type Running, serve } from '../helpers/attack.js';
+import { NATS_HINT, NatsCluster, natsAvailability } from '../helpers/nats.js';
+import { eventually, freePort, type Receiver, untraced } from '../helpers/net.js';
+import { requirement } from '../helpers/requirement.js';
+import { Scope } from '../helpers/scope.js';
 
-const { skip, require: requireNats } = requirement('nats-server', 'the cluster suite (test/cluster.test.ts)', 'Cluster mode is NOT being tested.', natsAvailability(), NATS_HINT);
+const { skip, require: requireNats } = requirement('nats-server', 'the cluster suite (test/system/cluster.test.ts)', 'Cluster mode is NOT being tested.', natsAvailability(), NATS_HINT);
 
 const scope = new Scope();
 const { sender } = scope;

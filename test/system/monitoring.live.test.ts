@@ -12,11 +12,11 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { Daemon, runCli } from './helpers/daemon.js';
-import { NATS_HINT, NatsCluster, natsAvailability } from './helpers/nats.js';
-import { eventually, freePort, Receiver, Sender } from './helpers/net.js';
-import { type AlertRule, installed, loadRules, MONITORING, Prometheus, type Sample } from './helpers/prometheus.js';
-import { requirement } from './helpers/requirement.js';
+import { Daemon, runCli } from '../helpers/daemon.js';
+import { NATS_HINT, NatsCluster, natsAvailability } from '../helpers/nats.js';
+import { eventually, freePort, Receiver, Sender } from '../helpers/net.js';
+import { type AlertRule, installed, loadRules, MONITORING, Prometheus, type Sample } from '../helpers/prometheus.js';
+import { requirement } from '../helpers/requirement.js';
 
 const prometheusBin = requirement(
   'prometheus',

@@ -7,21 +7,21 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { KeyRing } from '../src/crypto/keyring.js';
-import { sodiumReady } from '../src/crypto/secretbox.js';
-import { SecureSession } from '../src/crypto/session.js';
-import { SealedGate } from '../src/repeater/sealed-gate.js';
-import { type BusBody, type BusMessage, decodeBus, encodeBus } from '../src/wire/bus.js';
-import { encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
-import { Role } from '../src/wire/envelope.js';
-import { encodeSubscription } from '../src/wire/subscription.js';
-import { httpGet, keygen, type Running, serve } from './helpers/attack.js';
-import { NATS_HINT, NatsCluster, natsAvailability } from './helpers/nats.js';
-import { eventually, freePort, type Receiver, untraced } from './helpers/net.js';
-import { requirement } from './helpers/requirement.js';
-import { Scope } from './helpers/scope.js';
+import { KeyRing } from '../../src/crypto/keyring.js';
+import { sodiumReady } from '../../src/crypto/secretbox.js';
+import { SecureSession } from '../../src/crypto/session.js';
+import { SealedGate } from '../../src/repeater/sealed-gate.js';
+import { type BusBody, type BusMessage, decodeBus, encodeBus } from '../../src/wire/bus.js';
+import { encodeCacheDelete, encodeCacheSet } from '../../src/wire/cache.js';
+import { Role } from '../../src/wire/envelope.js';
+import { encodeSubscription } from '../../src/wire/subscription.js';
+import { httpGet, keygen, type Running, serve } from '../helpers/attack.js';
+import { NATS_HINT, NatsCluster, natsAvailability } from '../helpers/nats.js';
+import { eventually, freePort, type Receiver, untraced } from '../helpers/net.js';
+import { requirement } from '../helpers/requirement.js';
+import { Scope } from '../helpers/scope.js';
 
-const { skip, require: requireNats } = requirement('nats-server', 'the cluster warm-join suite (test/cluster.warm.test.ts)', 'Cluster warm join is NOT being tested.', natsAvailability(), NATS_HINT);
+const { skip, require: requireNats } = requirement('nats-server', 'the cluster warm-join suite (test/system/cluster.warm.test.ts)', 'Cluster warm join is NOT being tested.', natsAvailability(), NATS_HINT);
 
 const scope = new Scope();
 const { sender } = scope;

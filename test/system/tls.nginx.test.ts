@@ -20,18 +20,18 @@ import { join } from 'node:path';
 import { before, describe, test } from 'node:test';
 import { connect } from 'node:tls';
 import { randomBytes } from 'node:crypto';
-import { nginxTicketKey, nodeTicketKey, TicketKeys } from '../src/crypto/tickets.js';
-import { decodeTicketSchedule } from '../src/wire/tickets.js';
-import { agent, keygen, type Running, serve } from './helpers/attack.js';
-import { freePort } from './helpers/net.js';
-import { Nginx, NGINX_HINT, nginxAvailability } from './helpers/nginx.js';
-import { requirement } from './helpers/requirement.js';
-import { Scope } from './helpers/scope.js';
-import { type Cert, makeCert, opensslAvailability, sClient } from './helpers/tls.js';
+import { nginxTicketKey, nodeTicketKey, TicketKeys } from '../../src/crypto/tickets.js';
+import { decodeTicketSchedule } from '../../src/wire/tickets.js';
+import { agent, keygen, type Running, serve } from '../helpers/attack.js';
+import { freePort } from '../helpers/net.js';
+import { Nginx, NGINX_HINT, nginxAvailability } from '../helpers/nginx.js';
+import { requirement } from '../helpers/requirement.js';
+import { Scope } from '../helpers/scope.js';
+import { type Cert, makeCert, opensslAvailability, sClient } from '../helpers/tls.js';
 
 const openssl = opensslAvailability();
 const tools = openssl.ok ? nginxAvailability() : openssl;
-const { skip, require: requireTools } = requirement('nginx and openssl', 'the nginx ticket-key suite (test/tls.nginx.test.ts)', 'Ticket keys in nginx (files, layout, rotation, expiry) are NOT being tested.', tools, NGINX_HINT);
+const { skip, require: requireTools } = requirement('nginx and openssl', 'the nginx ticket-key suite (test/system/tls.nginx.test.ts)', 'Ticket keys in nginx (files, layout, rotation, expiry) are NOT being tested.', tools, NGINX_HINT);
 
 const scope = new Scope();
 const track = <T extends { close(): unknown }>(x: T): T => scope.track(x);
