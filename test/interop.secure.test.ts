@@ -20,7 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { encodeCacheSet } from '../src/wire/cache.js';
-import { Daemon, runCli } from './helpers/daemon.js';
+import { Daemon, runCli, spawnAgent } from './helpers/daemon.js';
 import { eventually, freePort, Sender } from './helpers/net.js';
 import { REQUIRED, requirement } from './helpers/requirement.js';
 import { Capture, TCPDUMP_HINT, tcpdumpAvailability } from './helpers/tcpdump.js';
@@ -189,22 +189,6 @@ async function uniquePort(): Promise<number> {
   }
 }
 
-/** Spawns `udprepeater agent ...` and waits for its "running" line (failing fast if it exits). */
-async function spawnAgent(args: string[]): Promise<Daemon> {
-  const d = Daemon.spawn(['agent', '--log-format', 'json', ...args]);
-  let running = false;
-  const early = d.exited.then(({ code, signal }) => {
-    if (!running) throw new Error(`agent exited (${code ?? signal}) before running:\n${d.log.records.map((r) => JSON.stringify(r)).join('\n')}`);
-  });
-  early.catch(() => undefined);
-  try {
-    await Promise.race([d.log.waitFor('udprepeater agent running', {}, { ms: PROCESS_MS }).then(() => (running = true)), early]);
-  } catch (err) {
-    d.child.kill('SIGKILL');
-    throw err;
-  }
-  return d;
-}
 
 async function scrape(port: number): Promise<string> {
   const res = await fetch(`http://127.0.0.1:${port}/metrics`, { signal: AbortSignal.timeout(3000) });

@@ -14,7 +14,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { Daemon, runCli } from './helpers/daemon.js';
+import { Daemon, runCli, spawnAgent } from './helpers/daemon.js';
 import { eventually, freePort } from './helpers/net.js';
 import { requirement } from './helpers/requirement.js';
 import { INSTALL_HINT, killAllUwsgi, sessionBytes, sessionId, UwsgiNode, untilValue, uwsgiAvailability } from './helpers/uwsgi.js';
@@ -202,21 +202,6 @@ function raise(node: UwsgiNode, t: { diagnostic(s: string): void }): boolean {
   return got !== null;
 }
 
-async function spawnAgent(args: string[]): Promise<Daemon> {
-  const d = Daemon.spawn(['agent', '--log-format', 'json', ...args]);
-  let running = false;
-  const early = d.exited.then(({ code, signal }) => {
-    if (!running) throw new Error(`agent exited (${code ?? signal}) before running:\n${d.log.records.map((r) => JSON.stringify(r)).join('\n')}`);
-  });
-  early.catch(() => undefined);
-  try {
-    await Promise.race([d.log.waitFor('udprepeater agent running', {}, { ms: PROCESS_MS }).then(() => (running = true)), early]);
-  } catch (err) {
-    d.child.kill('SIGKILL');
-    throw err;
-  }
-  return d;
-}
 
 async function startAll<T>(starts: Array<Promise<T>>, stop: (t: T) => Promise<unknown>): Promise<T[]> {
   const r = await Promise.allSettled(starts);

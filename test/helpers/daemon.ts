@@ -103,3 +103,20 @@ export function runCli(args: string[], ms = WAIT_MS): Promise<{ code: number | n
     });
   });
 }
+
+/** Spawns `udprepeater agent ...` and waits for its "running" line, failing fast (with its log) if it exits first. */
+export async function spawnAgent(args: string[], ms = 10_000): Promise<Daemon> {
+  const d = Daemon.spawn(['agent', '--log-format', 'json', ...args]);
+  let running = false;
+  const early = d.exited.then(({ code, signal }) => {
+    if (!running) throw new Error(`agent exited (${code ?? signal}) before running:\n${d.log.records.map((r) => JSON.stringify(r)).join('\n')}`);
+  });
+  early.catch(() => undefined);
+  try {
+    await Promise.race([d.log.waitFor('udprepeater agent running', {}, { ms }).then(() => (running = true)), early]);
+  } catch (err) {
+    d.child.kill('SIGKILL');
+    throw err;
+  }
+  return d;
+}
