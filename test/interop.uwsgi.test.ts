@@ -152,6 +152,12 @@ describe('real uWSGI nodes through the repeater', () => {
       const value = sessionBytes(512);
       await p1.set(key, value, 300);
       await untilValue(p2, key, value);
+      // p1 gets its own set back too, and a late one would bring the key back
+      // after the delete below: a set from p2 reaches p1 behind it.
+      const fence = sessionId();
+      const fenceValue = sessionBytes(64);
+      await p2.set(fence, fenceValue);
+      await untilValue(p1, fence, fenceValue);
 
       assert.equal(await p1.del(key), true);
       assert.equal(await p1.get(key), null);
