@@ -40,15 +40,23 @@ function sources(dir: string, out: string[] = []): string[] {
   return out;
 }
 
+/** A module specifier in single or double quotes: group 2 is the path. */
+const SPEC = String.raw`(['"])(\.[^'"]+)\1`;
+/** `import ... from 'x'`, `export ... from 'x'`, side-effect `import 'x'`, and `import('x')` / `require('x')`. */
+const IMPORT_FORMS = [
+  new RegExp(String.raw`(?:^|\n)\s*(?:import|export)\b[^'"]*?\bfrom\s+` + SPEC, 'g'),
+  new RegExp(String.raw`(?:^|\n)\s*import\s+` + SPEC, 'g'),
+  new RegExp(String.raw`\b(?:import|require)\(\s*` + SPEC + String.raw`\s*\)`, 'g'),
+];
+
 /** Relative imports of a file (type-only ones included: they couple layers too). */
 export function importsOf(file: string): string[] {
   const text = readFileSync(file, 'utf8');
-  const out: string[] = [];
-  for (const m of text.matchAll(/(?:^|\n)\s*(?:import|export)\b[^'"]*?from\s+'(\.[^']+)'/g)) {
-    out.push(resolve(dirname(file), m[1]!.replace(/\.js$/, '.ts')));
+  const out = new Set<string>();
+  for (const form of IMPORT_FORMS) {
+    for (const m of text.matchAll(form)) out.add(resolve(dirname(file), m[2]!.replace(/\.js$/, '.ts')));
   }
-  for (const m of text.matchAll(/(?:import|require)\(\s*'(\.[^']+)'\s*\)/g)) out.push(resolve(dirname(file), m[1]!.replace(/\.js$/, '.ts')));
-  return out;
+  return [...out];
 }
 
 function folderOf(root: string, file: string): string {
@@ -113,10 +121,19 @@ test('the checks find an upward import, a sideways import, an unplaced folder an
   put('wire/b.ts', "import { a } from './a.js';\nexport const b = a;\n");
   put('repeater/r.ts', "import { x } from '../agent/x.js';\nexport type R = 1;\n");
   put('agent/x.ts', 'export const x = 1;\n');
+  // Forms a reviewer might miss: a side-effect import, double quotes, a dynamic import, a multi-line import.
+  put('base/side.ts', "import '../net/n.js';\n");
+  put('base/dq.ts', 'import { n } from "../net/n.js";\nexport const dq = n;\n');
+  put('base/dyn.ts', "export const load = () => import('../net/n.js');\n");
+  put('base/multi.ts', "import {\n  n,\n} from '../net/n.js';\nexport const multi = n;\n");
+  put('net/n.ts', 'export const n = 1;\n');
   put('misc/m.ts', 'export const m = 1;\n');
   const bad = layeringViolations(root);
   assert.ok(bad.some((b) => b.startsWith('wire/a.ts (wire, level 1) imports repeater/r.ts')), bad.join('\n'));
   assert.ok(bad.some((b) => b.startsWith('repeater/r.ts (repeater, level 5) imports agent/x.ts')), bad.join('\n'));
   assert.ok(bad.some((b) => b.includes('folder "misc" has no place')), bad.join('\n'));
+  for (const f of ['side', 'dq', 'dyn', 'multi']) {
+    assert.ok(bad.some((b) => b.startsWith(`base/${f}.ts (base, level 0) imports net/n.ts`)), `base/${f}.ts not caught:\n${bad.join('\n')}`);
+  }
   assert.deepEqual(importCycles(root), [['wire/a.ts', 'wire/b.ts', 'wire/a.ts']]);
 });

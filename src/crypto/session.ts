@@ -7,7 +7,7 @@
 // Replay across restarts: replay windows die with the process, so a frame
 // sealed before this process started is refused (`before_start`) by the
 // sender's clock. What remains is the clock offset between the two hosts
-// (docs/SECURITY.md): with NTP, milliseconds.
+// (SECURITY.md, "Secure mode"): with NTP, milliseconds.
 
 import { randomBytes } from 'node:crypto';
 import { type Envelope, type EnvelopeKind, Role, bigintToLong, decodeEnvelope, encodeEnvelope } from '../wire/envelope.js';
