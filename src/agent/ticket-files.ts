@@ -11,6 +11,10 @@
 //   changes nothing).
 // - Every file is written whole (temp file, mode 0600, rename); all slots are
 //   written before the reload command runs, and only when their bytes change.
+// - The write that creates the files (none existed when the agent started)
+//   runs no reload command: no server can be using files that did not exist,
+//   and one started after the agent reads them (README, "nginx: ticket key
+//   files written by the agent").
 // - A key past its not_after is in no file after the next rewrite, which
 //   happens at that moment by the agent's clock.
 // - The reload command runs at most once at a time (a change during a run
@@ -41,6 +45,8 @@ export class TicketFiles {
   reloads = { ok: 0, failed: 0, timeout: 0 };
   lastWriteMs = 0;
   private written: Buffer[] = [];
+  /** No file existed at start: the first write creates them. */
+  private creating: boolean;
   private timer: NodeJS.Timeout | null = null;
   private running = false;
   private pending = false;
@@ -58,6 +64,7 @@ export class TicketFiles {
         this.written.push(Buffer.alloc(0));
       }
     }
+    this.creating = this.written.every((w) => w.length === 0);
   }
 
   /** A schedule from a repeater (authenticated): merged, and the files follow. */
@@ -95,8 +102,10 @@ export class TicketFiles {
           });
           this.writes++;
           this.lastWriteMs = now;
-          this.log.info('ticket key files written', { dir: this.cfg.dir, encrypting: ticketKeyId(keys[0]!), slots: keys.map(ticketKeyId) });
-          this.reload();
+          this.log.info('ticket key files written', { dir: this.cfg.dir, encrypting: ticketKeyId(keys[0]!), slots: keys.map(ticketKeyId), ...(this.creating ? { created: true } : {}) });
+          if (!this.creating) this.reload();
+          else if (this.cfg.reloadCommand !== null) this.log.info('ticket key files created: the reload command is not run, no server can be using them yet', { dir: this.cfg.dir });
+          this.creating = false;
         } catch (err) {
           this.writeErrors++;
           this.written = this.written.map(() => Buffer.alloc(0));

@@ -20,7 +20,8 @@ export interface TicketFilesConfig {
 export interface AgentConfig extends CommonSettings {
   readonly repeaters: readonly Endpoint[];
   readonly local: Endpoint;
-  readonly deliver: Endpoint;
+  /** The node's cache-udp-server; null on a host without a node (ticket keys only). */
+  readonly deliver: Endpoint | null;
   readonly channelKey: string;
   /** Address of the socket that talks to the repeaters. */
   readonly bind: Endpoint;
@@ -40,9 +41,7 @@ export function buildAgentConfig(raw: RawOptions): AgentConfig {
   // Plain datagrams never leave the host: both plain sides must be loopback.
   const local = endpointOption('local', need(raw, 'local', 'agent'), true);
   if (!isLoopback(local.host)) throw new ConfigError(`--local ${local.text} must be a loopback address: plain traffic never leaves the host`);
-  const deliver = endpointOption('deliver', need(raw, 'deliver', 'agent'));
-  if (!isLoopback(deliver.host)) throw new ConfigError(`--deliver ${deliver.text} must be a loopback address: plain traffic never leaves the host`);
-  if (deliver.text === local.text) throw new ConfigError(`--deliver ${deliver.text} is --local: the agent would send the node's updates to itself`);
+  const deliver = deliverOption(raw, local);
   const channelKey = need(raw, 'channel-key', 'agent');
   if (channelKey.length > 255) throw new ConfigError('--channel-key is longer than 255 bytes');
   const family = repeaters[0]!.family;
@@ -51,6 +50,8 @@ export function buildAgentConfig(raw: RawOptions): AgentConfig {
   const advertiseText = str(raw, 'advertise');
   const advertise = advertiseText === undefined ? null : endpointOption('advertise', advertiseText).text;
   if (common.keyFiles.length === 0) throw new ConfigError('agent needs at least one --key-file', 'key-file');
+  const tickets = ticketFiles(raw);
+  if (deliver === null && tickets === null) throw new ConfigError('agent needs --deliver (or, on a host without a node, --ticket-key-dir: ticket keys only)', 'deliver');
   return {
     ...common,
     repeaters,
@@ -61,8 +62,18 @@ export function buildAgentConfig(raw: RawOptions): AgentConfig {
     advertise,
     subscribeIntervalMs: num(raw, 'subscribe-interval', 0, 3600, true) * 1000,
     repairDeletes: raw['repair-deletes'] !== false,
-    ticketFiles: ticketFiles(raw),
+    ticketFiles: tickets,
   };
+}
+
+/** --deliver, loopback only; absent: the agent delivers nothing (a ticket-keys-only agent). */
+function deliverOption(raw: RawOptions, local: Endpoint): Endpoint | null {
+  const text = str(raw, 'deliver');
+  if (text === undefined || text === '') return null;
+  const deliver = endpointOption('deliver', text);
+  if (!isLoopback(deliver.host)) throw new ConfigError(`--deliver ${deliver.text} must be a loopback address: plain traffic never leaves the host`);
+  if (deliver.text === local.text) throw new ConfigError(`--deliver ${deliver.text} is --local: the agent would send the node's updates to itself`);
+  return deliver;
 }
 
 /** --ticket-key-dir and friends; the directory is created (0700) and must be writable, or the start is refused. */
