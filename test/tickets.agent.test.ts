@@ -42,6 +42,7 @@ describe('the agent writes ticket files for a server', { timeout: 60_000 }, () =
     const { plain, sealed } = await repeater();
     const a = await ticketAgent(sealed, fresh('keys'), []);
     await a.d.log.waitFor('ticket key files written');
+    await a.d.log.waitFor('haproxy ticket key file written');
     await scope.sender.send(encodeCacheSet(Buffer.from('k'), Buffer.from('v'), 0), plain);
     // A counter has no event to await: polled, bounded.
     const deadline = Date.now() + 5000;

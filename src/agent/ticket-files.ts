@@ -15,6 +15,8 @@
 //   runs no reload command: no server can be using files that did not exist,
 //   and one started after the agent reads them (README, "nginx: ticket key
 //   files written by the agent").
+// - HAProxy gets the same view through agent/haproxy.ts: DIR/haproxy.keys
+//   and --haproxy-socket, at every change, whatever the nginx files do.
 // - A key past its not_after is in no file after the next rewrite, which
 //   happens at that moment by the agent's clock.
 // - The reload command runs at most once at a time (a change during a run
@@ -30,6 +32,7 @@ import type { Logger } from '../base/log.js';
 import type { TicketFilesConfig } from '../config/agent-config.js';
 import { nginxTicketKey, ticketKeyId, TicketKeys } from '../crypto/tickets.js';
 import type { TicketKey } from '../wire/tickets.js';
+import { HaproxyFeed } from './haproxy.js';
 
 /** Output of the reload command kept for the log. */
 const OUTPUT_BYTES = 2048;
@@ -44,6 +47,7 @@ export class TicketFiles {
   writeErrors = 0;
   reloads = { ok: 0, failed: 0, timeout: 0 };
   lastWriteMs = 0;
+  readonly haproxy: HaproxyFeed;
   private written: Buffer[] = [];
   /** No file existed at start: the first write creates them. */
   private creating: boolean;
@@ -65,6 +69,7 @@ export class TicketFiles {
       }
     }
     this.creating = this.written.every((w) => w.length === 0);
+    this.haproxy = new HaproxyFeed(cfg, log);
   }
 
   /** A schedule from a repeater (authenticated): merged, and the files follow. */
@@ -113,6 +118,7 @@ export class TicketFiles {
         }
       }
     }
+    this.haproxy.update(this.keys.view(now));
     if (this.timer !== null) clearTimeout(this.timer);
     const next = this.keys.nextChange(now);
     if (next !== null) {
@@ -172,6 +178,7 @@ export class TicketFiles {
   close(): void {
     this.closed = true;
     if (this.timer !== null) clearTimeout(this.timer);
+    this.haproxy.close();
     this.keys.clear();
     for (const w of this.written) w.fill(0);
   }
