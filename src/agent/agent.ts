@@ -5,6 +5,10 @@
 //   node cache-udp-node --plain--> local  --seal--> socket -> each repeater
 //   node cache-udp-server <--plain-- deliver <--open-- socket <- repeaters
 //
+// Without --deliver (a host with nginx or HAProxy and no node) the agent only
+// keeps ticket keys: cache datagrams from the repeaters are dropped
+// (no_subscribers).
+//
 // One UDP socket talks to every repeater: it sends the frames and the
 // subscriptions (which name it explicitly), so the repeaters send their frames
 // back to it. Datagrams from any IP that is not a configured repeater are
@@ -51,7 +55,8 @@ export class Agent {
   announcesSent = 0;
 
   private fanout!: Fanout;
-  private deliver!: Outlet;
+  /** Null: no node on this host (ticket keys only). */
+  private deliver: Outlet | null = null;
   private local!: DatagramListener;
   private socket!: Socket;
   /** Per repeater IP (frames come back from any port of it). */
@@ -90,7 +95,7 @@ export class Agent {
     await agent.setRepeaters(config);
     agent.log.info('agent started', {
       local: config.local.text,
-      deliver: config.deliver.text,
+      deliver: config.deliver?.text ?? null,
       repeaters: config.repeaters.map((r) => r.text),
       advertised: [...agent.links.values()].map((l) => l.advertise),
       channelKey: config.channelKey,
@@ -163,7 +168,8 @@ export class Agent {
     );
   }
 
-  private openDeliver(config: AgentConfig): Outlet {
+  private openDeliver(config: AgentConfig): Outlet | null {
+    if (config.deliver === null) return null;
     return this.fanout.open(config.deliver, (o, code, _fault, lostLater) => {
       if (lostLater) this.toNode.dropped[D.send_error]++;
       this.log.throttle('warn', 'deliver', 'node unreachable', { deliver: o.endpoint.text, error: code });
@@ -205,8 +211,8 @@ export class Agent {
       this.socket.close();
       this.socket = socket;
     }
-    if (next.deliver.text !== old.deliver.text) {
-      this.deliver.close();
+    if (next.deliver?.text !== old.deliver?.text) {
+      this.deliver?.close();
       this.deliver = this.openDeliver(next);
     }
     await this.setRepeaters(next);
@@ -358,6 +364,10 @@ export class Agent {
     }
     link.received++;
     link.lastFrameAt = Date.now();
+    if (this.deliver === null) {
+      st.dropped[D.no_subscribers]++;
+      return;
+    }
     const d = env.datagram!;
     const s = this.shape;
     const bad = inspectCacheUpdate(d, s);
@@ -392,7 +402,7 @@ export class Agent {
     });
     for (const r of await Promise.allSettled(byes)) if (r.status === 'rejected') this.log.warn('unsubscribe not sent', { error: describe(r.reason) });
     this.socket.close();
-    this.deliver.close();
+    this.deliver?.close();
     await this.local.close();
     await this.fanout.close();
     this.ring.destroy();

@@ -11,6 +11,12 @@
 //   changes nothing).
 // - Every file is written whole (temp file, mode 0600, rename); all slots are
 //   written before the reload command runs, and only when their bytes change.
+// - The write that creates the files (none existed when the agent started)
+//   runs no reload command: no server can be using files that did not exist,
+//   and one started after the agent reads them (README, "nginx: ticket key
+//   files written by the agent").
+// - HAProxy gets the same view through agent/haproxy.ts: DIR/haproxy.keys
+//   and --haproxy-socket, at every change, whatever the nginx files do.
 // - A key past its not_after is in no file after the next rewrite, which
 //   happens at that moment by the agent's clock.
 // - The reload command runs at most once at a time (a change during a run
@@ -26,6 +32,7 @@ import type { Logger } from '../base/log.js';
 import type { TicketFilesConfig } from '../config/agent-config.js';
 import { nginxTicketKey, ticketKeyId, TicketKeys } from '../crypto/tickets.js';
 import type { TicketKey } from '../wire/tickets.js';
+import { HaproxyFeed } from './haproxy.js';
 
 /** Output of the reload command kept for the log. */
 const OUTPUT_BYTES = 2048;
@@ -40,7 +47,10 @@ export class TicketFiles {
   writeErrors = 0;
   reloads = { ok: 0, failed: 0, timeout: 0 };
   lastWriteMs = 0;
+  readonly haproxy: HaproxyFeed;
   private written: Buffer[] = [];
+  /** No file existed at start: the first write creates them. */
+  private creating: boolean;
   private timer: NodeJS.Timeout | null = null;
   private running = false;
   private pending = false;
@@ -58,6 +68,8 @@ export class TicketFiles {
         this.written.push(Buffer.alloc(0));
       }
     }
+    this.creating = this.written.every((w) => w.length === 0);
+    this.haproxy = new HaproxyFeed(cfg, log);
   }
 
   /** A schedule from a repeater (authenticated): merged, and the files follow. */
@@ -95,8 +107,10 @@ export class TicketFiles {
           });
           this.writes++;
           this.lastWriteMs = now;
-          this.log.info('ticket key files written', { dir: this.cfg.dir, encrypting: ticketKeyId(keys[0]!), slots: keys.map(ticketKeyId) });
-          this.reload();
+          this.log.info('ticket key files written', { dir: this.cfg.dir, encrypting: ticketKeyId(keys[0]!), slots: keys.map(ticketKeyId), ...(this.creating ? { created: true } : {}) });
+          if (!this.creating) this.reload();
+          else if (this.cfg.reloadCommand !== null) this.log.info('ticket key files created: the reload command is not run, no server can be using them yet', { dir: this.cfg.dir });
+          this.creating = false;
         } catch (err) {
           this.writeErrors++;
           this.written = this.written.map(() => Buffer.alloc(0));
@@ -104,6 +118,7 @@ export class TicketFiles {
         }
       }
     }
+    this.haproxy.update(this.keys.view(now));
     if (this.timer !== null) clearTimeout(this.timer);
     const next = this.keys.nextChange(now);
     if (next !== null) {
@@ -163,6 +178,7 @@ export class TicketFiles {
   close(): void {
     this.closed = true;
     if (this.timer !== null) clearTimeout(this.timer);
+    this.haproxy.close();
     this.keys.clear();
     for (const w of this.written) w.fill(0);
   }

@@ -1,11 +1,15 @@
 // The typed, validated config of `udprepeater agent`.
 
-import { accessSync, constants, mkdirSync } from 'node:fs';
+import { accessSync, constants, mkdirSync, statSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { ConfigError, describe } from '../base/errors.js';
 import { MAX_TICKET_KEYS } from '../wire/tickets.js';
 import { type Endpoint, isLoopback } from '../wire/address.js';
 import { type CommonSettings, commonSettings, endpointOption, list, need, num, str } from './checks.js';
 import type { RawOptions } from './options.js';
+
+/** The file in --ticket-key-dir that HAProxy reads (`tls-ticket-keys`). */
+export const HAPROXY_KEYS_FILE = 'haproxy.keys';
 
 /** Where and how the agent writes nginx ticket key files (agent/ticket-files.ts). */
 export interface TicketFilesConfig {
@@ -15,12 +19,22 @@ export interface TicketFilesConfig {
   /** Run with /bin/sh -c after the files changed; null: none. */
   readonly reloadCommand: string | null;
   readonly reloadTimeoutMs: number;
+  /** HAProxy: the keys file it reads (DIR/haproxy.keys, absolute) and the runtime API sockets it is pushed to. */
+  readonly haproxy: HaproxyConfig;
+}
+
+export interface HaproxyConfig {
+  readonly keysFile: string;
+  readonly sockets: readonly string[];
+  readonly checkMs: number;
+  readonly timeoutMs: number;
 }
 
 export interface AgentConfig extends CommonSettings {
   readonly repeaters: readonly Endpoint[];
   readonly local: Endpoint;
-  readonly deliver: Endpoint;
+  /** The node's cache-udp-server; null on a host without a node (ticket keys only). */
+  readonly deliver: Endpoint | null;
   readonly channelKey: string;
   /** Address of the socket that talks to the repeaters. */
   readonly bind: Endpoint;
@@ -40,9 +54,7 @@ export function buildAgentConfig(raw: RawOptions): AgentConfig {
   // Plain datagrams never leave the host: both plain sides must be loopback.
   const local = endpointOption('local', need(raw, 'local', 'agent'), true);
   if (!isLoopback(local.host)) throw new ConfigError(`--local ${local.text} must be a loopback address: plain traffic never leaves the host`);
-  const deliver = endpointOption('deliver', need(raw, 'deliver', 'agent'));
-  if (!isLoopback(deliver.host)) throw new ConfigError(`--deliver ${deliver.text} must be a loopback address: plain traffic never leaves the host`);
-  if (deliver.text === local.text) throw new ConfigError(`--deliver ${deliver.text} is --local: the agent would send the node's updates to itself`);
+  const deliver = deliverOption(raw, local);
   const channelKey = need(raw, 'channel-key', 'agent');
   if (channelKey.length > 255) throw new ConfigError('--channel-key is longer than 255 bytes');
   const family = repeaters[0]!.family;
@@ -51,6 +63,8 @@ export function buildAgentConfig(raw: RawOptions): AgentConfig {
   const advertiseText = str(raw, 'advertise');
   const advertise = advertiseText === undefined ? null : endpointOption('advertise', advertiseText).text;
   if (common.keyFiles.length === 0) throw new ConfigError('agent needs at least one --key-file', 'key-file');
+  const tickets = ticketFiles(raw);
+  if (deliver === null && tickets === null) throw new ConfigError('agent needs --deliver (or, on a host without a node, --ticket-key-dir: ticket keys only)', 'deliver');
   return {
     ...common,
     repeaters,
@@ -61,8 +75,18 @@ export function buildAgentConfig(raw: RawOptions): AgentConfig {
     advertise,
     subscribeIntervalMs: num(raw, 'subscribe-interval', 0, 3600, true) * 1000,
     repairDeletes: raw['repair-deletes'] !== false,
-    ticketFiles: ticketFiles(raw),
+    ticketFiles: tickets,
   };
+}
+
+/** --deliver, loopback only; absent: the agent delivers nothing (a ticket-keys-only agent). */
+function deliverOption(raw: RawOptions, local: Endpoint): Endpoint | null {
+  const text = str(raw, 'deliver');
+  if (text === undefined || text === '') return null;
+  const deliver = endpointOption('deliver', text);
+  if (!isLoopback(deliver.host)) throw new ConfigError(`--deliver ${deliver.text} must be a loopback address: plain traffic never leaves the host`);
+  if (deliver.text === local.text) throw new ConfigError(`--deliver ${deliver.text} is --local: the agent would send the node's updates to itself`);
+  return deliver;
 }
 
 /** --ticket-key-dir and friends; the directory is created (0700) and must be writable, or the start is refused. */
@@ -76,6 +100,7 @@ function ticketFiles(raw: RawOptions): TicketFilesConfig | null {
   const dir = str(raw, 'ticket-key-dir');
   if (dir === undefined) {
     if (reloadCommand !== null) throw new ConfigError('--ticket-reload-command needs --ticket-key-dir', 'ticket-reload-command');
+    if (list(raw, 'haproxy-socket').length > 0) throw new ConfigError('--haproxy-socket needs --ticket-key-dir (HAProxy reads DIR/haproxy.keys at start)', 'haproxy-socket');
     return null;
   }
   if (dir === '') throw new ConfigError('--ticket-key-dir is empty', 'ticket-key-dir');
@@ -85,5 +110,43 @@ function ticketFiles(raw: RawOptions): TicketFilesConfig | null {
   } catch (err) {
     throw new ConfigError(`--ticket-key-dir ${dir}: not a writable directory (${describe(err)})`, 'ticket-key-dir');
   }
-  return { dir, slots, size, reloadCommand, reloadTimeoutMs };
+  return { dir, slots, size, reloadCommand, reloadTimeoutMs, haproxy: haproxyConfig(raw, dir) };
+}
+
+/** At most this many --haproxy-socket (each has its own timer and counters). */
+const MAX_HAPROXY_SOCKETS = 64;
+/** sun_path on Linux, less its terminating zero. */
+const MAX_SOCKET_PATH = 107;
+
+/**
+ * --haproxy-socket and its timing. A socket that does not exist yet is fine
+ * (HAProxy may start after the agent); a path that exists and is not a
+ * socket, or cannot be one, is refused. The keys file is named in every
+ * runtime API command, so it must be one word HAProxy's command line reads
+ * as is.
+ */
+function haproxyConfig(raw: RawOptions, dir: string): HaproxyConfig {
+  const keysFile = join(resolve(dir), HAPROXY_KEYS_FILE);
+  const checkMs = num(raw, 'haproxy-check-interval', 0, 86_400, true) * 1000;
+  const timeoutMs = num(raw, 'haproxy-timeout', 0, 3600, true) * 1000;
+  const sockets = list(raw, 'haproxy-socket');
+  if (sockets.length > MAX_HAPROXY_SOCKETS) throw new ConfigError(`at most ${MAX_HAPROXY_SOCKETS} --haproxy-socket, got ${sockets.length}`, 'haproxy-socket');
+  const seen = new Set<string>();
+  for (const p of sockets) {
+    if (p === '') throw new ConfigError('--haproxy-socket is empty', 'haproxy-socket');
+    if (Buffer.byteLength(p) > MAX_SOCKET_PATH) throw new ConfigError(`--haproxy-socket ${p}: longer than ${MAX_SOCKET_PATH} bytes, no UNIX socket can have this path`, 'haproxy-socket');
+    if (seen.has(resolve(p))) throw new ConfigError(`--haproxy-socket ${p} is given twice`, 'haproxy-socket');
+    seen.add(resolve(p));
+    let st;
+    try {
+      st = statSync(p);
+    } catch {
+      continue; // not there yet: reported in /healthz and the metrics until it is
+    }
+    if (!st.isSocket()) throw new ConfigError(`--haproxy-socket ${p}: exists and is not a UNIX socket`, 'haproxy-socket');
+  }
+  if (sockets.length > 0 && /[\s;\\\x00-\x1f\x7f]/.test(keysFile)) {
+    throw new ConfigError(`--ticket-key-dir ${dir}: ${keysFile} has a space, a control character, ';' or a backslash, which HAProxy's runtime API would read as something else`, 'ticket-key-dir');
+  }
+  return { keysFile, sockets, checkMs, timeoutMs };
 }

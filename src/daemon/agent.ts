@@ -14,6 +14,7 @@ import { VERSION } from '../base/package.js';
 import { Agent } from '../agent/agent.js';
 import type { Backend } from '../net/io.js';
 import { Role } from '../wire/envelope.js';
+import { registerHaproxyMetrics } from './haproxy-metrics.js';
 
 export interface AgentHandle {
   readonly agent: Agent;
@@ -45,10 +46,11 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
   );
   registerKeyMetrics(register, 'udprepeater_agent_keys', () => agent.keyIds);
   gaugeFrom(register, 'udprepeater_agent_ticket_keys', 'TLS ticket keys held for the ticket key files', [], () => [[{}, agent.ticketFiles?.keys.size ?? 0]]);
-  counterFrom(register, 'udprepeater_agent_ticket_key_writes_total', 'Rewrites of the ticket key files (--ticket-key-dir), by result', ['result'], () => [
-    [{ result: 'ok' }, agent.ticketFiles?.writes ?? 0],
-    [{ result: 'error' }, agent.ticketFiles?.writeErrors ?? 0],
+  counterFrom(register, 'udprepeater_agent_ticket_key_writes_total', 'Rewrites of the ticket key files (--ticket-key-dir, haproxy.keys included), by result', ['result'], () => [
+    [{ result: 'ok' }, (agent.ticketFiles?.writes ?? 0) + (agent.ticketFiles?.haproxy.writes ?? 0)],
+    [{ result: 'error' }, (agent.ticketFiles?.writeErrors ?? 0) + (agent.ticketFiles?.haproxy.writeErrors ?? 0)],
   ]);
+  registerHaproxyMetrics(register, () => agent.ticketFiles?.haproxy ?? null);
   counterFrom(register, 'udprepeater_agent_ticket_reloads_total', 'Runs of --ticket-reload-command, by result (ok, failed, timeout)', ['result'], () => {
     const r = agent.ticketFiles?.reloads ?? { ok: 0, failed: 0, timeout: 0 };
     return [
@@ -70,6 +72,7 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
         keys: agent.keyIds,
         links: agent.repeaterLinks(),
         ...(agent.ticketFiles === null ? {} : { ticketKeys: agent.ticketFiles.keys.describe(Date.now()) }),
+        ...(agent.ticketFiles === null || agent.ticketFiles.haproxy.sockets.length === 0 ? {} : { haproxy: agent.ticketFiles.haproxy.sockets.map((s) => s.status()) }),
       }),
     },
     log,

@@ -78,6 +78,7 @@ const WITHOUT_THRESHOLD: Record<string, Array<[string, string]>> = {
   ],
   UdprepeaterTicketKeySavesFailing: [[' > 0', '']],
   UdprepeaterAgentTicketFilesFailing: [['> 0', '']],
+  UdprepeaterAgentHaproxyKeysBehind: [[' == 0', '']],
 };
 
 interface Target {
@@ -206,6 +207,9 @@ describe('monitoring against a live repeater, agent and Prometheus', { skip: pro
       '--channel-key', 'ssl',
       '--key-file', kb,
       '--subscribe-interval', '0.5',
+      // An HAProxy socket with nobody behind it: out of sync by design.
+      '--ticket-key-dir', join(dir, 'tickets'),
+      '--haproxy-socket', join(dir, 'no-haproxy.sock'),
       '--metrics', '127.0.0.1:0',
       '--log-format', 'json',
     ]);
@@ -364,6 +368,8 @@ describe('monitoring against a live repeater, agent and Prometheus', { skip: pro
       UdprepeaterKeyMismatch: (l) => l['channel'] === SEALED && l['reason'] === 'unknown_key',
       // The subscriber at a dead port.
       UdprepeaterSubscribersSuspended: (l) => l['channel'] === PLAIN,
+      // The agent's --haproxy-socket with no HAProxy behind it.
+      UdprepeaterAgentHaproxyKeysBehind: (l) => l['socket'] === join(dir, 'no-haproxy.sock'),
       ...(clustered
         ? {
             // The third repeater's messages, sealed under kb.
