@@ -32,6 +32,7 @@ function leaks(haystack: Buffer, secret: Buffer): boolean {
 describe('cluster mode with real uWSGI nodes', { skip, timeout: 120_000 }, () => {
   let bus: NatsCluster;
   let key: string;
+  let clusterKey: string;
   const repeaters: Running[] = [];
   const ports: Array<{ plain: number; sealed: number }> = [];
   const agents: Running[] = [];
@@ -45,6 +46,7 @@ describe('cluster mode with real uWSGI nodes', { skip, timeout: 120_000 }, () =>
     nats.require();
     bus = await NatsCluster.start(3, 'urint');
     key = await keygen();
+    clusterKey = await keygen();
     for (let i = 0; i < 2; i++) {
       const [plain, sealed] = [await freePort(), await freePort()];
       const r = await serve([
@@ -53,6 +55,7 @@ describe('cluster mode with real uWSGI nodes', { skip, timeout: 120_000 }, () =>
         '--key-file', key,
         ...bus.urls.flatMap((u) => ['--cluster', u]),
         '--cluster-name', 'int',
+        '--cluster-key-file', clusterKey,
         '--cluster-peer-timeout', '1.5',
         '--tolerance', '5',
       ]);
