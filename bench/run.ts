@@ -59,7 +59,7 @@ suite options:
                           (default 1x160000,8x20000,64x2500,8x60000; quick 8x20000)
   --cluster VARIANTS      cluster scenarios (two repeaters A and B over a nats-server, each serving about half of the
                           same static subscribers, next to the floor and a standalone udprepeater): one (input to A,
-                          bus in clear), sealed (the same with the bus sealed, --key-file), split (input split
+                          bus in clear), sealed (the same with the bus sealed, --cluster-key-file), split (input split
                           between A and B); comma-separated, or none (default one,sealed,split)
   --cluster-points POINTS cluster points, SUBSCRIBERSxRATE (input datagrams/s), comma-separated
                           (default 8x20000,8x5000; quick 8x20000)

@@ -48,7 +48,9 @@ describe('serve config', () => {
     ['a bad log level', ['--log-level', 'loud'], /log-level "loud"/],
     ['key= on a plain output', ['--to', '127.0.0.1:9,key=x'], /sealed outputs only/],
     ['a cluster listener without channel=', ['--listen', '127.0.0.1:1', '--cluster', 'nats://127.0.0.1:4222', '--cluster-insecure'], /channel=/],
-    ['a cluster without keys or --cluster-insecure', ['--listen', '127.0.0.1:1,channel=c', '--cluster', 'nats://127.0.0.1:4222'], /--key-file.*--cluster-insecure/],
+    ['a cluster without keys or --cluster-insecure', ['--listen', '127.0.0.1:1,channel=c', '--cluster', 'nats://127.0.0.1:4222'], /--cluster-key-file.*--cluster-insecure/],
+    ['a cluster with data keys only', ['--listen', '127.0.0.1:1,channel=c', '--key-file', '/k', '--cluster', 'nats://127.0.0.1:4222'], /--cluster-key-file.*never a --key-file/],
+    ['a cluster key and --cluster-insecure', ['--listen', '127.0.0.1:1,channel=c', '--cluster', 'nats://127.0.0.1:4222', '--cluster-key-file', '/c', '--cluster-insecure'], /contradict/],
     ['a cluster server that is not a NATS URL', ['--listen', '127.0.0.1:1,channel=c', '--cluster', 'http://x:1', '--cluster-insecure'], /not nats:\/\/HOST:PORT/],
     ['a cluster name that is not a subject token', ['--listen', '127.0.0.1:1,channel=c', '--cluster', 'nats://h:1', '--cluster-insecure', '--cluster-name', 'a.b'], /cluster-name "a\.b"/],
     ['a cluster channel that is not a subject token', ['--listen', '127.0.0.1:1,channel=a*', '--cluster', 'nats://h:1', '--cluster-insecure'], /a\*/],
@@ -62,7 +64,7 @@ describe('serve config', () => {
 
   test('cluster mode: servers, name, timeouts; standalone without --cluster', () => {
     assert.equal(configOf([]).cluster, null);
-    const c = configOf(['--listen', '127.0.0.1:1,channel=ssl', '--key-file', '/k', '--cluster', '10.0.0.1:4222', '--cluster', 'tls://nats.example:4443', '--cluster-name', 'prod-ssl', '--cluster-peer-timeout', '1.5']).cluster;
+    const c = configOf(['--listen', '127.0.0.1:1,channel=ssl', '--key-file', '/k', '--cluster-key-file', '/c', '--cluster', '10.0.0.1:4222', '--cluster', 'tls://nats.example:4443', '--cluster-name', 'prod-ssl', '--cluster-peer-timeout', '1.5']).cluster;
     assert.ok(c !== null);
     assert.deepEqual(c.servers.map((s) => s.text), ['nats://10.0.0.1:4222', 'tls://nats.example:4443']);
     assert.equal(c.name, 'prod-ssl');

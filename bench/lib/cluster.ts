@@ -37,7 +37,7 @@ export interface ClusterOptions extends TargetOptions {
   readonly natsCpu: string | undefined;
   /** CPU list for repeater B (undefined: not pinned); A takes `cpu`. */
   readonly cpuB: string | undefined;
-  /** Sealed bus: the key file both repeaters use (--key-file); null = --cluster-insecure. */
+  /** Sealed bus: the key file both repeaters seal the bus with (--cluster-key-file); null = --cluster-insecure. */
   readonly keyFile: string | null;
   /** Starts of B allowed to get an even split of the receivers (default 16); the last split is kept. */
   readonly attempts?: number;
@@ -281,7 +281,7 @@ export async function startCluster(kind: ClusterKind, mode: BenchMode, ports: re
       `nats://127.0.0.1:${nats.port}`,
       '--cluster-name',
       'bench',
-      ...(sealed ? ['--key-file', o.keyFile!] : ['--cluster-insecure']),
+      ...(sealed ? ['--cluster-key-file', o.keyFile!] : ['--cluster-insecure']),
     ];
     const member = async (cpu: string | undefined) => {
       const r = await startRepeater(mode, ports, { ...o, cpu, repeaterArgs: [...clusterArgs, ...o.repeaterArgs] }, kind);

@@ -512,7 +512,7 @@ function clusterSection(info: RunInfo, sums: ScenarioSummary[]): string[] {
     `Produced by \`${info.command}\`${info.cluster ? ` with ${info.cluster.natsServer}; ${info.cluster.pinning}` : ''}.`,
     '',
     'Each cluster target is two `udprepeater serve` processes, A and B, joined by their own nats-server on a loopback port ' +
-      '(`--cluster nats://127.0.0.1:PORT --cluster-name bench`, and `--cluster-insecure` or, sealed, `--key-file K` from `udprepeater keygen`), ' +
+      '(`--cluster nats://127.0.0.1:PORT --cluster-name bench`, and `--cluster-insecure` or, sealed, `--cluster-key-file K` from `udprepeater keygen`), ' +
       'both given the same static `--to` receivers: each serves those it wins by rendezvous hashing (B is restarted until the split is even). ' +
       '*Input to A*: the generator sends everything to A, which forwards to its receivers (the **direct** path) and publishes each datagram once on the bus; ' +
       'B takes it off the bus and forwards to its receivers (the **bus** path). *Input split*: datagram i goes to A when i is even, to B when odd ' +

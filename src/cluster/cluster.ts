@@ -17,8 +17,13 @@
 // - An update that came in through two repeaters (a node listing both) is
 //   delivered once: gate/recent.ts, in the repeater.
 // - The bus is untrusted: with keys, every message is a sealed frame (its own
-//   origin, replay window, start fence), and datagrams older than
-//   MAX_DATAGRAM_AGE_MS are not delivered (a reconnect may flush old ones).
+//   origin, replay window, start fence) under the bus's own key ring
+//   (bus-seal.ts: never a data key, which agents hold), and datagrams older
+//   than MAX_DATAGRAM_AGE_MS are not delivered (a reconnect may flush old ones).
+// - No downgrade across the cluster: an address any repeater serves sealed is
+//   refused to plain subscriptions on every repeater, and a peer's sealed
+//   announcement removes our plain entries for its address (heard.ts is the
+//   fact, the subscription desk consults it).
 // - Warm join: every repeater's live state learns what comes off the bus, so
 //   each holds the whole cluster's; a repeater that starts fetches it from a
 //   peer before it warms anyone (state-fetch.ts).
@@ -35,8 +40,12 @@ import type { EntryChange } from '../repeater/registry.js';
 import type { TicketService } from '../repeater/tickets.js';
 import type { Repeater } from '../repeater/repeater.js';
 import { type BusBody, type BusDatagram, type BusMessage, decodeBus, encodeBus, MAX_BATCH } from '../wire/bus.js';
+import { parseEndpoint } from '../wire/address.js';
 import type { TraceFields } from '../wire/trace.js';
 import { Bus } from './bus.js';
+import { ClusterCounters } from './counters.js';
+import type { BusSeal } from './bus-seal.js';
+import { HeardTable, idOf } from './heard.js';
 import { StateAnswers, StateFetch, type StateHost } from './state-fetch.js';
 
 /** Datagrams older than this (by the sender's clock) are not delivered: stale after a reconnect. */
@@ -60,32 +69,6 @@ interface Peer {
   stateReady: boolean;
 }
 
-/** A subscriber's identity across repeaters. */
-function idOf(channel: string, sealed: boolean, address: string): string {
-  return `${channel}|${sealed ? 'sealed' : 'plain'}|${address}`;
-}
-
-export class ClusterCounters {
-  published = new Map<string, number>();
-  received = new Map<string, number>();
-  dropped = new Map<string, number>();
-  failovers = 0;
-  /** Datagrams not published: the bus was down (or the client refused them). */
-  publishSkipped = 0;
-  /**
-   * Datagrams, whatever the batching: published on the bus (one per datagram
-   * in a published datagram or batch message), and taken off it from other
-   * repeaters (one per datagram in a received message that was not dropped
-   * whole: stale or refused messages count in `dropped`, by message).
-   */
-  datagramsPublished = 0;
-  datagramsReceived = 0;
-
-  bump(m: Map<string, number>, k: string): void {
-    m.set(k, (m.get(k) ?? 0) + 1);
-  }
-}
-
 export class Cluster implements ClusterPort {
   readonly id: bigint;
   /** This process on the bus: host/pid. */
@@ -94,8 +77,8 @@ export class Cluster implements ClusterPort {
   readonly bus: Bus;
   private readonly startedAtMs = Date.now();
   private readonly peers = new Map<bigint, Peer>();
-  /** Subscriber id -> the peers that heard it, with their deadlines on our clock. */
-  private readonly heard = new Map<string, Map<bigint, number>>();
+  /** Who heard which subscriber, bounded by the registries' own limits. */
+  private readonly heard = new HeardTable(() => this.heardCap());
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   /** Datagrams accepted this turn of the event loop, per channel, to be published together. */
@@ -106,13 +89,15 @@ export class Cluster implements ClusterPort {
   readonly stateFetch: StateFetch;
   readonly stateAnswers: StateAnswers;
 
+  /** @param seal the bus's sealing (null only with --cluster-insecure). */
   constructor(
     private readonly cfg: ClusterConfig,
     private readonly repeater: Repeater,
     private readonly log: Logger,
+    private readonly seal: BusSeal | null,
   ) {
     // Sealed, our id is the origin of our frames: a message cannot claim another sender.
-    this.id = repeater.sealedGate?.busOrigin ?? (randomBytes(8).readBigUInt64LE(0) || 1n);
+    this.id = seal?.origin ?? (randomBytes(8).readBigUInt64LE(0) || 1n);
     this.name = `${hostname()}/${process.pid}`;
     this.bus = new Bus(cfg, log);
     const host: StateHost = {
@@ -143,6 +128,7 @@ export class Cluster implements ClusterPort {
 
   start(): void {
     this.repeater.attachCluster(this, this.cfg.dedupWindowMs);
+    this.repeater.subscriptions.attachCluster({ sealedElsewhere: (address) => this.heard.sealedAnywhere(address, Date.now()) });
     for (const subject of [this.subject.allData, this.subject.control, this.subject.state(this.id)]) this.bus.subscribe(subject, (_subject, data) => this.onMessage(data));
     this.stateFetch.start();
     this.bus.start((connected) => {
@@ -163,9 +149,8 @@ export class Cluster implements ClusterPort {
 
   private send(body: BusBody, subject: string): boolean {
     const message = encodeBus({ sender: this.id, sentAtMs: Date.now(), body });
-    const gate = this.repeater.sealedGate;
-    const payload = this.cfg.insecure && gate === null ? message : gate?.sealBus(message);
-    if (payload == null) {
+    const payload = this.seal === null ? message : this.seal.seal(message);
+    if (payload === null) {
       this.counters.bump(this.counters.dropped, 'seal_failed');
       return false;
     }
@@ -275,11 +260,9 @@ export class Cluster implements ClusterPort {
   private onMessage(data: Uint8Array): void {
     if (this.closed) return;
     let m: BusMessage | 'bad_payload';
-    const gate = this.repeater.sealedGate;
-    if (this.cfg.insecure && gate === null) m = decodeBus(data);
-    else if (gate === null) m = 'bad_payload';
+    if (this.seal === null) m = decodeBus(data);
     else {
-      const env = gate.openBus(Buffer.from(data.buffer, data.byteOffset, data.length));
+      const env = this.seal.open(Buffer.from(data.buffer, data.byteOffset, data.length));
       if (typeof env === 'string') {
         this.counters.bump(this.counters.dropped, env);
         return;
@@ -338,24 +321,26 @@ export class Cluster implements ClusterPort {
         this.counters.bump(this.counters.dropped, 'unknown_peer');
         return;
       }
-      const id = idOf(b.channel, b.sealed, b.address);
-      let by = this.heard.get(id);
-      if (b.deadlineMs === 0) {
-        by?.delete(m.sender);
-        if (by?.size === 0) this.heard.delete(id);
-      } else {
-        if (by === undefined) {
-          // Bounded: a peer reports at most what its own registries hold.
-          if (this.heard.size >= this.heardCap()) {
-            this.counters.bump(this.counters.dropped, 'heard_full');
-            return;
-          }
-          this.heard.set(id, (by = new Map()));
-        }
-        // Deadlines on the sender's clock become ours: what it has left, from now.
-        by.set(m.sender, b.isStatic ? Infinity : now + Math.max(0, b.deadlineMs - m.sentAtMs));
+      // Compared with our registries in canonical form, like any address from the network.
+      const ep = parseEndpoint(b.address);
+      if (typeof ep === 'string') {
+        this.counters.bump(this.counters.dropped, 'bad_payload');
+        return;
       }
-      this.reassignOne(b.channel, b.sealed, b.address, now);
+      const address = ep.text;
+      if (b.deadlineMs === 0) this.heard.gone(b.channel, b.sealed, address, m.sender);
+      else {
+        // Deadlines on the sender's clock become ours: what it has left, from now.
+        const deadline = b.isStatic ? Infinity : now + Math.max(0, b.deadlineMs - m.sentAtMs);
+        // Bounded: a peer reports at most what its own registries hold.
+        if (!this.heard.heard(b.channel, b.sealed, address, m.sender, deadline)) {
+          this.counters.bump(this.counters.dropped, 'heard_full');
+          return;
+        }
+        // Served sealed over there: our plain copies to it would carry the values in clear.
+        if (b.sealed) this.repeater.subscriptions.dropPlainFor(address, `sealed at ${this.peers.get(m.sender)?.name ?? m.sender.toString(16)}`);
+      }
+      this.reassignOne(b.channel, b.sealed, address, now);
       return;
     }
     if (b.type === 'tickets') {
@@ -387,7 +372,7 @@ export class Cluster implements ClusterPort {
     }
     if (oldest === null || now - oldestHeard <= this.cfg.peerTimeoutMs) return false;
     this.peers.delete(oldest);
-    for (const by of this.heard.values()) by.delete(oldest);
+    this.heard.forgetPeer(oldest);
     return true;
   }
 
@@ -412,7 +397,7 @@ export class Cluster implements ClusterPort {
 
   private ownerOf(id: string, now: number, live: Set<bigint>): bigint | null {
     const candidates = [this.id];
-    for (const [peer, deadline] of this.heard.get(id) ?? []) if (deadline > now && live.has(peer)) candidates.push(peer);
+    for (const [peer, deadline] of this.heard.peersOf(id)) if (deadline > now && live.has(peer)) candidates.push(peer);
     return owner(candidates, id);
   }
 
@@ -453,10 +438,7 @@ export class Cluster implements ClusterPort {
         if (now - p.lastHeard > 10 * this.cfg.peerTimeoutMs) this.peers.delete(id);
       }
     }
-    for (const [id, by] of this.heard) {
-      for (const [peer, deadline] of by) if (deadline <= now || !this.peers.has(peer)) by.delete(peer);
-      if (by.size === 0) this.heard.delete(id);
-    }
+    this.heard.expire(now, (peer) => this.peers.has(peer));
     this.reassign(died ? 'peer died' : 'tick');
   }
 
@@ -477,7 +459,7 @@ export class Cluster implements ClusterPort {
     const name = (peer: bigint) => (peer === this.id ? `${this.name} (this repeater)` : (this.peers.get(peer)?.name ?? peer.toString(16)));
     const live = this.live(now);
     const served = this.ownerOf(id, now, live);
-    const heardBy = [this.id, ...[...(this.heard.get(id) ?? [])].filter(([p, d]) => d > now && live.has(p)).map(([p]) => p)];
+    const heardBy = [this.id, ...[...this.heard.peersOf(id)].filter(([p, d]) => d > now && live.has(p)).map(([p]) => p)];
     return { servedBy: served === null ? null : name(served), heardBy: heardBy.map(name) };
   }
 
@@ -493,6 +475,8 @@ export class Cluster implements ClusterPort {
       name: this.cfg.name,
       id: this.id.toString(16),
       node: this.name,
+      sealed: this.seal !== null,
+      keys: this.seal?.keyIds() ?? [],
       connected: this.bus.connected,
       server: this.bus.server,
       degraded: !this.bus.connected,

@@ -15,7 +15,13 @@ export interface ClusterConfig {
   readonly servers: readonly BusServer[];
   /** Repeaters with the same name form one cluster (a prefix of every subject). */
   readonly name: string;
-  /** The operator accepts an unsealed bus (no key file). */
+  /**
+   * The bus's own key ring (--cluster-key-file): the first seals, all open.
+   * Never a data key (--key-file): agents hold those, and a key holder could
+   * then speak as a repeater. Empty only with `insecure`.
+   */
+  readonly keyFiles: readonly string[];
+  /** The operator accepts an unsealed bus (no cluster key). */
   readonly insecure: boolean;
   readonly credsFile: string | null;
   readonly user: string | null;
@@ -61,10 +67,17 @@ export function buildClusterConfig(raw: RawOptions): ClusterConfig | null {
   const tlsCert = readable('cluster-tls-cert', str(raw, 'cluster-tls-cert'));
   const tlsKey = readable('cluster-tls-key', str(raw, 'cluster-tls-key'));
   if ((tlsCert === null) !== (tlsKey === null)) throw new ConfigError('--cluster-tls-cert and --cluster-tls-key go together', 'cluster-tls-cert');
+  const keyFiles = list(raw, 'cluster-key-file');
+  const insecure = bool(raw, 'cluster-insecure');
+  if (keyFiles.length === 0 && !insecure) {
+    throw new ConfigError('cluster mode needs --cluster-key-file, a key of its own for the bus (never a --key-file), or an explicit --cluster-insecure', 'cluster-key-file');
+  }
+  if (keyFiles.length > 0 && insecure) throw new ConfigError('--cluster-insecure and --cluster-key-file contradict each other: say one', 'cluster-insecure');
   return {
     servers: urls.map(server),
     name,
-    insecure: bool(raw, 'cluster-insecure'),
+    keyFiles,
+    insecure,
     credsFile: readable('cluster-creds', str(raw, 'cluster-creds')),
     user,
     passwordFile,

@@ -205,9 +205,6 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
       if (!l.named) throw new ConfigError(`listener ${l.endpoint.text}: cluster mode needs channel=NAME on every listener`, l.sealed ? 'listen-sealed' : 'listen');
       if (!SUBJECT_TOKEN.test(l.channel)) throw new ConfigError(`channel "${l.channel}": in cluster mode use 1-64 letters, digits, _ or -`, l.sealed ? 'listen-sealed' : 'listen');
     }
-    if (keyFiles.length === 0 && !cluster.insecure) {
-      throw new ConfigError('cluster mode needs --key-file (everything on the bus is sealed) or an explicit --cluster-insecure', 'cluster');
-    }
   }
   const tickets = ticketParams(raw, all, str(raw, 'state-dir') ?? null);
   const tolerance = num(raw, 'tolerance', 0, 86_400, true);

@@ -18,13 +18,23 @@
 //   repeater. Merging is commutative, associative and idempotent.
 // - Nothing here trusts its input beyond the structure wire/tickets.ts
 //   checked: keys already expired or starting implausibly far ahead are
-//   ignored, and at most MAX_TICKET_KEYS are held.
+//   ignored, and at most MAX_TICKET_KEYS are held. A holder that knows the
+//   schedule's parameters (a repeater) also refuses keys outside what that
+//   schedule can produce (`beyondHorizon`).
+// - Pruning to MAX_TICKET_KEYS never drops the key that encrypts now nor the
+//   next one: keys further ahead go first, then the oldest still decrypting.
 
 import { hkdfSync, randomBytes } from 'node:crypto';
 import { MAX_TICKET_KEYS, TICKET_SECRET_BYTES, type TicketKey } from '../wire/tickets.js';
 
 /** A key may be announced at most this long before it starts encrypting. */
 export const MAX_TICKET_LEAD_MS = 31 * 86_400_000;
+/**
+ * What a repeater tolerates beyond its own schedule's horizon (`beyondHorizon`):
+ * clocks of repeaters that still open each other's frames (--max-skew, 30 s by
+ * default) disagree by less.
+ */
+export const TICKET_HORIZON_SLACK_MS = 60_000;
 
 export interface TicketParams {
   /** A new key starts encrypting every rotateMs (aligned to multiples of it since 1970). */
@@ -52,6 +62,19 @@ function wins(a: TicketKey, b: TicketKey): boolean {
   if (a.createdMs !== b.createdMs) return a.createdMs < b.createdMs;
   if (a.id !== b.id) return a.id < b.id;
   return Buffer.compare(a.secret, b.secret) < 0;
+}
+
+/**
+ * True when a key is nothing the schedule `p` generates: it starts
+ * encrypting more than one rotation (plus the slack) from `now`, or it
+ * decrypts for longer than rotation + lifetime (plus the slack). A repeater
+ * generates a period's key one rotation ahead, living exactly rotation +
+ * lifetime, so anything further out came from another configuration or a
+ * forger; refusing it bounds what an injected schedule can plant to one
+ * rotation ahead and rotation + lifetime of life.
+ */
+export function beyondHorizon(k: TicketKey, p: TicketParams, now: number): boolean {
+  return k.notBeforeMs > now + p.rotateMs + TICKET_HORIZON_SLACK_MS || k.notAfterMs - k.notBeforeMs > p.rotateMs + p.lifetimeMs + TICKET_HORIZON_SLACK_MS;
 }
 
 /** How many keys a schedule with these parameters holds at most: the next, the current, and those still decrypting. */
@@ -90,15 +113,27 @@ export class TicketKeys {
     return this.prune(now) || changed;
   }
 
-  /** Erases expired keys (and the oldest beyond MAX_TICKET_KEYS); true when any went. */
+  /**
+   * Erases expired keys and, beyond MAX_TICKET_KEYS, spare ones: first those
+   * after the next key (furthest ahead first), then the oldest still
+   * decrypting. The key that encrypts now and the next one always stay.
+   * True when any went.
+   */
   prune(now: number): boolean {
     const before = this.held.length;
-    const keep: TicketKey[] = [];
+    let keep: TicketKey[] = [];
     for (const k of this.held) {
       if (k.notAfterMs > now) keep.push(k);
       else k.secret.fill(0);
     }
-    while (keep.length > MAX_TICKET_KEYS) keep.shift()!.secret.fill(0);
+    if (keep.length > MAX_TICKET_KEYS) {
+      const { encrypting, next } = viewOf(keep, now);
+      const ahead = keep.filter((k) => next !== null && k.notBeforeMs > next.notBeforeMs).reverse();
+      const older = keep.filter((k) => k !== encrypting && k.notBeforeMs <= now);
+      const drop = new Set([...ahead, ...older].slice(0, keep.length - MAX_TICKET_KEYS));
+      for (const k of drop) k.secret.fill(0);
+      keep = keep.filter((k) => !drop.has(k));
+    }
     this.held = keep;
     return keep.length !== before;
   }
@@ -122,15 +157,7 @@ export class TicketKeys {
   }
 
   view(now: number): TicketView {
-    let encrypting: TicketKey | null = null;
-    let next: TicketKey | null = null;
-    for (const k of this.held) {
-      if (k.notAfterMs <= now) continue;
-      if (k.notBeforeMs <= now) encrypting = k;
-      else if (next === null) next = k;
-    }
-    const older = this.held.filter((k) => k !== encrypting && k !== next && k.notAfterMs > now && k.notBeforeMs <= now).reverse();
-    return { encrypting, next, older };
+    return viewOf(this.held, now);
   }
 
   /** The next moment the view changes (a key starts or ends); null when none will. */
@@ -154,6 +181,19 @@ export class TicketKeys {
     for (const k of this.held) k.secret.fill(0);
     this.held = [];
   }
+}
+
+/** The view of `held` (sorted by not_before) at `now`. */
+function viewOf(held: readonly TicketKey[], now: number): TicketView {
+  let encrypting: TicketKey | null = null;
+  let next: TicketKey | null = null;
+  for (const k of held) {
+    if (k.notAfterMs <= now) continue;
+    if (k.notBeforeMs <= now) encrypting = k;
+    else if (next === null) next = k;
+  }
+  const older = held.filter((k) => k !== encrypting && k !== next && k.notAfterMs > now && k.notBeforeMs <= now).reverse();
+  return { encrypting, next, older };
 }
 
 export function newTicketKey(notBeforeMs: number, notAfterMs: number, now: number): TicketKey {

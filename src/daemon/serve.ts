@@ -5,6 +5,7 @@ import { Reloads, runDaemon } from './lifecycle.js';
 import { type StatusServer, startStatus } from './http.js';
 import { type Invocation, loadConfig } from '../config/load.js';
 import type { Logger } from '../base/log.js';
+import { ConfigError } from '../base/errors.js';
 import {
   registerClusterMetrics,
   counterFrom,
@@ -25,6 +26,7 @@ import { SecureSession } from '../crypto/session.js';
 import { Repeater, type RepeaterHooks } from '../repeater/repeater.js';
 import type { Backend } from '../net/io.js';
 import { Cluster } from '../cluster/cluster.js';
+import { BusSeal } from '../cluster/bus-seal.js';
 import { SealedGate } from '../repeater/sealed-gate.js';
 import { Role } from '../wire/envelope.js';
 import { UwsgiSignatureCheck } from '../repeater/signcheck.js';
@@ -83,7 +85,6 @@ export function subscribersView(r: Repeater, cluster: Cluster | null = null): un
 export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { session(): SecureSession | null }> {
   await sodiumReady();
   let session: SecureSession | null = null;
-  let busSession: SecureSession | null = null;
   const signedClocks = new Map<string, number>();
   return {
     session: () => session,
@@ -91,9 +92,8 @@ export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { sess
       if (config.keyFiles.length === 0) return null;
       const ring = KeyRing.load(config.keyFiles);
       session ??= new SecureSession(Role.Repeater);
-      busSession ??= config.cluster === null ? null : new SecureSession(Role.Repeater, { peer: Role.Repeater });
       log.info('key ring loaded', { keys: ring.describe(), origin: session.origin.toString(16) });
-      return new SealedGate(session, ring, { maxSkewMs: config.maxSkewMs }, busSession);
+      return new SealedGate(session, ring, { maxSkewMs: config.maxSkewMs });
     },
     signatures: (config) => (config.signCheck === null ? null : new UwsgiSignatureCheck(config.signCheck, log, signedClocks)),
   };
@@ -102,11 +102,21 @@ export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { sess
 /** Starts a repeater with its status server; used by the CLI and by tests. */
 export async function startServe(config: ServeConfig, log: Logger, hooks?: RepeaterHooks, backend?: Backend): Promise<ServeHandle> {
   const h = hooks ?? (await repeaterHooks(log));
+  // The bus's own ring, checked against the data keys before anything opens.
+  if (config.cluster !== null && config.cluster.keyFiles.length > 0) await sodiumReady();
+  const busSeal = config.cluster === null || config.cluster.keyFiles.length === 0 ? null : BusSeal.load(config.cluster.keyFiles, config.keyFiles, config.maxSkewMs);
+  if (busSeal !== null) log.info('cluster key ring loaded', { keys: busSeal.keyIds() });
   // An unusable state dir refuses the start, before any socket is opened.
   const store = config.stateDir === null ? null : new StateStore(config.stateDir, log);
   const ticketStore = config.stateDir === null ? null : new TicketStore(config.stateDir, log);
-  const repeater = await Repeater.start(config, log, { ...h, ...(backend === undefined ? {} : { backend }), ...(ticketStore === null ? {} : { ticketStore }) });
-  const cluster = config.cluster === null ? null : new Cluster(config.cluster, repeater, log);
+  let repeater: Repeater;
+  try {
+    repeater = await Repeater.start(config, log, { ...h, ...(backend === undefined ? {} : { backend }), ...(ticketStore === null ? {} : { ticketStore }) });
+  } catch (err) {
+    busSeal?.dispose();
+    throw err;
+  }
+  const cluster = config.cluster === null ? null : new Cluster(config.cluster, repeater, log, busSeal);
   if (store !== null) {
     const saved = store.load();
     if (saved !== null) store.restore(repeater, saved);
@@ -161,6 +171,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
       saveLive();
       await cluster?.close();
       await repeater.close();
+      busSeal?.dispose();
     },
   );
 
@@ -174,8 +185,23 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
       reloads.run(async () => {
         const cfg = next();
         if (cfg.stateDir !== config.stateDir) log.warn('--state-dir changes take effect at the next restart', { running: config.stateDir, configured: cfg.stateDir });
-        if (JSON.stringify(cfg.cluster) !== JSON.stringify(config.cluster)) log.warn('cluster settings take effect at the next restart');
-        await repeater.apply(cfg);
+        // The cluster key ring is reloaded (a sealed bus stays sealed); every other cluster setting waits for a restart.
+        const settings = (c: ServeConfig['cluster']) => JSON.stringify(c === null ? null : { ...c, keyFiles: c.keyFiles.length > 0 });
+        if (settings(cfg.cluster) !== settings(config.cluster)) log.warn('cluster settings take effect at the next restart');
+        if (busSeal !== null && (cfg.cluster === null || cfg.cluster.keyFiles.length === 0)) {
+          throw new ConfigError('the running cluster bus is sealed: a reload cannot drop --cluster-key-file (restart to change cluster settings)', 'cluster-key-file');
+        }
+        const busRing = busSeal !== null && cfg.cluster !== null ? BusSeal.ring(cfg.cluster.keyFiles, cfg.keyFiles) : null;
+        try {
+          await repeater.apply(cfg);
+        } catch (err) {
+          busRing?.destroy();
+          throw err;
+        }
+        if (busRing !== null) {
+          busSeal!.use(busRing, cfg.maxSkewMs);
+          log.info('cluster key ring loaded', { keys: busSeal!.keyIds() });
+        }
         log.configure(cfg.logLevel, cfg.logFormat);
       }),
     async close() {
@@ -183,6 +209,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
       saveLive();
       await cluster?.close();
       await repeater.close();
+      busSeal?.dispose();
       if (status !== null) await status.close();
     },
   };

@@ -10,6 +10,10 @@ export function registerTicketMetrics(register: Registry, service: () => TicketS
   gaugeFrom(register, 'udprepeater_ticket_key_age_seconds', 'Seconds since the ticket key that encrypts now started (above --ticket-rotate: the schedule is stuck); -1 without one', [], () => [[{}, service()?.encryptingAge() ?? -1]]);
   gaugeFrom(register, 'udprepeater_ticket_rotate_seconds', 'The --ticket-rotate period in seconds; 0 while no listener has tickets', [], () => [[{}, service()?.rotateSeconds ?? 0]]);
   counterFrom(register, 'udprepeater_ticket_keys_generated_total', 'TLS ticket keys this repeater generated', [], () => [[{}, service()?.generated ?? 0]]);
+  counterFrom(register, 'udprepeater_ticket_keys_refused_total', 'Ticket keys refused as beyond this schedule (further ahead than one rotation, or living longer than rotation + lifetime), by source (file: tickets.pb at start; bus)', ['source'], () => [
+    [{ source: 'file' }, service()?.refused.file ?? 0],
+    [{ source: 'bus' }, service()?.refused.bus ?? 0],
+  ]);
   counterFrom(register, 'udprepeater_ticket_key_frames_sent_total', 'Sealed TICKET_KEYS frames sent to subscribers', [], () => [[{}, service()?.framesSent ?? 0]]);
   counterFrom(register, 'udprepeater_ticket_key_saves_total', 'Ticket-key schedule files written (--state-dir), by result', ['result'], () => [
     [{ result: 'ok' }, store?.saves ?? 0],

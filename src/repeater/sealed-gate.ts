@@ -14,36 +14,14 @@ export interface SealedOptions {
   readonly maxSkewMs: number;
 }
 
+// The cluster bus is sealed elsewhere (cluster/bus-seal.ts), with a key ring
+// of its own: the data keys sealed here are held by every agent.
 export class SealedGate implements FrameSealer {
-  /**
-   * @param busSession cluster mode: the session that seals and opens bus
-   *   messages between repeaters (its own origin and replay windows).
-   */
   constructor(
     private readonly session: SecureSession,
     private readonly ring: KeyRing,
     private readonly opts: SealedOptions,
-    private readonly busSession: SecureSession | null = null,
   ) {}
-
-  /** Cluster mode: the origin our bus frames carry (this repeater's id on the bus). */
-  get busOrigin(): bigint | null {
-    return this.busSession?.origin ?? null;
-  }
-
-  /** Cluster mode: seals an encoded bus message; null when it would not fit. */
-  sealBus(message: Uint8Array): Buffer | null {
-    if (this.busSession === null) return null;
-    return this.busSession.seal(this.ring, { kind: EnvelopeKind.Bus, channelKey: '', datagram: null, address: null, bus: message });
-  }
-
-  /** Cluster mode: opens a bus frame; the drop reason as a string when it does not open. */
-  openBus(frame: Buffer): Envelope | string {
-    if (this.busSession === null) return 'no_bus_session';
-    const env = this.busSession.open(this.ring, frame, this.opts.maxSkewMs);
-    if (typeof env === 'string') return env;
-    return env.kind === EnvelopeKind.Bus ? env : 'bad_payload';
-  }
 
   /**
    * Opens a frame that arrived on one of `ch`'s sealed listeners. Returns

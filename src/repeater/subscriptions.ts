@@ -6,7 +6,10 @@
 //   (unauthenticated) subscription can never create, refresh, replace or
 //   remove a sealed one, nor name an address that has one (its plain copies
 //   would carry the cache values in clear); a sealed subscription replaces a
-//   plain one for its address;
+//   plain one for its address. In cluster mode "has one" is one fact for the
+//   whole cluster (`ClusterForms`): an address another repeater serves
+//   sealed is refused here too, and loses its plain entries here when a peer
+//   announces it sealed;
 // - uWSGI signatures (--subscriptions-sign-check) apply to plain ones only;
 // - plain subscriptions are rate limited per source, except a refresh of an
 //   entry by the source that announced it, and known sources have buckets
@@ -43,6 +46,15 @@ export interface DeskDeps {
   subscribed?: (ch: Channel, e: Subscriber, why: 'new' | 'resumed') => void;
 }
 
+/**
+ * Cluster mode: what the other repeaters serve (implemented in cluster/,
+ * from their announcements), so the form rules hold across the cluster.
+ */
+export interface ClusterForms {
+  /** True when another repeater of the cluster serves `address` (canonical) sealed, in any channel. */
+  sealedElsewhere(address: string): boolean;
+}
+
 /** One refused subscription, kept for /refusals (logs are throttled per reason). */
 export interface Refusal {
   /** ms timestamp (formatted when viewed: refusals can come by the thousand per second). */
@@ -59,8 +71,14 @@ const RECENT = 100;
 export class SubscriptionDesk {
   private readonly ring: Refusal[] = [];
   private next = 0;
+  private cluster: ClusterForms | null = null;
 
   constructor(private deps: DeskDeps) {}
+
+  /** Cluster mode: the form rules consult the other repeaters too (kept across reloads). */
+  attachCluster(forms: ClusterForms): void {
+    this.cluster = forms;
+  }
 
   configure(deps: DeskDeps): void {
     this.deps = deps;
@@ -91,10 +109,10 @@ export class SubscriptionDesk {
     return ep;
   }
 
-  /** True when an address has a sealed subscriber in any channel. */
+  /** True when an address has a sealed subscriber in any channel, here or (cluster mode) on another repeater. */
   private sealedAnywhere(text: string): boolean {
     for (const ch of this.deps.channels()) if (ch.sealed.get(text) !== undefined) return true;
-    return false;
+    return this.cluster?.sealedElsewhere(text) === true;
   }
 
   /** True when `source` announced a live plain subscriber somewhere. */
@@ -158,7 +176,7 @@ export class SubscriptionDesk {
       log.info('unsubscribed', { channel: ch.name, address: ep.text, key: sub.key, form, source });
       return null;
     }
-    if (form === 'sealed') this.dropPlainFor(ep, source);
+    if (form === 'sealed') this.dropPlainFor(ep.text, source);
     const suspended = (registry.get(ep.text)?.suspendedUntil ?? 0) !== 0;
     let r;
     try {
@@ -180,14 +198,18 @@ export class SubscriptionDesk {
     return null;
   }
 
-  /** A sealed subscriber takes its address over from any plain entry for it, in every channel. */
-  private dropPlainFor(ep: Endpoint, source: string): void {
+  /**
+   * A sealed subscriber takes its address (canonical text) over from any
+   * plain entry for it, in every channel: one that subscribed here, or
+   * (cluster mode) one another repeater announced; `source` says which.
+   */
+  dropPlainFor(address: string, source: string): void {
     for (const ch of this.deps.channels()) {
-      const e = ch.plain.get(ep.text);
+      const e = ch.plain.get(address);
       if (e === undefined || e.isStatic) continue;
-      ch.plain.remove(ep.text);
+      ch.plain.remove(address);
       ch.stats.events[E.evict]++;
-      this.deps.log.info('plain subscriber replaced by a sealed one', { channel: ch.name, address: ep.text, source });
+      this.deps.log.info('plain subscriber replaced by a sealed one', { channel: ch.name, address, source });
     }
   }
 

@@ -11,10 +11,13 @@
 //   every --subscribe-interval), and to all of them when the schedule changes.
 // - Persisted (0600, atomically) on every change before it is sent, so a
 //   restart never invalidates tickets in flight.
+// - What comes from elsewhere (tickets.pb at start, the bus) is merged only
+//   within this schedule's horizon (crypto/tickets.ts `beyondHorizon`); the
+//   rest is refused and counted by source.
 
 import { describe } from '../base/errors.js';
 import type { Logger } from '../base/log.js';
-import { type TicketParams, ticketKeyId, TicketKeys } from '../crypto/tickets.js';
+import { beyondHorizon, type TicketParams, ticketKeyId, TicketKeys } from '../crypto/tickets.js';
 import type { TicketKey } from '../wire/tickets.js';
 import type { Channel, Subscriber } from './channel.js';
 import type { SealedGate } from './sealed-gate.js';
@@ -39,6 +42,8 @@ export class TicketService {
   readonly keys = new TicketKeys();
   framesSent = 0;
   generated = 0;
+  /** Keys refused as beyond the horizon, by where they came from. */
+  readonly refused = { file: 0, bus: 0 };
   peers: TicketPeers | null = null;
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
@@ -60,7 +65,9 @@ export class TicketService {
 
   /** Starts from the saved keys (already checked), generates what is missing, and keeps the schedule current. */
   start(saved: readonly TicketKey[]): void {
-    if (saved.length > 0) this.keys.merge(saved, Date.now());
+    const now = Date.now();
+    const ok = this.admit(saved, 'file', now);
+    if (ok.length > 0) this.keys.merge(ok, now);
     this.deps.log.info('ticket keys restored', { keys: this.keys.keys.map(ticketKeyId) });
     this.tick();
   }
@@ -68,7 +75,19 @@ export class TicketService {
   /** Keys from another repeater (cluster mode): merged, and distributed when they changed ours. */
   merge(incoming: readonly TicketKey[]): void {
     if (this.closed) return;
-    if (this.keys.merge(incoming, Date.now())) this.changed('merged');
+    const now = Date.now();
+    const ok = this.admit(incoming, 'bus', now);
+    if (ok.length > 0 && this.keys.merge(ok, now)) this.changed('merged');
+  }
+
+  /** The keys of `incoming` within our horizon; the others are counted and logged (ids and times only). */
+  private admit(incoming: readonly TicketKey[], from: 'file' | 'bus', now: number): readonly TicketKey[] {
+    const ok = incoming.filter((k) => !beyondHorizon(k, this.params, now));
+    if (ok.length === incoming.length) return incoming;
+    this.refused[from] += incoming.length - ok.length;
+    const out = incoming.filter((k) => !ok.includes(k)).map((k) => ({ id: ticketKeyId(k), notBefore: new Date(k.notBeforeMs).toISOString(), notAfter: new Date(k.notAfterMs).toISOString() }));
+    this.deps.log.throttle('warn', `ticket-horizon:${from}`, 'ticket keys refused: beyond this schedule (--ticket-rotate, --ticket-lifetime)', { from, keys: out });
+    return ok;
   }
 
   /** Generates and prunes as the clock says, then sleeps until the next change (bounded). */

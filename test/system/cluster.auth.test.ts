@@ -3,19 +3,22 @@
 // repeater with the wrong secret or an untrusted server certificate never
 // joins the bus (and still serves its own listeners, degraded); with a
 // tls:// server it refuses a server that does not offer TLS rather than
-// talking in clear. Real nats-server processes; certificates made by openssl.
+// talking in clear. The README's NATS users keep everyone but the repeaters
+// off the cluster's subjects. Real nats-server processes; certificates made
+// by openssl.
 
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { connect } from '@nats-io/transport-node';
 import { encodeCacheSet } from '../../src/wire/cache.js';
 import { encodeSubscription } from '../../src/wire/subscription.js';
 import { httpGet, keygen, type Running, serve } from '../helpers/attack.js';
 import { NATS_HINT, NatsCluster, natsAvailability } from '../helpers/nats.js';
-import { freePort } from '../helpers/net.js';
+import { eventually, freePort } from '../helpers/net.js';
 import { requirement } from '../helpers/requirement.js';
 import { Scope } from '../helpers/scope.js';
 
@@ -28,6 +31,20 @@ const file = (name: string, text: string) => {
   return p;
 };
 const CONNECT_MS = 10_000;
+
+/** The `authorization { ... }` block of the README's nats-server.conf, as written there. */
+function readmeAuthorization(): string {
+  const readme = readFileSync(join(__dirname, '..', '..', '..', 'README.md'), 'utf8');
+  const conf = readme.indexOf('# /etc/nats/nats-server.conf');
+  const start = readme.indexOf('authorization {', conf);
+  if (conf < 0 || start < 0) throw new Error("the README's nats-server.conf has no authorization block");
+  let depth = 0;
+  for (let i = start; i < readme.length; i++) {
+    if (readme[i] === '{') depth++;
+    else if (readme[i] === '}' && --depth === 0) return readme.slice(start, i + 1);
+  }
+  throw new Error("the README's authorization block does not close");
+}
 
 /** A CA and a server certificate for 127.0.0.1 signed by it, and an unrelated CA. */
 function certificates(): { ca: string; otherCa: string; cert: string; key: string } {
@@ -63,7 +80,7 @@ describe('cluster bus authentication and TLS', { skip, timeout: 120_000 }, () =>
 
   async function repeater(url: string, extra: string[]): Promise<{ r: Running; port: number }> {
     const port = await freePort();
-    const r = await serve(['--listen', `127.0.0.1:${port},channel=ssl`, '--cluster', url, '--cluster-name', 'auth', '--key-file', key, ...extra]);
+    const r = await serve(['--listen', `127.0.0.1:${port},channel=ssl`, '--cluster', url, '--cluster-name', 'auth', '--cluster-key-file', key, ...extra]);
     running.push(r);
     return { r, port };
   }
@@ -111,6 +128,61 @@ describe('cluster bus authentication and TLS', { skip, timeout: 120_000 }, () =>
     const url = b.urls[0]!.replace('nats://', 'tls://');
     await connects(url, ['--cluster-tls-ca', c.ca]);
     await refused(url, ['--cluster-tls-ca', c.otherCa], /certificate|self.signed|verify/i);
+  });
+
+  test("the README's NATS users: the repeaters' user joins; another user can neither publish nor subscribe on the cluster's subjects", async () => {
+    // As the README deploys it: the passwords in the server's environment, the cluster named prod-ssl.
+    process.env['REPEATER_PASSWORD'] = 'pw-repeaters';
+    process.env['APPS_PASSWORD'] = 'pw-apps';
+    let b: NatsCluster;
+    try {
+      b = await bus(['-c', file('nats-users.conf', `${readmeAuthorization()}\n`)]);
+    } finally {
+      delete process.env['REPEATER_PASSWORD'];
+      delete process.env['APPS_PASSWORD'];
+    }
+    const url = b.urls[0]!;
+    const pw = file('repeater-pw', 'pw-repeaters\n');
+    const rs: Running[] = [];
+    for (let i = 0; i < 2; i++) {
+      const port = await freePort();
+      const r = await serve(['--listen', `127.0.0.1:${port},channel=ssl`, '--cluster', url, '--cluster-name', 'prod-ssl', '--cluster-key-file', key, '--cluster-user', 'repeater', '--cluster-password-file', pw, '--cluster-peer-timeout', '1.5']);
+      running.push(r);
+      rs.push(r);
+    }
+    for (const r of rs) await r.d.log.waitFor('cluster peer joined', {}, { ms: CONNECT_MS });
+    const unsealed = async (r: Running) => (await r.metrics()).value('udprepeater_cluster_messages_dropped_total', { reason: 'unsealed' });
+
+    const apps = await connect({ servers: url, user: 'apps', pass: 'pw-apps', name: 'apps' });
+    const violations: string[] = [];
+    void (async () => {
+      for await (const st of apps.status()) if (st.type === 'error') violations.push(String((st as { error: Error }).error.message));
+    })();
+    let watched = 0;
+    apps.subscribe('prod-ssl.>', {
+      callback: (err) => {
+        if (err === null) watched++;
+      },
+    });
+    const garbage = Buffer.from('not sealed: published by another user');
+    apps.publish('prod-ssl.ctl', garbage);
+    apps.publish('prod-ssl.dg.ssl', garbage);
+    await apps.flush();
+    await eventually('the server to refuse the other user', () => (violations.length >= 3 ? true : undefined), CONNECT_MS);
+    // The control: the same bytes from the repeaters' user reach both repeaters (and are refused there, unsealed).
+    const insider = await connect({ servers: url, user: 'repeater', pass: 'pw-repeaters', name: 'control' });
+    insider.publish('prod-ssl.ctl', garbage);
+    await insider.flush();
+    for (const r of rs) await eventually('the control to reach a repeater', async () => ((await unsealed(r)) >= 1 ? true : undefined), CONNECT_MS);
+    const counts = await Promise.all(rs.map(unsealed));
+    console.log(JSON.stringify({ violations, watched, unsealedAtRepeaters: counts }));
+    await insider.close();
+    await apps.close();
+    assert.deepEqual(counts, [1, 1], 'a message of the other user reached the repeaters');
+    assert.equal(watched, 0, 'the other user received bus traffic');
+    assert.ok(violations.some((v) => /Publish to "prod-ssl\.ctl"/.test(v)), 'no violation for the publish on prod-ssl.ctl');
+    assert.ok(violations.some((v) => /Publish to "prod-ssl\.dg\.ssl"/.test(v)), 'no violation for the publish on prod-ssl.dg.ssl');
+    assert.ok(violations.some((v) => /Subscription to "prod-ssl\.>"/.test(v)), 'no violation for the subscription');
   });
 
   test('tls:// against a server without TLS is refused, never spoken in clear', async () => {

@@ -54,7 +54,7 @@ describe('cluster mode', { skip }, () => {
       ...urls.flatMap((u) => ['--cluster', u]),
       '--cluster-name', 't',
       '--cluster-peer-timeout', String(PEER_TIMEOUT_S),
-      '--key-file', key,
+      '--cluster-key-file', key,
       '--log-level', 'info',
       ...extra,
     ]);

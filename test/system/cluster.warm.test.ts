@@ -7,13 +7,10 @@
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { KeyRing } from '../../src/crypto/keyring.js';
+import { BusSeal } from '../../src/cluster/bus-seal.js';
 import { sodiumReady } from '../../src/crypto/secretbox.js';
-import { SecureSession } from '../../src/crypto/session.js';
-import { SealedGate } from '../../src/repeater/sealed-gate.js';
 import { type BusBody, type BusMessage, decodeBus, encodeBus } from '../../src/wire/bus.js';
 import { encodeCacheDelete, encodeCacheSet } from '../../src/wire/cache.js';
-import { Role } from '../../src/wire/envelope.js';
 import { encodeSubscription } from '../../src/wire/subscription.js';
 import { httpGet, keygen, type Running, serve } from '../helpers/attack.js';
 import { NATS_HINT, NatsCluster, natsAvailability } from '../helpers/nats.js';
@@ -63,7 +60,7 @@ class HandPeer {
   private readonly beat: NodeJS.Timeout;
 
   private constructor(
-    readonly gate: SealedGate,
+    readonly gate: BusSeal,
     readonly nc: NatsConnection,
     readonly cluster: string,
     name: string,
@@ -74,16 +71,17 @@ class HandPeer {
   }
 
   static async join(url: string, cluster: string, keyFile: string, name: string, stateReady: boolean): Promise<HandPeer> {
-    const gate = new SealedGate(new SecureSession(Role.Repeater), KeyRing.load([keyFile]), { maxSkewMs: 30_000 }, new SecureSession(Role.Repeater, { peer: Role.Repeater }));
+    // Sealed as a repeater seals the bus: the cluster's key, a bus session of its own.
+    const gate = BusSeal.load([keyFile], [], 30_000);
     const nc = await connect({ servers: url, noEcho: true });
     const peer = new HandPeer(gate, nc, cluster, name, stateReady);
     nc.subscribe(`${cluster}.ctl`, {
       callback: (err, m) => {
         if (err !== null) return;
-        const env = gate.openBus(Buffer.from(m.data));
+        const env = gate.open(Buffer.from(m.data));
         if (typeof env === 'string') return;
         const msg = decodeBus(env.bus!);
-        if (typeof msg !== 'string' && msg.body.type === 'state_request' && msg.body.target === gate.busOrigin) peer.requests.push({ ...msg.body, from: msg.sender });
+        if (typeof msg !== 'string' && msg.body.type === 'state_request' && msg.body.target === gate.origin) peer.requests.push({ ...msg.body, from: msg.sender });
       },
     });
     await nc.flush();
@@ -97,7 +95,7 @@ class HandPeer {
 
   /** Seals `body` as this peer and publishes it; resolves once the server has it. */
   async publish(subject: string, body: BusBody): Promise<void> {
-    this.nc.publish(subject, this.gate.sealBus(encodeBus({ sender: this.gate.busOrigin!, sentAtMs: Date.now(), body }))!);
+    this.nc.publish(subject, this.gate.seal(encodeBus({ sender: this.gate.origin, sentAtMs: Date.now(), body }))!);
     await this.nc.flush();
   }
 
@@ -141,7 +139,7 @@ describe('cluster mode: warm join', { skip }, () => {
       ...urls.flatMap((u) => ['--cluster', u]),
       '--cluster-name', opts.name ?? 'w',
       '--cluster-peer-timeout', String(opts.timeoutS ?? PEER_TIMEOUT_S),
-      '--key-file', key,
+      '--cluster-key-file', key,
       '--log-level', 'info',
     ]);
     const node = { r, port };

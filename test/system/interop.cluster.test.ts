@@ -32,6 +32,7 @@ function leaks(haystack: Buffer, secret: Buffer): boolean {
 describe('cluster mode with real uWSGI nodes', { skip, timeout: 120_000 }, () => {
   let bus: NatsCluster;
   let key: string;
+  let clusterKey: string;
   const repeaters: Running[] = [];
   const ports: Array<{ plain: number; sealed: number }> = [];
   const agents: Running[] = [];
@@ -45,6 +46,7 @@ describe('cluster mode with real uWSGI nodes', { skip, timeout: 120_000 }, () =>
     nats.require();
     bus = await NatsCluster.start(3, 'urint');
     key = await keygen();
+    clusterKey = await keygen();
     for (let i = 0; i < 2; i++) {
       const [plain, sealed] = [await freePort(), await freePort()];
       const r = await serve([
@@ -53,6 +55,7 @@ describe('cluster mode with real uWSGI nodes', { skip, timeout: 120_000 }, () =>
         '--key-file', key,
         ...bus.urls.flatMap((u) => ['--cluster', u]),
         '--cluster-name', 'int',
+        '--cluster-key-file', clusterKey,
         '--cluster-peer-timeout', '1.5',
         '--tolerance', '5',
       ]);
@@ -140,8 +143,11 @@ describe('cluster mode with real uWSGI nodes', { skip, timeout: 120_000 }, () =>
     await Promise.all([busCap.stop(), plainCap.stop()]);
     const busBytes = readFileSync(busCap.file);
     const plainBytes = readFileSync(plainCap.file);
-    console.log(JSON.stringify({ busCaptureBytes: busBytes.length, plainCaptureBytes: plainBytes.length }));
-    assert.ok(busBytes.length > 2000, 'the bus capture is too small to hold the traffic: it proves nothing');
+    // NATS framing is clear text: the capture must hold the data subject's messages, one of them large
+    // enough to carry the value sealed (heartbeats alone would make a capture of any size).
+    const dataSizes = [...busBytes.toString('latin1').matchAll(/(?:PUB|MSG) int\.dg\.ssl [^\r\n]*?(\d+)\r\n/g)].map((m) => Number(m[1]));
+    console.log(JSON.stringify({ busCaptureBytes: busBytes.length, plainCaptureBytes: plainBytes.length, dataMessageSizes: dataSizes }));
+    assert.ok(dataSizes.some((n) => n > v.length), `the bus capture holds no data message that could carry the value (sizes ${JSON.stringify(dataSizes)}): it proves nothing`);
     assert.ok(leaks(plainBytes, v) && plainBytes.includes(k), 'the control failed: the plain leg should hold the value in clear');
     assert.ok(!leaks(busBytes, v), 'a value crossed the bus in clear');
     assert.ok(!busBytes.includes(k), 'a key crossed the bus in clear');

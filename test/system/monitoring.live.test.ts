@@ -153,24 +153,24 @@ describe('monitoring against a live repeater, agent and Prometheus', { skip: pro
 
   before(async () => {
     prometheusBin.require();
-    const [ka, kb] = [join(dir, 'ka'), join(dir, 'kb')];
-    for (const k of await Promise.all([ka, kb].map((f) => runCli(['keygen', f])))) assert.equal(k.code, 0, k.stderr);
+    const [ka, kb, kc] = [join(dir, 'ka'), join(dir, 'kb'), join(dir, 'kc')];
+    for (const k of await Promise.all([ka, kb, kc].map((f) => runCli(['keygen', f])))) assert.equal(k.code, 0, k.stderr);
     [listen, sealed, dead] = await Promise.all([freePort(), freePort(), freePort()]);
     const agentLocal = await freePort();
     const node = await Receiver.open();
     cleanup.push(() => node.close());
 
-    // Cluster mode: the repeater and a peer with the same key on one NATS
-    // server. The peer's only channel has another name, so the datagrams
-    // the repeater publishes are not deliverable there (drops by design),
-    // and a third repeater on the same cluster name seals with kb, the
-    // repeater's unknown key: its messages are rejected on the bus.
+    // Cluster mode: the repeater and a peer with the same cluster key (kc) on
+    // one NATS server. The peer's only channel has another name, so the
+    // datagrams the repeater publishes are not deliverable there (drops by
+    // design), and a third repeater on the same cluster name seals the bus
+    // with kb, a key the cluster does not hold: its messages are rejected.
     let bus: string[] = [];
     if (clustered) {
       nats.require();
       const server = await NatsCluster.start(1, 'monitoring');
       cleanup.push(() => server.close());
-      bus = ['--cluster', server.urls[0]!, '--cluster-name', 'monitoring'];
+      bus = ['--cluster', server.urls[0]!, '--cluster-name', 'monitoring', '--cluster-key-file', kc];
     }
 
     // The repeater opens with ka only; the agent seals with kb, so its
@@ -190,9 +190,9 @@ describe('monitoring against a live repeater, agent and Prometheus', { skip: pro
     const targets = [repeaterInstance];
     if (clustered) {
       const [peerPort, roguePort] = await Promise.all([freePort(), freePort()]);
-      const peer = await Daemon.serve(['--listen', `127.0.0.1:${peerPort},channel=other`, '--key-file', ka, '--metrics', '127.0.0.1:0', ...bus]);
+      const peer = await Daemon.serve(['--listen', `127.0.0.1:${peerPort},channel=other`, '--metrics', '127.0.0.1:0', ...bus]);
       cleanup.push(() => peer.stop());
-      const rogue = await Daemon.serve(['--listen', `127.0.0.1:${roguePort},channel=${PLAIN}`, '--key-file', kb, '--metrics', 'off', ...bus]);
+      const rogue = await Daemon.serve(['--listen', `127.0.0.1:${roguePort},channel=${PLAIN}`, '--metrics', 'off', ...bus.slice(0, -1), kb]);
       cleanup.push(() => rogue.stop());
       await Promise.all([repeater, peer, rogue].map((d) => d.log.waitFor('cluster bus connected')));
       await Promise.all([repeater, peer].map((d) => d.log.waitFor('cluster peer joined')));

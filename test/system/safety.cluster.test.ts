@@ -14,13 +14,12 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
-import { KeyRing } from '../../src/crypto/keyring.js';
+import { BusSeal } from '../../src/cluster/bus-seal.js';
+import { idOf } from '../../src/cluster/heard.js';
+import { owner } from '../../src/gate/rendezvous.js';
 import { sodiumReady } from '../../src/crypto/secretbox.js';
-import { SecureSession } from '../../src/crypto/session.js';
-import { SealedGate } from '../../src/repeater/sealed-gate.js';
 import { type BusBody, encodeBus } from '../../src/wire/bus.js';
 import { encodeCacheSet } from '../../src/wire/cache.js';
-import { Role } from '../../src/wire/envelope.js';
 import { encodeSubscription } from '../../src/wire/subscription.js';
 import { frames, httpGet, keygen, Metrics, type Running } from '../helpers/attack.js';
 import { Daemon } from '../helpers/daemon.js';
@@ -99,7 +98,9 @@ async function agentSlowly(args: string[]): Promise<Daemon> {
 
 describe('cluster mode under attack from the bus', { skip }, () => {
   let nats: NatsCluster;
+  /** The data key (agents hold it) and the bus's own key (repeaters only). */
   let key: string;
+  let clusterKey: string;
   let rogue: Rogue;
   let clusters = 0;
   const nodes: Node[] = [];
@@ -108,6 +109,7 @@ describe('cluster mode under attack from the bus', { skip }, () => {
     requireNats();
     nats = await NatsCluster.start(1, 'ursafety');
     key = await keygen();
+    clusterKey = await keygen();
     rogue = await Rogue.connect(nats.urls[0]!);
     await sodiumReady();
   });
@@ -131,7 +133,7 @@ describe('cluster mode under attack from the bus', { skip }, () => {
       '--cluster', nats.urls[0]!,
       '--cluster-name', cluster,
       '--cluster-peer-timeout', '1.5',
-      ...(opts.insecure === true ? ['--cluster-insecure'] : ['--key-file', key]),
+      ...(opts.insecure === true ? ['--cluster-insecure'] : ['--key-file', key, '--cluster-key-file', clusterKey]),
       '--log-level', 'info',
       ...(opts.extra ?? []),
     ]);
@@ -192,12 +194,8 @@ describe('cluster mode under attack from the bus', { skip }, () => {
   const plainBus = (body: BusBody, senderId = randomBytes(8).readBigUInt64LE(0) | 1n) => encodeBus({ sender: senderId, sentAtMs: Date.now(), body });
   const busDatagram = (k: string): BusBody => ({ type: 'datagram', channel: 'ssl', datagram: set(k), trace: null, origin: 0n, opaque: false });
 
-  /** A repeater's gate built as src/daemon/serve.ts repeaterHooks builds it, over the key files given. */
-  function gateOf(keyFile: string): SealedGate {
-    const session = new SecureSession(Role.Repeater);
-    const busSession = new SecureSession(Role.Repeater, { peer: Role.Repeater });
-    return new SealedGate(session, KeyRing.load([keyFile]), { maxSkewMs: 30_000 }, busSession);
-  }
+  /** Bus sealing as src/daemon/serve.ts builds it, over the key file given (a repeater's, or whatever a forger holds). */
+  const gateOf = (keyFile: string): BusSeal => BusSeal.load([keyFile], [], 30_000);
 
   test('garbage and unsealed bus messages on the data and control subjects: nothing delivered, each counted by reason, the fan-out goes on', async () => {
     const name = fresh();
@@ -288,9 +286,9 @@ describe('cluster mode under attack from the bus', { skip }, () => {
     await rogue.watch(`${name}.ctl`);
     const keyId = (await rogue.first(new RegExp(`^${name}\\.ctl$`))).data.readUInt32LE(4);
     const foreign = gateOf(await keygen());
-    const seal = (g: SealedGate, body: BusBody, senderId = g.busOrigin!) => g.sealBus(encodeBus({ sender: senderId, sentAtMs: Date.now(), body }))!;
+    const seal = (g: BusSeal, body: BusBody, senderId = g.origin) => g.seal(encodeBus({ sender: senderId, sentAtMs: Date.now(), body }))!;
     // The control: the same construction with the cluster's key is delivered, so the refusals below are the key's doing.
-    const real = gateOf(key);
+    const real = gateOf(clusterKey);
     await rogue.publish([`${name}.dg.ssl`], [seal(real, busDatagram('control'))]);
     await eventually('the control datagram', () => (rx.received.some((d) => keyOf(d) === 'control') ? true : undefined), WAIT);
     const from = rx.received.length;
@@ -377,9 +375,90 @@ describe('cluster mode under attack from the bus', { skip }, () => {
     assert.equal(joined, MAX_PEERS, `${joined} forged peers joined`);
     assert.equal(await dropped(a, 'too_many_peers'), FORGED - MAX_PEERS);
     assert.deepEqual(got, ['still-forwarding']);
+    // The forgers fell silent: once they are past the peer timeout a real repeater takes a dead one's place.
+    const b = await repeater(name, { insecure: true });
+    await eventually('A to take B in', () => (a.r.d.log.matching('cluster peer joined').length > MAX_PEERS ? true : undefined), WAIT);
+    await peersSee([a, b], 1);
   });
 
-  test('cross-leg replays: agent and repeater frames on the bus, bus frames on a sealed listener, all refused', async () => {
+  /** `n` forged repeaters sealing the bus with `keyFile`, each with its own origin (as many sessions). */
+  const forgers = (keyFile: string, n: number): BusSeal[] => Array.from({ length: n }, () => gateOf(keyFile));
+  const sealAs = (g: BusSeal, body: BusBody) => g.seal(encodeBus({ sender: g.origin, sentAtMs: Date.now(), body }))!;
+  const beat = (i: number): BusBody => ({ type: 'heartbeat', name: `forged/${i}`, startedAtMs: 1, intervalMs: 300, subscribers: 1, stateReady: true });
+
+  test('a holder of the data key (any agent host) sealing bus messages: refused as unknown_key, counted, no peer, nothing delivered', async () => {
+    const name = fresh();
+    const a = await repeater(name);
+    const rx = await scope.receiver();
+    await subscribe(a, rx);
+    const [f] = forgers(key, 1);
+    const now = Date.now();
+    const forged = [
+      sealAs(f!, beat(0)),
+      sealAs(f!, { type: 'subscriber', channel: 'ssl', sealed: false, address: rx.address, key: 'ssl', origin: 0n, deadlineMs: now + 60_000, isStatic: false }),
+      sealAs(f!, { type: 'tickets', keys: [{ id: 7n, notBeforeMs: now + 86_400_000, notAfterMs: now + 2 * 86_400_000, createdMs: 1, secret: randomBytes(80) }] }),
+    ];
+    await rogue.publish([`${name}.ctl`], forged);
+    const dg = sealAs(f!, busDatagram('from-an-agent-host'));
+    await rogue.publish([`${name}.dg.ssl`], [dg]);
+    await dropsReach(a, 'unknown_key', forged.length + 1);
+    const [got] = await beforeMarker([[rx, 0]], 'sentinel-g', a);
+    const h = JSON.parse((await httpGet(a.r.metricsPort, '/healthz')).body) as { cluster: { peers: unknown[] } };
+    console.log(JSON.stringify({ sent: forged.length + 1, unknownKey: await dropped(a, 'unknown_key'), peers: h.cluster.peers.length, delivered: got }));
+    assert.equal(await dropped(a, 'unknown_key'), forged.length + 1);
+    assert.equal(h.cluster.peers.length, 0, 'a forged peer was taken in');
+    assert.equal(a.r.d.log.matching('cluster peer joined').length, 0);
+    assert.deepEqual(got, [], `delivered from a data-key holder: ${JSON.stringify(got)}`);
+    f!.dispose();
+  });
+
+  test('a data-key holder flooding as 100 repeaters: a real second repeater still joins, and no forger takes a real subscriber over', async () => {
+    const name = fresh();
+    const a = await repeater(name);
+    const rx = await scope.receiver();
+    await subscribe(a, rx);
+    const aId = BigInt(`0x${(JSON.parse((await httpGet(a.r.metricsPort, '/healthz')).body) as { cluster: { id: string } }).cluster.id}`);
+    // Forgers that would each win rx over A by the rendezvous hash, were they believed; 100 of them
+    // (more than the 64 peers a repeater tracks), beating every 300 ms for as long as the test runs.
+    const item = idOf('ssl', false, rx.address);
+    const fs: BusSeal[] = [];
+    while (fs.length < 100) {
+      const [g] = forgers(key, 1);
+      if (owner([aId, g!.origin], item) === g!.origin) fs.push(g!);
+      else g!.dispose();
+    }
+    const flood = async () => {
+      const now = Date.now();
+      const msgs = fs.flatMap((g, i) => [sealAs(g, beat(i)), sealAs(g, { type: 'subscriber', channel: 'ssl', sealed: false, address: rx.address, key: 'ssl', origin: 0n, deadlineMs: now + 60_000, isStatic: false })]);
+      await rogue.publish([`${name}.ctl`], msgs);
+    };
+    await flood();
+    const timer = setInterval(() => void flood().catch(() => undefined), 300);
+    try {
+      // A sentinel sent after a second round of the flood: had the forgers been believed, A would no longer serve rx.
+      await flood();
+      const [alone] = await beforeMarker([[rx, 0]], 'sentinel-h0', a);
+      assert.deepEqual(alone, [], `before the marker: ${JSON.stringify(alone)}`);
+      // The flood goes on (a round every 300 ms) while B starts, which takes longer.
+      const b = await repeater(name);
+      await peersSee([a, b], 1);
+      const from = rx.received.length;
+      for (let i = 0; i < 10; i++) await sender.send(set(`during-flood-${i}`), i % 2 === 0 ? a.port : b.port);
+      const [got] = await beforeMarker([[rx, from]], 'sentinel-h', b);
+      const subs = JSON.parse((await httpGet(a.r.metricsPort, '/subscribers')).body) as Array<{ address: string; served: boolean }>;
+      console.log(JSON.stringify({ forgers: fs.length, unknownKeyAtA: await dropped(a, 'unknown_key'), tooManyPeersAtA: await dropped(a, 'too_many_peers'), delivered: got.length, served: subs.find((x) => x.address === rx.address)?.served }));
+      // Half came in through B and the bus: only the set is ordered.
+      assert.deepEqual([...got].sort(), Array.from({ length: 10 }, (_, i) => `during-flood-${i}`).sort(), 'the real subscriber was taken over');
+      assert.equal(subs.find((x) => x.address === rx.address)?.served, true, 'A does not serve its own subscriber');
+      assert.equal(await dropped(a, 'too_many_peers'), 0);
+      assert.ok((await dropped(a, 'unknown_key')) >= 2 * fs.length, 'the flood did not reach A');
+    } finally {
+      clearInterval(timer);
+      for (const g of fs) g.dispose();
+    }
+  });
+
+  test('cross-leg replays: agent and repeater frames on the bus, bus frames on a sealed listener, all refused by key', async () => {
     const name = fresh();
     const capture = await scope.receiver();
     const a = await repeater(name);
@@ -405,28 +484,21 @@ describe('cluster mode under attack from the bus', { skip }, () => {
     await eventually('to-agent at rx', () => (rx.received.some((d) => keyOf(d) === 'to-agent') ? true : undefined), WAIT);
     const fromRx = rx.received.length;
     await rogue.publish([`${name}.dg.ssl`, `${name}.ctl`], [...agentFrames, ...repeaterFrames]);
-    // Agent frames fail the role check on both subjects. A repeater's frame to an agent passes it
-    // (a repeater sealed it) and is refused as no bus message; its copy on the second subject is then a replay.
-    for (const n of [a, b]) {
-      await dropsReach(n, 'wrong_role', 2 * agentFrames.length);
-      await dropsReach(n, 'bad_payload', repeaterFrames.length);
-      await dropsReach(n, 'replay', repeaterFrames.length);
-    }
+    // The data legs are sealed with the data key, the bus with its own: every one of them is
+    // refused on both subjects before it is opened (the role check would come after).
+    const onBus = 2 * (agentFrames.length + repeaterFrames.length);
+    for (const n of [a, b]) await dropsReach(n, 'unknown_key', onBus);
     // Real bus frames (a datagram and heartbeats, as the repeaters published them) sent to B's sealed listener.
     const busFrames = [(await rogue.first(new RegExp(`^${name}\\.dg\\.ssl$`))).data, ...rogue.captured.filter((c) => c.subject === `${name}.ctl`).slice(0, 3).map((c) => c.data)];
     assert.ok(busFrames.length >= 2);
-    const listenerDropped = async () => metric(b, 'udprepeater_datagrams_dropped_total', { reason: 'wrong_role' });
+    const listenerDropped = async () => metric(b, 'udprepeater_datagrams_dropped_total', { reason: 'unknown_key' });
     for (const f of busFrames) await sender.send(f, b.sealedPort!);
     await eventually('B to refuse the bus frames on its sealed listener', async () => ((await listenerDropped()) >= busFrames.length ? true : undefined), WAIT);
     const [got] = await beforeMarker([[rx, fromRx]], 'sentinel-f', b);
-    const m = { wrongRoleOnBus: [await dropped(a, 'wrong_role'), await dropped(b, 'wrong_role')], badPayloadOnBus: [await dropped(a, 'bad_payload'), await dropped(b, 'bad_payload')], wrongRoleOnListener: await listenerDropped() };
+    const m = { unknownKeyOnBus: [await dropped(a, 'unknown_key'), await dropped(b, 'unknown_key')], unknownKeyOnListener: await listenerDropped() };
     console.log(JSON.stringify({ agentFrames: agentFrames.length, repeaterFrames: repeaterFrames.length, busFrames: busFrames.length, delivered: got, ...m }));
     assert.deepEqual(got, [], `a cross-leg replay was delivered: ${JSON.stringify(got)}`);
-    for (const n of [a, b]) {
-      assert.equal(await dropped(n, 'wrong_role'), 2 * agentFrames.length, `${n.name}: agent frames on the bus`);
-      assert.equal(await dropped(n, 'bad_payload'), repeaterFrames.length, `${n.name}: repeater frames on the bus`);
-      assert.equal(await dropped(n, 'replay'), repeaterFrames.length, `${n.name}: repeater frames on the bus, again`);
-    }
+    for (const n of [a, b]) assert.equal(await dropped(n, 'unknown_key'), onBus, `${n.name}: agent and repeater frames on the bus`);
     assert.equal(await listenerDropped(), busFrames.length, 'bus frames on the sealed listener');
   });
 });

@@ -29,12 +29,14 @@ type Keys = Array<{ id: string; notBefore: string; encrypting: boolean }>;
 describe('one ticket-key schedule per cluster', { skip, timeout: 60_000 }, () => {
   let nats: NatsCluster;
   let key: string;
+  let clusterKey: string;
 
   before(async () => {
     requireNats();
     nats = await NatsCluster.start(1, 'urtickets');
     scope.track(nats);
     key = await keygen();
+    clusterKey = await keygen();
   });
 
   async function repeater(name: string): Promise<{ r: Running; port: number; keys(): Promise<Keys> }> {
@@ -45,6 +47,7 @@ describe('one ticket-key schedule per cluster', { skip, timeout: 60_000 }, () =>
       '--state-dir', join(root, name),
       '--cluster', nats.urls[0]!,
       '--cluster-name', 'tk',
+      '--cluster-key-file', clusterKey,
       '--cluster-peer-timeout', '1.5',
       '--ticket-rotate', '3',
       '--ticket-lifetime', '2',
