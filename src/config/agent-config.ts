@@ -1,7 +1,9 @@
 // The typed, validated config of `udprepeater agent`.
 
 import { accessSync, constants, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { ConfigError, describe } from '../base/errors.js';
+import { checkTrustedDir, checkTrustedFile } from '../base/trust.js';
 import { MAX_TICKET_KEYS } from '../wire/tickets.js';
 import { type Endpoint, isLoopback } from '../wire/address.js';
 import { type CommonSettings, commonSettings, endpointOption, list, need, num, str } from './checks.js';
@@ -65,7 +67,7 @@ export function buildAgentConfig(raw: RawOptions): AgentConfig {
   };
 }
 
-/** --ticket-key-dir and friends; the directory is created (0700) and must be writable, or the start is refused. */
+/** --ticket-key-dir and friends; the directory is created (0700) and must be writable and ours, or the start (or the reload) is refused. */
 function ticketFiles(raw: RawOptions): TicketFilesConfig | null {
   const slots = num(raw, 'ticket-key-slots', 1, MAX_TICKET_KEYS);
   const size = num(raw, 'ticket-key-size', 48, 80);
@@ -85,5 +87,8 @@ function ticketFiles(raw: RawOptions): TicketFilesConfig | null {
   } catch (err) {
     throw new ConfigError(`--ticket-key-dir ${dir}: not a writable directory (${describe(err)})`, 'ticket-key-dir');
   }
+  // The keys are secrets, and what is in the files is what nginx encrypts with: ours alone (base/trust.ts).
+  checkTrustedDir(dir, '--ticket-key-dir', { secret: true, noun: 'the ticket keys' });
+  for (let i = 0; i < MAX_TICKET_KEYS; i++) checkTrustedFile(join(dir, `ticket.${i}.key`), '--ticket-key-dir file', { secret: true, noun: 'the ticket key' });
   return { dir, slots, size, reloadCommand, reloadTimeoutMs };
 }

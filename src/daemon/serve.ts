@@ -174,6 +174,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
       reloads.run(async () => {
         const cfg = next();
         if (cfg.stateDir !== config.stateDir) log.warn('--state-dir changes take effect at the next restart', { running: config.stateDir, configured: cfg.stateDir });
+        store?.check();
         if (JSON.stringify(cfg.cluster) !== JSON.stringify(config.cluster)) log.warn('cluster settings take effect at the next restart');
         await repeater.apply(cfg);
         log.configure(cfg.logLevel, cfg.logFormat);
