@@ -1,6 +1,6 @@
 // The typed, validated config of `udprepeater agent`.
 
-import { accessSync, constants, mkdirSync } from 'node:fs';
+import { accessSync, constants, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, describe } from '../base/errors.js';
 import { checkTrustedDir, checkTrustedFile } from '../base/trust.js';
@@ -32,6 +32,8 @@ export interface AgentConfig extends CommonSettings {
   readonly repairDeletes: boolean;
   /** nginx ticket key files; null: ticket keys are not written. */
   readonly ticketFiles: TicketFilesConfig | null;
+  /** Owners of the sockets that may send to --local (--node-user); null: the owner of the socket bound at --deliver. */
+  readonly nodeUids: readonly number[] | null;
 }
 
 export function buildAgentConfig(raw: RawOptions): AgentConfig {
@@ -64,6 +66,7 @@ export function buildAgentConfig(raw: RawOptions): AgentConfig {
     subscribeIntervalMs: num(raw, 'subscribe-interval', 0, 3600, true) * 1000,
     repairDeletes: raw['repair-deletes'] !== false,
     ticketFiles: ticketFiles(raw),
+    nodeUids: nodeUsers(raw),
   };
 }
 
@@ -91,4 +94,36 @@ function ticketFiles(raw: RawOptions): TicketFilesConfig | null {
   checkTrustedDir(dir, '--ticket-key-dir', { secret: true, noun: 'the ticket keys' });
   for (let i = 0; i < MAX_TICKET_KEYS; i++) checkTrustedFile(join(dir, `ticket.${i}.key`), '--ticket-key-dir file', { secret: true, noun: 'the ticket key' });
   return { dir, slots, size, reloadCommand, reloadTimeoutMs };
+}
+
+/**
+ * --node-user: the users whose UDP sockets may send plain updates to
+ * --local (agent/local-senders.ts); null: the owner of the node's socket at
+ * --deliver. A name is looked up in /etc/passwd.
+ */
+function nodeUsers(raw: RawOptions): readonly number[] | null {
+  const given = list(raw, 'node-user');
+  if (given.length === 0) return null;
+  let passwd: string | null = null;
+  const uids = given.map((u) => {
+    const text = u.trim();
+    if (/^[0-9]+$/.test(text)) {
+      const uid = Number(text);
+      if (uid > 0xfffffffe) throw new ConfigError(`--node-user ${text}: not a uid`, 'node-user');
+      return uid;
+    }
+    if (passwd === null) {
+      try {
+        passwd = readFileSync('/etc/passwd', 'utf8');
+      } catch (err) {
+        throw new ConfigError(`--node-user ${text}: cannot read /etc/passwd (${describe(err)}); give the numeric uid`, 'node-user');
+      }
+    }
+    for (const line of passwd.split('\n')) {
+      const f = line.split(':');
+      if (f[0] === text && f.length >= 3 && /^[0-9]+$/.test(f[2]!)) return Number(f[2]);
+    }
+    throw new ConfigError(`--node-user ${text}: no such user in /etc/passwd; give the numeric uid`, 'node-user');
+  });
+  return [...new Set(uids)];
 }
