@@ -148,6 +148,27 @@ describe('a local user cannot inject through the agent', { skip, timeout: 120_00
     assert.equal(await notNode(n), dropped + 1);
   });
 
+  test("a local user sharing the node's cache-udp-server port (uWSGI binds it with SO_REUSEADDR) cannot send as the node; without --node-user the agent then hears nobody", async () => {
+    const pinned = await site('node-s', [], ['--node-user', '0']);
+    const open = await site('node-z', []);
+    const squatters = await Promise.all([pinned, open].map((x) => LocalUser.sharing(65534, x.node!.udpAddress)));
+    try {
+      assert.deepEqual(socketOwners(Number(pinned.node!.udpAddress.split(':')[1])).sort(), [0, 65534], 'nobody shares the port');
+      const dropped = await notNode(pinned);
+      // From the very address and port the node's own socket is bound to.
+      await squatters[0]!.send(encodeCacheSet(Buffer.from('squatter-session'), Buffer.from('squatter-value')), pinned.local);
+      await flows(pinned, 'squatted-after');
+      assert.equal(await b.node!.get('squatter-session'), null, 'sent as the node from a shared port');
+      assert.equal(await notNode(pinned), dropped + 1);
+      // Without --node-user two users own the socket at --deliver: the agent cannot tell which is the node and drops all.
+      await open.node!.set('unheard', 'x');
+      await open.agent.d.log.waitFor('cannot tell the node from other local users: nothing on --local is accepted');
+      assert.ok((await notNode(open)) >= 1);
+    } finally {
+      for (const q of squatters) q.close();
+    }
+  });
+
   test('--node-user pins the node user explicitly: its sockets are heard, nobody else\'s', async () => {
     // No node at --deliver: without --node-user nothing would be accepted.
     const pinned = await site('pinned', null, ['--node-user', 'nobody'], `127.0.0.1:${await freePort()}`);
