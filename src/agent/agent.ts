@@ -13,6 +13,7 @@
 // subscriptions (which name it explicitly), so the repeaters send their frames
 // back to it. Datagrams from any IP that is not a configured repeater are
 // dropped before any crypto, and only frames sealed by a repeater open.
+// On loopback, only the node's own sockets are heard (local-senders.ts).
 // The agent is a forwarder like the repeater: it stamps what the node sends
 // with its own loop trace and drops what it already forwarded.
 
@@ -31,6 +32,7 @@ import { advertiseAddress } from '../net/local.js';
 import { canonicalIp, type Endpoint, formatEndpoint } from '../wire/address.js';
 import { contentOf, forwardForm, inspectCacheUpdate, newShape } from '../wire/cache.js';
 import { EnvelopeKind } from '../wire/envelope.js';
+import { LocalSenders } from './local-senders.js';
 import { TicketFiles } from './ticket-files.js';
 import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
 import { readTrace, type TraceFields } from '../wire/trace.js';
@@ -66,6 +68,8 @@ export class Agent {
   private readonly shape = newShape();
   /** nginx ticket key files (--ticket-key-dir); null when not asked for. */
   ticketFiles: TicketFiles | null = null;
+  /** Judges the sources of --local: the node's sockets only. */
+  readonly senders: LocalSenders;
 
   private constructor(
     private config: AgentConfig,
@@ -73,7 +77,9 @@ export class Agent {
     private readonly session: SecureSession,
     private readonly log: Logger,
     readonly backend: Backend,
-  ) {}
+  ) {
+    this.senders = new LocalSenders({ uids: config.nodeUids, deliver: config.deliver }, log);
+  }
 
   static async start(config: AgentConfig, log: Logger, session: SecureSession, backend: Backend = DEFAULT_BACKEND): Promise<Agent> {
     const agent = new Agent(config, KeyRing.load(config.keyFiles), session, log, backend);
@@ -215,6 +221,9 @@ export class Agent {
       this.deliver?.close();
       this.deliver = this.openDeliver(next);
     }
+    if (next.deliver?.text !== old.deliver?.text || String(next.nodeUids) !== String(old.nodeUids)) {
+      this.senders.configure({ uids: next.nodeUids, deliver: next.deliver });
+    }
     await this.setRepeaters(next);
     this.schedule();
     this.log.info('config applied', { keys: this.ring.describe(), repeaters: next.repeaters.map((r) => r.text) });
@@ -295,6 +304,10 @@ export class Agent {
     st.bytesReceived += msg.length;
     const kind = peekKind(msg);
     st.received[kind]++;
+    if (!this.senders.judge(from)) {
+      st.dropped[D.not_node]++;
+      return;
+    }
     if (msg.length > this.config.maxDatagram) {
       st.dropped[D.too_large]++;
       return;

@@ -1,6 +1,8 @@
 // The agent's half of the fleet's ticket keys: nginx `ssl_session_ticket_key`
-// files, rewritten whenever what nginx should hold changes, then an
-// operator-given reload command (README, "TLS session resumption").
+// files, rewritten whenever what nginx should hold changes, then a reload:
+// an operator-given command, or (under systemd, where the sandboxed agent may
+// not signal nginx) a path unit watching ticket.0.key (README, "TLS session
+// resumption").
 //
 // Invariants:
 // - Slot 0 (`ticket.0.key`) is the key that encrypts now: nginx encrypts with
@@ -9,8 +11,10 @@
 //   other slots hold the older keys still decrypting, newest first. Unused
 //   slots repeat slot 0 (nginx needs every configured file; a repeated key
 //   changes nothing).
-// - Every file is written whole (temp file, mode 0600, rename); all slots are
-//   written before the reload command runs, and only when their bytes change.
+// - Every file is written whole (temp file, mode 0600, rename); when any
+//   slot's bytes change, every slot is written, slot 0 last (a watcher of
+//   ticket.0.key, such as the systemd path unit that reloads nginx, sees the
+//   whole new set), and all of them before the reload command runs.
 // - The write that creates the files (none existed when the agent started)
 //   runs no reload command: no server can be using files that did not exist,
 //   and one started after the agent reads them (README, "nginx: ticket key
@@ -24,11 +28,11 @@
 //   logged and counted; it can never block or crash the agent.
 
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe } from '../base/errors.js';
 import { writeAtomically } from '../base/files.js';
 import type { Logger } from '../base/log.js';
+import { readTrusted } from '../base/trust.js';
 import type { TicketFilesConfig } from '../config/agent-config.js';
 import { nginxTicketKey, ticketKeyId, TicketKeys } from '../crypto/tickets.js';
 import type { TicketKey } from '../wire/tickets.js';
@@ -61,9 +65,10 @@ export class TicketFiles {
     private readonly log: Logger,
   ) {
     // What is on disk already counts as written: an agent restart rewrites and reloads only on change.
+    // The config checked the files are ours; one that is not (a symbolic link, another user's) counts as unwritten.
     for (let i = 0; i < cfg.slots; i++) {
       try {
-        this.written.push(readFileSync(slotFile(cfg.dir, i)));
+        this.written.push(readTrusted(slotFile(cfg.dir, i), 'ticket key file', { secret: true }) ?? Buffer.alloc(0));
       } catch {
         this.written.push(Buffer.alloc(0));
       }
@@ -100,11 +105,12 @@ export class TicketFiles {
       const contents = keys.map((k) => nginxTicketKey(k, this.cfg.size));
       if (contents.some((c, i) => !c.equals(this.written[i]!))) {
         try {
-          contents.forEach((c, i) => {
-            writeAtomically(slotFile(this.cfg.dir, i), c);
+          // Slot 0 last, always: its replacement is the commit a systemd path unit watches (systemd/udprepeater-nginx-reload.path).
+          for (let i = contents.length - 1; i >= 0; i--) {
+            writeAtomically(slotFile(this.cfg.dir, i), contents[i]!);
             this.written[i]?.fill(0);
-            this.written[i] = c;
-          });
+            this.written[i] = contents[i]!;
+          }
           this.writes++;
           this.lastWriteMs = now;
           this.log.info('ticket key files written', { dir: this.cfg.dir, encrypting: ticketKeyId(keys[0]!), slots: keys.map(ticketKeyId), ...(this.creating ? { created: true } : {}) });

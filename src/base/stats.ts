@@ -22,6 +22,7 @@ export const DROP_REASONS = [
   // policy
   'not_allowed',
   'no_subscribers',
+  'not_node',
   // loop freedom (a datagram that already passed here, or too many forwarders)
   'loop',
   'duplicate',

@@ -1,8 +1,9 @@
 // The typed, validated config of `udprepeater agent`.
 
-import { accessSync, constants, mkdirSync, statSync } from 'node:fs';
+import { accessSync, constants, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { ConfigError, describe } from '../base/errors.js';
+import { checkTrustedDir, checkTrustedFile } from '../base/trust.js';
 import { MAX_TICKET_KEYS } from '../wire/tickets.js';
 import { type Endpoint, isLoopback } from '../wire/address.js';
 import { type CommonSettings, commonSettings, endpointOption, list, need, num, str } from './checks.js';
@@ -44,6 +45,8 @@ export interface AgentConfig extends CommonSettings {
   readonly repairDeletes: boolean;
   /** nginx ticket key files; null: ticket keys are not written. */
   readonly ticketFiles: TicketFilesConfig | null;
+  /** Owners of the sockets that may send to --local (--node-user); null: the owner of the socket bound at --deliver. */
+  readonly nodeUids: readonly number[] | null;
 }
 
 export function buildAgentConfig(raw: RawOptions): AgentConfig {
@@ -76,6 +79,7 @@ export function buildAgentConfig(raw: RawOptions): AgentConfig {
     subscribeIntervalMs: num(raw, 'subscribe-interval', 0, 3600, true) * 1000,
     repairDeletes: raw['repair-deletes'] !== false,
     ticketFiles: tickets,
+    nodeUids: nodeUsers(raw),
   };
 }
 
@@ -89,7 +93,7 @@ function deliverOption(raw: RawOptions, local: Endpoint): Endpoint | null {
   return deliver;
 }
 
-/** --ticket-key-dir and friends; the directory is created (0700) and must be writable, or the start is refused. */
+/** --ticket-key-dir and friends; the directory is created (0700) and must be writable and ours, or the start (or the reload) is refused. */
 function ticketFiles(raw: RawOptions): TicketFilesConfig | null {
   const slots = num(raw, 'ticket-key-slots', 1, MAX_TICKET_KEYS);
   const size = num(raw, 'ticket-key-size', 48, 80);
@@ -110,6 +114,10 @@ function ticketFiles(raw: RawOptions): TicketFilesConfig | null {
   } catch (err) {
     throw new ConfigError(`--ticket-key-dir ${dir}: not a writable directory (${describe(err)})`, 'ticket-key-dir');
   }
+  // The keys are secrets, and what is in the files is what nginx encrypts with: ours alone (base/trust.ts).
+  checkTrustedDir(dir, '--ticket-key-dir', { secret: true, noun: 'the ticket keys' });
+  for (let i = 0; i < MAX_TICKET_KEYS; i++) checkTrustedFile(join(dir, `ticket.${i}.key`), '--ticket-key-dir file', { secret: true, noun: 'the ticket key' });
+  checkTrustedFile(join(dir, HAPROXY_KEYS_FILE), '--ticket-key-dir file', { secret: true, noun: 'the ticket keys' });
   return { dir, slots, size, reloadCommand, reloadTimeoutMs, haproxy: haproxyConfig(raw, dir) };
 }
 
@@ -149,4 +157,36 @@ function haproxyConfig(raw: RawOptions, dir: string): HaproxyConfig {
     throw new ConfigError(`--ticket-key-dir ${dir}: ${keysFile} has a space, a control character, ';' or a backslash, which HAProxy's runtime API would read as something else`, 'ticket-key-dir');
   }
   return { keysFile, sockets, checkMs, timeoutMs };
+}
+
+/**
+ * --node-user: the users whose UDP sockets may send plain updates to
+ * --local (agent/local-senders.ts); null: the owner of the node's socket at
+ * --deliver. A name is looked up in /etc/passwd.
+ */
+function nodeUsers(raw: RawOptions): readonly number[] | null {
+  const given = list(raw, 'node-user');
+  if (given.length === 0) return null;
+  let passwd: string | null = null;
+  const uids = given.map((u) => {
+    const text = u.trim();
+    if (/^[0-9]+$/.test(text)) {
+      const uid = Number(text);
+      if (uid > 0xfffffffe) throw new ConfigError(`--node-user ${text}: not a uid`, 'node-user');
+      return uid;
+    }
+    if (passwd === null) {
+      try {
+        passwd = readFileSync('/etc/passwd', 'utf8');
+      } catch (err) {
+        throw new ConfigError(`--node-user ${text}: cannot read /etc/passwd (${describe(err)}); give the numeric uid`, 'node-user');
+      }
+    }
+    for (const line of passwd.split('\n')) {
+      const f = line.split(':');
+      if (f[0] === text && f.length >= 3 && /^[0-9]+$/.test(f[2]!)) return Number(f[2]);
+    }
+    throw new ConfigError(`--node-user ${text}: no such user in /etc/passwd; give the numeric uid`, 'node-user');
+  });
+  return [...new Set(uids)];
 }

@@ -96,6 +96,7 @@ export const AGENT_OPTIONS: readonly OptionSpec[] = [
   { name: 'repeater', kind: 'list', arg: 'ADDR', default: [], help: 'sealed listener of the repeater (repeatable: every datagram goes to each)' },
   { name: 'local', kind: 'string', arg: 'ADDR', default: DEFAULT_AGENT_LOCAL, help: "loopback address receiving the node's plain cache updates (the node's cache-udp-node)" },
   { name: 'deliver', kind: 'string', arg: 'ADDR', help: "the node's cache-udp-server (loopback), where opened datagrams are delivered; leave it out on a host without a node (ticket keys only, with --ticket-key-dir)" },
+  { name: 'node-user', kind: 'list', arg: 'USER|UID', default: [], help: 'accept datagrams on --local only from UDP sockets of this user (repeatable; default: the owner of the socket bound at --deliver, the node itself)' },
   { name: 'channel-key', kind: 'string', arg: 'KEY', help: 'subscription key announced to the repeater (the uWSGI cache name); frames for any other key are dropped' },
   { name: 'bind', kind: 'string', arg: 'ADDR', help: 'local address (and port) of the socket that talks to the repeaters; frames come back to it (default: any address, any port)' },
   { name: 'advertise', kind: 'string', arg: 'ADDR', help: "address the repeater should send to (default: this host's address on the route to each repeater, and the port of --bind); needed behind NAT" },

@@ -4,8 +4,9 @@
 // everywhere, then remove the old one; SIGHUP reloads the ring.
 
 import { createHash, randomBytes } from 'node:crypto';
-import { closeSync, fchmodSync, openSync, readFileSync, statSync, writeSync } from 'node:fs';
+import { closeSync, fchmodSync, openSync, writeSync } from 'node:fs';
 import { ConfigError, describe } from '../base/errors.js';
+import { readTrusted } from '../base/trust.js';
 import { BoxKey, KEY_BYTES } from './secretbox.js';
 
 export interface RingKey {
@@ -34,27 +35,17 @@ export function parseKey(data: Buffer): Uint8Array | null {
 
 /**
  * Reads one key file. Refuses, naming the file, anything that is not a
- * private regular file holding exactly one key.
+ * private regular file of ours (base/trust.ts) holding exactly one key.
  */
 export function readKeyFile(file: string): Uint8Array {
-  let st;
+  let data: Buffer | null;
   try {
-    st = statSync(file);
+    data = readTrusted(file, 'key file', { secret: true });
   } catch (err) {
+    if (err instanceof ConfigError) throw err;
     throw new ConfigError(`key file ${file}: ${describe(err)}`);
   }
-  if (!st.isFile()) throw new ConfigError(`key file ${file}: not a regular file`);
-  if ((st.mode & 0o077) !== 0) {
-    throw new ConfigError(
-      `key file ${file}: group or others can access it (mode ${(st.mode & 0o777).toString(8).padStart(4, '0')}); run chmod 600 ${file}`,
-    );
-  }
-  let data: Buffer;
-  try {
-    data = readFileSync(file);
-  } catch (err) {
-    throw new ConfigError(`key file ${file}: ${describe(err)}`);
-  }
+  if (data === null) throw new ConfigError(`key file ${file}: ENOENT: no such file or directory`);
   const key = parseKey(data);
   data.fill(0);
   if (key === null) throw new ConfigError(`key file ${file}: not a ${KEY_BYTES}-byte key (want ${KEY_BYTES} raw bytes, or base64 or hex text)`);

@@ -8,17 +8,21 @@
 //   whatever it held, so a crash later can never bring back a state in which
 //   since-deleted sessions still live; a file found while saving is off is
 //   deleted too;
-// - it is validated like the registry file: mode (no access for group or
-//   others), age (written at most MAX_AGE_MS before the start, not in the
-//   future), channel names of the running config, and every set checked as
-//   if it came from the network (a set without trace, not expired), applied
-//   oldest first under the --state-max-bytes bound.
+// - it must be ours like every file in the state directory (base/trust.ts:
+//   a symbolic link or another user's file refuses the start, and is never
+//   followed); it is validated like the registry file: mode (no access for
+//   group or others, else deleted unread), age (written at most MAX_AGE_MS
+//   before the start, not in the future), channel names of the running
+//   config, and every set checked as if it came from the network (a set
+//   without trace, not expired), applied oldest first under the
+//   --state-max-bytes bound.
 
-import { readFileSync, statSync, unlinkSync } from 'node:fs';
+import { closeSync, readFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { describe } from '../base/errors.js';
+import { ConfigError, describe } from '../base/errors.js';
 import { writeAtomically } from '../base/files.js';
 import type { Logger } from '../base/log.js';
+import { type OpenedFile, openTrusted } from '../base/trust.js';
 import type { Repeater } from '../repeater/repeater.js';
 import { CACHE_SET, inspectCacheUpdate, newShape } from '../wire/cache.js';
 import { decodeLiveState, encodeLiveState, type SavedChannel } from '../wire/live-state-file.js';
@@ -34,7 +38,7 @@ export class LiveStore {
   saveErrors = 0;
   private stopped = false;
 
-  /** `dir` was checked (and created) by the StateStore of the same --state-dir. */
+  /** `dir` was checked (created, writable, ours) by the StateStore of the same --state-dir. */
   constructor(
     readonly dir: string,
     private readonly log: Logger,
@@ -48,24 +52,31 @@ export class LiveStore {
    */
   restore(repeater: Repeater, load: boolean, now = Date.now()): number {
     let buf: Buffer;
+    let opened: OpenedFile | null;
     try {
-      const st = statSync(this.file);
+      // Never follows a symbolic link, and refuses another user's file (ConfigError: the start is refused).
+      opened = openTrusted(this.file, 'saved live state', { checkMode: false });
+    } catch (err) {
+      if (err instanceof ConfigError) throw err;
+      this.log.warn('cannot read the saved live state; starting empty', { file: this.file, error: describe(err) });
+      return 0;
+    }
+    if (opened === null) return 0;
+    try {
       if (!load) {
         this.discard('saving the live state is off');
         return 0;
       }
-      if (!st.isFile()) {
-        this.log.warn('saved live state is not a regular file; ignored', { file: this.file });
+      if ((opened.st.mode & 0o077) !== 0) {
+        this.discard(`mode ${(opened.st.mode & 0o777).toString(8)} lets group or others access it`);
         return 0;
       }
-      if ((st.mode & 0o077) !== 0) {
-        this.discard(`mode ${(st.mode & 0o777).toString(8)} lets group or others access it`);
-        return 0;
-      }
-      buf = readFileSync(this.file);
+      buf = readFileSync(opened.fd);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn('cannot read the saved live state; starting empty', { file: this.file, error: describe(err) });
+      this.log.warn('cannot read the saved live state; starting empty', { file: this.file, error: describe(err) });
       return 0;
+    } finally {
+      closeSync(opened.fd);
     }
     try {
       return this.apply(repeater, buf, now);

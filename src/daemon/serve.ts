@@ -185,6 +185,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
       reloads.run(async () => {
         const cfg = next();
         if (cfg.stateDir !== config.stateDir) log.warn('--state-dir changes take effect at the next restart', { running: config.stateDir, configured: cfg.stateDir });
+        store?.check();
         // The cluster key ring is reloaded (a sealed bus stays sealed); every other cluster setting waits for a restart.
         const settings = (c: ServeConfig['cluster']) => JSON.stringify(c === null ? null : { ...c, keyFiles: c.keyFiles.length > 0 });
         if (settings(cfg.cluster) !== settings(config.cluster)) log.warn('cluster settings take effect at the next restart');

@@ -3,14 +3,19 @@
 // their next announce. Restored entries keep their original deadlines.
 // Writes are atomic (temp file, fsync, rename, fsync of the directory) and
 // at most one per interval; a failing disk never affects forwarding.
+// The directory and the files in it must be ours (base/trust.ts): a saved
+// file is believed, so one another user could plant refuses the start.
 
-import { constants, mkdirSync, readFileSync, accessSync } from 'node:fs';
+import { constants, mkdirSync, accessSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, describe } from '../base/errors.js';
 import { writeAtomically } from '../base/files.js';
 import type { Logger } from '../base/log.js';
+import { checkTrustedDir, checkTrustedFile, readTrusted } from '../base/trust.js';
 import { decodeState, encodeState, type RegistryState, type SavedSubscriber } from '../wire/state.js';
 import type { Repeater } from '../repeater/repeater.js';
+import { LIVE_STATE_FILE } from './live-store.js';
+import { TICKETS_FILE } from './ticket-store.js';
 
 export const STATE_FILE = 'registry.pb';
 
@@ -23,7 +28,7 @@ export class StateStore {
   private savedRefreshes = -1;
   private lastSaveAt = 0;
 
-  /** Checks (creating if needed) that `dir` is a writable directory; refuses to start otherwise. */
+  /** Checks (creating if needed) that `dir` is a writable directory of ours; refuses to start otherwise. */
   constructor(
     readonly dir: string,
     private readonly log: Logger,
@@ -34,18 +39,38 @@ export class StateStore {
     } catch (err) {
       throw new ConfigError(`--state-dir ${dir}: not a writable directory (${describe(err)})`);
     }
+    this.check();
     this.file = join(dir, STATE_FILE);
   }
 
-  /** Reads the saved registry; null when there is none or it is unreadable (logged). */
+  /**
+   * Throws a ConfigError when the directory, or a file in it that a start
+   * reads, is not ours (at start, before any socket is opened, and on every
+   * reload). The live state's mode is LiveStore's to judge: it deletes one
+   * that group or others could read.
+   */
+  check(): void {
+    checkTrustedDir(this.dir, '--state-dir');
+    checkTrustedFile(join(this.dir, STATE_FILE), 'saved state');
+    checkTrustedFile(join(this.dir, TICKETS_FILE), 'saved ticket keys', { secret: true, noun: 'the ticket keys' });
+    checkTrustedFile(join(this.dir, LIVE_STATE_FILE), 'saved live state', { checkMode: false });
+  }
+
+  /**
+   * Reads the saved registry; null when there is none or it does not decode
+   * (logged). Throws a ConfigError for a file that is not ours (a symbolic
+   * link, another user's, writable by group or others).
+   */
   load(): RegistryState | null {
-    let buf: Buffer;
+    let buf: Buffer | null;
     try {
-      buf = readFileSync(this.file);
+      buf = readTrusted(this.file, 'saved state');
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') this.log.warn('cannot read saved state; starting empty', { file: this.file, error: describe(err) });
+      if (err instanceof ConfigError) throw err;
+      this.log.warn('cannot read saved state; starting empty', { file: this.file, error: describe(err) });
       return null;
     }
+    if (buf === null) return null;
     const state = decodeState(buf);
     if (state === null) this.log.warn('saved state is corrupt; starting empty', { file: this.file });
     return state;

@@ -1,14 +1,15 @@
 // --state-dir/tickets.pb: the fleet's ticket keys survive a restart, so no
 // ticket in flight is invalidated by one (a new schedule would be). The file
 // holds secrets: written with mode 0600, atomically; one that others can
-// read, or that does not decode, refuses the start (exit 78) rather than be
-// replaced by a new schedule the fleet would then disagree on.
+// read, that is not ours (a symbolic link, another user's: base/trust.ts), or
+// that does not decode, refuses the start (exit 78) rather than be believed,
+// or be replaced by a new schedule the fleet would then disagree on.
 
-import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, describe } from '../base/errors.js';
 import { writeAtomically } from '../base/files.js';
 import type { Logger } from '../base/log.js';
+import { readTrusted } from '../base/trust.js';
 import type { TicketPersistence } from '../repeater/tickets.js';
 import { decodeTicketSchedule, encodeTicketSchedule, type TicketKey } from '../wire/tickets.js';
 
@@ -19,7 +20,7 @@ export class TicketStore implements TicketPersistence {
   saves = 0;
   saveErrors = 0;
 
-  /** `dir` was checked (created, writable) by the StateStore. */
+  /** `dir` was checked (created, writable, ours) by the StateStore. */
   constructor(
     dir: string,
     private readonly log: Logger,
@@ -29,18 +30,14 @@ export class TicketStore implements TicketPersistence {
 
   /** The saved keys ([] when there is no file yet); throws a ConfigError naming the file and the problem. */
   load(): TicketKey[] {
-    let buf: Buffer;
+    let buf: Buffer | null;
     try {
-      const st = statSync(this.file);
-      if ((st.mode & 0o077) !== 0) {
-        throw new ConfigError(`${this.file}: group or others can access the ticket keys (mode ${(st.mode & 0o777).toString(8).padStart(4, '0')}); run chmod 600 ${this.file}`);
-      }
-      buf = readFileSync(this.file);
+      buf = readTrusted(this.file, 'saved ticket keys', { secret: true, noun: 'the ticket keys' });
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
       if (err instanceof ConfigError) throw err;
       throw new ConfigError(`${this.file}: ${describe(err)}`);
     }
+    if (buf === null) return [];
     const keys = decodeTicketSchedule(buf);
     buf.fill(0);
     if (typeof keys === 'string') {

@@ -36,9 +36,9 @@ export class Daemon {
     );
   }
 
-  /** Spawns `udprepeater ...args` (JSON logs at debug unless args say otherwise). */
-  static spawn(args: string[], env: NodeJS.ProcessEnv = {}): Daemon {
-    const child = spawn(process.execPath, [CLI_UNDER_TEST, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+  /** Spawns `udprepeater ...args` (JSON logs at debug unless args say otherwise), as `as.uid`/`as.gid` when given. */
+  static spawn(args: string[], env: NodeJS.ProcessEnv = {}, as: RunAs = {}): Daemon {
+    const child = spawn(process.execPath, [CLI_UNDER_TEST, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env }, ...as });
     return new Daemon(child);
   }
 
@@ -85,10 +85,16 @@ export class Daemon {
   }
 }
 
-/** Runs the CLI to completion and returns its exit code and output. */
-export function runCli(args: string[], ms = WAIT_MS): Promise<{ code: number | null; stdout: string; stderr: string }> {
+/** Another user for a child process (the test runs as root): node's spawn options. */
+export interface RunAs {
+  readonly uid?: number;
+  readonly gid?: number;
+}
+
+/** Runs the CLI to completion (as `as.uid`/`as.gid` when given) and returns its exit code and output. */
+export function runCli(args: string[], ms = WAIT_MS, as: RunAs = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI_UNDER_TEST, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [CLI_UNDER_TEST, ...args], { stdio: ['ignore', 'pipe', 'pipe'], ...as });
     let stdout = '';
     let stderr = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));

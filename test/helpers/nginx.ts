@@ -27,6 +27,38 @@ process.on('exit', () => {
   for (const c of live) c.kill('SIGKILL');
 });
 
+/**
+ * Writes DIR/nginx.conf: one HTTPS server on 127.0.0.1:`port` with one
+ * `ssl_session_ticket_key` line per file (the first encrypts), everything
+ * nginx writes kept in DIR, which nginx knows as `seenAs` (another mount
+ * namespace may show it elsewhere).
+ */
+export function writeNginxConfig(dir: string, port: number, cert: Cert, ticketKeyFiles: readonly string[], seenAs = dir): void {
+  const temp = ['body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `  ${t === 'body' ? 'client_body' : t}_temp_path ${join(seenAs, t)};`).join('\n');
+  writeFileSync(
+    join(dir, 'nginx.conf'),
+    `worker_processes 1;
+error_log ${join(seenAs, 'error.log')} notice;
+pid ${join(seenAs, 'nginx.pid')};
+events { worker_connections 64; }
+http {
+  access_log off;
+${temp}
+  server {
+    listen 127.0.0.1:${port} ssl;
+    ssl_certificate ${cert.cert};
+    ssl_certificate_key ${cert.key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache off;
+    ssl_session_tickets on;
+${ticketKeyFiles.map((f) => `    ssl_session_ticket_key ${f};`).join('\n')}
+    location / { return 200 "ok\\n"; }
+  }
+}
+`,
+  );
+}
+
 export class Nginx {
   private constructor(
     readonly dir: string,
@@ -55,29 +87,7 @@ export class Nginx {
   static async start(dir: string, cert: Cert, ticketKeyFiles: readonly string[]): Promise<Nginx> {
     mkdirSync(dir, { recursive: true });
     const port = await freePort();
-    const temp = ['body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `  ${t === 'body' ? 'client_body' : t}_temp_path ${join(dir, t)};`).join('\n');
-    writeFileSync(
-      join(dir, 'nginx.conf'),
-      `worker_processes 1;
-error_log ${join(dir, 'error.log')} notice;
-pid ${join(dir, 'nginx.pid')};
-events { worker_connections 64; }
-http {
-  access_log off;
-${temp}
-  server {
-    listen 127.0.0.1:${port} ssl;
-    ssl_certificate ${cert.cert};
-    ssl_certificate_key ${cert.key};
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_cache off;
-    ssl_session_tickets on;
-${ticketKeyFiles.map((f) => `    ssl_session_ticket_key ${f};`).join('\n')}
-    location / { return 200 "ok\\n"; }
-  }
-}
-`,
-    );
+    writeNginxConfig(dir, port, cert, ticketKeyFiles);
     const child = spawn(NGINX_BIN, ['-p', dir, '-c', join(dir, 'nginx.conf'), '-g', 'daemon off;'], { stdio: ['ignore', 'pipe', 'pipe'] });
     live.add(child);
     let out = '';
