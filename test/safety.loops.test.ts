@@ -36,10 +36,11 @@ async function announce(r: Running, port: number, addresses: readonly string[]):
     return ['subscribe', 'refresh', 'reject'].reduce((n, event) => n + m.value('udprepeater_subscription_events_total', { event }), 0);
   };
   const before = await judged();
-  const from = r.d.log.length;
   for (const a of addresses) await sender.send(sub(a), port);
   await eventually(`${addresses.length} subscriptions judged`, async () => ((await judged()) >= before + addresses.length ? true : undefined));
-  const subscribed = r.d.log.records.slice(from).filter((x) => x.msg === 'subscribed').map((x) => String(x['address']));
+  // Read from the daemon's own view, not its log: a log line may still be in the pipe when the counters say judged.
+  const held = JSON.parse((await httpGet(r.metricsPort, '/subscribers')).body) as Array<{ address: string }>;
+  const subscribed = held.map((x) => x.address).filter((a) => addresses.includes(a));
   const recent = JSON.parse((await httpGet(r.metricsPort, '/refusals')).body) as Array<{ address: string | null; reason: string }>;
   const refused = new Map(recent.filter((x) => x.address !== null && addresses.includes(x.address)).map((x) => [x.address!, x.reason]));
   return { subscribed, refused };

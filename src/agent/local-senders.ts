@@ -4,7 +4,7 @@
 // sends its cache updates from one unbound UDP socket per cache (an
 // ephemeral port, fixed for the life of the process), created by the master
 // after it dropped privileges, as is the cache-udp-server the agent delivers
-// to (SECURITY.md, "Local users"). So a datagram is the node's when every
+// to (SECURITY.md, "Local users on a node host"). So a datagram is the node's when every
 // socket that could have sent it (bound to its source port, and to its
 // source address or a wildcard) belongs to the node's user: the --node-user
 // uids, or else the owner of the socket bound at --deliver.
