@@ -6,13 +6,14 @@ import { Command, CommanderError } from 'commander';
 import { ConfigError, describe } from './base/errors.js';
 import { VERSION } from './base/package.js';
 import { addOptions, invocationOf } from './config/args.js';
-import { AGENT_OPTIONS, SERVE_OPTIONS } from './config/options.js';
+import { AGENT_OPTIONS, DEFAULT_METRICS, SERVE_OPTIONS } from './config/options.js';
 import { endpointOption } from './config/checks.js';
 import { generateKeyFile } from './crypto/keyring.js';
 import { runAgent } from './daemon/agent.js';
 import { runServe } from './daemon/serve.js';
 import { sendCommand } from './tools/send.js';
 import { readSignSpec, subscribeCommand } from './tools/subscribe.js';
+import { parseTarget, peersCommand, StatusError, statusCommand, type StatusOptions, type StatusTarget, subscribersCommand } from './tools/status.js';
 
 /** sysexits.h: a usage error (tools), a configuration error (daemons: systemd does not restart them). */
 const EX_USAGE = 64;
@@ -24,7 +25,7 @@ async function guarded(run: () => Promise<void>, refused = EX_CONFIG): Promise<v
     await run();
   } catch (err) {
     process.stderr.write(`udprepeater: ${describe(err)}\n`);
-    process.exitCode = err instanceof ConfigError ? refused : 1;
+    process.exitCode = err instanceof ConfigError ? refused : err instanceof StatusError ? err.exitCode : 1;
   }
 }
 
@@ -88,6 +89,26 @@ program
       await subscribeCommand(to, { key: opts.key, address: opts.address, unsubscribe: opts.unsubscribe === true }, sign);
     }, EX_USAGE),
   );
+
+const statusCommands: Array<[string, string, (t: StatusTarget, o: StatusOptions) => Promise<void>]> = [
+  ['status', 'a short summary of a running repeater or agent: listeners, subscribers per channel, cluster, key ids, top drop reasons', statusCommand],
+  ['subscribers', "a running repeater's subscribers, one row each", subscribersCommand],
+  ['peers', "a repeater's cluster peers, or an agent's repeaters", peersCommand],
+];
+for (const [name, description, run] of statusCommands) {
+  program
+    .command(name)
+    .description(description)
+    .option('--metrics <HOST:PORT>', "the repeater's or agent's status address (its --metrics)", DEFAULT_METRICS)
+    .option('--json', 'print the JSON the daemon answered, for scripts')
+    .option('--timeout <SECONDS>', 'give up after this long', (v) => Number(v), 5)
+    .action(async (opts: { metrics: string; json?: boolean; timeout: number }) =>
+      guarded(async () => {
+        if (!(opts.timeout > 0 && opts.timeout <= 600)) throw new ConfigError('--timeout wants seconds, more than 0 and at most 600');
+        await run(parseTarget(opts.metrics), { json: opts.json === true, timeoutMs: Math.round(opts.timeout * 1000) });
+      }, EX_USAGE),
+    );
+}
 
 // Every subcommand exits through the program's override (commander would call process.exit).
 for (const c of program.commands) c.exitOverride();

@@ -1,5 +1,6 @@
-// The status endpoint: /metrics (Prometheus text), /healthz, and any JSON
-// views the daemon registers (e.g. /subscribers). Read-only, GET only.
+// The status endpoint: the status page (/, status-page.ts), /metrics
+// (Prometheus text), /healthz, and any JSON views the daemon registers (e.g.
+// /subscribers). Read-only, GET only.
 //
 // It must never cost the daemon its data path: a view that fails answers 500
 // (its body is built before any header is sent), idle and slow clients are
@@ -11,6 +12,7 @@ import type { Registry } from 'prom-client';
 import { describe } from '../base/errors.js';
 import type { Logger } from '../base/log.js';
 import type { Endpoint } from '../wire/address.js';
+import { COMMON_HEADERS, STATUS_PAGE } from './status-page.js';
 
 export type JsonView = () => unknown;
 
@@ -50,8 +52,14 @@ export class StatusServer {
       },
       (req, res) => {
         const path = (req.url ?? '/').split('?')[0]!;
+        for (const [name, value] of Object.entries(COMMON_HEADERS)) res.setHeader(name, value);
         if (req.method !== 'GET' && req.method !== 'HEAD') {
           res.writeHead(405, { allow: 'GET, HEAD' }).end();
+          return;
+        }
+        const page = STATUS_PAGE.get(path);
+        if (page !== undefined) {
+          res.writeHead(200, { ...page.headers, 'content-length': page.body.length }).end(page.body);
           return;
         }
         if (path === '/metrics') {
@@ -66,7 +74,7 @@ export class StatusServer {
         }
         const view = views[path];
         if (view === undefined) {
-          res.writeHead(404, { 'content-type': 'text/plain' }).end(`not found; try ${['/metrics', ...Object.keys(views)].join(' ')}\n`);
+          res.writeHead(404, { 'content-type': 'text/plain' }).end(`not found; try ${['/', '/metrics', ...Object.keys(views)].join(' ')}\n`);
           return;
         }
         let body: string;
