@@ -27,13 +27,13 @@
 //   join waits, and goes on where it was when the subscriber is back.
 // - What is known to be lost is sent again, within bounds: when the
 //   subscriber answers with ICMP (a closed port: uWSGI announces a moment
-//   before its cache-udp-server is bound), the join pauses LOSS_PAUSE_MS,
+//   before its cache-udp-server is bound) or a send fails, the join pauses LOSS_PAUSE_MS,
 //   then sends again what the last moments cost (warm-redo.ts), charged to
 //   the destination's REDO_BYTES. What a node drops silently (a full
 //   receive buffer) nobody can know: see README.md, "Warm join".
 
 import { D } from '../base/stats.js';
-import { type Fanout, newTally } from '../net/io.js';
+import { type Fanout, newTally, type OutletGroup } from '../net/io.js';
 import { type CacheShape, forwardForm, inspectCacheUpdate, newShape } from '../wire/cache.js';
 import type { Channel, Subscriber } from './channel.js';
 import type { LiveEntry, LiveState } from './live-state.js';
@@ -58,12 +58,12 @@ interface Join {
   readonly entry: Subscriber;
   readonly state: LiveState;
   readonly stats: WarmStats;
-  readonly group: ReturnType<Fanout['group']>;
+  readonly group: OutletGroup;
   readonly dest: Destination;
   readonly resumed: boolean;
   iter: Iterator<[string, LiveEntry]>;
   /** The live path delivered what is above this version to the subscriber. */
-  startVersion: number;
+  readonly startVersion: number;
   readonly total: number;
   sent: number;
   resent: number;
@@ -126,10 +126,6 @@ export class WarmRunner {
     private readonly host: WarmHost,
     private readonly clock: () => number,
   ) {}
-
-  get size(): number {
-    return this.active.length;
-  }
 
   /** Warm joins in progress in a channel. */
   activeIn(channel: string): number {
