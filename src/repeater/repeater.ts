@@ -258,8 +258,7 @@ export class Repeater {
       own,
       signatures,
       channels: () => this.channels.values(),
-      subscribed: (c: Channel, e: Subscriber, why: 'new' | 'resumed') => this.warm.subscribed(c, e, why),
-      unwarmed: (c: Channel, e: Subscriber, why: string) => this.warm.refuse(c, e, why),
+      warm: this.warm,
     };
     if (this.desk === undefined) this.desk = new SubscriptionDesk(deskDeps);
     else this.desk.configure(deskDeps);

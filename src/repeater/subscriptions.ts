@@ -43,14 +43,15 @@ export interface DeskDeps {
   signatures: SignatureCheck | null;
   /** Every channel, for the repeater-wide form rules. */
   channels: () => Iterable<Channel>;
-  /**
-   * A subscriber new to its channel ('new': a first subscribe, not a
-   * refresh), or brought back from a suspension by its announce ('resumed'):
-   * it holds none of what it missed (warm-join.ts).
-   */
-  subscribed?: (ch: Channel, e: Subscriber, why: 'new' | 'resumed') => void;
+  /** The warm joins (warm-join.ts), told of subscribers that hold none of what they missed. */
+  warm?: WarmDesk;
+}
+
+export interface WarmDesk {
+  /** A subscriber new to its channel ('new': a first subscribe, not a refresh), or brought back from a suspension by its announce ('resumed'). */
+  subscribed(ch: Channel, e: Subscriber, why: 'new' | 'resumed'): void;
   /** A plain subscriber new to its channel that is not warmed: its subscription came from another address. */
-  unwarmed?: (ch: Channel, e: Subscriber, why: string) => void;
+  refuse(ch: Channel, e: Subscriber, why: string): void;
 }
 
 /** One refused subscription, kept for /refusals (logs are throttled per reason). */
@@ -207,12 +208,12 @@ export class SubscriptionDesk {
     if (!warmable) {
       if (!isNew) return;
       this.unwarmed.add(e);
-      this.deps.unwarmed?.(ch, e, 'the subscription did not come from the address it names');
+      this.deps.warm?.refuse(ch, e, 'the subscription did not come from the address it names');
       return;
     }
     // Created from elsewhere, and now announced by its own address: new to the warm joins.
     const first = this.unwarmed.delete(e);
-    if (isNew || first || wasSuspended) this.deps.subscribed?.(ch, e, isNew || first ? 'new' : 'resumed');
+    if (isNew || first || wasSuspended) this.deps.warm?.subscribed(ch, e, isNew || first ? 'new' : 'resumed');
   }
 
   /** A sealed subscriber takes its address over from any plain entry for it, in every channel. */
