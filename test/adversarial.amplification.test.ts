@@ -3,7 +3,10 @@
 // output datagrams (and nothing back to the sender); one valid frame produces
 // exactly one copy per subscriber. In plain mode, one input produces at most
 // one copy per subscriber of its channel, no copy is larger than
-// --max-datagram, and a source outside the allow-list produces nothing.
+// --max-datagram, and a source outside the allow-list produces nothing; and
+// spoofed subscriptions buy an address at most one live state from warm
+// joins, however many ports, unsubscribes and subscribes they try
+// (test/load/warm.test.ts runs the same attack at full size).
 
 import assert from 'node:assert/strict';
 import { before, describe, test } from 'node:test';
@@ -15,6 +18,8 @@ import { EnvelopeKind, Role } from '../src/wire/envelope.js';
 import { writeFrameHeader } from '../src/wire/frame.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
 import { EscapeTrap, ledgerOf, nonZero, plainOutput, SEED, prng, until } from './helpers/adversarial.js';
+import { freePort, traceOf } from './helpers/net.js';
+import { REDO_BYTES } from '../src/repeater/warm-budget.js';
 import { newKeyFile } from './helpers/keys.js';
 import { Receiver, Sender } from './helpers/net.js';
 import { Scope } from './helpers/scope.js';
@@ -277,6 +282,167 @@ describe('plain mode: the amplification bound', () => {
     assert.equal(l.dropped['not_allowed'], 250);
     assert.equal(l.dropped['address_not_allowed'], 50);
     assert.equal(only(r).size, 1);
+    trap.check();
+  });
+});
+
+describe('plain mode: warm joins are not an amplifier', () => {
+  test('spoofed subscriptions toward one address: from elsewhere they start no join; from the address itself, 4 ports and 10 rounds of subscribe and unsubscribe get it one live state in all; another address still gets all of it', async () => {
+    // Slow enough that every round cuts joins short while they send (40 entries take 0.2 s).
+    const r = await repeater(['--listen', '127.0.0.1:0', '--warm-rate', '200', '--subscribe-rate', '1000', '--subscribe-burst', '1000']);
+    const port = r.port();
+    const ch = only(r);
+    const warm = r.handle.repeater.warm;
+    const N = 40;
+    const entries = Array.from({ length: N }, (_, i) => set(`s${String(i).padStart(2, '0')}`, Buffer.alloc(4000, 0x61 + (i % 26))));
+    for (const m of entries) await sender.send(m, port);
+    await until('the live state', () => ch.stats.accepted >= N);
+    // One live state on the wire: every set with the 26-byte trace a repeater stamps.
+    const stateBytes = entries.reduce((n, m) => n + m.length + 26, 0);
+
+    // The victim: one address, four ports. On loopback any 127/8 address can be bound, so
+    // "spoofing" the victim's address as a source is binding it.
+    const victimIp = '127.0.0.5';
+    const victims = await Promise.all([0, 1, 2, 3].map(() => receiver(victimIp)));
+    const attacker = scope.track(await Sender.bound('127.0.0.9'));
+    const spoofer = scope.track(await Sender.bound(victimIp));
+    let attack = 0;
+    let attackBytes = 0;
+    const announce = async (from: Sender, address: string, unsubscribe = false) => {
+      const m = encodeSubscription({ key: 'ssl', address, unsubscribe });
+      attack++;
+      attackBytes += m.length;
+      await from.send(m, port);
+    };
+    const arrived = () => victims.reduce((n, v) => n + v.received.length, 0);
+
+    // From another address of the allow-list: subscribed, never warmed; and an unsubscribe from a
+    // third address (neither the one named nor the one that announced it) is not believed.
+    for (const v of victims) {
+      const mark = r.tap.length;
+      await announce(attacker, v.address);
+      await r.tap.waitFor('warm join not started', { address: v.address }, { from: mark });
+    }
+    const third = scope.track(await Sender.bound('127.0.0.10'));
+    for (const v of victims) await announce(third, v.address, true);
+    await until('four foreign unsubscribes refused', () => ledgerOf(ch.stats).dropped['foreign_unsubscribe'] === 4);
+    assert.equal(warm.statsOf(ch.name)!.started, 0);
+    assert.equal(ch.size, 4);
+
+    // From the victim's address: each round starts four joins, lets them send, and cuts them short.
+    for (let round = 0; round < 10; round++) {
+      const mark = r.tap.length;
+      const before = arrived();
+      for (const v of victims) await announce(spoofer, v.address);
+      await r.tap.waitFor('warm join started', {}, { from: mark, count: 4 });
+      // Cut once they send, or once they have nothing to send.
+      await until(`round ${round}: the joins to send or finish`, () => arrived() > before || r.tap.matching('warm join completed').length > 0 || arrived() >= N, 5000);
+      for (const v of victims) await announce(spoofer, v.address, true);
+      await until(`round ${round}: four unsubscribes`, () => ch.size === 0);
+    }
+    // Then subscribed for good, and every join left to finish.
+    for (const v of victims) await announce(spoofer, v.address);
+    await until('the joins to finish', () => ch.size === 4 && warm.activeIn(ch.name) === 0, 10_000);
+    const seen = victims.map((v) => v.received.length);
+    for (const [i, v] of victims.entries()) await nothingMore(v, seen[i]!);
+
+    const raw = victims.flatMap((v, i) => v.raw.slice(0, seen[i]));
+    const bytes = raw.reduce((n, d) => n + d.length, 0);
+    const keys = victims.flatMap((v, i) => v.received.slice(0, seen[i])).map((d) => d.toString('latin1', 6, 6 + d.readUInt16LE(4)));
+    const stats = warm.statsOf(ch.name)!;
+    console.log(
+      JSON.stringify({
+        stateEntries: N,
+        stateBytes,
+        attackDatagrams: attack,
+        attackBytes,
+        joinsStarted: stats.started,
+        joinsResumed: stats.resumed,
+        victimDatagrams: raw.length,
+        victimBytes: bytes,
+        victimBytesPerAttackByte: Number((bytes / attackBytes).toFixed(1)),
+      }),
+    );
+    assert.ok(raw.every((d) => traceOf(d)?.ingress === r.handle.repeater.loops.self), 'only warm datagrams reached it');
+    assert.equal(new Set(keys).size, N, 'the victim address holds the live state');
+    assert.equal(keys.length, N, `each entry once: ${keys.length} datagrams for ${N} entries`);
+    assert.ok(bytes <= stateBytes, `${bytes} bytes to the victim address, one live state is ${stateBytes}`);
+    assert.ok(stats.resumed >= 4 * 10, 'every later join went on from the mark');
+
+    // A node on another address that subscribes afterwards gets all of it.
+    const legit = await receiver('127.0.0.6');
+    const own = scope.track(await Sender.bound('127.0.0.6'));
+    const mark = r.tap.length;
+    await own.send(encodeSubscription({ key: 'ssl', address: legit.address }), port);
+    const done = await r.tap.waitFor('warm join completed', { address: legit.address }, { from: mark, ms: 10_000 });
+    assert.equal(done['sent'], N);
+    const got = await legit.waitFor(N);
+    assert.equal(new Set(got.map((d) => d.toString('latin1', 6, 6 + d.readUInt16LE(4)))).size, N);
+    assert.equal(legit.raw.reduce((n, d) => n + d.length, 0), stateBytes);
+    trap.check();
+  });
+
+  test('an address whose port is closed (it answers with ICMP) and is announced again and again gets one live state and at most 1 MiB sent again', async () => {
+    const r = await repeater(['--listen', '127.0.0.1:0', '--subscribe-rate', '1000', '--subscribe-burst', '1000']);
+    const port = r.port();
+    const ch = only(r);
+    const warm = r.handle.repeater.warm;
+    const N = 40;
+    const entries = Array.from({ length: N }, (_, i) => set(`c${String(i).padStart(2, '0')}`, Buffer.alloc(60_000, 0x61 + (i % 26))));
+    for (const m of entries) await sender.send(m, port);
+    await until('the live state', () => ch.stats.accepted >= N);
+    const stateBytes = entries.reduce((n, m) => n + m.length + 26, 0);
+    const victimIp = '127.0.0.7';
+    const address = `${victimIp}:${await freePort(victimIp)}`; // nobody listens: every datagram is answered with ICMP
+    const spoofer = scope.track(await Sender.bound(victimIp));
+    let packets = 0;
+    const completed = () => r.tap.matching('warm join completed', { address }).length > 0;
+    // Announced again each time it is suspended: each announce brings it back, and its join
+    // goes on (never from the first entry) until it is suspended again or has walked the state.
+    for (let round = 0; round < 20; round++) {
+      const mark = r.tap.length;
+      packets++;
+      await spoofer.send(encodeSubscription({ key: 'ssl', address }), port);
+      await r.tap.waitFor(round === 0 ? 'subscribed' : 'refreshed', { address }, { from: mark });
+      const done = () => r.tap.matching('warm join completed', { address }, mark).length > 0;
+      await until(`round ${round}: suspended again, or a join over`, () => (ch.find(address)?.suspendedUntil ?? 0) !== 0 || done(), 10_000);
+    }
+    const stats = warm.statsOf(ch.name)!;
+    console.log(JSON.stringify({ stateBytes, packets, warmBytes: stats.bytes, restarted: stats.restarted, redoBudget: REDO_BYTES, completed: completed() }));
+    assert.ok(stats.bytes <= stateBytes + REDO_BYTES + 60_100, `${stats.bytes} bytes toward a closed port for ${packets} announces; one live state is ${stateBytes}`);
+    assert.ok(completed(), `the join walked the whole state within ${packets} announces`);
+    trap.check();
+  });
+
+  test('a port that closes in the middle of a join: what it lost is sent again, at most 1 MiB per address and cooldown', async () => {
+    // 8 MB/s: 4.8 MB take 0.6 s, and the last quarter to half second before the loss is noticed holds 2 to 4 MB.
+    const r = await repeater(['--listen', '127.0.0.1:0', '--warm-byte-rate', '8000000']);
+    const port = r.port();
+    const ch = only(r);
+    const warm = r.handle.repeater.warm;
+    const N = 80;
+    const entries = Array.from({ length: N }, (_, i) => set(`m${String(i).padStart(2, '0')}`, Buffer.alloc(60_000, 0x61 + (i % 26))));
+    for (const m of entries) await sender.send(m, port);
+    await until('the live state', () => ch.stats.accepted >= N);
+    const stateBytes = entries.reduce((n, m) => n + m.length + 26, 0);
+    const ip = '127.0.0.8';
+    let node = await receiver(ip);
+    node.socket.setRecvBufferSize(8 << 20);
+    const nodePort = node.port;
+    const address = node.address;
+    const own = scope.track(await Sender.bound(ip));
+    await own.send(encodeSubscription({ key: 'ssl', address }), port);
+    await node.waitFor(30, 10_000);
+    node.close(); // the node dies: what follows meets a closed port
+    const mark = r.tap.length;
+    await r.tap.waitFor('warm join restarted', { address, reason: 'datagrams met a closed port' }, { from: mark });
+    node = await scope.receiver(ip, nodePort);
+    await own.send(encodeSubscription({ key: 'ssl', address }), port);
+    await r.tap.waitFor('warm join completed', { address }, { from: mark, ms: 10_000 });
+    const stats = warm.statsOf(ch.name)!;
+    console.log(JSON.stringify({ stateBytes, warmBytes: stats.bytes, sentAgain: stats.bytes - stateBytes, redoBudget: REDO_BYTES }));
+    assert.ok(stats.bytes > stateBytes, 'something was sent again');
+    assert.ok(stats.bytes <= stateBytes + REDO_BYTES + 60_100, `${stats.bytes - stateBytes} bytes sent again; the budget is ${REDO_BYTES} (and one datagram)`);
     trap.check();
   });
 });

@@ -224,7 +224,9 @@ describe('warm join: plain uWSGI nodes', () => {
   before(async () => {
     if (skip) return;
     requireUwsgi();
-    rep = await Daemon.serve(['--listen', '127.0.0.1:0', '--tolerance', '5', '--metrics', '127.0.0.1:0']);
+    // Every node here runs on 127.0.0.1, and one address gets one live state per --warm-cooldown
+    // (README.md, "Warm join": several nodes on one host): 0 gives each node its own.
+    rep = await Daemon.serve(['--listen', '127.0.0.1:0', '--tolerance', '5', '--metrics', '127.0.0.1:0', '--warm-cooldown', '0']);
     address = `127.0.0.1:${await rep.portOf('127.0.0.1:0')}`;
     metricsPort = await rep.metricsPort();
     [a, b] = await startAll(

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { ENTRY_OVERHEAD, LiveState } from '../src/repeater/live-state.js';
-import { Pacer } from '../src/repeater/warm-join.js';
+import { Pacer } from '../src/repeater/warm-budget.js';
 import { encodeCacheDelete, encodeCacheSet, forwardForm, inspectCacheUpdate, newShape } from '../src/wire/cache.js';
 
 const NOW = 1_796_000_000;
@@ -117,15 +117,18 @@ describe('live state', () => {
     assert.equal(s.sweep(NOW + 20_000), 1);
   });
 
-  test('versions: every change takes the next one; an update applied without delivery is older than any join', () => {
+  test('versions: every change takes the next one, so the walk goes in version order; an update applied without delivery says so', () => {
     const s = new LiveState(1 << 20);
     s.apply(set('a', '1'), NOW);
     const start = s.version;
     s.apply(set('b', '1'), NOW);
     s.apply(set('c', '1'), NOW, false);
-    assert.ok(s.get('a')!.version <= start);
+    s.apply(set('a', '2'), NOW, false); // the same size: overwritten in place, moved to the end
     assert.ok(s.get('b')!.version > start, 'delivered after the start: a join skips it');
-    assert.equal(s.get('c')!.version, 0, 'not delivered: a join sends it');
+    assert.deepEqual([s.get('b')!.delivered, s.get('c')!.delivered, s.get('a')!.delivered], [true, false, false], 'not delivered: a join sends it');
+    const versions = [...s.walk()].map(([, e]) => e.version);
+    assert.deepEqual(versions, [...versions].sort((x, y) => x - y));
+    assert.equal(versions.at(-1), s.version, 'the last set takes the newest version, delivered or not');
   });
 
   test('the walk is live: an entry set again moves behind the walker, a deleted one is never reached', () => {

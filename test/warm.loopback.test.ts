@@ -1,8 +1,10 @@
 // Warm joins over real loopback sockets, with an in-process repeater: what a
 // new subscriber receives (plain and sealed, through an agent), what it does
 // not (deleted, expired, evicted), the rules of a join (one per subscriber,
-// ended when the subscriber goes, current values only), the rate by counts,
-// reloads, the cluster hook and the live state file.
+// ended when the subscriber goes, current values only), the shared rates
+// held against the clock, what a spoofed subscription can buy (the source
+// rule, unsubscribes, one live state per address and cooldown), reloads, the
+// cluster hook and the live state file.
 
 import assert from 'node:assert/strict';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
@@ -12,13 +14,14 @@ import { before, describe, test } from 'node:test';
 import { LIVE_STATE_FILE } from '../src/daemon/live-store.js';
 import { subscribersView } from '../src/daemon/serve.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
+import { D } from '../src/base/stats.js';
 import { ENTRY_OVERHEAD } from '../src/repeater/live-state.js';
 import type { Channel } from '../src/repeater/channel.js';
 import { encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
 import { decodeLiveState, encodeLiveState } from '../src/wire/live-state-file.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
 import { newKeyFile } from './helpers/keys.js';
-import { eventually, freePort, type Receiver, traceOf } from './helpers/net.js';
+import { eventually, freePort, type Receiver, Sender, traceOf } from './helpers/net.js';
 import { configOf, startRepeater, type TestRepeater } from './helpers/repeater.js';
 import { Scope } from './helpers/scope.js';
 
@@ -169,22 +172,45 @@ describe('warm join, plain subscribers', () => {
     assert.equal(cache.size, 200);
   });
 
-  test('the rate is shared: two joins together send each entry once to each, by counts', async () => {
-    const r = await repeater(['--listen', '127.0.0.1:0', '--warm-rate', '2000']);
-    const msgs = Array.from({ length: 300 }, (_, i) => set(`k${i}`, 'v'));
-    await feed(r, msgs, msgs.length);
-    const a = await receiver();
-    const b = await receiver();
-    await subscribe(r, a);
-    await subscribe(r, b);
-    await r.tap.waitFor('warm join completed', { address: a.address });
-    await r.tap.waitFor('warm join completed', { address: b.address });
-    for (const rx of [a, b]) {
-      const got = await rx.waitFor(300);
-      assert.equal(new Set(keysOf(got)).size, 300);
-    }
-    assert.equal(r.handle.repeater.warm.statsOf(channel(r).name)!.datagrams, 600);
-  });
+  // Three joins at once, toward three addresses, each announced from its own
+  // address. Every arrival is held against the bound: by `t` ms after the
+  // subscriptions left, the repeater cannot have sent more than the rate
+  // times t, plus one burst (5 ms of the rate) and one datagram of debt. A
+  // late arrival only loosens the bound; a join with a rate of its own (three
+  // times the rate together), or bytes not counted, passes it within 0.2 s.
+  for (const c of [
+    { what: 'bytes', flag: '--warm-byte-rate', rate: 300_000, value: 1000, measure: (d: Buffer) => d.length },
+    { what: 'datagrams', flag: '--warm-rate', rate: 300, value: 10, measure: () => 1 },
+  ]) {
+    test(`the rate is shared and binding (${c.what}): three joins together never send more than ${c.flag} ${c.rate} per second`, async () => {
+      const r = await repeater(['--listen', '127.0.0.1:0', c.flag, String(c.rate)]);
+      const n = 100;
+      await feed(r, Array.from({ length: n }, (_, i) => set(`k${String(i).padStart(3, '0')}`, 'x'.repeat(c.value))), n);
+      const hosts = ['127.0.0.21', '127.0.0.22', '127.0.0.23'];
+      const rxs = await Promise.all(hosts.map((h) => scope.receiver(h)));
+      const from = await Promise.all(hosts.map(async (h) => scope.track(await Sender.bound(h))));
+      const largest = set('k000', 'x'.repeat(c.value)).length + 26;
+      const slack = c.rate * 0.005 + 2 * c.measure(Buffer.alloc(largest));
+      let total = 0;
+      let worst = -Infinity;
+      const t0 = performance.now();
+      for (const rx of rxs) {
+        rx.socket.on('message', (m: Buffer) => {
+          total += c.measure(m);
+          worst = Math.max(worst, total - ((c.rate * (performance.now() - t0)) / 1000 + slack));
+        });
+      }
+      const mark = r.tap.length;
+      await Promise.all(rxs.map((rx, i) => from[i]!.send(sub(rx.address), r.port())));
+      await r.tap.waitFor('warm join completed', {}, { from: mark, count: 3, ms: 10_000 });
+      for (const rx of rxs) assert.equal(new Set(keysOf(await rx.waitFor(n))).size, n, `${rx.address}: every entry`);
+      const ms = performance.now() - t0;
+      assert.equal(r.handle.repeater.warm.statsOf(channel(r).name)!.datagrams, 3 * n);
+      assert.ok(worst <= 0, `${c.what}: ${Math.round(worst)} more than the rate allows at some point (${total} in ${Math.round(ms)} ms)`);
+      // Sent at the rate, not slower than a fifth of it: the pacing keeps them all going.
+      assert.ok(total <= (c.rate * ms) / 1000 + slack && total >= (c.rate * ms) / 5000, `${total} ${c.what} in ${Math.round(ms)} ms`);
+    });
+  }
 
   test('--state-max-bytes: the oldest entries are evicted first and counted; a new subscriber gets the newest', async () => {
     const one = set('k00', 'v').length + 3 + ENTRY_OVERHEAD;
@@ -255,8 +281,13 @@ describe('warm join, plain subscribers', () => {
     const rx = await scope.receiver('127.0.0.1', port);
     await r.tap.waitFor('warm join restarted', { address, reason: 'datagrams met a closed port' }, { from });
     const done = await r.tap.waitFor('warm join completed', { address }, { from, ms: 10_000 });
-    assert.equal(done['sent'], 100);
-    const got = await rx.waitFor(100);
+    // What met the closed port was sent again (resent), the rest once.
+    assert.ok(Number(done['resent']) > 0);
+    assert.equal(Number(done['sent']) - Number(done['resent']), 100);
+    // A probe straight to the receiver queues behind everything sent to it before.
+    await sender.send(Buffer.from('probe'), rx.port);
+    await eventually('the probe', () => (rx.received.some((d) => d.toString() === 'probe') ? true : undefined));
+    const got = rx.received.filter((d) => d.toString() !== 'probe');
     assert.equal(new Set(keysOf(got)).size, 100, 'every entry arrived once the port was open');
   });
 
@@ -272,6 +303,148 @@ describe('warm join, plain subscribers', () => {
     const rx = await receiver();
     await subscribe(r, rx);
     assert.deepEqual(cacheOf(await rx.waitFor(1)), new Map([['remote', 'x']]));
+  });
+});
+
+describe('warm join, plain subscribers: what a spoofed subscription can buy', () => {
+  /** A receiver on `host`, and a sender bound to the same address (as uWSGI announces from its own host). */
+  async function nodeAt(host: string, port?: number): Promise<{ rx: Receiver; from: Sender }> {
+    return { rx: await scope.receiver(host, port), from: scope.track(await Sender.bound(host)) };
+  }
+  async function announce(r: TestRepeater, from: Sender, address: string, msg: string, unsubscribe = false): Promise<Record<string, unknown>> {
+    const mark = r.tap.length;
+    await from.send(sub(address, unsubscribe), r.port());
+    return r.tap.waitFor(msg, { address }, { from: mark });
+  }
+
+  test('a subscription from another address starts no join; the first announce from the address itself does; warm-any-source waives the rule', async () => {
+    const r = await repeater(['--listen', '127.0.0.1:0']);
+    await feed(r, Array.from({ length: 20 }, (_, i) => set(`k${i}`, 'v')), 20);
+    const node = await nodeAt('127.0.0.31');
+    const other = scope.track(await Sender.bound('127.0.0.32'));
+    const warm = r.handle.repeater.warm;
+    const stats = warm.statsOf(channel(r).name)!;
+    const refused = await announce(r, other, node.rx.address, 'warm join not started');
+    assert.equal(refused['reason'], 'the subscription did not come from the address it names');
+    assert.equal(warm.activeIn(channel(r).name), 0);
+    assert.deepEqual([stats.started, stats.refused], [0, 1]);
+    // It is subscribed all the same: live copies reach it.
+    await sender.send(set('live', '1'), r.port());
+    assert.deepEqual(keysOf(await node.rx.waitFor(1)), ['live']);
+    // Its own address announces it: a refresh, but its first warm join.
+    await announce(r, node.from, node.rx.address, 'refreshed');
+    const done = await r.tap.waitFor('warm join completed', { address: node.rx.address });
+    assert.equal(done['sent'], 21, 'the whole state (what it got live included: no join had sent it anything)');
+    assert.equal(stats.started, 1);
+
+    // A listener for nodes behind NAT: warmed whatever the source.
+    const nat = await repeater(['--listen', '127.0.0.1:0,warm-any-source']);
+    await feed(nat, Array.from({ length: 5 }, (_, i) => set(`n${i}`, 'v')), 5);
+    const behind = await scope.receiver('127.0.0.33');
+    await announce(nat, other, behind.address, 'subscribed');
+    assert.equal((await nat.tap.waitFor('warm join completed', { address: behind.address }))['sent'], 5);
+  });
+
+  test('a plain unsubscribe is believed only from the address it names or the source that announced it; a refresh from elsewhere does not change that', async () => {
+    const r = await repeater(['--listen', '127.0.0.1:0,warm-any-source']);
+    const node = await nodeAt('127.0.0.41');
+    const gateway = scope.track(await Sender.bound('127.0.0.42')); // the NAT address it announces through
+    const third = scope.track(await Sender.bound('127.0.0.43'));
+    const ch = channel(r);
+    await announce(r, gateway, node.rx.address, 'subscribed');
+    await announce(r, third, node.rx.address, 'refreshed');
+    const mark = r.tap.length;
+    await third.send(sub(node.rx.address, true), r.port());
+    await r.tap.waitFor('subscription refused', { reason: 'foreign_unsubscribe', source: '127.0.0.43' }, { from: mark });
+    assert.equal(ch.stats.dropped[D.foreign_unsubscribe], 1);
+    assert.equal(ch.find(node.rx.address)?.source, '127.0.0.42', 'a refresh from a third address did not make it the source');
+    await announce(r, gateway, node.rx.address, 'unsubscribed', true);
+    await announce(r, third, node.rx.address, 'subscribed');
+    await announce(r, node.from, node.rx.address, 'unsubscribed', true);
+    assert.equal(ch.find(node.rx.address), undefined);
+  });
+
+  test('a join cut short comes back where it stopped: unsubscribed, subscribed again and from another port, the address gets each entry once', async () => {
+    const r = await repeater(['--listen', '127.0.0.1:0', '--warm-rate', '100']);
+    await feed(r, Array.from({ length: 60 }, (_, i) => set(`k${String(i).padStart(2, '0')}`, 'v')), 60);
+    const a = await nodeAt('127.0.0.51');
+    const b = await scope.receiver('127.0.0.51');
+    await announce(r, a.from, a.rx.address, 'subscribed');
+    await a.rx.waitFor(10);
+    await announce(r, a.from, a.rx.address, 'warm join ended', true);
+    const again = await announce(r, a.from, a.rx.address, 'warm join started');
+    assert.equal(again['resumed'], true);
+    assert.ok(Number(again['from']) > 0, 'it goes on from the mark');
+    await a.rx.waitFor(a.rx.received.length + 5);
+    // Another port of the same address, meanwhile: the two share what is left.
+    await announce(r, a.from, b.address, 'warm join started');
+    await r.tap.waitFor('warm join completed', { address: a.rx.address });
+    await r.tap.waitFor('warm join completed', { address: b.address });
+    for (const rx of [a.rx, b]) {
+      await sender.send(Buffer.from('probe'), rx.port, '127.0.0.51');
+      await eventually('the probe', () => (rx.received.some((d) => d.toString() === 'probe') ? true : undefined));
+    }
+    const keys = [...a.rx.received, ...b.received].filter((d) => d.toString() !== 'probe').map((d) => keysOf([d])[0]!);
+    assert.equal(keys.length, 60, `the address got ${keys.length} datagrams for 60 entries`);
+    assert.equal(new Set(keys).size, 60);
+    assert.equal(r.handle.repeater.warm.statsOf(channel(r).name)!.resumed, 2);
+  });
+
+  test('back from a suspension by its announce: the join resumes with what it was not sent, never from the first entry', async () => {
+    const r = await repeater(['--listen', '127.0.0.1:0', '--dead-after', '3', '--dead-retry', '600']);
+    await feed(r, Array.from({ length: 50 }, (_, i) => set(`k${i}`, 'v')), 50);
+    let node = await nodeAt('127.0.0.61');
+    const port = node.rx.port;
+    const address = node.rx.address;
+    await announce(r, node.from, address, 'subscribed');
+    await r.tap.waitFor('warm join completed', { address });
+    assert.equal((await node.rx.waitFor(50)).length, 50);
+    // The node goes away; live updates meet its closed port until it is suspended.
+    node.rx.close();
+    for (let i = 0; i < 5; i++) await sender.send(set(`new${i}`, 'v'), r.port());
+    await r.tap.waitFor('subscriber suspended: unreachable', { address });
+    node = { rx: await scope.receiver('127.0.0.61', port), from: node.from };
+    const mark = r.tap.length;
+    await node.from.send(sub(address), r.port());
+    const started = await r.tap.waitFor('warm join started', { address }, { from: mark });
+    assert.equal(started['resumed'], true);
+    const done = await r.tap.waitFor('warm join completed', { address }, { from: mark });
+    assert.equal(done['sent'], 5, 'only what it missed: the five sets it was suspended for');
+    assert.deepEqual(new Set(keysOf(await node.rx.waitFor(5))), new Set(Array.from({ length: 5 }, (_, i) => `new${i}`)));
+  });
+
+  test('--warm-cooldown: past it the address gets a full join again; 0 gives every subscriber its own', async () => {
+    const r = await repeater(['--listen', '127.0.0.1:0', '--warm-cooldown', '0.5']);
+    await feed(r, Array.from({ length: 30 }, (_, i) => set(`k${i}`, 'v')), 30);
+    const a = await nodeAt('127.0.0.71');
+    const b = await scope.receiver('127.0.0.71');
+    await announce(r, a.from, a.rx.address, 'subscribed');
+    assert.equal((await r.tap.waitFor('warm join completed', { address: a.rx.address }))['sent'], 30);
+    await announce(r, a.from, b.address, 'subscribed');
+    assert.equal((await r.tap.waitFor('warm join completed', { address: b.address }))['sent'], 0, 'within the cooldown: nothing it was not sent');
+    const first = Date.now();
+    const c = await scope.receiver('127.0.0.71');
+    await eventually('the cooldown to pass', () => (Date.now() - first > 600 ? true : undefined), 2000);
+    await announce(r, a.from, c.address, 'subscribed');
+    assert.equal((await r.tap.waitFor('warm join completed', { address: c.address }))['sent'], 30, 'past the cooldown: all of it');
+
+    const off = await repeater(['--listen', '127.0.0.1:0', '--warm-cooldown', '0']);
+    await feed(off, Array.from({ length: 30 }, (_, i) => set(`k${i}`, 'v')), 30);
+    for (const rx of [a.rx, b]) {
+      await announce(off, a.from, rx.address, 'subscribed');
+      assert.equal((await off.tap.waitFor('warm join completed', { address: rx.address }))['sent'], 30);
+    }
+    assert.equal(off.handle.repeater.warm.destinations.size, 0);
+  });
+
+  test('the new flags are checked at start', () => {
+    assert.throws(() => configOf(['--listen', '127.0.0.1:0', '--warm-byte-rate', '1000']), /--warm-byte-rate must be between 65536/);
+    assert.throws(() => configOf(['--listen', '127.0.0.1:0', '--warm-cooldown', '100000']), /--warm-cooldown must be between 0 and 86400/);
+    assert.throws(() => configOf(['--listen', '127.0.0.1:0,warm-any-source=yes']), /"warm-any-source" takes no value/);
+    assert.throws(() => configOf(['--listen-sealed', '127.0.0.1:0,warm-any-source', '--key-file', newKeyFile()]), /unknown parameter "warm-any-source"/);
+    const c = configOf(['--listen', '127.0.0.1:0,warm-any-source', '--listen', '127.0.0.1:1']);
+    assert.deepEqual(c.listeners.map((l) => l.warmAnySource), [true, false]);
+    assert.deepEqual([c.warm.byteRate, c.warm.cooldownMs], [25_000_000, 300_000]);
   });
 });
 

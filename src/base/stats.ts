@@ -35,6 +35,7 @@ export const DROP_REASONS = [
   'registry_full',
   'no_socket',
   'not_subscribed',
+  'foreign_unsubscribe',
   'bad_signature',
   'stale_signature',
   // sealed frames

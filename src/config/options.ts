@@ -47,7 +47,7 @@ const sealing: OptionSpec[] = [
 
 export const SERVE_OPTIONS: readonly OptionSpec[] = [
   ...common,
-  { name: 'listen', kind: 'list', arg: 'ADDR[,channel=NAME][,key=KEY]', default: [DEFAULT_LISTEN], help: 'plain UDP listener (repeatable); each address is a channel unless channel= groups several; key= refuses subscriptions for any other key' },
+  { name: 'listen', kind: 'list', arg: 'ADDR[,channel=NAME][,key=KEY][,warm-any-source]', default: [DEFAULT_LISTEN], help: 'plain UDP listener (repeatable); each address is a channel unless channel= groups several; key= refuses subscriptions for any other key; warm-any-source: warm subscribers whose subscription came from another address (nodes behind NAT)' },
   { name: 'listen-sealed', kind: 'list', arg: 'ADDR[,channel=NAME][,key=KEY][,tickets]', default: [], help: "sealed (secretbox) listener (repeatable); needs --key-file; tickets: the channel's sealed subscribers get the fleet's TLS ticket keys (needs --state-dir)" },
   { name: 'to', kind: 'list', arg: 'ADDR[,channel=NAME][,ttl=N][,sealed[,key=K]]', default: [], help: 'static subscriber that never expires (repeatable); without channel= it receives every channel; sealed sends frames (key= is the channel key they carry)' },
   { name: 'allow', kind: 'list', arg: 'CIDR', default: LOOPBACK_ALLOW, help: 'who may send, subscribe, and be subscribed (repeatable); default loopback only' },
@@ -71,6 +71,8 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
   { name: 'state-dir', kind: 'string', arg: 'DIR', help: 'persist the subscriber registry (and the ticket keys) here so a restart forwards at once' },
   { name: 'warm-join', kind: 'bool', default: true, negatable: true, help: 'send nothing to new subscribers and keep no live state (by default a subscriber new to its channel is sent the live cache: the latest set of every key)' },
   { name: 'warm-rate', kind: 'number', arg: 'PER_SECOND', default: 20_000, help: 'warm-join datagrams per second, shared by every warm join in progress' },
+  { name: 'warm-byte-rate', kind: 'number', arg: 'BYTES_PER_SECOND', default: 25_000_000, help: 'warm-join bytes per second, shared by every warm join in progress (at least 65536)' },
+  { name: 'warm-cooldown', kind: 'number', arg: 'SECONDS', default: 300, help: 'a plain subscriber address (IP, any port) gets one full warm join per SECONDS; joins toward it meanwhile send only what it was not sent yet (0: every join is full)' },
   { name: 'state-max-bytes', kind: 'int', arg: 'BYTES', default: 64 << 20, help: 'memory bound of the live state of each channel; the oldest entries are evicted first (0 keeps no state: no warm join)' },
   { name: 'save-live-state', kind: 'bool', default: false, help: 'with --state-dir, write the live state (session secrets, in clear) to DIR/live-state.pb, mode 0600, at stop; read it back and delete it at start' },
   { name: 'ticket-rotate', kind: 'number', arg: 'SECONDS', default: 3600, help: 'a new TLS ticket key starts encrypting every SECONDS (each is sent to every server one period ahead)' },

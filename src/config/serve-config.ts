@@ -27,6 +27,8 @@ export interface ListenerConfig {
   readonly named: boolean;
   /** Sealed listeners: its channel's sealed subscribers get the fleet's ticket keys. */
   readonly tickets: boolean;
+  /** Plain listeners: a subscription is warmed even when it did not come from the address it names (NAT). */
+  readonly warmAnySource: boolean;
 }
 
 export interface StaticConfig {
@@ -104,14 +106,14 @@ export function checkCidrs(name: string, cidrs: readonly string[]): string[] {
 
 function listeners(raw: RawOptions, name: string, sealed: boolean): ListenerConfig[] {
   return list(raw, name).map((text) => {
-    const { addr, params } = splitSpec(name, text, sealed ? ['channel', 'key', 'tickets'] : ['channel', 'key']);
+    const { addr, params } = splitSpec(name, text, sealed ? ['channel', 'key', 'tickets'] : ['channel', 'key', 'warm-any-source']);
     const endpoint = endpointOption(name, addr, true);
     const channel = params.get('channel') ?? endpoint.text;
     if (channel === '') throw new ConfigError(`--${name} ${text}: empty channel name`);
     const key = params.has('key') ? params.get('key')! : null;
     if (key === '') throw new ConfigError(`--${name} ${text}: empty key`);
-    if (params.has('tickets') && params.get('tickets') !== '') throw new ConfigError(`--${name} ${text}: "tickets" takes no value`, name);
-    return { endpoint, channel, key, sealed, multicast: isMulticast(endpoint.host), named: params.has('channel'), tickets: params.has('tickets') };
+    for (const flag of ['tickets', 'warm-any-source']) if (params.has(flag) && params.get(flag) !== '') throw new ConfigError(`--${name} ${text}: "${flag}" takes no value`, name);
+    return { endpoint, channel, key, sealed, multicast: isMulticast(endpoint.host), named: params.has('channel'), tickets: params.has('tickets'), warmAnySource: params.has('warm-any-source') };
   });
 }
 

@@ -19,20 +19,28 @@ export function registerWarmMetrics(register: Registry, r: Repeater): void {
   counterFrom(register, 'udprepeater_live_state_expired_total', 'Live-state entries dropped when the expiry they carried passed', ['channel'], () =>
     each((channel) => [{ channel }, (r.warm.statsOf(channel)?.expired ?? 0) + (r.warm.state(channel)?.expired ?? 0)] as const),
   );
-  counterFrom(register, 'udprepeater_warm_joins_total', 'Warm joins, by event: started, completed, ended (before the end: subscriber gone or replaced), restarted (back from a suspension)', ['channel', 'event'], () =>
-    each((channel) => {
-      const s = r.warm.statsOf(channel);
-      return [
-        [{ channel, event: 'started' }, s?.started ?? 0],
-        [{ channel, event: 'completed' }, s?.completed ?? 0],
-        [{ channel, event: 'ended' }, s?.ended ?? 0],
-        [{ channel, event: 'restarted' }, s?.restarted ?? 0],
-      ] as const;
-    }).flat(),
+  counterFrom(
+    register,
+    'udprepeater_warm_joins_total',
+    'Warm joins, by event: started, resumed (of those started: went on from what their address was sent within --warm-cooldown), completed, ended (before the end: subscriber gone or replaced), restarted (sent again what a closed port lost), refused (no join: the subscription did not come from its address, or too many destinations)',
+    ['channel', 'event'],
+    () =>
+      each((channel) => {
+        const s = r.warm.statsOf(channel);
+        return [
+          [{ channel, event: 'started' }, s?.started ?? 0],
+          [{ channel, event: 'resumed' }, s?.resumed ?? 0],
+          [{ channel, event: 'completed' }, s?.completed ?? 0],
+          [{ channel, event: 'ended' }, s?.ended ?? 0],
+          [{ channel, event: 'restarted' }, s?.restarted ?? 0],
+          [{ channel, event: 'refused' }, s?.refused ?? 0],
+        ] as const;
+      }).flat(),
   );
   gaugeFrom(register, 'udprepeater_warm_joins_active', 'Warm joins in progress', ['channel'], () => each((channel) => [{ channel }, r.warm.activeIn(channel)] as const));
   counterFrom(register, 'udprepeater_warm_datagrams_total', 'Datagrams sent by warm joins (not counted in udprepeater_datagrams_forwarded_total)', ['channel'], () =>
     each((channel) => [{ channel }, r.warm.statsOf(channel)?.datagrams ?? 0] as const),
   );
   counterFrom(register, 'udprepeater_warm_bytes_total', 'Bytes sent by warm joins', ['channel'], () => each((channel) => [{ channel }, r.warm.statsOf(channel)?.bytes ?? 0] as const));
+  gaugeFrom(register, 'udprepeater_warm_destinations', 'Plain subscriber addresses (channel and IP) within their --warm-cooldown: each is sent one live state at most per cooldown', [], () => [[{}, r.warm.destinations.size]]);
 }

@@ -14,9 +14,12 @@
 // - `bytes` is the sum of every entry's cost: its datagram, its key again
 //   (the map key) and ENTRY_OVERHEAD for the objects around them;
 // - every change takes the next `version` and stamps the entry it leaves
-//   behind: a warm join compares an entry's version with the one at its own
-//   start to recognise what the live path has delivered since (an update
-//   applied without being delivered gets version 0: older than any join);
+//   behind, so the walk (oldest first) visits versions in increasing order:
+//   a warm join compares an entry's version with the one at its own start
+//   to recognise what the live path has delivered since (an update applied
+//   without being delivered is marked so: a join sends it whatever its
+//   version), and a destination's mark ("sent up to version V") stays valid
+//   as the state changes (warm-budget.ts);
 // - the contents are TLS session secrets in clear (SECURITY.md, "Live
 //   state"): an entry's bytes are zeroed when it is replaced, deleted,
 //   expired or evicted, so a dead session does not linger in the heap.
@@ -46,6 +49,8 @@ export interface LiveEntry {
   readonly expires: number;
   /** The state's version when this set was applied. */
   readonly version: number;
+  /** The live path sent it to every subscriber (false: applied from elsewhere, e.g. a peer's state). */
+  readonly delivered: boolean;
   readonly cost: number;
 }
 
@@ -121,7 +126,8 @@ export class LiveState {
       e.expires = expires;
     }
     this.version++;
-    e.version = delivered ? this.version : 0;
+    e.version = this.version;
+    e.delivered = delivered;
   }
 
   /**
@@ -152,7 +158,7 @@ export class LiveState {
       this.evictions++;
       return 'too_large';
     }
-    this.entries.set(key, { content, expires, version: delivered ? this.version : 0, cost });
+    this.entries.set(key, { content, expires, version: this.version, delivered, cost });
     this.bytes += cost;
     if (expires !== 0) this.bucketAdd(expires, key);
     this.evictDownTo(this.maxBytes);

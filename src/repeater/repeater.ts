@@ -258,7 +258,7 @@ export class Repeater {
       own,
       signatures,
       channels: () => this.channels.values(),
-      subscribed: (c: Channel, e: Subscriber, why: 'new' | 'resumed') => this.warm.subscribed(c, e, why),
+      warm: this.warm,
     };
     if (this.desk === undefined) this.desk = new SubscriptionDesk(deskDeps);
     else this.desk.configure(deskDeps);
@@ -455,7 +455,7 @@ export class Repeater {
       if (!known && !this.desk.admitStranger(ch, from.address, now)) return;
       const sub = decodeSubscription(msg);
       if (typeof sub !== 'string') {
-        this.desk.applyPlain(ch, sub, from.address, now, known);
+        this.desk.applyPlain(ch, sub, from.address, now, known, route.config.warmAnySource);
         return;
       }
       if (!this.config.forwardUnknown) {

@@ -13,7 +13,15 @@
 // - uWSGI signatures (--subscriptions-sign-check) apply to plain ones only;
 // - plain subscriptions are rate limited per source, except a refresh of an
 //   entry by the source that announced it, and known sources have buckets
-//   strangers cannot crowd out.
+//   strangers cannot crowd out;
+// - a plain subscription is believed about its own source only (anyone on
+//   the allow-list can spoof one): it starts a warm join only when it came
+//   from the IP it names, as uWSGI announces from its own host (a listener's
+//   `warm-any-source` waives it, for nodes behind NAT); an entry created from
+//   elsewhere is warmed when its own address first announces it. A plain
+//   unsubscribe is believed only from the IP the entry names or the source
+//   that announced it, and a refresh from any other source does not make it
+//   that source. Sealed subscriptions are authenticated: none of this applies.
 
 import type { Logger } from '../base/log.js';
 import { D, type DropReason, E } from '../base/stats.js';
@@ -38,12 +46,15 @@ export interface DeskDeps {
   signatures: SignatureCheck | null;
   /** Every channel, for the repeater-wide form rules. */
   channels: () => Iterable<Channel>;
-  /**
-   * A subscriber new to its channel ('new': a first subscribe, not a
-   * refresh), or brought back from a suspension by its announce ('resumed'):
-   * it holds none of what it missed (warm-join.ts).
-   */
-  subscribed?: (ch: Channel, e: Subscriber, why: 'new' | 'resumed') => void;
+  /** The warm joins (warm-join.ts), told of subscribers that hold none of what they missed. */
+  warm?: WarmDesk;
+}
+
+export interface WarmDesk {
+  /** A subscriber new to its channel ('new': a first subscribe, not a refresh), or brought back from a suspension by its announce ('resumed'). */
+  subscribed(ch: Channel, e: Subscriber, why: 'new' | 'resumed'): void;
+  /** A plain subscriber new to its channel that is not warmed: its subscription came from another address. */
+  refuse(ch: Channel, e: Subscriber, why: string): void;
 }
 
 /**
@@ -72,6 +83,8 @@ export class SubscriptionDesk {
   private readonly ring: Refusal[] = [];
   private next = 0;
   private cluster: ClusterForms | null = null;
+  /** Plain entries not warmed yet because another address created them (weak: they go with the registry). */
+  private readonly unwarmed = new WeakSet<Subscriber>();
 
   constructor(private deps: DeskDeps) {}
 
@@ -135,9 +148,10 @@ export class SubscriptionDesk {
 
   /**
    * A plain subscription, decoded. `known`: its source has a live subscriber
-   * (strangers were already admitted by admitStranger).
+   * (strangers were already admitted by admitStranger). `anySource`: the
+   * listener warms subscribers whatever address their subscription came from.
    */
-  applyPlain(ch: Channel, sub: Subscription, source: string, now: number, known: boolean): DropReason | null {
+  applyPlain(ch: Channel, sub: Subscription, source: string, now: number, known: boolean, anySource = false): DropReason | null {
     if (known) {
       const ep = parseEndpoint(sub.address);
       const existing = typeof ep === 'string' ? undefined : ch.plain.get(ep.text);
@@ -149,14 +163,15 @@ export class SubscriptionDesk {
         return 'rate_limited';
       }
     }
-    return this.apply(ch, sub, 'plain', source, now);
+    return this.apply(ch, sub, 'plain', source, now, null, anySource);
   }
 
   /**
    * Vets a decoded subscription and applies it to `ch`. `source` is the IP
-   * the datagram came from. Returns the drop reason when refused.
+   * the datagram came from (canonical, as is every endpoint's host). Returns
+   * the drop reason when refused.
    */
-  apply(ch: Channel, sub: Subscription, form: Form, source: string, now: number, origin: bigint | null = null): DropReason | null {
+  apply(ch: Channel, sub: Subscription, form: Form, source: string, now: number, origin: bigint | null = null, anySource = false): DropReason | null {
     const vetted = this.vet(ch, sub, form, now);
     if (typeof vetted === 'string') {
       this.refuse(ch, vetted, source, sub);
@@ -171,16 +186,24 @@ export class SubscriptionDesk {
         ch.stats.dropped[D.not_subscribed]++;
         return 'not_subscribed';
       }
+      if (form === 'plain' && source !== ep.host && source !== existing.source) {
+        this.refuse(ch, 'foreign_unsubscribe', source, sub);
+        return 'foreign_unsubscribe';
+      }
       registry.remove(ep.text);
       ch.stats.events[E.unsubscribe]++;
       log.info('unsubscribed', { channel: ch.name, address: ep.text, key: sub.key, form, source });
       return null;
     }
     if (form === 'sealed') this.dropPlainFor(ep.text, source);
-    const suspended = (registry.get(ep.text)?.suspendedUntil ?? 0) !== 0;
+    const before = registry.get(ep.text);
+    const suspended = (before?.suspendedUntil ?? 0) !== 0;
+    const fromAddress = form === 'sealed' || source === ep.host;
+    // Whoever refreshes a plain entry from elsewhere does not become its source (who may unsubscribe it).
+    const announcer = form === 'plain' && !fromAddress && before !== undefined && before.source !== null ? before.source : source;
     let r;
     try {
-      r = registry.upsert({ endpoint: ep, key: sub.key, source, origin }, now);
+      r = registry.upsert({ endpoint: ep, key: sub.key, source: announcer, origin }, now);
     } catch (err) {
       // No socket for it (too many open files, no free port): refused, counted and visible.
       this.refuse(ch, 'no_socket', source, sub);
@@ -192,10 +215,23 @@ export class SubscriptionDesk {
       return 'registry_full';
     }
     ch.stats.events[E[r.event]]++;
-    if (r.event === 'subscribe' || suspended) this.deps.subscribed?.(ch, r.entry, r.event === 'subscribe' ? 'new' : 'resumed');
+    this.warm(ch, r.entry, r.event === 'subscribe', suspended, fromAddress || anySource);
     if (r.event === 'subscribe') log.info('subscribed', { channel: ch.name, address: ep.text, key: sub.key, form, source });
     else log.debug('refreshed', { channel: ch.name, address: ep.text, key: sub.key, form });
     return null;
+  }
+
+  /** Tells the warm joins of a subscriber new to its channel, or back from a suspension, when it may be warmed. */
+  private warm(ch: Channel, e: Subscriber, isNew: boolean, wasSuspended: boolean, warmable: boolean): void {
+    if (!warmable) {
+      if (!isNew) return;
+      this.unwarmed.add(e);
+      this.deps.warm?.refuse(ch, e, 'the subscription did not come from the address it names');
+      return;
+    }
+    // Created from elsewhere, and now announced by its own address: new to the warm joins.
+    const first = this.unwarmed.delete(e);
+    if (isNew || first || wasSuspended) this.deps.warm?.subscribed(ch, e, isNew || first ? 'new' : 'resumed');
   }
 
   /**

@@ -2,33 +2,22 @@
 // (live-state.ts), and a subscriber new to its channel is sent that state,
 // one datagram per live key, so a node that starts (or restarts) holds the
 // cluster's cache at once instead of costing a full handshake per session.
+// This file decides who is warmed and from where; warm-runner.ts sends, and
+// warm-budget.ts holds the pacers and the accounting per destination.
 //
 // Invariants:
-// - A datagram sent by a warm join carries the value current when it is
-//   sent, never one read earlier: the join walks the keys and reads each
-//   entry at send time. An entry changed since the join started (a newer
-//   version) has already reached the subscriber on the live path, which
-//   sends every accepted update to every subscriber as it arrives; the join
-//   skips it, so a newer live value can never be overwritten by an older one.
-// - Live traffic is never queued behind a warm join: warm datagrams are sent
-//   from a timer, at most `--warm-rate` per second for all joins together
-//   (round robin, so many joins share the rate instead of multiplying it),
-//   in slices of about a millisecond's worth; the datagram path runs between
-//   slices on the event loop.
-// - Warm datagrams are forwarder outputs like any other: each gets a fresh
-//   trace from the repeater's LoopGuard and the forward form of
-//   wire/cache.ts (plain), or is sealed under the subscriber's key (sealed),
-//   and goes to that one subscriber only.
-// - At most one join per subscriber: a second subscribe for the same
-//   address replaces the first; a join ends when its subscriber goes away
-//   (unsubscribed, expired, evicted, replaced).
-// - What is known to be lost is sent again: a join starts over when its
-//   subscriber answered a datagram with ICMP (a new strike: the port was
-//   closed, e.g. a uWSGI node announces before its cache-udp-server is bound)
-//   after a pause, and when it comes back from a suspension. What a node
-//   drops silently (a full receive buffer) nobody can know: see README.md,
-//   "Warm join". A join begins START_DELAY_MS after the subscription, past
-//   that uWSGI start-up race.
+// - Warm joins are not an amplifier (SECURITY.md, "No circulation, and the
+//   amplification bound"). A plain subscriber is warmed only when its
+//   subscription came from the address it names (subscriptions.ts decides;
+//   a listener's `warm-any-source` waives it). Its join is accounted to its
+//   destination, the channel and IP address (every port alike): within
+//   `--warm-cooldown` of the first join toward it, a join goes on from the
+//   destination's mark instead of the first entry, so unsubscribing,
+//   subscribing again, more ports and suspensions buy no second full state.
+// - A sealed subscriber (authenticated: it cannot be spoofed or replayed,
+//   and its agent holds the channel key) gets a destination of its own: a
+//   full join each time it is new, or is back from a suspension, bounded by
+//   the shared rates only. So does everyone with `--warm-cooldown 0`.
 // - Static outputs (--to) are never warmed: they are not "new".
 // - Cluster mode: a repeater that starts fetches the live state from a peer
 //   (cluster/state-fetch.ts) before it warms anyone. Until then joins are
@@ -38,59 +27,23 @@
 //   since the fetch began (at start) is never overwritten by a fetched entry: the live
 //   value (or delete) is newer than anything the peer sent. Only the
 //   repeater that serves a subscriber warms it: its live path is the one
-//   that reaches it, so the skip rule above holds; a join whose subscriber
-//   is served elsewhere ends (checked at each step, after START_DELAY_MS,
-//   by when the repeaters that heard it agree on its server).
+//   that reaches it, so the skip rule of warm-runner.ts holds; a join whose
+//   subscriber is served elsewhere ends (checked at each step, after
+//   START_DELAY_MS, by when the repeaters that heard it agree on its server).
 
 import type { Logger } from '../base/log.js';
-import { D } from '../base/stats.js';
 import type { WarmConfig } from '../config/warm-config.js';
-import type { LoopGuard } from '../gate/loop-guard.js';
-import { type Fanout, newTally, type OutletGroup } from '../net/io.js';
+import type { Fanout } from '../net/io.js';
 import { cacheKeyText } from '../wire/cache-fields.js';
-import { type CacheShape, forwardForm, inspectCacheUpdate, newShape } from '../wire/cache.js';
+import { type CacheShape, inspectCacheUpdate, newShape } from '../wire/cache.js';
 import type { WireError } from '../wire/uwsgi.js';
-import type { Channel, FrameSealer, Subscriber } from './channel.js';
-import { type LiveChange, type LiveEntry, LiveState } from './live-state.js';
+import type { Channel, Subscriber } from './channel.js';
+import { type LiveChange, LiveState } from './live-state.js';
+import { Destinations, privateDestination } from './warm-budget.js';
+import { joinId, WarmRunner } from './warm-runner.js';
+import { type WarmHost, type WarmProgress, WarmStats } from './warm-stats.js';
 
-/** What the warm-join service needs of the repeater (structurally: the Repeater itself). */
-export interface WarmHost {
-  readonly channels: ReadonlyMap<string, Channel>;
-  readonly loops: LoopGuard;
-  readonly log: Logger;
-  /** The sealer of the running config; null without keys. */
-  readonly sealedGate: FrameSealer | null;
-  /** No output may be larger than this. */
-  readonly outLimit: number;
-  readonly current: { readonly repairDeletes: boolean };
-}
-
-/** Counters of one channel, read by the metrics on scrape. */
-export class WarmStats {
-  started = 0;
-  completed = 0;
-  /** Ended before the last entry: subscriber gone, replaced, warm joins turned off. */
-  ended = 0;
-  /** Started over: the subscriber came back from a suspension. */
-  restarted = 0;
-  datagrams = 0;
-  bytes = 0;
-  /** Evictions and expiries of live states since dropped (turned off, then on again). */
-  evicted = 0;
-  expired = 0;
-}
-
-/** A warm join's progress, for /subscribers. */
-export interface WarmProgress {
-  readonly sent: number;
-  readonly skipped: number;
-  readonly dropped: number;
-  /** Entries in the state when the join (re)started. */
-  readonly total: number;
-  readonly startedAt: string;
-  /** Cluster mode: the join waits for the live state to be fetched from a peer. */
-  readonly waiting?: 'cluster state';
-}
+export { type WarmHost, type WarmProgress, WarmStats } from './warm-stats.js';
 
 /** What a fetched entry did to the live state (applyFetched). */
 export type FetchedChange = LiveChange | WireError | 'no_state' | 'live_newer';
@@ -98,96 +51,20 @@ export type FetchedChange = LiveChange | WireError | 'no_state' | 'live_newer';
 /** Keys the live path touched during a fetch, at most: past it the fetch stops (the rest would be unsafe to apply). */
 export const MAX_TOUCHED = 1 << 20;
 
-/** Tokens per second, at most `burstSeconds` of them saved up. Pure over the clock it is given (ms). */
-export class Pacer {
-  private tokens = 0;
-  private last = 0;
-
-  constructor(
-    public rate: number,
-    private readonly burstSeconds = BURST_SECONDS,
-  ) {}
-
-  /** Starts from empty at `nowMs`: a pause is not saved up as a burst. */
-  reset(nowMs: number): void {
-    this.tokens = 0;
-    this.last = nowMs;
-  }
-
-  /** Whole tokens available at `nowMs`. */
-  available(nowMs: number): number {
-    const burst = Math.max(1, this.rate * this.burstSeconds);
-    this.tokens = Math.min(burst, this.tokens + ((nowMs - this.last) * this.rate) / 1000);
-    this.last = nowMs;
-    return Math.floor(this.tokens);
-  }
-
-  take(n: number): void {
-    this.tokens -= n;
-  }
-}
-
-/** Tokens saved up at most: 5 ms of the rate (100 datagrams at 20,000/s), so a late timer never bursts much. */
-const BURST_SECONDS = 0.005;
-/** The pacing timer's period while a join can send. */
-const TICK_MS = 1;
-/** While every join waits (a start delay, a pause, a suspended subscriber). */
-const PAUSED_TICK_MS = 50;
-/** Entries walked per tick at most (skipped ones cost no token): bounds a tick's time. */
-const MAX_STEPS = 4096;
-/** A new join waits this long: uWSGI announces a moment before its cache-udp-server listens. */
-export const START_DELAY_MS = 100;
-/** After a datagram met a closed port, the join waits this long, then starts over. */
-export const LOSS_PAUSE_MS = 200;
 const SWEEP_MS = 1000;
-
-interface Join {
-  readonly id: string;
-  readonly ch: Channel;
-  readonly entry: Subscriber;
-  readonly state: LiveState;
-  readonly stats: WarmStats;
-  readonly group: OutletGroup;
-  iter: Iterator<[string, LiveEntry]>;
-  startVersion: number;
-  total: number;
-  sent: number;
-  skipped: number;
-  dropped: number;
-  startedAt: number;
-  t0: number;
-  /** Start over (the walk, the counts) once the join may send again. */
-  interrupted: boolean;
-  /** Why, for the log; null: the first start, after START_DELAY_MS (not counted as a restart). */
-  why: string | null;
-  /** Sends wait until this time (clock ms): the start delay, or the pause after a loss. */
-  notBefore: number;
-  /** The subscriber's strikes when last looked at: one more means an ICMP answer. */
-  strikes: number;
-  /** A join held during a cluster fetch: the state's version when its subscriber came (the first start counts from it). */
-  since: number | null;
-}
-
-type Step = 'sent' | 'skipped' | 'paused' | 'done' | 'gone' | 'not_served';
 
 const nowSeconds = () => Math.floor(Date.now() / 1000);
 
 export class WarmJoins {
-  private config: WarmConfig = { enabled: false, rate: 1, maxBytes: 0, save: false };
+  private config: WarmConfig = { enabled: false, rate: 1, byteRate: 1, cooldownMs: 0, maxBytes: 0, save: false };
   private fanout: Fanout | null = null;
   private readonly states = new Map<string, LiveState>();
   private readonly stats = new Map<string, WarmStats>();
-  private readonly joins = new Map<string, Join>();
-  /** Joins in round-robin order; `next` is whose turn it is. */
-  private active: Join[] = [];
-  private next = 0;
-  private readonly pacer = new Pacer(1);
-  private timer: NodeJS.Timeout | null = null;
-  /** The soonest a paused join may send again (clock ms), found by the last pump. */
-  private wake = Infinity;
+  private readonly runner: WarmRunner;
+  /** Plain destinations within their cooldown (warm-budget.ts). */
+  readonly destinations = new Destinations(0);
   private sweeper: NodeJS.Timeout | null = null;
   private readonly shape: CacheShape = newShape();
-  private readonly tally = newTally();
   private closed = false;
   /** Subscribers whose join waits for release() (cluster mode start); null: joins start at once. */
   private held: Map<string, { ch: Channel; e: Subscriber; why: 'new' | 'resumed'; at: number; since: number }> | null = null;
@@ -198,17 +75,25 @@ export class WarmJoins {
   constructor(
     private readonly host: WarmHost,
     private readonly clock: () => number = () => performance.now(),
-  ) {}
+  ) {
+    this.runner = new WarmRunner(host, clock);
+  }
 
   get enabled(): boolean {
     return this.config.enabled;
+  }
+
+  private get log(): Logger {
+    return this.host.log;
   }
 
   /** Applies a config (first start and reloads), after the repeater's channels were updated. */
   configure(cfg: WarmConfig, fanout: Fanout): void {
     this.fanout = fanout;
     this.config = cfg;
-    this.pacer.rate = cfg.rate;
+    this.runner.pacer.rate = cfg.rate;
+    this.runner.bytePacer.rate = cfg.byteRate;
+    this.destinations.cooldownMs = cfg.cooldownMs;
     for (const name of this.host.channels.keys()) if (!this.stats.has(name)) this.stats.set(name, new WarmStats());
     for (const [name, state] of this.states) {
       if (cfg.enabled && this.host.channels.has(name)) {
@@ -216,7 +101,8 @@ export class WarmJoins {
         continue;
       }
       // Turned off, or the channel is gone: nothing may keep session secrets for nobody.
-      for (const j of [...this.active]) if (j.state === state) this.end(j, cfg.enabled ? 'channel removed' : 'warm joins turned off');
+      this.runner.endAll(state, cfg.enabled ? 'channel removed' : 'warm joins turned off');
+      this.destinations.dropChannel(name);
       const stats = this.stats.get(name);
       if (stats !== undefined) {
         stats.evicted += state.evictions;
@@ -249,9 +135,7 @@ export class WarmJoins {
 
   /** Warm joins in progress in a channel. */
   activeIn(channel: string): number {
-    let n = 0;
-    for (const j of this.active) if (j.ch.name === channel) n++;
-    return n;
+    return this.runner.activeIn(channel);
   }
 
   /** Hot path: an update the repeater accepted and is about to forward (inspected into `s`). */
@@ -279,10 +163,8 @@ export class WarmJoins {
     if (held === null) return;
     for (const { ch, e, why, since } of held.values()) {
       if (this.host.channels.get(ch.name) === ch && ch.registry(e.form).get(e.endpoint.text) === e) {
-        this.subscribed(ch, e, why);
         // What the live path set since the subscription reached the subscriber already.
-        const j = this.joins.get(`${ch.name}\0${e.form}\0${e.endpoint.text}`);
-        if (j !== undefined && j.entry === e) j.since = since;
+        this.subscribed(ch, e, why, since);
       }
     }
   }
@@ -325,7 +207,7 @@ export class WarmJoins {
     const bad = inspectCacheUpdate(datagram, this.shape);
     if (bad !== undefined) return bad;
     if (this.touched === null || this.touchedCount > MAX_TOUCHED || this.touched.get(channel)?.has(cacheKeyText(datagram)) === true) return 'live_newer';
-    // Version 0 (not delivered): older than any join, so joins held since before it send it.
+    // Not delivered: the joins held since before it send it, whatever its version.
     return state.learn(datagram, this.shape, nowSeconds(), false);
   }
 
@@ -345,252 +227,68 @@ export class WarmJoins {
 
   sweep(nowSec: number): void {
     for (const state of this.states.values()) state.sweep(nowSec);
+    this.destinations.prune(this.clock());
   }
 
   /**
    * A subscriber is new to `ch` (a first subscribe, not a refresh), or came
-   * back from a suspension by announcing: start its warm join, or start its
-   * join in progress over.
+   * back from a suspension by announcing, and may be warmed
+   * (subscriptions.ts checked its source): start its join, from its
+   * destination's mark. A join in progress for it goes on.
+   * `since`: held during a cluster fetch, the state's version when it came.
    */
-  subscribed(ch: Channel, e: Subscriber, why: 'new' | 'resumed'): void {
+  subscribed(ch: Channel, e: Subscriber, why: 'new' | 'resumed', since: number | null = null): void {
     if (!this.config.enabled || this.closed || e.isStatic || this.fanout === null) return;
     const state = this.states.get(ch.name);
     if (state === undefined) return;
-    const id = `${ch.name}\0${e.form}\0${e.endpoint.text}`;
     if (this.held !== null) {
       // Bounded: one per subscriber of the registries, and dropped with them at release().
-      this.held.set(id, { ch, e, why, at: Date.now(), since: state.version });
+      this.held.set(joinId(ch, e), { ch, e, why, at: Date.now(), since: state.version });
       return;
     }
-    const existing = this.joins.get(id);
-    if (existing !== undefined) {
-      if (existing.entry === e) {
-        this.restart(existing, why === 'new' ? 'subscribed again' : 'resumed');
-        return;
-      }
-      this.end(existing, 'replaced by a new subscription');
-    }
+    // Its join goes on where it was: a suspension pauses it, and it sends what was lost meanwhile.
+    if (this.runner.has(ch, e)) return;
     const stats = this.stats.get(ch.name)!;
-    stats.started++;
     if (state.size === 0) {
+      stats.started++;
       stats.completed++;
       return;
     }
-    const now = Date.now();
-    const j: Join = {
-      id,
-      ch,
-      entry: e,
-      state,
-      stats,
-      group: this.fanout.group([e.outlet]),
-      iter: state.walk(),
-      startVersion: state.version,
-      total: state.size,
-      sent: 0,
-      skipped: 0,
-      dropped: 0,
-      startedAt: now,
-      t0: now,
-      interrupted: true,
-      why: null,
-      notBefore: this.clock() + START_DELAY_MS,
-      strikes: e.strikes,
-      since: null,
-    };
-    this.joins.set(id, j);
-    if (this.active.length === 0) this.pacer.reset(this.clock());
-    this.active.push(j);
-    this.host.log.info('warm join started', { channel: ch.name, address: e.endpoint.text, form: e.form, reason: why, entries: state.size, bytes: state.bytes });
-    this.schedule(0);
+    const now = this.clock();
+    const shared = e.form === 'plain' && this.config.cooldownMs > 0;
+    const opened = shared ? this.destinations.open(ch.name, e.endpoint.host, now) : { dest: privateDestination(now), resumed: false };
+    if (opened === null) {
+      this.refuse(ch, e, 'too many destinations within their cooldown');
+      return;
+    }
+    this.runner.start({ ch, entry: e, state, stats, dest: opened.dest, resumed: opened.resumed, why, since }, this.fanout);
+  }
+
+  /** A subscriber new to its channel that gets no warm join (counted, logged). */
+  refuse(ch: Channel, e: Subscriber, why: string): void {
+    if (!this.config.enabled || e.isStatic) return;
+    const stats = this.stats.get(ch.name);
+    if (stats !== undefined) stats.refused++;
+    this.log.info('warm join not started', { channel: ch.name, address: e.endpoint.text, form: e.form, reason: why, source: e.source });
   }
 
   /** A join in progress for this subscriber, for /subscribers. */
   progress(ch: Channel, e: Subscriber): WarmProgress | null {
-    const id = `${ch.name}\0${e.form}\0${e.endpoint.text}`;
-    const h = this.held?.get(id);
+    const h = this.held?.get(joinId(ch, e));
     if (h !== undefined && h.e === e) return { sent: 0, skipped: 0, dropped: 0, total: 0, startedAt: new Date(h.at).toISOString(), waiting: 'cluster state' };
-    const j = this.joins.get(id);
-    if (j === undefined || j.entry !== e) return null;
-    return { sent: j.sent, skipped: j.skipped, dropped: j.dropped, total: j.total, startedAt: new Date(j.startedAt).toISOString() };
-  }
-
-  private schedule(ms: number): void {
-    if (this.timer !== null || this.closed) return;
-    this.timer = setTimeout(this.pump, ms);
-  }
-
-  /** One slice: as many datagrams as the pacer allows, round robin over the joins. */
-  private readonly pump = (): void => {
-    this.timer = null;
-    this.wake = Infinity;
-    let budget = this.pacer.available(this.clock());
-    const nowSec = nowSeconds();
-    let steps = 0;
-    let pausedInARow = 0;
-    while (budget > 0 && this.active.length > 0 && steps < MAX_STEPS && pausedInARow < this.active.length) {
-      if (this.next >= this.active.length) this.next = 0;
-      const j = this.active[this.next]!;
-      const r = this.step(j, nowSec);
-      steps++;
-      if (r === 'skipped') continue;
-      if (r === 'sent') {
-        budget--;
-        this.pacer.take(1);
-        pausedInARow = 0;
-        this.next++;
-      } else if (r === 'paused') {
-        pausedInARow++;
-        this.next++;
-      } else {
-        this.active.splice(this.next, 1);
-        this.joins.delete(j.id);
-        if (r === 'done') this.complete(j);
-        else this.ended(j, r === 'gone' ? 'subscriber gone' : 'served by another repeater');
-      }
-    }
-    if (this.active.length === 0) return;
-    const allPaused = pausedInARow >= this.active.length;
-    this.schedule(allPaused ? Math.max(TICK_MS, Math.min(PAUSED_TICK_MS, Math.ceil(this.wake - this.clock()))) : TICK_MS);
-  };
-
-  private step(j: Join, nowSec: number): Step {
-    const e = j.entry;
-    if (this.host.channels.get(j.ch.name) !== j.ch || j.ch.registry(e.form).get(e.endpoint.text) !== e) return 'gone';
-    // Cluster mode: the repeater that serves a subscriber warms it; the others leave it (their live path does not reach it).
-    if (!e.owned) return 'not_served';
-    if (e.suspendedUntil !== 0) {
-      j.interrupted = true;
-      j.why = 'resumed after a suspension';
-      return 'paused';
-    }
-    if (e.strikes > j.strikes) {
-      // An ICMP answer: a datagram (warm or live) met a closed port and was lost.
-      j.interrupted = true;
-      j.why = 'datagrams met a closed port';
-      j.notBefore = this.clock() + LOSS_PAUSE_MS;
-    }
-    j.strikes = e.strikes; // an announce resets them to 0
-    if (this.clock() < j.notBefore) {
-      this.wake = Math.min(this.wake, j.notBefore);
-      return 'paused';
-    }
-    if (j.interrupted) this.restart(j, j.why);
-    const n = j.iter.next();
-    if (n.done === true) return 'done';
-    const entry = n.value[1];
-    // Newer than the join: the live path delivered it. Expired: the sweep has not come yet.
-    if (entry.version > j.startVersion || (entry.expires !== 0 && entry.expires <= nowSec)) {
-      j.skipped++;
-      return 'skipped';
-    }
-    this.send(j, entry);
-    return 'sent';
-  }
-
-  private send(j: Join, entry: LiveEntry): void {
-    const st = j.ch.stats;
-    const e = j.entry;
-    const s = this.shape;
-    // Validated when it was learned; checked again because a shape must describe this very buffer.
-    if (inspectCacheUpdate(entry.content, s) !== undefined) {
-      j.skipped++;
-      return;
-    }
-    const trace = this.host.loops.stamp();
-    let out: Buffer;
-    if (e.form === 'plain') {
-      const f = forwardForm(entry.content, s, this.host.current.repairDeletes, trace, this.host.outLimit);
-      if (f === 'too_large') {
-        st.dropped[D.too_large]++;
-        j.dropped++;
-        return;
-      }
-      out = f;
-    } else {
-      const frame = this.host.sealedGate?.sealDatagram(e.key, { content: entry.content, trace }) ?? null;
-      if (frame === null) {
-        st.dropped[D.sealed_too_large]++;
-        j.dropped++;
-        return;
-      }
-      out = frame;
-    }
-    const t = this.tally;
-    t.sent = 0;
-    t.full = 0;
-    t.failed = 0;
-    j.group.send(out, true, t);
-    if (t.sent > 0) {
-      j.sent++;
-      j.stats.datagrams++;
-      j.stats.bytes += out.length;
-    } else j.dropped++;
-    st.dropped[D.queue_full] += t.full;
-    st.dropped[D.send_error] += t.failed;
-  }
-
-  /** Starts the walk (over); `why` null is the first start. */
-  private restart(j: Join, why: string | null): void {
-    j.iter = j.state.walk();
-    j.startVersion = why === null && j.since !== null ? j.since : j.state.version;
-    j.since = null;
-    j.total = j.state.size;
-    j.sent = 0;
-    j.skipped = 0;
-    j.dropped = 0;
-    j.interrupted = false;
-    j.why = null;
-    j.notBefore = 0;
-    if (why === null) return;
-    j.t0 = Date.now();
-    j.stats.restarted++;
-    this.host.log.info('warm join restarted', { channel: j.ch.name, address: j.entry.endpoint.text, form: j.entry.form, reason: why, entries: j.total });
-    this.schedule(0);
-  }
-
-  private complete(j: Join): void {
-    j.stats.completed++;
-    this.host.log.info('warm join completed', {
-      channel: j.ch.name,
-      address: j.entry.endpoint.text,
-      form: j.entry.form,
-      sent: j.sent,
-      skipped: j.skipped,
-      dropped: j.dropped,
-      entries: j.total,
-      ms: Date.now() - j.t0,
-    });
-  }
-
-  /** Ends a join from outside the pump (replaced, turned off, closed). */
-  private end(j: Join, why: string): void {
-    const i = this.active.indexOf(j);
-    if (i >= 0) {
-      this.active.splice(i, 1);
-      if (i < this.next) this.next--;
-    }
-    this.joins.delete(j.id);
-    this.ended(j, why);
-  }
-
-  private ended(j: Join, why: string): void {
-    j.stats.ended++;
-    this.host.log.info('warm join ended', { channel: j.ch.name, address: j.entry.endpoint.text, form: j.entry.form, reason: why, sent: j.sent, entries: j.total });
+    return this.runner.progress(ch, e);
   }
 
   /** Stops every join and wipes every state. */
   close(): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.timer !== null) clearTimeout(this.timer);
+    this.runner.close();
     if (this.sweeper !== null) clearInterval(this.sweeper);
-    this.timer = null;
     this.sweeper = null;
-    this.active = [];
-    this.joins.clear();
     this.held = null;
     this.touched = null;
+    this.destinations.clear();
     for (const state of this.states.values()) state.clear();
     this.states.clear();
   }

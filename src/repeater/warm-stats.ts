@@ -1,0 +1,51 @@
+// What warm joins report (metrics, /subscribers) and what they need of the
+// repeater.
+
+import type { Logger } from '../base/log.js';
+import type { LoopGuard } from '../gate/loop-guard.js';
+import type { Channel, FrameSealer } from './channel.js';
+
+/** What the warm-join service needs of the repeater (structurally: the Repeater itself). */
+export interface WarmHost {
+  readonly channels: ReadonlyMap<string, Channel>;
+  readonly loops: LoopGuard;
+  readonly log: Logger;
+  /** The sealer of the running config; null without keys. */
+  readonly sealedGate: FrameSealer | null;
+  /** No output may be larger than this. */
+  readonly outLimit: number;
+  readonly current: { readonly repairDeletes: boolean };
+}
+
+/** Counters of one channel, read by the metrics on scrape. */
+export class WarmStats {
+  started = 0;
+  /** Of those started, joins that went on from their destination's mark (within its cooldown): only what it was not sent yet. */
+  resumed = 0;
+  completed = 0;
+  /** Ended before the last entry: subscriber gone, replaced, warm joins turned off. */
+  ended = 0;
+  /** Went back to send again what a closed port lost. */
+  restarted = 0;
+  /** Subscribers new to the channel that got no join: not announced from their own address, or the destinations table was full. */
+  refused = 0;
+  datagrams = 0;
+  bytes = 0;
+  /** Evictions and expiries of live states since dropped (turned off, then on again). */
+  evicted = 0;
+  expired = 0;
+}
+
+/** A warm join's progress, for /subscribers. */
+export interface WarmProgress {
+  readonly sent: number;
+  readonly skipped: number;
+  readonly dropped: number;
+  /** Entries in the state when the join started. */
+  readonly total: number;
+  readonly startedAt: string;
+  /** It went on from its destination's mark instead of from the first entry. */
+  readonly resumed?: boolean;
+  /** Cluster mode: the join waits for the live state to be fetched from a peer. */
+  readonly waiting?: 'cluster state';
+}
