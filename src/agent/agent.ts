@@ -32,6 +32,7 @@ import { canonicalIp, type Endpoint, formatEndpoint } from '../wire/address.js';
 import { contentOf, forwardForm, inspectCacheUpdate, newShape } from '../wire/cache.js';
 import { EnvelopeKind } from '../wire/envelope.js';
 import { TicketFiles } from './ticket-files.js';
+import { AgentHints } from './hints.js';
 import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
 import { readTrace, type TraceFields } from '../wire/trace.js';
 import { peekKind } from '../wire/uwsgi.js';
@@ -66,6 +67,8 @@ export class Agent {
   private readonly shape = newShape();
   /** nginx ticket key files (--ticket-key-dir); null when not asked for. */
   ticketFiles: TicketFiles | null = null;
+  /** Likely misconfigurations: silent repeaters, frames from strangers (hints.ts). */
+  readonly hints: AgentHints;
 
   private constructor(
     private config: AgentConfig,
@@ -73,7 +76,9 @@ export class Agent {
     private readonly session: SecureSession,
     private readonly log: Logger,
     readonly backend: Backend,
-  ) {}
+  ) {
+    this.hints = new AgentHints(log, () => this.links.values());
+  }
 
   static async start(config: AgentConfig, log: Logger, session: SecureSession, backend: Backend = DEFAULT_BACKEND): Promise<Agent> {
     const agent = new Agent(config, KeyRing.load(config.keyFiles), session, log, backend);
@@ -244,6 +249,7 @@ export class Agent {
 
   /** One subscription per repeater, each naming where that repeater reaches us. */
   private announceAll(kind: EnvelopeKind): void {
+    this.hints.review();
     for (const l of this.links.values()) {
       if (l.advertise === null) {
         void this.advertiseFor(l.repeater).then(
@@ -257,6 +263,7 @@ export class Agent {
       this.socket.send(frame, l.repeater.port, l.repeater.host);
       l.sent++;
       this.announcesSent++;
+      this.hints.announced(l.repeater.text);
     }
   }
 
@@ -337,6 +344,7 @@ export class Agent {
     const link = this.links.get(from.address);
     if (link === undefined) {
       st.dropped[D.not_allowed]++;
+      this.hints.stranger(msg, from.address, this.config.bind.text);
       return;
     }
     if (msg.length > this.config.maxDatagram) {
