@@ -8,7 +8,7 @@ import { VERSION } from './base/package.js';
 import { addOptions, invocationOf } from './config/args.js';
 import { AGENT_OPTIONS, DEFAULT_METRICS, SERVE_OPTIONS } from './config/options.js';
 import { endpointOption } from './config/checks.js';
-import { generateKeyFile } from './crypto/keyring.js';
+import { keygen } from './tools/keygen.js';
 import { runAgent } from './daemon/agent.js';
 import { runServe } from './daemon/serve.js';
 import { sendCommand } from './tools/send.js';
@@ -47,14 +47,9 @@ agent.action(async (_opts: unknown, cmd: Command) => guarded(() => runAgent(invo
 
 program
   .command('keygen')
-  .description('write a new random 32-byte secretbox key to FILE (mode 0600; never overwrites)')
+  .description("write a new random 32-byte secretbox key to FILE (mode 0600; never overwrites; FILE's folder must exist)")
   .argument('<FILE>')
-  .action(async (file: string) =>
-    guarded(async () => {
-      const { id } = generateKeyFile(file);
-      process.stdout.write(`wrote a new key to ${file} (key id ${id})\n`);
-    }),
-  );
+  .action(async (file: string) => guarded(async () => void process.stdout.write(keygen(file))));
 
 program
   .command('send')

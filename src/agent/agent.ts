@@ -34,6 +34,7 @@ import { contentOf, forwardForm, inspectCacheUpdate, newShape } from '../wire/ca
 import { EnvelopeKind } from '../wire/envelope.js';
 import { LocalSenders } from './local-senders.js';
 import { TicketFiles } from './ticket-files.js';
+import { AgentHints } from './hints.js';
 import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
 import { readTrace, type TraceFields } from '../wire/trace.js';
 import { peekKind } from '../wire/uwsgi.js';
@@ -70,6 +71,8 @@ export class Agent {
   ticketFiles: TicketFiles | null = null;
   /** Judges the sources of --local: the node's sockets only. */
   readonly senders: LocalSenders;
+  /** Likely misconfigurations: silent repeaters, frames from strangers (hints.ts). */
+  readonly hints: AgentHints;
 
   private constructor(
     private config: AgentConfig,
@@ -79,6 +82,7 @@ export class Agent {
     readonly backend: Backend,
   ) {
     this.senders = new LocalSenders({ uids: config.nodeUids, deliver: config.deliver }, log);
+    this.hints = new AgentHints(log, () => this.links.values());
   }
 
   static async start(config: AgentConfig, log: Logger, session: SecureSession, backend: Backend = DEFAULT_BACKEND): Promise<Agent> {
@@ -253,6 +257,7 @@ export class Agent {
 
   /** One subscription per repeater, each naming where that repeater reaches us. */
   private announceAll(kind: EnvelopeKind): void {
+    this.hints.review();
     for (const l of this.links.values()) {
       if (l.advertise === null) {
         void this.advertiseFor(l.repeater).then(
@@ -266,6 +271,7 @@ export class Agent {
       this.socket.send(frame, l.repeater.port, l.repeater.host);
       l.sent++;
       this.announcesSent++;
+      this.hints.announced(l.repeater.text);
     }
   }
 
@@ -350,6 +356,7 @@ export class Agent {
     const link = this.links.get(from.address);
     if (link === undefined) {
       st.dropped[D.not_allowed]++;
+      this.hints.stranger(msg, from.address, this.config.bind.text);
       return;
     }
     if (msg.length > this.config.maxDatagram) {

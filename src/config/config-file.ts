@@ -4,7 +4,8 @@
 
 import { readFileSync } from 'node:fs';
 import { ConfigError, describe } from '../base/errors.js';
-import type { OptionSpec, RawOptions, RawValue } from './options.js';
+import { AGENT_OPTIONS, type OptionSpec, type RawOptions, type RawValue, SERVE_OPTIONS } from './options.js';
+import { closest } from './suggest.js';
 
 const TRUE = new Set(['true', 'yes', 'on', '1']);
 const FALSE = new Set(['false', 'no', 'off', '0']);
@@ -68,7 +69,7 @@ export function parseConfigText(text: string, file: string, specs: readonly Opti
       spec = byName.get(name.slice(3))!;
       negated = true;
     }
-    if (spec === undefined) throw new ConfigError(`${where}: unknown option "${name}"`);
+    if (spec === undefined) throw new ConfigError(`${where}: ${unknownOption(name, specs)}`);
     let v: RawValue;
     try {
       v = coerce(spec, value);
@@ -87,6 +88,18 @@ export function parseConfigText(text: string, file: string, specs: readonly Opti
     else out[name] = v;
   }
   return { values: out, lines: at };
+}
+
+/** Why `name` is no option in this file, with the option the operator most likely meant. */
+function unknownOption(name: string, specs: readonly OptionSpec[]): string {
+  if (specs.some((s) => s.name === name && s.cliOnly === true)) return `unknown option "${name}" in a config file: it is given on the command line only (--${name})`;
+  const [other, otherSpecs] = specs === SERVE_OPTIONS ? ['agent', AGENT_OPTIONS] : specs === AGENT_OPTIONS ? ['serve', SERVE_OPTIONS] : ['', []];
+  if (otherSpecs.some((s) => s.name === name && s.cliOnly !== true)) {
+    return `"${name}" is an option of \`udprepeater ${other}\`, not of \`udprepeater ${other === 'agent' ? 'serve' : 'agent'}\``;
+  }
+  const names = specs.filter((s) => s.cliOnly !== true).flatMap((s) => (s.negatable === true ? [s.name, `no-${s.name}`] : [s.name]));
+  const guess = closest(name, names);
+  return guess === null ? `unknown option "${name}"` : `unknown option "${name}"; did you mean "${guess}"?`;
 }
 
 export function readConfigFile(file: string, specs: readonly OptionSpec[]): FileOptions {

@@ -65,7 +65,8 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
     register,
     {
       '/healthz': () => ({
-        status: 'ok',
+        status: agent.hints.silent().length > 0 ? 'degraded' : 'ok',
+        hints: [...agent.hints.silent(), ...agent.hints.view()],
         version: VERSION,
         channelKey: agent.current.channelKey,
         origin: s.origin.toString(16),

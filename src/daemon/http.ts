@@ -91,7 +91,7 @@ export class StatusServer {
     server.maxConnections = STATUS_LIMITS.maxConnections;
     server.setTimeout(STATUS_LIMITS.idleTimeoutMs, (socket) => socket.destroy());
     return new Promise((resolve, reject) => {
-      server.once('error', (err) => reject(new Error(`cannot serve metrics on ${ep.text}: ${err.message}`)));
+      server.once('error', (err: NodeJS.ErrnoException) => reject(new Error(bindFailure(ep, err))));
       server.listen({ port: ep.port, host: ep.host }, () => {
         server.removeAllListeners('error');
         server.on('error', (err) => log.error('status server error', { error: err.message }));
@@ -135,4 +135,14 @@ export async function startStatus(
     await cleanup();
     throw err;
   }
+}
+
+/** Why the status server cannot listen on `ep`, and what to say instead (--metrics). */
+export function bindFailure(ep: Endpoint, err: NodeJS.ErrnoException): string {
+  const head = `cannot serve metrics on ${ep.text}`;
+  const instead = 'give --metrics another HOST:PORT, or --metrics off';
+  if (err.code === 'EADDRINUSE') return `${head}: the address is in use (another repeater or agent on this host?); ${instead}`;
+  if (err.code === 'EADDRNOTAVAIL') return `${head}: ${ep.host} is not an address of this host; ${instead}`;
+  if (err.code === 'EACCES') return `${head}: permission denied (a port below 1024?); ${instead}`;
+  return `${head}: ${err.message}; ${instead}`;
 }

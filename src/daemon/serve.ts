@@ -159,11 +159,13 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
         listeners: repeater.listeners(),
         channels: repeater.channels.size,
         keys: repeater.sealedGate?.keyIds() ?? [],
+        hints: repeater.hints.view(),
         ...(repeater.tickets === null ? {} : { ticketKeys: repeater.tickets.keys.describe(Date.now()) }),
         ...(cluster === null ? {} : { status: cluster.bus.connected ? 'ok' : 'degraded', cluster: cluster.health() }),
       }),
       '/subscribers': () => subscribersView(repeater, cluster),
-      '/refusals': () => repeater.subscriptions.recent(),
+      // Refused subscriptions, and one entry per source the allow-list refused (its last refusal); oldest first.
+      '/refusals': () => [...repeater.subscriptions.recent(), ...repeater.hints.refusals()].sort((a, b) => (a.at < b.at ? -1 : a.at > b.at ? 1 : 0)),
     },
     log,
     async () => {

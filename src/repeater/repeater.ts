@@ -27,6 +27,7 @@ import { decodeSubscription, type Subscription } from '../wire/subscription.js';
 import { readTrace, type TraceFields } from '../wire/trace.js';
 import { checkHeader, peekKind } from '../wire/uwsgi.js';
 import { AccessList } from './acl.js';
+import { RepeaterHints } from './hints.js';
 import { Channel, type ChannelEvents, type ChannelOptions, type Subscriber } from './channel.js';
 import type { Arrival, ClusterPort } from './cluster-port.js';
 import { RateLimiter } from './ratelimit.js';
@@ -66,6 +67,8 @@ export class Repeater {
   readonly loops = new LoopGuard();
   /** Live state per channel and warm joins of new subscribers (warm-join.ts). */
   readonly warm: WarmJoins;
+  /** Likely misconfigurations seen in dropped datagrams (hints.ts). */
+  readonly hints: RepeaterHints;
 
   private config!: ServeConfig;
 
@@ -97,6 +100,7 @@ export class Repeater {
   ) {
     this.backend = hooks.backend ?? DEFAULT_BACKEND;
     this.warm = new WarmJoins(this);
+    this.hints = new RepeaterHints(log, () => this.acl?.cidrs ?? null, (l) => this.routes.get(l)?.channel.name ?? null);
     this.events = {
       outOfService: (c, e, event, why) => {
         if (event === 'suspend') {
@@ -438,11 +442,13 @@ export class Repeater {
     }
     if (!this.acl.allows(from.address)) {
       st.dropped[D.not_allowed]++;
+      this.hints.notAllowed.note(from.address, route.config.endpoint.text);
       return;
     }
     if (sealed) {
       const env = this.gate!.open(ch, msg);
       if (env !== null) this.onEnvelope(ch, env, from, t0);
+      else this.hints.unopened(msg, from.address, route.config.endpoint.text);
       return;
     }
     if (kind === K.set || kind === K.delete) {
@@ -469,6 +475,7 @@ export class Repeater {
     }
     const bad = checkHeader(msg);
     st.dropped[bad === undefined ? D.unknown_type : D[bad]]++;
+    this.hints.unknownOnPlain(msg, from.address, route.config.endpoint.text);
   }
 
   private onEnvelope(ch: Channel, env: Envelope, from: Source, t0: number): void {
