@@ -27,6 +27,12 @@ export interface ListenerConfig {
   readonly named: boolean;
   /** Sealed listeners: its channel's sealed subscribers get the fleet's ticket keys. */
   readonly tickets: boolean;
+  /**
+   * Sealed listeners (`public=`): the address agents reach it at when that is
+   * not one of this host's (NAT, a port forward, a UDP proxy); agents' frames
+   * naming it are ours too (repeater/listener-name.ts). Null: none.
+   */
+  readonly publicAddress?: Endpoint | null;
 }
 
 export interface StaticConfig {
@@ -104,14 +110,16 @@ export function checkCidrs(name: string, cidrs: readonly string[]): string[] {
 
 function listeners(raw: RawOptions, name: string, sealed: boolean): ListenerConfig[] {
   return list(raw, name).map((text) => {
-    const { addr, params } = splitSpec(name, text, sealed ? ['channel', 'key', 'tickets'] : ['channel', 'key']);
+    const { addr, params } = splitSpec(name, text, sealed ? ['channel', 'key', 'tickets', 'public'] : ['channel', 'key']);
     const endpoint = endpointOption(name, addr, true);
     const channel = params.get('channel') ?? endpoint.text;
     if (channel === '') throw new ConfigError(`--${name} ${text}: empty channel name`);
     const key = params.has('key') ? params.get('key')! : null;
     if (key === '') throw new ConfigError(`--${name} ${text}: empty key`);
     if (params.has('tickets') && params.get('tickets') !== '') throw new ConfigError(`--${name} ${text}: "tickets" takes no value`, name);
-    return { endpoint, channel, key, sealed, multicast: isMulticast(endpoint.host), named: params.has('channel'), tickets: params.has('tickets') };
+    const pub = params.has('public') ? endpointOption(name, params.get('public')!) : null;
+    if (pub !== null && (isUnspecified(pub.host) || isMulticast(pub.host) || isLimitedBroadcast(pub.host))) throw new ConfigError(`--${name} ${text}: public= must be a unicast address`, name);
+    return { endpoint, channel, key, sealed, multicast: isMulticast(endpoint.host), named: params.has('channel'), tickets: params.has('tickets'), publicAddress: pub };
   });
 }
 

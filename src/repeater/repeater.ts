@@ -28,6 +28,7 @@ import { readTrace, type TraceFields } from '../wire/trace.js';
 import { checkHeader, peekKind } from '../wire/uwsgi.js';
 import { AccessList } from './acl.js';
 import { Channel, type ChannelEvents, type ChannelOptions, type Subscriber } from './channel.js';
+import { ListenerName } from './listener-name.js';
 import type { Arrival, ClusterPort } from './cluster-port.js';
 import { RateLimiter } from './ratelimit.js';
 import type { SealedGate } from './sealed-gate.js';
@@ -311,7 +312,10 @@ export class Repeater {
       }
     }
 
-    for (const ch of this.channels.values()) ch.tickets = next.tickets !== null && next.listeners.some((l) => l.tickets && l.channel === ch.name);
+    for (const ch of this.channels.values()) {
+      ch.tickets = next.tickets !== null && next.listeners.some((l) => l.tickets && l.channel === ch.name);
+      ch.sealer = sealed;
+    }
     this.applyTickets(next, savedTickets);
     this.applyStatics(next);
     this.evictInvalid();
@@ -441,7 +445,7 @@ export class Repeater {
       return;
     }
     if (sealed) {
-      const env = this.gate!.open(ch, msg);
+      const env = this.gate!.open(ch, msg, ListenerName.of(route.config, route.listener));
       if (env !== null) this.onEnvelope(ch, env, from, t0);
       return;
     }
@@ -499,12 +503,13 @@ export class Repeater {
       signed: null,
     };
     const refused = this.desk.apply(ch, sub, 'sealed', from.address, Date.now(), env.origin);
+    if (refused !== null || sub.unsubscribe) return;
+    const ep = this.desk.vetAddress(sub.address);
+    const e = typeof ep === 'string' ? undefined : ch.sealed.get(ep.text);
+    // An agent that names its frame's receiver knows MEMBERSHIP frames: it learns from which of our sequences it is a member.
+    if (e !== undefined && env.receiver.length > 0) ch.confirmMember(e);
     // Every subscribe and refresh of a ticket channel gets the schedule: UDP may have lost the last one.
-    if (refused === null && !sub.unsubscribe && ch.tickets && this.ticketService !== null) {
-      const ep = this.desk.vetAddress(sub.address);
-      const e = typeof ep === 'string' ? undefined : ch.sealed.get(ep.text);
-      if (e !== undefined) this.ticketService.send(ch, e);
-    }
+    if (e !== undefined && ch.tickets && this.ticketService !== null) this.ticketService.send(ch, e);
   }
 
   /**
