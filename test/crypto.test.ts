@@ -233,6 +233,22 @@ describe('seal and open', () => {
     assert.equal(decode({ receiver: 'x'.repeat(256) }), 'bad_payload');
   });
 
+  test('an older release reads a newer Envelope: the schema without receiver and member_from decodes it, ignoring them', async () => {
+    const protobuf = (await import('protobufjs')).default;
+    const { PROTO_FILE } = await import('../src/wire/proto.js');
+    const older = readFileSync(PROTO_FILE, 'utf8').replace(/^\s*string receiver = 12;$/m, '').replace(/^\s*uint64 member_from = 13;$/m, '');
+    assert.ok(!/= 12;|= 13;/.test(older.slice(older.indexOf('message Envelope'), older.indexOf('message TicketSchedule'))), 'the fields were taken out');
+    const OlderEnvelope = protobuf.parse(older).root.lookupType('udprepeater.Envelope');
+    const sub = { kind: EnvelopeKind.Subscribe, channelKey: 'ssl', sequence: 1, sentAtMs: Date.now(), role: Role.Agent, datagram: null, trace: null, address: '127.0.0.1:4000', receiver: '127.0.0.1:7272' };
+    const m = OlderEnvelope.decode(encodeEnvelope(sub, bigintToLong(5n))) as unknown as { kind: number; subscription: { address: string }; receiver?: string };
+    assert.equal(m.kind, EnvelopeKind.Subscribe);
+    assert.equal(m.subscription.address, '127.0.0.1:4000');
+    assert.equal(m.receiver, undefined);
+    // And this release reads an older one's: no receiver is a group frame (or, at a repeater, a subscription from an older agent).
+    const fromOlder = OlderEnvelope.encode({ kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', origin: bigintToLong(5n), sequence: 2, sentAtMs: Date.now(), role: Role.Repeater, datagram }).finish();
+    assert.equal((decodeEnvelope(fromOlder) as { receiver: string }).receiver, '');
+  });
+
   test('the fence table is bounded: the origin least recently raised is forgotten first', () => {
     const me = new Membership(() => 'a');
     for (let i = 1; i <= MAX_FENCED_ORIGINS + 10; i++) me.raise(BigInt(i), i);
