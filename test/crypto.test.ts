@@ -17,6 +17,8 @@ import { encodeCacheSet } from '../src/wire/cache.js';
 import { EnvelopeKind, Role } from '../src/wire/envelope.js';
 import { FRAME_HEADER, FRAME_OVERHEAD, FRAME_VERSION, NONCE_BYTES } from '../src/wire/frame.js';
 import { keyDir, newKeyFile } from './helpers/keys.js';
+import { MAX_FENCED_ORIGINS, Membership } from '../src/gate/membership.js';
+import { decodeEnvelope, encodeEnvelope, bigintToLong } from '../src/wire/envelope.js';
 
 before(() => sodiumReady());
 
@@ -130,7 +132,7 @@ describe('seal and open', () => {
         // role, a sequence and a send time within the skew); whatever they form is a clean refusal.
         if (typeof r === 'string') {
           outcomes.set(r, (outcomes.get(r) ?? 0) + 1);
-          assert.ok(['bad_payload', 'wrong_role', 'stale', 'before_start', 'replay'].includes(r), r);
+          assert.ok(['bad_payload', 'wrong_role', 'stale', 'before_start', 'wrong_receiver', 'replay'].includes(r), r);
         } else assert.fail(`random plaintext opened as ${JSON.stringify({ kind: r.kind, sequence: r.sequence })}`);
       }),
       { numRuns: 3000 },
@@ -177,6 +179,86 @@ describe('seal and open', () => {
     const restarted = new SecureSession(Role.Repeater, { startedAtMs: now });
     assert.equal(restarted.open(ring, sealDatagram(a, ring, datagram, now - 1), SKEW, now), 'before_start');
     assert.equal(typeof restarted.open(ring, sealDatagram(a, ring, datagram, now), SKEW, now), 'object');
+  });
+
+  test('a frame sealed for one receiver opens there alone; a gate without a name refuses it', () => {
+    const { b: repeater, ring } = pair();
+    const [n2, n3] = [new SecureSession(Role.Agent, { startedAtMs: 0 }), new SecureSession(Role.Agent, { startedAtMs: 0 })];
+    const forN3 = repeater.seal(ring, { kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', datagram, address: null, receiver: '127.0.0.1:3333' })!;
+    assert.equal(n2.open(ring, forN3, SKEW, Date.now(), new Membership(() => '127.0.0.1:2222')), 'wrong_receiver');
+    assert.equal(n2.open(ring, forN3, SKEW, Date.now(), new Membership(() => null)), 'wrong_receiver', 'an agent that has no name yet');
+    assert.equal(n2.open(ring, forN3, SKEW), 'wrong_receiver', 'a gate without a name (the cluster bus)');
+    const env = n3.open(ring, forN3, SKEW, Date.now(), new Membership(() => '127.0.0.1:3333'));
+    assert.ok(typeof env === 'object');
+    assert.equal(env.receiver, '127.0.0.1:3333');
+    // A group frame names nobody and opens at every member.
+    const group = sealDatagram(repeater, ring);
+    for (const s of [n2, n3]) assert.equal((s.open(ring, group, SKEW, Date.now(), new Membership(() => 'x')) as { receiver: string }).receiver, '');
+  });
+
+  test('group frames of an origin sealed before its MEMBERSHIP frame said we joined are refused; the fence only rises', () => {
+    const { b: repeater, ring } = pair();
+    const other = new SecureSession(Role.Repeater, { startedAtMs: 0 });
+    const agent = new SecureSession(Role.Agent, { startedAtMs: 0 });
+    const me = new Membership(() => '127.0.0.1:2222');
+    const early = sealDatagram(repeater, ring);
+    const earlyNamed = repeater.seal(ring, { kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', datagram, address: null, receiver: '127.0.0.1:2222' })!;
+    const from = repeater.nextSequence;
+    const m = repeater.seal(ring, { kind: EnvelopeKind.Membership, channelKey: 'ssl', datagram: null, address: null, receiver: '127.0.0.1:2222', memberFrom: from })!;
+    const later = sealDatagram(repeater, ring);
+    const fromOther = sealDatagram(other, ring);
+    // Before the MEMBERSHIP frame nothing is known: everything opens.
+    assert.equal(typeof agent.open(ring, sealDatagram(repeater, ring), SKEW, Date.now(), me), 'object');
+    const env = agent.open(ring, m, SKEW, Date.now(), me);
+    assert.ok(typeof env === 'object' && env.kind === EnvelopeKind.Membership);
+    assert.equal(env.memberFrom, from);
+    me.raise(env.origin, env.memberFrom!);
+    assert.equal(agent.open(ring, early, SKEW, Date.now(), me), 'before_join');
+    assert.equal(agent.open(ring, earlyNamed, SKEW, Date.now(), me), 'before_join', 'a frame for us from before we joined is old too');
+    assert.equal(typeof agent.open(ring, later, SKEW, Date.now(), me), 'object');
+    assert.equal(typeof agent.open(ring, fromOther, SKEW, Date.now(), me), 'object', "another origin's frames are not fenced");
+    me.raise(repeater.origin, 1);
+    assert.equal(me.fence(repeater.origin), from, 'a lower fence never lowers it');
+    assert.equal(agent.open(ring, m, SKEW, Date.now(), me), 'replay', 'the MEMBERSHIP frame itself is judged by the replay window');
+  });
+
+  test('MEMBERSHIP frames come from a repeater, name their receiver and a channel key, and carry a sequence', () => {
+    const base = { kind: EnvelopeKind.Membership, channelKey: 'ssl', sequence: 3, sentAtMs: Date.now(), datagram: null, trace: null, address: null, receiver: '127.0.0.1:2222', memberFrom: 2 };
+    const decode = (f: object) => decodeEnvelope(encodeEnvelope({ ...base, role: Role.Repeater, ...f }, bigintToLong(5n)));
+    assert.equal((decode({}) as { memberFrom: number }).memberFrom, 2);
+    assert.equal(decode({ role: Role.Agent }), 'bad_payload');
+    assert.equal(decode({ receiver: '' }), 'bad_payload');
+    assert.equal(decode({ channelKey: '' }), 'bad_payload');
+    assert.equal(decode({ memberFrom: undefined }), 'bad_payload');
+    assert.equal(decode({ receiver: 'x'.repeat(256) }), 'bad_payload');
+  });
+
+  test('an older release reads a newer Envelope: the schema without receiver and member_from decodes it, ignoring them', async () => {
+    const protobuf = (await import('protobufjs')).default;
+    const { PROTO_FILE } = await import('../src/wire/proto.js');
+    const older = readFileSync(PROTO_FILE, 'utf8').replace(/^\s*string receiver = 12;$/m, '').replace(/^\s*uint64 member_from = 13;$/m, '');
+    assert.ok(!/= 12;|= 13;/.test(older.slice(older.indexOf('message Envelope'), older.indexOf('message TicketSchedule'))), 'the fields were taken out');
+    const OlderEnvelope = protobuf.parse(older).root.lookupType('udprepeater.Envelope');
+    const sub = { kind: EnvelopeKind.Subscribe, channelKey: 'ssl', sequence: 1, sentAtMs: Date.now(), role: Role.Agent, datagram: null, trace: null, address: '127.0.0.1:4000', receiver: '127.0.0.1:7272' };
+    const m = OlderEnvelope.decode(encodeEnvelope(sub, bigintToLong(5n))) as unknown as { kind: number; subscription: { address: string }; receiver?: string };
+    assert.equal(m.kind, EnvelopeKind.Subscribe);
+    assert.equal(m.subscription.address, '127.0.0.1:4000');
+    assert.equal(m.receiver, undefined);
+    // And this release reads an older one's: no receiver is a group frame (or, at a repeater, a subscription from an older agent).
+    const fromOlder = OlderEnvelope.encode({ kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', origin: bigintToLong(5n), sequence: 2, sentAtMs: Date.now(), role: Role.Repeater, datagram }).finish();
+    assert.equal((decodeEnvelope(fromOlder) as { receiver: string }).receiver, '');
+  });
+
+  test('the fence table is bounded: the origin least recently raised is forgotten first', () => {
+    const me = new Membership(() => 'a');
+    for (let i = 1; i <= MAX_FENCED_ORIGINS + 10; i++) me.raise(BigInt(i), i);
+    assert.equal(me.origins, MAX_FENCED_ORIGINS);
+    assert.equal(me.fence(1n), 0);
+    assert.equal(me.fence(BigInt(MAX_FENCED_ORIGINS + 10)), MAX_FENCED_ORIGINS + 10);
+    me.raise(11n, 100);
+    me.raise(BigInt(MAX_FENCED_ORIGINS + 11), 1);
+    assert.equal(me.fence(11n), 100, 'a raised origin moved to the back');
+    assert.equal(me.fence(12n), 0);
   });
 
   test('subscriptions must name their address', () => {

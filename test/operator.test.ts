@@ -6,6 +6,7 @@
 
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, statSync, writeFileSync } from 'node:fs';
+import { createSocket } from 'node:dgram';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -193,6 +194,28 @@ describe('misconfigurations said, not only counted', () => {
     const [h] = await eventually('three sightings', async () => {
       const hs = await hintsOf(mport, 'plain_on_sealed');
       return hs[0]?.count === 3 ? hs : undefined;
+    });
+    assert.equal(h!.source, '127.0.0.1');
+  });
+
+  test('an agent reaching a sealed listener through a port forward without public=: the repeater names the fix', async () => {
+    // The forward: what the agent sends to 127.0.0.1:FWD goes on to the sealed listener, as NAT would carry it.
+    const forward = createSocket('udp4');
+    closers.push(forward);
+    await new Promise<void>((r) => forward.bind(0, '127.0.0.1', r));
+    const fwd = `127.0.0.1:${forward.address().port}`;
+    const [host, port] = sealed.split(':');
+    forward.on('message', (m) => forward.send(m, Number(port), host));
+    const node = await Receiver.open();
+    closers.push(node);
+    const a = await spawnAgent(['--repeater', fwd, '--key-file', key, '--local', `127.0.0.1:${await freePort()}`, '--deliver', node.address, '--channel-key', 'ssl', '--subscribe-interval', '0.2']);
+    daemons.push(a);
+    const line = await waitHintLine(repeater, 'other_receiver', { listener: sealed });
+    assert.equal(line.level, 'warn');
+    assert.match(line.msg, /names another receiver.*public=ADDR/);
+    const [h] = await eventually('the hint in /healthz', async () => {
+      const hs = await hintsOf(mport, 'other_receiver');
+      return hs.length > 0 ? hs : undefined;
     });
     assert.equal(h!.source, '127.0.0.1');
   });

@@ -2,15 +2,17 @@
 // agent, clean stop or crash) is refused after it; a frame sealed for one leg
 // is refused on the other; a replayed subscription cannot redirect a stream
 // (issue 8, "replay across restarts"). Black box, like
-// test/safety.loops.test.ts; captures are taken on the wire by a relay or a
-// static sealed output, never built by the test.
+// test/safety.loops.test.ts; captures are taken on the wire by a relay, a
+// socket holding a stopped repeater's address, or a static sealed output,
+// never built by the test. Replays to another receiver of the same leg:
+// test/safety.receiver.test.ts.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
 import { agent, frames, keygen, type Running, serve, Tap } from './helpers/attack.js';
-import { Sender, eventually, freePort, type Receiver } from './helpers/net.js';
+import { Receiver, Sender, eventually, freePort } from './helpers/net.js';
 import { Scope } from './helpers/scope.js';
 
 const scope = new Scope();
@@ -79,33 +81,38 @@ describe('replay across a repeater restart', () => {
     const [pp, sp, local] = [await freePort(), await freePort(), await freePort()];
     const args = ['--listen', `127.0.0.1:${pp},channel=ssl,key=ssl`, '--listen-sealed', `127.0.0.1:${sp},channel=ssl,key=ssl`, '--key-file', key];
     let r = await serve(args);
-    const tap = track(await Tap.open(sp));
     const node = await scope.receiver();
-    const a = await agent(['--repeater', `127.0.0.1:${tap.port}`, '--key-file', key, '--local', `127.0.0.1:${local}`, '--deliver', node.address, '--channel-key', 'ssl', '--subscribe-interval', '30']);
-    await r.d.log.waitFor('subscribed');
-    const subscriptions = frames(tap.captured);
-    assert.ok(subscriptions.length >= 1);
-    // The agent dies without a goodbye; the repeater restarts and forgets it.
+    const a = await agent(['--repeater', `127.0.0.1:${sp}`, '--key-file', key, '--local', `127.0.0.1:${local}`, '--deliver', node.address, '--channel-key', 'ssl', '--subscribe-interval', '0.2']);
+    await r.d.log.waitFor('subscribed', { form: 'sealed' });
+    // The repeater stops; the attacker holds its address meanwhile and keeps what the agent
+    // announces there: subscriptions sealed for this very repeater, as it accepted them before.
+    await r.stop();
+    const impostor = await Receiver.open('127.0.0.1', sp);
+    const subscriptions = frames(await impostor.waitFor(2));
+    // The agent dies without a goodbye; the repeater starts again and has forgotten it.
     a.d.child.kill('SIGKILL');
     await a.d.exited;
-    await r.stop();
+    impostor.close();
     r = track(await serve(args));
-    const attacker = track(await scope.receiver());
-    const from = await Sender.bound('127.0.0.1');
-    scope.track(from);
-    // The attacker sends the captured subscription from its own socket.
-    for (const f of subscriptions) await from.send(f, sp);
-    for (const f of subscriptions) await tap.replay(f);
+    // The attacker sends the captured subscriptions from its own socket, which is also where it listens.
+    const attacker = await scope.receiver();
+    const send = (f: Buffer) => new Promise<void>((resolve, reject) => attacker.socket.send(f, sp, '127.0.0.1', (err) => (err ? reject(err) : resolve())));
+    for (const f of subscriptions) await send(f);
+    await eventually('the repeater to read the replayed subscriptions', async () => ((await r.metrics()).value('udprepeater_datagrams_received_total', { kind: 'sealed' }) >= subscriptions.length ? true : undefined));
     const sink = await scope.receiver();
     await subscribePlain(r, pp, sink);
     await sender.send(set('after'), pp);
     await sink.waitFor(1);
-    // The attacker's sockets: nothing may have arrived (probe first, then count).
+    // Whatever the repeater sent for 'after' went out before the probe: the attacker's socket
+    // must hold the probe and nothing else.
     await sender.send(Buffer.from('probe'), attacker.port);
     await attacker.waitFor(1);
     const stream = r.d.log.matching('subscribed').filter((x) => x['form'] === 'sealed');
-    console.log(JSON.stringify({ replayedSubscriptions: subscriptions.length, sealedSubscribersAfterRestart: stream.map((x) => x['address']) }));
+    const m = await r.metrics();
+    console.log(JSON.stringify({ replayedSubscriptions: subscriptions.length, sealedSubscribersAfterRestart: stream.map((x) => x['address']), atTheAttacker: attacker.received.length, before_start: m.dropped('before_start') }));
+    assert.deepEqual(attacker.received.map(String), ['probe'], 'the repeater sent something to the socket that replayed the subscriptions');
     assert.deepEqual(stream, [], 'a replayed subscription created a sealed subscriber');
+    assert.equal(m.dropped('before_start'), subscriptions.length, 'every replayed subscription was refused as sealed before the start');
   });
 });
 
@@ -145,7 +152,9 @@ describe('replay across an agent restart, and across legs', () => {
     const [nodeA, nodeB] = [await scope.receiver(), await scope.receiver()];
     track(await agent(['--repeater', `127.0.0.1:${tap.port}`, '--key-file', key, '--local', `127.0.0.1:${localA}`, '--deliver', nodeA.address, '--channel-key', 'ssl', '--subscribe-interval', '30']));
     const b = track(await agent(['--repeater', `127.0.0.1:${sp}`, '--key-file', key, '--bind', `127.0.0.1:${bindB}`, '--local', `127.0.0.1:${localB}`, '--deliver', nodeB.address, '--channel-key', 'ssl', '--subscribe-interval', '30']));
-    await r.d.log.waitFor('subscribed', {}, { count: 2 });
+    // A reaches the repeater through the tap, so its subscription names the tap: refused
+    // (test/safety.receiver.test.ts). Its updates are not sealed for one repeater and pass.
+    await r.d.log.waitFor('subscribed', { address: `127.0.0.1:${bindB}` });
     const start = tap.captured.length;
     await sender.send(set('from-a'), localA);
     await nodeB.waitFor(1); // the legitimate copy, through the repeater

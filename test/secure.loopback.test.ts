@@ -15,7 +15,9 @@ import { encodeSubscription } from '../src/wire/subscription.js';
 import { keyDir, newKeyFile } from './helpers/keys.js';
 import { freePort, Receiver } from './helpers/net.js';
 import { Scope } from './helpers/scope.js';
-import { startTestAgent, type TestAgent, type TestRepeater } from './helpers/repeater.js';
+import { configOf, startTestAgent, type TestAgent, type TestRepeater } from './helpers/repeater.js';
+import { Tap } from './helpers/attack.js';
+import { eventually } from './helpers/net.js';
 
 const scope = new Scope();
 const { sender } = scope;
@@ -212,6 +214,72 @@ describe('secure mode over loopback', () => {
     for (let i = 0; i < sent; i++) assert.deepEqual(got[i], set(`k${i}`, 'v'), `datagram ${i}`);
     assert.equal(dropped(r, 'unknown_key') + dropped(r, 'auth_failed'), 0);
     assert.deepEqual(r.handle.repeater.sealedGate!.keyIds().length, 1);
+  });
+});
+
+describe('sealed frames name their receiver', () => {
+  test('a wildcard sealed listener takes subscriptions naming its port on any local address', async () => {
+    const k = newKeyFile();
+    const r = await repeater(['--listen-sealed', '0.0.0.0:0', '--allow', '127.0.0.0/8', '--key-file', k]);
+    const port = r.port();
+    const one = await agent(port, [k]);
+    const node = await receiver();
+    const local = await freePort();
+    // Another loopback address reaches the same wildcard listener: a subscription naming it is ours.
+    const two = scope.track(await startTestAgent(['--repeater', `127.0.0.2:${port}`, '--local', `127.0.0.1:${local}`, '--deliver', node.address, '--channel-key', 'ssl', '--key-file', k]));
+    await subscribed(r, 2);
+    await sender.send(set('both', 'v'), one.local);
+    await eventually('the second agent to be served', () => (two.handle.agent.toNode.received.some((n) => n > 0) ? true : undefined));
+    assert.equal(dropped(r, 'wrong_receiver'), 0);
+  });
+
+  test('agents behind a proxy: public= is the address they name; without it their subscriptions are refused', async () => {
+    const k = newKeyFile();
+    const sp = await freePort();
+    const proxy = scope.track(await Tap.open(sp));
+    const args = (pub: boolean) => ['--listen-sealed', `127.0.0.1:${sp}${pub ? `,public=127.0.0.1:${proxy.port}` : ''}`, '--key-file', k];
+    const r = await repeater(args(true));
+    const behind = await agent(proxy.port, [k], ['--subscribe-interval', '0.2']);
+    const direct = await agent(sp, [k]);
+    await subscribed(r, 2);
+    await sender.send(set('via-proxy', 'v'), behind.local);
+    assert.deepEqual(await direct.node.waitFor(1), [set('via-proxy', 'v')]);
+    assert.equal(dropped(r, 'wrong_receiver'), 0);
+    // Without public= the proxy's address is nobody here: the next announce through it is refused.
+    assert.equal(await r.reload(args(false)), true);
+    await eventually('an announce through the proxy to be refused', () => (dropped(r, 'wrong_receiver') > 0 ? true : undefined));
+  });
+
+  test('public= must be a unicast address, and only on sealed listeners', () => {
+    const k = newKeyFile();
+    for (const bad of ['0.0.0.0:7000', '224.0.0.1:7000', '255.255.255.255:7000', 'example.com:7000', '10.0.0.1']) {
+      assert.throws(() => configOf(['--listen-sealed', `127.0.0.1:7272,public=${bad}`, '--key-file', k]), /--listen-sealed/, bad);
+    }
+    assert.throws(() => configOf(['--listen', '127.0.0.1:7171,public=10.0.0.1:7171']), /unknown parameter "public"/);
+    assert.equal(configOf(['--listen-sealed', '127.0.0.1:7272,public=[::ffff:10.0.0.1]:7000', '--key-file', k]).listeners[0]!.publicAddress?.text, '10.0.0.1:7000');
+  });
+
+  test('an older agent (its subscription names no receiver) is still served, and is sent no MEMBERSHIP frame', async () => {
+    const k = newKeyFile();
+    const pp = await freePort();
+    const r = await repeater(['--listen', `127.0.0.1:${pp},channel=c,key=ssl`, '--listen-sealed', '127.0.0.1:0,channel=c,key=ssl', '--key-file', k]);
+    const sp = r.port('127.0.0.1:0');
+    const ring = KeyRing.load([k]);
+    const older = await receiver();
+    const s = new SecureSession(Role.Agent);
+    const sub = s.seal(ring, { kind: EnvelopeKind.Subscribe, channelKey: 'ssl', datagram: null, address: older.address })!;
+    await new Promise<void>((res, rej) => older.socket.send(sub, sp, '127.0.0.1', (err) => (err ? rej(err) : res())));
+    await subscribed(r, 1);
+    const newer = await agent(sp, [k]);
+    await subscribed(r, 2);
+    await sender.send(set('live', 'v'), pp);
+    assert.deepEqual(await newer.node.waitFor(1), [set('live', 'v')]);
+    const [frame] = await older.waitFor(1);
+    const env = s.open(ring, frame!, 30_000);
+    assert.ok(typeof env === 'object', String(env));
+    assert.equal(env.kind, EnvelopeKind.CacheDatagram);
+    assert.equal(env.receiver, '', 'a live frame is a group frame');
+    await assertNothingMore(older, 1);
   });
 });
 

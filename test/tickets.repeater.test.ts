@@ -13,6 +13,7 @@ import { before, describe, test } from 'node:test';
 import { KeyRing } from '../src/crypto/keyring.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
 import { SecureSession } from '../src/crypto/session.js';
+import { Membership } from '../src/gate/membership.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
 import { type Envelope, EnvelopeKind, Role } from '../src/wire/envelope.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
@@ -54,7 +55,8 @@ describe('the repeater distributes ticket keys', { timeout: 60_000 }, () => {
       rx,
       session,
       async next() {
-        const env = session.open(ring, await rx.next(), 30_000);
+        // A subscriber is told its keys in a frame naming it (its subscription's address).
+        const env = session.open(ring, await rx.next(), 30_000, Date.now(), new Membership(() => rx.address));
         assert.ok(typeof env !== 'string', `a frame that opens (${String(env)})`);
         return env;
       },

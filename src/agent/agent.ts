@@ -25,6 +25,7 @@ import type { AgentConfig } from '../config/agent-config.js';
 import { KeyRing } from '../crypto/keyring.js';
 import type { SecureSession } from '../crypto/session.js';
 import { LoopGuard } from '../gate/loop-guard.js';
+import { Membership } from '../gate/membership.js';
 import { createFanout, DEFAULT_BACKEND, openListener } from '../net/backend.js';
 import { bindUdp } from '../net/dgram-listener.js';
 import type { Backend, DatagramListener, Fanout, Outlet, Source } from '../net/io.js';
@@ -43,6 +44,8 @@ interface Link {
   readonly repeater: Endpoint;
   /** Where this repeater should send to reach us (named in every subscription). */
   advertise: string | null;
+  /** The name its frames for us carry (our advertise), and from which of its sequences we are a member. */
+  readonly me: Membership;
   sent: number;
   received: number;
   lastFrameAt: number;
@@ -149,7 +152,7 @@ export class Agent {
   private async setRepeaters(config: AgentConfig): Promise<void> {
     const next = new Map<string, Link>();
     for (const r of config.repeaters) {
-      const link = this.links.get(r.host) ?? { repeater: r, advertise: null, sent: 0, received: 0, lastFrameAt: 0 };
+      const link = this.links.get(r.host) ?? newLink(r);
       try {
         link.advertise = await this.advertiseFor(r);
       } catch (err) {
@@ -251,8 +254,9 @@ export class Agent {
     this.timer = setInterval(() => this.announceAll(EnvelopeKind.Subscribe), this.config.subscribeIntervalMs);
   }
 
-  private frameFor(kind: EnvelopeKind, address: string): Buffer | null {
-    return this.session.seal(this.ring, { kind, channelKey: this.config.channelKey, datagram: null, address });
+  /** A subscription sealed for one repeater alone: it names that repeater as --repeater gives it. */
+  private frameFor(kind: EnvelopeKind, address: string, repeater: Endpoint): Buffer | null {
+    return this.session.seal(this.ring, { kind, channelKey: this.config.channelKey, datagram: null, address, receiver: repeater.text });
   }
 
   /** One subscription per repeater, each naming where that repeater reaches us. */
@@ -266,7 +270,7 @@ export class Agent {
         );
         continue;
       }
-      const frame = this.frameFor(kind, l.advertise);
+      const frame = this.frameFor(kind, l.advertise, l.repeater);
       if (frame === null) continue;
       this.socket.send(frame, l.repeater.port, l.repeater.host);
       l.sent++;
@@ -363,13 +367,20 @@ export class Agent {
       st.dropped[D.too_large]++;
       return;
     }
-    const env = this.session.open(this.ring, msg, this.config.maxSkewMs);
+    // Frames sealed for another receiver, and group frames sealed before we were a member, are refused here.
+    const env = this.session.open(this.ring, msg, this.config.maxSkewMs, Date.now(), link.me);
     if (typeof env === 'string') {
       st.dropped[D[env]]++;
       return;
     }
     if (env.channelKey !== this.config.channelKey) {
       st.dropped[D.key_mismatch]++;
+      return;
+    }
+    if (env.kind === EnvelopeKind.Membership) {
+      link.me.raise(env.origin, env.memberFrom!);
+      link.received++;
+      link.lastFrameAt = Date.now();
       return;
     }
     if (env.kind === EnvelopeKind.TicketKeys && this.ticketFiles !== null) {
@@ -417,7 +428,7 @@ export class Agent {
     this.closed = true;
     if (this.timer !== null) clearInterval(this.timer);
     const byes = [...this.links.values()].flatMap((l) => {
-      const bye = l.advertise === null ? null : this.frameFor(EnvelopeKind.Unsubscribe, l.advertise);
+      const bye = l.advertise === null ? null : this.frameFor(EnvelopeKind.Unsubscribe, l.advertise, l.repeater);
       return bye === null ? [] : [sendAndWait(this.socket, bye, l.repeater.port, l.repeater.host)];
     });
     for (const r of await Promise.allSettled(byes)) if (r.status === 'rejected') this.log.warn('unsubscribe not sent', { error: describe(r.reason) });
@@ -428,6 +439,11 @@ export class Agent {
     this.ring.destroy();
     this.ticketFiles?.close();
   }
+}
+
+function newLink(repeater: Endpoint): Link {
+  const link: Link = { repeater, advertise: null, me: new Membership(() => link.advertise), sent: 0, received: 0, lastFrameAt: 0 };
+  return link;
 }
 
 function sendAndWait(sock: Socket, buf: Buffer, port: number, host: string, ms = 1000): Promise<void> {

@@ -49,6 +49,8 @@ export const DROP_REASONS = [
   'own_origin',
   'wrong_role',
   'before_start',
+  'wrong_receiver',
+  'before_join',
   // output copies
   'queue_full',
   'send_error',

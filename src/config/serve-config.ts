@@ -29,6 +29,12 @@ export interface ListenerConfig {
   readonly tickets: boolean;
   /** Plain listeners: a subscription is warmed even when it did not come from the address it names (NAT). */
   readonly warmAnySource: boolean;
+  /**
+   * Sealed listeners (`public=`): the address agents reach it at when that is
+   * not one of this host's (NAT, a port forward, a UDP proxy); agents' frames
+   * naming it are ours too (repeater/listener-name.ts). Null: none.
+   */
+  readonly publicAddress?: Endpoint | null;
 }
 
 export interface StaticConfig {
@@ -106,14 +112,16 @@ export function checkCidrs(name: string, cidrs: readonly string[]): string[] {
 
 function listeners(raw: RawOptions, name: string, sealed: boolean): ListenerConfig[] {
   return list(raw, name).map((text) => {
-    const { addr, params } = splitSpec(name, text, sealed ? ['channel', 'key', 'tickets'] : ['channel', 'key', 'warm-any-source']);
+    const { addr, params } = splitSpec(name, text, sealed ? ['channel', 'key', 'tickets', 'public'] : ['channel', 'key', 'warm-any-source']);
     const endpoint = endpointOption(name, addr, true);
     const channel = params.get('channel') ?? endpoint.text;
     if (channel === '') throw new ConfigError(`--${name} ${text}: empty channel name`);
     const key = params.has('key') ? params.get('key')! : null;
     if (key === '') throw new ConfigError(`--${name} ${text}: empty key`);
     for (const flag of ['tickets', 'warm-any-source']) if (params.has(flag) && params.get(flag) !== '') throw new ConfigError(`--${name} ${text}: "${flag}" takes no value`, name);
-    return { endpoint, channel, key, sealed, multicast: isMulticast(endpoint.host), named: params.has('channel'), tickets: params.has('tickets'), warmAnySource: params.has('warm-any-source') };
+    const pub = params.has('public') ? endpointOption(name, params.get('public')!) : null;
+    if (pub !== null && (isUnspecified(pub.host) || isMulticast(pub.host) || isLimitedBroadcast(pub.host))) throw new ConfigError(`--${name} ${text}: public= must be a unicast address`, name);
+    return { endpoint, channel, key, sealed, multicast: isMulticast(endpoint.host), named: params.has('channel'), tickets: params.has('tickets'), warmAnySource: params.has('warm-any-source'), publicAddress: pub };
   });
 }
 

@@ -8,9 +8,16 @@
 // sealed before this process started is refused (`before_start`) by the
 // sender's clock. What remains is the clock offset between the two hosts
 // (SECURITY.md, "Secure mode"): with NTP, milliseconds.
+//
+// Replay to another receiver: a frame sealed for one receiver names it
+// (Envelope.receiver) and is refused by any other (`wrong_receiver`); a group
+// frame (one seal for every subscriber of a channel key) names nobody, and a
+// receiver that knows from which sequence it is a member of an origin's
+// groups (a MEMBERSHIP frame, gate/membership.ts) refuses older ones
+// (`before_join`). docs/PROTOCOL.md, "Sealed frames".
 
 import { randomBytes } from 'node:crypto';
-import { type Envelope, type EnvelopeKind, Role, bigintToLong, decodeEnvelope, encodeEnvelope } from '../wire/envelope.js';
+import { type Envelope, EnvelopeKind, Role, bigintToLong, decodeEnvelope, encodeEnvelope } from '../wire/envelope.js';
 import type { TicketKey } from '../wire/tickets.js';
 import type { TraceFields } from '../wire/trace.js';
 import { FRAME_HEADER, FRAME_OVERHEAD, MAX_UDP_PAYLOAD, NONCE_BYTES, frameKeyId, writeFrameHeader } from '../wire/frame.js';
@@ -31,7 +38,22 @@ export type OpenError =
   | 'wrong_role' // sealed by our own kind (a repeater's frame sent to a repeater, an agent's to an agent)
   | 'stale' // sent_at outside the allowed clock skew
   | 'before_start' // sealed before this process started: a capture replayed after a restart
+  | 'wrong_receiver' // sealed for another receiver (or naming one where none is expected)
+  | 'before_join' // a group frame sealed before we were a member of its origin's group
   | 'replay'; // sequence already seen, or older than the window
+
+/**
+ * Who opens a frame: the name frames sealed for it carry, and from which
+ * sequence it is a member of each origin's group frames. Structural, so the
+ * layers below (gate/membership.ts) and beside (the repeater's listeners) can
+ * provide one without importing this file.
+ */
+export interface Receiver {
+  /** True when `name`, a frame's non-empty receiver, is this receiver. */
+  named(name: string): boolean;
+  /** Frames of `origin` below this sequence were sealed before we were a member (0: none known). */
+  fence(origin: bigint): number;
+}
 
 export interface SealFields {
   readonly kind: EnvelopeKind;
@@ -41,6 +63,10 @@ export interface SealFields {
   readonly address: string | null;
   readonly bus?: Uint8Array | null;
   readonly tickets?: readonly TicketKey[] | null;
+  /** The one receiver this frame is for (docs/PROTOCOL.md, "Envelope"); absent or '' for a group frame. */
+  readonly receiver?: string;
+  /** MEMBERSHIP only. */
+  readonly memberFrom?: number;
 }
 
 export class SecureSession {
@@ -76,10 +102,15 @@ export class SecureSession {
     return this.sequence;
   }
 
+  /** The sequence the next frame sealed will carry. */
+  get nextSequence(): number {
+    return this.sequence + 1;
+  }
+
   /** Seals one Envelope under the ring's first key; null when it would not fit a UDP datagram. */
   seal(ring: KeyRing, f: SealFields, nowMs = Date.now()): Buffer | null {
     const plain = encodeEnvelope(
-      { kind: f.kind, channelKey: f.channelKey, sequence: this.sequence + 1, sentAtMs: nowMs, role: this.role, datagram: f.datagram, trace: f.trace ?? null, address: f.address, bus: f.bus ?? null, tickets: f.tickets ?? null },
+      { kind: f.kind, channelKey: f.channelKey, sequence: this.sequence + 1, sentAtMs: nowMs, role: this.role, datagram: f.datagram, trace: f.trace ?? null, address: f.address, bus: f.bus ?? null, tickets: f.tickets ?? null, receiver: f.receiver, memberFrom: f.memberFrom },
       this.originLong,
     );
     if (plain.length + FRAME_OVERHEAD > MAX_UDP_PAYLOAD) return null;
@@ -93,11 +124,13 @@ export class SecureSession {
   }
 
   /**
-   * The gate: header, key, one open, payload, origin, role, skew, start, then replay.
-   * Anything unauthenticated costs at most one failed open and changes no
-   * state; the replay window is updated only for frames that pass all else.
+   * The gate: header, key, one open, payload, origin, role, skew, start,
+   * receiver, membership, then replay. Anything unauthenticated costs at most
+   * one failed open and changes no state; the replay window is updated only
+   * for frames that pass all else. `me` null (the cluster bus) refuses every
+   * frame that names a receiver.
    */
-  open(ring: KeyRing, frame: Buffer, maxSkewMs: number, nowMs = Date.now()): Envelope | OpenError {
+  open(ring: KeyRing, frame: Buffer, maxSkewMs: number, nowMs = Date.now(), me: Receiver | null = null): Envelope | OpenError {
     const id = frameKeyId(frame);
     if (typeof id === 'string') return id === 'unknown_version' ? 'bad_version' : id;
     const key = ring.get(id);
@@ -111,6 +144,9 @@ export class SecureSession {
     if (env.role !== this.peer) return 'wrong_role';
     if (Math.abs(nowMs - env.sentAtMs) > maxSkewMs) return 'stale';
     if (env.sentAtMs < this.startedAtMs) return 'before_start';
+    if (env.receiver.length > 0 && (me === null || !me.named(env.receiver))) return 'wrong_receiver';
+    // A MEMBERSHIP frame is what moves the fence: it is judged by the replay window alone.
+    if (me !== null && env.kind !== EnvelopeKind.Membership && env.sequence < me.fence(env.origin)) return 'before_join';
     if (!this.replay.accept(env.origin, env.sequence)) return 'replay';
     return env;
   }

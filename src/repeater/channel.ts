@@ -33,9 +33,13 @@ export interface ChannelOptions {
   readonly multicastInterface: string | null;
 }
 
-/** Seals a datagram for the sealed subscribers of one channel key. */
+/** Seals frames for the sealed subscribers of one channel key (`receiver` ''), or for the one subscriber `receiver` names. */
 export interface FrameSealer {
-  sealDatagram(channelKey: string, sealing: SealingInput): Buffer | null;
+  sealDatagram(channelKey: string, sealing: SealingInput, receiver?: string): Buffer | null;
+  /** Tells one subscriber the first sequence of our group frames it is a member for. */
+  sealMembership(channelKey: string, memberFrom: number, receiver: string): Buffer | null;
+  /** The sequence the next frame sealed will carry. */
+  readonly nextSequence: number;
 }
 
 /** What a sealed copy carries: the node's datagram and its trace. */
@@ -66,8 +70,20 @@ export class Channel {
   /** TTLs of static multicast outputs, by endpoint text. */
   readonly staticTtl = new Map<string, number>();
 
+  /** Seals membership frames and dates memberships (the repeater sets it with its keys); null without keys. */
+  sealer: FrameSealer | null = null;
+
   private plainGroup: OutletGroup;
   private keyGroups: KeyGroup[] = [];
+  /**
+   * Each sealed subscriber in a key group, the group's key, and the sequence
+   * from which it has been in it without a break (frames of ours below it
+   * were sealed for groups it was not in). Rebuilt with the groups; bounded
+   * by the registry.
+   */
+  private since = new Map<Subscriber, { key: string; from: number }>();
+  /** Subscribers whose subscription named its receiver: they know MEMBERSHIP frames. */
+  private readonly fenced = new WeakSet<Subscriber>();
   private dirty = true;
   private readonly tally: SendTally = newTally();
 
@@ -169,19 +185,53 @@ export class Channel {
     }
   }
 
-  private rebuild(): void {
+  /** Rebuilds the outlet groups; tells every new member that knows MEMBERSHIP frames when it joined, and returns those told. */
+  private rebuild(): Set<Subscriber> {
     const plain: Outlet[] = [];
     for (const e of this.plain.values()) if (e.suspendedUntil === 0 && e.owned) plain.push(e.outlet);
     const byKey = new Map<string, Subscriber[]>();
+    const since = new Map<Subscriber, { key: string; from: number }>();
+    const joined: Subscriber[] = [];
+    const next = this.sealer?.nextSequence ?? 0;
     for (const e of this.sealed.values()) {
       if (e.suspendedUntil !== 0 || !e.owned) continue;
       const list = byKey.get(e.key);
       if (list === undefined) byKey.set(e.key, [e]);
       else list.push(e);
+      // A member of another key's group before (a refresh may change the key) joins this one now.
+      const was = this.since.get(e);
+      const stays = was !== undefined && was.key === e.key;
+      since.set(e, stays ? was : { key: e.key, from: next });
+      if (!stays && this.fenced.has(e)) joined.push(e);
     }
+    this.since = since;
     this.plainGroup = this.fanout.group(plain);
     this.keyGroups = [...byKey].map(([key, members]) => ({ key, members, all: this.fanout.group(members.map((m) => m.outlet)), without: new Map() }));
     this.dirty = false;
+    const told = new Set<Subscriber>();
+    for (const e of joined) if (this.tellMembership(e)) told.add(e);
+    return told;
+  }
+
+  /** Sends `e` the sequence from which it has been a member; false when it is none now (or the send failed). */
+  private tellMembership(e: Subscriber): boolean {
+    const from = this.since.get(e)?.from;
+    if (from === undefined || from < 1 || this.sealer === null) return false;
+    const frame = this.sealer.sealMembership(e.key, from, e.endpoint.text);
+    return frame !== null && e.outlet.send(frame);
+  }
+
+  /**
+   * A sealed subscriber announced itself with a frame naming its receiver:
+   * it knows MEMBERSHIP frames. It is told (again at every announce: UDP may
+   * have lost the last one) from which sequence it is a member, and told
+   * again whenever it becomes one anew (a takeover, the end of a suspension).
+   */
+  confirmMember(e: Subscriber): void {
+    if (e.form !== 'sealed') return;
+    this.fenced.add(e);
+    const told = this.dirty ? this.rebuild() : null;
+    if (told?.has(e) !== true) this.tellMembership(e);
   }
 
   subscribersOf(form: Form): number {
@@ -243,19 +293,21 @@ export class Channel {
 
   /**
    * Sends a control frame (the ticket keys) to the sealed subscribers this
-   * repeater serves, sealed once per subscriber key by `frameFor`; only to `e`
-   * when given. Suspended subscribers are skipped. Returns the copies sent.
+   * repeater serves, sealed once per subscriber key by `frameFor` (a group
+   * frame: receiver ''); only to `e` when given, sealed for it alone (its
+   * address as receiver). Suspended subscribers are skipped. Returns the
+   * copies sent.
    */
-  sendSealed(frameFor: (key: string) => Buffer | null, e: Subscriber | null = null): number {
+  sendSealed(frameFor: (key: string, receiver: string) => Buffer | null, e: Subscriber | null = null): number {
     if (e !== null) {
       if (e.form !== 'sealed' || !e.owned || e.suspendedUntil !== 0) return 0;
-      const frame = frameFor(e.key);
+      const frame = frameFor(e.key, e.endpoint.text);
       return frame !== null && e.outlet.send(frame) ? 1 : 0;
     }
     if (this.dirty) this.rebuild();
     const t = newTally();
     for (const g of this.keyGroups) {
-      const frame = frameFor(g.key);
+      const frame = frameFor(g.key, '');
       if (frame !== null) g.all.send(frame, true, t);
     }
     return t.sent;

@@ -3,7 +3,9 @@
 //
 // - a sealed frame on a plain listener: an agent pointed at the plain port;
 // - a uwsgi packet on a sealed listener: a node sending straight to it;
-// - a source outside --allow: the allow-list misses the nodes' network.
+// - a source outside --allow: the allow-list misses the nodes' network;
+// - a frame naming another receiver: agents reach this listener through NAT,
+//   a port forward or a proxy, and it lacks public=.
 
 import { HintTable } from '../base/hints.js';
 import type { Logger } from '../base/log.js';
@@ -29,6 +31,7 @@ export class RepeaterHints {
   readonly sealedOnPlain: HintTable;
   readonly plainOnSealed: HintTable;
   readonly notAllowed: HintTable;
+  readonly otherReceiver: HintTable;
 
   /**
    * @param allow the running allow-list (null: any)
@@ -59,6 +62,17 @@ export class RepeaterHints {
       },
       log,
     );
+    this.otherReceiver = new HintTable(
+      {
+        name: 'other_receiver',
+        level: 'warn',
+        intervalMs: MINUTE,
+        whereName: 'listener',
+        message: () =>
+          "a sealed frame names another receiver than this listener: if agents reach it through NAT, a port forward or a proxy, add public=ADDR (the address their --repeater names) to this --listen-sealed; otherwise it is a capture replayed here",
+      },
+      log,
+    );
     this.notAllowed = new HintTable(
       {
         name: 'not_allowed',
@@ -76,15 +90,19 @@ export class RepeaterHints {
     if (looksSealed(msg)) this.sealedOnPlain.note(source, listener);
   }
 
-  /** A datagram a sealed listener could not open: a whole uwsgi cache update or subscription? */
-  unopened(msg: Buffer, source: string, listener: string): void {
+  /** A datagram a sealed listener could not open (`why`): a whole uwsgi cache update or subscription, or a frame for another address? */
+  unopened(msg: Buffer, why: string, source: string, listener: string): void {
+    if (why === 'wrong_receiver') {
+      this.otherReceiver.note(source, listener);
+      return;
+    }
     const m1 = msg[0];
     if ((m1 === MODIFIER1_CACHE || m1 === MODIFIER1_SUBSCRIPTION) && checkHeader(msg) === undefined) this.plainOnSealed.note(source, listener);
   }
 
   /** Every hint seen lately, for /healthz. */
   view(now = Date.now()): unknown[] {
-    return [...this.sealedOnPlain.view(now), ...this.plainOnSealed.view(now), ...this.notAllowed.view(now)];
+    return [...this.sealedOnPlain.view(now), ...this.plainOnSealed.view(now), ...this.otherReceiver.view(now), ...this.notAllowed.view(now)];
   }
 
   /** The sources the allow-list refused lately, one entry each (its last refusal), for /refusals. */

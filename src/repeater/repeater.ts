@@ -29,6 +29,7 @@ import { checkHeader, peekKind } from '../wire/uwsgi.js';
 import { AccessList } from './acl.js';
 import { RepeaterHints } from './hints.js';
 import { Channel, type ChannelEvents, type ChannelOptions, type Subscriber } from './channel.js';
+import { ListenerName } from './listener-name.js';
 import type { Arrival, ClusterPort } from './cluster-port.js';
 import { RateLimiter } from './ratelimit.js';
 import type { SealedGate } from './sealed-gate.js';
@@ -315,7 +316,10 @@ export class Repeater {
       }
     }
 
-    for (const ch of this.channels.values()) ch.tickets = next.tickets !== null && next.listeners.some((l) => l.tickets && l.channel === ch.name);
+    for (const ch of this.channels.values()) {
+      ch.tickets = next.tickets !== null && next.listeners.some((l) => l.tickets && l.channel === ch.name);
+      ch.sealer = sealed;
+    }
     this.applyTickets(next, savedTickets);
     this.applyStatics(next);
     this.evictInvalid();
@@ -446,9 +450,9 @@ export class Repeater {
       return;
     }
     if (sealed) {
-      const env = this.gate!.open(ch, msg);
-      if (env !== null) this.onEnvelope(ch, env, from, t0);
-      else this.hints.unopened(msg, from.address, route.config.endpoint.text);
+      const env = this.gate!.open(ch, msg, ListenerName.of(route.config, route.listener));
+      if (typeof env !== 'string') this.onEnvelope(ch, env, from, t0);
+      else this.hints.unopened(msg, env, from.address, route.config.endpoint.text);
       return;
     }
     if (kind === K.set || kind === K.delete) {
@@ -506,12 +510,13 @@ export class Repeater {
       signed: null,
     };
     const refused = this.desk.apply(ch, sub, 'sealed', from.address, Date.now(), env.origin);
+    if (refused !== null || sub.unsubscribe) return;
+    const ep = this.desk.vetAddress(sub.address);
+    const e = typeof ep === 'string' ? undefined : ch.sealed.get(ep.text);
+    // An agent that names its frame's receiver knows MEMBERSHIP frames: it learns from which of our sequences it is a member.
+    if (e !== undefined && env.receiver.length > 0) ch.confirmMember(e);
     // Every subscribe and refresh of a ticket channel gets the schedule: UDP may have lost the last one.
-    if (refused === null && !sub.unsubscribe && ch.tickets && this.ticketService !== null) {
-      const ep = this.desk.vetAddress(sub.address);
-      const e = typeof ep === 'string' ? undefined : ch.sealed.get(ep.text);
-      if (e !== undefined) this.ticketService.send(ch, e);
-    }
+    if (e !== undefined && ch.tickets && this.ticketService !== null) this.ticketService.send(ch, e);
   }
 
   /**

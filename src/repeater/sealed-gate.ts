@@ -5,7 +5,7 @@
 
 import { D } from '../base/stats.js';
 import type { KeyRing } from '../crypto/keyring.js';
-import type { SecureSession } from '../crypto/session.js';
+import type { OpenError, Receiver, SecureSession } from '../crypto/session.js';
 import { type Envelope, EnvelopeKind } from '../wire/envelope.js';
 import type { TicketKey } from '../wire/tickets.js';
 import type { Channel, FrameSealer, SealingInput } from './channel.js';
@@ -24,25 +24,34 @@ export class SealedGate implements FrameSealer {
   ) {}
 
   /**
-   * Opens a frame that arrived on one of `ch`'s sealed listeners. Returns
-   * the envelope, or null after counting why it was dropped.
+   * Opens a frame that arrived on one of `ch`'s sealed listeners, named by
+   * `listener` (a frame sealed for another receiver is refused). Returns
+   * the envelope, or why it was dropped (counted).
    */
-  open(ch: Channel, msg: Buffer): Envelope | null {
-    const env = this.session.open(this.ring, msg, this.opts.maxSkewMs);
-    if (typeof env === 'string') {
-      ch.stats.dropped[D[env]]++;
-      return null;
-    }
+  open(ch: Channel, msg: Buffer, listener: Receiver): Envelope | OpenError {
+    const env = this.session.open(this.ring, msg, this.opts.maxSkewMs, Date.now(), listener);
+    if (typeof env === 'string') ch.stats.dropped[D[env]]++;
     return env;
   }
 
-  sealDatagram(channelKey: string, input: SealingInput): Buffer | null {
-    return this.session.seal(this.ring, { kind: EnvelopeKind.CacheDatagram, channelKey, datagram: input.content, trace: input.trace, address: null });
+  /** A datagram for the sealed subscribers of one channel key (`receiver` '': all of them), or for the one `receiver` names. */
+  sealDatagram(channelKey: string, input: SealingInput, receiver = ''): Buffer | null {
+    return this.session.seal(this.ring, { kind: EnvelopeKind.CacheDatagram, channelKey, datagram: input.content, trace: input.trace, address: null, receiver });
   }
 
-  /** The fleet's ticket keys for the sealed subscribers of one channel key; null when it would not fit. */
-  sealTickets(channelKey: string, keys: readonly TicketKey[]): Buffer | null {
-    return this.session.seal(this.ring, { kind: EnvelopeKind.TicketKeys, channelKey, datagram: null, address: null, tickets: keys });
+  /** The fleet's ticket keys for the sealed subscribers of one channel key, or the one `receiver` names; null when it would not fit. */
+  sealTickets(channelKey: string, keys: readonly TicketKey[], receiver = ''): Buffer | null {
+    return this.session.seal(this.ring, { kind: EnvelopeKind.TicketKeys, channelKey, datagram: null, address: null, tickets: keys, receiver });
+  }
+
+  /** Tells one subscriber (`receiver`) it gets our group frames of `channelKey` from sequence `memberFrom` on. */
+  sealMembership(channelKey: string, memberFrom: number, receiver: string): Buffer | null {
+    return this.session.seal(this.ring, { kind: EnvelopeKind.Membership, channelKey, datagram: null, address: null, receiver, memberFrom });
+  }
+
+  /** The sequence our next frame to subscribers will carry. */
+  get nextSequence(): number {
+    return this.session.nextSequence;
   }
 
   /** Releases the key ring once this gate is no longer used. */

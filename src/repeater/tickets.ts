@@ -137,7 +137,7 @@ export class TicketService {
     const gate = this.deps.gate();
     if (gate === null || !ch.tickets || this.keys.size === 0) return;
     const keys = this.keys.keys;
-    this.framesSent += ch.sendSealed((key) => gate.sealTickets(key, keys), e);
+    this.framesSent += ch.sendSealed((key, receiver) => gate.sealTickets(key, keys, receiver), e);
   }
 
   /** The rotation period, in seconds. */

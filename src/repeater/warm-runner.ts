@@ -348,7 +348,7 @@ export class WarmRunner {
       }
       out = f;
     } else {
-      const frame = this.host.sealedGate?.sealDatagram(e.key, { content: entry.content, trace }) ?? null;
+      const frame = this.host.sealedGate?.sealDatagram(e.key, { content: entry.content, trace }, e.endpoint.text) ?? null;
       if (frame === null) {
         st.dropped[D.sealed_too_large]++;
         j.dropped++;

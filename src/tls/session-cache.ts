@@ -31,6 +31,7 @@ import { KeyRing } from '../crypto/keyring.js';
 import { sodiumReady } from '../crypto/secretbox.js';
 import { SecureSession } from '../crypto/session.js';
 import { nodeTicketKey, ticketKeyId, TicketKeys } from '../crypto/tickets.js';
+import { Membership } from '../gate/membership.js';
 import { checkBufferSize } from '../net/dgram-listener.js';
 import { advertiseAddress } from '../net/local.js';
 import { canonicalIp, type Endpoint, parseEndpoint } from '../wire/address.js';
@@ -130,6 +131,8 @@ export class SessionCache extends EventEmitter {
   private sweepTimer: NodeJS.Timeout | null = null;
   private closed = false;
   private advertised: string | null = null;
+  /** Sealed: our name in the repeater's frames (the advertised address), our membership fences. */
+  private readonly me = new Membership(() => this.advertised);
 
   private constructor(
     private readonly opts: Required<Pick<SessionCacheOptions, 'sessionTimeout' | 'subscribeInterval' | 'maxSkew'>>,
@@ -324,17 +327,13 @@ export class SessionCache extends EventEmitter {
       this.applyUpdate(msg, true);
       return;
     }
-    const env = this.sealed.session.open(this.sealed.ring, msg, this.opts.maxSkew * 1000);
-    if (typeof env === 'string') {
-      this.drop(env);
-      return;
-    }
-    if (env.channelKey !== this.channelKey) {
-      this.drop('key_mismatch');
-      return;
-    }
-    if (env.kind === EnvelopeKind.CacheDatagram) this.applyUpdate(env.datagram!, false);
+    // The gate refuses frames sealed for another receiver, and group frames sealed before we were a member.
+    const env = this.sealed.session.open(this.sealed.ring, msg, this.opts.maxSkew * 1000, Date.now(), this.me);
+    if (typeof env === 'string') this.drop(env);
+    else if (env.channelKey !== this.channelKey) this.drop('key_mismatch');
+    else if (env.kind === EnvelopeKind.CacheDatagram) this.applyUpdate(env.datagram!, false);
     else if (env.kind === EnvelopeKind.TicketKeys) this.onTicketKeys(env.tickets!);
+    else if (env.kind === EnvelopeKind.Membership) this.me.raise(env.origin, env.memberFrom!);
     else this.drop('unknown_command');
   }
 
@@ -412,7 +411,7 @@ export class SessionCache extends EventEmitter {
     const out =
       this.sealed === null
         ? encodeSubscription({ key: this.channelKey, address, unsubscribe })
-        : this.sealed.session.seal(this.sealed.ring, { kind: unsubscribe ? EnvelopeKind.Unsubscribe : EnvelopeKind.Subscribe, channelKey: this.channelKey, datagram: null, address });
+        : this.sealed.session.seal(this.sealed.ring, { kind: unsubscribe ? EnvelopeKind.Unsubscribe : EnvelopeKind.Subscribe, channelKey: this.channelKey, datagram: null, address, receiver: this.repeater.text });
     if (out === null) return;
     await new Promise<void>((resolve, reject) => {
       const t = setTimeout(() => reject(new Error(`announce to ${this.repeater.text} timed out`)), 1000);

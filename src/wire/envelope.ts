@@ -17,6 +17,8 @@ export enum EnvelopeKind {
   Bus = 4,
   /** The fleet's TLS ticket keys (wire/tickets.ts): repeater to sealed subscribers only. */
   TicketKeys = 5,
+  /** Repeater to one subscriber: the sequence from which it receives that repeater's group frames. */
+  Membership = 6,
 }
 
 /** Who sealed a frame (proto Role). */
@@ -42,12 +44,19 @@ export interface Envelope {
   readonly bus?: Uint8Array | null;
   /** TICKET_KEYS: the schedule, checked (wire/tickets.ts). */
   readonly tickets?: readonly TicketKey[] | null;
+  /** The one receiver the frame is sealed for, canonical as its sender addresses it; '' for a group frame. */
+  readonly receiver: string;
+  /** MEMBERSHIP: the first sequence of the origin's group frames the receiver is a member for. */
+  readonly memberFrom?: number;
 }
+
+/** What encodeEnvelope takes: an Envelope without origin (given pre-converted), receiver optional. */
+export type EnvelopeFields = Omit<Envelope, 'origin' | 'receiver'> & { readonly receiver?: string };
 
 const EnvelopeType = protoRoot.lookupType('udprepeater.Envelope');
 
 /** Encodes an Envelope; `originLong` is the origin pre-converted by bigintToLong. */
-export function encodeEnvelope(e: Omit<Envelope, 'origin'>, originLong: unknown): Uint8Array {
+export function encodeEnvelope(e: EnvelopeFields, originLong: unknown): Uint8Array {
   const msg: Record<string, unknown> = {
     kind: e.kind,
     channelKey: e.channelKey,
@@ -61,6 +70,8 @@ export function encodeEnvelope(e: Omit<Envelope, 'origin'>, originLong: unknown)
   if (e.address !== null) msg['subscription'] = { address: e.address };
   if (e.bus != null) msg['bus'] = e.bus;
   if (e.tickets != null) msg['tickets'] = ticketsToProto(e.tickets);
+  if (e.receiver !== undefined && e.receiver.length > 0) msg['receiver'] = e.receiver;
+  if (e.memberFrom !== undefined) msg['memberFrom'] = e.memberFrom;
   return EnvelopeType.encode(msg).finish();
 }
 
@@ -81,6 +92,9 @@ export function decodeEnvelope(buf: Uint8Array): Envelope | 'bad_payload' {
   const sentAtMs = longToNumber(m['sentAtMs'] as LongLike);
   if (sequence < 1 || !Number.isSafeInteger(sequence) || !Number.isSafeInteger(sentAtMs) || channelKey.length > MAX_NAME) return 'bad_payload';
   if (role !== Role.Agent && role !== Role.Repeater) return 'bad_payload';
+  // Absent (an older sender, or a group frame): ''. Never believed before the gate checked it names us.
+  const receiver = typeof m['receiver'] === 'string' ? m['receiver'] : '';
+  if (receiver.length > MAX_NAME) return 'bad_payload';
   const origin = longToBigint(m['origin'] as LongLike);
   // protobufjs leaves absent message fields as null (from the prototype),
   // absent scalars at their defaults: test with == null, never rely on undefined.
@@ -97,25 +111,31 @@ export function decodeEnvelope(buf: Uint8Array): Envelope | 'bad_payload' {
       if (ingress < 1 || ingress >= 2 ** 48 || seq < 1 || !Number.isSafeInteger(seq) || hops < 1 || hops > 255) return 'bad_payload';
       trace = { ingress, sequence: seq, hops };
     }
-    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: Buffer.from(datagram.buffer, datagram.byteOffset, datagram.length), trace, address: null };
+    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: Buffer.from(datagram.buffer, datagram.byteOffset, datagram.length), trace, address: null, receiver };
   }
   if (kind === EnvelopeKind.Bus) {
     const bus = m['bus'] as Uint8Array | null | undefined;
     if (bus == null || bus.length === 0) return 'bad_payload';
-    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: null, trace: null, address: null, bus };
+    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: null, trace: null, address: null, receiver, bus };
   }
   if (kind === EnvelopeKind.TicketKeys) {
     // Only a repeater distributes ticket keys; an agent's is refused here, before anyone believes it.
     if (role !== Role.Repeater) return 'bad_payload';
     const tickets = ticketsFromProto(m['tickets']);
     if (typeof tickets === 'string') return tickets;
-    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: null, trace: null, address: null, tickets };
+    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: null, trace: null, address: null, receiver, tickets };
   }
   if (kind === EnvelopeKind.Subscribe || kind === EnvelopeKind.Unsubscribe) {
     if (sub == null || channelKey.length === 0) return 'bad_payload';
     const address = sub.address ?? '';
     if (address.length === 0 || address.length > MAX_NAME) return 'bad_payload';
-    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: null, trace: null, address };
+    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: null, trace: null, address, receiver };
+  }
+  if (kind === EnvelopeKind.Membership) {
+    // A repeater's word to one subscriber: it must name that subscriber and its channel.
+    const memberFrom = longToNumber(m['memberFrom'] as LongLike);
+    if (role !== Role.Repeater || receiver.length === 0 || channelKey.length === 0 || memberFrom < 1 || !Number.isSafeInteger(memberFrom)) return 'bad_payload';
+    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: null, trace: null, address: null, receiver, memberFrom };
   }
   return 'bad_payload';
 }
