@@ -171,6 +171,18 @@ describe('files the daemons trust must be ours', { skip, timeout: 120_000 }, () 
     assertRefused(await outcome(await agentArgs(['--key-file', key, '--ticket-key-dir', planted]), 'udprepeater agent running'), new RegExp(`ticket\\.0\\.key: a symbolic link`));
   });
 
+  test('a --subscriptions-sign-check directory others can write, or another user owns, is refused: a key planted there would sign subscriptions', async () => {
+    const open = fresh('pubkeys');
+    chmodSync(open, 0o777);
+    const args = async (dir: string) => ['serve', '--listen', `127.0.0.1:${await freePort()}`, '--subscriptions-sign-check', `SHA256:${dir}`];
+    assertRefused(await outcome(await args(open), 'udprepeater started'), new RegExp(`--subscriptions-sign-check ${esc(open)}: group or others can write it`));
+    const theirs = fresh('pubkeys');
+    chownSync(theirs, NOBODY, NOBODY);
+    assertRefused(await outcome(await args(theirs), 'udprepeater started'), new RegExp(`--subscriptions-sign-check ${esc(theirs)}: owned by uid ${NOBODY}`));
+    // The control: a directory of ours starts.
+    assert.equal((await outcome(await args(fresh('pubkeys')), 'udprepeater started')).refused, false);
+  });
+
   test('on SIGHUP a directory or key file no longer ours is refused and the running config is kept', async () => {
     const state = fresh('state');
     const serve = Daemon.spawn([...(await serveArgs(state)), '--log-format', 'json', '--metrics', 'off']);

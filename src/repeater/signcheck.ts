@@ -5,9 +5,10 @@
 // be replayed.
 
 import { createPublicKey, getHashes, type KeyObject, verify } from 'node:crypto';
-import { readFileSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import { ConfigError, describe } from '../base/errors.js';
+import { checkTrustedDir, readTrusted } from '../base/trust.js';
 import type { Logger } from '../base/log.js';
 import type { SignCheckConfig } from '../config/serve-config.js';
 import type { Subscription } from '../wire/subscription.js';
@@ -40,6 +41,8 @@ export class UwsgiSignatureCheck implements SignatureCheck {
       throw new ConfigError(`--subscriptions-sign-check: ${cfg.dir}: ${describe(err)}`);
     }
     if (!st.isDirectory()) throw new ConfigError(`--subscriptions-sign-check: ${cfg.dir} is not a directory`);
+    // A public key planted here lets its holder sign subscriptions: the directory must be ours (base/trust.ts).
+    checkTrustedDir(cfg.dir, '--subscriptions-sign-check');
   }
 
   /** DIR/<key>.pem, loaded once per config (a reload re-reads it). */
@@ -50,7 +53,9 @@ export class UwsgiSignatureCheck implements SignatureCheck {
     if (SAFE_NAME.test(key)) {
       const file = join(this.cfg.dir, `${key}.pem`);
       try {
-        pub = createPublicKey(readFileSync(file));
+        const pem = readTrusted(file, '--subscriptions-sign-check key');
+        if (pem === null) throw new Error('no such file');
+        pub = createPublicKey(pem);
       } catch (err) {
         this.log.throttle('warn', `signkey:${key}`, 'no usable public key for signed subscriptions', { key, file, error: describe(err) });
       }
