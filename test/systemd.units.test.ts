@@ -10,7 +10,8 @@
 //   unit that reloads nginx watches exactly that directory's ticket.0.key;
 // - the real agent (the CLI), run as the unit's user (created by
 //   systemd-sysusers from systemd/udprepeater.sysusers, in a temporary root)
-//   in the unit's directory layout, ownership and modes, writes the ticket
+//   in the unit's directory layout, ownership and modes (its key in the
+//   README's key directory, --key-dir), writes the ticket
 //   files from a real repeater's schedule, slot 0 last.
 // test/system/systemd.units.test.ts runs the same units under a real systemd.
 
@@ -116,11 +117,13 @@ describe('the shipped systemd units', { skip, timeout: 60_000 }, () => {
       chownSync(d, 0, user.gid);
       chmodSync(d, layout.configDirMode);
     }
+    // The README's key directory: the key the user's, 0600; DIR/sealing root's, as `echo NAME > DIR/sealing` leaves it.
     const fleetKey = await keygen();
     const key = join(conf, 'keys', 'fleet.key');
     copyFileSync(fleetKey, key);
     chownSync(key, user.uid, user.gid);
     chmodSync(key, 0o600);
+    writeFileSync(join(conf, 'keys', 'sealing'), 'fleet.key\n', { mode: 0o644 });
 
     const port = await freePort();
     const state = mkdtempSync(join(tmpdir(), 'udprepeater-units-state-'));
@@ -130,7 +133,7 @@ describe('the shipped systemd units', { skip, timeout: 60_000 }, () => {
     const agentConf = join(conf, 'agent.conf');
     writeFileSync(
       agentConf,
-      [`repeater = 127.0.0.1:${port}`, `key-file = ${key}`, `local = 127.0.0.1:${await freePort()}`, `deliver = 127.0.0.1:${await freePort()}`, 'channel-key = ssl', `ticket-key-dir = ${at(ticketDir)}`, 'log-format = json', ''].join('\n'),
+      [`repeater = 127.0.0.1:${port}`, `key-dir = ${join(conf, 'keys')}`, `local = 127.0.0.1:${await freePort()}`, `deliver = 127.0.0.1:${await freePort()}`, 'channel-key = ssl', `ticket-key-dir = ${at(ticketDir)}`, 'log-format = json', ''].join('\n'),
     );
     chownSync(agentConf, 0, user.gid);
     chmodSync(agentConf, 0o640);
