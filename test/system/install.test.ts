@@ -18,7 +18,7 @@
 
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync, type SpawnSyncOptions } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -140,7 +140,8 @@ describe('npm pack and npm install -g', { skip, timeout: 600_000 }, () => {
     // As a fresh clone would have it: the files git knows (tracked, or new and not ignored), as they are now.
     const files = run('git', ['ls-files', '-z', '--cached', '--others', '--exclude-standard'], { cwd: REPO }).split('\0').filter((f) => f !== '');
     for (const f of files) {
-      if (!existsSync(join(REPO, f))) continue;
+      // Deleted since the last commit, or not a file (a node_modules link in a worktree).
+      if (!existsSync(join(REPO, f)) || !lstatSync(join(REPO, f)).isFile()) continue;
       mkdirSync(dirname(join(copy, f)), { recursive: true });
       copyFileSync(join(REPO, f), join(copy, f));
     }
