@@ -1,21 +1,23 @@
 // The shipped systemd units (systemd/) work as documented:
-// - every unit passes `systemd-analyze verify`. It checks that ExecStart
-//   binaries exist, and /usr/local/bin/udprepeater (where `npm install -g`
-//   puts it) does not exist here: the units are verified from a temporary
-//   copy in which that one path names an existing stub; every other path
-//   (/bin/kill, /usr/bin/systemctl) and every other line is as shipped;
+// - every unit passes `systemd-analyze verify`, as shipped. It checks that
+//   ExecStart binaries exist. Ours name `udprepeater` bare, which systemd
+//   looks up in /usr/local/bin and /usr/bin (where `npm install -g` puts it,
+//   whichever the prefix); no udprepeater is installed here, so verify runs
+//   in a mount namespace of its own with a stub bound over /usr/local/bin
+//   (test/system/install.test.ts verifies them after a real `npm install -g`);
 // - the nginx layout the README gives is one the sandboxed agent unit may
 //   write (ProtectSystem=strict leaves it StateDirectory= alone), and the path
 //   unit that reloads nginx watches exactly that directory's ticket.0.key;
 // - the real agent (the CLI), run as the unit's user (created by
 //   systemd-sysusers from systemd/udprepeater.sysusers, in a temporary root)
-//   in the unit's directory layout, ownership and modes, writes the ticket
+//   in the unit's directory layout, ownership and modes (its key in the
+//   README's key directory, --key-dir), writes the ticket
 //   files from a real repeater's schedule, slot 0 last.
 // test/system/systemd.units.test.ts runs the same units under a real systemd.
 
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, statSync, watch, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, copyFileSync, mkdirSync, mkdtempSync, readdirSync, statSync, watch, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -27,13 +29,14 @@ import { agentUnitLayout, README, unitDirectives, UNITS_DIR, unitUser } from './
 
 const tools = spawnSync('systemd-analyze', ['--version'], { encoding: 'utf8' });
 const sysusers = spawnSync('systemd-sysusers', ['--help'], { encoding: 'utf8' });
+const unshare = spawnSync('unshare', ['--version'], { encoding: 'utf8' });
 const isRoot = process.geteuid?.() === 0;
 const { skip } = requirement(
   'systemd tools and root',
   'the systemd unit suite (test/systemd.units.test.ts)',
   'The shipped systemd units are NOT being checked.',
-  tools.status !== 0 || sysusers.status !== 0 ? { ok: false, reason: 'systemd-analyze or systemd-sysusers not found' } : isRoot ? { ok: true } : { ok: false, reason: 'not root (files are chowned to the unit user)' },
-  'install with: apt-get install systemd',
+  tools.status !== 0 || sysusers.status !== 0 || unshare.status !== 0 ? { ok: false, reason: 'systemd-analyze, systemd-sysusers or unshare not found' } : isRoot ? { ok: true } : { ok: false, reason: 'not root (files are chowned to the unit user)' },
+  'install with: apt-get install systemd util-linux',
 );
 
 const root = mkdtempSync(join(tmpdir(), 'udprepeater-units-'));
@@ -44,19 +47,25 @@ after(async () => {
 });
 
 describe('the shipped systemd units', { skip, timeout: 60_000 }, () => {
-  test('every unit passes systemd-analyze verify, and the sysusers file creates the units\' user', () => {
-    const copy = join(root, 'verify');
-    mkdirSync(join(copy, 'bin'), { recursive: true });
-    const stub = join(copy, 'bin', 'udprepeater');
-    writeFileSync(stub, '#!/bin/sh\nexit 0\n', { mode: 0o755 });
-    const units: string[] = [];
-    for (const f of readdirSync(UNITS_DIR)) {
-      const text = readFileSync(join(UNITS_DIR, f), 'utf8');
-      writeFileSync(join(copy, f), text.replaceAll('/usr/local/bin/udprepeater', stub));
-      if (/\.(service|path|socket|timer)$/.test(f)) units.push(join(copy, f));
+  test('every unit passes systemd-analyze verify as shipped, and the sysusers file creates the units\' user', () => {
+    const bin = join(root, 'verify-bin');
+    mkdirSync(bin, { recursive: true });
+    writeFileSync(join(bin, 'udprepeater'), '#!/bin/sh\nexit 0\n', { mode: 0o755 });
+    const units = readdirSync(UNITS_DIR)
+      .filter((f) => /\.(service|path|socket|timer)$/.test(f))
+      .map((f) => join(UNITS_DIR, f));
+    for (const u of units) {
+      for (const exec of unitDirectives(u).get('ExecStart') ?? []) {
+        if (/udprepeater/.test(exec.split(' ')[0]!)) assert.match(exec, /^udprepeater (serve|agent) /, `${u}: ExecStart names a path npm install -g may not use`);
+      }
     }
     assert.ok(units.some((u) => u.endsWith('.path')), 'a path unit reloads nginx');
-    const r = spawnSync('systemd-analyze', ['verify', ...units], { encoding: 'utf8', cwd: copy, timeout: 30_000 });
+    // The namespace ends with the command: the host's /usr/local/bin is never touched.
+    const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', 'mount --bind "$0" /usr/local/bin && exec systemd-analyze verify "$@"', bin, ...units], {
+      encoding: 'utf8',
+      cwd: UNITS_DIR,
+      timeout: 30_000,
+    });
     assert.equal(r.status, 0, `${r.stdout}${r.stderr}`);
     assert.equal(`${r.stdout}${r.stderr}`.trim(), '', 'systemd-analyze verify warns');
     // A path unit's Unit= is not checked by verify: it must be one of ours.
@@ -108,11 +117,13 @@ describe('the shipped systemd units', { skip, timeout: 60_000 }, () => {
       chownSync(d, 0, user.gid);
       chmodSync(d, layout.configDirMode);
     }
+    // The README's key directory: the key the user's, 0600; DIR/sealing root's, as `echo NAME > DIR/sealing` leaves it.
     const fleetKey = await keygen();
     const key = join(conf, 'keys', 'fleet.key');
     copyFileSync(fleetKey, key);
     chownSync(key, user.uid, user.gid);
     chmodSync(key, 0o600);
+    writeFileSync(join(conf, 'keys', 'sealing'), 'fleet.key\n', { mode: 0o644 });
 
     const port = await freePort();
     const state = mkdtempSync(join(tmpdir(), 'udprepeater-units-state-'));
@@ -122,7 +133,7 @@ describe('the shipped systemd units', { skip, timeout: 60_000 }, () => {
     const agentConf = join(conf, 'agent.conf');
     writeFileSync(
       agentConf,
-      [`repeater = 127.0.0.1:${port}`, `key-file = ${key}`, `local = 127.0.0.1:${await freePort()}`, `deliver = 127.0.0.1:${await freePort()}`, 'channel-key = ssl', `ticket-key-dir = ${at(ticketDir)}`, 'log-format = json', ''].join('\n'),
+      [`repeater = 127.0.0.1:${port}`, `key-dir = ${join(conf, 'keys')}`, `local = 127.0.0.1:${await freePort()}`, `deliver = 127.0.0.1:${await freePort()}`, 'channel-key = ssl', `ticket-key-dir = ${at(ticketDir)}`, 'log-format = json', ''].join('\n'),
     );
     chownSync(agentConf, 0, user.gid);
     chmodSync(agentConf, 0o640);

@@ -3,6 +3,7 @@
 
 import { ConfigError } from '../base/errors.js';
 import type { LogFormat, LogLevel } from '../base/log.js';
+import { keyDirFiles } from '../crypto/keydir.js';
 import { MAX_SOCKET_BUFFER } from '../net/io.js';
 import { type Endpoint, parseEndpoint } from '../wire/address.js';
 import type { RawOptions } from './options.js';
@@ -63,6 +64,10 @@ export interface CommonSettings {
   readonly sendBuffer: number;
   readonly maxDatagram: number;
   readonly sendQueue: number;
+  /**
+   * The key ring's files, the sealing one first: the --key-file flags, or
+   * what --key-dir holds now (a reload builds the config again, so lists it again).
+   */
   readonly keyFiles: readonly string[];
   readonly maxSkewMs: number;
   readonly metrics: Endpoint | null;
@@ -85,10 +90,33 @@ export function commonSettings(raw: RawOptions): CommonSettings {
     sendBuffer: num(raw, 'send-buffer', 0, MAX_SOCKET_BUFFER),
     maxDatagram: num(raw, 'max-datagram', 4, 65535),
     sendQueue: num(raw, 'send-queue', 1),
-    keyFiles: list(raw, 'key-file'),
+    keyFiles: keyFiles(raw),
     maxSkewMs: num(raw, 'max-skew', 0, 86_400, true) * 1000,
     metrics: metricsText === 'off' ? null : endpointOption('metrics', metricsText, true),
     logLevel: logLevel as LogLevel,
     logFormat: logFormat as LogFormat,
   };
+}
+
+/**
+ * The key ring's files. --key-dir and --key-file exclude each other: which
+ * key seals is said in one place only (DIR/sealing, or the first --key-file).
+ */
+function keyFiles(raw: RawOptions): readonly string[] {
+  const files = list(raw, 'key-file');
+  const dir = str(raw, 'key-dir');
+  if (dir === undefined) return files;
+  if (dir === '') throw new ConfigError('--key-dir is empty: give the directory of the key files', 'key-dir');
+  if (files.length > 0) {
+    throw new ConfigError(
+      `--key-dir ${dir} and --key-file ${files.join(', ')}: give one (every *.key in the directory opens, and ${dir}/sealing names the one that seals)`,
+      'key-dir',
+    );
+  }
+  try {
+    return keyDirFiles(dir);
+  } catch (err) {
+    if (err instanceof ConfigError) throw new ConfigError(err.message, 'key-dir');
+    throw err;
+  }
 }

@@ -188,7 +188,7 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
   const common = commonSettings(raw);
   const keyFiles = common.keyFiles;
   const needsKeys = all.some((l) => l.sealed) || outs.some((s) => s.sealed);
-  if (needsKeys && keyFiles.length === 0) throw new ConfigError('sealed listeners and sealed --to outputs need at least one --key-file');
+  if (needsKeys && keyFiles.length === 0) throw new ConfigError('sealed listeners and sealed --to outputs need at least one --key-file (or a --key-dir)');
 
   const ifaceText = str(raw, 'multicast-interface') ?? null;
   let iface: string | null = null;

@@ -18,6 +18,7 @@ import { registerHaproxyMetrics } from './haproxy-metrics.js';
 
 export interface AgentHandle {
   readonly agent: Agent;
+  readonly backend: Backend;
   readonly register: Registry;
   readonly status: StatusServer | null;
   readonly ops: OpsMetrics;
@@ -25,11 +26,18 @@ export interface AgentHandle {
   close(): Promise<void>;
 }
 
+/** The ring as the repeater logs it: the ring holds the files in config order, the sealing one first. */
+function logKeyRing(log: Logger, agent: Agent, config: AgentConfig): void {
+  const ids = agent.keyIds;
+  log.info('key ring loaded', { keys: config.keyFiles.map((file, i) => ({ id: ids[i], file, seals: i === 0 })) });
+}
+
 /** Starts an agent with its status server; used by the CLI and by tests. */
 export async function startAgent(config: AgentConfig, log: Logger, session?: SecureSession, backend?: Backend): Promise<AgentHandle> {
   await sodiumReady();
   const s = session ?? new SecureSession(Role.Agent);
   const agent = await Agent.start(config, log, s, backend);
+  logKeyRing(log, agent, config);
   const register = newRegistry();
   registerChannelMetrics(
     register,
@@ -82,6 +90,7 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
   const reloads = new Reloads(log, (ok) => ops.reloaded(ok));
   return {
     agent,
+    backend: agent.backend,
     register,
     status,
     ops,
@@ -89,6 +98,7 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
       reloads.run(async () => {
         const cfg = next();
         await agent.apply(cfg);
+        logKeyRing(log, agent, cfg);
         log.configure(cfg.logLevel, cfg.logFormat);
       }),
     async close() {

@@ -4,6 +4,8 @@ import { describe } from '../base/errors.js';
 import { Logger } from '../base/log.js';
 import { VERSION } from '../base/package.js';
 import type { LogFormat, LogLevel } from '../config/serve-config.js';
+import { describeBackend } from '../net/backend.js';
+import type { Backend } from '../net/io.js';
 
 /** Resolves on the first SIGTERM or SIGINT. */
 export function untilSignal(log: Logger): Promise<void> {
@@ -46,6 +48,7 @@ export class Reloads {
       try {
         await apply();
         this.onResult(true);
+        this.log.info('config reloaded');
         return true;
       } catch (err) {
         this.onResult(false);
@@ -59,6 +62,8 @@ export class Reloads {
 }
 
 export interface Running<C> {
+  /** The socket backend, named with its reason on the started line. */
+  readonly backend: Backend;
   reload(config: () => C): Promise<boolean>;
   close(): Promise<void>;
 }
@@ -94,7 +99,7 @@ export async function runDaemon<C extends { logLevel: LogLevel; logFormat: LogFo
     usr1?.(handle, log);
   };
   const stopped = untilSignal(log);
-  log.info(`${name} ${startedWord}`, { version: VERSION, pid: process.pid, config: configFile });
+  log.info(`${name} ${startedWord}`, { version: VERSION, pid: process.pid, config: configFile, ...describeBackend(handle.backend) });
   await stopped;
   await handle.close();
   log.info(`${name} stopped`);

@@ -38,6 +38,7 @@ import { registerTicketMetrics } from './ticket-metrics.js';
 
 export interface ServeHandle {
   readonly repeater: Repeater;
+  readonly backend: Backend;
   readonly register: Registry;
   readonly status: StatusServer | null;
   readonly ops: OpsMetrics;
@@ -180,6 +181,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   const reloads = new Reloads(log, (ok) => ops.reloaded(ok));
   const handle: ServeHandle = {
     repeater,
+    backend: repeater.backend,
     register,
     status,
     ops,

@@ -4,7 +4,7 @@ import { isMulticast, type Endpoint } from '../wire/address.js';
 import { DgramListener } from './dgram-listener.js';
 import { DgramFanout } from './dgram-outlet.js';
 import type { Backend, DatagramHandler, DatagramListener, Fanout, FanoutOptions, ListenOptions } from './io.js';
-import { DEFAULT_BACKEND, requireNative } from './native.js';
+import { DEFAULT_BACKEND, NATIVE_PATH, native, nativeStatus, requireNative } from './native.js';
 import { NativeFanout } from './native-fanout.js';
 import { NativeListener } from './native-listener.js';
 
@@ -22,4 +22,13 @@ export async function openListener(backend: Backend, ep: Endpoint, opts: ListenO
 
 export function createFanout(backend: Backend, opts: FanoutOptions): Fanout {
   return backend === 'native' ? new NativeFanout(requireNative(), opts) : new DgramFanout(opts);
+}
+
+/**
+ * What a daemon's start line says about its sockets: the backend, and why
+ * (the addon loaded; or why node:dgram runs instead).
+ */
+export function describeBackend(backend: Backend): { backend: 'native' | 'node:dgram'; native: string } {
+  if (backend === 'native') return { backend: 'native', native: `loaded ${NATIVE_PATH}` };
+  return { backend: 'node:dgram', native: native === null ? nativeStatus : 'loaded, but node:dgram was asked for' };
 }

@@ -49,7 +49,8 @@ function load(): { api: UdpFast | null; why: string } {
     if (typeof api.openSender !== 'function' || typeof api.drainSender !== 'function') return { api: null, why: 'an outdated build; run npm run build:native' };
     return { api: api as UdpFast, why: 'loaded' };
   } catch (err) {
-    return { api: null, why: `not built (${(err as Error).message.split('\n')[0]}); run npm run build:native` };
+    // npm runs the install script (node-gyp) unless scripts are off (--ignore-scripts, npm 12's allowScripts) or the compile failed.
+    return { api: null, why: `not built (${(err as Error).message.split('\n')[0]}); build it with npm run build:native in ${PACKAGE_ROOT} (needs python3, make and a C compiler)` };
   }
 }
 
