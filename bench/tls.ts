@@ -21,7 +21,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect, type TLSSocket } from 'node:tls';
 import { parseArgs } from 'node:util';
-import { REPEATER_CLI, ROOT } from './lib/paths.js';
+import { BUILD_DIR, REPEATER_CLI } from './lib/paths.js';
 
 const { values } = parseArgs({
   options: {
@@ -36,7 +36,7 @@ const CLIENTS = Number(values.clients);
 const CONCURRENCY = Number(values.concurrency);
 /** rsa: RSA-2048, what most sites still serve (a full handshake signs with it); ec: ECDSA P-256. */
 const CERT = values.cert === 'ec' ? ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256'] : ['-newkey', 'rsa:2048'];
-const SERVER = join(ROOT, 'build', 'bench', 'lib', 'tls-server.js');
+const SERVER = join(BUILD_DIR, 'lib', 'tls-server.js');
 const dir = mkdtempSync(join(tmpdir(), 'udprepeater-bench-tls-'));
 const children: ChildProcess[] = [];
 process.on('exit', () => {

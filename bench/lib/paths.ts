@@ -1,4 +1,7 @@
-// Where things are: this file compiles to build/bench/lib/paths.js.
+// Where things are: this file compiles to build/bench/lib/paths.js. Compiled
+// things are found from this file's own directory, never through the `build`
+// symlink: a build beside a running bench (npm test) swaps that symlink, and
+// the bench must keep the binaries and the CLI it started with.
 
 import { join, resolve } from 'node:path';
 
@@ -7,8 +10,8 @@ export const ROOT = resolve(__dirname, '..', '..', '..');
 /** bench/ sources (C helpers, captures, results). */
 export const BENCH_DIR = join(ROOT, 'bench');
 /** Compiled output of the bench (native binaries, scratch files). */
-export const BUILD_DIR = join(ROOT, 'build', 'bench');
+export const BUILD_DIR = resolve(__dirname, '..');
 /** The repeater's CLI, compiled by `npm run build:dev`. */
-export const REPEATER_CLI = join(ROOT, 'build', 'src', 'cli.js');
+export const REPEATER_CLI = resolve(__dirname, '..', '..', 'src', 'cli.js');
 export const DEFAULT_CAPTURE = join(BENCH_DIR, 'captures', 'uwsgi-sessions.pcap');
 export const RESULTS_DIR = join(BENCH_DIR, 'results');

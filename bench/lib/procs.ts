@@ -97,14 +97,20 @@ export class Child {
       }
       this.wake();
     });
-    this.exited = new Promise((resolve) =>
-      proc.once('exit', (code, signal) => {
-        alive.delete(proc);
-        this.wake();
-        resolve({ code, signal });
-      }),
-    );
-    proc.on('error', () => undefined);
+    let resolveExit!: (r: { code: number | null; signal: NodeJS.Signals | null }) => void;
+    this.exited = new Promise((resolve) => (resolveExit = resolve));
+    proc.once('exit', (code, signal) => {
+      alive.delete(proc);
+      this.wake();
+      resolveExit({ code, signal });
+    });
+    // A spawn that fails (ENOENT, EACCES) emits 'error' and may never emit 'exit': settle `exited` anyway.
+    proc.on('error', (err) => {
+      this.errTail.push(`spawn failed: ${err.message}`);
+      alive.delete(proc);
+      this.wake();
+      resolveExit({ code: null, signal: null });
+    });
   }
 
   static spawn(name: string, cmd: string, args: readonly string[], opts: SpawnOptions = {}): Child {

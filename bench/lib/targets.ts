@@ -6,8 +6,8 @@ import { createSocket } from 'node:dgram';
 import { request } from 'node:http';
 import type { BenchMode } from './modes.js';
 import type { NativeTools } from './native.js';
-import { join } from 'node:path';
-import { REPEATER_CLI, ROOT } from './paths.js';
+import { dirname, join } from 'node:path';
+import { REPEATER_CLI } from './paths.js';
 import { BenchError, Child, sleep, within } from './procs.js';
 
 /**
@@ -30,7 +30,7 @@ export function repeaterPath(env: NodeJS.ProcessEnv = process.env): string {
   if (env['UDPREPEATER_NATIVE'] === '0') return 'node:dgram (UDPREPEATER_NATIVE=0)';
   try {
     // The repeater's own loader (build/src/net/native.js), when this tree has one.
-    const m = require(join(ROOT, 'build', 'src', 'net', 'native.js')) as { nativeStatus?: string };
+    const m = require(join(dirname(REPEATER_CLI), 'net', 'native.js')) as { nativeStatus?: string };
     if (m.nativeStatus === undefined) return 'unknown';
     return m.nativeStatus === 'loaded' ? 'native (udpfast addon)' : `node:dgram (native path ${m.nativeStatus})`;
   } catch {
