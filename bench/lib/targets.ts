@@ -101,6 +101,8 @@ export function httpGet(port: number, path: string, ms = 5000): Promise<string> 
       const req = request({ host: '127.0.0.1', port, path, method: 'GET' }, (res) => {
         let body = '';
         res.setEncoding('utf8');
+        // A connection reset while the body streams errors the response, not the request: never uncaught.
+        res.on('error', reject);
         res.on('data', (d: string) => (body += d));
         res.on('end', () => (res.statusCode === 200 ? resolve(body) : reject(new BenchError(`GET ${path}: HTTP ${res.statusCode}`))));
       });
@@ -191,7 +193,8 @@ export async function startRepeater(
     await sleep(20);
   }
   if (inputPort === 0 || metricsPort === 0) throw new BenchError('udprepeater started without logging its listener and metrics ports');
-  const metrics = async () => parseMetrics(await httpGet(metricsPort, '/metrics'));
+  // A loaded machine may reset or time out one scrape: the second try decides.
+  const metrics = async () => parseMetrics(await httpGet(metricsPort, '/metrics').catch(() => sleep(200).then(() => httpGet(metricsPort, '/metrics'))));
   return {
     kind,
     child,

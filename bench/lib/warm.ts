@@ -138,6 +138,7 @@ function metric(port: number, name: string): Promise<number> {
     const req = request({ host: '127.0.0.1', port, path: '/metrics', timeout: 5000 }, (res) => {
       let body = '';
       res.setEncoding('utf8');
+      res.on('error', reject);
       res.on('data', (d: string) => (body += d));
       res.on('end', () => {
         let sum = 0;
