@@ -24,7 +24,7 @@ import { Daemon, runCli, spawnAgent } from './helpers/daemon.js';
 import { eventually, freePort, Sender } from './helpers/net.js';
 import { REQUIRED, requirement } from './helpers/requirement.js';
 import { Capture, TCPDUMP_HINT, tcpdumpAvailability } from './helpers/tcpdump.js';
-import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability, sessionBytes, sessionId, untilAbsent, untilValue, PROPAGATE_MS } from './helpers/uwsgi.js';
+import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability, sessionBytes, sessionId, untilAbsent, untilSynced, PROPAGATE_MS } from './helpers/uwsgi.js';
 
 const TOLERANCE_S = 5;
 const SUBSCRIBE_INTERVAL_S = 1;
@@ -341,14 +341,14 @@ describe('real uWSGI nodes behind agents, through a sealed repeater', () => {
     writes.forEach((w, i) => remember(`write ${i} via ${w.via.name}`, w.key, w.value));
     for (const w of writes) await w.via.node.set(w.key, w.value, 300);
     for (const w of writes) {
-      await Promise.all([a, b, c].filter((s) => s !== w.via).map((s) => untilValue(s.node, w.key, w.value)));
+      await Promise.all([a, b, c].filter((s) => s !== w.via).map((s) => untilSynced(s.node, w.key, w.value)));
     }
 
     // An update (session renegotiated) through another node replaces it everywhere.
     const renewed = sessionBytes(700);
     remember('the update via node-c', writes[0]!.key, renewed);
     await c.node.set(writes[0]!.key, renewed, 300);
-    await Promise.all([a, b, c].map((s) => untilValue(s.node, writes[0]!.key, renewed)));
+    await Promise.all([a, b, c].map((s) => untilSynced(s.node, writes[0]!.key, renewed)));
   });
 
   test('(2) a delete through one node removes the session from every node', opts, async () => {
@@ -356,7 +356,7 @@ describe('real uWSGI nodes behind agents, through a sealed repeater', () => {
     const v = sessionBytes(512);
     remember('the deleted session', k, v);
     await a.node.set(k, v, 300);
-    await Promise.all([b, c].map((s) => untilValue(s.node, k, v)));
+    await Promise.all([b, c].map((s) => untilSynced(s.node, k, v)));
 
     // uWSGI sends the delete unpadded (its receivers ignore that form): the
     // agents must deliver it padded for this to propagate.
@@ -374,14 +374,14 @@ describe('real uWSGI nodes behind agents, through a sealed repeater', () => {
     const v = sessionBytes(400);
     remember('the session x must not get', k, v);
     await a.node.set(k, v, 300);
-    await Promise.all([b, c].map((s) => untilValue(s.node, k, v)));
+    await Promise.all([b, c].map((s) => untilSynced(s.node, k, v)));
     // The repeater's fan-out of that update is over. A marker sent straight to
     // x's cache-udp-server now queues behind anything the repeater sent x:
     // once x holds the marker, it has applied everything sent before it.
     const marker = sessionId();
     const mv = sessionBytes(32);
     await sender.send(encodeCacheSet(marker, mv, 0), Number(x.node.udpAddress.split(':')[1]));
-    await untilValue(x.node, marker, mv);
+    await untilSynced(x.node, marker, mv);
     assert.equal(await x.node.get(k), null, 'node-x received a session through an agent with a foreign key');
   });
 

@@ -17,7 +17,7 @@ import { encodeCacheSet } from '../src/wire/cache.js';
 import { Daemon, runCli } from './helpers/daemon.js';
 import { eventually, Receiver, Sender } from './helpers/net.js';
 import { requirement } from './helpers/requirement.js';
-import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability, sessionBytes, sessionId, untilValue, PROPAGATE_MS } from './helpers/uwsgi.js';
+import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability, sessionBytes, sessionId, untilSynced, PROPAGATE_MS } from './helpers/uwsgi.js';
 
 const TOLERANCE_S = 5;
 const SUBSCRIBE_FREQ_S = 1;
@@ -140,11 +140,11 @@ describe('signed subscriptions with real uWSGI nodes', () => {
     const key = sessionId();
     const value = sessionBytes(600);
     await via.set(key, value, 300);
-    await untilValue(witness, key, value);
+    await untilSynced(witness, key, value);
     const marker = sessionId();
     const mv = sessionBytes(32);
     await sender.send(encodeCacheSet(marker, mv, 0), Number(victim.udpAddress.split(':')[1]));
-    await untilValue(victim, marker, mv);
+    await untilSynced(victim, marker, mv);
     assert.equal(await victim.get(key), null, `${victim.name} received a session through the repeater`);
   }
 
@@ -225,11 +225,11 @@ describe('signed subscriptions with real uWSGI nodes', () => {
     const k1 = sessionId();
     const v1 = sessionBytes(1200);
     await a.set(k1, v1, 300);
-    await untilValue(b, k1, v1);
+    await untilSynced(b, k1, v1);
     const k2 = sessionId();
     const v2 = sessionBytes(BLOCKSIZE);
     await b.set(k2, v2, 300);
-    await untilValue(a, k2, v2);
+    await untilSynced(a, k2, v2);
   });
 
   test('(2) a node signing with another private key is refused (bad_signature) and receives nothing', opts, async () => {
@@ -329,6 +329,6 @@ describe('signed subscriptions with real uWSGI nodes', () => {
     const key = sessionId();
     const value = sessionBytes(800);
     await sender.send(encodeCacheSet(key, value, 0), repPort);
-    await untilValue(b, key, value);
+    await untilSynced(b, key, value);
   });
 });

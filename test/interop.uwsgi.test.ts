@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { Daemon } from './helpers/daemon.js';
 import { requirement } from './helpers/requirement.js';
-import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability, sessionBytes, sessionId, untilAbsent, untilValue } from './helpers/uwsgi.js';
+import { INSTALL_HINT, killAllUwsgi, UwsgiNode, uwsgiAvailability, sessionBytes, sessionId, untilAbsent, untilSynced } from './helpers/uwsgi.js';
 
 const TOLERANCE_S = 3;
 const SUBSCRIBE_FREQ_S = 1;
@@ -101,13 +101,13 @@ describe('real uWSGI nodes through the repeater', () => {
     ];
     for (const w of writes) await w.via.set(w.key, w.value, 300);
     for (const w of writes) {
-      await Promise.all(nodes.filter((n) => n !== w.via).map((n) => untilValue(n, w.key, w.value)));
+      await Promise.all(nodes.filter((n) => n !== w.via).map((n) => untilSynced(n, w.key, w.value)));
     }
 
     // An update (session renegotiated) through another node replaces it everywhere.
     const renewed = sessionBytes(700);
     await c.set(writes[0]!.key, renewed);
-    await Promise.all(nodes.map((n) => untilValue(n, writes[0]!.key, renewed)));
+    await Promise.all(nodes.map((n) => untilSynced(n, writes[0]!.key, renewed)));
   });
 
   test('uWSGI itself refuses a value above the cache blocksize (the largest session that can sync)', opts, async () => {
@@ -120,7 +120,7 @@ describe('real uWSGI nodes through the repeater', () => {
     const key = sessionId();
     const value = sessionBytes(512);
     await a.set(key, value, 300);
-    await Promise.all(nodes.filter((n) => n !== a).map((n) => untilValue(n, key, value)));
+    await Promise.all(nodes.filter((n) => n !== a).map((n) => untilSynced(n, key, value)));
 
     // Deleted through a node other than the writer. uWSGI drops its own
     // (unpadded) deletes; only the repeater's padding makes this propagate.
@@ -151,13 +151,13 @@ describe('real uWSGI nodes through the repeater', () => {
       const key = sessionId();
       const value = sessionBytes(512);
       await p1.set(key, value, 300);
-      await untilValue(p2, key, value);
+      await untilSynced(p2, key, value);
       // p1 gets its own set back too, and a late one would bring the key back
       // after the delete below: a set from p2 reaches p1 behind it.
       const fence = sessionId();
       const fenceValue = sessionBytes(64);
       await p2.set(fence, fenceValue);
-      await untilValue(p1, fence, fenceValue);
+      await untilSynced(p1, fence, fenceValue);
 
       assert.equal(await p1.del(key), true);
       assert.equal(await p1.get(key), null);
@@ -166,7 +166,7 @@ describe('real uWSGI nodes through the repeater', () => {
       const marker = sessionId();
       const markerValue = sessionBytes(64);
       await p1.set(marker, markerValue);
-      await untilValue(p2, marker, markerValue);
+      await untilSynced(p2, marker, markerValue);
 
       assert.deepEqual(await p2.get(key), value, 'the unpadded delete must have been ignored by uWSGI');
     });
@@ -190,7 +190,7 @@ describe('real uWSGI nodes through the repeater', () => {
     const key = sessionId();
     const value = sessionBytes(256);
     await c.set(key, value);
-    await Promise.all([a, b, e].map((n) => untilValue(n, key, value)));
+    await Promise.all([a, b, e].map((n) => untilSynced(n, key, value)));
   });
 
   test('(4) a node killed with SIGKILL expires after the tolerance, not before', opts, async (t) => {
@@ -203,7 +203,7 @@ describe('real uWSGI nodes through the repeater', () => {
     const key = sessionId();
     const value = sessionBytes(1024);
     await a.set(key, value);
-    await Promise.all([b, c].map((n) => untilValue(n, key, value)));
+    await Promise.all([b, c].map((n) => untilSynced(n, key, value)));
 
     const expired = await rep.log.waitFor('subscriber expired', { address: e.udpAddress }, { from, ms: TOLERANCE_S * 1000 + 3000 });
     const expiredAt = Date.parse(String(expired['time']));

@@ -18,7 +18,7 @@ import { requirement } from './helpers/requirement.js';
 import { Scope } from './helpers/scope.js';
 import { makeCert, opensslAvailability, sClient, type Cert } from './helpers/tls.js';
 import { httpsServer, untilApplied } from './helpers/tls-cache.js';
-import { INSTALL_HINT, sessionBytes, sessionId, UwsgiNode, untilValue, uwsgiAvailability } from './helpers/uwsgi.js';
+import { INSTALL_HINT, sessionBytes, sessionId, UwsgiNode, untilSynced, uwsgiAvailability } from './helpers/uwsgi.js';
 
 const uwsgi = uwsgiAvailability();
 const openssl = opensslAvailability();
@@ -61,7 +61,7 @@ describe('a Node.js server and a uWSGI node share one cache', { skip, timeout: 6
     const id = Buffer.from(hs.sessionId, 'hex');
     const data = cache.get(id);
     assert.ok(data !== undefined && data.length > 50, 'the server stored its session');
-    await untilValue(node, id, data);
+    await untilSynced(node, id, data);
     // uWSGI node -> Node server.
     const k = sessionId();
     const v = sessionBytes(1200);
