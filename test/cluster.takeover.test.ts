@@ -13,12 +13,18 @@ import type { Channel, Subscriber } from '../src/repeater/channel.js';
 import { decodeBus, encodeBus } from '../src/wire/bus.js';
 
 const TIMEOUT = 1500;
-const ch = { name: 'ssl' } as Channel;
-const sub = (n: number) => ({ n }) as unknown as Subscriber;
+const registered = new Map<string, Subscriber>();
+const ch = { name: 'ssl', registry: () => ({ get: (address: string) => registered.get(address) }) } as unknown as Channel;
+/** A registry entry this repeater serves. */
+function sub(n: number): Subscriber {
+  const e = { n, owned: true, form: 'plain', endpoint: { text: `127.0.0.1:${4000 + n}` } } as unknown as Subscriber;
+  registered.set(e.endpoint.text, e);
+  return e;
+}
 
 function setup(lastHeard: Map<bigint, number>) {
   const calls: Array<{ e: Subscriber; ageMs: number }> = [];
-  const t = new Takeovers({ takeover: (_c, e, ageMs) => calls.push({ e, ageMs }) }, (p) => lastHeard.get(p), TIMEOUT, new Logger('error', 'json'));
+  const t = new Takeovers({ takeover: (_c, e, ageMs) => calls.push({ e, ageMs }), onCompleted: null }, (p) => lastHeard.get(p), TIMEOUT, new Logger('error', 'json'), () => undefined);
   return { t, calls };
 }
 
@@ -45,17 +51,20 @@ describe('cluster/takeover.ts: how far back a takeover repairs', () => {
     assert.equal(calls[0]!.ageMs, REPAIR_MARGIN_MS);
   });
 
-  test('this repeater did not run for a peer timeout (SIGSTOP): its peers look dead, and nothing is repaired from its lagging state', () => {
+  test('this repeater did not run for a peer timeout (SIGSTOP): nothing is repaired from its lagging state at once; at the next turn, only what is still its own', async () => {
     const heard = new Map([[2n, 10_000]]);
     const { t, calls } = setup(heard);
+    const [s1, s2, s3] = [sub(1), sub(2), sub(3)];
     t.moved(new Map(), new Set([1n, 2n]), 10_000);
     // Stopped from 10,000 to 15,000: the first thing it does may be a message or the timer.
-    t.one(ch, sub(1), new Set([1n]), 15_000);
-    t.moved(new Map([[sub(2), ch]]), new Set([1n]), 15_001);
-    assert.deepEqual(calls, []);
-    // Running again: a later takeover is repaired.
-    t.moved(new Map([[sub(3), ch]]), new Set([1n]), 15_500);
-    assert.equal(calls.length, 1);
+    t.one(ch, s1, new Set([1n]), 15_000);
+    t.moved(new Map([[s2, ch]]), new Set([1n]), 15_001);
+    assert.equal(calls.length, 0, 'repaired before it could read what queued while it was stopped');
+    // The next turn: peer 2 was really gone; s2 went back to it meanwhile (say), s1 and a newly gained s3 are its own.
+    (s2 as { owned: boolean }).owned = false;
+    t.moved(new Map([[s3, ch]]), new Set([1n]), 15_500);
+    assert.deepEqual(calls.map((c) => c.e).sort((x, y) => (x as unknown as { n: number }).n - (y as unknown as { n: number }).n), [s1, s3]);
+    assert.equal(calls[0]!.ageMs, 15_500 - 10_000 + REPAIR_MARGIN_MS);
   });
 });
 

@@ -28,9 +28,7 @@
 //   each holds the whole cluster's; a repeater that starts fetches it from a
 //   peer before it warms anyone (state-fetch.ts).
 // - Takeover: a repeater that starts serving subscribers another served
-//   sends them what that one may not have delivered (takeover.ts); each
-//   repeater says in its announcements which subscribers' warm joins it
-//   completed, so the one that takes over knows which it must finish.
+//   sends them what that one may not have delivered (takeover.ts).
 
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -120,7 +118,7 @@ export class Cluster implements ClusterPort {
     // Each step of the fetch is bounded by the peer timeout: a live peer heartbeats three times within it.
     this.stateFetch = new StateFetch(host, cfg.peerTimeoutMs);
     this.stateAnswers = new StateAnswers(host);
-    this.takeovers = new Takeovers(repeater.warm, (peer) => this.peers.get(peer)?.lastHeard, cfg.peerTimeoutMs, log);
+    this.takeovers = new Takeovers(repeater.warm, (peer) => this.peers.get(peer)?.lastHeard, cfg.peerTimeoutMs, log, (ch, e) => this.announce(ch, e, false));
   }
 
   /** The cluster this repeater belongs to (--cluster-name). */
@@ -137,10 +135,6 @@ export class Cluster implements ClusterPort {
   start(): void {
     this.repeater.attachCluster(this, this.cfg.dedupWindowMs);
     this.repeater.subscriptions.attachCluster({ sealedElsewhere: (address) => this.heard.sealedAnywhere(address, Date.now()) });
-    // The others learn at once that this subscriber's join is done: none of them owes it one any more.
-    this.repeater.warm.onCompleted = (ch, e) => {
-      if (e.owned && ch.registry(e.form).get(e.endpoint.text) === e) this.announce(ch, e, false);
-    };
     for (const subject of [this.subject.allData, this.subject.control, this.subject.state(this.id)]) this.bus.subscribe(subject, (_subject, data) => this.onMessage(data));
     this.stateFetch.start();
     this.bus.start((connected) => {

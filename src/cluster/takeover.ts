@@ -21,10 +21,13 @@
 //   said goodbye, stopped hearing it, or its announcement expired) had its
 //   server until a moment ago: the margin alone is repaired.
 // - A repeater whose own event loop did not run for a peer timeout (SIGSTOP,
-//   a long pause) takes its peers for dead because it did not hear them, not
-//   because they died, and its live state lags the cluster's: it repairs
-//   nothing then (what it sent would be older than what the subscribers
-//   hold).
+//   a long pause, a starved CPU) may take its peers for dead because it did
+//   not hear them, not because they died, and its live state lags the
+//   cluster's until it has read what queued meanwhile: it decides at the
+//   next turn of the peer timer instead, and repairs only the subscribers
+//   still its own then (a peer that was alive is heard again by then and
+//   takes its subscribers back). Deferred subscribers are held in a table
+//   bounded by the registries, kept until such a turn.
 // - Whether a subscriber is owed a whole join (its join never completed
 //   anywhere, as far as this repeater heard) is the warm joins' fact; the
 //   repeaters tell each other of completed joins in their announcements
@@ -44,37 +47,50 @@ export class Takeovers {
   private readonly gone = new Map<bigint, { lastHeard: number; noticed: number }>();
   /** When the last reassignment ran (our clock, ms): the peer timer's. */
   private lastAt = -Infinity;
+  /** Taken over while this repeater had not run for a peer timeout: decided at the next turn. */
+  private pending = new Map<Subscriber, Channel>();
 
   constructor(
-    private readonly warm: Pick<WarmJoins, 'takeover'>,
+    private readonly warm: Pick<WarmJoins, 'takeover' | 'onCompleted'>,
     /** When a peer was last heard (our clock), while it is remembered. */
     private readonly lastHeard: (peer: bigint) => number | undefined,
     /** Reassignments come at least this often while the event loop runs (the peer timeout). */
     private readonly stallMs: number,
     private readonly log: Logger,
-  ) {}
+    /** Announces a subscriber on the bus (its announcement says whether its join completed here). */
+    announce: (ch: Channel, e: Subscriber) => void,
+  ) {
+    // The others learn at once that a join completed: none of them owes it one any more.
+    warm.onCompleted = (ch, e) => {
+      if (e.owned && ch.registry(e.form).get(e.endpoint.text) === e) announce(ch, e);
+    };
+  }
 
   /** After a reassignment at `now`: `gained` the subscribers this repeater serves from now on, `live` who is alive now. */
   moved(gained: ReadonlyMap<Subscriber, Channel>, live: Set<bigint>, now: number): void {
     const stalled = now - this.lastAt > this.stallMs;
     this.lastAt = now;
     this.observe(live, now);
-    if (gained.size === 0) return;
+    const due = this.pending;
+    this.pending = new Map();
+    for (const [e, ch] of gained) due.set(e, ch);
+    if (due.size === 0) return;
     // Peers left while this repeater was not running (noticed now, or by an announcement read first).
     if (stalled && this.gone.size > 0) {
-      this.log.warn('cluster: this repeater did not run for a while; the subscribers it took over are not repaired', { gained: gained.size });
+      this.pending = due;
+      this.log.warn('cluster: this repeater did not run for a peer timeout; the subscribers it took over are repaired at the next turn if still its own', { gained: due.size });
       return;
     }
     const ageMs = now - this.since(now) + REPAIR_MARGIN_MS;
-    for (const [e, ch] of gained) this.warm.takeover(ch, e, ageMs);
+    for (const [e, ch] of due) if (e.owned && ch.registry(e.form).get(e.endpoint.text) === e) this.warm.takeover(ch, e, ageMs);
   }
 
   /** One subscriber moved to this repeater on a peer's announcement (its server may have died a moment ago, or left). */
   one(ch: Channel, e: Subscriber, live: Set<bigint>, now: number): void {
     this.observe(live, now);
-    // The peer timer has not run for a peer timeout: this repeater was stopped, not its peers.
-    if (now - this.lastAt > this.stallMs) return;
-    this.warm.takeover(ch, e, now - this.since(now) + REPAIR_MARGIN_MS);
+    // The peer timer has not run for a peer timeout: decided at its next turn (above).
+    if (now - this.lastAt > this.stallMs) this.pending.set(e, ch);
+    else this.warm.takeover(ch, e, now - this.since(now) + REPAIR_MARGIN_MS);
   }
 
   /** Notes who left the live set since the last decision, and who came back. */
