@@ -1,12 +1,14 @@
 // The pure parts of the warm-join bound, over simulated clocks: a pacer that
 // charges bytes (a large datagram leaves a debt), the table of destinations
 // (one window per channel and IP, bounded, refusing when full), and what a
-// join sends again after a loss (the last spans, a bounded number of times).
+// join sends again after a loss (the last spans, a bounded number of times),
+// and the marks that turn "changed since T" into a version (cluster takeover).
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { Destinations, MAX_DESTINATIONS, Pacer, REDO_BYTES } from '../src/repeater/warm-budget.js';
 import { MAX_REWINDS, Redo, RUN_MS } from '../src/repeater/warm-redo.js';
+import { MARK_MS, MAX_MARKS, VersionMarks } from '../src/repeater/warm-repair.js';
 
 describe('the byte pacer', () => {
   test('a datagram larger than what is saved up is sent, and nothing more until the debt is repaid: any window gets the rate plus one burst and one datagram', () => {
@@ -87,5 +89,39 @@ describe('what a join sends again after a loss', () => {
     const r = new Redo(0, 100);
     assert.equal(r.lost(10, 100), false);
     assert.equal(r.rewinds, 0);
+  });
+});
+
+describe('version marks (what a takeover repairs)', () => {
+  test('the floor for "changed since T" is below every change made after T, exact when the state has been quiet since, and never above a later change whatever the pace', () => {
+    const m = new VersionMarks();
+    // Changes at random times (ms), each leaving the state one version higher.
+    const changes: Array<[number, number]> = [];
+    let t = 1_000;
+    let v = 0;
+    for (let i = 0; i < 20_000; i++) {
+      t += Math.floor(Math.random() * 40);
+      v++;
+      m.note(t, v);
+      changes.push([t, v]);
+    }
+    for (let q = 0; q < 2000; q++) {
+      const T = 1_000 + Math.floor(Math.random() * (t - 1_000));
+      const floor = m.versionAt(T);
+      const firstAfter = changes.find(([at]) => at > T);
+      if (firstAfter !== undefined) assert.ok(floor < firstAfter[1], `floor ${floor} for ${T} hides version ${firstAfter[1]} set at ${firstAfter[0]}`);
+      // Never more than MARK_MS of changes below T are repaired again.
+      const lastBefore = [...changes].reverse().find(([at]) => at <= T - MARK_MS);
+      if (lastBefore !== undefined) assert.ok(floor >= lastBefore[1], `floor ${floor} for ${T}: more than ${MARK_MS} ms repaired`);
+    }
+    // Quiet since the last change: the floor is exact.
+    assert.equal(m.versionAt(t + 5_000), v);
+  });
+
+  test('a history that does not reach back to T gives 0: everything, never too little', () => {
+    const m = new VersionMarks();
+    for (let i = 1; i <= MAX_MARKS + 10; i++) m.note(i * MARK_MS, i);
+    assert.equal(m.versionAt(5 * MARK_MS), 0, 'the oldest marks are gone');
+    assert.equal(m.versionAt((MAX_MARKS + 10) * MARK_MS), MAX_MARKS + 10);
   });
 });

@@ -15,7 +15,9 @@
 // dropped before any crypto, and only frames sealed by a repeater open.
 // On loopback, only the node's own sockets are heard (local-senders.ts).
 // The agent is a forwarder like the repeater: it stamps what the node sends
-// with its own loop trace and drops what it already forwarded.
+// with its own loop trace and drops what it already forwarded. A traced
+// datagram on --local is a forwarder's, never the node's: it is dropped unjudged,
+// so it cannot mark as seen the trace of a sealed copy the node is owed.
 
 import type { Socket } from 'node:dgram';
 import { describe } from '../base/errors.js';
@@ -65,7 +67,7 @@ export class Agent {
   private deliver: Outlet | null = null;
   private local!: DatagramListener;
   private socket!: Socket;
-  /** Per repeater IP (frames come back from any port of it). */
+  /** Per repeater, by host and port: each gets our subscriptions and updates. */
   private links = new Map<string, Link>();
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
@@ -152,7 +154,7 @@ export class Agent {
   private async setRepeaters(config: AgentConfig): Promise<void> {
     const next = new Map<string, Link>();
     for (const r of config.repeaters) {
-      const link = this.links.get(r.host) ?? newLink(r);
+      const link = this.links.get(r.text) ?? newLink(r);
       try {
         link.advertise = await this.advertiseFor(r);
       } catch (err) {
@@ -160,7 +162,7 @@ export class Agent {
         this.log.warn('no route to a repeater; will retry', { repeater: r.text, error: describe(err) });
         link.advertise = null;
       }
-      next.set(r.host, link);
+      next.set(r.text, link);
     }
     this.links = next;
   }
@@ -248,6 +250,17 @@ export class Agent {
     return n;
   }
 
+  /** A repeater sends from sockets of its own, not its listener: matched by host (several on one host: the first, unless one has that port). */
+  private linkFrom(from: Source): Link | undefined {
+    let first: Link | undefined;
+    for (const l of this.links.values()) {
+      if (l.repeater.host !== from.address) continue;
+      if (l.repeater.port === from.port) return l;
+      first ??= l;
+    }
+    return first;
+  }
+
   private schedule(): void {
     if (this.timer !== null) clearInterval(this.timer);
     this.announceAll(EnvelopeKind.Subscribe);
@@ -331,16 +344,11 @@ export class Agent {
       }
       return;
     }
-    const arrived = s.traceAt < 0 ? null : readTrace(msg, s.traceAt);
-    if (s.traceAt >= 0 && arrived === null) {
-      st.dropped[D.malformed]++;
+    if (s.traceAt >= 0) {
+      st.dropped[readTrace(msg, s.traceAt) === null ? D.malformed : D.loop]++;
       return;
     }
-    const trace = this.traceFor(arrived);
-    if (typeof trace === 'string') {
-      st.dropped[D[trace]]++;
-      return;
-    }
+    const trace = this.loops.stamp();
     const frame = this.session.seal(this.ring, { kind: EnvelopeKind.CacheDatagram, channelKey: this.config.channelKey, datagram: contentOf(msg, s), trace, address: null });
     if (frame === null) {
       st.dropped[D.too_large]++;
@@ -357,7 +365,7 @@ export class Agent {
     const st = this.toNode;
     st.bytesReceived += msg.length;
     st.received[K.sealed]++;
-    const link = this.links.get(from.address);
+    const link = this.linkFrom(from);
     if (link === undefined) {
       st.dropped[D.not_allowed]++;
       this.hints.stranger(msg, from.address, this.config.bind.text);

@@ -27,6 +27,8 @@
 // - Warm join: every repeater's live state learns what comes off the bus, so
 //   each holds the whole cluster's; a repeater that starts fetches it from a
 //   peer before it warms anyone (state-fetch.ts).
+// - Takeover: a repeater that starts serving subscribers another served
+//   sends them what that one may not have delivered (takeover.ts).
 
 import { hostname } from 'node:os';
 import { randomBytes } from 'node:crypto';
@@ -47,6 +49,7 @@ import { ClusterCounters } from './counters.js';
 import type { BusSeal } from './bus-seal.js';
 import { HeardTable, idOf } from './heard.js';
 import { StateAnswers, StateFetch, type StateHost } from './state-fetch.js';
+import { Takeovers } from './takeover.js';
 
 /** Datagrams older than this (by the sender's clock) are not delivered: stale after a reconnect. */
 export const MAX_DATAGRAM_AGE_MS = 5_000;
@@ -88,6 +91,8 @@ export class Cluster implements ClusterPort {
   /** This repeater's fetch of the live state at start, and its answers to others'. */
   readonly stateFetch: StateFetch;
   readonly stateAnswers: StateAnswers;
+  /** What a repeater that takes over subscribers sends them. */
+  private readonly takeovers: Takeovers;
 
   /** @param seal the bus's sealing (null only with --cluster-insecure). */
   constructor(
@@ -113,6 +118,7 @@ export class Cluster implements ClusterPort {
     // Each step of the fetch is bounded by the peer timeout: a live peer heartbeats three times within it.
     this.stateFetch = new StateFetch(host, cfg.peerTimeoutMs);
     this.stateAnswers = new StateAnswers(host);
+    this.takeovers = new Takeovers(repeater.warm, (peer) => this.peers.get(peer)?.lastHeard, cfg.peerTimeoutMs, log, (ch, e) => this.announce(ch, e, false));
   }
 
   /** The cluster this repeater belongs to (--cluster-name). */
@@ -218,7 +224,7 @@ export class Cluster implements ClusterPort {
   private announce(ch: Channel, e: Subscriber, gone: boolean): void {
     const deadlineMs = gone ? 0 : e.isStatic ? STATIC_DEADLINE : e.deadline;
     this.send(
-      { type: 'subscriber', channel: ch.name, sealed: e.form === 'sealed', address: e.endpoint.text, key: e.key, origin: e.origin ?? 0n, deadlineMs, isStatic: e.isStatic },
+      { type: 'subscriber', channel: ch.name, sealed: e.form === 'sealed', address: e.endpoint.text, key: e.key, origin: e.origin ?? 0n, deadlineMs, isStatic: e.isStatic, warmed: !gone && this.repeater.warm.completed(e) },
       this.subject.control,
     );
   }
@@ -340,7 +346,7 @@ export class Cluster implements ClusterPort {
         // Served sealed over there: our plain copies to it would carry the values in clear.
         if (b.sealed) this.repeater.subscriptions.dropPlainFor(address, `sealed at ${this.peers.get(m.sender)?.name ?? m.sender.toString(16)}`);
       }
-      this.reassignOne(b.channel, b.sealed, address, now);
+      this.reassignOne(b.channel, b.sealed, address, now, b.warmed === true);
       return;
     }
     if (b.type === 'tickets') {
@@ -401,21 +407,31 @@ export class Cluster implements ClusterPort {
     return owner(candidates, id);
   }
 
-  private reassignOne(channel: string, sealed: boolean, address: string, now: number): void {
+  /** After a peer's announcement of a subscriber (`warmed`: the peer completed its warm join). */
+  private reassignOne(channel: string, sealed: boolean, address: string, now: number, warmed: boolean): void {
     const ch = this.repeater.channels.get(channel);
     const e = ch?.registry(sealed ? 'sealed' : 'plain').get(address);
     if (ch === undefined || e === undefined) return;
-    const mine = this.owns(ch, e, now);
+    if (warmed) this.repeater.warm.peerCompleted(e);
+    const live = this.live(now);
+    const mine = this.owns(ch, e, now, live);
     if (mine !== e.owned) {
       e.owned = mine;
       ch.registry(e.form).touch();
+      if (mine) this.takeovers.one(ch, e, live, now);
     }
   }
 
   private reassign(why: string): void {
     const now = Date.now();
     const live = this.live(now);
-    const { gained, lost } = this.repeater.reassign((ch, e) => this.owns(ch, e, now, live));
+    const gainedIn = new Map<Subscriber, Channel>();
+    const { gained, lost } = this.repeater.reassign((ch, e) => {
+      const mine = this.owns(ch, e, now, live);
+      if (mine && !e.owned) gainedIn.set(e, ch);
+      return mine;
+    });
+    this.takeovers.moved(gainedIn, live, now);
     if (why === 'peer died') this.counters.failovers += gained.length;
     if (gained.length + lost.length > 0) this.log.info('cluster: subscribers moved', { why, gained: gained.length, lost: lost.length });
   }

@@ -22,7 +22,7 @@ export function registerWarmMetrics(register: Registry, r: Repeater): void {
   counterFrom(
     register,
     'udprepeater_warm_joins_total',
-    'Warm joins, by event: started, resumed (of those started: went on from what their address was sent within --warm-cooldown), completed, ended (before the end: subscriber gone or replaced), restarted (sent again what a closed port lost), refused (no join: the subscription did not come from its address, or too many destinations)',
+    'Warm joins, by event: started, resumed (of those started: went on from what their address was sent within --warm-cooldown), repair and takeover (of those started, cluster mode: a subscriber taken over from another repeater was sent what changed since it was last heard, or the whole join it never completed), completed, ended (before the end: subscriber gone or replaced), restarted (sent again what a closed port lost), refused (no join: the subscription did not come from its address, or too many destinations)',
     ['channel', 'event'],
     () =>
       each((channel) => {
@@ -30,6 +30,8 @@ export function registerWarmMetrics(register: Registry, r: Repeater): void {
         return [
           [{ channel, event: 'started' }, s?.started ?? 0],
           [{ channel, event: 'resumed' }, s?.resumed ?? 0],
+          [{ channel, event: 'repair' }, s?.repairs ?? 0],
+          [{ channel, event: 'takeover' }, s?.takeovers ?? 0],
           [{ channel, event: 'completed' }, s?.completed ?? 0],
           [{ channel, event: 'ended' }, s?.ended ?? 0],
           [{ channel, event: 'restarted' }, s?.restarted ?? 0],

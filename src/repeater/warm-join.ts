@@ -30,6 +30,15 @@
 //   that reaches it, so the skip rule of warm-runner.ts holds; a join whose
 //   subscriber is served elsewhere ends (checked at each step, after
 //   START_DELAY_MS, by when the repeaters that heard it agree on its server).
+// - Takeover (cluster mode): a repeater that starts serving a subscriber
+//   another repeater served (that one died, left or stopped hearing it)
+//   sends it what it may have missed (takeover()): the entries changed since
+//   that repeater was last heard (a repair: a join with a floor, on a
+//   destination of its own, so a cooldown never blocks it; it is bounded by
+//   what changed, which the live path would have sent it anyway), or, when
+//   the subscriber's own join never completed anywhere as far as this
+//   repeater heard, a whole join, accounted to its destination like any
+//   other (warm-repair.ts keeps what is owed).
 
 import type { Logger } from '../base/log.js';
 import type { WarmConfig } from '../config/warm-config.js';
@@ -40,6 +49,7 @@ import type { WireError } from '../wire/uwsgi.js';
 import type { Channel, Subscriber } from './channel.js';
 import { type LiveChange, LiveState } from './live-state.js';
 import { Destinations, privateDestination } from './warm-budget.js';
+import { WarmRepairs } from './warm-repair.js';
 import { joinId, WarmRunner } from './warm-runner.js';
 import { type WarmHost, type WarmProgress, WarmStats } from './warm-stats.js';
 
@@ -67,16 +77,23 @@ export class WarmJoins {
   private readonly shape: CacheShape = newShape();
   private closed = false;
   /** Subscribers whose join waits for release() (cluster mode start); null: joins start at once. */
-  private held: Map<string, { ch: Channel; e: Subscriber; why: 'new' | 'resumed'; at: number; since: number }> | null = null;
+  private held: Map<string, { ch: Channel; e: Subscriber; why: 'new' | 'resumed' | 'takeover'; at: number; since: number }> | null = null;
   /** During a fetch: the keys the live path touched, per channel; null: no fetch. */
   private touched: Map<string, Set<string>> | null = null;
   private touchedCount = 0;
+  /** What takeovers owe (cluster mode). */
+  private readonly repairs = new WarmRepairs();
+  /** Cluster mode: told when a join completes here, so the others know it is not owed any more. */
+  onCompleted: ((ch: Channel, e: Subscriber) => void) | null = null;
 
   constructor(
     private readonly host: WarmHost,
     private readonly clock: () => number = () => performance.now(),
   ) {
-    this.runner = new WarmRunner(host, clock);
+    this.runner = new WarmRunner(host, clock, (ch, e) => {
+      this.repairs.completed(e);
+      this.onCompleted?.(ch, e);
+    });
   }
 
   get enabled(): boolean {
@@ -143,7 +160,9 @@ export class WarmJoins {
     const state = this.states.get(ch.name);
     if (state === undefined) return;
     if (this.touched !== null) this.touch(ch.name, cacheKeyText(buf));
-    state.learn(buf, s, nowSeconds());
+    const nowMs = Date.now();
+    state.learn(buf, s, Math.floor(nowMs / 1000));
+    this.repairs.note(state, nowMs);
   }
 
   /** Joins wait from now until release(): the cluster's state is being fetched. */
@@ -237,7 +256,7 @@ export class WarmJoins {
    * destination's mark. A join in progress for it goes on.
    * `since`: held during a cluster fetch, the state's version when it came.
    */
-  subscribed(ch: Channel, e: Subscriber, why: 'new' | 'resumed', since: number | null = null): void {
+  subscribed(ch: Channel, e: Subscriber, why: 'new' | 'resumed' | 'takeover', since: number | null = null): void {
     if (!this.config.enabled || this.closed || e.isStatic || this.fanout === null) return;
     const state = this.states.get(ch.name);
     if (state === undefined) return;
@@ -252,6 +271,7 @@ export class WarmJoins {
     if (state.size === 0) {
       stats.started++;
       stats.completed++;
+      this.repairs.completed(e);
       return;
     }
     const now = this.clock();
@@ -261,7 +281,47 @@ export class WarmJoins {
       this.refuse(ch, e, 'too many destinations within their cooldown');
       return;
     }
-    this.runner.start({ ch, entry: e, state, stats, dest: opened.dest, resumed: opened.resumed, why, since }, this.fanout);
+    this.repairs.owe(e);
+    if (why === 'takeover') stats.takeovers++;
+    this.runner.start({ ch, entry: e, state, stats, dest: opened.dest, resumed: opened.resumed, why, since, kind: why === 'takeover' ? 'takeover' : 'join' }, this.fanout);
+  }
+
+  /**
+   * Cluster mode: this repeater serves `e` from now on, and the repeater
+   * that served it may have sent it nothing for the last `ageMs`. A join it
+   * is owed (it started here, and no repeater said it completed) is sent
+   * whole; otherwise the entries changed since then (a repair).
+   */
+  takeover(ch: Channel, e: Subscriber, ageMs: number): void {
+    if (!this.config.enabled || this.closed || this.fanout === null) return;
+    const state = this.states.get(ch.name);
+    if (state === undefined) return;
+    // Still fetching the state at start: an owed join waits for it like a new one; the state cannot repair yet.
+    if (this.held !== null) {
+      if (this.repairs.owes(e)) this.subscribed(ch, e, 'takeover');
+      return;
+    }
+    const floor = this.repairs.floor(state, Date.now() - ageMs);
+    // A join in progress (it began a moment ago, while another repeater served it): what it missed goes with it.
+    if (this.runner.missedSince(ch, e, floor)) return;
+    if (this.repairs.owes(e) && !e.isStatic) {
+      this.subscribed(ch, e, 'takeover');
+      return;
+    }
+    if (floor >= state.version) return;
+    const stats = this.stats.get(ch.name)!;
+    stats.repairs++;
+    this.runner.start({ ch, entry: e, state, stats, dest: privateDestination(this.clock()), resumed: false, why: 'repair', since: null, floor, kind: 'repair' }, this.fanout);
+  }
+
+  /** Cluster mode: another repeater's join toward `e` completed; it is owed none. */
+  peerCompleted(e: Subscriber): void {
+    this.repairs.paid(e);
+  }
+
+  /** Whether a join toward `e` completed here (or it needed none): told to the other repeaters. */
+  completed(e: Subscriber): boolean {
+    return this.repairs.done(e);
   }
 
   /** A subscriber new to its channel that gets no warm join (counted, logged). */

@@ -31,6 +31,8 @@
 //   then sends again what the last moments cost (warm-redo.ts), charged to
 //   the destination's REDO_BYTES. What a node drops silently (a full
 //   receive buffer) nobody can know: see README.md, "Warm join".
+// - A repair (cluster mode, warm-repair.ts) is a join that sends only the
+//   entries above its floor; the rules above hold for it as for any join.
 
 import { D } from '../base/stats.js';
 import { type Fanout, newTally, type OutletGroup } from '../net/io.js';
@@ -79,6 +81,9 @@ interface Join {
   walked: number;
   /** Versions the live path did not deliver to the subscriber (it was suspended): the join sends them. */
   readonly missed: Range;
+  /** Only entries above it are sent (a repair); 0: all. */
+  readonly floor: number;
+  readonly kind: JoinKind;
   /** The state's version when a suspension was first seen; -1: not suspended. */
   suspendedAt: number;
   /** What a closed port may have cost, to send again. */
@@ -88,6 +93,9 @@ interface Join {
   /** When it last sent (clock ms): a join ends RUN_MS after, once an ICMP answer to its last datagrams would have been seen. */
   lastSentAt: number;
 }
+
+/** A join of a subscriber new to its channel, a repair, or a join finished for a repeater that died before it completed. */
+export type JoinKind = 'join' | 'repair' | 'takeover';
 
 type Step = 'skipped' | 'paused' | 'done' | 'gone' | 'not_served';
 
@@ -99,9 +107,12 @@ export interface JoinStart {
   readonly stats: WarmStats;
   readonly dest: Destination;
   readonly resumed: boolean;
-  readonly why: 'new' | 'resumed';
+  readonly why: 'new' | 'resumed' | 'takeover' | 'repair';
   /** Held during a cluster fetch: the state's version when the subscriber came (the live path delivered what is above). */
   readonly since: number | null;
+  /** A repair: only entries above this version (default 0: all). */
+  readonly floor?: number;
+  readonly kind?: JoinKind;
 }
 
 const nowSeconds = () => Math.floor(Date.now() / 1000);
@@ -125,6 +136,8 @@ export class WarmRunner {
   constructor(
     private readonly host: WarmHost,
     private readonly clock: () => number,
+    /** A join reached its last entry. */
+    private readonly onComplete: (ch: Channel, e: Subscriber) => void = () => undefined,
   ) {}
 
   /** Warm joins in progress in a channel. */
@@ -170,6 +183,8 @@ export class WarmRunner {
       errors: e.outlet.errors,
       walked: 0,
       missed: emptyRange(),
+      floor: s.floor ?? 0,
+      kind: s.kind ?? 'join',
       suspendedAt: -1,
       redo: new Redo(now, startVersion),
       rewind: false,
@@ -184,7 +199,7 @@ export class WarmRunner {
       this.bytePacer.reset(now);
     }
     this.active.push(j);
-    this.host.log.info('warm join started', {
+    this.host.log.info(j.kind === 'repair' ? 'warm repair started' : 'warm join started', {
       channel: ch.name,
       address: e.endpoint.text,
       form: e.form,
@@ -193,7 +208,8 @@ export class WarmRunner {
       bytes: state.bytes,
       // Resumed: only entries above the destination's mark are sent.
       resumed: s.resumed,
-      from: s.dest.through,
+      from: Math.max(s.dest.through, j.floor),
+      ...(j.kind === 'join' ? {} : { kind: j.kind, to: startVersion }),
     });
     this.schedule(0);
   }
@@ -203,6 +219,18 @@ export class WarmRunner {
     const j = this.joins.get(joinId(ch, e));
     if (j === undefined || j.entry !== e) return null;
     return { sent: j.sent, skipped: j.skipped, dropped: j.dropped, total: j.total, startedAt: new Date(j.startedAt).toISOString(), resumed: j.resumed };
+  }
+
+  /**
+   * The subscriber of a join in progress was served elsewhere from versions
+   * above `floor` until now (cluster takeover): what was set meanwhile is
+   * sent as if it had been suspended.
+   */
+  missedSince(ch: Channel, e: Subscriber, floor: number): boolean {
+    const j = this.joins.get(joinId(ch, e));
+    if (j === undefined || j.entry !== e) return false;
+    if (j.state.version > floor && widen(j.missed, floor + 1, j.state.version)) j.rewind = true;
+    return true;
   }
 
   /** Ends every join on `state` (turned off, channel removed). */
@@ -301,7 +329,7 @@ export class WarmRunner {
       return 'skipped';
     }
     // Not sent yet to this address, not passed by this walk, and not delivered by the live path since the join began.
-    const fresh = v > j.dest.through && v > j.walked && (!(entry.delivered && v > j.startVersion) || inRange(j.missed, v));
+    const fresh = v > j.floor && v > j.dest.through && v > j.walked && (!(entry.delivered && v > j.startVersion) || inRange(j.missed, v));
     j.walked = Math.max(j.walked, v);
     const again = !fresh && j.dest.redoLeft > 0 && j.redo.again(v);
     if (!fresh && !again) {
@@ -377,6 +405,7 @@ export class WarmRunner {
     // Every entry now live was sent, held already, or delivered by the live path (or sent as missed).
     j.dest.through = Math.max(j.dest.through, j.state.version);
     j.stats.completed++;
+    this.onComplete(j.ch, j.entry);
     this.host.log.info('warm join completed', {
       channel: j.ch.name,
       address: j.entry.endpoint.text,
@@ -389,6 +418,7 @@ export class WarmRunner {
       entries: j.total,
       resumed: j.resumed,
       ms: Date.now() - j.startedAt,
+      ...(j.kind === 'join' ? {} : { kind: j.kind }),
     });
   }
 

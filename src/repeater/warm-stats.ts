@@ -27,6 +27,10 @@ export class WarmStats {
   ended = 0;
   /** Went back to send again what a closed port lost. */
   restarted = 0;
+  /** Cluster mode: subscribers taken over from another repeater that were sent what changed since it was last heard. */
+  repairs = 0;
+  /** Of those started, joins another repeater began and never completed, finished here after it died or left. */
+  takeovers = 0;
   /** Subscribers new to the channel that got no join: not announced from their own address, or the destinations table was full. */
   refused = 0;
   datagrams = 0;

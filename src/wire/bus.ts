@@ -58,6 +58,8 @@ export interface BusSubscriber {
   /** Absolute unix ms until which the sender counts it heard; 0: no longer. */
   readonly deadlineMs: number;
   readonly isStatic: boolean;
+  /** The sender completed a warm join toward it, or it needed none (absent: false). */
+  readonly warmed?: boolean;
 }
 
 /** Datagrams accepted in one turn of the sender's event loop, in order (at most MAX_BATCH). */
@@ -110,7 +112,7 @@ export function encodeBus(m: BusMessage): Uint8Array {
   } else if (b.type === 'tickets') {
     msg['tickets'] = ticketsToProto(b.keys);
   } else {
-    msg['subscriber'] = { channel: b.channel, sealed: b.sealed, address: b.address, key: b.key, origin: bigintToLong(b.origin), deadlineMs: b.deadlineMs, static: b.isStatic };
+    msg['subscriber'] = { channel: b.channel, sealed: b.sealed, address: b.address, key: b.key, origin: bigintToLong(b.origin), deadlineMs: b.deadlineMs, static: b.isStatic, warmed: b.warmed === true };
   }
   return BusType.encode(msg).finish();
 }
@@ -214,6 +216,7 @@ export function decodeBus(buf: Uint8Array): BusMessage | 'bad_payload' {
       origin: longToBigint(s['origin'] as LongLike),
       deadlineMs,
       isStatic: s['static'] === true,
+      ...(s['warmed'] === true ? { warmed: true } : {}),
     };
     return { sender, sentAtMs, body };
   }
