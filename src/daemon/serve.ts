@@ -160,7 +160,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
         channels: repeater.channels.size,
         keys: repeater.sealedGate?.keyIds() ?? [],
         ...(repeater.tickets === null ? {} : { ticketKeys: repeater.tickets.keys.describe(Date.now()) }),
-        ...(cluster === null ? {} : { status: cluster.bus.connected ? 'ok' : 'degraded', cluster: cluster.health() }),
+        ...(cluster === null ? {} : { status: cluster.degraded ? 'degraded' : 'ok', cluster: cluster.health() }),
       }),
       '/subscribers': () => subscribersView(repeater, cluster),
       '/refusals': () => repeater.subscriptions.recent(),
