@@ -204,7 +204,7 @@ export class Cluster implements ClusterPort {
     let subscribers = 0;
     for (const ch of this.repeater.channels.values()) subscribers += ch.size;
     const now = Date.now();
-    const livePeers = [...this.peers.live(now)].filter((p) => p !== this.id);
+    const livePeers = [...this.peers.live()].filter((p) => p !== this.id);
     const steadyMs = Number.isFinite(this.steadySince) ? Math.max(0, now - this.steadySince) : 0;
     const body: BusBody = { type: 'heartbeat', name: this.name, startedAtMs: this.startedAtMs, intervalMs: Math.round(this.cfg.peerTimeoutMs / 3), subscribers, stateReady: this.stateReady, livePeers, resumed, steadyMs };
     if (this.send(body, this.subject.control)) this.lastHeartbeat = performance.now();
@@ -217,7 +217,7 @@ export class Cluster implements ClusterPort {
 
   /** Live peers holding the state, steadiest first (on the bus without a gap for longest: it missed nothing since). */
   private readyPeers(): bigint[] {
-    return this.peers.readyPeers(Date.now());
+    return this.peers.readyPeers();
   }
 
   private announce(ch: Channel, e: Subscriber, gone: boolean): void {
@@ -359,9 +359,9 @@ export class Cluster implements ClusterPort {
 
   // ---- ownership ----
 
-  /** The live repeaters: ourselves and the peers heard within the timeout. */
-  private live(now: number): Set<bigint> {
-    return this.peers.live(now);
+  /** The live repeaters: ourselves and the peers not declared dead (peers.ts; `_now` kept for the callers). */
+  private live(_now: number): Set<bigint> {
+    return this.peers.live();
   }
 
   /** Whether we serve `e`: the rendezvous winner among the live repeaters that heard it. */
@@ -415,7 +415,7 @@ export class Cluster implements ClusterPort {
     const died = this.peers.expire(now);
     for (const { id, peer, silentMs } of died) this.log.warn('cluster peer lost: serving the subscribers it served that we heard', { peer: peer.name, id: id.toString(16), silentMs });
     // Hearing none of the peers we heard is a gap too: we may be the side of a partition that missed updates.
-    if (died.length > 0 && this.hadPeers && this.peers.live(now).size === 1) {
+    if (died.length > 0 && this.hadPeers && this.peers.live().size === 1) {
       this.steadySince = now;
       this.hadPeers = false;
     }

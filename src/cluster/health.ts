@@ -15,9 +15,9 @@ export function degradedBecause(bus: Bus, peers: PeerTable, timeoutMs: number, n
   if (!bus.connected) return ['bus disconnected'];
   const why: string[] = [];
   for (const d of bus.deafTo()) why.push(`not subscribed to ${d.subject}${d.error === null ? '' : `: ${d.error}`}`);
-  if (peers.peers.size > 0 && peers.live(now).size === 1) why.push('hears none of the peers it heard');
+  if (peers.peers.size > 0 && peers.live().size === 1) why.push('hears none of the peers it heard');
   for (const p of peers.peers.values()) {
-    if (peers.isLive(p, now) && !p.countsUs && now - p.deafSince > timeoutMs) why.push(`not heard by ${p.name}`);
+    if (peers.isLive(p) && !p.countsUs && now - p.deafSince > timeoutMs) why.push(`not heard by ${p.name}`);
   }
   return why;
 }
@@ -36,6 +36,6 @@ export interface PeerView {
 /** Live peers, for metrics and /healthz. */
 export function livePeerViews(peers: PeerTable, now: number): PeerView[] {
   return [...peers.peers]
-    .filter(([, p]) => peers.isLive(p, now))
+    .filter(([, p]) => peers.isLive(p))
     .map(([id, p]) => ({ id: id.toString(16), name: p.name, lastHeardMs: now - p.lastHeard, subscribers: p.subscribers, hearsUs: p.countsUs, steadyMs: Number.isFinite(p.steadySince) ? now - p.steadySince : null }));
 }

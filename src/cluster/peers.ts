@@ -3,10 +3,12 @@
 // count us alive, and how steadily they have been on the bus.
 //
 // Invariants:
-// - A peer is live while its last heartbeat arrived within the peer timeout.
-//   After a stall of our own (stall.ts) every peer that was live before it
-//   is given a full timeout from the stall's end to show up again: the
-//   silence we measured across it was ours.
+// - A peer is live from its heartbeat until the tick that finds it silent
+//   for the peer timeout declares it dead (expire): the view changes only
+//   there and on a heartbeat, where the cluster publishes it before acting
+//   on it. After a stall of our own (stall.ts) every peer that was live
+//   before it is given a full timeout from the stall's end to show up again:
+//   the silence we measured across it was ours.
 // - The offset of a peer's clock (our clock minus its clock, bus latency
 //   included) is the least of its last OFFSET_SAMPLES heartbeats' (now -
 //   sent_at_ms): waiting in a queue only ever adds, so a heartbeat delayed
@@ -133,21 +135,15 @@ export class PeerTable {
     return { fresh, viewChanged: was !== undefined && was !== countsUs };
   }
 
-  isLive(p: Peer, now: number): boolean {
-    return now - p.lastHeard <= this.timeoutMs;
+  /** Heard, and not declared dead since. */
+  isLive(p: Peer): boolean {
+    return !p.gone;
   }
 
-  /** The live repeaters: ourselves and the peers heard within the timeout. */
-  live(now: number): Set<bigint> {
+  /** The live repeaters: ourselves and the peers not declared dead. */
+  live(): Set<bigint> {
     const out = new Set<bigint>([this.self]);
-    for (const [id, p] of this.peers) if (this.isLive(p, now)) out.add(id);
-    return out;
-  }
-
-  /** Live peers that do not count us live: they may serve what they heard as if we were not there. */
-  deaf(now: number): Set<bigint> {
-    const out = new Set<bigint>();
-    for (const [id, p] of this.peers) if (!p.countsUs && this.isLive(p, now)) out.add(id);
+    for (const [id, p] of this.peers) if (!p.gone) out.add(id);
     return out;
   }
 
@@ -179,9 +175,9 @@ export class PeerTable {
    * without a gap for longest (it missed nothing since), then the longest
    * running.
    */
-  readyPeers(now: number): bigint[] {
+  readyPeers(): bigint[] {
     return [...this.peers]
-      .filter(([, p]) => p.stateReady && this.isLive(p, now))
+      .filter(([, p]) => p.stateReady && !p.gone)
       .sort(([, a], [, b]) => a.steadySince - b.steadySince || a.startedAtMs - b.startedAtMs)
       .map(([id]) => id);
   }

@@ -58,10 +58,11 @@ export function takeDatagrams(r: Receiving, m: BusMessage, b: BusDatagram | BusB
   // Age by the sender's clock offset, learnt from its least delayed heartbeats: a stall cannot make it young.
   const stale = r.peers.age(m.sender, m.sentAtMs, now) > r.maxAgeMs;
   if (stale || learnOnly) {
-    // Not delivered (the subscribers it was for got it elsewhere, or it is too late to be in order), but
-    // the live state learns it: a delete must not be undone in what warm joins and fetches send.
+    // Not delivered (the subscribers it was for got it from the peers that took over, or it is too late to
+    // be in order), but the live state learns it: a delete must not be undone in what fetches and later
+    // warm joins send. Learnt as delivered: a warm join in progress does not send it late either.
     r.counters.bump(r.counters.dropped, stale ? 'stale' : 'stalled');
-    for (const d of datagrams) if (!d.opaque) r.repeater.warm.applyUpdate(d.channel, d.datagram, false);
+    for (const d of datagrams) if (!d.opaque) r.repeater.warm.applyUpdate(d.channel, d.datagram, true);
     return;
   }
   r.counters.datagramsReceived += datagrams.length;

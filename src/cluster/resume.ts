@@ -94,7 +94,7 @@ export class Resume {
     const long = silence >= this.timeoutMs - Math.min(250, this.timeoutMs / 10);
     this.host.log[long ? 'warn' : 'info']('cluster: this process was stopped', { ms: s.ms, silentOnBusMs: Math.round(silence), peersMayHaveTakenOver: long });
     if (!long) return;
-    const live = [...peers.live(s.atMs)].filter((p) => p !== this.self);
+    const live = [...peers.live()].filter((p) => p !== this.self);
     this.begin(s.atMs, live, live.filter((p) => peers.get(p)!.countsUs));
     this.host.resumedAt(s.atMs);
   }
