@@ -141,12 +141,6 @@ describe('cluster mode: a stalled repeater', { skip, timeout: 120_000 }, () => {
         return rxs.every((rx) => views.filter((v) => v.some((s) => s.address === rx.address && s.served)).length === 1) ? true : undefined;
       }, 15_000);
     }
-    if (process.env['STALL_DEBUG'] !== undefined) {
-      for (const [i, n] of [r1, r2, r3].entries()) {
-        for (const rec of n.r.d.log.records) if (/cluster|stopped|stall/.test(rec.msg) && !/connected/.test(rec.msg)) console.log(`R${i + 1} ${JSON.stringify(rec)}`);
-      }
-      for (const [i, rx] of rxs.entries()) console.log(`rx${i} ${rx.address} last5 ${rx.received.slice(-8).map((d) => `${keyOf(d)}:${keyOf(d).startsWith('sentinel') ? '' : seqOf(d)}`).join(' ')}`);
-    }
     return { rxs, last, r1 };
   }
 
@@ -163,10 +157,7 @@ describe('cluster mode: a stalled repeater', { skip, timeout: 120_000 }, () => {
         const s = seqOf(d);
         const had = newest.get(k) ?? 0;
         if (s < had) backwards++;
-        else if (s === had) {
-          duplicates++;
-          if (process.env['STALL_DEBUG'] !== undefined) console.log(`dup at subscriber ${i}: ${k} seq ${s}`);
-        }
+        else if (s === had) duplicates++;
         else newest.set(k, s);
       }
       for (const [k, s] of last) if (newest.get(k) !== s) stale.push(`subscriber ${i}: ${k} at seq ${newest.get(k) ?? 'none'}, last written ${s}`);
