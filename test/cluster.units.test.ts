@@ -4,12 +4,15 @@
 // and moves only a removed candidate's items; the exactly-once memory
 // (gate/copies.ts) pairs copies per ingress: a node's own repetitions pass,
 // a second ingress's copy does not, in any interleaving; it stays bounded,
-// and its hasher is seeded per instance.
+// and its hasher is seeded per instance; the peer table (cluster/peers.ts)
+// learns a clock offset a delayed heartbeat cannot shrink, a clock step from
+// three heartbeats that agree, and gives peers their time back after a stall.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { CopyMemory, Hasher, MAX_CONTENTS, MAX_INGRESSES, MAX_KEYS } from '../src/gate/copies.js';
 import { owner } from '../src/gate/rendezvous.js';
+import { PeerTable } from '../src/cluster/peers.js';
 import { type BusBody, type BusMessage, decodeBus, encodeBus, MAX_BATCH } from '../src/wire/bus.js';
 import { bigintToLong } from '../src/wire/envelope.js';
 import { protoRoot } from '../src/wire/proto.js';
@@ -404,5 +407,69 @@ describe('gate/copies.ts: copies of one update through two ingresses are deliver
     assert.equal(differ, bufs.length, 'two hashers agreed on some bytes: the seeds are not random per instance');
     // And a hasher tells different bytes apart.
     assert.notEqual(h1.hash(Buffer.from('key-a')), h1.hash(Buffer.from('key-b')));
+  });
+});
+
+describe('cluster/peers.ts: what heartbeats say of a peer', () => {
+  const TIMEOUT = 3_000;
+  const P = 0x42n;
+  const SELF = 0x7n;
+  const hb = (over: Partial<Extract<BusBody, { type: 'heartbeat' }>> = {}) => heartbeat({ startedAtMs: NOW - 60_000, ...over }) as Extract<BusBody, { type: 'heartbeat' }>;
+
+  test('the offset is the least delay of recent heartbeats: heartbeats that queued (a stall) do not make old datagrams young', () => {
+    const t = new PeerTable(SELF, TIMEOUT);
+    // Its clock is 2 s behind ours; the bus takes 1 ms.
+    for (let i = 0; i < 5; i++) t.heard(P, hb(), NOW + i * 1000 - 2000, NOW + i * 1000 + 1, true);
+    assert.equal(t.offset(P), 2001);
+    // Five more heartbeats that waited 4 s in a queue: the offset does not move.
+    for (let i = 5; i < 10; i++) t.heard(P, hb(), NOW + i * 1000 - 2000, NOW + 14_000, true);
+    assert.equal(t.offset(P), 2001);
+    // A datagram it sent at its t=5 s, read with them: 4 s old, not 0.
+    assert.equal(t.age(P, NOW + 5000 - 2000, NOW + 9_000), 3999);
+  });
+
+  test('a step back of its clock is learnt from three heartbeats that agree, not from one', () => {
+    const t = new PeerTable(SELF, TIMEOUT);
+    for (let i = 0; i < 5; i++) t.heard(P, hb(), NOW + i * 1000, NOW + i * 1000 + 1, true);
+    assert.equal(t.offset(P), 1);
+    // Its clock jumps 10 s back.
+    t.heard(P, hb(), NOW + 5000 - 10_000, NOW + 5001, true);
+    assert.equal(t.offset(P), 1, 'one late heartbeat moved the offset');
+    t.heard(P, hb(), NOW + 6000 - 10_000, NOW + 6001, true);
+    t.heard(P, hb(), NOW + 7000 - 10_000, NOW + 7001, true);
+    assert.equal(t.offset(P), 10_001);
+  });
+
+  test('heartbeats read in a stall are no samples; after a stall a live peer gets a full timeout again', () => {
+    const t = new PeerTable(SELF, TIMEOUT);
+    t.heard(P, hb(), NOW, NOW + 1, true);
+    t.heard(P, hb(), NOW + 500, NOW + 6000, false);
+    assert.equal(t.offset(P), 1);
+    // We were stopped from NOW + 6 s to NOW + 11 s: silent 5 s, yet not declared dead now.
+    t.relearn(NOW + 6000, NOW + 11_000);
+    assert.deepEqual(t.expire(NOW + 11_500), []);
+    assert.ok(t.live().has(P));
+    // Unheard for a timeout after that: dead.
+    assert.equal(t.expire(NOW + 14_100).length, 1);
+    assert.ok(!t.live().has(P));
+  });
+
+  test('whether it counts us live: from its list; a repeater that lists nobody does not, one that does not say does', () => {
+    const t = new PeerTable(SELF, TIMEOUT);
+    assert.equal(t.heard(P, hb({ livePeers: [] }), NOW, NOW, true).viewChanged, false);
+    assert.equal(t.get(P)!.countsUs, false);
+    assert.equal(t.heard(P, hb({ livePeers: [SELF] }), NOW + 1, NOW + 1, true).viewChanged, true);
+    assert.equal(t.get(P)!.countsUs, true);
+    t.heard(P, hb(), NOW + 2, NOW + 2, true);
+    assert.equal(t.get(P)!.countsUs, true, 'a heartbeat without a list (an older repeater) counts everyone');
+  });
+
+  test('the steadiest ready peer first, then the longest running; not ready or dead ones never', () => {
+    const t = new PeerTable(SELF, TIMEOUT);
+    t.heard(1n, hb({ stateReady: true, startedAtMs: NOW - 90_000, steadyMs: 1_000 }), NOW, NOW, true);
+    t.heard(2n, hb({ stateReady: true, startedAtMs: NOW - 10_000, steadyMs: 9_000 }), NOW, NOW, true);
+    t.heard(3n, hb({ stateReady: false, startedAtMs: NOW - 99_000, steadyMs: 99_000 }), NOW, NOW, true);
+    t.heard(4n, hb({ stateReady: true, startedAtMs: NOW - 95_000 }), NOW, NOW, true);
+    assert.deepEqual(t.readyPeers(), [2n, 1n, 4n]);
   });
 });

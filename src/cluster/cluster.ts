@@ -320,7 +320,7 @@ export class Cluster implements ClusterPort {
         this.reassign('join');
       } else {
         // Back from a stall, it asks who counts it live: tell it at once (its hold ends when everyone did).
-        if (b.resumed === true) this.heartbeat();
+        if (b.resumed === true && this.peers.answerResumed(m.sender, now)) this.heartbeat();
         if (viewChanged) this.reassign(this.peers.get(m.sender)!.countsUs ? 'a peer hears us' : 'a peer stopped hearing us');
       }
       if (b.stateReady === true) this.stateFetch.peerReady(m.sender);

@@ -60,6 +60,8 @@ export interface Peer {
   steadySince: number;
   /** Taken for dead (and logged so) since it fell silent. */
   gone: boolean;
+  /** When (our clock) we last answered its `resumed` heartbeat: once per heartbeat interval at most. */
+  answeredResumedAt: number;
 }
 
 /** What one heartbeat changed. */
@@ -130,9 +132,18 @@ export class PeerTable {
       deafSince: countsUs ? 0 : p !== undefined && !p.countsUs && p.deafSince > 0 ? p.deafSince : now,
       steadySince,
       gone: false,
+      answeredResumedAt: p?.answeredResumedAt ?? 0,
     };
     this.peers.set(id, next);
     return { fresh, viewChanged: was !== undefined && was !== countsUs };
+  }
+
+  /** Whether to answer a `resumed` heartbeat from `id` now (and remember that we did): at most once per heartbeat interval. */
+  answerResumed(id: bigint, now: number): boolean {
+    const p = this.peers.get(id);
+    if (p === undefined || now - p.answeredResumedAt < this.timeoutMs / 3) return false;
+    p.answeredResumedAt = now;
+    return true;
   }
 
   /** Heard, and not declared dead since. */

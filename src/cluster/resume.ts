@@ -11,11 +11,14 @@
 // serves anything in its place (cluster.ts: deaths are announced first), and
 // a peer's messages keep their order. So the backlog is held, not acted on,
 // until every peer that was live before the stall has been heard from after
-// it (we ask them at once: our heartbeat says `resumed`), or HOLD_MS passed;
-// then it is replayed in arrival order:
+// it (we ask them at once: our heartbeat says `resumed`), or a third of the
+// peer timeout and 500 ms passed (then a peer that counted us live and said
+// nothing since is taken to have taken over); then it is replayed in arrival
+// order:
 // - bus messages sent before we resumed ("queued"), when a peer took over:
-//   datagrams only update the live state (never delivered, never learnt as
-//   delivered), everything else is applied as usual;
+//   datagrams only update the live state (never delivered; learnt as
+//   delivered, so no warm join in progress sends them late), everything
+//   else is applied as usual;
 // - our own listeners' datagrams read in the burst right after the stall,
 //   when a peer took over: dropped (`stalled`), as if we had died; nodes
 //   listing two repeaters lose nothing;
@@ -164,6 +167,8 @@ export class Resume {
     this.holding = false;
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
+    // A peer that counted us live and has said nothing since we resumed may have taken over: the safe side.
+    if (why === 'hold bound' && [...this.waiting].some((p) => this.countedUs.has(p))) this.took = true;
     const took = this.took;
     if (took) this.takeovers++;
     const items = this.items;
