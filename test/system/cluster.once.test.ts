@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { keygen, type Running, serve } from '../helpers/attack.js';
 import { NATS_HINT, NatsCluster, natsAvailability } from '../helpers/nats.js';
-import { freePort } from '../helpers/net.js';
+import { eventually, freePort } from '../helpers/net.js';
 import { requirement } from '../helpers/requirement.js';
 import { INSTALL_HINT, killAllUwsgi, untilValue, UwsgiNode, uwsgiAvailability } from '../helpers/uwsgi.js';
 
@@ -102,11 +102,12 @@ describe('cluster mode: exactly once never drops a real update', { skip, timeout
         if (vj === null || !vj.equals(X)) wrong.push(`${n.name}: ${j} = ${vj === null ? 'deleted' : vj.toString()}`);
       }
     }
-    const m = await Promise.all(repeaters.map((r) => r.metrics()));
-    console.log(JSON.stringify({ wrong, duplicatesSuppressed: m.map((x) => x.value('udprepeater_cluster_duplicates_total')) }));
+    const dups = async () => Promise.all(repeaters.map(async (r) => (await r.metrics()).value('udprepeater_cluster_duplicates_total')));
+    console.log(JSON.stringify({ wrong, duplicatesSuppressed: await dups() }));
     assert.deepEqual(wrong, [], 'a node holds a value the writer overwrote, or misses one it set again');
-    // The copies n3 sent through both repeaters were paired: each repeater dropped the other's copy of each.
-    assert.ok(m.every((x) => x.value('udprepeater_cluster_duplicates_total') >= 7), 'no copy through the second repeater was suppressed: the test did not send through two');
+    // The copies n3 sent through both repeaters were paired: each repeater drops the other's copy of each of its 6 updates
+    // (the last ones' second copies may still be on the bus: one path's sentinel can overtake the other's).
+    await eventually('each repeater to drop the second copy of each of n3\'s updates', async () => ((await dups()).every((n) => n >= 6) ? true : undefined), 5_000);
 
     // The live state: a node that joins now is warmed with it, by each repeater.
     for (const [i, via] of [at(0), at(1)].entries()) {

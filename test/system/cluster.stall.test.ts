@@ -83,6 +83,8 @@ describe('cluster mode: a stalled repeater', { skip, timeout: 120_000 }, () => {
   }
 
   const subscribers = async (n: Node) => JSON.parse((await httpGet(n.r.metricsPort, '/subscribers')).body) as Array<{ address: string; served: boolean }>;
+  /** What /healthz says of a repeater's stalls (absent where the repeater does not report them). */
+  const stalls = async (n: Node) => (JSON.parse((await httpGet(n.r.metricsPort, '/healthz')).body) as { cluster: { stalls?: { count: number; holding: boolean } } }).cluster.stalls;
 
   /**
    * Freezes repeater 1 for each of `freezesMs` in turn while the writer sends
@@ -116,6 +118,7 @@ describe('cluster mode: a stalled repeater', { skip, timeout: 120_000 }, () => {
       void sender.send(encodeCacheSet(Buffer.from(k), Buffer.from(`seq ${seq}`), 0), r2.port);
     };
     for (const [round, freezeMs] of freezesMs.entries()) {
+      const seen = (await stalls(r1))?.count ?? 0;
       const writer = setInterval(write, 1000 / RATE);
       const from = rxs.map((rx) => rx.received.length);
       try {
@@ -128,6 +131,11 @@ describe('cluster mode: a stalled repeater', { skip, timeout: 120_000 }, () => {
         clearInterval(writer);
         r1.r.d.child.kill('SIGCONT');
       }
+      // Repeater 1 noticed the stall and is done with what it held (it replays it in one go).
+      await eventually('repeater 1 back from its stall', async () => {
+        const st = await stalls(r1);
+        return st === undefined || (st.count > seen && !st.holding) ? true : undefined;
+      }, 15_000);
       // A sentinel through the same writer path: once every subscriber has it, what came before did arrive.
       const sentinel = `sentinel-${round}`;
       const probe = async () => {
