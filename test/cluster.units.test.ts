@@ -1,14 +1,18 @@
 // Cluster mode's pure parts, without sockets: the bus codec (wire/bus.ts)
 // round-trips every body, refuses each malformed field and never throws on
 // garbage; rendezvous hashing (gate/rendezvous.ts) is order-free, balanced
-// and moves only a removed candidate's items; the exactly-once window
-// (gate/recent.ts) catches duplicates within its window and its documented
-// limits, stays bounded, and its hasher is seeded per instance.
+// and moves only a removed candidate's items; the exactly-once memory
+// (gate/copies.ts) pairs copies per ingress: a node's own repetitions pass,
+// a second ingress's copy does not, in any interleaving; it stays bounded,
+// and its hasher is seeded per instance; the peer table (cluster/peers.ts)
+// learns a clock offset a delayed heartbeat cannot shrink, a clock step from
+// three heartbeats that agree, and gives peers their time back after a stall.
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { Hasher, RecentUpdates } from '../src/gate/recent.js';
+import { CopyMemory, Hasher, MAX_CONTENTS, MAX_INGRESSES, MAX_KEYS } from '../src/gate/copies.js';
 import { owner } from '../src/gate/rendezvous.js';
+import { PeerTable } from '../src/cluster/peers.js';
 import { type BusBody, type BusMessage, decodeBus, encodeBus, MAX_BATCH } from '../src/wire/bus.js';
 import { bigintToLong } from '../src/wire/envelope.js';
 import { protoRoot } from '../src/wire/proto.js';
@@ -69,6 +73,9 @@ const SAMPLES: ReadonlyArray<readonly [string, BusMessage]> = [
   ['state request', msg({ type: 'state_request', target: 0xfeedfacecafebeefn, request: 1 })],
   ['state chunk of two entries, two channels, the last', msg({ type: 'state_chunk', request: 3, seq: 7, entries: [datagram() as Extract<BusBody, { type: 'datagram' }>, datagram({ channel: 'other' }) as Extract<BusBody, { type: 'datagram' }>], last: true, total: 1502, declined: false })],
   ['state chunk: declined', msg({ type: 'state_chunk', request: 9, seq: 0, entries: [], last: true, total: 0, declined: true })],
+  ['heartbeat listing the peers it counts live, steady for an hour', msg(heartbeat({ livePeers: [1n, 0xffffffffffffffffn, 0x0123456789abcdefn], steadyMs: 3_600_000 }))],
+  ['heartbeat of a repeater that counts nobody live and was stopped', msg(heartbeat({ livePeers: [], resumed: true }))],
+  ['state chunk with a set and a tombstone, each with its age', msg({ type: 'state_chunk', request: 2, seq: 0, entries: [datagram({ ageMs: 1500 }) as Extract<BusBody, { type: 'datagram' }>, datagram({ datagram: Buffer.from([0x6f, 0x05, 0x00, 0x0b, 0x01, 0x00, 0x6b, 0, 0]), ageMs: 2 ** 31 }) as Extract<BusBody, { type: 'datagram' }>], last: true, total: 2, declined: false })],
 ];
 
 /** What decodeBus promises of anything it returns. */
@@ -90,6 +97,8 @@ function assertWellFormed(m: BusMessage): void {
     }
   } else if (b.type === 'heartbeat') {
     assert.ok(b.name.length <= 255, 'heartbeat name too long');
+    assert.ok(b.livePeers === undefined || b.livePeers.length <= 64, 'a heartbeat listing more peers than the table holds');
+    assert.ok(b.steadyMs === undefined || (Number.isSafeInteger(b.steadyMs) && b.steadyMs > 0), 'bad steady time');
   } else if (b.type === 'state_request') {
     assert.ok(b.target !== 0n && b.request >= 1 && Number.isSafeInteger(b.request), 'bad state request');
   } else if (b.type === 'state_chunk') {
@@ -141,6 +150,15 @@ describe('wire/bus.ts: the bus codec', () => {
     assert.equal(decodeBus(encodeBus(chunk(Array.from({ length: MAX_BATCH + 1 }, () => datagram())))), 'bad_payload');
     assert.equal(decodeBus(encodeBus(msg({ type: 'state_request', target: 0n, request: 1 }))), 'bad_payload', 'a request to nobody');
     assert.equal(decodeBus(encodeBus(msg({ type: 'state_request', target: 1n, request: 0 }))), 'bad_payload', 'request numbers start at 1');
+  });
+
+  test('heartbeats: more than 64 listed peers is refused; one that lists none is not one that does not say', () => {
+    assert.notEqual(decodeBus(encodeBus(msg(heartbeat({ livePeers: Array.from({ length: 64 }, (_, i) => BigInt(i + 1)) })))), 'bad_payload');
+    assert.equal(decodeBus(encodeBus(msg(heartbeat({ livePeers: Array.from({ length: 65 }, (_, i) => BigInt(i + 1)) })))), 'bad_payload');
+    const none = decodeBus(encodeBus(msg(heartbeat({ livePeers: [] }))));
+    const silent = decodeBus(encodeBus(msg(heartbeat())));
+    assert.ok(typeof none !== 'string' && none.body.type === 'heartbeat' && none.body.livePeers?.length === 0);
+    assert.ok(typeof silent !== 'string' && silent.body.type === 'heartbeat' && silent.body.livePeers === undefined);
   });
 
   test('garbage never throws and never decodes: random buffers of every length up to 300', () => {
@@ -281,70 +299,93 @@ describe('gate/rendezvous.ts: who serves a subscriber', () => {
   });
 });
 
-describe('gate/recent.ts: an update seen twice is delivered once', () => {
-  const WINDOW = 1_000;
-  const [A, B, C, D, E] = [101, 102, 103, 104, 105];
+describe('gate/copies.ts: copies of one update through two ingresses are delivered once', () => {
+  const MEMORY = 6_000;
+  const [A, B, X, DEL] = [101, 102, 103, 104];
+  const [R1, R2, R3] = [0n, 0x11n, 0x22n];
 
-  test('the same key and content within the window is a duplicate; after the window it is admitted', () => {
-    const r = new RecentUpdates(WINDOW);
-    assert.equal(r.admit(1, A, NOW), true);
-    assert.equal(r.admit(1, A, NOW + 1), false);
-    assert.equal(r.admit(1, A, NOW + WINDOW - 1), false);
-    // A duplicate does not extend the window: it is measured from the first sighting.
-    assert.equal(r.admit(1, A, NOW + WINDOW), true);
-    assert.equal(r.admit(1, A, NOW + WINDOW + 1), false);
+  test("a node's own repetitions through one ingress are never suppressed: A, B, A and X, delete, X", () => {
+    const r = new CopyMemory(MEMORY);
+    // The issue's sequence, 150 ms apart, all from R1 (its own listener) or all off the bus from R1.
+    for (const [i, c] of [A, B, A].entries()) assert.equal(r.admit(1, c, R1, NOW + 150 * i), true, `copy ${i} of k`);
+    for (const [i, c] of [X, DEL, X].entries()) assert.equal(r.admit(2, c, R1, NOW + 150 * i), true, `copy ${i} of j`);
+    // The same through the bus from R2 on a third repeater.
+    const t = new CopyMemory(MEMORY);
+    for (const [i, c] of [A, B, A, A, A].entries()) assert.equal(t.admit(1, c, R2, NOW + i), true);
   });
 
-  test('A, B, A within the window: the second A is a duplicate (the documented limit)', () => {
-    const r = new RecentUpdates(WINDOW);
-    assert.equal(r.admit(1, A, NOW), true);
-    assert.equal(r.admit(1, B, NOW + 1), true);
-    assert.equal(r.admit(1, A, NOW + 2), false);
+  test('the same datagram through a second ingress is a duplicate, in either order', () => {
+    const r = new CopyMemory(MEMORY);
+    assert.equal(r.admit(1, A, R1, NOW), true);
+    assert.equal(r.admit(1, A, R2, NOW + 5), false);
+    const s = new CopyMemory(MEMORY);
+    assert.equal(s.admit(1, A, R2, NOW), true);
+    assert.equal(s.admit(1, A, R1, NOW + 5), false);
   });
 
-  test('A, B, C, D, A: A is still among the last four contents; A, B, C, D, E, A: it is not, and is admitted', () => {
-    const r = new RecentUpdates(WINDOW);
-    for (const [i, c] of [A, B, C, D].entries()) assert.equal(r.admit(1, c, NOW + i), true);
-    assert.equal(r.admit(1, A, NOW + 10), false);
-    const s = new RecentUpdates(WINDOW);
-    for (const [i, c] of [A, B, C, D, E].entries()) assert.equal(s.admit(1, c, NOW + i), true);
-    assert.equal(s.admit(1, A, NOW + 10), true);
+  test('a node listing two repeaters sends A, B, A: the merge of the two streams delivers A, B, A, each occurrence once', () => {
+    // Every interleaving of the two ordered streams [A, B, A] from R1 and R2.
+    const stream = [A, B, A];
+    const orders: Array<Array<[number, bigint]>> = [];
+    const walk = (i: number, j: number, acc: Array<[number, bigint]>) => {
+      if (i === stream.length && j === stream.length) orders.push(acc);
+      if (i < stream.length) walk(i + 1, j, [...acc, [stream[i]!, R1]]);
+      if (j < stream.length) walk(i, j + 1, [...acc, [stream[j]!, R2]]);
+    };
+    walk(0, 0, []);
+    assert.equal(orders.length, 20);
+    for (const order of orders) {
+      const r = new CopyMemory(MEMORY);
+      const delivered = order.filter(([c, ing], n) => r.admit(1, c, ing, NOW + n)).map(([c]) => c);
+      assert.deepEqual(delivered, [A, B, A], `order ${order.map(([c, i]) => `${c === A ? 'A' : 'B'}@${i}`).join(' ')}`);
+    }
+  });
+
+  test('the memory lasts memoryMs after the last copy; past it a late copy is admitted', () => {
+    const r = new CopyMemory(MEMORY);
+    assert.equal(r.admit(1, A, R1, NOW), true);
+    assert.equal(r.admit(1, A, R2, NOW + MEMORY), false);
+    const s = new CopyMemory(MEMORY);
+    assert.equal(s.admit(1, A, R1, NOW), true);
+    assert.equal(s.admit(1, A, R2, NOW + MEMORY + 1), true);
+  });
+
+  test('a third ingress: suppressed once another brought as many copies', () => {
+    const r = new CopyMemory(MEMORY);
+    assert.equal(r.admit(1, A, R1, NOW), true);
+    assert.equal(r.admit(1, A, R2, NOW + 1), false);
+    assert.equal(r.admit(1, A, R3, NOW + 2), false);
+    assert.equal(r.admit(1, A, R3, NOW + 3), true, 'the second copy from R3: nobody brought two');
   });
 
   test('different keys are independent', () => {
-    const r = new RecentUpdates(WINDOW);
-    assert.equal(r.admit(1, A, NOW), true);
-    assert.equal(r.admit(2, A, NOW), true);
-    assert.equal(r.admit(3, A, NOW), true);
-    assert.equal(r.admit(2, A, NOW + 1), false);
-    // Four other contents on key 1 do not push A out of key 2.
-    for (const c of [B, C, D, E]) r.admit(1, c, NOW + 2);
-    assert.equal(r.admit(2, A, NOW + 3), false);
-    assert.equal(r.admit(1, A, NOW + 3), true);
+    const r = new CopyMemory(MEMORY);
+    assert.equal(r.admit(1, A, R1, NOW), true);
+    assert.equal(r.admit(2, A, R2, NOW), true);
+    assert.equal(r.admit(2, A, R1, NOW + 1), false);
+    assert.equal(r.admit(1, A, R2, NOW + 1), false);
+  });
+
+  test('bounded: at most MAX_CONTENTS contents per key and MAX_INGRESSES ingresses per content', () => {
+    const r = new CopyMemory(MEMORY);
+    for (let c = 0; c < MAX_CONTENTS + 4; c++) assert.equal(r.admit(1, 1000 + c, R1, NOW + c), true);
+    // The oldest contents were forgotten: their copy from another ingress is taken for new.
+    assert.equal(r.admit(1, 1000, R2, NOW + 50), true);
+    assert.equal(r.admit(1, 1000 + MAX_CONTENTS + 3, R2, NOW + 51), false, 'the newest content was forgotten');
+    const s = new CopyMemory(MEMORY);
+    for (let i = 0; i < MAX_INGRESSES; i++) s.admit(1, A, BigInt(i + 1), NOW);
+    assert.equal(s.admit(1, A, 999n, NOW + 1), false, 'one ingress too many: a duplicate once any brought a copy');
   });
 
   test('the key table stays bounded: the oldest keys are forgotten, the newest remembered', () => {
-    const MAX_KEYS = 1 << 17;
     const N = 140_000;
-    const r = new RecentUpdates(60_000);
-    for (let k = 0; k < N; k++) r.admit(k, A, NOW);
+    const r = new CopyMemory(60_000);
+    for (let k = 0; k < N; k++) r.admit(k, A, R1, NOW);
     assert.ok(r.keys <= MAX_KEYS, `${r.keys} keys held, more than ${MAX_KEYS}`);
     assert.ok(r.keys >= MAX_KEYS - 1024, `${r.keys} keys held: far fewer than the bound, the table forgets too early`);
-    // The newest are remembered (a duplicate changes nothing in the table)...
-    for (let k = N - 1000; k < N; k++) assert.equal(r.admit(k, A, NOW + 1), false, `key ${k} (recent) was forgotten`);
-    // ...the oldest were forgotten.
-    for (let k = 0; k < 1000; k++) assert.equal(r.admit(k, A, NOW + 1), true, `key ${k} (oldest) is still remembered`);
+    for (let k = N - 1000; k < N; k++) assert.equal(r.admit(k, A, R2, NOW + 1), false, `key ${k} (recent) was forgotten`);
+    for (let k = 0; k < 1000; k++) assert.equal(r.admit(k, A, R2, NOW + 1), true, `key ${k} (oldest) is still remembered`);
     assert.ok(r.keys <= MAX_KEYS);
-  });
-
-  test('a key updated again moves to the back of the queue: forgotten last', () => {
-    const MAX_KEYS = 1 << 17;
-    const r = new RecentUpdates(60_000);
-    for (let k = 0; k < MAX_KEYS; k++) r.admit(k, A, NOW);
-    assert.equal(r.admit(0, B, NOW + 1), true); // key 0, new content: now the most recent
-    r.admit(MAX_KEYS, A, NOW + 2); // one more key evicts the oldest: key 1, not key 0
-    assert.equal(r.admit(0, B, NOW + 3), false, 'the refreshed key was evicted');
-    assert.equal(r.admit(1, A, NOW + 3), true, 'the oldest key was not evicted');
   });
 
   test('Hasher: seeded per instance, deterministic, range equals subarray', () => {
@@ -366,5 +407,69 @@ describe('gate/recent.ts: an update seen twice is delivered once', () => {
     assert.equal(differ, bufs.length, 'two hashers agreed on some bytes: the seeds are not random per instance');
     // And a hasher tells different bytes apart.
     assert.notEqual(h1.hash(Buffer.from('key-a')), h1.hash(Buffer.from('key-b')));
+  });
+});
+
+describe('cluster/peers.ts: what heartbeats say of a peer', () => {
+  const TIMEOUT = 3_000;
+  const P = 0x42n;
+  const SELF = 0x7n;
+  const hb = (over: Partial<Extract<BusBody, { type: 'heartbeat' }>> = {}) => heartbeat({ startedAtMs: NOW - 60_000, ...over }) as Extract<BusBody, { type: 'heartbeat' }>;
+
+  test('the offset is the least delay of recent heartbeats: heartbeats that queued (a stall) do not make old datagrams young', () => {
+    const t = new PeerTable(SELF, TIMEOUT);
+    // Its clock is 2 s behind ours; the bus takes 1 ms.
+    for (let i = 0; i < 5; i++) t.heard(P, hb(), NOW + i * 1000 - 2000, NOW + i * 1000 + 1, true);
+    assert.equal(t.offset(P), 2001);
+    // Five more heartbeats that waited 4 s in a queue: the offset does not move.
+    for (let i = 5; i < 10; i++) t.heard(P, hb(), NOW + i * 1000 - 2000, NOW + 14_000, true);
+    assert.equal(t.offset(P), 2001);
+    // A datagram it sent at its t=5 s, read with them: 4 s old, not 0.
+    assert.equal(t.age(P, NOW + 5000 - 2000, NOW + 9_000), 3999);
+  });
+
+  test('a step back of its clock is learnt from three heartbeats that agree, not from one', () => {
+    const t = new PeerTable(SELF, TIMEOUT);
+    for (let i = 0; i < 5; i++) t.heard(P, hb(), NOW + i * 1000, NOW + i * 1000 + 1, true);
+    assert.equal(t.offset(P), 1);
+    // Its clock jumps 10 s back.
+    t.heard(P, hb(), NOW + 5000 - 10_000, NOW + 5001, true);
+    assert.equal(t.offset(P), 1, 'one late heartbeat moved the offset');
+    t.heard(P, hb(), NOW + 6000 - 10_000, NOW + 6001, true);
+    t.heard(P, hb(), NOW + 7000 - 10_000, NOW + 7001, true);
+    assert.equal(t.offset(P), 10_001);
+  });
+
+  test('heartbeats read in a stall are no samples; after a stall a live peer gets a full timeout again', () => {
+    const t = new PeerTable(SELF, TIMEOUT);
+    t.heard(P, hb(), NOW, NOW + 1, true);
+    t.heard(P, hb(), NOW + 500, NOW + 6000, false);
+    assert.equal(t.offset(P), 1);
+    // We were stopped from NOW + 6 s to NOW + 11 s: silent 5 s, yet not declared dead now.
+    t.relearn(NOW + 6000, NOW + 11_000);
+    assert.deepEqual(t.expire(NOW + 11_500), []);
+    assert.ok(t.live().has(P));
+    // Unheard for a timeout after that: dead.
+    assert.equal(t.expire(NOW + 14_100).length, 1);
+    assert.ok(!t.live().has(P));
+  });
+
+  test('whether it counts us live: from its list; a repeater that lists nobody does not, one that does not say does', () => {
+    const t = new PeerTable(SELF, TIMEOUT);
+    assert.equal(t.heard(P, hb({ livePeers: [] }), NOW, NOW, true).viewChanged, false);
+    assert.equal(t.get(P)!.countsUs, false);
+    assert.equal(t.heard(P, hb({ livePeers: [SELF] }), NOW + 1, NOW + 1, true).viewChanged, true);
+    assert.equal(t.get(P)!.countsUs, true);
+    t.heard(P, hb(), NOW + 2, NOW + 2, true);
+    assert.equal(t.get(P)!.countsUs, true, 'a heartbeat without a list (an older repeater) counts everyone');
+  });
+
+  test('the steadiest ready peer first, then the longest running; not ready or dead ones never', () => {
+    const t = new PeerTable(SELF, TIMEOUT);
+    t.heard(1n, hb({ stateReady: true, startedAtMs: NOW - 90_000, steadyMs: 1_000 }), NOW, NOW, true);
+    t.heard(2n, hb({ stateReady: true, startedAtMs: NOW - 10_000, steadyMs: 9_000 }), NOW, NOW, true);
+    t.heard(3n, hb({ stateReady: false, startedAtMs: NOW - 99_000, steadyMs: 99_000 }), NOW, NOW, true);
+    t.heard(4n, hb({ stateReady: true, startedAtMs: NOW - 95_000 }), NOW, NOW, true);
+    assert.deepEqual(t.readyPeers(), [2n, 1n, 4n]);
   });
 });

@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { ENTRY_OVERHEAD, LiveState } from '../src/repeater/live-state.js';
+import { ENTRY_OVERHEAD, LiveState, TOMBSTONE_MS, TOMBSTONE_OVERHEAD } from '../src/repeater/live-state.js';
 import { Pacer } from '../src/repeater/warm-budget.js';
 import { encodeCacheDelete, encodeCacheSet, forwardForm, inspectCacheUpdate, newShape } from '../src/wire/cache.js';
 
@@ -51,7 +51,7 @@ describe('live state', () => {
     assert.deepEqual(e!.content, plain);
   });
 
-  test('bytes count each entry as its datagram, its key and the overhead, exactly, through sets, overwrites and deletes', () => {
+  test('bytes count each entry as its datagram, its key and the overhead, and each tombstone as its key and its overhead, exactly', () => {
     const s = new LiveState(1 << 20);
     s.apply(set('k1', 'x'.repeat(300)), NOW);
     s.apply(set('key-two', 'y'), NOW);
@@ -59,9 +59,44 @@ describe('live state', () => {
     s.apply(set('k1', 'short'), NOW);
     assert.equal(s.bytes, cost('k1', 'short') + cost('key-two', 'y'));
     s.apply(del('key-two'), NOW);
-    assert.equal(s.bytes, cost('k1', 'short'));
+    const tomb = (k: string) => k.length + TOMBSTONE_OVERHEAD;
+    assert.equal(s.bytes, cost('k1', 'short') + tomb('key-two'));
     s.apply(del('k1'), NOW);
+    assert.equal(s.bytes, tomb('key-two') + tomb('k1'));
+    // A set of a deleted key removes its tombstone.
+    s.apply(set('k1', 'back'), NOW);
+    assert.equal(s.bytes, tomb('key-two') + cost('k1', 'back'));
+    s.clear();
     assert.equal(s.bytes, 0);
+  });
+
+  test('a delete leaves a tombstone: never walked (no subscriber gets it), kept TOMBSTONE_MS, at most a quarter of the bound', () => {
+    let clock = 1_000_000;
+    const s = new LiveState(1 << 20, () => clock);
+    s.apply(set('a', '1'), NOW);
+    s.apply(del('a'), NOW);
+    s.apply(del('never-set'), NOW);
+    assert.deepEqual(keys(s), [], 'a tombstone was walked as an entry');
+    assert.equal(s.tombstoneCount, 2);
+    assert.equal(s.tombstone('a')?.atMs, clock);
+    assert.deepEqual([...s.walkTombstones()].map(([k]) => k), ['a', 'never-set']);
+    // A peer says it learnt the delete earlier: the earlier time is kept, a later one is not.
+    s.backdate('a', clock - 5000);
+    s.backdate('a', clock + 5000);
+    assert.equal(s.tombstone('a')?.atMs, clock - 5000);
+    clock += TOMBSTONE_MS - 4000;
+    s.sweep(NOW);
+    assert.equal(s.tombstone('a'), undefined, 'kept past TOMBSTONE_MS');
+    assert.notEqual(s.tombstone('never-set'), undefined, 'forgotten before TOMBSTONE_MS');
+    // Bounded: deletes of 10,000 distinct keys in a 64 KiB state keep at most 16 KiB of tombstones, the newest.
+    const small = new LiveState(64 << 10, () => clock);
+    small.apply(set('live', 'v'), NOW);
+    for (let i = 0; i < 10_000; i++) small.apply(del(`gone-${i}`), NOW);
+    assert.ok(small.bytes - cost('live', 'v') <= (64 << 10) / 4, `${small.bytes} bytes held`);
+    assert.equal(small.get('live') !== undefined, true, 'tombstones evicted a live entry');
+    assert.notEqual(small.tombstone('gone-9999'), undefined);
+    assert.equal(small.tombstone('gone-0'), undefined);
+    assert.ok(small.tombstonesEvicted > 9000);
   });
 
   test('past the bound the oldest-set entries are evicted first, and counted', () => {

@@ -26,6 +26,8 @@ export const DROP_REASONS = [
   // loop freedom (a datagram that already passed here, or too many forwarders)
   'loop',
   'duplicate',
+  // cluster mode: read after this process was stopped long enough for its peers to take over
+  'stalled',
   // subscriptions
   'rate_limited',
   'key_mismatch',

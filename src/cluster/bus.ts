@@ -3,6 +3,14 @@
 // starts and serves whether the bus is there or not; while it is down nothing
 // is published (the client would queue it in memory and flush it, stale, on
 // reconnect) and the cluster falls back to serving its own listeners.
+//
+// Subscriptions are a permanent list: every new connection subscribes every
+// subject (the client keeps them across its own reconnects, but closes a
+// connection for good after repeated authorization errors, and a new one
+// starts with none). A subscription the server refuses (a permissions
+// violation) is tried again every SUBSCRIBE_RETRY_MS while connected, and
+// until it holds the bus is connected but deaf: `subscribed` is false and the
+// cluster reports itself degraded.
 
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
@@ -32,12 +40,25 @@ function serverIdentity(servers: readonly BusServer[]): (host: string, cert: Pee
 
 /** How long to wait between attempts when no server answers. */
 const RECONNECT_WAIT_MS = 500;
+/** How long to wait before asking again for a subscription the server refused. */
+const SUBSCRIBE_RETRY_MS = 2_000;
+
+interface Wanted {
+  readonly subject: string;
+  readonly handler: BusHandler;
+  /** Its subscription on the current connection; null: none (not connected yet, or refused). */
+  sub: Subscription | null;
+  /** Why the server refused it on this connection, if it did. */
+  refused: string | null;
+}
 
 export class Bus {
   private nc: NatsConnection | null = null;
-  private readonly subs: Subscription[] = [];
+  /** Every subject we listen to, for every connection (never emptied). */
+  private readonly wanted: Wanted[] = [];
+  private retry: NodeJS.Timeout | null = null;
   private closed = false;
-  /** True while a server is connected and our subscriptions are in place. */
+  /** True while a server is connected (our subscriptions may still be refused: see `subscribed`). */
   connected = false;
   server: string | null = null;
   published = 0;
@@ -88,8 +109,8 @@ export class Bus {
 
   /**
    * Connects in the background; `onChange` hears of every connect and
-   * disconnect. Subscriptions given to `subscribe` before or after survive
-   * reconnects.
+   * disconnect. Subscriptions given to `subscribe` before or after hold on
+   * every connection.
    */
   start(onChange: (connected: boolean) => void): void {
     this.onChange = onChange;
@@ -105,8 +126,12 @@ export class Bus {
           return;
         }
         this.nc = nc;
-        for (const s of this.pendingSubs) this.subs.push(nc.subscribe(s.subject, { callback: (err, msg) => (err === null ? s.handler(msg.subject, msg.data) : undefined) }));
-        this.pendingSubs.length = 0;
+        // A new connection starts with no subscriptions: all of them, every time.
+        for (const w of this.wanted) {
+          w.sub = null;
+          w.refused = null;
+          this.subscribeOn(nc, w);
+        }
         this.setConnected(true, nc.getServer());
         for await (const st of nc.status()) {
           if (st.type === 'disconnect') {
@@ -117,6 +142,7 @@ export class Bus {
         // The status iterator ends when the connection closed for good.
         this.setConnected(false, null);
         this.nc = null;
+        for (const w of this.wanted) w.sub = null;
       } catch (err) {
         this.log.throttle('warn', 'bus-connect', 'cluster bus: cannot connect; retrying', { servers: this.cfg.servers.map((s) => s.text), error: describe(err) }, 30_000);
         await new Promise((r) => setTimeout(r, RECONNECT_WAIT_MS).unref());
@@ -134,14 +160,56 @@ export class Bus {
     this.onChange?.(connected);
   }
 
-  private readonly pendingSubs: Array<{ subject: string; handler: BusHandler }> = [];
-
+  /** Listens to `subject` on this and every later connection. */
   subscribe(subject: string, handler: BusHandler): void {
-    if (this.nc === null) {
-      this.pendingSubs.push({ subject, handler });
-      return;
+    const w: Wanted = { subject, handler, sub: null, refused: null };
+    this.wanted.push(w);
+    if (this.nc !== null) this.subscribeOn(this.nc, w);
+  }
+
+  private subscribeOn(nc: NatsConnection, w: Wanted): void {
+    try {
+      const sub = nc.subscribe(w.subject, {
+        callback: (err, msg) => {
+          if (err === null) {
+            w.handler(msg.subject, msg.data);
+            return;
+          }
+          // The client closes a refused subscription: ask again later, on this connection.
+          if (w.sub === sub) w.sub = null;
+          w.refused = describe(err);
+          this.log.throttle('warn', `bus-sub:${w.subject}`, 'cluster bus: the server refused a subscription; the bus is deaf to it, retrying', { subject: w.subject, error: w.refused }, 30_000);
+          this.scheduleRetry();
+        },
+      });
+      w.sub = sub;
+      w.refused = null;
+    } catch (err) {
+      w.sub = null;
+      w.refused = describe(err);
+      this.scheduleRetry();
     }
-    this.subs.push(this.nc.subscribe(subject, { callback: (err, msg) => (err === null ? handler(msg.subject, msg.data) : undefined) }));
+  }
+
+  private scheduleRetry(): void {
+    if (this.retry !== null || this.closed) return;
+    this.retry = setTimeout(() => {
+      this.retry = null;
+      const nc = this.nc;
+      if (nc === null || this.closed) return;
+      for (const w of this.wanted) if (w.sub === null) this.subscribeOn(nc, w);
+    }, SUBSCRIBE_RETRY_MS);
+    this.retry.unref();
+  }
+
+  /** Connected, and every subscription in place (none refused). */
+  get subscribed(): boolean {
+    return this.connected && this.wanted.every((w) => w.sub !== null);
+  }
+
+  /** Subjects we do not hear on this connection, with the server's reason. */
+  deafTo(): Array<{ subject: string; error: string | null }> {
+    return this.wanted.filter((w) => w.sub === null).map((w) => ({ subject: w.subject, error: w.refused }));
   }
 
   /** Publishes when connected; otherwise drops it (never queued to go out stale) and says so. */
@@ -159,6 +227,8 @@ export class Bus {
 
   async close(): Promise<void> {
     this.closed = true;
+    if (this.retry !== null) clearTimeout(this.retry);
+    this.retry = null;
     const nc = this.nc;
     this.nc = null;
     this.connected = false;

@@ -14,12 +14,23 @@
 //   peerTimeout is dead and the subscribers it served move to another that
 //   heard them. With the bus down, every peer is soon dead, so each repeater
 //   serves all the subscribers it heard (degraded: duplicates, never loss).
+//   Every heartbeat lists the peers its sender counts live, and a change of
+//   that view is published (outbox flushed first) before the sender acts on
+//   it: a repeater never serves a subscriber that a live peer which heard it
+//   may serve because it does not count that repeater live (peers.ts).
+// - Our own stalls (stall.ts) are not our peers' silence: no peer is taken
+//   for dead across one, clock offsets come from the least delayed
+//   heartbeats, and after a stall long enough for a takeover what queued
+//   meanwhile is held until the peers said whether they took over
+//   (resume.ts).
 // - An update that came in through two repeaters (a node listing both) is
-//   delivered once: gate/recent.ts, in the repeater.
+//   delivered once: gate/copies.ts, in the repeater, pairs copies per
+//   ingress for the memory (maxAgeMs + --cluster-dedup-window), which
+//   outlasts the oldest bus datagram still delivered.
 // - The bus is untrusted: with keys, every message is a sealed frame (its own
 //   origin, replay window, start fence) under the bus's own key ring
 //   (bus-seal.ts: never a data key, which agents hold), and datagrams older
-//   than MAX_DATAGRAM_AGE_MS are not delivered (a reconnect may flush old ones).
+//   than maxAgeMs (by the sender's offset) are not delivered.
 // - No downgrade across the cluster: an address any repeater serves sealed is
 //   refused to plain subscriptions on every repeater, and a peer's sealed
 //   announcement removes our plain entries for its address (heard.ts is the
@@ -41,36 +52,23 @@ import type { ClusterPort } from '../repeater/cluster-port.js';
 import type { EntryChange } from '../repeater/registry.js';
 import type { TicketService } from '../repeater/tickets.js';
 import type { Repeater } from '../repeater/repeater.js';
-import { type BusBody, type BusDatagram, type BusMessage, decodeBus, encodeBus, MAX_BATCH } from '../wire/bus.js';
-import { parseEndpoint } from '../wire/address.js';
+import { type BusBody, type BusMessage, decodeBus, encodeBus } from '../wire/bus.js';
 import type { TraceFields } from '../wire/trace.js';
 import { Bus } from './bus.js';
+import { Outbox } from './outbox.js';
 import { ClusterCounters } from './counters.js';
 import type { BusSeal } from './bus-seal.js';
+import { degradedBecause, livePeerViews, type PeerView } from './health.js';
 import { HeardTable, idOf } from './heard.js';
+import { copyMemoryMs, maxAgeMs, PeerTable } from './peers.js';
+import { type Receiving, takeAnnouncement, takeDatagrams } from './receive.js';
+import { Resume, type ResumeHost } from './resume.js';
 import { StateAnswers, StateFetch, type StateHost } from './state-fetch.js';
 import { Takeovers } from './takeover.js';
 
-/** Datagrams older than this (by the sender's clock) are not delivered: stale after a reconnect. */
-export const MAX_DATAGRAM_AGE_MS = 5_000;
-/** A batch holds at most this many bytes of datagrams (one datagram alone may hold more): its sealed frame stays under 64 KiB. */
-const BATCH_BYTES = 32 * 1024;
-/** What an item adds to a batch beyond its datagram: channel, trace, origin, framing. */
-const BATCH_ITEM_OVERHEAD = 48;
-/** More repeaters than this in one cluster are refused: the peer table is bounded. */
-export const MAX_PEERS = 64;
-const STATIC_DEADLINE = Number.MAX_SAFE_INTEGER;
+export { copyMemoryMs, MAX_PEERS, maxAgeMs } from './peers.js';
 
-interface Peer {
-  name: string;
-  startedAtMs: number;
-  lastHeard: number;
-  subscribers: number;
-  /** Our clock minus its clock (plus the bus latency), from its last heartbeat. */
-  clockOffsetMs: number;
-  /** Its last heartbeat said it holds the cluster's live state. */
-  stateReady: boolean;
-}
+const STATIC_DEADLINE = Number.MAX_SAFE_INTEGER;
 
 export class Cluster implements ClusterPort {
   readonly id: bigint;
@@ -79,14 +77,21 @@ export class Cluster implements ClusterPort {
   readonly counters = new ClusterCounters();
   readonly bus: Bus;
   private readonly startedAtMs = Date.now();
-  private readonly peers = new Map<bigint, Peer>();
+  private readonly peers: PeerTable;
+  /** Our own stalls, and what we do after a long one. */
+  readonly resume: Resume;
+  private readonly receiving: Receiving;
+  /** When our last heartbeat went out (monotonic clock): our silence, as our peers measure it. */
+  private lastHeartbeat = performance.now();
+  /** Since when we have been on the bus without a gap (our clock). */
+  private steadySince = Infinity;
+  private hadPeers = false;
   /** Who heard which subscriber, bounded by the registries' own limits. */
   private readonly heard = new HeardTable(() => this.heardCap());
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
   /** Datagrams accepted this turn of the event loop, per channel, to be published together. */
-  private readonly outbox = new Map<string, { items: BusDatagram[]; bytes: number }>();
-  private flushPending: NodeJS.Immediate | null = null;
+  private readonly outbox: Outbox;
   private tickets: TicketService | null = null;
   /** This repeater's fetch of the live state at start, and its answers to others'. */
   readonly stateFetch: StateFetch;
@@ -105,6 +110,21 @@ export class Cluster implements ClusterPort {
     this.id = seal?.origin ?? (randomBytes(8).readBigUInt64LE(0) || 1n);
     this.name = `${hostname()}/${process.pid}`;
     this.bus = new Bus(cfg, log);
+    this.outbox = new Outbox((body, channel) => this.send(body, this.subject.data(channel)), this.counters);
+    this.peers = new PeerTable(this.id, cfg.peerTimeoutMs);
+    this.peers.onForget = (peer) => this.heard.forgetPeer(peer);
+    const resumeHost: ResumeHost = {
+      log,
+      peers: this.peers,
+      replayBus: (m, at, queued, learnOnly) => this.handleSafely(m, at, queued, learnOnly),
+      silenceMs: () => performance.now() - this.lastHeartbeat,
+      resumedAt: (atMs) => {
+        this.steadySince = atMs;
+        if (this.bus.connected) this.heartbeat(true);
+      },
+    };
+    this.resume = new Resume(this.id, resumeHost, cfg.peerTimeoutMs);
+    this.receiving = { peers: this.peers, heard: this.heard, repeater, counters: this.counters, maxAgeMs: maxAgeMs(cfg), reassignOne: (c, sealed, a, now, warmed) => this.reassignOne(c, sealed, a, now, warmed) };
     const host: StateHost = {
       id: this.id,
       log,
@@ -133,12 +153,14 @@ export class Cluster implements ClusterPort {
   }
 
   start(): void {
-    this.repeater.attachCluster(this, this.cfg.dedupWindowMs);
+    this.repeater.attachCluster(this, copyMemoryMs(this.cfg));
     this.repeater.subscriptions.attachCluster({ sealedElsewhere: (address) => this.heard.sealedAnywhere(address, Date.now()) });
     for (const subject of [this.subject.allData, this.subject.control, this.subject.state(this.id)]) this.bus.subscribe(subject, (_subject, data) => this.onMessage(data));
     this.stateFetch.start();
     this.bus.start((connected) => {
       if (connected) {
+        // A (re)connection is a gap: what was published meanwhile never reached us.
+        this.steadySince = Date.now();
         this.stateFetch.connected();
         // Tell the others we are here, and everything we heard.
         this.heartbeat();
@@ -148,6 +170,7 @@ export class Cluster implements ClusterPort {
     });
     this.timer = setInterval(() => this.tick(), this.cfg.peerTimeoutMs / 3);
     this.timer.unref();
+    this.resume.watch.start();
     this.reassign('start');
   }
 
@@ -171,40 +194,26 @@ export class Cluster implements ClusterPort {
       this.counters.publishSkipped++;
       return;
     }
-    let q = this.outbox.get(ch.name);
-    // A batch must fit one sealed frame: what is queued goes first when this one would pass BATCH_BYTES
-    // (a large datagram after small ones would otherwise make the batch unsealable, and lose them all).
-    if (q !== undefined && q.items.length > 0 && q.bytes + datagram.length + BATCH_ITEM_OVERHEAD > BATCH_BYTES) {
-      this.flushChannel(ch.name);
-      q = undefined;
-    }
-    if (q === undefined) this.outbox.set(ch.name, (q = { items: [], bytes: 0 }));
-    // Queued past this turn of the event loop: a view into a reused receive buffer must be copied.
-    q.items.push({ type: 'datagram', channel: ch.name, datagram: stable ? datagram : Buffer.from(datagram), trace, origin: origin ?? 0n, opaque });
-    q.bytes += datagram.length + BATCH_ITEM_OVERHEAD;
-    if (q.items.length >= MAX_BATCH || q.bytes >= BATCH_BYTES) this.flushChannel(ch.name);
-    else if (this.flushPending === null) this.flushPending = setImmediate(() => this.flush());
+    this.outbox.add(ch, datagram, stable, trace, origin, opaque);
   }
 
-  /** Publishes what this turn of the event loop accepted: one message (and one seal) per channel. */
   private flush(): void {
-    this.flushPending = null;
-    for (const name of this.outbox.keys()) this.flushChannel(name);
+    this.outbox.flush();
   }
 
-  private flushChannel(name: string): void {
-    const q = this.outbox.get(name);
-    if (q === undefined || q.items.length === 0) return;
-    this.outbox.delete(name);
-    const body: BusBody = q.items.length === 1 ? q.items[0]! : { type: 'batch', datagrams: q.items };
-    if (this.send(body, this.subject.data(name))) this.counters.datagramsPublished += q.items.length;
-    else this.counters.publishSkipped += q.items.length;
-  }
-
-  private heartbeat(): void {
+  /**
+   * Says who we count live. What this turn accepted goes out first: the
+   * datagrams we served under the previous view precede it on the bus.
+   */
+  private heartbeat(resumed = false): void {
+    this.flush();
     let subscribers = 0;
     for (const ch of this.repeater.channels.values()) subscribers += ch.size;
-    this.send({ type: 'heartbeat', name: this.name, startedAtMs: this.startedAtMs, intervalMs: Math.round(this.cfg.peerTimeoutMs / 3), subscribers, stateReady: this.stateReady }, this.subject.control);
+    const now = Date.now();
+    const livePeers = [...this.peers.live()].filter((p) => p !== this.id);
+    const steadyMs = Number.isFinite(this.steadySince) ? Math.max(0, now - this.steadySince) : 0;
+    const body: BusBody = { type: 'heartbeat', name: this.name, startedAtMs: this.startedAtMs, intervalMs: Math.round(this.cfg.peerTimeoutMs / 3), subscribers, stateReady: this.stateReady, livePeers, resumed, steadyMs };
+    if (this.send(body, this.subject.control)) this.lastHeartbeat = performance.now();
   }
 
   /** We hold the cluster's live state: warm joins on, and our own fetch over. */
@@ -212,13 +221,9 @@ export class Cluster implements ClusterPort {
     return this.repeater.warm.enabled && !this.repeater.warm.holding;
   }
 
-  /** Live peers holding the state, longest running first (most likely to hold it all). */
+  /** Live peers holding the state, steadiest first (on the bus without a gap for longest: it missed nothing since). */
   private readyPeers(): bigint[] {
-    const now = Date.now();
-    return [...this.peers]
-      .filter(([, p]) => p.stateReady && now - p.lastHeard <= this.cfg.peerTimeoutMs)
-      .sort(([, a], [, b]) => a.startedAtMs - b.startedAtMs)
-      .map(([id]) => id);
+    return this.peers.readyPeers();
   }
 
   private announce(ch: Channel, e: Subscriber, gone: boolean): void {
@@ -283,25 +288,35 @@ export class Cluster implements ClusterPort {
     }
     if (m.sender === this.id) return;
     this.counters.bump(this.counters.received, m.body.type);
+    // Read right after a stall of ours, it says nothing of the clocks; after a long one it waits (resume.ts).
+    const burst = this.resume.check();
+    if (this.resume.holding) {
+      this.resume.holdBus(m, Date.now(), data.length);
+      return;
+    }
+    this.handleSafely(m, Date.now(), burst, false);
+  }
+
+  /** `queued`: it waited while we were stopped; `learnOnly`: and a peer took over, so its datagrams are not delivered. */
+  private handleSafely(m: BusMessage, now: number, queued: boolean, learnOnly: boolean): void {
+    if (this.closed) return;
     try {
-      this.handle(m);
+      this.handle(m, now, queued, learnOnly);
     } catch (err) {
       this.counters.bump(this.counters.dropped, 'internal_error');
       this.log.throttle('error', 'bus-internal', 'internal error handling a bus message; dropped', { error: describe(err) });
     }
   }
 
-  private handle(m: BusMessage): void {
-    const now = Date.now();
+  private handle(m: BusMessage, now: number, queued: boolean, learnOnly: boolean): void {
     const b = m.body;
     if (b.type === 'heartbeat') {
-      const p = this.peers.get(m.sender);
-      if (p === undefined && this.peers.size >= MAX_PEERS && !this.evictDeadPeer(now)) {
+      if (!this.peers.admits(m.sender, now)) {
         this.counters.bump(this.counters.dropped, 'too_many_peers');
         return;
       }
-      const fresh = p === undefined || p.startedAtMs !== b.startedAtMs || now - p.lastHeard > this.cfg.peerTimeoutMs;
-      this.peers.set(m.sender, { name: b.name, startedAtMs: b.startedAtMs, lastHeard: now, subscribers: b.subscribers, clockOffsetMs: now - m.sentAtMs, stateReady: b.stateReady === true });
+      const { fresh, viewChanged } = this.peers.heard(m.sender, b, m.sentAtMs, now, !queued);
+      this.hadPeers = true;
       if (fresh) {
         this.log.info('cluster peer joined', { peer: b.name, id: m.sender.toString(16) });
         // Our heartbeat first: the newcomer takes announcements only from peers it knows.
@@ -309,6 +324,10 @@ export class Cluster implements ClusterPort {
         this.dumpHeard();
         this.sendTickets();
         this.reassign('join');
+      } else {
+        // Back from a stall, it asks who counts it live: tell it at once (its hold ends when everyone did).
+        if (b.resumed === true && this.peers.answerResumed(m.sender, now)) this.heartbeat();
+        if (viewChanged) this.reassign(this.peers.get(m.sender)!.countsUs ? 'a peer hears us' : 'a peer stopped hearing us');
       }
       if (b.stateReady === true) this.stateFetch.peerReady(m.sender);
       return;
@@ -321,32 +340,7 @@ export class Cluster implements ClusterPort {
       return;
     }
     if (b.type === 'subscriber') {
-      // Only from peers we track (a repeater's heartbeat precedes its announcements:
-      // one publisher's order is kept), so what `heard` holds is bounded by the peer table.
-      if (!this.peers.has(m.sender)) {
-        this.counters.bump(this.counters.dropped, 'unknown_peer');
-        return;
-      }
-      // Compared with our registries in canonical form, like any address from the network.
-      const ep = parseEndpoint(b.address);
-      if (typeof ep === 'string') {
-        this.counters.bump(this.counters.dropped, 'bad_payload');
-        return;
-      }
-      const address = ep.text;
-      if (b.deadlineMs === 0) this.heard.gone(b.channel, b.sealed, address, m.sender);
-      else {
-        // Deadlines on the sender's clock become ours: what it has left, from now.
-        const deadline = b.isStatic ? Infinity : now + Math.max(0, b.deadlineMs - m.sentAtMs);
-        // Bounded: a peer reports at most what its own registries hold.
-        if (!this.heard.heard(b.channel, b.sealed, address, m.sender, deadline)) {
-          this.counters.bump(this.counters.dropped, 'heard_full');
-          return;
-        }
-        // Served sealed over there: our plain copies to it would carry the values in clear.
-        if (b.sealed) this.repeater.subscriptions.dropPlainFor(address, `sealed at ${this.peers.get(m.sender)?.name ?? m.sender.toString(16)}`);
-      }
-      this.reassignOne(b.channel, b.sealed, address, now, b.warmed === true);
+      takeAnnouncement(this.receiving, m, b, now);
       return;
     }
     if (b.type === 'tickets') {
@@ -356,30 +350,7 @@ export class Cluster implements ClusterPort {
       else this.tickets.merge(b.keys);
       return;
     }
-    // Age on the sender's clock as we know it, so skewed clocks do not make everything stale.
-    if (now - m.sentAtMs - (this.peers.get(m.sender)?.clockOffsetMs ?? 0) > MAX_DATAGRAM_AGE_MS) {
-      this.counters.bump(this.counters.dropped, 'stale');
-      return;
-    }
-    const datagrams = b.type === 'batch' ? b.datagrams : [b];
-    this.counters.datagramsReceived += datagrams.length;
-    for (const d of datagrams) {
-      const why = this.repeater.acceptFromBus(d.channel, d.datagram, d.trace, d.origin === 0n ? null : d.origin, d.opaque);
-      if (why !== null) this.counters.bump(this.counters.dropped, 'not_deliverable');
-    }
-  }
-
-  /** Makes room in a full peer table: forgets the peer silent longest, if it is past the timeout. */
-  private evictDeadPeer(now: number): boolean {
-    let oldest: bigint | null = null;
-    let oldestHeard = Infinity;
-    for (const [id, p] of this.peers) {
-      if (p.lastHeard < oldestHeard) [oldest, oldestHeard] = [id, p.lastHeard];
-    }
-    if (oldest === null || now - oldestHeard <= this.cfg.peerTimeoutMs) return false;
-    this.peers.delete(oldest);
-    this.heard.forgetPeer(oldest);
-    return true;
+    takeDatagrams(this.receiving, m, b, now, learnOnly);
   }
 
   /** Room for every subscriber the channels could hold, four times over (peers may be configured larger). */
@@ -387,13 +358,16 @@ export class Cluster implements ClusterPort {
     return 4 * 2 * Math.max(1, this.repeater.channels.size) * this.repeater.limits.maxSubscribers;
   }
 
+  /** A datagram from our own listeners (ClusterPort): held while we are back from a long stall (resume.ts). */
+  ownArrival(ch: Channel, datagram: Buffer, again: (copy: Buffer) => void): boolean {
+    return this.resume.ownArrival(ch, datagram, again);
+  }
+
   // ---- ownership ----
 
-  /** The live repeaters: ourselves and the peers heard within the timeout. */
-  private live(now: number): Set<bigint> {
-    const out = new Set<bigint>([this.id]);
-    for (const [id, p] of this.peers) if (now - p.lastHeard <= this.cfg.peerTimeoutMs) out.add(id);
-    return out;
+  /** The live repeaters: ourselves and the peers not declared dead (peers.ts; `_now` kept for the callers). */
+  private live(_now: number): Set<bigint> {
+    return this.peers.live();
   }
 
   /** Whether we serve `e`: the rendezvous winner among the live repeaters that heard it. */
@@ -401,10 +375,19 @@ export class Cluster implements ClusterPort {
     return this.ownerOf(idOf(ch.name, e.form === 'sealed', e.endpoint.text), now, live) === this.id;
   }
 
+  /**
+   * The rendezvous winner among the live repeaters that heard it. When that
+   * is us, but the one that wins without us does not count us live yet, it
+   * serves it as if we were not there: its own, until the view it publishes
+   * next counts us (peers.ts).
+   */
   private ownerOf(id: string, now: number, live: Set<bigint>): bigint | null {
     const candidates = [this.id];
     for (const [peer, deadline] of this.heard.peersOf(id)) if (deadline > now && live.has(peer)) candidates.push(peer);
-    return owner(candidates, id);
+    const winner = owner(candidates, id);
+    if (winner !== this.id || candidates.length === 1) return winner;
+    const without = owner(candidates.slice(1), id);
+    return without !== null && this.peers.get(without)?.countsUs === false ? without : winner;
   }
 
   /** After a peer's announcement of a subscriber (`warmed`: the peer completed its warm join). */
@@ -436,36 +419,36 @@ export class Cluster implements ClusterPort {
     if (gained.length + lost.length > 0) this.log.info('cluster: subscribers moved', { why, gained: gained.length, lost: lost.length });
   }
 
+  /**
+   * Deaths first, then our heartbeat (which no longer lists them), then the
+   * move: a peer reading our messages in order learns that we took its
+   * subscribers over before the first datagram we serve them.
+   */
   private tick(): void {
+    // A tick that runs late is a stall of ours: the peers get their time back before anyone is declared dead.
+    this.resume.check();
     const now = Date.now();
+    const died = this.peers.expire(now);
+    for (const { id, peer, silentMs } of died) this.log.warn('cluster peer lost: serving the subscribers it served that we heard', { peer: peer.name, id: id.toString(16), silentMs });
+    // Hearing none of the peers we heard is a gap too: we may be the side of a partition that missed updates.
+    if (died.length > 0 && this.hadPeers && this.peers.live().size === 1) {
+      this.steadySince = now;
+      this.hadPeers = false;
+    }
     if (this.bus.connected) {
       this.heartbeat();
       this.sendTickets();
     }
-    let died = false;
-    for (const [id, p] of this.peers) {
-      if (now - p.lastHeard > this.cfg.peerTimeoutMs) {
-        if (!p.name.startsWith('(gone) ')) {
-          this.log.warn('cluster peer lost: serving the subscribers it served that we heard', { peer: p.name, id: id.toString(16), silentMs: now - p.lastHeard });
-          p.name = `(gone) ${p.name}`;
-          died = true;
-        }
-        // Forgotten after a while, with everything it said it heard.
-        if (now - p.lastHeard > 10 * this.cfg.peerTimeoutMs) this.peers.delete(id);
-      }
-    }
+    // Forgotten (10 timeouts after falling silent) with everything it said it heard.
     this.heard.expire(now, (peer) => this.peers.has(peer));
-    this.reassign(died ? 'peer died' : 'tick');
+    this.reassign(died.length > 0 ? 'peer died' : 'tick');
   }
 
   // ---- views ----
 
   /** Live peers, for metrics and /healthz. */
-  livePeers(): Array<{ id: string; name: string; lastHeardMs: number; subscribers: number }> {
-    const now = Date.now();
-    return [...this.peers]
-      .filter(([, p]) => now - p.lastHeard <= this.cfg.peerTimeoutMs)
-      .map(([id, p]) => ({ id: id.toString(16), name: p.name, lastHeardMs: now - p.lastHeard, subscribers: p.subscribers }));
+  livePeers(): PeerView[] {
+    return livePeerViews(this.peers, Date.now());
   }
 
   /** Who serves a subscriber and who heard it (for /subscribers). */
@@ -485,8 +468,17 @@ export class Cluster implements ClusterPort {
     return n;
   }
 
-  /** Degraded: the bus is down, or no peer is heard (each repeater then serves all it heard). */
+  /** Why this repeater is not a full member of the cluster now (health.ts); empty: it is. */
+  degradedBecause(): string[] {
+    return degradedBecause(this.bus, this.peers, this.cfg.peerTimeoutMs, Date.now());
+  }
+
+  get degraded(): boolean {
+    return this.degradedBecause().length > 0;
+  }
+
   health(): Record<string, unknown> {
+    const reasons = this.degradedBecause();
     return {
       name: this.cfg.name,
       id: this.id.toString(16),
@@ -494,8 +486,12 @@ export class Cluster implements ClusterPort {
       sealed: this.seal !== null,
       keys: this.seal?.keyIds() ?? [],
       connected: this.bus.connected,
+      subscribed: this.bus.subscribed,
       server: this.bus.server,
-      degraded: !this.bus.connected,
+      degraded: reasons.length > 0,
+      degradedBecause: reasons,
+      steadyMs: Number.isFinite(this.steadySince) ? Date.now() - this.steadySince : null,
+      stalls: { count: this.resume.watch.stalls, longestMs: this.resume.watch.longestMs, long: this.resume.resumed, takenOver: this.resume.takeovers, holding: this.resume.holding },
       peers: this.livePeers(),
       ownedSubscribers: this.ownedSubscribers(),
       stateFetch: this.stateFetch.describe(),
@@ -505,9 +501,9 @@ export class Cluster implements ClusterPort {
 
   async close(): Promise<void> {
     this.flush();
-    if (this.flushPending !== null) clearImmediate(this.flushPending);
     this.closed = true;
     if (this.timer !== null) clearInterval(this.timer);
+    this.resume.close();
     this.stateFetch.close();
     this.stateAnswers.close();
     // A clean goodbye: the others stop counting on us at once.
@@ -515,3 +511,4 @@ export class Cluster implements ClusterPort {
     await this.bus.close();
   }
 }
+

@@ -27,12 +27,22 @@
 //   the live state's own bound (--state-max-bytes) applies to them.
 // - Answering never stalls live traffic: CHUNKS_PER_TURN chunks per turn of
 //   the event loop, at most MAX_ANSWERS answers at once (more are declined).
+// - The peer asked is the steadiest ready one (on the bus without a gap for
+//   longest, peers.ts): one that was cut off, stopped or isolated may have
+//   missed deletes. An answer carries the answerer's tombstones too (as
+//   deletes, with how long ago they were learnt, live-state.ts), so a key
+//   deleted anywhere in the cluster is deleted here as well, whatever an
+//   earlier attempt or a saved state brought; a fetched set older than a
+//   tombstone we hold is refused ('tombstoned'): it would bring a deleted key
+//   back.
 
 import type { Logger } from '../base/log.js';
 import type { Channel } from '../repeater/channel.js';
-import type { LiveEntry, LiveState } from '../repeater/live-state.js';
+import type { LiveEntry, LiveState, Tombstone } from '../repeater/live-state.js';
 import type { WarmJoins } from '../repeater/warm-join.js';
 import { type BusBody, type BusDatagram, type BusStateChunk, type BusStateRequest, MAX_BATCH } from '../wire/bus.js';
+import { cacheKeyText } from '../wire/cache-fields.js';
+import { CACHE_DELETE, encodeCacheDelete } from '../wire/cache.js';
 import { FRAME_OVERHEAD, MAX_UDP_PAYLOAD } from '../wire/frame.js';
 
 /** Datagram bytes per chunk at most: a sealed chunk stays well under a 64 KiB frame. */
@@ -51,6 +61,8 @@ const CHUNKS_PER_TURN = 2;
 export const MAX_ANSWERS = 2;
 /** Peers asked at most by one fetch (a decline, a lost chunk or a silent peer moves on to the next). */
 export const MAX_ATTEMPTS = 3;
+/** How long a starting repeater listens to its peers' first heartbeats before it picks the one to ask. */
+const GATHER_MS = 300;
 
 export type FetchResult =
   | 'complete' // a peer sent all its live state
@@ -74,7 +86,7 @@ export interface StateHost {
   /** The control subject (requests) and a repeater's own state subject (its answers). */
   readonly controlSubject: string;
   stateSubject(requester: bigint): string;
-  /** Live peers that said they hold the state, oldest first. */
+  /** Live peers that said they hold the state, steadiest first. */
   readyPeers(): bigint[];
 }
 
@@ -119,10 +131,23 @@ export class StateFetch {
     if (this.phase === 'finding') this.arm(() => this.giveUp());
   }
 
-  /** A peer's heartbeat says it holds the state. */
+  /**
+   * A peer's heartbeat says it holds the state. The peers answer our first
+   * heartbeat at once, in whatever order the bus brings them: the first
+   * ready one starts a short gathering (GATHER_MS), then the steadiest
+   * heard is asked.
+   */
   peerReady(peer: bigint): void {
-    if (this.phase === 'finding' && !this.tried.has(peer) && this.tried.size < MAX_ATTEMPTS) this.ask(peer);
+    if (this.phase !== 'finding' || this.tried.has(peer) || this.tried.size >= MAX_ATTEMPTS || this.gathering !== null) return;
+    this.gathering = setTimeout(() => {
+      this.gathering = null;
+      const best = this.host.readyPeers().find((p) => !this.tried.has(p));
+      if (this.phase === 'finding' && best !== undefined) this.ask(best);
+    }, Math.min(GATHER_MS, this.boundMs / 3));
+    this.gathering.unref();
   }
+
+  private gathering: NodeJS.Timeout | null = null;
 
   private ask(peer: bigint): void {
     this.tried.add(peer);
@@ -145,8 +170,9 @@ export class StateFetch {
     }
     this.expectSeq++;
     this.chunks++;
+    const now = Date.now();
     for (const e of c.entries) {
-      const r = this.host.warm.applyFetched(e.channel, e.datagram);
+      const r = this.apply(e, now);
       this.entries.set(r, (this.entries.get(r) ?? 0) + 1);
     }
     if (this.host.warm.fetchOverflowed) this.finish('overflow');
@@ -154,6 +180,21 @@ export class StateFetch {
     else if (c.last) this.finish('complete');
     else this.arm(() => this.next('timeout'));
     return true;
+  }
+
+  /** One fetched entry: a set (refused when older than a delete we remember) or a tombstone. */
+  private apply(e: BusDatagram, now: number): string {
+    const state = this.host.warm.state(e.channel);
+    const learnt = now - (e.ageMs ?? 0);
+    const isSet = e.datagram.length > 3 && e.datagram[3] !== CACHE_DELETE;
+    if (state !== undefined && isSet && e.datagram.length >= 6) {
+      const t = state.tombstone(cacheKeyText(e.datagram));
+      if (t !== undefined && t.atMs >= learnt) return 'tombstoned';
+    }
+    const r = this.host.warm.applyFetched(e.channel, e.datagram);
+    // What we keep carries the answerer's time, so it compares right with a later answer's tombstones.
+    if ((r === 'set' || r === 'deleted' || r === 'absent') && state !== undefined) state.backdate(cacheKeyText(e.datagram), learnt);
+    return r;
   }
 
   /** This attempt failed: ask another ready peer, or give up. */
@@ -205,14 +246,16 @@ export class StateFetch {
   close(): void {
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
+    if (this.gathering !== null) clearTimeout(this.gathering);
+    this.gathering = null;
   }
 }
 
 interface Answer {
   readonly requester: bigint;
   readonly request: number;
-  /** Channels still to walk, each with the version of its state when the request came. */
-  readonly walks: Array<{ channel: string; state: LiveState; startVersion: number; iter: Iterator<[string, LiveEntry]> }>;
+  /** Channels still to walk, each with the version of its state when the request came: entries, then tombstones. */
+  readonly walks: Array<{ channel: string; state: LiveState; startVersion: number; iter: Iterator<[string, LiveEntry | Tombstone]> }>;
   seq: number;
   total: number;
   /** An entry read that did not fit the last chunk: the first of the next. */
@@ -244,10 +287,10 @@ export class StateAnswers {
     const walks: Answer['walks'] = [];
     for (const name of this.host.channels.keys()) {
       const state = this.host.warm.state(name);
-      if (state !== undefined && state.size > 0) walks.push({ channel: name, state, startVersion: state.version, iter: state.walk() });
+      if (state !== undefined && state.size + state.tombstoneCount > 0) walks.push({ channel: name, state, startVersion: state.version, iter: items(state) });
     }
     this.active.set(sender, { requester: sender, request: r.request, walks, seq: 0, total: 0, carry: null });
-    this.host.log.info('cluster: sending our live state to a peer', { peer: sender.toString(16), entries: walks.reduce((n, w) => n + w.state.size, 0) });
+    this.host.log.info('cluster: sending our live state to a peer', { peer: sender.toString(16), entries: walks.reduce((n, w) => n + w.state.size, 0), tombstones: walks.reduce((n, w) => n + w.state.tombstoneCount, 0) });
     this.schedule();
   }
 
@@ -266,7 +309,8 @@ export class StateAnswers {
   private sendChunk(a: Answer): void {
     const entries: BusDatagram[] = [];
     let bytes = 0;
-    const nowSec = Math.floor(Date.now() / 1000);
+    const nowMs = Date.now();
+    const nowSec = Math.floor(nowMs / 1000);
     const size = (d: BusDatagram) => d.datagram.length + d.channel.length + ENTRY_OVERHEAD;
     // Whole entries only, up to CHUNK_BYTES (one alone may pass it, up to MAX_ENTRY): a chunk always fits one frame.
     if (a.carry !== null) {
@@ -281,17 +325,23 @@ export class StateAnswers {
         a.walks.shift();
         continue;
       }
-      const e = n.value[1];
+      const [key, e] = n.value;
       // Newer than the request: it went out on the bus, which the requester already heard.
-      if (e.version > w.startVersion || (e.expires !== 0 && e.expires <= nowSec)) continue;
-      const d: BusDatagram = { type: 'datagram', channel: w.channel, datagram: e.content, trace: null, origin: 0n, opaque: false };
+      if (e.version > w.startVersion) continue;
+      let datagram: Buffer;
+      if ('content' in e) {
+        if (e.expires !== 0 && e.expires <= nowSec) continue;
+        datagram = e.content;
+      } else datagram = encodeCacheDelete(Buffer.from(key, 'latin1'), true);
+      const ageMs = Math.min(2 ** 31, Math.max(0, nowMs - e.atMs));
+      const d: BusDatagram = { type: 'datagram', channel: w.channel, datagram, trace: null, origin: 0n, opaque: false, ageMs };
       if (size(d) > MAX_ENTRY) {
         this.entriesTooLarge++;
         continue;
       }
       if (entries.length > 0 && bytes + size(d) > CHUNK_BYTES) {
         // Copied: it outlives this turn, and the state zeroes the bytes of an entry it replaces.
-        a.carry = { ...d, datagram: Buffer.from(e.content) };
+        a.carry = { ...d, datagram: Buffer.from(datagram) };
         break;
       }
       entries.push(d);
@@ -327,4 +377,10 @@ export class StateAnswers {
     this.pending = null;
     this.active.clear();
   }
+}
+
+/** A state's entries, then its tombstones (both live iterators: see LiveState.walk). */
+function* items(state: LiveState): Generator<[string, LiveEntry | Tombstone]> {
+  yield* state.walk();
+  yield* state.walkTombstones();
 }

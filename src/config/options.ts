@@ -89,7 +89,7 @@ export const SERVE_OPTIONS: readonly OptionSpec[] = [
   { name: 'cluster-tls-ca', kind: 'string', arg: 'FILE', help: 'CA certificates to verify the NATS servers with (TLS)' },
   { name: 'cluster-tls-cert', kind: 'string', arg: 'FILE', help: 'client certificate for the NATS servers (with --cluster-tls-key)' },
   { name: 'cluster-tls-key', kind: 'string', arg: 'FILE', help: 'client key for --cluster-tls-cert' },
-  { name: 'cluster-dedup-window', kind: 'number', arg: 'SECONDS', default: 1, help: 'an update that comes in again through another repeater within this window is delivered once' },
+  { name: 'cluster-dedup-window', kind: 'number', arg: 'SECONDS', default: 1, help: 'how long past the oldest a bus datagram may be (peer timeout + a third + 1 s) a copy of an update is remembered, so the copy another repeater brings is delivered once' },
   { name: 'cluster-peer-timeout', kind: 'number', arg: 'SECONDS', default: 3, help: 'a repeater not heard from for this long is taken for dead and its subscribers move (heartbeats every third of it)' },
   { name: 'metrics', kind: 'string', arg: 'ADDR', default: DEFAULT_METRICS, help: 'HTTP address for /metrics, /healthz and /subscribers ("off" disables)' },
 ];

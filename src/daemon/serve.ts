@@ -162,7 +162,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
         keys: repeater.sealedGate?.keyIds() ?? [],
         hints: repeater.hints.view(),
         ...(repeater.tickets === null ? {} : { ticketKeys: repeater.tickets.keys.describe(Date.now()) }),
-        ...(cluster === null ? {} : { status: cluster.bus.connected ? 'ok' : 'degraded', cluster: cluster.health() }),
+        ...(cluster === null ? {} : { status: cluster.degraded ? 'degraded' : 'ok', cluster: cluster.health() }),
       }),
       '/subscribers': () => subscribersView(repeater, cluster),
       // Refused subscriptions, and one entry per source the allow-list refused (its last refusal); oldest first.

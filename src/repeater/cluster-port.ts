@@ -18,7 +18,18 @@ export interface ClusterPort {
   entryChanged(ch: Channel, e: Subscriber, change: EntryChange): void;
   /** The repeater distributes ticket keys: the cluster keeps one schedule for all (sets `service.peers`). */
   attachTickets(service: TicketService): void;
+  /**
+   * A datagram from one of our own listeners, about to be accepted: true to
+   * go on. False when this process was stopped long enough for its peers to
+   * take over: the cluster holds a copy until it knows whether they did (and
+   * then runs `again` with it, in arrival order, or drops it), or drops it
+   * at once (counted in the channel's `stalled`).
+   */
+  ownArrival(ch: Channel, datagram: Buffer, again: (copy: Buffer) => void): boolean;
 }
+
+/** Our own listeners' ingress in the exactly-once memory (a bus sender is never 0). */
+export const OWN_INGRESS = 0n;
 
 /** How a datagram that is not from one of our plain listeners arrived. */
 export interface Arrival {
@@ -27,4 +38,6 @@ export interface Arrival {
   readonly origin: bigint | null;
   /** It came off the cluster bus: never published again. */
   readonly fromBus: boolean;
+  /** Who brought it into the cluster: the publishing repeater's id, or OWN_INGRESS. */
+  readonly ingress: bigint;
 }

@@ -22,7 +22,15 @@
 //   as the state changes (warm-budget.ts);
 // - the contents are TLS session secrets in clear (SECURITY.md, "Live
 //   state"): an entry's bytes are zeroed when it is replaced, deleted,
-//   expired or evicted, so a dead session does not linger in the heap.
+//   expired or evicted, so a dead session does not linger in the heap;
+// - a delete leaves a tombstone (the key and when, no value) for
+//   TOMBSTONE_MS, so that a state fetched from a peer that missed the delete,
+//   or an older copy of the state, cannot bring the key back (the cluster
+//   sends tombstones with its state, and refuses a fetched set older than
+//   one). Tombstones are never walked by warm joins: they reach no
+//   subscriber. They count in `bytes` (key + TOMBSTONE_OVERHEAD each), at
+//   most a quarter of `maxBytes`: past it the oldest go first. A set of the
+//   key removes its tombstone.
 
 import { cacheExpires, cacheKeyText } from '../wire/cache-fields.js';
 import { CACHE_DELETE, type CacheShape, contentOf, inspectCacheUpdate, newShape } from '../wire/cache.js';
@@ -36,6 +44,19 @@ import type { WireError } from '../wire/uwsgi.js';
  * percent, not to the byte.
  */
 export const ENTRY_OVERHEAD = 640;
+/** What a tombstone costs beyond its key: the Map slot and its small object. */
+export const TOMBSTONE_OVERHEAD = 96;
+/** How long a delete is remembered: far past a restart or a fetch from a peer that was cut off meanwhile. */
+export const TOMBSTONE_MS = 10 * 60_000;
+
+/** A delete remembered (no value). */
+export interface Tombstone {
+  /** When the delete was learnt (ms, the state's clock), or earlier when a peer said so. */
+  readonly atMs: number;
+  /** The state's version when it was learnt. */
+  readonly version: number;
+  readonly cost: number;
+}
 
 /**
  * Read-only to everyone but LiveState, which overwrites an entry in place when
@@ -52,6 +73,8 @@ export interface LiveEntry {
   /** The live path sent it to every subscriber (false: applied from elsewhere, e.g. a peer's state). */
   readonly delivered: boolean;
   readonly cost: number;
+  /** When it was learnt (ms, the state's clock), or earlier when a peer said so. */
+  readonly atMs: number;
 }
 
 type Mutable<T> = { -readonly [K in keyof T]: T[K] };
@@ -65,6 +88,9 @@ export class LiveState {
   private readonly buckets = new Map<number, Set<string>>();
   private heap: number[] = [];
   private readonly shape: CacheShape = newShape();
+  /** Deletes remembered, oldest first (a Map re-inserted on every delete). */
+  private readonly tombstones = new Map<string, Mutable<Tombstone>>();
+  private tombstoneBytes = 0;
 
   bytes = 0;
   version = 0;
@@ -72,11 +98,38 @@ export class LiveState {
   evictions = 0;
   /** Entries dropped because their expiry passed (sets that arrived expired included). */
   expired = 0;
+  /** Tombstones forgotten before TOMBSTONE_MS to stay under their share of maxBytes. */
+  tombstonesEvicted = 0;
 
-  constructor(public maxBytes: number) {}
+  /** `clock`: ms, for tombstones and the age of entries. */
+  constructor(
+    public maxBytes: number,
+    private readonly clock: () => number = Date.now,
+  ) {}
 
   get size(): number {
     return this.entries.size;
+  }
+
+  /** Deletes remembered. */
+  get tombstoneCount(): number {
+    return this.tombstones.size;
+  }
+
+  /** The key's tombstone, if its delete is remembered. */
+  tombstone(key: string): Tombstone | undefined {
+    return this.tombstones.get(key);
+  }
+
+  /** Tombstones, oldest first (live, like walk()). */
+  walkTombstones(): IterableIterator<[string, Tombstone]> {
+    return this.tombstones.entries();
+  }
+
+  /** A peer says it learnt this key's value (or delete) earlier than we did: keep the earlier time. */
+  backdate(key: string, atMs: number): void {
+    const e = this.entries.get(key) ?? this.tombstones.get(key);
+    if (e !== undefined && atMs < e.atMs) e.atMs = atMs;
   }
 
   get(key: string): LiveEntry | undefined {
@@ -120,6 +173,7 @@ export class LiveState {
   private renew(key: string, e: Mutable<LiveEntry>, expires: number, delivered: boolean): void {
     this.entries.delete(key);
     this.entries.set(key, e);
+    e.atMs = this.clock();
     if (e.expires !== expires) {
       if (e.expires !== 0) this.bucketDelete(e.expires, key);
       if (expires !== 0) this.bucketAdd(expires, key);
@@ -145,6 +199,7 @@ export class LiveState {
   set(key: string, content: Buffer, expires: number, nowSec: number, delivered = true): LiveChange {
     const old = this.entries.get(key);
     if (old !== undefined) this.remove(key, old);
+    this.untomb(key);
     this.version++;
     // Already expired: the node's cache drops it too; keeping it would only spread a dead session.
     if (expires !== 0 && expires <= nowSec) {
@@ -158,29 +213,56 @@ export class LiveState {
       this.evictions++;
       return 'too_large';
     }
-    this.entries.set(key, { content, expires, version: this.version, delivered, cost });
+    this.entries.set(key, { content, expires, version: this.version, delivered, cost, atMs: this.clock() });
     this.bytes += cost;
     if (expires !== 0) this.bucketAdd(expires, key);
     this.evictDownTo(this.maxBytes);
     return 'set';
   }
 
+  /** Removes the key's entry (true when there was one) and remembers the delete either way. */
   delete(key: string): boolean {
     const old = this.entries.get(key);
-    if (old === undefined) return false;
-    this.remove(key, old);
+    if (old !== undefined) this.remove(key, old);
     this.version++;
-    return true;
+    this.untomb(key);
+    const cost = key.length + TOMBSTONE_OVERHEAD;
+    this.tombstones.set(key, { atMs: this.clock(), version: this.version, cost });
+    this.tombstoneBytes += cost;
+    this.bytes += cost;
+    while (this.tombstoneBytes > this.maxBytes / 4 && this.tombstones.size > 0) {
+      this.untomb(this.tombstones.keys().next().value as string);
+      this.tombstonesEvicted++;
+    }
+    this.evictDownTo(this.maxBytes);
+    return old !== undefined;
   }
 
-  /** Changes the bound, evicting the oldest entries when it shrank. */
+  private untomb(key: string): void {
+    const t = this.tombstones.get(key);
+    if (t === undefined) return;
+    this.tombstones.delete(key);
+    this.tombstoneBytes -= t.cost;
+    this.bytes -= t.cost;
+  }
+
+  /** Changes the bound, evicting the oldest entries (and tombstones past their share) when it shrank. */
   setMaxBytes(maxBytes: number): void {
     this.maxBytes = maxBytes;
+    while (this.tombstoneBytes > maxBytes / 4 && this.tombstones.size > 0) {
+      this.untomb(this.tombstones.keys().next().value as string);
+      this.tombstonesEvicted++;
+    }
     this.evictDownTo(maxBytes);
   }
 
-  /** Drops every entry whose expiry is at or before `nowSec`; returns how many. */
+  /** Drops every entry whose expiry is at or before `nowSec`, and tombstones past TOMBSTONE_MS; returns how many entries. */
   sweep(nowSec: number): number {
+    const limit = this.clock() - TOMBSTONE_MS;
+    for (const [key, t] of this.tombstones) {
+      if (t.atMs > limit) break;
+      this.untomb(key);
+    }
     let n = 0;
     const h = this.heap;
     while (h.length > 0 && h[0]! <= nowSec) {
@@ -206,6 +288,8 @@ export class LiveState {
   clear(): void {
     for (const e of this.entries.values()) e.content.fill(0);
     this.entries.clear();
+    this.tombstones.clear();
+    this.tombstoneBytes = 0;
     this.buckets.clear();
     this.heap = [];
     this.bytes = 0;
@@ -213,7 +297,7 @@ export class LiveState {
   }
 
   private evictDownTo(limit: number): void {
-    while (this.bytes > limit) {
+    while (this.bytes > limit && this.entries.size > 0) {
       const [key, e] = this.entries.entries().next().value as [string, LiveEntry];
       this.remove(key, e);
       this.evictions++;

@@ -13,7 +13,7 @@ import type { Logger } from '../base/log.js';
 import { D, type DropReason, E, FANOUT_BUCKETS, FastHistogram, K } from '../base/stats.js';
 import type { ListenerConfig, ServeConfig } from '../config/serve-config.js';
 import { ContentWindow } from '../gate/dedup.js';
-import { RecentUpdates } from '../gate/recent.js';
+import { CopyMemory } from '../gate/copies.js';
 import { LoopGuard } from '../gate/loop-guard.js';
 import { createFanout, DEFAULT_BACKEND, openListener } from '../net/backend.js';
 import type { Backend, DatagramListener, Fanout, Source } from '../net/io.js';
@@ -30,7 +30,7 @@ import { AccessList } from './acl.js';
 import { RepeaterHints } from './hints.js';
 import { Channel, type ChannelEvents, type ChannelOptions, type Subscriber } from './channel.js';
 import { ListenerName } from './listener-name.js';
-import type { Arrival, ClusterPort } from './cluster-port.js';
+import { type Arrival, type ClusterPort, OWN_INGRESS } from './cluster-port.js';
 import { RateLimiter } from './ratelimit.js';
 import type { SealedGate } from './sealed-gate.js';
 import { type SignatureCheck, SubscriptionDesk } from './subscriptions.js';
@@ -92,7 +92,7 @@ export class Repeater {
   clusterDuplicates = 0;
   /** Cluster mode only: null standalone, so the datagram path pays one null check. */
   private cluster: ClusterPort | null = null;
-  private recent: RecentUpdates | null = null;
+  private recent: CopyMemory | null = null;
   private ticketService: TicketService | null = null;
 
   constructor(
@@ -489,7 +489,7 @@ export class Repeater {
       return;
     }
     if (env.kind === EnvelopeKind.CacheDatagram) {
-      this.acceptCache(ch, env.datagram!, true, { trace: env.trace, origin: env.origin, fromBus: false }, t0);
+      this.acceptCache(ch, env.datagram!, true, { trace: env.trace, origin: env.origin, fromBus: false, ingress: OWN_INGRESS }, t0);
       return;
     }
     if (env.kind !== EnvelopeKind.Subscribe && env.kind !== EnvelopeKind.Unsubscribe) {
@@ -523,8 +523,10 @@ export class Repeater {
    * A cache update: plain (its trace, if any, in its bytes), or opened from a
    * frame or taken off the bus (`given`: its trace and origin; the bytes must
    * carry no trace). What came off the bus is never published again.
+   * `held`: a replay of one the cluster held (never held twice).
    */
-  private acceptCache(ch: Channel, buf: Buffer, stable: boolean, given: Arrival | null, t0: number): void {
+  private acceptCache(ch: Channel, buf: Buffer, stable: boolean, given: Arrival | null, t0: number, held = false): void {
+    if (this.cluster !== null && given?.fromBus !== true && !held && !this.cluster.ownArrival(ch, buf, (copy) => this.acceptCache(ch, copy, true, given, performance.now(), true))) return;
     const st = ch.stats;
     const s = this.shape;
     const bad = inspectCacheUpdate(buf, s);
@@ -541,8 +543,8 @@ export class Repeater {
         return;
       }
     }
-    // Cluster mode: the same update may come in through another repeater too (node=R1;R2).
-    if (this.recent !== null && !this.recent.admit(this.recent.hasher.hash(buf, 6, 6 + buf.readUInt16LE(4)), this.recent.hasher.hash(buf, 3, s.contentEnd), Date.now())) {
+    // Cluster mode: the same update may come in through another repeater too (node=R1;R2): copies are paired per ingress.
+    if (this.recent !== null && !this.recent.admit(this.recent.hasher.hash(buf, 6, 6 + buf.readUInt16LE(4)), this.recent.hasher.hash(buf, 3, s.contentEnd), given?.ingress ?? OWN_INGRESS, Date.now())) {
       st.dropped[D.duplicate]++;
       this.clusterDuplicates++;
       return;
@@ -583,13 +585,14 @@ export class Repeater {
   }
 
   /** --forward-unknown: any datagram, byte for byte; loops stopped by the content window. */
-  private forwardOpaque(ch: Channel, buf: Buffer, stable: boolean, given: Arrival | null, t0: number): void {
+  private forwardOpaque(ch: Channel, buf: Buffer, stable: boolean, given: Arrival | null, t0: number, held = false): void {
+    if (this.cluster !== null && given?.fromBus !== true && !held && !this.cluster.ownArrival(ch, buf, (copy) => this.forwardOpaque(ch, copy, true, given, performance.now(), true))) return;
     const now = Date.now();
     if (!this.dedup.admit(buf, now)) {
       ch.stats.dropped[D.duplicate]++;
       return;
     }
-    if (this.recent !== null && !this.recent.admit(this.recent.hasher.hash(buf), 0, now)) {
+    if (this.recent !== null && !this.recent.admit(this.recent.hasher.hash(buf), 0, given?.ingress ?? OWN_INGRESS, now)) {
       ch.stats.dropped[D.duplicate]++;
       this.clusterDuplicates++;
       return;
@@ -601,14 +604,14 @@ export class Repeater {
   }
 
   /**
-   * Cluster mode: a datagram another repeater accepted, for the subscribers
-   * this one serves. Returns why it was dropped, or null.
+   * Cluster mode: a datagram the repeater `sender` accepted, for the
+   * subscribers this one serves. Returns why it was dropped, or null.
    */
-  acceptFromBus(channel: string, datagram: Buffer, trace: TraceFields | null, origin: bigint | null, opaque: boolean): string | null {
+  acceptFromBus(channel: string, datagram: Buffer, trace: TraceFields | null, origin: bigint | null, opaque: boolean, sender: bigint): string | null {
     const ch = this.channels.get(channel);
     if (ch === undefined || this.closed) return 'no such channel';
     const t0 = performance.now();
-    const arrival: Arrival = { trace, origin, fromBus: true };
+    const arrival: Arrival = { trace, origin, fromBus: true, ingress: sender };
     if (opaque) {
       if (!this.config.forwardUnknown) return 'opaque datagrams are not forwarded here';
       this.forwardOpaque(ch, datagram, true, arrival, t0);
@@ -618,12 +621,13 @@ export class Repeater {
 
   /**
    * Cluster mode: from now on every accepted datagram is offered to `port`
-   * (to be published), every registry change is reported to it, and updates
-   * seen twice within `dedupWindowMs` are delivered once.
+   * (to be published), every registry change is reported to it, and the
+   * copies of an update that came in through two ingresses within
+   * `memoryMs` are delivered once (gate/copies.ts).
    */
-  attachCluster(port: ClusterPort, dedupWindowMs: number): void {
+  attachCluster(port: ClusterPort, memoryMs: number): void {
     this.cluster = port;
-    this.recent = new RecentUpdates(dedupWindowMs);
+    this.recent = new CopyMemory(memoryMs);
     if (this.ticketService !== null) port.attachTickets(this.ticketService);
     for (const ch of this.channels.values()) this.observe(ch);
   }

@@ -17,6 +17,8 @@ export interface BusDatagram {
   /** The agent that sealed it; 0n when it came plain. */
   readonly origin: bigint;
   readonly opaque: boolean;
+  /** State chunks only: how long ago the answerer learned it (absent: 0). */
+  readonly ageMs?: number;
 }
 
 export interface BusHeartbeat {
@@ -27,6 +29,12 @@ export interface BusHeartbeat {
   readonly subscribers: number;
   /** It holds the cluster's live state and may be asked for it (absent: false). */
   readonly stateReady?: boolean;
+  /** The peers it counts live; absent: it does not say (an older repeater). */
+  readonly livePeers?: readonly bigint[];
+  /** It was stopped long enough for its peers to take over: answer at once. */
+  readonly resumed?: boolean;
+  /** For how long it has been on the bus without a gap (absent: 0). */
+  readonly steadyMs?: number;
 }
 
 /** A starting repeater asks `target` for its live state (cluster warm join). */
@@ -83,6 +91,10 @@ export interface BusMessage {
 }
 
 const MAX_NAME = 255;
+/** Most peers a heartbeat may list (the peer table's bound). */
+export const MAX_LISTED_PEERS = 64;
+/** Largest age a state entry may claim: a tombstone is kept far less long. */
+const MAX_AGE_MS = 2 ** 31;
 /** Most datagrams one batch may hold: what a receiver will process for one message. */
 export const MAX_BATCH = 1024;
 
@@ -93,6 +105,7 @@ function datagramFields(b: BusDatagram): Record<string, unknown> {
     origin: bigintToLong(b.origin),
     opaque: b.opaque,
     ...(b.trace === null ? {} : { trace: { ingress: b.trace.ingress, sequence: b.trace.sequence, hops: b.trace.hops } }),
+    ...(b.ageMs === undefined || b.ageMs === 0 ? {} : { ageMs: b.ageMs }),
   };
 }
 
@@ -104,7 +117,16 @@ export function encodeBus(m: BusMessage): Uint8Array {
   } else if (b.type === 'batch') {
     msg['batch'] = { datagrams: b.datagrams.map(datagramFields) };
   } else if (b.type === 'heartbeat') {
-    msg['heartbeat'] = { name: b.name, startedAtMs: b.startedAtMs, intervalMs: b.intervalMs, subscribers: b.subscribers, stateReady: b.stateReady === true };
+    msg['heartbeat'] = {
+      name: b.name,
+      startedAtMs: b.startedAtMs,
+      intervalMs: b.intervalMs,
+      subscribers: b.subscribers,
+      stateReady: b.stateReady === true,
+      ...(b.livePeers === undefined ? {} : { livePeers: b.livePeers.map(bigintToLong), listsPeers: true }),
+      resumed: b.resumed === true,
+      steadyMs: b.steadyMs ?? 0,
+    };
   } else if (b.type === 'state_request') {
     msg['stateRequest'] = { target: bigintToLong(b.target), request: b.request };
   } else if (b.type === 'state_chunk') {
@@ -132,6 +154,8 @@ function datagramOf(d: Record<string, unknown>): BusDatagram | null {
     if (ingress < 1 || ingress >= 2 ** 48 || sequence < 1 || !Number.isSafeInteger(sequence) || hops < 1 || hops > 255) return null;
     trace = { ingress, sequence, hops };
   }
+  const ageMs = Number(d['ageMs'] ?? 0);
+  if (!Number.isSafeInteger(ageMs) || ageMs < 0 || ageMs > MAX_AGE_MS) return null;
   return {
     type: 'datagram',
     channel,
@@ -139,6 +163,7 @@ function datagramOf(d: Record<string, unknown>): BusDatagram | null {
     trace,
     origin: longToBigint(d['origin'] as LongLike),
     opaque: d['opaque'] === true,
+    ...(ageMs === 0 ? {} : { ageMs }),
   };
 }
 
@@ -190,6 +215,10 @@ export function decodeBus(buf: Uint8Array): BusMessage | 'bad_payload' {
   if (h != null) {
     const name = str(h['name']);
     if (name.length > MAX_NAME) return 'bad_payload';
+    const listed = (h['livePeers'] as LongLike[] | undefined) ?? [];
+    if (listed.length > MAX_LISTED_PEERS) return 'bad_payload';
+    const steadyMs = longToNumber(h['steadyMs'] as LongLike);
+    if (!Number.isSafeInteger(steadyMs) || steadyMs < 0) return 'bad_payload';
     const body: BusHeartbeat = {
       type: 'heartbeat',
       name,
@@ -197,6 +226,9 @@ export function decodeBus(buf: Uint8Array): BusMessage | 'bad_payload' {
       intervalMs: Number(h['intervalMs'] ?? 0),
       subscribers: Number(h['subscribers'] ?? 0),
       ...(h['stateReady'] === true ? { stateReady: true } : {}),
+      ...(h['listsPeers'] === true ? { livePeers: listed.map(longToBigint) } : {}),
+      ...(h['resumed'] === true ? { resumed: true } : {}),
+      ...(steadyMs === 0 ? {} : { steadyMs }),
     };
     return { sender, sentAtMs, body };
   }
@@ -236,6 +268,7 @@ function stateChunkOf(sender: bigint, sentAtMs: number, c: Record<string, unknow
   const entries: BusDatagram[] = [];
   for (const item of items) {
     const one = datagramOf(item);
+    // A set, or a tombstone (a delete the answerer remembers): both as a node sends them.
     if (one === null || one.trace !== null || one.opaque || one.origin !== 0n) return 'bad_payload';
     entries.push(one);
   }

@@ -78,6 +78,17 @@ export class NatsServer {
     }
   }
 
+  /** SIGHUP: the server reloads its configuration file (-c); resolves once it says it did. */
+  async reload(ms = WAIT_MS): Promise<void> {
+    const before = (this.output.match(/Reloaded server configuration/g) ?? []).length;
+    this.child?.kill('SIGHUP');
+    const deadline = Date.now() + ms;
+    while ((this.output.match(/Reloaded server configuration/g) ?? []).length <= before) {
+      if (Date.now() > deadline) throw new Error(`nats-server ${this.name} did not reload within ${ms} ms: ${this.output.slice(-500)}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }
+
   /** SIGKILL, and wait for the exit. */
   async kill(): Promise<void> {
     const c = this.child;
