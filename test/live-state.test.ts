@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { ENTRY_OVERHEAD, type LiveEntry, LiveState, SPARE_MAX_BYTES, TOMBSTONE_MS, TOMBSTONE_OVERHEAD } from '../src/repeater/live-state.js';
+import { SetOrder } from '../src/repeater/live-order.js';
 import { Pacer } from '../src/repeater/warm-budget.js';
 import { encodeCacheDelete, encodeCacheSet, forwardForm, inspectCacheUpdate, newShape } from '../src/wire/cache.js';
 
@@ -363,7 +364,7 @@ const opArb: fc.Arbitrary<Op> = fc.oneof(
 describe('live state against its reference (fast-check)', () => {
   test('every sequence of sets, deletes, expiries, sweeps, bounds and live walks leaves what the reference leaves, and no dead value in any storage', () => {
     fc.assert(
-      fc.property(fc.array(opArb, { maxLength: 120 }), fc.integer({ min: 3, max: 12 }), (ops, maxEntries) => {
+      fc.property(fc.array(opArb, { minLength: 10, maxLength: 150, size: 'max' }), fc.integer({ min: 3, max: 12 }), (ops, maxEntries) => {
         let ms = 5_000_000;
         let sec = NOW;
         const s = new LiveState(maxEntries * ONE, () => ms);
@@ -454,6 +455,61 @@ describe('live state against its reference (fast-check)', () => {
     const large = perChange(100_000);
     assert.ok(small <= 4 && large <= 4, `slots stepped over per change: ${small} at 1,000 entries, ${large} at 100,000`);
     assert.ok(large <= small * 1.5 + 0.5, `the work per change grew with the size: ${small} -> ${large}`);
+  });
+});
+
+describe('the set order (fast-check)', () => {
+  test('with compactions every few holes, it keeps a Map\'s order, and its live walks yield what a Map\'s iterators yield', () => {
+    type Item = { key: string; version: number; slot: number };
+    type OrderOp = { op: 'set'; k: number } | { op: 'remove'; k: number } | { op: 'first' } | { op: 'walk'; w: number } | { op: 'step'; w: number; n: number };
+    const orderOp: fc.Arbitrary<OrderOp> = fc.oneof(
+      { weight: 6, arbitrary: fc.record({ op: fc.constant('set' as const), k: fc.nat(7) }) },
+      { weight: 2, arbitrary: fc.record({ op: fc.constant('remove' as const), k: fc.nat(7) }) },
+      { weight: 1, arbitrary: fc.constant({ op: 'first' as const }) },
+      { weight: 1, arbitrary: fc.record({ op: fc.constant('walk' as const), w: fc.nat(2) }) },
+      { weight: 4, arbitrary: fc.record({ op: fc.constant('step' as const), w: fc.nat(2), n: fc.integer({ min: 1, max: 4 }) }) },
+    );
+    fc.assert(
+      fc.property(fc.array(orderOp, { minLength: 20, maxLength: 300, size: 'max' }), fc.integer({ min: 0, max: 6 }), (ops, compactMin) => {
+        const order = new SetOrder<Item>(compactMin);
+        const model = new Map<string, Item>();
+        const items = new Map<string, Item>();
+        const walks: Array<[Iterator<[string, Item]>, Iterator<[string, Item]>] | undefined> = [];
+        let version = 0;
+        for (const o of ops) {
+          if (o.op === 'set' || o.op === 'remove') {
+            const key = `k${o.k}`;
+            const held = items.get(key);
+            if (held !== undefined) {
+              order.remove(held);
+              model.delete(key);
+              items.delete(key);
+            }
+            if (o.op === 'set') {
+              const item = { key, version: ++version, slot: -1 };
+              order.push(item);
+              model.set(key, item);
+              items.set(key, item);
+            }
+          } else if (o.op === 'first') {
+            assert.equal(order.first()?.key, model.keys().next().value);
+          } else if (o.op === 'walk') {
+            walks[o.w] = [order.walk(), model.entries()];
+          } else {
+            const w = walks[o.w];
+            for (let i = 0; w !== undefined && i < o.n; i++) {
+              const a = w[0].next();
+              const b = w[1].next();
+              assert.equal(a.done, b.done);
+              if (a.done !== true) assert.equal(a.value[1], b.value![1]);
+            }
+          }
+          assert.deepEqual([...order.walk()].map(([k]) => k), [...model.keys()]);
+          assert.equal(order.size, model.size);
+        }
+      }),
+      { seed: 17, numRuns: 500 },
+    );
   });
 });
 

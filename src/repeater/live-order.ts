@@ -46,6 +46,9 @@ export class SetOrder<T extends Placed> {
   /** Slots stepped over (holes skipped by first(), items moved by compactions) so far: the work, counted for tests. */
   work = 0;
 
+  /** `compactMin`: holes tolerated before compacting (COMPACT_MIN; tests make it small). */
+  constructor(private readonly compactMin = COMPACT_MIN) {}
+
   get size(): number {
     return this.live;
   }
@@ -53,7 +56,7 @@ export class SetOrder<T extends Placed> {
   /** Places `item` (not in the order) at the newest end; `item.version` must be newer than every slot's. */
   push(item: T): void {
     const holes = this.tail - this.live;
-    if (holes > COMPACT_MIN && holes > this.live) this.compact();
+    if (holes > this.compactMin && holes > this.live) this.compact();
     const t = this.tail++;
     item.slot = t;
     if (t === this.items.length) {

@@ -140,8 +140,8 @@ export class LiveState {
   private readonly tombstones = new Map<string, Tomb>();
   private readonly tombOrder = new SetOrder<Tomb>();
   private tombstoneBytes = 0;
-  /** Zeroed storage of entries that went away, by slotSize, for new entries. */
-  private readonly spares = new Map<number, Entry[]>();
+  /** Zeroed storage of entries that went away, by slotSize / SLOT_ALIGN, for new entries. */
+  private spares: Array<Entry[] | undefined> = [];
   private spareBytes = 0;
   private spareTomb: Tomb | null = null;
 
@@ -290,6 +290,8 @@ export class LiveState {
     e.atMs = this.clock();
     this.bytes += cost;
     this.order.push(e);
+    // Tombstones count too: when they leave no room even for this entry alone, it goes as well.
+    this.evictDownTo(this.maxBytes);
     return 'set';
   }
 
@@ -398,8 +400,7 @@ export class LiveState {
     e.key = '';
     e.expires = 0;
     if (this.spareBytes + e.cap > this.spareLimit()) return;
-    let list = this.spares.get(e.cap);
-    if (list === undefined) this.spares.set(e.cap, (list = []));
+    const list = (this.spares[e.cap / SLOT_ALIGN] ??= []);
     list.push(e);
     this.spareBytes += e.cap;
   }
@@ -407,7 +408,7 @@ export class LiveState {
   /** Storage for an entry of `len` bytes: a spare one of its size, or new (zeroed). */
   private take(len: number): Entry {
     const cap = slotSize(len);
-    const e = this.spares.get(cap)?.pop();
+    const e = this.spares[cap / SLOT_ALIGN]?.pop();
     if (e !== undefined) {
       this.spareBytes -= cap;
       return e;
@@ -421,7 +422,7 @@ export class LiveState {
   }
 
   private dropSpares(): void {
-    this.spares.clear();
+    this.spares = [];
     this.spareBytes = 0;
   }
 }
