@@ -24,7 +24,7 @@ import { execFileSync } from 'node:child_process';
 import type { BenchMode } from './modes.js';
 import { BenchError, Child, sleep, within } from './procs.js';
 import { cpuSeconds, memory } from './procstat.js';
-import { type ClusterKind, type FanCounters, type FanOut, httpGet, type RepeaterFanOut, startRepeater, type TargetOptions } from './targets.js';
+import { type ClusterKind, type FanCounters, type FanOut, httpGetRetry, type RepeaterFanOut, startRepeater, type TargetOptions } from './targets.js';
 
 /** How the input reaches the cluster: all of it to A, or split between A and B. */
 export type ClusterInput = 'one' | 'split';
@@ -196,7 +196,7 @@ async function startNats(bin: string, cpu: string | undefined): Promise<{ child:
 }
 
 async function httpJson<T>(port: number, path: string): Promise<T> {
-  return JSON.parse(await httpGet(port, path)) as T;
+  return JSON.parse(await httpGetRetry(port, path)) as T;
 }
 
 interface SubscriberView {

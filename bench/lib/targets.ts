@@ -114,6 +114,11 @@ export function httpGet(port: number, path: string, ms = 5000): Promise<string> 
   );
 }
 
+/** httpGet, tried a second time after 200 ms when the first fails: a loaded machine may reset or time out one request. */
+export function httpGetRetry(port: number, path: string, ms = 5000): Promise<string> {
+  return httpGet(port, path, ms).catch(() => sleep(200).then(() => httpGet(port, path, ms)));
+}
+
 /** Sums a Prometheus text exposition by metric name and, optionally, one label. */
 export function parseMetrics(text: string): Map<string, number> {
   const out = new Map<string, number>();
@@ -194,7 +199,7 @@ export async function startRepeater(
   }
   if (inputPort === 0 || metricsPort === 0) throw new BenchError('udprepeater started without logging its listener and metrics ports');
   // A loaded machine may reset or time out one scrape: the second try decides.
-  const metrics = async () => parseMetrics(await httpGet(metricsPort, '/metrics').catch(() => sleep(200).then(() => httpGet(metricsPort, '/metrics'))));
+  const metrics = async () => parseMetrics(await httpGetRetry(metricsPort, '/metrics'));
   return {
     kind,
     child,
@@ -229,7 +234,15 @@ export async function startRepeater(
  */
 export async function subscribeAll(rep: RepeaterFanOut, mode: BenchMode, ports: readonly number[], key: string, onProgress: (n: number) => void): Promise<void> {
   const sock = createSocket('udp4');
-  await new Promise<void>((resolve) => sock.bind(0, '127.0.0.1', resolve));
+  // Sends report their errors to their callbacks; a socket error besides must not end the run uncaught.
+  sock.on('error', () => undefined);
+  await new Promise<void>((resolve, reject) => {
+    sock.once('error', reject);
+    sock.bind(0, '127.0.0.1', () => {
+      sock.off('error', reject);
+      resolve();
+    });
+  });
   const sendAll = async () => {
     for (let i = 0; i < ports.length; i++) {
       const buf = mode.subscribeDatagram(key, ports[i]!);
