@@ -328,6 +328,7 @@ export async function startCluster(kind: ClusterKind, mode: BenchMode, ports: re
       servedBy: s,
       natsPid: nats.child.pid,
       note,
+      command: `A and B each: ${A.command ?? '?'}; the bus: ${o.natsServer} -a 127.0.0.1 -p -1`,
       // What A and B logged at warn or error (B's marked).
       get warnings() {
         return [...A.warnings, ...B.warnings.map((w) => `B: ${w}`)];
