@@ -15,7 +15,7 @@ import { repoRoot } from './helpers/uwsgi.js';
 export const LAYERS: Readonly<Record<string, number>> = {
   base: 0,
   wire: 1,
-  gate: 2,
+  judge: 2,
   crypto: 3,
   net: 3,
   config: 4,

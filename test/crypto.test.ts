@@ -7,7 +7,7 @@ import { before, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { generateKeyFile, keyIdOf, KeyRing, parseKey, readKeyFile } from '../src/crypto/keyring.js';
 import { NonceSource } from '../src/crypto/nonce.js';
-import { ReplayWindow, WINDOW } from '../src/gate/replay.js';
+import { ReplayWindow, WINDOW } from '../src/judge/replay.js';
 import { BoxKey, knownAnswers, Secretbox, sodiumReady } from '../src/crypto/secretbox.js';
 import sodium from 'libsodium-wrappers';
 import { repoRoot } from './helpers/uwsgi.js';
@@ -17,7 +17,7 @@ import { encodeCacheSet } from '../src/wire/cache.js';
 import { EnvelopeKind, Role } from '../src/wire/envelope.js';
 import { FRAME_HEADER, FRAME_OVERHEAD, FRAME_VERSION, NONCE_BYTES } from '../src/wire/frame.js';
 import { keyDir, newKeyFile } from './helpers/keys.js';
-import { MAX_FENCED_ORIGINS, Membership } from '../src/gate/membership.js';
+import { MAX_FENCED_ORIGINS, Membership } from '../src/judge/membership.js';
 import { decodeEnvelope, encodeEnvelope, bigintToLong } from '../src/wire/envelope.js';
 
 before(() => sodiumReady());

@@ -14,7 +14,7 @@ import { before, describe, test } from 'node:test';
 import { LIVE_STATE_FILE } from '../src/daemon/live-store.js';
 import { subscribersView } from '../src/daemon/serve.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
-import { D } from '../src/base/stats.js';
+import { DropSlot } from '../src/base/stats.js';
 import { ENTRY_OVERHEAD } from '../src/repeater/live-state.js';
 import type { Channel } from '../src/repeater/channel.js';
 import { encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
@@ -356,7 +356,7 @@ describe('warm join, plain subscribers: what a spoofed subscription can buy', ()
     const mark = r.tap.length;
     await third.send(sub(node.rx.address, true), r.port());
     await r.tap.waitFor('subscription refused', { reason: 'foreign_unsubscribe', source: '127.0.0.43' }, { from: mark });
-    assert.equal(ch.stats.dropped[D.foreign_unsubscribe], 1);
+    assert.equal(ch.stats.dropped[DropSlot.foreign_unsubscribe], 1);
     assert.equal(ch.find(node.rx.address)?.source, '127.0.0.42', 'a refresh from a third address did not make it the source');
     await announce(r, gateway, node.rx.address, 'unsubscribed', true);
     await announce(r, third, node.rx.address, 'subscribed');

@@ -22,12 +22,12 @@
 import type { Socket } from 'node:dgram';
 import { describe } from '../base/errors.js';
 import type { Logger } from '../base/log.js';
-import { ChannelStats, D, FANOUT_BUCKETS, FastHistogram, K } from '../base/stats.js';
+import { ChannelStats, DropSlot, FANOUT_BUCKETS, FastHistogram, KindSlot } from '../base/stats.js';
 import type { AgentConfig } from '../config/agent-config.js';
 import { KeyRing } from '../crypto/keyring.js';
 import type { SecureSession } from '../crypto/session.js';
-import { LoopGuard } from '../gate/loop-guard.js';
-import { Membership } from '../gate/membership.js';
+import { LoopGuard } from '../judge/loop-guard.js';
+import { Membership } from '../judge/membership.js';
 import { createFanout, DEFAULT_BACKEND, openListener } from '../net/backend.js';
 import { bindUdp } from '../net/dgram-listener.js';
 import type { Backend, DatagramListener, Fanout, Outlet, Source } from '../net/io.js';
@@ -186,7 +186,7 @@ export class Agent {
   private openDeliver(config: AgentConfig): Outlet | null {
     if (config.deliver === null) return null;
     return this.fanout.open(config.deliver, (o, code, _fault, lostLater) => {
-      if (lostLater) this.toNode.dropped[D.send_error]++;
+      if (lostLater) this.toNode.dropped[DropSlot.send_error]++;
       this.log.throttle('warn', 'deliver', 'node unreachable', { deliver: o.endpoint.text, error: code });
     });
   }
@@ -311,7 +311,7 @@ export class Agent {
     try {
       handler();
     } catch (err) {
-      st.dropped[D.internal_error]++;
+      st.dropped[DropSlot.internal_error]++;
       this.log.throttle('error', 'internal-error', 'internal error handling a datagram; dropped', { error: (err as Error).message, stack: (err as Error).stack });
     }
   }
@@ -328,34 +328,34 @@ export class Agent {
     const kind = peekKind(msg);
     st.received[kind]++;
     if (!this.senders.judge(from)) {
-      st.dropped[D.not_node]++;
+      st.dropped[DropSlot.not_node]++;
       return;
     }
     if (msg.length > this.config.maxDatagram) {
-      st.dropped[D.too_large]++;
+      st.dropped[DropSlot.too_large]++;
       return;
     }
     const s = this.shape;
     const bad = inspectCacheUpdate(msg, s);
     if (bad !== undefined) {
-      st.dropped[D[bad]]++;
-      if (kind === K.subscribe || kind === K.unsubscribe) {
+      st.dropped[DropSlot[bad]]++;
+      if (kind === KindSlot.subscribe || kind === KindSlot.unsubscribe) {
         this.log.throttle('info', 'node-subscribes', 'the node sends uWSGI subscriptions to the agent; they are not needed behind an agent', { source: from.address }, 600_000);
       }
       return;
     }
     if (s.traceAt >= 0) {
-      st.dropped[readTrace(msg, s.traceAt) === null ? D.malformed : D.loop]++;
+      st.dropped[readTrace(msg, s.traceAt) === null ? DropSlot.malformed : DropSlot.loop]++;
       return;
     }
     const trace = this.loops.stamp();
     const frame = this.session.seal(this.ring, { kind: EnvelopeKind.CacheDatagram, channelKey: this.config.channelKey, datagram: contentOf(msg, s), trace, address: null });
     if (frame === null) {
-      st.dropped[D.too_large]++;
+      st.dropped[DropSlot.too_large]++;
       return;
     }
     const sent = this.toRepeaters(frame);
-    if (sent === 0) st.dropped[D.queue_full]++;
+    if (sent === 0) st.dropped[DropSlot.queue_full]++;
     st.forwarded += sent;
     st.bytesForwarded += sent * frame.length;
     this.fanoutTime.observe((performance.now() - t0) / 1000);
@@ -364,25 +364,25 @@ export class Agent {
   private onSealed(msg: Buffer, from: Source): void {
     const st = this.toNode;
     st.bytesReceived += msg.length;
-    st.received[K.sealed]++;
+    st.received[KindSlot.sealed]++;
     const link = this.linkFrom(from);
     if (link === undefined) {
-      st.dropped[D.not_allowed]++;
+      st.dropped[DropSlot.not_allowed]++;
       this.hints.stranger(msg, from.address, this.config.bind.text);
       return;
     }
     if (msg.length > this.config.maxDatagram) {
-      st.dropped[D.too_large]++;
+      st.dropped[DropSlot.too_large]++;
       return;
     }
     // Frames sealed for another receiver, and group frames sealed before we were a member, are refused here.
     const env = this.session.open(this.ring, msg, this.config.maxSkewMs, Date.now(), link.me);
     if (typeof env === 'string') {
-      st.dropped[D[env]]++;
+      st.dropped[DropSlot[env]]++;
       return;
     }
     if (env.channelKey !== this.config.channelKey) {
-      st.dropped[D.key_mismatch]++;
+      st.dropped[DropSlot.key_mismatch]++;
       return;
     }
     if (env.kind === EnvelopeKind.Membership) {
@@ -398,36 +398,36 @@ export class Agent {
       return;
     }
     if (env.kind !== EnvelopeKind.CacheDatagram) {
-      st.dropped[D.unknown_command]++;
+      st.dropped[DropSlot.unknown_command]++;
       return;
     }
     link.received++;
     link.lastFrameAt = Date.now();
     if (this.deliver === null) {
-      st.dropped[D.no_subscribers]++;
+      st.dropped[DropSlot.no_subscribers]++;
       return;
     }
     const d = env.datagram!;
     const s = this.shape;
     const bad = inspectCacheUpdate(d, s);
     if (bad !== undefined || s.traceAt >= 0) {
-      st.dropped[D[bad ?? 'malformed']]++;
+      st.dropped[DropSlot[bad ?? 'malformed']]++;
       return;
     }
     const trace = this.traceFor(env.trace);
     if (typeof trace === 'string') {
-      st.dropped[D[trace]]++;
+      st.dropped[DropSlot[trace]]++;
       return;
     }
     const out = forwardForm(d, s, this.config.repairDeletes, trace, Math.min(this.config.maxDatagram, MAX_UDP_PAYLOAD));
     if (out === 'too_large') {
-      st.dropped[D.too_large]++;
+      st.dropped[DropSlot.too_large]++;
       return;
     }
     if (this.deliver.send(out)) {
       st.forwarded++;
       st.bytesForwarded += out.length;
-    } else st.dropped[D.queue_full]++;
+    } else st.dropped[DropSlot.queue_full]++;
   }
 
   /** Says goodbye to the repeaters (unsubscribe), then closes everything. */

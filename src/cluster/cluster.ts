@@ -24,7 +24,7 @@
 //   meanwhile is held until the peers said whether they took over
 //   (resume.ts).
 // - An update that came in through two repeaters (a node listing both) is
-//   delivered once: gate/copies.ts, in the repeater, pairs copies per
+//   delivered once: judge/copies.ts, in the repeater, pairs copies per
 //   ingress for the memory (maxAgeMs + --cluster-dedup-window), which
 //   outlasts the oldest bus datagram still delivered.
 // - The bus is untrusted: with keys, every message is a sealed frame (its own
@@ -46,11 +46,11 @@ import { randomBytes } from 'node:crypto';
 import { describe } from '../base/errors.js';
 import type { Logger } from '../base/log.js';
 import type { ClusterConfig } from '../config/cluster-config.js';
-import { owner } from '../gate/rendezvous.js';
+import { owner } from '../judge/rendezvous.js';
 import type { Channel, Subscriber } from '../repeater/channel.js';
 import type { ClusterPort } from '../repeater/cluster-port.js';
 import type { EntryChange } from '../repeater/registry.js';
-import type { TicketService } from '../repeater/tickets.js';
+import type { TicketService } from '../repeater/ticket-service.js';
 import type { Repeater } from '../repeater/repeater.js';
 import { type BusBody, type BusMessage, decodeBus, encodeBus } from '../wire/bus.js';
 import type { TraceFields } from '../wire/trace.js';
@@ -236,7 +236,7 @@ export class Cluster implements ClusterPort {
 
   /**
    * One ticket-key schedule per cluster: every repeater merges every schedule
-   * it hears by one deterministic rule (crypto/tickets.ts), and only the
+   * it hears by one deterministic rule (crypto/ticket-schedule.ts), and only the
    * rendezvous owner of a period among the live repeaters generates its key
    * (anyone, once it is due within half a period: the owner's message may
    * have been lost). Schedules travel with every heartbeat, so a lost one or

@@ -11,8 +11,8 @@ import { bool, type CommonSettings, commonSettings, endpointOption, list, num, s
 import { buildClusterConfig, type ClusterConfig, SUBJECT_TOKEN } from './cluster-config.js';
 import type { RawOptions } from './options.js';
 import { buildWarmConfig, type WarmConfig } from './warm-config.js';
-import { keysHeld, type TicketParams } from '../crypto/tickets.js';
-import { MAX_TICKET_KEYS } from '../wire/tickets.js';
+import { keysHeld, type TicketParams } from '../crypto/ticket-schedule.js';
+import { MAX_TICKET_KEYS } from '../wire/ticket-codec.js';
 
 export type { LogFormat, LogLevel };
 

@@ -38,7 +38,7 @@ export class LiveStore {
   saveErrors = 0;
   private stopped = false;
 
-  /** `dir` was checked (created, writable, ours) by the StateStore of the same --state-dir. */
+  /** `dir` was checked (created, writable, ours) by the RegistryStore of the same --state-dir. */
   constructor(
     readonly dir: string,
     private readonly log: Logger,

@@ -4,7 +4,7 @@
 // subscription traffic never slows forwarding and fan-out never asks which
 // socket backend it has.
 
-import { ChannelStats, D, E } from '../base/stats.js';
+import { ChannelStats, DropSlot, EventSlot } from '../base/stats.js';
 import type { Fanout, Outlet, OutletFault, OutletGroup, SendTally } from '../net/io.js';
 import { newTally } from '../net/io.js';
 import { type Endpoint, isMulticast } from '../wire/address.js';
@@ -156,14 +156,14 @@ export class Channel {
   }
 
   private onOutletError(o: Outlet, code: string, fault: OutletFault, lostLater: boolean): void {
-    if (lostLater) this.stats.dropped[D.send_error]++;
+    if (lostLater) this.stats.dropped[DropSlot.send_error]++;
     const e = this.entryOf(o);
     if (e !== undefined) {
       if (fault === 'broken') {
         // An outlet that can never send: out (a dynamic subscriber comes back
         // with its next announce, a static one when the repeater retries it).
         this.registry(e.form).remove(e.endpoint.text);
-        this.stats.events[E.evict]++;
+        this.stats.events[EventSlot.evict]++;
         this.events.outOfService(this, e, 'evict', code);
         return;
       }
@@ -180,7 +180,7 @@ export class Channel {
     e.strikes++;
     if (this.opts.deadAfter > 0 && e.suspendedUntil === 0 && e.strikes >= this.opts.deadAfter) {
       this.registry(e.form).suspend(e, Date.now() + this.opts.deadRetryMs);
-      this.stats.events[E.suspend]++;
+      this.stats.events[EventSlot.suspend]++;
       this.events.outOfService(this, e, 'suspend', code);
     }
   }
@@ -276,7 +276,7 @@ export class Channel {
         if (group.size === 0) continue;
         const frame = sealer.sealDatagram(g.key, sealing);
         if (frame === null) {
-          st.dropped[D.sealed_too_large]++;
+          st.dropped[DropSlot.sealed_too_large]++;
           continue;
         }
         const before = t.sent;
@@ -284,10 +284,10 @@ export class Channel {
         st.bytesForwarded += (t.sent - before) * frame.length;
       }
     }
-    st.dropped[D.queue_full] += t.full;
-    st.dropped[D.send_error] += t.failed;
+    st.dropped[DropSlot.queue_full] += t.full;
+    st.dropped[DropSlot.send_error] += t.failed;
     st.forwarded += t.sent;
-    if (!any) st.dropped[D.no_subscribers]++;
+    if (!any) st.dropped[DropSlot.no_subscribers]++;
     return t.sent;
   }
 

@@ -4,7 +4,7 @@
 import type { TraceFields } from '../wire/trace.js';
 import type { Channel, Subscriber } from './channel.js';
 import type { EntryChange } from './registry.js';
-import type { TicketService } from './tickets.js';
+import type { TicketService } from './ticket-service.js';
 
 export interface ClusterPort {
   /**

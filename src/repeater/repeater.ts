@@ -10,11 +10,11 @@
 
 import { ConfigError, describe } from '../base/errors.js';
 import type { Logger } from '../base/log.js';
-import { D, type DropReason, E, FANOUT_BUCKETS, FastHistogram, K } from '../base/stats.js';
+import { DropSlot, type DropReason, EventSlot, FANOUT_BUCKETS, FastHistogram, KindSlot } from '../base/stats.js';
 import type { ListenerConfig, ServeConfig } from '../config/serve-config.js';
-import { ContentWindow } from '../gate/dedup.js';
-import { CopyMemory } from '../gate/copies.js';
-import { LoopGuard } from '../gate/loop-guard.js';
+import { ContentWindow } from '../judge/dedup.js';
+import { CopyMemory } from '../judge/copies.js';
+import { LoopGuard } from '../judge/loop-guard.js';
 import { createFanout, DEFAULT_BACKEND, openListener } from '../net/backend.js';
 import type { Backend, DatagramListener, Fanout, Source } from '../net/io.js';
 import { OwnAddresses } from '../net/local.js';
@@ -22,7 +22,7 @@ import type { Endpoint } from '../wire/address.js';
 import { canCarryTrace, contentOf, forwardForm, inspectCacheUpdate, newShape } from '../wire/cache.js';
 import { type Envelope, EnvelopeKind } from '../wire/envelope.js';
 import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
-import type { SavedSubscriber } from '../wire/state.js';
+import type { SavedSubscriber } from '../wire/registry-file.js';
 import { decodeSubscription, type Subscription } from '../wire/subscription.js';
 import { readTrace, type TraceFields } from '../wire/trace.js';
 import { checkHeader, peekKind } from '../wire/uwsgi.js';
@@ -32,10 +32,10 @@ import { Channel, type ChannelEvents, type ChannelOptions, type Subscriber } fro
 import { ListenerName } from './listener-name.js';
 import { type Arrival, type ClusterPort, OWN_INGRESS } from './cluster-port.js';
 import { RateLimiter } from './ratelimit.js';
-import type { SealedGate } from './sealed-gate.js';
+import type { DataSeal } from './data-seal.js';
 import { type SignatureCheck, SubscriptionDesk } from './subscriptions.js';
-import { type TicketPersistence, TicketService } from './tickets.js';
-import type { TicketKey } from '../wire/tickets.js';
+import { type TicketPersistence, TicketService } from './ticket-service.js';
+import type { TicketKey } from '../wire/ticket-codec.js';
 import { WarmJoins } from './warm-join.js';
 
 /** A listener's current place in the config; mutated in place on reload. */
@@ -46,8 +46,8 @@ interface Route {
 }
 
 export interface RepeaterHooks {
-  /** Builds the sealed gate for a config (loads keys); throws to refuse the config. */
-  sealed?: (config: ServeConfig) => SealedGate | null;
+  /** Builds the data seal for a config (loads keys); throws to refuse the config. */
+  sealed?: (config: ServeConfig) => DataSeal | null;
   /** Builds the uWSGI signature checker for a config; throws to refuse it. */
   signatures?: (config: ServeConfig) => SignatureCheck | null;
   /** Socket backend (default: native when the addon is built). */
@@ -80,7 +80,7 @@ export class Repeater {
   private acl!: AccessList;
   private readonly limiter = new RateLimiter(1, 1);
   private desk!: SubscriptionDesk;
-  private gate: SealedGate | null = null;
+  private seal: DataSeal | null = null;
   private dedup!: ContentWindow;
   private fanout: Fanout | null = null;
   private readonly routes = new Map<string, Route>();
@@ -126,8 +126,8 @@ export class Repeater {
     return Math.min(this.config.limits.maxDatagram, MAX_UDP_PAYLOAD);
   }
 
-  get sealedGate(): SealedGate | null {
-    return this.gate;
+  get dataSeal(): DataSeal | null {
+    return this.seal;
   }
 
   /** The fleet's ticket-key schedule; null when no listener has `tickets`. */
@@ -232,7 +232,7 @@ export class Repeater {
             recvBuffer: next.recvBuffer,
             multicastInterface: next.multicastInterface,
             onTruncated: () => {
-              if (route.channel !== undefined) route.channel.stats.dropped[D.too_large]++;
+              if (route.channel !== undefined) route.channel.stats.dropped[DropSlot.too_large]++;
             },
           },
           (msg, from) => this.onDatagram(route, msg, from),
@@ -254,8 +254,8 @@ export class Repeater {
     this.acl = new AccessList(next.allow);
     this.dedup = new ContentWindow(next.dedupWindowMs);
     this.limiter.configure(next.limits.subscribeRate, next.limits.subscribeBurst);
-    if (this.gate !== sealed) this.gate?.dispose();
-    this.gate = sealed;
+    if (this.seal !== sealed) this.seal?.dispose();
+    this.seal = sealed;
     const deskDeps = {
       acl: this.acl,
       limiter: this.limiter,
@@ -341,7 +341,7 @@ export class Repeater {
       this.ticketService.configure(next.tickets);
       return;
     }
-    this.ticketService = new TicketService(next.tickets, { channels: () => this.channels.values(), gate: () => this.gate, store: this.hooks.ticketStore ?? null, log: this.log });
+    this.ticketService = new TicketService(next.tickets, { channels: () => this.channels.values(), seal: () => this.seal, store: this.hooks.ticketStore ?? null, log: this.log });
     if (this.cluster !== null) this.cluster.attachTickets(this.ticketService);
     this.ticketService.start(saved);
   }
@@ -387,7 +387,7 @@ export class Repeater {
       for (const r of [ch.plain, ch.sealed]) {
         const gone = r.removeWhere((e) => !e.isStatic && typeof this.desk.vetAddress(e.endpoint.text) === 'string');
         for (const e of gone) {
-          ch.stats.events[E.evict]++;
+          ch.stats.events[EventSlot.evict]++;
           this.log.info('subscriber evicted: the new config refuses its address', { channel: ch.name, address: e.endpoint.text, reason: this.desk.vetAddress(e.endpoint.text) });
         }
       }
@@ -399,11 +399,11 @@ export class Repeater {
     for (const ch of this.channels.values()) {
       for (const r of [ch.plain, ch.sealed]) {
         for (const e of r.resumeDue(now)) {
-          ch.stats.events[E.resume]++;
+          ch.stats.events[EventSlot.resume]++;
           this.log.info('subscriber resumed', { channel: ch.name, address: e.endpoint.text, form: e.form });
         }
         for (const e of r.sweep(now)) {
-          ch.stats.events[E.expire]++;
+          ch.stats.events[EventSlot.expire]++;
           this.log.info('subscriber expired', { channel: ch.name, address: e.endpoint.text, key: e.key, form: e.form, lastSeen: new Date(e.lastSeen).toISOString() });
         }
       }
@@ -423,7 +423,7 @@ export class Repeater {
     try {
       this.handle(route, msg, from);
     } catch (err) {
-      route.channel.stats.dropped[D.internal_error]++;
+      route.channel.stats.dropped[DropSlot.internal_error]++;
       this.log.throttle('error', 'internal-error', 'internal error handling a datagram; dropped', {
         error: (err as Error).message,
         stack: (err as Error).stack,
@@ -438,28 +438,28 @@ export class Repeater {
     const st = ch.stats;
     st.bytesReceived += msg.length;
     const sealed = route.config.sealed;
-    const kind = sealed ? K.sealed : peekKind(msg);
+    const kind = sealed ? KindSlot.sealed : peekKind(msg);
     st.received[kind]++;
     if (msg.length > this.config.limits.maxDatagram) {
-      st.dropped[D.too_large]++;
+      st.dropped[DropSlot.too_large]++;
       return;
     }
     if (!this.acl.allows(from.address)) {
-      st.dropped[D.not_allowed]++;
+      st.dropped[DropSlot.not_allowed]++;
       this.hints.notAllowed.note(from.address, route.config.endpoint.text);
       return;
     }
     if (sealed) {
-      const env = this.gate!.open(ch, msg, ListenerName.of(route.config, route.listener));
+      const env = this.seal!.open(ch, msg, ListenerName.of(route.config, route.listener));
       if (typeof env !== 'string') this.onEnvelope(ch, env, from, t0);
       else this.hints.unopened(msg, env, from.address, route.config.endpoint.text);
       return;
     }
-    if (kind === K.set || kind === K.delete) {
+    if (kind === KindSlot.set || kind === KindSlot.delete) {
       this.acceptCache(ch, msg, route.listener.stable, null, t0);
       return;
     }
-    if (kind === K.subscribe || kind === K.unsubscribe) {
+    if (kind === KindSlot.subscribe || kind === KindSlot.unsubscribe) {
       const now = Date.now();
       const known = this.desk.knownSource(from.address);
       if (!known && !this.desk.admitStranger(ch, from.address, now)) return;
@@ -469,7 +469,7 @@ export class Repeater {
         return;
       }
       if (!this.config.forwardUnknown) {
-        st.dropped[D[sub]]++;
+        st.dropped[DropSlot[sub]]++;
         return;
       }
     }
@@ -478,13 +478,13 @@ export class Repeater {
       return;
     }
     const bad = checkHeader(msg);
-    st.dropped[bad === undefined ? D.unknown_type : D[bad]]++;
+    st.dropped[bad === undefined ? DropSlot.unknown_type : DropSlot[bad]]++;
     this.hints.unknownOnPlain(msg, from.address, route.config.endpoint.text);
   }
 
   private onEnvelope(ch: Channel, env: Envelope, from: Source, t0: number): void {
     if (ch.key !== null && env.channelKey !== ch.key) {
-      if (env.kind === EnvelopeKind.CacheDatagram) ch.stats.dropped[D.key_mismatch]++;
+      if (env.kind === EnvelopeKind.CacheDatagram) ch.stats.dropped[DropSlot.key_mismatch]++;
       else this.desk.refuse(ch, 'key_mismatch', from.address);
       return;
     }
@@ -493,7 +493,7 @@ export class Repeater {
       return;
     }
     if (env.kind !== EnvelopeKind.Subscribe && env.kind !== EnvelopeKind.Unsubscribe) {
-      ch.stats.dropped[D.bad_payload]++;
+      ch.stats.dropped[DropSlot.bad_payload]++;
       return;
     }
     const sub: Subscription = {
@@ -532,20 +532,20 @@ export class Repeater {
     const bad = inspectCacheUpdate(buf, s);
     if (bad !== undefined || (given !== null && s.traceAt >= 0)) {
       if (this.config.forwardUnknown) this.forwardOpaque(ch, buf, stable, given, t0);
-      else st.dropped[D[bad ?? 'malformed']]++;
+      else st.dropped[DropSlot[bad ?? 'malformed']]++;
       return;
     }
     let arrived: TraceFields | null = given?.trace ?? null;
     if (s.traceAt >= 0) {
       arrived = readTrace(buf, s.traceAt);
       if (arrived === null) {
-        st.dropped[D.malformed]++;
+        st.dropped[DropSlot.malformed]++;
         return;
       }
     }
     // Cluster mode: the same update may come in through another repeater too (node=R1;R2): copies are paired per ingress.
     if (this.recent !== null && !this.recent.admit(this.recent.hasher.hash(buf, 6, 6 + buf.readUInt16LE(4)), this.recent.hasher.hash(buf, 3, s.contentEnd), given?.ingress ?? OWN_INGRESS, Date.now())) {
-      st.dropped[D.duplicate]++;
+      st.dropped[DropSlot.duplicate]++;
       this.clusterDuplicates++;
       return;
     }
@@ -553,7 +553,7 @@ export class Repeater {
     if (arrived !== null) {
       const v = this.loops.pass(arrived);
       if (typeof v === 'string') {
-        st.dropped[D[v]]++;
+        st.dropped[DropSlot[v]]++;
         return;
       }
       next = v;
@@ -569,17 +569,17 @@ export class Repeater {
       plainOut = forwardForm(buf, s, repair, null, this.outLimit);
     }
     if (plainOut === 'too_large') {
-      st.dropped[D.too_large]++;
+      st.dropped[DropSlot.too_large]++;
       return;
     }
     if (!traced && !this.dedup.admit(buf.subarray(0, s.contentEnd), Date.now())) {
-      st.dropped[D.duplicate]++;
+      st.dropped[DropSlot.duplicate]++;
       return;
     }
     this.warm.learn(ch, buf, s);
-    const content = this.gate === null && this.cluster === null ? null : contentOf(buf, s);
-    const sealing = this.gate === null ? null : { content: content!, trace: next };
-    const sent = ch.forward(plainOut, stable || plainOut !== buf, this.gate, sealing, given?.origin ?? null);
+    const content = this.seal === null && this.cluster === null ? null : contentOf(buf, s);
+    const sealing = this.seal === null ? null : { content: content!, trace: next };
+    const sent = ch.forward(plainOut, stable || plainOut !== buf, this.seal, sealing, given?.origin ?? null);
     if (sent > 0) this.fanoutTime.observe((performance.now() - t0) / 1000);
     if (this.cluster !== null && given?.fromBus !== true) this.cluster.publish(ch, content!, stable || content !== buf, next, given?.origin ?? null, false);
   }
@@ -589,16 +589,16 @@ export class Repeater {
     if (this.cluster !== null && given?.fromBus !== true && !held && !this.cluster.ownArrival(ch, buf, (copy) => this.forwardOpaque(ch, copy, true, given, performance.now(), true))) return;
     const now = Date.now();
     if (!this.dedup.admit(buf, now)) {
-      ch.stats.dropped[D.duplicate]++;
+      ch.stats.dropped[DropSlot.duplicate]++;
       return;
     }
     if (this.recent !== null && !this.recent.admit(this.recent.hasher.hash(buf), 0, given?.ingress ?? OWN_INGRESS, now)) {
-      ch.stats.dropped[D.duplicate]++;
+      ch.stats.dropped[DropSlot.duplicate]++;
       this.clusterDuplicates++;
       return;
     }
-    const sealing = this.gate === null ? null : { content: buf, trace: null };
-    const sent = ch.forward(buf, stable, this.gate, sealing, given?.origin ?? null);
+    const sealing = this.seal === null ? null : { content: buf, trace: null };
+    const sent = ch.forward(buf, stable, this.seal, sealing, given?.origin ?? null);
     if (sent > 0) this.fanoutTime.observe((performance.now() - t0) / 1000);
     if (this.cluster !== null && given?.fromBus !== true) this.cluster.publish(ch, buf, stable, null, given?.origin ?? null, true);
   }
@@ -623,7 +623,7 @@ export class Repeater {
    * Cluster mode: from now on every accepted datagram is offered to `port`
    * (to be published), every registry change is reported to it, and the
    * copies of an update that came in through two ingresses within
-   * `memoryMs` are delivered once (gate/copies.ts).
+   * `memoryMs` are delivered once (judge/copies.ts).
    */
   attachCluster(port: ClusterPort, memoryMs: number): void {
     this.cluster = port;
@@ -667,7 +667,7 @@ export class Repeater {
     const ch = this.channels.get(s.channel);
     if (ch === undefined) return 'no such channel';
     const form = s.sealed ? 'sealed' : 'plain';
-    if (form === 'sealed' && (this.gate === null || s.origin === 0n)) return 'sealed without keys or origin';
+    if (form === 'sealed' && (this.seal === null || s.origin === 0n)) return 'sealed without keys or origin';
     if (s.key.length === 0 || s.key.length > 255 || (ch.key !== null && s.key !== ch.key)) return 'key_mismatch';
     const ep: Endpoint | DropReason = this.desk.vetAddress(s.address);
     if (typeof ep === 'string') return ep;
@@ -696,8 +696,8 @@ export class Repeater {
     this.routes.clear();
     for (const ch of this.channels.values()) ch.close();
     this.channels.clear();
-    this.gate?.dispose();
-    this.gate = null;
+    this.seal?.dispose();
+    this.seal = null;
     await Promise.all(closing);
     await this.fanout?.close();
   }

@@ -34,7 +34,7 @@
 // - A repair (cluster mode, warm-repair.ts) is a join that sends only the
 //   entries above its floor; the rules above hold for it as for any join.
 
-import { D } from '../base/stats.js';
+import { DropSlot } from '../base/stats.js';
 import { type Fanout, newTally, type OutletGroup } from '../net/io.js';
 import { type CacheShape, forwardForm, inspectCacheUpdate, newShape } from '../wire/cache.js';
 import type { Channel, Subscriber } from './channel.js';
@@ -370,15 +370,15 @@ export class WarmRunner {
     if (e.form === 'plain') {
       const f = forwardForm(entry.content, s, this.host.current.repairDeletes, trace, this.host.outLimit);
       if (f === 'too_large') {
-        st.dropped[D.too_large]++;
+        st.dropped[DropSlot.too_large]++;
         j.dropped++;
         return 0;
       }
       out = f;
     } else {
-      const frame = this.host.sealedGate?.sealDatagram(e.key, { content: entry.content, trace }, e.endpoint.text) ?? null;
+      const frame = this.host.dataSeal?.sealDatagram(e.key, { content: entry.content, trace }, e.endpoint.text) ?? null;
       if (frame === null) {
-        st.dropped[D.sealed_too_large]++;
+        st.dropped[DropSlot.sealed_too_large]++;
         j.dropped++;
         return 0;
       }
@@ -395,8 +395,8 @@ export class WarmRunner {
       j.stats.datagrams++;
       j.stats.bytes += out.length;
     } else j.dropped++;
-    st.dropped[D.queue_full] += t.full;
-    st.dropped[D.send_error] += t.failed;
+    st.dropped[DropSlot.queue_full] += t.full;
+    st.dropped[DropSlot.send_error] += t.failed;
     // Charged whether the kernel took it or not: the pacers bound what is attempted.
     return out.length;
   }

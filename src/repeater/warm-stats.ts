@@ -2,7 +2,7 @@
 // repeater.
 
 import type { Logger } from '../base/log.js';
-import type { LoopGuard } from '../gate/loop-guard.js';
+import type { LoopGuard } from '../judge/loop-guard.js';
 import type { Channel, FrameSealer } from './channel.js';
 
 /** What the warm-join service needs of the repeater (structurally: the Repeater itself). */
@@ -11,7 +11,7 @@ export interface WarmHost {
   readonly loops: LoopGuard;
   readonly log: Logger;
   /** The sealer of the running config; null without keys. */
-  readonly sealedGate: FrameSealer | null;
+  readonly dataSeal: FrameSealer | null;
   /** No output may be larger than this. */
   readonly outLimit: number;
   readonly current: { readonly repairDeletes: boolean };

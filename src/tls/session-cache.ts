@@ -30,15 +30,15 @@ import { Logger } from '../base/log.js';
 import { KeyRing } from '../crypto/keyring.js';
 import { sodiumReady } from '../crypto/secretbox.js';
 import { SecureSession } from '../crypto/session.js';
-import { nodeTicketKey, ticketKeyId, TicketKeys } from '../crypto/tickets.js';
-import { Membership } from '../gate/membership.js';
+import { nodeTicketKey, ticketKeyId, TicketKeys } from '../crypto/ticket-schedule.js';
+import { Membership } from '../judge/membership.js';
 import { checkBufferSize } from '../net/dgram-listener.js';
 import { advertiseAddress } from '../net/local.js';
 import { canonicalIp, type Endpoint, parseEndpoint } from '../wire/address.js';
 import { decodeCacheUpdate, encodeCacheSet } from '../wire/cache.js';
 import { EnvelopeKind, Role } from '../wire/envelope.js';
 import { encodeSubscription } from '../wire/subscription.js';
-import type { TicketKey } from '../wire/tickets.js';
+import type { TicketKey } from '../wire/ticket-codec.js';
 import { sessionProtocol, TLS1_3 } from '../wire/tls-session.js';
 import { SessionStore } from './store.js';
 
