@@ -235,8 +235,8 @@ describe('seal and open', () => {
 
   test('an older release reads a newer Envelope: the schema without receiver and member_from decodes it, ignoring them', async () => {
     const protobuf = (await import('protobufjs')).default;
-    const { PROTO_FILE } = await import('../src/wire/proto.js');
-    const older = readFileSync(PROTO_FILE, 'utf8').replace(/^\s*string receiver = 12;$/m, '').replace(/^\s*uint64 member_from = 13;$/m, '');
+    const { UDPREPEATER_PROTO } = await import('../src/wire/schema.js');
+    const older = UDPREPEATER_PROTO.replace(/^\s*string receiver = 12;$/m, '').replace(/^\s*uint64 member_from = 13;$/m, '');
     assert.ok(!/= 12;|= 13;/.test(older.slice(older.indexOf('message Envelope'), older.indexOf('message TicketSchedule'))), 'the fields were taken out');
     const OlderEnvelope = protobuf.parse(older).root.lookupType('udprepeater.Envelope');
     const sub = { kind: EnvelopeKind.Subscribe, channelKey: 'ssl', sequence: 1, sentAtMs: Date.now(), role: Role.Agent, datagram: null, trace: null, address: '127.0.0.1:4000', receiver: '127.0.0.1:7272' };

@@ -14,7 +14,7 @@ import { KeyRing } from '../src/crypto/keyring.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
 import { SecureSession } from '../src/crypto/session.js';
 import { Membership } from '../src/judge/membership.js';
-import { createFanout } from '../src/net/backend.js';
+import { createFanout } from '../src/net/io.js';
 import { Channel, type Subscriber } from '../src/repeater/channel.js';
 import { DataSeal } from '../src/repeater/data-seal.js';
 import { parseEndpoint, type Endpoint } from '../src/wire/address.js';

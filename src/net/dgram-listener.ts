@@ -5,7 +5,7 @@
 
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { canonicalIp, type Endpoint, formatEndpoint } from '../wire/address.js';
-import { type DatagramHandler, type DatagramListener, type ListenOptions, MAX_SOCKET_BUFFER, type Source } from './io.js';
+import { type DatagramHandler, type DatagramListener, type ListenOptions, MAX_SOCKET_BUFFER, type Source } from './socket-api.js';
 
 const SOURCE_CACHE_LIMIT = 4096;
 

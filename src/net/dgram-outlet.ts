@@ -6,7 +6,7 @@
 
 import { createSocket, type Socket } from 'node:dgram';
 import type { Endpoint } from '../wire/address.js';
-import type { Fanout, FanoutOptions, Outlet, OutletErrorHandler, OutletGroup, OutletOptions, SendTally } from './io.js';
+import type { Fanout, FanoutOptions, Outlet, OutletErrorHandler, OutletGroup, OutletOptions, SendTally } from './socket-api.js';
 
 /** Errors that say the destination does not take datagrams (ICMP answers). */
 export const UNREACHABLE_CODES: ReadonlySet<string> = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN']);

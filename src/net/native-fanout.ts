@@ -19,7 +19,7 @@
 import { formatEndpoint, formatIp, ipBytes, type Endpoint } from '../wire/address.js';
 import { checkBufferSize } from './dgram-listener.js';
 import { DgramFanout, UNREACHABLE_CODES } from './dgram-outlet.js';
-import type { Fanout, FanoutOptions, Outlet, OutletErrorHandler, OutletGroup, OutletOptions, SendTally } from './io.js';
+import type { Fanout, FanoutOptions, Outlet, OutletErrorHandler, OutletGroup, OutletOptions, SendTally } from './socket-api.js';
 import { DEST_BYTES, ERR_WORDS, errnoName, FULL, type UdpFast } from './native.js';
 
 const PER_SOCKET = 256;

@@ -4,7 +4,7 @@
 
 import { formatEndpoint, formatIp, ipBytes, type Endpoint } from '../wire/address.js';
 import { checkBufferSize } from './dgram-listener.js';
-import type { DatagramHandler, DatagramListener, ListenOptions, Source } from './io.js';
+import type { DatagramHandler, DatagramListener, ListenOptions, Source } from './socket-api.js';
 import { errnoName, type NativeListenerHandle, type UdpFast } from './native.js';
 
 const V4_CACHE_LIMIT = 4096;

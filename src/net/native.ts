@@ -5,7 +5,7 @@
 import { constants } from 'node:os';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../base/package.js';
-import type { Backend } from './io.js';
+import type { Backend } from './socket-api.js';
 
 export interface NativeListenerHandle {
   readonly handle: unknown;

@@ -15,7 +15,7 @@ import type { ListenerConfig, ServeConfig } from '../config/serve-config.js';
 import { ContentWindow } from '../judge/dedup.js';
 import { CopyMemory } from '../judge/copies.js';
 import { LoopGuard } from '../judge/loop-guard.js';
-import { createFanout, DEFAULT_BACKEND, openListener } from '../net/backend.js';
+import { createFanout, DEFAULT_BACKEND, openListener } from '../net/io.js';
 import type { Backend, DatagramListener, Fanout, Source } from '../net/io.js';
 import { OwnAddresses } from '../net/local.js';
 import type { Endpoint } from '../wire/address.js';

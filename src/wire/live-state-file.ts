@@ -3,12 +3,11 @@
 // returns null instead of throwing; what the sets hold is checked by the
 // caller, set by set, as if each came from the network.
 
-import { join } from 'node:path';
 import protobuf from 'protobufjs';
-import { PACKAGE_ROOT } from '../base/package.js';
 import { type LongLike, longToNumber } from './envelope.js';
+import { LIVE_STATE_PROTO } from './schema.js';
 
-const root = protobuf.loadSync(join(PACKAGE_ROOT, 'proto', 'live-state.proto'));
+const root = protobuf.parse(LIVE_STATE_PROTO).root.resolveAll();
 const FileType = root.lookupType('udprepeater.LiveStateFile');
 
 export interface SavedChannel {
