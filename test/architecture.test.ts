@@ -23,13 +23,14 @@ export const LAYERS: Readonly<Record<string, number>> = {
   net: 3,
   config: 4,
   member: 4,
-  repeater: 5,
-  agent: 5,
-  tools: 5,
-  tls: 5,
-  cluster: 6,
-  daemon: 7,
-  '.': 8, // src/cli.ts
+  path: 5,
+  repeater: 6,
+  agent: 6,
+  tools: 6,
+  tls: 6,
+  cluster: 7,
+  daemon: 8,
+  '.': 9, // src/cli.ts
 };
 
 /** What code above net/ may import from it: the socket surface, and host facts that open no socket of their own for anyone. */
@@ -212,7 +213,7 @@ test('the checks find an upward import, a sideways import, an unplaced folder an
   put('misc/m.ts', 'export const m = 1;\n');
   const bad = layeringViolations(root);
   assert.ok(bad.some((b) => b.startsWith('wire/a.ts (wire, level 1) imports repeater/r.ts')), bad.join('\n'));
-  assert.ok(bad.some((b) => b.startsWith('repeater/r.ts (repeater, level 5) imports agent/x.ts')), bad.join('\n'));
+  assert.ok(bad.some((b) => b.startsWith('repeater/r.ts (repeater, level 6) imports agent/x.ts')), bad.join('\n'));
   assert.ok(bad.some((b) => b.includes('folder "misc" has no place')), bad.join('\n'));
   for (const f of ['side', 'dq', 'dyn', 'multi']) {
     assert.ok(bad.some((b) => b.startsWith(`base/${f}.ts (base, level 0) imports net/n.ts`)), `base/${f}.ts not caught:\n${bad.join('\n')}`);

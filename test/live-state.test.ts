@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { ENTRY_OVERHEAD, LiveState, TOMBSTONE_MS, TOMBSTONE_OVERHEAD } from '../src/repeater/live-state.js';
+import { ENTRY_OVERHEAD, LiveState, TOMBSTONE_MS, TOMBSTONE_OVERHEAD } from '../src/path/live-state.js';
 import { Pacer } from '../src/repeater/warm-budget.js';
 import { encodeCacheDelete, encodeCacheSet, forwardForm, inspectCacheUpdate, newShape } from '../src/wire/cache.js';
 

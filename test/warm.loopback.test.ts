@@ -15,7 +15,7 @@ import { LIVE_STATE_FILE } from '../src/daemon/live-store.js';
 import { subscribersView } from '../src/daemon/serve.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
 import { DropSlot } from '../src/base/stats.js';
-import { ENTRY_OVERHEAD } from '../src/repeater/live-state.js';
+import { ENTRY_OVERHEAD } from '../src/path/live-state.js';
 import type { Channel } from '../src/repeater/channel.js';
 import { encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
 import { decodeLiveState, encodeLiveState } from '../src/wire/live-state-file.js';

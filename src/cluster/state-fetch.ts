@@ -38,7 +38,7 @@
 
 import type { Logger } from '../base/log.js';
 import type { Channel } from '../repeater/channel.js';
-import type { LiveEntry, LiveState, Tombstone } from '../repeater/live-state.js';
+import type { LiveEntry, LiveState, Tombstone } from '../path/live-state.js';
 import type { WarmJoins } from '../repeater/warm-join.js';
 import { type BusBody, type BusDatagram, type BusStateChunk, type BusStateRequest, MAX_BATCH } from '../wire/bus.js';
 import { cacheKeyText } from '../wire/cache-fields.js';

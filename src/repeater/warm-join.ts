@@ -47,7 +47,7 @@ import { cacheKeyText } from '../wire/cache-fields.js';
 import { type CacheShape, inspectCacheUpdate, newShape } from '../wire/cache.js';
 import type { WireError } from '../wire/uwsgi.js';
 import type { Channel, Subscriber } from './channel.js';
-import { type LiveChange, LiveState } from './live-state.js';
+import { type LiveChange, LiveState } from '../path/live-state.js';
 import { Destinations, privateDestination } from './warm-budget.js';
 import { WarmRepairs } from './warm-repair.js';
 import { joinId, WarmRunner } from './warm-runner.js';

@@ -25,7 +25,7 @@
 //   so they are bounded by the registries.
 
 import type { Subscriber } from './channel.js';
-import type { LiveState } from './live-state.js';
+import type { LiveState } from '../path/live-state.js';
 
 /** At most one mark per this long. */
 export const MARK_MS = 100;

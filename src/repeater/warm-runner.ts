@@ -38,7 +38,7 @@ import { DropSlot } from '../base/stats.js';
 import { type Fanout, newTally, type OutletGroup } from '../net/io.js';
 import { type CacheShape, forwardForm, inspectCacheUpdate, newShape } from '../wire/cache.js';
 import type { Channel, Subscriber } from './channel.js';
-import type { LiveEntry, LiveState } from './live-state.js';
+import type { LiveEntry, LiveState } from '../path/live-state.js';
 import type { WarmHost, WarmProgress, WarmStats } from './warm-stats.js';
 import { type Destination, Pacer } from './warm-budget.js';
 import { emptyRange, inRange, type Range, Redo, RUN_MS, widen } from './warm-redo.js';
