@@ -16,7 +16,7 @@ import { subscribersView } from '../src/daemon/serve.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
 import { DropSlot } from '../src/base/stats.js';
 import { ENTRY_OVERHEAD } from '../src/path/live-state.js';
-import type { Channel } from '../src/repeater/channel.js';
+import type { Channel } from '../src/path/channel.js';
 import { encodeCacheDelete, encodeCacheSet } from '../src/wire/cache.js';
 import { decodeLiveState, encodeLiveState } from '../src/wire/live-state-file.js';
 import { encodeSubscription } from '../src/wire/subscription.js';

@@ -98,16 +98,17 @@ export class FastHistogram {
     this.counts = new Float64Array(bounds.length);
   }
 
-  observe(v: number): void {
+  /** Records `n` observations of `v` (a batch of datagrams that took the same time). */
+  observe(v: number, n = 1): void {
     const b = this.bounds;
     for (let i = 0; i < b.length; i++) {
       if (v <= b[i]!) {
-        this.counts[i]++;
+        this.counts[i] += n;
         break;
       }
     }
-    this.sum += v;
-    this.count++;
+    this.sum += v * n;
+    this.count += n;
   }
 }
 

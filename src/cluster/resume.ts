@@ -29,7 +29,7 @@
 
 import type { Logger } from '../base/log.js';
 import { DropSlot } from '../base/stats.js';
-import type { Channel } from '../repeater/channel.js';
+import type { Channel } from '../path/channel.js';
 import type { BusDatagram, BusMessage } from '../wire/bus.js';
 import type { PeerTable } from './peers.js';
 import { type Stall, StallWatch } from './stall.js';

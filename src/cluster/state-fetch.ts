@@ -37,7 +37,7 @@
 //   back.
 
 import type { Logger } from '../base/log.js';
-import type { Channel } from '../repeater/channel.js';
+import type { Channel } from '../path/channel.js';
 import type { LiveEntry, LiveState, Tombstone } from '../path/live-state.js';
 import type { WarmJoins } from '../repeater/warm-join.js';
 import { type BusBody, type BusDatagram, type BusStateChunk, type BusStateRequest, MAX_BATCH } from '../wire/bus.js';

@@ -27,7 +27,7 @@ import { Repeater, type RepeaterHooks } from '../repeater/repeater.js';
 import type { Backend } from '../net/io.js';
 import { Cluster } from '../cluster/cluster.js';
 import { BusSeal } from '../cluster/bus-seal.js';
-import { DataSeal } from '../repeater/data-seal.js';
+import { DataSeal } from '../path/data-seal.js';
 import { Role } from '../wire/envelope.js';
 import { UwsgiSignatureCheck } from '../repeater/signcheck.js';
 import { RegistryStore } from './registry-store.js';

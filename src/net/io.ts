@@ -7,7 +7,7 @@ import { isMulticast, type Endpoint } from '../wire/address.js';
 import { checkBufferSize, DgramListener } from './dgram-listener.js';
 import { DgramFanout } from './dgram-outlet.js';
 import { DgramPort, sendOnce } from './dgram-port.js';
-import type { Backend, DatagramHandler, DatagramListener, DatagramPort, Fanout, FanoutOptions, ListenOptions, PortOptions } from './socket-api.js';
+import type { Backend, BatchEndHandler, DatagramHandler, DatagramListener, DatagramPort, Fanout, FanoutOptions, ListenOptions, PortOptions } from './socket-api.js';
 import { DEFAULT_BACKEND, NATIVE_PATH, native, nativeStatus, requireNative } from './native.js';
 import { NativeFanout } from './native-fanout.js';
 import { NativeListener } from './native-listener.js';
@@ -17,12 +17,13 @@ export { checkBufferSize, DEFAULT_BACKEND, sendOnce };
 
 /**
  * Opens a listener. Multicast groups always use node:dgram (the group is
- * joined per socket); everything else follows `backend`.
+ * joined per socket); everything else follows `backend`. `onBatchEnd` runs
+ * after the last datagram of each receive batch (socket-api.ts).
  */
-export async function openListener(backend: Backend, ep: Endpoint, opts: ListenOptions, onMessage: DatagramHandler): Promise<DatagramListener> {
+export async function openListener(backend: Backend, ep: Endpoint, opts: ListenOptions, onMessage: DatagramHandler, onBatchEnd: BatchEndHandler | null = null): Promise<DatagramListener> {
   const multicast = isMulticast(ep.host);
-  if (backend === 'native' && !multicast) return new NativeListener(ep, requireNative(), opts, onMessage);
-  return DgramListener.open(ep, multicast, opts, onMessage);
+  if (backend === 'native' && !multicast) return new NativeListener(ep, requireNative(), opts, onMessage, onBatchEnd);
+  return DgramListener.open(ep, multicast, opts, onMessage, onBatchEnd);
 }
 
 /** Opens a port (socket-api.ts DatagramPort) bound to `ep`: node:dgram on every backend. */

@@ -20,6 +20,16 @@ export interface Source {
 /** Called once per datagram; `msg` is valid only during the call unless the listener is `stable`. */
 export type DatagramHandler = (msg: Buffer, from: Source) => void;
 
+/**
+ * Called once after the last datagram of a receive batch, while every `msg`
+ * of the batch is still valid: native, after each recvmmsg (up to 32
+ * datagrams, one entry into JS); node:dgram, after each datagram (a
+ * microtask: it hands datagrams over one callback each). What a batch's
+ * datagrams produced is sent here (Fanout.flush), so a batch costs one
+ * sendmmsg per sending socket.
+ */
+export type BatchEndHandler = () => void;
+
 export interface ListenOptions {
   /** SO_RCVBUF to ask for (0 keeps the kernel default); at most MAX_SOCKET_BUFFER. */
   readonly recvBuffer: number;
@@ -98,11 +108,24 @@ export interface SendTally {
   failed: number;
 }
 
+/**
+ * Told of a copy that was counted as sent when it was queued in a batch
+ * (Fanout.begin) and was lost when the batch went out: a full buffer, or a
+ * send error (which the outlet's error handler hears of too).
+ */
+export interface SendSink {
+  lateLoss(full: boolean, bytes: number): void;
+}
+
 /** A fixed list of outlets that receive the same datagrams; rebuilt when membership changes. */
 export interface OutletGroup {
   readonly size: number;
-  /** Sends `buf` to every outlet of the group. `stable`: buf may be kept after the call. */
-  send(buf: Buffer, stable: boolean, tally: SendTally): void;
+  /**
+   * Sends `buf` to every outlet of the group. `stable`: buf may be kept after
+   * the call. Within a batch (Fanout.begin) the copies are queued and counted
+   * in `tally` as sent; one lost at the flush is told to `sink`.
+   */
+  send(buf: Buffer, stable: boolean, tally: SendTally, sink?: SendSink | null): void;
 }
 
 /** The fan-out backend. */
@@ -111,6 +134,17 @@ export interface Fanout {
   /** Opens an outlet; throws when no socket can be had (too many open files, no free port). */
   open(ep: Endpoint, onError: OutletErrorHandler, opts?: OutletOptions): Outlet;
   group(outlets: readonly Outlet[]): OutletGroup;
+  /**
+   * The batch flag: from now until flush(), group sends are queued (the bytes
+   * copied, so `buf` need not be stable) and go out together at the flush,
+   * with one sendmmsg per sending socket for everything queued (native), in
+   * the order queued per destination. Batches do not nest.
+   */
+  begin(): void;
+  /** Sends what the batch queued and ends it; nothing queued: nothing done. */
+  flush(): void;
+  /** System calls that sent datagrams, for tests and the bench (native; node:dgram counts sends). */
+  readonly sendCalls: number;
   close(): Promise<void>;
 }
 

@@ -28,10 +28,10 @@ import { DropSlot, type DropReason, EventSlot } from '../base/stats.js';
 import type { OwnAddresses } from '../net/local.js';
 import { type Endpoint, parseEndpoint } from '../wire/address.js';
 import type { Subscription } from '../wire/subscription.js';
-import type { AccessList } from './acl.js';
-import type { Channel, Subscriber } from './channel.js';
+import type { AccessList } from '../judge/access-list.js';
+import type { Channel, Subscriber } from '../path/channel.js';
 import type { RateLimiter } from './ratelimit.js';
-import type { Form } from './registry.js';
+import type { Form } from '../path/registry.js';
 
 /** Verifies uWSGI signatures; returns a drop reason or null when valid. */
 export interface SignatureCheck {

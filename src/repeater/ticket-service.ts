@@ -19,8 +19,7 @@ import { describe } from '../base/errors.js';
 import type { Logger } from '../base/log.js';
 import { beyondHorizon, type TicketParams, ticketKeyId, TicketKeys } from '../crypto/ticket-schedule.js';
 import type { TicketKey } from '../wire/ticket-codec.js';
-import type { Channel, Subscriber } from './channel.js';
-import type { DataSeal } from './data-seal.js';
+import type { Channel, Subscriber } from '../path/channel.js';
 
 /** Where the schedule is kept across restarts (daemon/ticket-store.ts). */
 export interface TicketPersistence {
@@ -52,7 +51,8 @@ export class TicketService {
     private params: TicketParams,
     private readonly deps: {
       readonly channels: () => Iterable<Channel>;
-      readonly seal: () => DataSeal | null;
+      /** Seals and sends the keys to `ch`'s sealed subscribers, or to `e` alone (the path's out door); returns the copies sent. */
+      readonly send: (ch: Channel, keys: readonly TicketKey[], e: Subscriber | null) => number;
       readonly store: TicketPersistence | null;
       readonly log: Logger;
     },
@@ -134,10 +134,8 @@ export class TicketService {
 
   /** To one subscriber that just subscribed or refreshed (or to all of `ch`'s when `e` is null). */
   send(ch: Channel, e: Subscriber | null): void {
-    const seal = this.deps.seal();
-    if (seal === null || !ch.tickets || this.keys.size === 0) return;
-    const keys = this.keys.keys;
-    this.framesSent += ch.sendSealed((key, receiver) => seal.sealTickets(key, keys, receiver), e);
+    if (!ch.tickets || this.keys.size === 0) return;
+    this.framesSent += this.deps.send(ch, this.keys.keys, e);
   }
 
   /** The rotation period, in seconds. */
