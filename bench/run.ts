@@ -4,6 +4,8 @@
 //   npm run bench -- --quick      the same questions, smaller (about 3 minutes)
 //   npm run bench -- --mode secure  only the secure scenarios and their plain twins
 //   npm run bench -- --mode cluster only the cluster scenarios (two repeaters over NATS)
+//   npm run bench -- --mode figures only what the figures table needs (bench/README.md "The figures")
+//   npm run bench -- --peer-cmd 'samplicator=/path/samplicate -s 127.0.0.1 -p {port} 127.0.0.1/{rport}'
 //   npm run bench -- replay --capture FILE --to 127.0.0.1:PORT [--speed 10]
 //   npm run bench -- pcap-info FILE
 //   npm run bench -- capacity     only the generator/receiver self-check
@@ -11,6 +13,7 @@
 
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join, relative, resolve } from 'node:path';
 import { type CapacityResult, capacityCases, runCapacity } from './lib/capacity.js';
 import { machineFacts } from './lib/machine.js';
@@ -20,13 +23,16 @@ import { buildNative, requireSodium, SODIUM_HINT } from './lib/native.js';
 import { BUILD_DIR, DEFAULT_CAPTURE, REPEATER_CLI, RESULTS_DIR, ROOT } from './lib/paths.js';
 import { describeCapture, readPcap } from './lib/pcap.js';
 import { findNatsServer, natsVersion } from './lib/cluster.js';
+import { parsePeerCmd, type PeerSpec } from './lib/peer.js';
 import { buildPlan, type ClusterVariant, type ModeSelection, parseClusterVariants, parsePoints } from './lib/plan.js';
 import { BenchError, installCleanup, setLauncher } from './lib/procs.js';
 import { Progress } from './lib/progress.js';
-import { clusterNotes, type RunInfo, summarize, writeReports } from './lib/report.js';
+import { clusterNotes, type RunInfo, summarize, targetList, writeReports } from './lib/report.js';
 import { checkSecure, type KeyInfo, keygen, keyIdOfFile } from './lib/secure-check.js';
 import { selftest, selftestCluster } from './lib/selftest.js';
+import { selftestFigures } from './lib/selftest-figures.js';
 import { parseSize, type SyntheticSpec } from './lib/synthetic.js';
+import { type MemoryResult, memoryLine, runStateMemory } from './lib/state.js';
 import { DEFAULT_TARGETS, repeaterPath, TARGETS, type TargetKind } from './lib/targets.js';
 import { warmCommand } from './lib/warm.js';
 
@@ -42,7 +48,7 @@ commands:
   report FILE  re-render the .md and .svg of a results .json
 
 suite options:
-  --quick                 smaller matrix, 3 repeats of 1.5 s (about 3 minutes, 1.5 of them cluster mode)
+  --quick                 smaller matrix, 3 repeats of 1.5 s (about 4 minutes, 1.5 of them cluster mode)
   --repeats N             measurements per fan-out per scenario (default 5; quick 3)
   --duration S            seconds per measurement (default 4; quick 1.5)
   --warmup S              warm-up traffic per fan-out before measuring (default 0.5; quick 0.3)
@@ -51,18 +57,28 @@ suite options:
   --big N                 subscribers of the one-channel dynamic run (default 10000; quick 1000; 0 = skip)
   --targets LIST          floor,udprepeater,udprepeater-dgram (default floor,udprepeater; udprepeater-dgram
                           is udprepeater with UDPREPEATER_NATIVE=0, its pure node:dgram path)
-  --mode plain|secure|cluster|both
-                          plain: the plain matrix only; secure: only the secure points and their plain twins;
-                          cluster: only the cluster scenarios; both (default): the plain matrix, the secure points,
-                          each next to its plain twin, and the cluster scenarios
+  --mode plain|secure|cluster|figures|both
+                          plain: the plain matrix and the figures' plain scenarios; secure: only the secure points and
+                          their plain twins; cluster: only the cluster scenarios; figures: only what the figures table
+                          needs (1 and 8 subscribers at 20k/s, 8 at 60k/s, a full live state, its memory, secure mode at
+                          1 and 8 subscribers, the cluster at 5k/s); both (default): all of it
+  --peer-cmd 'NAME=CMD'   another fan-out program measured beside udprepeater in the figures' plain scenarios
+                          (repeatable). CMD is run without a shell, pinned like every fan-out; placeholders: {port}
+                          (where it must listen, on 127.0.0.1), {to} / {rport} (a word repeated for each receiver, with
+                          127.0.0.1:PORT / PORT), {tolist} / {rports} (all receivers in one comma-separated word),
+                          {rcvbuf}; the words between a lone [ and ] are repeated together for each receiver
+                          ([ --to {to} ]). E.g. 'samplicator=/opt/samplicate -s 127.0.0.1 -p {port} -b {rcvbuf} 127.0.0.1/{rport}'
+  --state-memory LIST     the memory checks: a live state of each size (MiB: 8 or 64) filled, then re-set with values
+                          of the same size (default 8,64; quick 8; none); ids memory-8m, memory-64m (--only applies)
+  --no-gc-stats           do not load the GC-pause counter into udprepeater (NODE_OPTIONS=--require gc-preload.js)
   --secure POINTS         secure points, SUBSCRIBERSxRATE (input datagrams/s), comma-separated, or none
-                          (default 1x160000,8x20000,64x2500,8x60000; quick 8x20000)
+                          (default 1x20000,1x160000,8x20000,64x2500,8x60000; quick 8x20000)
   --cluster VARIANTS      cluster scenarios (two repeaters A and B over a nats-server, each serving about half of the
                           same static subscribers, next to the floor and a standalone udprepeater): one (input to A,
                           bus in clear), sealed (the same with the bus sealed, --cluster-key-file), split (input split
                           between A and B); comma-separated, or none (default one,sealed,split)
   --cluster-points POINTS cluster points, SUBSCRIBERSxRATE (input datagrams/s), comma-separated
-                          (default 8x20000,8x5000; quick 8x20000)
+                          (default 8x20000,8x5000; quick 8x5000)
   --cluster-pin fanout|spread|none
                           where the cluster runs: fanout (default): A, B and nats-server all on the fan-out CPU,
                           the budget the standalone repeater gets; spread: A on the fan-out CPU, B and nats-server
@@ -104,7 +120,7 @@ type Opts = Map<string, string[]>;
 function parseArgs(argv: string[]): { command: string; opts: Opts } {
   const opts: Opts = new Map();
   let command = 'suite';
-  const flags = new Set(['--quick', '--no-replay', '--no-capacity', '--no-pin', '--loop', '--replay-all', '--no-stamp', '--open-every', '--help', '-h']);
+  const flags = new Set(['--quick', '--no-replay', '--no-capacity', '--no-pin', '--no-gc-stats', '--loop', '--replay-all', '--no-stamp', '--open-every', '--help', '-h']);
   for (let i = 0; i < argv.length; i++) {
     let a = argv[i]!;
     if (i === 0 && !a.startsWith('-')) {
@@ -199,7 +215,7 @@ function pinning(noPin: boolean, nproc: number): { fan: string | undefined; load
 /** Which scenarios --mode asks for. */
 function modeSelection(opts: Opts, dflt: ModeSelection): ModeSelection {
   const m = one(opts, '--mode') ?? dflt;
-  if (m !== 'plain' && m !== 'secure' && m !== 'both' && m !== 'cluster') throw new BenchError(`--mode ${m}: want plain, secure, cluster or both`);
+  if (m !== 'plain' && m !== 'secure' && m !== 'both' && m !== 'cluster' && m !== 'figures') throw new BenchError(`--mode ${m}: want plain, secure, cluster, figures or both`);
   return m;
 }
 
@@ -242,6 +258,7 @@ function makeContext(
   quick: boolean,
   secure: BenchMode | null,
   natsServer: string | null = null,
+  peers: readonly PeerSpec[] = [],
 ): Context {
   const modes: Partial<Record<ModeName, BenchMode>> = { plain: PLAIN };
   if (secure !== null) modes.secure = secure;
@@ -259,6 +276,8 @@ function makeContext(
     ...(natsServer === null ? {} : { cluster: { natsServer, cpuA: cp.a, cpuB: cp.b, cpuNats: cp.nats, keyFile: null } }),
     recvBuffer: num(opts, '--recv-buffer', 4 << 20, 1024),
     repeaterArgs,
+    peers: new Map(peers.map((p) => [p.kind, p])),
+    gcStats: !opts.has('--no-gc-stats'),
     warmup: num(opts, '--warmup', quick ? 0.3 : 0.5),
     progress,
     quiet: {
@@ -296,7 +315,7 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
   const modeSel = modeSelection(opts, 'both');
   let securePoints: Array<[number, number]>;
   try {
-    securePoints = parsePoints(one(opts, '--secure') ?? (quick ? '8x20000' : '1x160000,8x20000,64x2500,8x60000'));
+    securePoints = parsePoints(one(opts, '--secure') ?? (quick ? '8x20000' : '1x20000,1x160000,8x20000,64x2500,8x60000'));
   } catch (err) {
     throw new BenchError(`--secure ${(err as Error).message}`);
   }
@@ -304,7 +323,7 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
   let clusterPoints: Array<[number, number]>;
   try {
     clusterVariants = parseClusterVariants(one(opts, '--cluster') ?? 'one,sealed,split');
-    clusterPoints = parsePoints(one(opts, '--cluster-points') ?? (quick ? '8x20000' : '8x20000,8x5000'));
+    clusterPoints = parsePoints(one(opts, '--cluster-points') ?? (quick ? '8x5000' : '8x20000,8x5000'));
   } catch (err) {
     throw new BenchError(`--cluster / --cluster-points ${(err as Error).message}`);
   }
@@ -321,6 +340,12 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
   if (big + 64 > fdLimit()) throw new BenchError(`--big ${big} needs more open files than the limit of ${fdLimit()}: raise ulimit -n or lower --big`);
   const only = one(opts, '--only');
   const series = list(opts, '--series', quick ? [160000] : [160000, 480000]);
+  const peers = (opts.get('--peer-cmd') ?? []).map(parsePeerCmd);
+  for (const [i, p] of peers.entries()) if (peers.findIndex((q) => q.name === p.name) !== i) throw new BenchError(`--peer-cmd: two programs named "${p.name}": name them (NAME=COMMAND)`);
+  // The memory checks: with the figures (unless --only picks scenarios), or when asked for.
+  const memText = one(opts, '--state-memory') ?? (quick ? '8' : '8,64');
+  const memSizes = memText === 'none' ? [] : memText.split(',').map((x) => Number(x.trim()));
+  if (memSizes.some((x) => x !== 8 && x !== 64)) throw new BenchError(`--state-memory ${memText}: want 8, 64, 8,64 or none`);
   let plan = capacityOnly
     ? []
     : buildPlan({
@@ -342,8 +367,12 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
         secure: securePoints,
         mode: modeSel,
         cluster: { points: clusterPoints, variants: clusterVariants },
+        peers: peers.map((p) => p.kind),
+        stateTargets: quick ? ['udprepeater-state8m'] : ['udprepeater-state8m', 'udprepeater-state64m'],
       });
   if (only !== undefined) plan = plan.filter((s) => new RegExp(only).test(s.id));
+  const withFigures = modeSel === 'plain' || modeSel === 'both' || modeSel === 'figures';
+  const memChecks = capacityOnly || !withFigures ? [] : memSizes.map((mb) => ({ id: `memory-${mb}m`, bytes: mb << 20 })).filter((m) => only === undefined || new RegExp(only).test(m.id));
   // nats-server is looked for only when a cluster scenario will run.
   const natsServer = plan.some((s) => s.cluster !== undefined) ? findNatsServer(one(opts, '--nats-server')) : null;
   // Secure mode is prepared (key, libsodium, interoperability check) only when something will run in it.
@@ -355,11 +384,12 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
     );
   }
   const secure = wantSecure ? await prepareSecure(opts, scratch, tools) : null;
-  const ctx = makeContext(opts, progress, scratch, tools, quick, secure?.mode ?? null, natsServer);
-  const caps = capacityOnly || !opts.has('--no-capacity') ? capacityCases(quick, wantSecure) : [];
+  const ctx = makeContext(opts, progress, scratch, tools, quick, secure?.mode ?? null, natsServer, peers);
+  // --mode figures needs no capacity check (ask with capacity).
+  const caps = capacityOnly || (!opts.has('--no-capacity') && modeSel !== 'figures') ? capacityCases(quick, wantSecure) : [];
   const capRepeats = quick ? 1 : 3;
   const capDuration = quick ? 1 : 2;
-  progress.setTotal(caps.length * capRepeats + plan.reduce((n, s) => n + s.repeats * s.targets.length, 0) + (wantSecure ? 1 : 0));
+  progress.setTotal(caps.length * capRepeats + plan.reduce((n, s) => n + s.repeats * s.targets.length, 0) + (wantSecure ? 1 : 0) + memChecks.length);
   progress.note(`udprepeater datagram path: ${repeaterPath()}`);
   const secureCheck: string[] = [];
   if (secure !== null) {
@@ -386,6 +416,7 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
     );
   }
   const results: ScenarioResult[] = [];
+  const memory: MemoryResult[] = [];
   // A quick run does not overwrite the full run's results.
   const name = one(opts, '--name') ?? (quick ? 'quick' : 'latest');
   mkdirSync(RESULTS_DIR, { recursive: true });
@@ -417,6 +448,9 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
       quiet: ctx.quiet,
       repeaterPath: repeaterPath(),
       targets,
+      peers: peers.map((p) => ({ name: p.name, command: p.template })),
+      loadEnd: loadavg().map((x) => Math.round(x * 100) / 100),
+      gcStats: ctx.gcStats,
       cluster:
         natsServer === null
           ? null
@@ -427,7 +461,7 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
               points: clusterPoints.map(([n, r]) => `${n}x${r}`),
             },
     };
-    return writeReports(join(RESULTS_DIR, name), info, results, capResults);
+    return writeReports(join(RESULTS_DIR, name), info, results, capResults, memory);
   };
   // A secure scenario is measured together with its plain twin right before it (their measurements alternate).
   const groups: Scenario[][] = [];
@@ -440,13 +474,20 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
     for (const r of await runGroup(ctx, group)) {
       results.push(r);
       const s = summarize(r);
-      const parts = Object.values(s.targets).map(
+      const parts = targetList(s.targets).map(
         (t) => `${t.target} ${fmtRate(t.deliveredRate)}/s out, loss ${(t.loss * 100).toFixed(2)}%, ${t.cpuPerOutUs.toFixed(2)} µs CPU/out, p99 ${t.p99.toFixed(0)} µs`,
       );
       progress.note(`  ${r.scenario.title}: ${parts.join(' | ')}`);
       for (const line of clusterNotes(s)) progress.note(`    ${line}`);
     }
     write(); // keep partial results if a later scenario fails
+  }
+  for (const m of memChecks) {
+    progress.next(`memory check ${m.id}`);
+    const r = await runStateMemory(ctx, m.bytes, spec, quick ? 3 : 4, 30000, (x) => progress.tick(x));
+    memory.push(r);
+    progress.note(`  ${memoryLine(r)}`);
+    write();
   }
   progress.finish();
   const paths = write();
@@ -513,7 +554,10 @@ async function selftestCmd(opts: Opts): Promise<void> {
   const ctx = makeContext(opts, progress, scratch, tools, true, secure?.mode ?? null, nats);
   const capture = opts.has('--no-replay') ? null : resolve(one(opts, '--capture') ?? DEFAULT_CAPTURE);
   const log = (s: string) => process.stdout.write(`${s}\n`);
-  if (modeSel === 'plain' || modeSel === 'both') await selftest(ctx, capture !== null && existsSync(capture) ? capture : null, log);
+  if (modeSel === 'plain' || modeSel === 'both' || modeSel === 'figures') {
+    if (modeSel !== 'figures') await selftest(ctx, capture !== null && existsSync(capture) ? capture : null, log);
+    await selftestFigures(ctx, log);
+  }
   if (secure !== null) {
     log(`secure mode: key id ${secure.key.id}, libsodium ${tools.sodium}`);
     await checkSecure(ctx, secure.key, log, { thorough: true });
@@ -532,8 +576,8 @@ async function selftestCmd(opts: Opts): Promise<void> {
 /** Re-renders <name>.md and <name>.svg from a results JSON (after a change to the report format). */
 function rerender(opts: Opts): void {
   for (const f of opts.get('_') ?? [join(RESULTS_DIR, 'latest.json')]) {
-    const d = JSON.parse(readFileSync(f, 'utf8')) as { info: RunInfo; scenarios: ScenarioResult[]; capacity: CapacityResult[] };
-    const paths = writeReports(f.replace(/\.json$/, ''), d.info, d.scenarios, d.capacity);
+    const d = JSON.parse(readFileSync(f, 'utf8')) as { info: RunInfo; scenarios: ScenarioResult[]; capacity: CapacityResult[]; memory?: MemoryResult[] };
+    const paths = writeReports(f.replace(/\.json$/, ''), d.info, d.scenarios, d.capacity, d.memory ?? []);
     process.stdout.write(`wrote ${relative(ROOT, paths.md)}, ${relative(ROOT, paths.svg)}\n`);
   }
 }

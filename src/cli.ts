@@ -6,9 +6,10 @@ import { Command, CommanderError } from 'commander';
 import { ConfigError, describe } from './base/errors.js';
 import { VERSION } from './base/package.js';
 import { addOptions, invocationOf } from './config/args.js';
-import { AGENT_OPTIONS, DEFAULT_METRICS, SERVE_OPTIONS } from './config/options.js';
+import { AGENT_OPTIONS, DEFAULT_METRICS, KEYGEN_OPTIONS, SERVE_OPTIONS } from './config/options.js';
 import { endpointOption } from './config/checks.js';
-import { keygen } from './tools/keygen.js';
+import { keygen, keygenIdentity } from './tools/keygen.js';
+import { pubkey } from './tools/pubkey.js';
 import { runAgent } from './daemon/agent.js';
 import { runServe } from './daemon/serve.js';
 import { sendCommand } from './tools/send.js';
@@ -45,11 +46,25 @@ const agent = program
 addOptions(agent, AGENT_OPTIONS);
 agent.action(async (_opts: unknown, cmd: Command) => guarded(() => runAgent(invocationOf(cmd, AGENT_OPTIONS))));
 
-program
+const keygenCommand = program
   .command('keygen')
-  .description("write a new random 32-byte secretbox key to FILE (mode 0600; never overwrites; FILE's folder must exist)")
+  .description("write a new random 32-byte secretbox key to FILE, or with --identity a new identity (mode 0600; never overwrites; the folder must exist)")
+  .argument('[FILE]');
+addOptions(keygenCommand, KEYGEN_OPTIONS);
+keygenCommand.action(async (file: string | undefined, opts: { identity?: string }) => {
+  if ((file === undefined) === (opts.identity === undefined)) {
+    process.stderr.write('udprepeater: keygen FILE writes a secretbox key, keygen --identity FILE an identity: give one of them\n');
+    process.exitCode = EX_USAGE;
+    return;
+  }
+  await guarded(async () => void process.stdout.write(opts.identity !== undefined ? await keygenIdentity(opts.identity) : keygen(file!)));
+});
+
+program
+  .command('pubkey')
+  .description("print the public key of an identity file, as one line (what the peers files of the hosts it talks to list)")
   .argument('<FILE>')
-  .action(async (file: string) => guarded(async () => void process.stdout.write(keygen(file))));
+  .action(async (file: string) => guarded(async () => void process.stdout.write(await pubkey(file))));
 
 program
   .command('send')

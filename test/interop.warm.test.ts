@@ -76,6 +76,12 @@ interface Workload {
   readonly live: Map<string, Buffer>;
   readonly deleted: string[];
   readonly expired: string[];
+  /**
+   * The workload's final operations again (every live set, every delete as a
+   * set then a delete): a datagram a loaded machine dropped on its way to the
+   * repeater is the fixture's loss, not the warm join's.
+   */
+  readonly redo: Array<() => Promise<unknown>>;
 }
 
 /** Runs `jobs` with at most `n` in flight. */
@@ -110,27 +116,37 @@ async function workload(a: UwsgiNode, b: UwsgiNode): Promise<Workload> {
   const deleted: string[] = [];
   const expired: string[] = [];
   const later: Array<() => Promise<unknown>> = [];
+  const redo: Array<() => Promise<unknown>> = [];
   keys.forEach((k, i) => {
     const hex = k.toString('hex');
     if (i % 10 === 3) expired.push(hex);
     else if (i % 10 === 5) {
       deleted.push(hex);
       later.push(() => other(i).del(k));
+      redo.push(() => other(i).set(k, values[i]!, 300).then(() => other(i).del(k)));
     } else if (i % 10 === 7) {
       const v = sessionBytes(i % 3 === 0 ? BLOCKSIZE : 200);
       live.set(hex, v);
       later.push(() => other(i).set(k, v, 300));
-    } else live.set(hex, values[i]!);
+      redo.push(() => other(i).set(k, v, 300));
+    } else {
+      live.set(hex, values[i]!);
+      redo.push(() => via(i).set(k, values[i]!, expires(i)));
+    }
   });
   await pool(8, later);
-  return { live, deleted, expired };
+  return { live, deleted, expired, redo };
 }
 
-/** Waits until the repeater's live state holds exactly the live entries (the short-lived ones swept). */
+/**
+ * Waits until the repeater's live state holds exactly the live entries (the
+ * short-lived ones swept); when it has not within 5 s, the workload's final
+ * operations are done once more (w.redo) and it waits again.
+ */
 async function untilStateSettled(metricsPort: number, w: Workload): Promise<void> {
   let last = '';
-  try {
-    await eventually(
+  const settled = (ms: number) =>
+    eventually(
       `the live state to hold ${w.live.size} entries, ${w.expired.length} expired`,
       async () => {
         const entries = await metric(metricsPort, 'udprepeater_live_state_entries');
@@ -138,10 +154,17 @@ async function untilStateSettled(metricsPort: number, w: Workload): Promise<void
         last = `${entries} entries, ${expired} expired, ${await metric(metricsPort, 'udprepeater_datagrams_accepted_total')} accepted`;
         return entries === w.live.size && expired === w.expired.length ? true : undefined;
       },
-      10_000,
+      ms,
     );
-  } catch (err) {
-    throw new Error(`${(err as Error).message}: ${last}`);
+  try {
+    await settled(5_000);
+  } catch {
+    await pool(8, w.redo);
+    try {
+      await settled(10_000);
+    } catch (err) {
+      throw new Error(`${(err as Error).message} (the workload done twice): ${last}`);
+    }
   }
 }
 

@@ -24,7 +24,7 @@ import { execFileSync } from 'node:child_process';
 import type { BenchMode } from './modes.js';
 import { BenchError, Child, sleep, within } from './procs.js';
 import { cpuSeconds, memory } from './procstat.js';
-import { type ClusterKind, type FanCounters, type FanOut, httpGet, type RepeaterFanOut, startRepeater, type TargetOptions } from './targets.js';
+import { type ClusterKind, type FanCounters, type FanOut, httpGetRetry, type RepeaterFanOut, startRepeater, type TargetOptions } from './targets.js';
 
 /** How the input reaches the cluster: all of it to A, or split between A and B. */
 export type ClusterInput = 'one' | 'split';
@@ -196,7 +196,7 @@ async function startNats(bin: string, cpu: string | undefined): Promise<{ child:
 }
 
 async function httpJson<T>(port: number, path: string): Promise<T> {
-  return JSON.parse(await httpGet(port, path)) as T;
+  return JSON.parse(await httpGetRetry(port, path)) as T;
 }
 
 interface SubscriberView {
@@ -328,6 +328,7 @@ export async function startCluster(kind: ClusterKind, mode: BenchMode, ports: re
       servedBy: s,
       natsPid: nats.child.pid,
       note,
+      command: `A and B each: ${A.command ?? '?'}; the bus: ${o.natsServer} -a 127.0.0.1 -p -1`,
       // What A and B logged at warn or error (B's marked).
       get warnings() {
         return [...A.warnings, ...B.warnings.map((w) => `B: ${w}`)];

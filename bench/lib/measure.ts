@@ -20,10 +20,25 @@ import { BenchError, Child, sleep } from './procs.js';
 import { keygen } from './secure-check.js';
 import { describeSynthetic, type SyntheticSpec, syntheticPool } from './synthetic.js';
 import { type ClusterFanOut, type ClusterInput, type ClusterSample, type ClusterSnapshot, clusterSample, startCluster } from './cluster.js';
-import { type FanCounters, type FanOut, isCluster, type RepeaterFanOut, startFloor, startRepeater, subscribeAll, type TargetKind } from './targets.js';
+import { freshGc, type GcFigures, gcDelta, type GcSnapshot } from './gcstats.js';
+import { type PeerSpec, startPeer } from './peer.js';
+import {
+  type FanCounters,
+  type FanOut,
+  isCluster,
+  isPeer,
+  isRepeater,
+  REPEATER_VARIANTS,
+  type RepeaterFanOut,
+  startFloor,
+  startRepeater,
+  subscribeAll,
+  type TargetKind,
+} from './targets.js';
 
 export type Source =
-  | { readonly kind: 'synthetic'; readonly rate: number; readonly spec: SyntheticSpec }
+  /** uniqueKeys: every set of a key never seen before (gen --unique-keys): a live state fills and then evicts on every set. */
+  | { readonly kind: 'synthetic'; readonly rate: number; readonly spec: SyntheticSpec; readonly uniqueKeys?: boolean }
   | { readonly kind: 'replay'; readonly speed: number; readonly capture: string; readonly dport?: number | undefined; readonly all?: boolean };
 
 export interface Scenario {
@@ -63,6 +78,10 @@ export interface Context {
   readonly progress: Progress;
   /** Waiting for a quiet machine before each measurement: the threshold (CPUs busy elsewhere) and a total budget in seconds. */
   readonly quiet: { threshold: number; budget: number; perMeasurement: number; spent: number };
+  /** Other fan-out programs (--peer-cmd), by target kind. */
+  readonly peers: ReadonlyMap<TargetKind, PeerSpec>;
+  /** Count udprepeater's GC pauses (gc-preload.ts); off with --no-gc-stats. */
+  readonly gcStats: boolean;
   /** Cluster scenarios: nats-server, where the cluster's processes run, the sealed bus's key (made on first use). */
   readonly cluster?: { readonly natsServer: string; readonly cpuA: string | undefined; readonly cpuB: string | undefined; readonly cpuNats: string | undefined; keyFile: string | null };
 }
@@ -123,12 +142,20 @@ export interface Sample {
   receivers?: Array<[number, number, number, number, number]>;
   /** Cluster targets: each repeater's share, nats-server's CPU, the direct and the bus path apart. */
   cluster?: ClusterSample;
+  /** udprepeater: its GC pauses during the run (gc-preload.ts). */
+  gc?: GcFigures;
+  /** udprepeater: its live state at the end of the run, and what it evicted and expired during it. */
+  state?: StateFigures;
 }
 
 export interface TargetResult {
   target: TargetKind;
   samples: Sample[];
   peakRssKiB: number;
+  /** The command line that started it, ports of the receivers as {receiver} (absent in older results). */
+  command?: string;
+  /** How its live state was filled before measuring (state targets). */
+  stateNote?: string;
   /** Cluster targets: how the receivers were split between A and B, and each process's peak RSS (KiB). */
   cluster?: { note: string; servedByA: number; servedByB: number; peakRssKiB: { A: number; B: number; nats: number } };
   warnings: string[];
@@ -222,20 +249,28 @@ export function modeOf(ctx: Context, sc: { readonly mode?: ModeName }): BenchMod
 export const SEALED_GATE_DROPS = ['unsealed', 'bad_version', 'unknown_key', 'auth_failed', 'stale', 'replay', 'bad_payload', 'own_origin', 'key_mismatch'];
 
 let runId = (Math.floor(Math.random() * 0x3fffffff) + 1) >>> 0;
-const poolCache = new Map<string, { path: string; text: string; count: number; spanNs: number }>();
+export interface PoolFile {
+  path: string;
+  text: string;
+  count: number;
+  spanNs: number;
+  meanBytes: number;
+}
+const poolCache = new Map<string, PoolFile>();
 
 /** Writes (once) the pool file a source needs; returns its path and a description. */
-export function poolFor(ctx: Context, src: Source): { path: string; text: string; count: number; spanNs: number } {
+export function poolFor(ctx: Context, src: Source): PoolFile {
   const key = JSON.stringify(src, (_k, v: unknown) => (typeof v === 'object' && v !== null && 'sample' in v ? (v as unknown as { text: string }).text : v));
   const hit = poolCache.get(key);
   if (hit !== undefined) return hit;
   const path = join(ctx.scratch, `pool-${poolCache.size}.bin`);
-  let out: { path: string; text: string; count: number; spanNs: number };
+  let out: PoolFile;
   if (src.kind === 'synthetic') {
     const records = syntheticPool(src.spec);
     writePool(path, records, 0);
     const s = poolSummary(records);
-    out = { path, text: `${describeSynthetic(src.spec)} (pool of ${s.count}, mean ${s.meanBytes.toFixed(0)} B)`, count: s.count, spanNs: 0 };
+    const unique = src.uniqueKeys === true ? ', every set of a key never seen before (gen --unique-keys)' : '';
+    out = { path, text: `${describeSynthetic(src.spec)}${unique} (pool of ${s.count}, mean ${s.meanBytes.toFixed(0)} B)`, count: s.count, spanNs: 0, meanBytes: s.meanBytes };
   } else {
     const cap = readPcap(readFileSync(src.capture), src.capture);
     const p = captureToPool(cap, { dport: src.dport, all: src.all === true });
@@ -247,17 +282,27 @@ export function poolFor(ctx: Context, src: Source): { path: string; text: string
       text: `replay of ${src.capture.split('/').pop()} at ${speed} (${s.count} datagrams over ${(p.spanNs / 1e9).toFixed(1)} s, mean ${s.meanBytes.toFixed(0)} B, ${s.stamped} stampable)`,
       count: s.count,
       spanNs: p.spanNs,
+      meanBytes: s.meanBytes,
     };
   }
   poolCache.set(key, out);
   return out;
 }
 
+/**
+ * Generator flags of a synthetic source: each set's expiry rewritten to the
+ * send time + its lifetime (a pool built minutes earlier would carry sets
+ * that have expired), and unique keys when the source wants them.
+ */
+export function syntheticArgs(src: Extract<Source, { kind: 'synthetic' }>): string[] {
+  return [...(src.spec.lifetime > 0 ? ['--expires-in', String(src.spec.lifetime)] : []), ...(src.uniqueKeys === true ? ['--unique-keys'] : [])];
+}
+
 /** Generator flags that pace a source for `duration` seconds, and the most it may send. */
 function pacing(src: Source, pool: { count: number; spanNs: number }, duration: number): { args: string[]; cap: number; offered: number | null } {
   if (src.kind === 'synthetic') {
     const cap = Math.ceil(src.rate * duration) + 64;
-    return { args: ['--rate', String(src.rate)], cap, offered: src.rate };
+    return { args: ['--rate', String(src.rate), ...syntheticArgs(src)], cap, offered: src.rate };
   }
   if (src.speed > 0) {
     const rate = (pool.count / (pool.spanNs / 1e9)) * src.speed;
@@ -359,6 +404,7 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
   const recvBefore = await recv.ask<RecvDump>('TOTAL');
   const clusterFan = isCluster(fan.kind) ? (fan as ClusterFanOut) : null;
   const cl0: ClusterSnapshot | null = clusterFan === null ? null : await clusterFan.snapshot();
+  const gc0: GcSnapshot | null = fan.gcFile === undefined ? null : await freshGc(fan.gcFile, Date.now());
   const before: FanCounters = await fan.counters();
   const cpuOf = () => (fan.cpuSeconds ? fan.cpuSeconds() : cpuSeconds(fan.child.pid));
   const cpu0 = cpuOf();
@@ -386,13 +432,16 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
   const k1 = ksoftirqdCpu();
   const cl1: ClusterSnapshot | null = clusterFan === null ? null : await clusterFan.snapshot();
   const after = await fan.counters();
+  const gc1: GcSnapshot | null = fan.gcFile === undefined ? null : await freshGc(fan.gcFile, Date.now());
   const dump = await recv.ask<RecvDump>(sc.subscribers <= 256 ? 'DUMP' : 'TOTAL', 30_000);
   const t = dump.total;
   const n = sc.subscribers;
   const expected = gen.stamped * n;
   const window = Math.max(gen.elapsed_s, t.last > 0 ? (t.last - gen.t0_ns) / 1e9 : 0);
-  const fanIn = after.received - before.received;
-  const fanOut = after.sent - before.sent;
+  // A peer counts nothing: what the receivers got (and their kernels dropped) left it; what the generator sent, less its input's kernel drops, came in.
+  const inputDrops = (after.drops['input_rcvbuf'] ?? 0) - (before.drops['input_rcvbuf'] ?? 0);
+  const fanIn = fan.countsFromReceivers === true ? Math.max(0, gen.sent - inputDrops) : after.received - before.received;
+  const fanOut = fan.countsFromReceivers === true ? t.count + t.drops : after.sent - before.sent;
   const drops: Record<string, number> = {};
   for (const [k, v] of Object.entries(after.drops)) {
     const d = v - (before.drops[k] ?? 0);
@@ -462,6 +511,15 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
     softirqd,
     flags,
   };
+  if (gc0 !== null && gc1 !== null) sample.gc = gcDelta(gc0, gc1);
+  if (before.state !== undefined && after.state !== undefined) {
+    sample.state = {
+      entries: after.state.entries,
+      bytes: after.state.bytes,
+      evictions: after.state.evictions - before.state.evictions,
+      expired: after.state.expired - before.state.expired,
+    };
+  }
   if (sockets.length > 0) {
     sample.receivers = sockets.map((s) => [s.port, s.uniq, Math.round(s.p50 / 100) / 10, Math.round(s.p99 / 100) / 10, Math.round(s.max / 100) / 10]);
   }
@@ -471,6 +529,48 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
     if (t.dup > 0) flags.push(`cluster: the receivers got ${t.dup} duplicates (a receiver served by both repeaters)`);
   }
   return sample;
+}
+
+/** What the repeater counts per entry beyond its datagram and key (src/path/live-state.ts, ENTRY_OVERHEAD): for sizing only. */
+export const ENTRY_OVERHEAD_GUESS = 640;
+
+/** Run ids of the fill traffic: never armed at the receivers (counted as foreign there). */
+let fillRun = 0xf0000000;
+export const nextFillRun = () => fillRun++;
+
+/** What a live state held at the end of a measurement, and what it evicted and expired during it. */
+export interface StateFigures {
+  entries: number;
+  bytes: number;
+  evictions: number;
+  expired: number;
+}
+
+/**
+ * Sends `src`'s datagrams with unique keys until the repeater's state has
+ * evicted something (it is full), at most 4 rounds of 1.25 x the entries the
+ * bound should hold, and 60 s. Returns a line for the report.
+ */
+export async function fillState(ctx: Context, fan: RepeaterFanOut, maxBytes: number, src: Extract<Source, { kind: 'synthetic' }>, onTick: (s: string) => void): Promise<string> {
+  const pool = poolFor(ctx, src);
+  const meanKey = (src.spec.keySize.min + src.spec.keySize.max) / 2;
+  const perEntry = pool.meanBytes + meanKey + ENTRY_OVERHEAD_GUESS;
+  const round = Math.ceil((1.25 * maxBytes) / perEntry);
+  const t0 = Date.now();
+  let sent = 0;
+  for (let i = 0; i < 4 && Date.now() - t0 < 60_000; i++) {
+    onTick(`filling the live state (${(maxBytes / 2 ** 20).toFixed(0)} MiB): round ${i + 1}`);
+    const args = ['--rate', String(src.rate), ...syntheticArgs({ ...src, uniqueKeys: true })];
+    const g = await runGen(ctx, pool.path, [fan.inputPort], args, round / src.rate + 5, round, nextFillRun(), ctx.cpuLoad);
+    sent += g.sent;
+    await sleep(200);
+    const st = (await fan.counters()).state;
+    if (st !== undefined && st.evictions > 0) {
+      return `state filled before measuring: ${sent} sets of new keys in ${((Date.now() - t0) / 1000).toFixed(1)} s; then ${st.entries} entries, ${(st.bytes / 2 ** 20).toFixed(1)} MiB counted of ${(maxBytes / 2 ** 20).toFixed(0)} MiB, ${st.evictions} evicted`;
+    }
+  }
+  const st = (await fan.counters()).state;
+  return `state NOT full after ${sent} sets of new keys (${st?.entries ?? '?'} entries, ${((st?.bytes ?? 0) / 2 ** 20).toFixed(1)} MiB counted of ${(maxBytes / 2 ** 20).toFixed(0)} MiB, no eviction): the figures are of a state that was not full`;
 }
 
 async function warm(ctx: Context, sc: Scenario, fan: FanOut, pool: ReturnType<typeof poolFor>): Promise<void> {
@@ -527,6 +627,7 @@ interface Lane {
   readonly samples: Map<TargetKind, Sample[]>;
   readonly results: TargetResult[];
   readonly setup: Map<TargetKind, number>;
+  readonly stateNotes: Map<TargetKind, string>;
 }
 
 export async function runScenario(ctx: Context, sc: Scenario): Promise<ScenarioResult> {
@@ -556,7 +657,15 @@ export async function runGroup(ctx: Context, scs: readonly Scenario[]): Promise<
     // Cluster mode needs channel= on every listener; the standalone repeater of a cluster scenario gets the same listener.
     const opts = { cpu: ctx.cpuFanout, repeaterArgs: ctx.repeaterArgs, recvBuffer: ctx.recvBuffer, ...(sc.cluster ? { listen: `127.0.0.1:0,channel=${CHANNEL_KEY}` } : {}) };
     let fan: FanOut;
+    let stateNote: string | undefined;
     if (kind === 'floor') fan = await startFloor(ctx.tools, mode, portsFile, opts);
+    else if (isPeer(kind)) {
+      const spec = ctx.peers.get(kind);
+      if (spec === undefined) throw new BenchError(`internal: no --peer-cmd for ${kind}`);
+      if (sc.dynamic || mode.name !== 'plain') throw new BenchError(`internal: ${kind} in a scenario with ${sc.dynamic ? 'dynamic subscribers' : `${mode.name} mode`}`);
+      fan = await startPeer(spec, ports, { cpu: ctx.cpuFanout, recvBuffer: ctx.recvBuffer });
+      live.push(fan);
+    }
     else if (isCluster(kind)) {
       const c = ctx.cluster;
       if (c === undefined || sc.cluster === undefined) throw new BenchError(`internal: ${kind} outside a cluster scenario`);
@@ -582,8 +691,20 @@ export async function runGroup(ctx: Context, scs: readonly Scenario[]): Promise<
       const dynArgs = sc.dynamic
         ? ['--max-subscribers', String(sc.subscribers + 16), '--subscribe-rate', '1000000', '--subscribe-burst', '1000000', '--tolerance', '3600']
         : [];
-      const rep: RepeaterFanOut = await startRepeater(mode, sc.dynamic ? [] : ports, { ...opts, repeaterArgs: [...dynArgs, ...ctx.repeaterArgs] }, kind);
+      if (!isRepeater(kind)) throw new BenchError(`internal: unknown target ${kind}`);
+      const gcFile = ctx.gcStats ? join(ctx.scratch, `gc-${sc.id}-${kind}.json`) : undefined;
+      const rep: RepeaterFanOut = await startRepeater(
+        mode,
+        sc.dynamic ? [] : ports,
+        { ...opts, repeaterArgs: [...dynArgs, ...ctx.repeaterArgs], ...(gcFile === undefined ? {} : { gcFile }) },
+        kind,
+      );
       live.push(rep);
+      const fill = REPEATER_VARIANTS[kind].fillState;
+      if (fill !== undefined) {
+        if (sc.source.kind !== 'synthetic') throw new BenchError(`internal: ${kind} needs a synthetic source to fill its state`);
+        stateNote = await fillState(ctx, rep, fill, sc.source, (x) => ctx.progress.tick(x));
+      }
       if (sc.dynamic) {
         ctx.progress.tick(`subscribing ${sc.subscribers} receivers`);
         await subscribeAll(rep, mode, ports, CHANNEL_KEY, (n) => ctx.progress.tick(`subscribed ${n}/${sc.subscribers}`));
@@ -591,13 +712,22 @@ export async function runGroup(ctx: Context, scs: readonly Scenario[]): Promise<
       fan = rep;
     }
     if (!live.includes(fan)) live.push(fan);
+    if (stateNote !== undefined) lane.stateNotes.set(kind, stateNote);
     lane.setup.set(kind, (Date.now() - t0) / 1000);
     await warm(ctx, sc, fan, lane.pool);
     return fan;
   };
   const finish = async (lane: Lane, fan: FanOut) => {
     const peak = fan.peakRssKiB ? fan.peakRssKiB() : memory(fan.child.pid).peakKiB;
-    const r: TargetResult = { target: fan.kind, samples: lane.samples.get(fan.kind)!, peakRssKiB: peak, warnings: [...fan.warnings], setupSeconds: lane.setup.get(fan.kind) ?? 0 };
+    const r: TargetResult = {
+      target: fan.kind,
+      samples: lane.samples.get(fan.kind)!,
+      peakRssKiB: peak,
+      ...(fan.command === undefined ? {} : { command: fan.command }),
+      ...(lane.stateNotes.has(fan.kind) ? { stateNote: lane.stateNotes.get(fan.kind)! } : {}),
+      warnings: [...fan.warnings],
+      setupSeconds: lane.setup.get(fan.kind) ?? 0,
+    };
     if (isCluster(fan.kind)) {
       const c = fan as ClusterFanOut;
       r.cluster = { note: c.note, servedByA: c.servedBy.A.length, servedByB: c.servedBy.B.length, peakRssKiB: c.peakRssParts() };
@@ -616,7 +746,7 @@ export async function runGroup(ctx: Context, scs: readonly Scenario[]): Promise<
       const mode = modeOf(ctx, sc);
       const pool = poolFor(ctx, sc.source);
       const r = await startReceivers(ctx, sc.subscribers, sc.id, mode);
-      lanes.push({ sc, pool, mode, ...r, samples: new Map(sc.targets.map((k) => [k, []])), results: [], setup: new Map() });
+      lanes.push({ sc, pool, mode, ...r, samples: new Map(sc.targets.map((k) => [k, []])), results: [], setup: new Map(), stateNotes: new Map() });
     }
     if (scs.length > 1 || interleaves(scs[0]!)) {
       const fans: Array<[Lane, FanOut]> = [];

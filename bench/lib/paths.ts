@@ -11,7 +11,11 @@ export const ROOT = resolve(__dirname, '..', '..', '..');
 export const BENCH_DIR = join(ROOT, 'bench');
 /** Compiled output of the bench (native binaries, scratch files). */
 export const BUILD_DIR = resolve(__dirname, '..');
-/** The repeater's CLI, compiled by `npm run build:dev`. */
-export const REPEATER_CLI = resolve(__dirname, '..', '..', 'src', 'cli.js');
+/**
+ * The repeater's CLI, compiled by `npm run build:dev`; or $UDPREPEATER_CLI
+ * (as for the tests' daemons), to measure another build with this bench,
+ * e.g. UDPREPEATER_CLI=/path/to/other/checkout/dist/cli.js.
+ */
+export const REPEATER_CLI = process.env['UDPREPEATER_CLI'] !== undefined && process.env['UDPREPEATER_CLI'] !== '' ? resolve(process.env['UDPREPEATER_CLI']) : resolve(__dirname, '..', '..', 'src', 'cli.js');
 export const DEFAULT_CAPTURE = join(BENCH_DIR, 'captures', 'uwsgi-sessions.pcap');
 export const RESULTS_DIR = join(BENCH_DIR, 'results');

@@ -17,16 +17,43 @@
 //                           clear and, as a fourth target, sealed (--key-file)
 //   cluster-split-s8-in20k  the input split between A and B (gen --spread)
 // --mode cluster runs only these; --mode plain and --mode secure none of them.
+//
+// The figures (figures.ts: one table of udprepeater against the floor, its
+// variants and any --peer-cmd program): 1 subscriber at 20k/s in, 8 at 20k/s
+// and 8 at 60k/s (saturation), each measured with udprepeater, udprepeater
+// --no-warm-join, the peers and the floor; a full live state
+// (state-s1-in30k: unique keys at 30k/s in to 1 subscriber, against
+// --no-warm-join, a full 8 MiB state and, in full runs, a full 64 MiB one);
+// secure mode at 1 and 8 subscribers against their plain twins; the cluster
+// at 5k/s in. A plain or full run has them all (quick: smaller); --mode
+// figures runs only them.
 
 import type { Scenario, Source } from './measure.js';
 import type { SyntheticSpec } from './synthetic.js';
-import type { ClusterKind, TargetKind } from './targets.js';
+import type { ClusterKind, PeerKind, TargetKind } from './targets.js';
 
 /** Cluster scenarios: input to A (with the bus in clear), the same with the bus sealed, input split. */
 export type ClusterVariant = 'one' | 'sealed' | 'split';
 export const CLUSTER_VARIANTS: readonly ClusterVariant[] = ['one', 'sealed', 'split'];
 
-export type ModeSelection = 'plain' | 'secure' | 'both' | 'cluster';
+export type ModeSelection = 'plain' | 'secure' | 'both' | 'cluster' | 'figures';
+
+/** The points (subscribers, input datagrams/s) of the figures table measured against udprepeater's variants and the peers. */
+export const FIGURE_POINTS: ReadonlyArray<readonly [number, number]> = [
+  [1, 20000],
+  [8, 20000],
+  [8, 60000],
+];
+/** Secure points of the figures table (--mode figures runs these). */
+export const FIGURE_SECURE: ReadonlyArray<readonly [number, number]> = [
+  [1, 20000],
+  [8, 20000],
+];
+/** The cluster point of the figures table: input to A, bus in clear. */
+export const FIGURE_CLUSTER: readonly [number, number] = [8, 5000];
+/** The full-state scenario: unique keys at this rate to one subscriber. */
+export const STATE_RATE = 30000;
+export const STATE_ID = `state-s1-in${STATE_RATE / 1000}k`;
 
 export interface PlanOptions {
   readonly quick: boolean;
@@ -52,6 +79,10 @@ export interface PlanOptions {
   readonly mode: ModeSelection;
   /** Cluster points (subscribers, input rate) and which variants to measure there (none: no cluster scenario). */
   readonly cluster: { readonly points: ReadonlyArray<readonly [number, number]>; readonly variants: readonly ClusterVariant[] };
+  /** Other fan-out programs (--peer-cmd), measured in the plain scenarios of the figures table. */
+  readonly peers: readonly PeerKind[];
+  /** State targets of the full-state scenario (quick: 8 MiB only). */
+  readonly stateTargets: readonly TargetKind[];
 }
 
 export const kfmt = (n: number) => (n >= 1000 && n % 1000 === 0 ? `${n / 1000}k` : String(n));
@@ -67,9 +98,24 @@ export function buildPlan(o: PlanOptions): Scenario[] {
     seen.add(id);
     out.push({ ...base, id, title: `${subs} subscriber${subs > 1 ? 's' : ''} at ${kfmt(rate)}/s in`, series, subscribers: subs, source: synth(rate) });
   };
-  for (const s of o.series) for (const n of o.subscribers) point(n, Math.round(s / n), s);
-  for (const [n, rate] of o.extra) point(n, rate, o.series.includes(n * rate) ? n * rate : null);
-  if (o.big > 0) {
+  const matrix = o.mode === 'plain' || o.mode === 'both' || o.mode === 'secure';
+  const figures = o.mode === 'plain' || o.mode === 'both' || o.mode === 'figures';
+  if (matrix) {
+    for (const s of o.series) for (const n of o.subscribers) point(n, Math.round(s / n), s);
+    for (const [n, rate] of o.extra) point(n, rate, o.series.includes(n * rate) ? n * rate : null);
+  }
+  if (figures) {
+    for (const [n, rate] of FIGURE_POINTS) point(n, rate, o.mode !== 'figures' && o.series.includes(n * rate) ? n * rate : null);
+    // Warm join on and off (a quick run: at 1 subscriber only), and the other programs, wherever the figures table reads a plain point.
+    const figureIds = new Set(FIGURE_POINTS.map(([n, r]) => `s${n}-in${kfmt(r)}`));
+    for (const [i, sc] of out.entries()) {
+      if (!figureIds.has(sc.id)) continue;
+      const nowarm = !o.quick || sc.subscribers === 1 ? ['udprepeater-nowarm' as const] : [];
+      const more = [...nowarm, ...o.peers].filter((k) => !sc.targets.includes(k));
+      out[i] = { ...sc, targets: [...sc.targets, ...more] };
+    }
+  }
+  if (matrix && o.big > 0) {
     const rate = Math.max(1, Math.round(o.bigSeries / o.big));
     out.push({
       ...base,
@@ -83,11 +129,22 @@ export function buildPlan(o: PlanOptions): Scenario[] {
       source: synth(rate),
     });
   }
-  if (o.tlsSpec !== null) {
+  if (matrix && o.tlsSpec !== null) {
     out.push({ ...base, id: 'tls-s8-in20k', title: '8 subscribers at 20k/s in, TLS-session mix', series: null, subscribers: 8, source: synth(20000, o.tlsSpec) });
   }
-  if (o.mode !== 'plain') {
-    for (const [n, rate] of o.secure) {
+  if (figures && o.stateTargets.length > 0) {
+    out.push({
+      ...base,
+      id: STATE_ID,
+      title: `1 subscriber at ${kfmt(STATE_RATE)}/s in, every set a new key`,
+      series: null,
+      subscribers: 1,
+      source: { kind: 'synthetic', rate: STATE_RATE, spec: o.spec, uniqueKeys: true },
+      targets: ['floor', 'udprepeater-nowarm', ...o.stateTargets],
+    });
+  }
+  if (o.mode !== 'plain' && o.mode !== 'cluster') {
+    for (const [n, rate] of o.mode === 'figures' ? FIGURE_SECURE : o.secure) {
       const twinId = `s${n}-in${kfmt(rate)}`;
       if (!seen.has(twinId)) point(n, rate, null);
       const at = out.findIndex((s) => s.id === twinId);
@@ -95,10 +152,12 @@ export function buildPlan(o: PlanOptions): Scenario[] {
       const id = `${twinId}-secure`;
       if (seen.has(id)) continue;
       seen.add(id);
-      out.splice(at + 1, 0, { ...twin, id, title: `${twin.title}, secure`, mode: 'secure', twin: twinId });
+      // Secure mode: the fan-outs that speak it (the floor and udprepeater as built, or on node:dgram).
+      const targets = twin.targets.filter((k) => k === 'floor' || k === 'udprepeater' || k === 'udprepeater-dgram');
+      out.splice(at + 1, 0, { ...twin, id, title: `${twin.title}, secure`, mode: 'secure', twin: twinId, targets });
     }
   }
-  if (o.capture !== null) {
+  if (matrix && o.capture !== null) {
     for (const speed of o.replaySpeeds) {
       const name = speed === 0 ? 'asap' : `x${speed}`;
       out.push({
@@ -115,16 +174,22 @@ export function buildPlan(o: PlanOptions): Scenario[] {
     const twins = new Set(out.filter((s) => s.mode === 'secure').map((s) => s.twin));
     return out.filter((s) => s.mode === 'secure' || twins.has(s.id));
   }
-  const cluster = o.mode === 'both' || o.mode === 'cluster' ? clusterScenarios(o, base) : [];
+  const cl =
+    o.mode === 'figures' ? { points: [FIGURE_CLUSTER], variants: ['one' as const] } : o.mode === 'both' || o.mode === 'cluster' ? o.cluster : { points: [], variants: [] };
+  const cluster = clusterScenarios(o, base, cl);
   return o.mode === 'cluster' ? cluster : [...out, ...cluster];
 }
 
-function clusterScenarios(o: PlanOptions, base: Pick<Scenario, 'repeats' | 'duration' | 'targets' | 'dynamic' | 'mode'>): Scenario[] {
-  const v = new Set(o.cluster.variants);
+function clusterScenarios(
+  o: PlanOptions,
+  base: Pick<Scenario, 'repeats' | 'duration' | 'targets' | 'dynamic' | 'mode'>,
+  c: { readonly points: ReadonlyArray<readonly [number, number]>; readonly variants: readonly ClusterVariant[] },
+): Scenario[] {
+  const v = new Set(c.variants);
   const out: Scenario[] = [];
   // The floor and the standalone repeater(s) the run measures, then the cluster targets.
   const others = o.targets.filter((t) => t === 'floor' || t === 'udprepeater' || t === 'udprepeater-dgram');
-  for (const [n, rate] of o.cluster.points) {
+  for (const [n, rate] of c.points) {
     const source: Source = { kind: 'synthetic', rate, spec: o.spec };
     const at = `${n} subscribers at ${kfmt(rate)}/s in`;
     const one: ClusterKind[] = [...(v.has('one') ? ['udprepeater-cluster' as const] : []), ...(v.has('sealed') ? ['udprepeater-cluster-sealed' as const] : [])];

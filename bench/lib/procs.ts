@@ -97,6 +97,11 @@ export class Child {
       }
       this.wake();
     });
+    // A child that dies while a command is on its way makes the write fail (EPIPE) as an 'error' event on
+    // stdin: never uncaught. The death itself is seen by the next bounded wait on the child.
+    proc.stdin?.on('error', (err) => {
+      this.errTail.push(`stdin: ${err.message}`);
+    });
     let resolveExit!: (r: { code: number | null; signal: NodeJS.Signals | null }) => void;
     this.exited = new Promise((resolve) => (resolveExit = resolve));
     proc.once('exit', (code, signal) => {

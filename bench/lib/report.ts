@@ -8,7 +8,9 @@ import type { CapacityResult } from './capacity.js';
 import type { Machine } from './machine.js';
 import { fmtRate, interleaves, median, type Sample, type ScenarioResult, SEALED_GATE_DROPS } from './measure.js';
 import { kfmt } from './plan.js';
-import { isCluster, type TargetKind } from './targets.js';
+import { figuresSection } from './figures.js';
+import type { MemoryResult } from './state.js';
+import { isCluster, type TargetKind, targetName } from './targets.js';
 
 export interface RunInfo {
   readonly command: string;
@@ -31,6 +33,12 @@ export interface RunInfo {
   readonly secure?: { keyId: string; keyFile: string; libsodium: string; openEvery: boolean; check: string[] } | null;
   /** Cluster scenarios in this run (absent in older results): nats-server, where the cluster ran, what was asked for. */
   readonly cluster?: { natsServer: string; pinning: string; variants: string[]; points: string[] } | null;
+  /** Other fan-out programs (--peer-cmd), as given. */
+  readonly peers?: ReadonlyArray<{ name: string; command: string }>;
+  /** Load average (1, 5, 15 min) when the run ended. */
+  readonly loadEnd?: readonly number[];
+  /** Whether udprepeater's GC pauses were counted (gc-preload.ts). */
+  readonly gcStats?: boolean;
 }
 
 /** Secure mode's target: udprepeater's CPU per output datagram at most this many times plain mode's. */
@@ -70,6 +78,14 @@ export interface TargetSummary {
   recvErrors: number;
   /** Cluster targets: medians of each repeater's share, nats-server and the two paths. */
   cluster?: ClusterSummary;
+  /** udprepeater: GC pauses per measurement (medians of count and total; the largest pause of any measurement used). */
+  gc?: { count: number; totalMs: number; maxMs: number; measurementS: number };
+  /** udprepeater: its live state (medians): entries and bytes after a measurement, evictions per second of the generator's run. */
+  state?: { entries: number; bytes: number; evictionsPerS: number; expiredPerS: number };
+  /** How its state was filled before measuring (state targets). */
+  stateNote?: string;
+  /** The command line that started it (absent in older results). */
+  command?: string;
 }
 
 /** Medians of a cluster target's measurements (rates per second of the run, CPU as a share of one core, latency in µs). */
@@ -134,6 +150,11 @@ export interface ScenarioSummary {
   ratios: Partial<Record<TargetKind, Ratios>>;
 }
 
+/** The targets of a scenario that ran, in the order they were measured. */
+export function targetList<T>(m: Partial<Record<TargetKind, T>>): T[] {
+  return Object.values(m).filter((t): t is T => t !== undefined);
+}
+
 /** A measurement counts as quiet when everything else on the machine used less than this many CPUs. */
 export const QUIET_LOAD = 0.1;
 
@@ -184,7 +205,27 @@ export function summarize(r: ScenarioResult): ScenarioSummary {
       otherLoad: m((x) => x.otherLoad),
       recvErrors: s.reduce((n, x) => n + (x.recvUnopened ?? 0) + (x.recvBadEnvelope ?? 0) + (x.recvUnsealed ?? 0), 0) / Math.max(1, s.length),
       flags: [...kinds.values()].map((e) => `${e.first} (${e.n} of ${s.length} measurements${e.n > 1 ? '; first shown' : ''})`),
+      ...(t.command === undefined ? {} : { command: t.command }),
+      ...(t.stateNote === undefined ? {} : { stateNote: t.stateNote }),
     };
+    const gs = s.filter((x) => x.gc !== undefined);
+    if (gs.length > 0) {
+      targets[t.target]!.gc = {
+        count: median(gs.map((x) => x.gc!.count)),
+        totalMs: median(gs.map((x) => x.gc!.totalMs)),
+        maxMs: Math.max(...gs.map((x) => x.gc!.maxMs)),
+        measurementS: median(gs.map((x) => x.genElapsed)),
+      };
+    }
+    const ss = s.filter((x) => x.state !== undefined);
+    if (ss.length > 0) {
+      targets[t.target]!.state = {
+        entries: median(ss.map((x) => x.state!.entries)),
+        bytes: median(ss.map((x) => x.state!.bytes)),
+        evictionsPerS: median(ss.map((x) => x.state!.evictions / Math.max(x.genElapsed, 1e-9))),
+        expiredPerS: median(ss.map((x) => x.state!.expired / Math.max(x.genElapsed, 1e-9))),
+      };
+    }
     const cs = s.filter((x) => x.cluster !== undefined);
     if (isCluster(t.target) && cs.length > 0) {
       // Rates over the generator's run: the load each process had to keep up with.
@@ -230,7 +271,7 @@ export function summarize(r: ScenarioResult): ScenarioSummary {
   }
   const f = targets.floor;
   const ratios: Partial<Record<TargetKind, Ratios>> = {};
-  for (const u of Object.values(targets)) {
+  for (const u of targetList(targets)) {
     if (f === undefined || u.target === 'floor') continue;
     ratios[u.target] = { deliveredRate: u.deliveredRate / f.deliveredRate, cpuPerOut: u.cpuPerOutUs / f.cpuPerOutUs, p50: u.p50 / f.p50, p99: u.p99 / f.p99, max: u.max / f.max };
   }
@@ -256,7 +297,7 @@ const us = (x: number) => (!Number.isFinite(x) ? '-' : x >= 100000 ? `${(x / 100
 const ratio = (x: number) => (Number.isFinite(x) ? `${x.toFixed(2)}x` : '-');
 const cpuUs = (x: number) => (Number.isFinite(x) ? x.toFixed(2) : '-');
 
-export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityResult[]): string {
+export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityResult[], memory: readonly MemoryResult[] = []): string {
   const m = info.machine;
   const L: string[] = [];
   const modeText = info.mode === 'both' ? `plain and secure modes${info.cluster ? ', cluster mode' : ''}` : `${info.mode} mode`;
@@ -278,6 +319,7 @@ export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityRe
     '',
   );
 
+  L.push(...figuresSection(info, sums, memory));
   L.push(...secureSection(info, sums));
   L.push(...clusterSection(info, sums));
 
@@ -294,11 +336,11 @@ export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityRe
   const usedText = (t: TargetSummary) => (t.quietUsed ? `${t.used} quiet` : `all ${t.repeats}`);
   for (const s of sums) {
     const f = s.targets.floor;
-    for (const u of Object.values(s.targets)) {
+    for (const u of targetList(s.targets)) {
       const r = s.ratios[u.target];
       if (!f || !r) continue;
       L.push(
-        `| ${s.title} | ${u.target} | ${fmtRate(u.deliveredRate)} / ${fmtRate(f.deliveredRate)} | ${ratio(r.deliveredRate)} | ${pct(u.loss)} / ${pct(f.loss)} | ` +
+        `| ${s.title} | ${targetName(u.target)} | ${fmtRate(u.deliveredRate)} / ${fmtRate(f.deliveredRate)} | ${ratio(r.deliveredRate)} | ${pct(u.loss)} / ${pct(f.loss)} | ` +
           `${cpuUs(u.cpuPerOutUs)} / ${cpuUs(f.cpuPerOutUs)} | ${ratio(r.cpuPerOut)} | ${us(u.p50)} / ${us(f.p50)} (${ratio(r.p50)}) | ${us(u.p90)} / ${us(f.p90)} | ` +
           `${us(u.p99)} / ${us(f.p99)} (${ratio(r.p99)}) | ${us(u.max)} / ${us(f.max)} | ${u.peakRssMiB.toFixed(0)} / ${f.peakRssMiB.toFixed(1)} | ` +
           `${usedText(u)} / ${usedText(f)} |`,
@@ -308,14 +350,17 @@ export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityRe
   L.push('');
 
   L.push('## All figures (medians)', '');
-  L.push('| scenario | target | offered in/s | sent in/s | offered out/s | delivered out/s | loss | lost at input | worst receiver loss | p50 | p99 | max | worst receiver p99 | CPU µs per output | fan-out CPU | receivers CPU | other load | peak RSS MiB | medians of |');
-  L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
+  L.push(
+    '| scenario | target | offered in/s | sent in/s | offered out/s | delivered out/s | loss | lost at input | worst receiver loss | p50 | p99 | max | worst receiver p99 | CPU µs per output | CPU µs per datagram in | GC pauses: count, total, largest | live state: entries, evicted/s | fan-out CPU | receivers CPU | other load | peak RSS MiB | medians of |',
+  );
+  L.push('|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|');
   for (const s of sums) {
-    for (const t of Object.values(s.targets)) {
+    for (const t of targetList(s.targets)) {
       L.push(
-        `| ${s.title} | ${t.target} | ${t.offeredIn === null ? 'max' : fmtRate(t.offeredIn)} | ${fmtRate(t.inRate)} | ${fmtRate(t.offeredOutRate)} | ` +
+        `| ${s.title} | ${targetName(t.target)} | ${t.offeredIn === null ? 'max' : fmtRate(t.offeredIn)} | ${fmtRate(t.inRate)} | ${fmtRate(t.offeredOutRate)} | ` +
           `${fmtRate(t.deliveredRate)} | ${pct(t.loss)} | ${pct(t.inputLoss)} | ${pct(t.worstReceiverLoss)} | ${us(t.p50)} | ${us(t.p99)} | ${us(t.max)} | ` +
-          `${us(t.worstReceiverP99)} | ${cpuUs(t.cpuPerOutUs)} | ${pct(t.fanCpuUtil)} | ${pct(t.recvCpuUtil)} | ${pct(t.otherLoad)} | ${t.peakRssMiB.toFixed(1)} | ${t.quietUsed ? `${t.used} quiet of ${t.repeats}` : `all ${t.repeats}`} |`,
+          `${us(t.worstReceiverP99)} | ${cpuUs(t.cpuPerOutUs)} | ${cpuUs(t.cpuPerInUs ?? NaN)} | ${t.gc ? `${t.gc.count.toFixed(0)}, ${t.gc.totalMs.toFixed(1)} ms, ${t.gc.maxMs.toFixed(2)} ms` : '-'} | ` +
+          `${t.state ? `${t.state.entries.toFixed(0)}, ${fmtRate(t.state.evictionsPerS)}` : '-'} | ${pct(t.fanCpuUtil)} | ${pct(t.recvCpuUtil)} | ${pct(t.otherLoad)} | ${t.peakRssMiB.toFixed(1)} | ${t.quietUsed ? `${t.used} quiet of ${t.repeats}` : `all ${t.repeats}`} |`,
       );
     }
   }
@@ -333,11 +378,11 @@ export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityRe
   L.push('');
 
   const dropLines = sums.flatMap((s) =>
-    Object.values(s.targets)
+    targetList(s.targets)
       .filter((t) => Object.keys(t.drops).length > 0)
       .map((t) => `- ${s.title}, ${t.target}: ${Object.entries(t.drops).map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ')} (mean per measurement)`),
   );
-  const flagLines = sums.flatMap((s) => Object.values(s.targets).flatMap((t) => t.flags.map((f) => `- ${s.title}, ${t.target}: ${f}`)));
+  const flagLines = sums.flatMap((s) => targetList(s.targets).flatMap((t) => t.flags.map((f) => `- ${s.title}, ${t.target}: ${f}`)));
   L.push('## Drops reported by the fan-outs', '');
   L.push(...(dropLines.length ? dropLines : ['None.']), '');
   L.push('## Warnings about the load itself', '');
@@ -451,7 +496,7 @@ function secureSection(info: RunInfo, sums: ScenarioSummary[]): string[] {
   const gate = new Set([...SEALED_GATE_DROPS, 'unopened', 'badenv']);
   const bugs: string[] = [];
   for (const s of secure) {
-    for (const t of Object.values(s.targets)) {
+    for (const t of targetList(s.targets)) {
       const d = Object.entries(t.drops).filter(([k, v]) => gate.has(k) && v > 0);
       if (d.length > 0) bugs.push(`- ${s.title}, ${t.target}: refused frames: ${d.map(([k, v]) => `${k} ${v.toFixed(0)}`).join(', ')} (mean per measurement)`);
       if (t.recvErrors > 0) bugs.push(`- ${s.title}, ${t.target}: the receivers could not open ${t.recvErrors.toFixed(0)} frames per measurement (mean)`);
@@ -487,7 +532,7 @@ export function clusterNotes(s: ScenarioSummary): string[] {
   const out: string[] = [];
   const solo = s.targets.udprepeater;
   const f = s.targets.floor;
-  for (const t of Object.values(s.targets)) {
+  for (const t of targetList(s.targets)) {
     const c = t.cluster;
     if (c === undefined) continue;
     const [a, b] = c.members;
@@ -503,7 +548,7 @@ export function clusterNotes(s: ScenarioSummary): string[] {
 
 /** The cluster section: the pair of repeaters against a standalone one and the floor, per path, per repeater, nats-server. */
 function clusterSection(info: RunInfo, sums: ScenarioSummary[]): string[] {
-  const cl = sums.filter((s) => Object.values(s.targets).some((t) => t.cluster !== undefined));
+  const cl = sums.filter((s) => targetList(s.targets).some((t) => t.cluster !== undefined));
   if (cl.length === 0) return [];
   const L: string[] = ['## Cluster mode: two repeaters over NATS against one', ''];
   const used = (t: TargetSummary) => (t.quietUsed ? `${t.used} quiet of ${t.repeats}` : `all ${t.repeats}`);
@@ -532,7 +577,7 @@ function clusterSection(info: RunInfo, sums: ScenarioSummary[]): string[] {
   for (const s of cl) {
     const solo = s.targets.udprepeater;
     const f = s.targets.floor;
-    for (const t of Object.values(s.targets)) {
+    for (const t of targetList(s.targets)) {
       const c = t.cluster;
       const fan = c ? `${cores(t.cores)} (${cores(c.members[0]!.cores)} + ${cores(c.members[1]!.cores)}) / ${cores(c.natsCores)}` : cores(t.cores);
       L.push(
@@ -548,7 +593,7 @@ function clusterSection(info: RunInfo, sums: ScenarioSummary[]): string[] {
   L.push('|---|---|---|---|---|---|---|---|---|---|---|');
   for (const s of cl) {
     const solo = s.targets.udprepeater;
-    for (const t of Object.values(s.targets)) {
+    for (const t of targetList(s.targets)) {
       const c = t.cluster;
       if (c === undefined) continue;
       for (const k of ['direct', 'bus'] as const) {
@@ -576,7 +621,7 @@ function clusterSection(info: RunInfo, sums: ScenarioSummary[]): string[] {
           `${cpuUs(solo.cpuPerOutUs)} | 1x | ${cpuUs(solo.cpuPerInUs ?? NaN)} | ${solo.peakRssMiB.toFixed(0)} |`,
       );
     }
-    for (const t of Object.values(s.targets)) {
+    for (const t of targetList(s.targets)) {
       const c = t.cluster;
       if (c === undefined) continue;
       for (const m of c.members) {
@@ -604,14 +649,14 @@ function clusterSection(info: RunInfo, sums: ScenarioSummary[]): string[] {
   L.push('|---|---|---|---|---|---|---|');
   for (const s of cl) {
     const solo = s.targets.udprepeater;
-    for (const t of Object.values(s.targets)) {
+    for (const t of targetList(s.targets)) {
       const c = t.cluster;
       if (c === undefined) continue;
       L.push(`| ${s.title} | ${t.target} | ${cores(solo?.cores)} | ${cores(c.members[0]!.cores)} | ${cores(c.members[1]!.cores)} | ${cores(c.natsCores)} | ${ratio(scaleOut(solo, c))} |`);
     }
   }
   L.push('');
-  const notes = cl.flatMap((s) => Object.values(s.targets).flatMap((t) => (t.cluster ? [`- ${s.title}, ${t.target}: ${t.cluster.note}`] : [])));
+  const notes = cl.flatMap((s) => targetList(s.targets).flatMap((t) => (t.cluster ? [`- ${s.title}, ${t.target}: ${t.cluster.note}`] : [])));
   L.push('Receivers per repeater (rendezvous hashing on random repeater ids):', '', ...notes, '');
   return L;
 }
@@ -629,13 +674,16 @@ export function svg(info: RunInfo, sums: ScenarioSummary[]): string {
   const panelH = 300;
   const top = 70;
   const lefts = [70, 570];
-  const colors: Record<TargetKind, string> = {
+  const palette: Partial<Record<TargetKind, string>> = {
     floor: '#4c72b0',
     udprepeater: '#dd8452',
     'udprepeater-dgram': '#55a868',
+    'udprepeater-nowarm': '#937860',
     'udprepeater-cluster': '#c44e52',
     'udprepeater-cluster-sealed': '#8172b3',
   };
+  const others = ['#da8bc3', '#8c8c8c', '#ccb974', '#64b5cd'];
+  const colorOf = (k: TargetKind) => palette[k] ?? others[Math.max(0, info.targets.indexOf(k)) % others.length]!;
   const kinds = info.targets;
   const dashes = ['', '7 4', '2 3', '10 3 2 3'];
   // Plain points are filled circles, secure ones hollow squares.
@@ -664,7 +712,7 @@ export function svg(info: RunInfo, sums: ScenarioSummary[]): string {
   ];
   panels.forEach((p, pi) => {
     const L0 = lefts[pi]!;
-    const values = charted.flatMap((s) => Object.values(s.targets).map(p.y)).filter(Number.isFinite);
+    const values = charted.flatMap((s) => targetList(s.targets).map(p.y)).filter(Number.isFinite);
     if (p.offered) values.push(...seriesList);
     const ymax = niceMax(Math.max(...values, 1e-9) * 1.08);
     const px = (n: number) => L0 + ((lx(n) - x0) / (x1 - x0)) * panelW;
@@ -696,8 +744,8 @@ export function svg(info: RunInfo, sums: ScenarioSummary[]): string {
           if (pts.length === 0) continue;
           const d = dashes[si % dashes.length];
           const w = mode === 'secure' ? '1.5" stroke-opacity="0.8' : '2';
-          out.push(`<polyline fill="none" stroke="${colors[kind]}" stroke-width="${w}"${d ? ` stroke-dasharray="${d}"` : ''} points="${pts.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(' ')}"/>`);
-          for (const [x, y] of pts) out.push(marker(mode, x, y, colors[kind]));
+          out.push(`<polyline fill="none" stroke="${colorOf(kind)}" stroke-width="${w}"${d ? ` stroke-dasharray="${d}"` : ''} points="${pts.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`).join(' ')}"/>`);
+          for (const [x, y] of pts) out.push(marker(mode, x, y, colorOf(kind)));
         }
       }
     });
@@ -716,8 +764,8 @@ export function svg(info: RunInfo, sums: ScenarioSummary[]): string {
           lxp = 70;
           ly += 18;
         }
-        out.push(`<line x1="${lxp}" x2="${lxp + 30}" y1="${ly}" y2="${ly}" stroke="${colors[kind]}" stroke-width="2"${d ? ` stroke-dasharray="${d}"` : ''}/>`);
-        out.push(marker(mode, lxp + 15, ly, colors[kind]));
+        out.push(`<line x1="${lxp}" x2="${lxp + 30}" y1="${ly}" y2="${ly}" stroke="${colorOf(kind)}" stroke-width="2"${d ? ` stroke-dasharray="${d}"` : ''}/>`);
+        out.push(marker(mode, lxp + 15, ly, colorOf(kind)));
         out.push(`<text x="${lxp + 36}" y="${ly + 4}">${esc(label)}</text>`);
         lxp += width;
       }
@@ -733,11 +781,17 @@ function niceMax(v: number): number {
   return 10 * p;
 }
 
-export function writeReports(base: string, info: RunInfo, results: ScenarioResult[], cap: CapacityResult[]): { md: string; svg: string; json: string } {
+export function writeReports(
+  base: string,
+  info: RunInfo,
+  results: ScenarioResult[],
+  cap: CapacityResult[],
+  memory: readonly MemoryResult[] = [],
+): { md: string; svg: string; json: string } {
   const sums = results.map(summarize);
   const paths = { md: `${base}.md`, svg: `${base}.svg`, json: `${base}.json` };
-  writeFileSync(paths.json, JSON.stringify({ info, summaries: sums, capacity: cap, scenarios: results }, null, 1) + '\n');
-  writeFileSync(paths.md, markdown(info, sums, cap) + '\n');
+  writeFileSync(paths.json, JSON.stringify({ info, summaries: sums, capacity: cap, memory, scenarios: results }, null, 1) + '\n');
+  writeFileSync(paths.md, markdown(info, sums, cap, memory) + '\n');
   writeFileSync(paths.svg, svg(info, sums) + '\n');
   return paths;
 }

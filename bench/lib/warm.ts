@@ -23,7 +23,6 @@
 
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createSocket, type Socket } from 'node:dgram';
-import { request } from 'node:http';
 import { createServer } from 'node:net';
 import { loadavg } from 'node:os';
 import { isMainThread, parentPort, Worker, workerData } from 'node:worker_threads';
@@ -32,6 +31,7 @@ import { encodeSubscription } from '../../src/wire/subscription.js';
 import { LogTap } from '../../test/helpers/logtap.js';
 import { REPEATER_CLI } from './paths.js';
 import { BenchError } from './procs.js';
+import { httpGetRetry, parseMetrics } from './targets.js';
 
 export interface WarmOptions {
   sessions: number;
@@ -118,12 +118,17 @@ function freePort(): Promise<number> {
   });
 }
 
+/** Errors of this process's UDP sockets after they were bound (none expected; a run with some says so). */
+let socketErrors = 0;
+
 function udp(recvBuffer: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const s = createSocket({ type: 'udp4', recvBufferSize: recvBuffer });
     s.once('error', reject);
     s.bind(0, '127.0.0.1', () => {
       s.off('error', reject);
+      // A send that fails later (no callback: ENOBUFS under a stall, say) emits 'error': counted, never uncaught.
+      s.on('error', () => socketErrors++);
       resolve(s);
     });
   });
@@ -133,23 +138,9 @@ function send(s: Socket, buf: Buffer, port: number): Promise<void> {
   return new Promise((resolve, reject) => s.send(buf, port, '127.0.0.1', (err) => (err ? reject(err) : resolve())));
 }
 
-function metric(port: number, name: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const req = request({ host: '127.0.0.1', port, path: '/metrics', timeout: 5000 }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('error', reject);
-      res.on('data', (d: string) => (body += d));
-      res.on('end', () => {
-        let sum = 0;
-        for (const line of body.split('\n')) if (line.startsWith(`${name}{`) || line.startsWith(`${name} `)) sum += Number(line.slice(line.lastIndexOf(' ') + 1));
-        resolve(sum);
-      });
-    });
-    req.on('timeout', () => req.destroy(new Error('metrics timed out')));
-    req.on('error', reject);
-    req.end();
-  });
+/** A metric summed over its labels; the scrape bounded (5 s) and retried once. */
+async function metric(port: number, name: string): Promise<number> {
+  return parseMetrics(await httpGetRetry(port, '/metrics')).get(name) ?? 0;
 }
 
 /** Polls `check` every 50 ms until it returns a value, or fails after `limitMs`. */
@@ -224,6 +215,8 @@ function joinerMain(): void {
   let datagrams = 0;
   let duplicates = 0;
   const s = createSocket({ type: 'udp4', recvBufferSize: d.recvBuffer });
+  // The newcomer only reads; an error of its socket must not end the run (the sessions it missed show as missing).
+  s.on('error', () => undefined);
   s.on('message', (m) => {
     datagrams++;
     if (m.length < 6 || m[0] !== 111 || m[3] !== 10) return;
@@ -464,7 +457,7 @@ export function formatWarm(r: WarmResult, command: string): string {
     `command: ${command}`,
     `setup: ${o.sessions} sessions of ${o.valueSize} B (keys ${o.keySize} B) in the repeater; live stream ${o.liveRate}/s to ${o.liveSubscribers} subscribers; warm rate ${o.warmRate ?? 'default (20000)'}/s; SO_RCVBUF ${o.recvBuffer}`,
     `time to warm: ${r.warmMs.toFixed(0)} ms from the subscribe until the newcomer held all ${o.sessions} sessions (repeater's own count: ${r.warmCompletedLogMs ?? '-'} ms, 100 ms start delay included in both)`,
-    `machine: load average ${r.load[0].toFixed(2)} at the start of the stream, ${r.load[1].toFixed(2)} at its end; live datagrams skipped because the bench fell behind its schedule: ${r.liveSkipped}`,
+    `machine: load average ${r.load[0].toFixed(2)} at the start of the stream, ${r.load[1].toFixed(2)} at its end; live datagrams skipped because the bench fell behind its schedule: ${r.liveSkipped}${socketErrors > 0 ? `; UDP socket errors in the bench: ${socketErrors}` : ''}`,
     `newcomer: ${r.joinerSessions}/${o.sessions} sessions, ${r.joinerDatagrams} datagrams received (${r.joinerDuplicates} duplicate sessions); warm-join datagrams sent: ${r.warmDatagramsSent}`,
     '',
     '| live stream | seconds | sent | copies expected | received | loss | p50 ms | p99 ms | max ms |',

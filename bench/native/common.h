@@ -69,6 +69,27 @@ static inline long stamp_offset(const uint8_t *p, size_t len) {
   return (vlen >= STAMP_LEN && 8 + klen + STAMP_LEN <= len) ? (long)(8 + klen) : -1;
 }
 
+/* A set's expiry field (decimal unix seconds, as uWSGI writes it): its offset, or -1; *elen gets its length. */
+static inline long expiry_offset(const uint8_t *p, size_t len, size_t *elen) {
+  if (len < 8 || p[0] != UWSGI_CACHE || p[3] != UWSGI_SET) return -1;
+  size_t klen = get_u16(p + 4);
+  if (8 + klen > len) return -1;
+  size_t vlen = get_u16(p + 6 + klen);
+  size_t at = 8 + klen + vlen;
+  if (at + 2 > len) return -1;
+  *elen = get_u16(p + at);
+  return at + 2 + *elen <= len ? (long)(at + 2) : -1;
+}
+
+/* Writes `v` as exactly `n` decimal digits at p when it has that many; returns 1 if written. */
+static inline int put_decimal(uint8_t *p, size_t n, uint64_t v) {
+  char tmp[24];
+  int w = snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)v);
+  if (w <= 0 || (size_t)w != n) return 0;
+  memcpy(p, tmp, n);
+  return 1;
+}
+
 __attribute__((noreturn, format(printf, 1, 2))) static void die(const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);

@@ -16,6 +16,16 @@
  *
  * --no-stamp sends the pool byte for byte (replaying a capture into real nodes).
  *
+ * --unique-keys writes the run id and the sequence number into the first 12
+ * bytes of every set's key (keys of at least 12 bytes), so that every set is
+ * of a key never seen before: a repeater's live state then grows until it is
+ * full and evicts its oldest entry on every set from then on.
+ * --expires-in S rewrites every set's expiry (decimal unix seconds) to the
+ * send time + S when the new value has as many digits as the field: a pool
+ * built minutes before a measurement would otherwise carry sets that have
+ * expired (which a repeater counts and does not keep). The sealed path does
+ * the same to the datagram before sealing it.
+ *
  * Secure mode (--key-file K [--channel-key ssl]): every datagram, once
  * stamped, is wrapped in an Envelope (its own sequence number, send time)
  * and sealed into a udprepeater frame (sealed.h) with a fresh nonce; the
@@ -43,7 +53,8 @@ static void on_stop(int sig) { (void)sig; stop_flag = 1; }
 
 static struct rec *recs;
 static uint64_t nrecs, span_ns;
-static int timeline, loop_pool, no_stamp, spread;
+static int timeline, loop_pool, no_stamp, spread, unique_keys;
+static double expires_in = -1;
 static double rate, speed, period_ns;
 
 static void load_pool(const char *path, uint32_t *maxlen) {
@@ -72,6 +83,22 @@ static void load_pool(const char *path, uint32_t *maxlen) {
   fclose(f);
 }
 
+/* --unique-keys and --expires-in, on the copy about to be sent (d, len). */
+static inline void freshen(uint8_t *d, size_t len, uint32_t run, uint64_t seq, uint64_t now_s) {
+  if (unique_keys && len >= 8 && d[0] == UWSGI_CACHE && d[3] == UWSGI_SET) {
+    size_t klen = get_u16(d + 4);
+    if (klen >= 12 && 6 + klen <= len) {
+      put_u32(d + 6, run);
+      put_u64(d + 10, seq);
+    }
+  }
+  if (expires_in >= 0) {
+    size_t elen = 0;
+    long at = expiry_offset(d, len, &elen);
+    if (at >= 0 && elen > 1) put_decimal(d + at, elen, now_s + (uint64_t)expires_in);
+  }
+}
+
 /* When (ns after start) datagram i is due. */
 static inline uint64_t due(uint64_t i) {
   double d = 0;
@@ -90,6 +117,7 @@ static void usage(void) {
   fprintf(stderr,
           "usage: gen --pool FILE --to 127.0.0.1:PORT [--to ...] (--rate N | --timeline [--speed X] [--loop])\n"
           "           [--duration S] [--count N] [--run ID] [--batch N] [--tick-us N] [--sndbuf BYTES] [--spread]\n"
+          "           [--unique-keys] [--expires-in S]\n"
           "           [--key-file K [--channel-key KEY]]   (secure mode: send sealed frames)\n");
   exit(2);
 }
@@ -116,6 +144,8 @@ int main(int argc, char **argv) {
     else if (strcmp(a, "--loop") == 0) loop_pool = 1;
     else if (strcmp(a, "--no-stamp") == 0) no_stamp = 1;
     else if (strcmp(a, "--spread") == 0) spread = 1;
+    else if (strcmp(a, "--unique-keys") == 0) unique_keys = 1;
+    else if (ARG("--expires-in")) expires_in = atof(v);
     else if (ARG("--duration")) duration = atof(v);
     else if (ARG("--count")) count = strtoull(v, NULL, 10);
     else if (ARG("--run")) run = (uint32_t)strtoul(v, NULL, 10);
@@ -196,6 +226,7 @@ int main(int argc, char **argv) {
     uint64_t lag = el - due(sent);
     if (lag > max_lag) max_lag = lag;
     uint64_t ts = mono_ns();
+    const uint64_t now_s = (uint64_t)time(NULL);
 #ifdef BENCH_SODIUM
     uint64_t now_ms = secure ? realtime_ms() : 0;
 #endif
@@ -205,6 +236,7 @@ int main(int argc, char **argv) {
       size_t len = r->len;
       if (!secure) {
         memcpy(slot, r->data, r->len);
+        freshen(slot, r->len, run, sent + j, now_s);
         if (r->stamp >= 0 && !no_stamp) {
           write_stamp(slot + r->stamp, run, sent + j, ts);
           stamped++;
@@ -213,6 +245,7 @@ int main(int argc, char **argv) {
 #ifdef BENCH_SODIUM
         size_t head = envelope_head(&sealer, plain, now_ms, r->len);
         memcpy(plain + head, r->data, r->len);
+        freshen(plain + head, r->len, run, sent + j, now_s);
         if (r->stamp >= 0 && !no_stamp) {
           write_stamp(plain + head + r->stamp, run, sent + j, ts);
           stamped++;

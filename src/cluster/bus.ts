@@ -40,6 +40,8 @@ function serverIdentity(servers: readonly BusServer[]): (host: string, cert: Pee
 
 /** How long to wait between attempts when no server answers. */
 const RECONNECT_WAIT_MS = 500;
+/** How long one connection attempt may take before the loop tries again. */
+const CONNECT_TIMEOUT_MS = 4_000;
 /** How long to wait before asking again for a subscription the server refused. */
 const SUBSCRIBE_RETRY_MS = 2_000;
 
@@ -83,6 +85,9 @@ export class Bus {
       // Our loop retries (and says why); the client would retry silently.
       waitOnFirstConnect: false,
       pingInterval: 2_000,
+      // nats-server 2.9 may leave a connection that arrives during its
+      // config reload unanswered: the client's default would wait 20 s on it.
+      timeout: CONNECT_TIMEOUT_MS,
       maxPingOut: 2,
     };
     if (c.credsFile !== null) o.authenticator = credsAuthenticator(readFileSync(c.credsFile));

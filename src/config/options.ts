@@ -119,6 +119,11 @@ export const AGENT_OPTIONS: readonly OptionSpec[] = [
   { name: 'metrics', kind: 'string', arg: 'ADDR', default: 'off', help: 'HTTP address for /metrics and /healthz ("off" disables)' },
 ];
 
+/** `keygen`: without --identity it writes a secretbox key to its FILE argument. Command line only. */
+export const KEYGEN_OPTIONS: readonly OptionSpec[] = [
+  { name: 'identity', kind: 'string', arg: 'FILE', cliOnly: true, help: 'write a new identity (a private key; its public key goes in the peers files of the hosts it talks to) to FILE instead of a secretbox key' },
+];
+
 /** Defaults of a spec table as raw values. */
 export function defaultsOf(specs: readonly OptionSpec[]): RawOptions {
   const out: RawOptions = {};

@@ -15,7 +15,12 @@
 //   before the start, not in the future), channel names of the running
 //   config, and every set checked as if it came from the network (a set
 //   without trace, not expired), applied oldest first under the
-//   --state-max-bytes bound.
+//   --state-max-bytes bound;
+// - the listeners are open while it is read: the sets are applied in slices
+//   between which the event loop turns (live-restore.ts), what the live
+//   path changes meanwhile wins over the file, and warm joins wait until
+//   the last slice (subscribers new meanwhile are warmed from the whole
+//   state, as with a fetch from a peer in cluster mode).
 
 import { closeSync, readFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
@@ -24,8 +29,8 @@ import { writeAtomically } from '../base/files.js';
 import type { Logger } from '../base/log.js';
 import { type OpenedFile, openTrusted } from '../base/trust.js';
 import type { Repeater } from '../repeater/repeater.js';
-import { CACHE_SET, inspectCacheUpdate, newShape } from '../wire/cache.js';
-import { decodeLiveState, encodeLiveState, type SavedChannel } from '../wire/live-state-file.js';
+import { encodeLiveState, openLiveState, type SavedChannel } from '../wire/live-state-file.js';
+import { LiveRestore } from './live-restore.js';
 
 export const LIVE_STATE_FILE = 'live-state.pb';
 /** A saved state older than this is refused: the cluster has moved on (deletes it cannot know). */
@@ -37,6 +42,8 @@ export class LiveStore {
   saves = 0;
   saveErrors = 0;
   private stopped = false;
+  /** A restore still in progress. */
+  private restoring: LiveRestore | null = null;
 
   /** `dir` was checked (created, writable, ours) by the RegistryStore of the same --state-dir. */
   constructor(
@@ -47,10 +54,12 @@ export class LiveStore {
   }
 
   /**
-   * At start: applies the saved state to the repeater's live states (when
-   * `load`), then deletes the file in every case. Returns the sets restored.
+   * At start: reads the saved state and deletes the file in every case, then
+   * (when `load`, and the file is valid) applies it to the repeater's live
+   * states in slices. Throws (at once) what refuses the start; the promise
+   * says how many sets were restored, once they all were.
    */
-  restore(repeater: Repeater, load: boolean, now = Date.now()): number {
+  restore(repeater: Repeater, load: boolean, now = Date.now()): Promise<number> {
     let buf: Buffer;
     let opened: OpenedFile | null;
     try {
@@ -59,70 +68,67 @@ export class LiveStore {
     } catch (err) {
       if (err instanceof ConfigError) throw err;
       this.log.warn('cannot read the saved live state; starting empty', { file: this.file, error: describe(err) });
-      return 0;
+      return Promise.resolve(0);
     }
-    if (opened === null) return 0;
+    if (opened === null) return Promise.resolve(0);
     try {
       if (!load) {
         this.discard('saving the live state is off');
-        return 0;
+        return Promise.resolve(0);
       }
       if ((opened.st.mode & 0o077) !== 0) {
         this.discard(`mode ${(opened.st.mode & 0o777).toString(8)} lets group or others access it`);
-        return 0;
+        return Promise.resolve(0);
       }
       buf = readFileSync(opened.fd);
     } catch (err) {
       this.log.warn('cannot read the saved live state; starting empty', { file: this.file, error: describe(err) });
-      return 0;
+      this.discard(null);
+      return Promise.resolve(0);
     } finally {
       closeSync(opened.fd);
     }
-    try {
-      return this.apply(repeater, buf, now);
-    } finally {
+    // Consumed: whatever happens from here on, the file is gone.
+    this.discard(null);
+    const job = this.begin(repeater, buf, now);
+    if (job === null) {
       buf.fill(0);
-      this.discard(null);
+      return Promise.resolve(0);
     }
+    this.restoring = job;
+    job.start();
+    return job.done;
   }
 
-  private apply(repeater: Repeater, buf: Buffer, now: number): number {
-    const saved = decodeLiveState(buf);
+  /** A restore of `buf`, when it is a valid file written recently enough. */
+  private begin(repeater: Repeater, buf: Buffer, now: number): LiveRestore | null {
+    const saved = openLiveState(buf);
     if (saved === null) {
       this.log.warn('saved live state is corrupt; starting empty', { file: this.file });
-      return 0;
+      return null;
     }
     const t = saved.savedAtMs;
     if (!Number.isSafeInteger(t) || t <= 0 || t > now + FUTURE_SLACK_MS || now - t > MAX_AGE_MS) {
       this.log.warn('saved live state refused: written too long ago (or in the future)', { file: this.file, savedAtMs: t, maxAgeSeconds: MAX_AGE_MS / 1000 });
-      return 0;
+      return null;
     }
-    const skipped = new Map<string, number>();
-    const skip = (why: string, n = 1) => skipped.set(why, (skipped.get(why) ?? 0) + n);
-    const shape = newShape();
-    const nowSec = Math.floor(now / 1000);
-    let restored = 0;
-    let total = 0;
-    for (const c of saved.channels) {
-      total += c.sets.length;
-      const state = repeater.warm.state(c.channel);
-      if (state === undefined) {
-        skip('no such channel', c.sets.length);
-        continue;
-      }
-      for (const set of c.sets) {
-        const bad = inspectCacheUpdate(set, shape);
-        if (bad !== undefined || shape.cmd !== CACHE_SET || shape.traceAt >= 0) {
-          skip(bad ?? 'not a set without trace');
-          continue;
-        }
-        const r = state.learn(set, shape, nowSec);
-        if (r === 'set') restored++;
-        else skip(r);
-      }
-    }
-    this.log.info('restored the live state', { file: this.file, saved: total, restored, skipped: Object.fromEntries(skipped), savedAt: new Date(t).toISOString() });
-    return restored;
+    this.log.info('restoring the live state', { file: this.file, saved: saved.total, channels: saved.channels.length, savedAt: new Date(t).toISOString() });
+    // Warm joins wait for the whole state (a join that ended before the last slice would miss the rest).
+    // In cluster mode they are held already, until the fetch from a peer ends: that is the cluster's to release.
+    const hold = !repeater.warm.holding;
+    if (hold) repeater.warm.hold();
+    const skew = now - Date.now();
+    return new LiveRestore(
+      buf,
+      saved,
+      (channel) => repeater.warm.state(channel),
+      (r, ms) => {
+        if (this.restoring === r) this.restoring = null;
+        this.log.info('restored the live state', { file: this.file, saved: saved.total, restored: r.restored, skipped: Object.fromEntries(r.skipped), savedAt: new Date(t).toISOString(), ms: Math.round(ms), slices: r.slices });
+        if (hold) repeater.warm.release();
+      },
+      () => Date.now() + skew,
+    );
   }
 
   /** Deletes the file (logging why, when `why` is given). */
@@ -139,6 +145,8 @@ export class LiveStore {
   save(repeater: Repeater, now = Date.now()): boolean {
     if (this.stopped) return false;
     this.stopped = true;
+    // What the file held and is not applied yet would be lost: applied now.
+    this.restoring?.finishNow();
     const nowSec = Math.floor(now / 1000);
     const channels: SavedChannel[] = [];
     for (const name of repeater.channels.keys()) {
@@ -148,7 +156,7 @@ export class LiveStore {
       for (const [, e] of state.walk()) if (e.expires === 0 || e.expires > nowSec) sets.push(e.content);
       channels.push({ channel: name, sets });
     }
-    const data = Buffer.from(encodeLiveState({ savedAtMs: now, channels }));
+    const data = encodeLiveState({ savedAtMs: now, channels });
     try {
       writeAtomically(this.file, data);
       this.saves++;

@@ -24,7 +24,8 @@ export function traceOf(buf: Buffer): TraceFields | null {
   return readTrace(buf, s.traceAt);
 }
 
-export const WAIT_MS = 5000;
+/** How long a test waits for an event before it fails: generous, since the machine may be shared with a bench (a wait that succeeds returns at once). */
+export const WAIT_MS = 15_000;
 
 /**
  * A UDP socket that queues what it receives and hands it out on demand.
@@ -133,6 +134,14 @@ export class Sender {
 }
 
 /** A port nobody listens on right now (UDP and TCP), for configs that need a fixed one. */
+/**
+ * Ports handed out by freePort in this process, most recent last: the kernel
+ * may offer a port again at once, and two calls in a row must not name the
+ * same one (a test asking for two listeners would get "given twice").
+ */
+const given = new Set<number>();
+const GIVEN_MAX = 4096;
+
 export function freePort(host = '127.0.0.1'): Promise<number> {
   return new Promise((resolve, reject) => {
     const srv = createServer();
@@ -140,6 +149,12 @@ export function freePort(host = '127.0.0.1'): Promise<number> {
     srv.listen(0, host, () => {
       const port = (srv.address() as { port: number }).port;
       srv.close(() => {
+        if (given.has(port)) {
+          resolve(freePort(host));
+          return;
+        }
+        given.add(port);
+        if (given.size > GIVEN_MAX) given.delete(given.values().next().value as number);
         const u = createSocket(host.includes(':') ? 'udp6' : 'udp4');
         u.once('error', () => {
           u.close();

@@ -504,7 +504,7 @@ function describeKey(key: Buffer | string): string {
 }
 
 /** Bound on a propagation over loopback (normally a millisecond or two). */
-export const PROPAGATE_MS = 5000;
+export const PROPAGATE_MS = 10_000;
 
 /** A session-like value: random bytes (a NUL first, 0xff last) of `n` bytes. */
 export function sessionBytes(n: number): Buffer {
