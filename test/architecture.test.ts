@@ -2,7 +2,8 @@
 // folders on the same level never import each other, no file-level import
 // cycle exists, net/io.ts is the only socket surface above net/, nothing
 // outside net/ touches a socket implementation (node:dgram, the addon), and
-// wire/ is pure (it imports nothing that does I/O). Read from the TypeScript
+// wire/ is pure (it imports nothing that does I/O), and no file is over
+// MAX_LINES lines (one file, one job). Read from the TypeScript
 // sources, so a broken import fails here before anyone has to notice it in
 // review. The checks are also run on a small synthetic tree with known
 // faults, so they can be seen to fail.
@@ -174,6 +175,19 @@ export function impureWire(root: string): string[] {
   return bad;
 }
 
+/** No TypeScript file in src/ longer than this: past it a file has more than one job. */
+export const MAX_LINES = 450;
+
+/** Files of src/ longer than MAX_LINES lines. */
+export function oversized(root: string): string[] {
+  const bad: string[] = [];
+  for (const file of sources(root)) {
+    const lines = readFileSync(file, 'utf8').split('\n').length - 1;
+    if (lines > MAX_LINES) bad.push(`${relative(root, file)}: ${lines} lines (at most ${MAX_LINES})`);
+  }
+  return bad;
+}
+
 test('every folder imports only from folders below it', () => {
   assert.deepEqual(layeringViolations(SRC), []);
 });
@@ -192,6 +206,10 @@ test('no file outside net/ imports node:dgram or the native addon', () => {
 
 test('wire/ is pure: it imports nothing that reads files or opens sockets', () => {
   assert.deepEqual(impureWire(SRC), []);
+});
+
+test(`no file in src/ is over ${MAX_LINES} lines`, () => {
+  assert.deepEqual(oversized(SRC), []);
 });
 
 test('the checks find an upward import, a sideways import, an unplaced folder and a cycle', () => {
@@ -219,6 +237,9 @@ test('the checks find an upward import, a sideways import, an unplaced folder an
     assert.ok(bad.some((b) => b.startsWith(`base/${f}.ts (base, level 0) imports net/n.ts`)), `base/${f}.ts not caught:\n${bad.join('\n')}`);
   }
   assert.deepEqual(importCycles(root), [['wire/a.ts', 'wire/b.ts', 'wire/a.ts']]);
+  put('base/long.ts', 'export const x = 1;\n'.repeat(MAX_LINES + 1));
+  put('base/just.ts', 'export const y = 1;\n'.repeat(MAX_LINES));
+  assert.deepEqual(oversized(root), [`base/long.ts: ${MAX_LINES + 1} lines (at most ${MAX_LINES})`]);
 });
 
 test('the checks find a socket reached around net/io.ts, node:dgram outside net/, and an impure wire/', () => {

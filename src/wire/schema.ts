@@ -241,6 +241,56 @@ message BusSubscriber {
   // repeater that takes it over owes it no whole join, only a repair.
   bool warmed = 8;
 }
+
+// Identities and links (docs/PROTOCOL.md, "Identities and links"): the wire
+// format the next step implements. A HELLO and a WELCOME have fixed binary
+// layouts (src/wire/handshake.ts); these messages are what they, and the
+// frames sealed under a link's keys, carry inside.
+
+// The sealed payload of a HELLO: what the agent asks of the repeater. The
+// repeater acts on it only once the link is confirmed (the agent's first
+// frame under the link's keys opened), never on the HELLO alone.
+message LinkHello {
+  // The channel's subscription key (uWSGI's \`key\`), as a SUBSCRIBE names it.
+  string channel_key = 1;
+  // Where the repeater sends this link's frames, canonical "a.b.c.d:port" or
+  // "[v6]:port" (the agent's --advertise or its address on the route).
+  string address = 2;
+  // Zero bytes that bring the HELLO to at least 128 bytes, so the WELCOME
+  // (84 bytes) is never larger than the HELLO it answers.
+  bytes padding = 15;
+}
+
+// A channel's group key, from a repeater to one member over the member's
+// link (never under a group key, never on the bus). The repeater seals the
+// channel's live datagrams once per group key; a member opens group frames
+// only of kind CACHE_DATAGRAM and only under a key a GroupKey gave it.
+message GroupKey {
+  string channel_key = 1;
+  // Random, never 0, unique among this repeater's live group keys: the id in
+  // the header of the frames sealed under it.
+  fixed32 key_id = 2;
+  // 32 bytes, a secretbox key drawn by the repeater.
+  bytes key = 3;
+  // Per channel and repeater start, from 1, one more on every replacement; a
+  // member ignores a GroupKey whose epoch is not above the one it holds.
+  uint64 epoch = 4;
+  // A replacement (revocation): the key it replaces, and the first counter
+  // of that key the repeater did NOT seal (it sealed nothing under it after
+  // the reload). The member drops that key's frames from this counter on,
+  // and the key itself after the grace of docs/PROTOCOL.md.
+  fixed32 replaces_key_id = 5;
+  uint64 replaces_until_counter = 6;
+}
+
+// A member's answer over its link: it holds \`key_id\`; from then on the
+// repeater sends it group frames under that key instead of sealing each
+// datagram under the member's link key.
+message GroupKeyAck {
+  string channel_key = 1;
+  fixed32 key_id = 2;
+  uint64 epoch = 3;
+}
 `;
 
 /** proto/live-state.proto: the live state file. */
