@@ -32,7 +32,7 @@ export interface ListenerConfig {
   /**
    * Sealed listeners (`public=`): the address agents reach it at when that is
    * not one of this host's (NAT, a port forward, a UDP proxy); agents' frames
-   * naming it are ours too (repeater/listener-name.ts). Null: none.
+   * naming it are ours too (path/listener-name.ts). Null: none.
    */
   readonly publicAddress?: Endpoint | null;
 }
