@@ -1,4 +1,4 @@
-// The live state on its own (src/repeater/live-state.ts), no sockets: CPU per
+// The live state on its own (src/path/live-state.ts), no sockets: CPU per
 // update and restore time, so a change to the state's data structure can be
 // judged without the noise of a whole repeater. Each figure is the median of
 // --rounds interleaved rounds (CPU time of this process: user + system).
@@ -102,14 +102,15 @@ function reSets(b: Build, traced: boolean): number {
 }
 
 async function load(dir: string, name: string): Promise<Build> {
-  const m = (await import(`${dir}/repeater/live-state.js`)) as { LiveState: Build['LiveState'] };
+  // This build keeps it in path/; builds before the datagram path's redesign in repeater/.
+  const m = (await import(`${dir}/path/live-state.js`).catch(() => import(`${dir}/repeater/live-state.js`))) as { LiveState: Build['LiveState'] };
   const b: { -readonly [K in keyof Build]: Build[K] } = { name, LiveState: m.LiveState };
   try {
     const r = (await import(`${dir}/daemon/live-restore.js`)) as typeof import('../src/daemon/live-restore.js');
     const f = (await import(`${dir}/wire/live-state-file.js`)) as typeof import('../src/wire/live-state-file.js');
     b.restore = (sets) => {
       const file = f.encodeLiveState({ savedAtMs: Date.now(), channels: [{ channel: 'c', sets }] });
-      const state = new m.LiveState(64 << 20) as unknown as import('../src/repeater/live-state.js').LiveState;
+      const state = new m.LiveState(64 << 20) as unknown as import('../src/path/live-state.js').LiveState;
       const job = new r.LiveRestore(file, f.openLiveState(file)!, () => state, () => undefined);
       return timed(async () => {
         job.start();

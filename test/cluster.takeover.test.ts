@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { REPAIR_MARGIN_MS, Takeovers } from '../src/cluster/takeover.js';
 import { Logger } from '../src/base/log.js';
-import type { Channel, Subscriber } from '../src/repeater/channel.js';
+import type { Channel, Subscriber } from '../src/path/channel.js';
 import { decodeBus, encodeBus } from '../src/wire/bus.js';
 
 const TIMEOUT = 1500;

@@ -1,8 +1,8 @@
 // Cluster mode's pure parts, without sockets: the bus codec (wire/bus.ts)
 // round-trips every body, refuses each malformed field and never throws on
-// garbage; rendezvous hashing (gate/rendezvous.ts) is order-free, balanced
+// garbage; rendezvous hashing (judge/rendezvous.ts) is order-free, balanced
 // and moves only a removed candidate's items; the exactly-once memory
-// (gate/copies.ts) pairs copies per ingress: a node's own repetitions pass,
+// (judge/copies.ts) pairs copies per ingress: a node's own repetitions pass,
 // a second ingress's copy does not, in any interleaving; it stays bounded,
 // and its hasher is seeded per instance; the peer table (cluster/peers.ts)
 // learns a clock offset a delayed heartbeat cannot shrink, a clock step from
@@ -10,8 +10,9 @@
 
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { CopyMemory, Hasher, MAX_CONTENTS, MAX_INGRESSES, MAX_KEYS } from '../src/gate/copies.js';
-import { owner } from '../src/gate/rendezvous.js';
+import { KeyedHash } from '../src/judge/keyed-hash.js';
+import { CopyMemory, MAX_CONTENTS, MAX_INGRESSES, MAX_KEYS } from '../src/judge/copies.js';
+import { owner } from '../src/judge/rendezvous.js';
 import { PeerTable } from '../src/cluster/peers.js';
 import { type BusBody, type BusMessage, decodeBus, encodeBus, MAX_BATCH } from '../src/wire/bus.js';
 import { bigintToLong } from '../src/wire/envelope.js';
@@ -244,7 +245,7 @@ describe('wire/bus.ts: the bus codec', () => {
   }
 });
 
-describe('gate/rendezvous.ts: who serves a subscriber', () => {
+describe('judge/rendezvous.ts: who serves a subscriber', () => {
   const ids = (n: number, seed: number): bigint[] => {
     const rand = prng(seed);
     return Array.from({ length: n }, () => randomBuffer(rand, 8).readBigUInt64LE(0) || 1n);
@@ -299,7 +300,7 @@ describe('gate/rendezvous.ts: who serves a subscriber', () => {
   });
 });
 
-describe('gate/copies.ts: copies of one update through two ingresses are delivered once', () => {
+describe('judge/copies.ts: copies of one update through two ingresses are delivered once', () => {
   const MEMORY = 6_000;
   const [A, B, X, DEL] = [101, 102, 103, 104];
   const [R1, R2, R3] = [0n, 0x11n, 0x22n];
@@ -388,10 +389,10 @@ describe('gate/copies.ts: copies of one update through two ingresses are deliver
     assert.ok(r.keys <= MAX_KEYS);
   });
 
-  test('Hasher: seeded per instance, deterministic, range equals subarray', () => {
+  test('KeyedHash: seeded per instance, deterministic, range equals subarray', () => {
     const rand = prng(3);
-    const h1 = new Hasher();
-    const h2 = new Hasher();
+    const h1 = new KeyedHash();
+    const h2 = new KeyedHash();
     const bufs = Array.from({ length: 50 }, (_, i) => randomBuffer(rand, 1 + i * 7));
     let differ = 0;
     for (const b of bufs) {

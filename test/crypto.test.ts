@@ -7,7 +7,7 @@ import { before, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { generateKeyFile, keyIdOf, KeyRing, parseKey, readKeyFile } from '../src/crypto/keyring.js';
 import { NonceSource } from '../src/crypto/nonce.js';
-import { ReplayWindow, WINDOW } from '../src/gate/replay.js';
+import { ReplayWindow, WINDOW } from '../src/judge/replay.js';
 import { BoxKey, knownAnswers, Secretbox, sodiumReady } from '../src/crypto/secretbox.js';
 import sodium from 'libsodium-wrappers';
 import { repoRoot } from './helpers/uwsgi.js';
@@ -17,7 +17,7 @@ import { encodeCacheSet } from '../src/wire/cache.js';
 import { EnvelopeKind, Role } from '../src/wire/envelope.js';
 import { FRAME_HEADER, FRAME_OVERHEAD, FRAME_VERSION, NONCE_BYTES } from '../src/wire/frame.js';
 import { keyDir, newKeyFile } from './helpers/keys.js';
-import { MAX_FENCED_ORIGINS, Membership } from '../src/gate/membership.js';
+import { MAX_FENCED_ORIGINS, Membership } from '../src/judge/membership.js';
 import { decodeEnvelope, encodeEnvelope, bigintToLong } from '../src/wire/envelope.js';
 
 before(() => sodiumReady());
@@ -235,8 +235,8 @@ describe('seal and open', () => {
 
   test('an older release reads a newer Envelope: the schema without receiver and member_from decodes it, ignoring them', async () => {
     const protobuf = (await import('protobufjs')).default;
-    const { PROTO_FILE } = await import('../src/wire/proto.js');
-    const older = readFileSync(PROTO_FILE, 'utf8').replace(/^\s*string receiver = 12;$/m, '').replace(/^\s*uint64 member_from = 13;$/m, '');
+    const { UDPREPEATER_PROTO } = await import('../src/wire/schema.js');
+    const older = UDPREPEATER_PROTO.replace(/^\s*string receiver = 12;$/m, '').replace(/^\s*uint64 member_from = 13;$/m, '');
     assert.ok(!/= 12;|= 13;/.test(older.slice(older.indexOf('message Envelope'), older.indexOf('message TicketSchedule'))), 'the fields were taken out');
     const OlderEnvelope = protobuf.parse(older).root.lookupType('udprepeater.Envelope');
     const sub = { kind: EnvelopeKind.Subscribe, channelKey: 'ssl', sequence: 1, sentAtMs: Date.now(), role: Role.Agent, datagram: null, trace: null, address: '127.0.0.1:4000', receiver: '127.0.0.1:7272' };

@@ -15,7 +15,7 @@ import fc from 'fast-check';
 import { haproxyCommand, MAX_ANSWER_BYTES } from '../src/agent/haproxy-cli.js';
 import { base64Bytes, haproxyKeyLine, haproxyKeysFile, haproxyTicketKey, parseRing, planPushes, pushAccepted, wantedRing } from '../src/agent/haproxy-keys.js';
 import { HaproxySocket } from '../src/agent/haproxy-socket.js';
-import { newTicketKey, nginxTicketKey, TicketKeys } from '../src/crypto/tickets.js';
+import { newTicketKey, nginxTicketKey, TicketKeys } from '../src/crypto/ticket-schedule.js';
 import { LogTap } from './helpers/logtap.js';
 import { agentConfigOf } from './helpers/repeater.js';
 

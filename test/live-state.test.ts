@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { ENTRY_OVERHEAD, type LiveEntry, LiveState, SPARE_MAX_BYTES, TOMBSTONE_MS, TOMBSTONE_OVERHEAD } from '../src/repeater/live-state.js';
-import { SetOrder } from '../src/repeater/live-order.js';
+import { ENTRY_OVERHEAD, type LiveEntry, LiveState, SPARE_MAX_BYTES, TOMBSTONE_MS, TOMBSTONE_OVERHEAD } from '../src/path/live-state.js';
+import { SetOrder } from '../src/path/live-order.js';
 import { Pacer } from '../src/repeater/warm-budget.js';
 import { encodeCacheDelete, encodeCacheSet, forwardForm, inspectCacheUpdate, newShape } from '../src/wire/cache.js';
 

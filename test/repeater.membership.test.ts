@@ -6,17 +6,20 @@
 // subscriber whose subscription named no receiver (an older agent). A real
 // channel, a real sealed gate and real loopback sockets; what the subscriber
 // gets is opened as an agent opens it, and every group frame sealed while it
-// was out is below the number it is told.
+// was out is below the number it is told. The frames leave through the
+// datagram path's out door, as on the live path.
 
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { KeyRing } from '../src/crypto/keyring.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
 import { SecureSession } from '../src/crypto/session.js';
-import { Membership } from '../src/gate/membership.js';
-import { createFanout } from '../src/net/backend.js';
-import { Channel, type Subscriber } from '../src/repeater/channel.js';
-import { SealedGate } from '../src/repeater/sealed-gate.js';
+import { LoopGuard } from '../src/judge/loop-guard.js';
+import { Membership } from '../src/judge/membership.js';
+import { createFanout } from '../src/net/io.js';
+import { Channel, type Subscriber } from '../src/path/channel.js';
+import { DataSeal } from '../src/path/data-seal.js';
+import { OutDoor } from '../src/path/out-door.js';
 import { parseEndpoint, type Endpoint } from '../src/wire/address.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
 import { type Envelope, EnvelopeKind, Role } from '../src/wire/envelope.js';
@@ -35,10 +38,12 @@ const content = encodeCacheSet(Buffer.from('k'), Buffer.from('v'), 0);
 async function setup() {
   const ring = KeyRing.load([newKeyFile()]);
   const repeater = new SecureSession(Role.Repeater);
-  const gate = new SealedGate(repeater, ring, { maxSkewMs: 30_000 });
+  const gate = new DataSeal(repeater, ring, { maxSkewMs: 30_000 });
   const events = { outOfService: () => undefined, outletError: () => undefined };
   const ch = new Channel('ssl', 'ssl', { maxSubscribers: 16, toleranceMs: 60_000, deadAfter: 0, deadRetryMs: 1000, multicastTtl: 1, multicastInterface: null }, fanout, events);
+  const out = new OutDoor(fanout, new LoopGuard(), () => ({ seal: gate, repairDeletes: false, outLimit: 65_507 }));
   ch.sealer = gate;
+  ch.teller = (c, e, from) => out.membership(c, e, from);
   scope.track({ close: () => ch.close() });
   /** A sealed subscriber at a real socket, and what it is sent, opened as an agent opens it. */
   const subscriber = async () => {
@@ -62,7 +67,7 @@ async function setup() {
   let forwarded = 0;
   /** One live datagram to the channel's sealed subscribers; returns how many were forwarded so far. */
   const forward = () => {
-    ch.forward(content, true, gate, { content, trace: null }, null);
+    out.live(ch, content, true, { content, trace: null }, null);
     return ++forwarded;
   };
   return { ch, gate, repeater, subscriber, forward };

@@ -6,9 +6,9 @@ import { chmodSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { STATE_FILE } from '../src/daemon/state-store.js';
+import { REGISTRY_FILE } from '../src/daemon/registry-store.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
-import { decodeState, encodeState } from '../src/wire/state.js';
+import { decodeRegistry, encodeRegistry } from '../src/wire/registry-file.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
 import { eventually, freePort, Receiver } from './helpers/net.js';
 import { Scope } from './helpers/scope.js';
@@ -85,7 +85,7 @@ describe('state across restarts', () => {
     await first.tap.waitFor('subscribed', { address: rx.address });
     const deadline = [...first.handle.repeater.channels.values()][0]!.find(rx.address)!.deadline;
     await first.close();
-    const saved = decodeState(readFileSync(join(dir, STATE_FILE)))!;
+    const saved = decodeRegistry(readFileSync(join(dir, REGISTRY_FILE)))!;
     assert.deepEqual(saved.subscribers.map((s) => [s.address, s.key, s.deadlineMs]), [[rx.address, 'ssl', deadline]]);
 
     const second = await repeater(args);
@@ -106,8 +106,8 @@ describe('state across restarts', () => {
       channel: ch, address, key: 'ssl', sealed: false, firstSeenMs: now - 5000, lastSeenMs: now - 1000, deadlineMs, source: '127.0.0.1', origin: 0n,
     });
     writeFileSync(
-      join(dir, STATE_FILE),
-      encodeState({
+      join(dir, REGISTRY_FILE),
+      encodeRegistry({
         savedAtMs: now,
         subscribers: [
           entry(rx.address, now + 60_000),
@@ -125,7 +125,7 @@ describe('state across restarts', () => {
 
   test('a corrupt state file is reported and the repeater starts empty', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'udprepeater-state-'));
-    writeFileSync(join(dir, STATE_FILE), Buffer.from([0x12, 0xff, 0xff, 0x01]));
+    writeFileSync(join(dir, REGISTRY_FILE), Buffer.from([0x12, 0xff, 0xff, 0x01]));
     const r = await repeater(['--listen', '127.0.0.1:0', '--state-dir', dir]);
     await r.tap.waitFor('saved state is corrupt; starting empty');
   });
@@ -143,7 +143,7 @@ describe('state across restarts', () => {
     const rx = await receiver();
     // Root ignores directory modes; a directory standing where the temp file goes fails for everyone.
     const { mkdirSync } = await import('node:fs');
-    mkdirSync(join(dir, `${STATE_FILE}.tmp`));
+    mkdirSync(join(dir, `${REGISTRY_FILE}.tmp`));
     chmodSync(dir, 0o500);
     await sender.send(sub(rx.address), r.port());
     await r.tap.waitFor('cannot save state; forwarding continues');

@@ -15,7 +15,7 @@ import { Logger } from '../src/base/log.js';
 import { StatusServer } from '../src/daemon/http.js';
 import { newRegistry } from '../src/daemon/metrics.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
-import { encodeState } from '../src/wire/state.js';
+import { encodeRegistry } from '../src/wire/registry-file.js';
 import { encodeSubscription } from '../src/wire/subscription.js';
 import { encodePacket } from '../src/wire/uwsgi.js';
 import { agent, httpGet, keygen, serve } from './helpers/attack.js';
@@ -77,7 +77,7 @@ describe('no crash after start', () => {
     });
     writeFileSync(
       join(dir, 'registry.pb'),
-      encodeState({
+      encodeRegistry({
         savedAtMs: 9e15, // beyond what a Date can hold
         subscribers: [
           entry(rx.address, { deadlineMs: now + 10 * 365 * 86400_000 }), // would never expire

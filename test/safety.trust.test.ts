@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { before, describe, test } from 'node:test';
 import { encodeCacheSet } from '../src/wire/cache.js';
 import { encodeLiveState } from '../src/wire/live-state-file.js';
-import { encodeTicketSchedule } from '../src/wire/tickets.js';
+import { encodeTicketSchedule } from '../src/wire/ticket-codec.js';
 import { keygen } from './helpers/attack.js';
 import { Daemon } from './helpers/daemon.js';
 import { freePort } from './helpers/net.js';

@@ -213,7 +213,7 @@ describe('secure mode over loopback', () => {
     assert.ok(sent >= 800, `only ${sent} datagrams were sent during the rotation`);
     for (let i = 0; i < sent; i++) assert.deepEqual(got[i], set(`k${i}`, 'v'), `datagram ${i}`);
     assert.equal(dropped(r, 'unknown_key') + dropped(r, 'auth_failed'), 0);
-    assert.deepEqual(r.handle.repeater.sealedGate!.keyIds().length, 1);
+    assert.deepEqual(r.handle.repeater.dataSeal!.keyIds().length, 1);
   });
 });
 

@@ -13,12 +13,12 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import fc from 'fast-check';
 import { Logger } from '../src/base/log.js';
-import { beyondHorizon, keysHeld, MAX_TICKET_LEAD_MS, newTicketKey, nginxTicketKey, nodeTicketKey, TICKET_HORIZON_SLACK_MS, TicketKeys } from '../src/crypto/tickets.js';
+import { beyondHorizon, keysHeld, MAX_TICKET_LEAD_MS, newTicketKey, nginxTicketKey, nodeTicketKey, TICKET_HORIZON_SLACK_MS, TicketKeys } from '../src/crypto/ticket-schedule.js';
 import { TicketStore } from '../src/daemon/ticket-store.js';
-import { TicketService } from '../src/repeater/tickets.js';
+import { TicketService } from '../src/repeater/ticket-service.js';
 import { bigintToLong } from '../src/wire/longs.js';
 import { decodeEnvelope, encodeEnvelope, EnvelopeKind, Role } from '../src/wire/envelope.js';
-import { decodeTicketSchedule, encodeTicketSchedule, MAX_TICKET_KEYS, type TicketKey, ticketsFromProto } from '../src/wire/tickets.js';
+import { decodeTicketSchedule, encodeTicketSchedule, MAX_TICKET_KEYS, type TicketKey, ticketsFromProto } from '../src/wire/ticket-codec.js';
 
 const H = 3_600_000;
 const NOW = 1_796_000_000_000;
@@ -149,7 +149,7 @@ test('the horizon: a key further ahead than one rotation, or living longer than 
 
 test('the repeater refuses and counts keys beyond its horizon, from the bus and from tickets.pb; the others are merged', () => {
   const now = Date.now();
-  const s = new TicketService(P, { channels: () => [], gate: () => null, store: null, log: quiet });
+  const s = new TicketService(P, { channels: () => [], send: () => 0, store: null, log: quiet });
   try {
     s.start([{ ...newTicketKey(now + 5 * H, now + 7 * H, now - H), id: 11n }]);
     assert.deepEqual(s.refused, { file: 1, bus: 0 });
@@ -202,7 +202,7 @@ test('a tickets.pb holding 16 future keys starts with a key that encrypts', () =
   const cur = Math.floor(now / H) * H;
   try {
     new TicketStore(dir, quiet).save(Array.from({ length: MAX_TICKET_KEYS }, (_, i) => ({ ...newTicketKey(cur + (i + 1) * H, cur + (i + 3) * H, now - H), id: BigInt(i + 1) })));
-    const s = new TicketService(P, { channels: () => [], gate: () => null, store: null, log: quiet });
+    const s = new TicketService(P, { channels: () => [], send: () => 0, store: null, log: quiet });
     try {
       s.start(new TicketStore(dir, quiet).load());
       const v = s.keys.view(Date.now());

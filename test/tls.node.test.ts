@@ -230,7 +230,7 @@ describe('Node.js servers share TLS sessions through a repeater', { skip, timeou
     const { KeyRing } = await import('../src/crypto/keyring.js');
     const { SecureSession } = await import('../src/crypto/session.js');
     const { EnvelopeKind, Role } = await import('../src/wire/envelope.js');
-    const { newTicketKey } = await import('../src/crypto/tickets.js');
+    const { newTicketKey } = await import('../src/crypto/ticket-schedule.js');
     const other = KeyRing.load([await keygen()]);
     const ours = KeyRing.load([key]);
     const fake = [newTicketKey(Date.now() - 1000, Date.now() + 3_600_000, 1)];

@@ -531,7 +531,7 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
   return sample;
 }
 
-/** What the repeater counts per entry beyond its datagram and key (src/repeater/live-state.ts, ENTRY_OVERHEAD): for sizing only. */
+/** What the repeater counts per entry beyond its datagram and key (src/path/live-state.ts, ENTRY_OVERHEAD): for sizing only. */
 export const ENTRY_OVERHEAD_GUESS = 640;
 
 /** Run ids of the fill traffic: never armed at the receivers (counted as foreign there). */

@@ -19,38 +19,35 @@
 // datagram on --local is a forwarder's, never the node's: it is dropped unjudged,
 // so it cannot mark as seen the trace of a sealed copy the node is owed.
 
-import type { Socket } from 'node:dgram';
-import { describe } from '../base/errors.js';
 import type { Logger } from '../base/log.js';
-import { ChannelStats, D, FANOUT_BUCKETS, FastHistogram, K } from '../base/stats.js';
+import { ChannelStats, DropSlot, FANOUT_BUCKETS, FastHistogram, KindSlot } from '../base/stats.js';
 import type { AgentConfig } from '../config/agent-config.js';
 import { KeyRing } from '../crypto/keyring.js';
 import type { SecureSession } from '../crypto/session.js';
-import { LoopGuard } from '../gate/loop-guard.js';
-import { Membership } from '../gate/membership.js';
-import { createFanout, DEFAULT_BACKEND, openListener } from '../net/backend.js';
-import { bindUdp } from '../net/dgram-listener.js';
-import type { Backend, DatagramListener, Fanout, Outlet, Source } from '../net/io.js';
-import { advertiseAddress } from '../net/local.js';
-import { canonicalIp, type Endpoint, formatEndpoint } from '../wire/address.js';
-import { contentOf, forwardForm, inspectCacheUpdate, newShape } from '../wire/cache.js';
+import { LoopGuard } from '../judge/loop-guard.js';
+import { ChannelMember, type MemberConfig, type MemberEvents, type MemberSeal } from '../member/channel-member.js';
+import { type Backend, createFanout, type DatagramListener, DEFAULT_BACKEND, type Fanout, openListener, type Outlet, type Source } from '../net/io.js';
+import { forwardForm, inspectCacheUpdate, newShape, contentOf } from '../wire/cache.js';
 import { EnvelopeKind } from '../wire/envelope.js';
-import { LocalSenders } from './local-senders.js';
-import { TicketFiles } from './ticket-files.js';
-import { AgentHints } from './hints.js';
 import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
 import { readTrace, type TraceFields } from '../wire/trace.js';
 import { peekKind } from '../wire/uwsgi.js';
+import { AgentHints } from './hints.js';
+import { LocalSenders } from './local-senders.js';
+import { TicketFiles } from './ticket-files.js';
 
-interface Link {
-  readonly repeater: Endpoint;
-  /** Where this repeater should send to reach us (named in every subscription). */
-  advertise: string | null;
-  /** The name its frames for us carry (our advertise), and from which of its sequences we are a member. */
-  readonly me: Membership;
-  sent: number;
-  received: number;
-  lastFrameAt: number;
+/** The member's part of an agent config. */
+function memberConfig(c: AgentConfig): MemberConfig {
+  return {
+    repeaters: c.repeaters,
+    bind: c.bind,
+    advertise: c.advertise,
+    channelKey: c.channelKey,
+    maxSkewMs: c.maxSkewMs,
+    maxDatagram: c.maxDatagram,
+    subscribeIntervalMs: c.subscribeIntervalMs,
+    port: { recvBuffer: c.recvBuffer, sendBuffer: c.sendBuffer, sendQueue: c.sendQueue },
+  };
 }
 
 export class Agent {
@@ -60,16 +57,14 @@ export class Agent {
   readonly toNode = new ChannelStats();
   readonly fanoutTime = new FastHistogram(FANOUT_BUCKETS);
   readonly loops = new LoopGuard();
-  announcesSent = 0;
 
   private fanout!: Fanout;
   /** Null: no node on this host (ticket keys only). */
   private deliver: Outlet | null = null;
   private local!: DatagramListener;
-  private socket!: Socket;
-  /** Per repeater, by host and port: each gets our subscriptions and updates. */
-  private links = new Map<string, Link>();
-  private timer: NodeJS.Timeout | null = null;
+  /** The channel membership: one port to every repeater, announces, sealed intake (member/channel-member.ts). */
+  private member!: ChannelMember;
+  private readonly seal: MemberSeal;
   private closed = false;
   private readonly shape = newShape();
   /** nginx ticket key files (--ticket-key-dir); null when not asked for. */
@@ -81,45 +76,66 @@ export class Agent {
 
   private constructor(
     private config: AgentConfig,
-    private ring: KeyRing,
-    private readonly session: SecureSession,
+    ring: KeyRing,
+    session: SecureSession,
     private readonly log: Logger,
     readonly backend: Backend,
   ) {
+    this.seal = { session, ring };
     this.senders = new LocalSenders({ uids: config.nodeUids, deliver: config.deliver }, log);
-    this.hints = new AgentHints(log, () => this.links.values());
+    this.hints = new AgentHints(log, () => this.member?.linkList() ?? []);
   }
 
   static async start(config: AgentConfig, log: Logger, session: SecureSession, backend: Backend = DEFAULT_BACKEND): Promise<Agent> {
     const agent = new Agent(config, KeyRing.load(config.keyFiles), session, log, backend);
     try {
-      agent.socket = await agent.bindSocket(config);
+      agent.member = await ChannelMember.open(memberConfig(config), agent.seal, agent.memberEvents(), log);
       try {
         agent.local = await agent.bindLocal(config);
       } catch (err) {
-        agent.socket.close();
+        await agent.member.close();
         throw err;
       }
     } catch (err) {
-      agent.ring.destroy();
+      agent.seal.ring.destroy();
       throw err;
     }
     agent.fanout = createFanout(backend, { sendBuffer: config.sendBuffer, sendQueue: config.sendQueue });
     agent.setTicketFiles(config);
     agent.deliver = agent.openDeliver(config);
-    await agent.setRepeaters(config);
     agent.log.info('agent started', {
       local: config.local.text,
       deliver: config.deliver?.text ?? null,
       repeaters: config.repeaters.map((r) => r.text),
-      advertised: [...agent.links.values()].map((l) => l.advertise),
+      advertised: agent.member.linkList().map((l) => l.advertise),
       channelKey: config.channelKey,
-      keys: agent.ring.describe(),
+      keys: agent.seal.ring.describe(),
       origin: session.origin.toString(16),
       backend,
     });
-    agent.schedule();
+    agent.member.start();
     return agent;
+  }
+
+  /** What the agent does with what its channel membership brings in. */
+  private memberEvents(): MemberEvents {
+    const st = this.toNode;
+    return {
+      arrived: (bytes) => {
+        st.bytesReceived += bytes;
+        st.received[KindSlot.sealed]++;
+      },
+      drop: (reason) => st.dropped[DropSlot[reason]]++,
+      stranger: (msg, source) => this.hints.stranger(msg, source, this.config.bind.text),
+      announcing: () => this.hints.review(),
+      announced: (repeater) => this.hints.announced(repeater.text),
+      tickets: (keys) => {
+        if (this.ticketFiles === null) return false;
+        this.ticketFiles.receive(keys);
+        return true;
+      },
+      datagram: (d, trace) => this.toTheNode(d, trace),
+    };
   }
 
   get current(): AgentConfig {
@@ -127,17 +143,21 @@ export class Agent {
   }
 
   get keyIds(): string[] {
-    return this.ring.describe().map((k) => k.id);
+    return this.seal.ring.describe().map((k) => k.id);
+  }
+
+  /** Announces sent to the repeaters. */
+  get announcesSent(): number {
+    return this.member.announces;
   }
 
   /** The bound address of the socket that talks to the repeaters. */
   get socketAddress(): string {
-    const a = this.socket.address();
-    return formatEndpoint(canonicalIp(a.address)?.host ?? a.address, a.port);
+    return this.member.bound;
   }
 
   repeaterLinks(): Array<{ repeater: string; advertise: string | null; sent: number; received: number; lastFrameAt: string | null }> {
-    return [...this.links.values()].map((l) => ({
+    return this.member.linkList().map((l) => ({
       repeater: l.repeater.text,
       advertise: l.advertise,
       sent: l.sent,
@@ -146,47 +166,14 @@ export class Agent {
     }));
   }
 
-  /** Where `repeater` should send: --advertise, else our address on the route to it and the socket's port. */
-  private advertiseFor(repeater: Endpoint): Promise<string> {
-    return advertiseAddress(this.socket, repeater, this.config.advertise);
-  }
-
-  private async setRepeaters(config: AgentConfig): Promise<void> {
-    const next = new Map<string, Link>();
-    for (const r of config.repeaters) {
-      const link = this.links.get(r.text) ?? newLink(r);
-      try {
-        link.advertise = await this.advertiseFor(r);
-      } catch (err) {
-        // No route now: the announce is retried every interval.
-        this.log.warn('no route to a repeater; will retry', { repeater: r.text, error: describe(err) });
-        link.advertise = null;
-      }
-      next.set(r.text, link);
-    }
-    this.links = next;
-  }
-
-  private bindSocket(config: AgentConfig): Promise<Socket> {
-    return bindUdp(config.bind, { recvBuffer: config.recvBuffer, multicast: false, multicastInterface: null }, (msg, from) => this.guarded(this.toNode, () => this.onSealed(msg, from))).then(
-      (sock) => {
-        if (config.sendBuffer > 0) sock.setSendBufferSize(config.sendBuffer);
-        sock.on('error', (err) => this.log.throttle('warn', 'repeater-socket', 'socket error (repeater side)', { error: err.message }));
-        return sock;
-      },
-    );
-  }
-
   private bindLocal(config: AgentConfig): Promise<DatagramListener> {
-    return openListener(this.backend, config.local, { recvBuffer: config.recvBuffer, multicastInterface: null }, (msg, from) =>
-      this.guarded(this.toRepeater, () => this.onLocal(msg, from)),
-    );
+    return openListener(this.backend, config.local, { recvBuffer: config.recvBuffer, multicastInterface: null }, (msg, from) => this.fromTheNode(msg, from));
   }
 
   private openDeliver(config: AgentConfig): Outlet | null {
     if (config.deliver === null) return null;
     return this.fanout.open(config.deliver, (o, code, _fault, lostLater) => {
-      if (lostLater) this.toNode.dropped[D.send_error]++;
+      if (lostLater) this.toNode.dropped[DropSlot.send_error]++;
       this.log.throttle('warn', 'deliver', 'node unreachable', { deliver: o.endpoint.text, error: code });
     });
   }
@@ -205,10 +192,10 @@ export class Agent {
     const ring = KeyRing.load(next.keyFiles);
     const old = this.config;
     let local: DatagramListener | null = null;
-    let socket: Socket | null = null;
     try {
       if (next.local.text !== old.local.text) local = await this.bindLocal(next);
-      if (next.bind.text !== old.bind.text) socket = await this.bindSocket(next);
+      // A new --bind opens its port first: a failure leaves the running one.
+      await this.member.reconfigure(memberConfig(next));
     } catch (err) {
       await local?.close();
       ring.destroy();
@@ -216,15 +203,11 @@ export class Agent {
     }
     this.setTicketFiles(next);
     this.config = next;
-    this.ring.destroy();
-    this.ring = ring;
+    this.seal.ring.destroy();
+    this.seal.ring = ring;
     if (local !== null) {
       void this.local.close();
       this.local = local;
-    }
-    if (socket !== null) {
-      this.socket.close();
-      this.socket = socket;
     }
     if (next.deliver?.text !== old.deliver?.text) {
       this.deliver?.close();
@@ -233,63 +216,7 @@ export class Agent {
     if (next.deliver?.text !== old.deliver?.text || String(next.nodeUids) !== String(old.nodeUids)) {
       this.senders.configure({ uids: next.nodeUids, deliver: next.deliver });
     }
-    await this.setRepeaters(next);
-    this.schedule();
-    this.log.info('config applied', { keys: this.ring.describe(), repeaters: next.repeaters.map((r) => r.text) });
-  }
-
-  /** Sends one frame to every repeater; returns how many took it. */
-  private toRepeaters(frame: Buffer): number {
-    if (this.socket.getSendQueueCount() >= this.config.sendQueue) return 0;
-    let n = 0;
-    for (const l of this.links.values()) {
-      this.socket.send(frame, l.repeater.port, l.repeater.host);
-      l.sent++;
-      n++;
-    }
-    return n;
-  }
-
-  /** A repeater sends from sockets of its own, not its listener: matched by host (several on one host: the first, unless one has that port). */
-  private linkFrom(from: Source): Link | undefined {
-    let first: Link | undefined;
-    for (const l of this.links.values()) {
-      if (l.repeater.host !== from.address) continue;
-      if (l.repeater.port === from.port) return l;
-      first ??= l;
-    }
-    return first;
-  }
-
-  private schedule(): void {
-    if (this.timer !== null) clearInterval(this.timer);
-    this.announceAll(EnvelopeKind.Subscribe);
-    this.timer = setInterval(() => this.announceAll(EnvelopeKind.Subscribe), this.config.subscribeIntervalMs);
-  }
-
-  /** A subscription sealed for one repeater alone: it names that repeater as --repeater gives it. */
-  private frameFor(kind: EnvelopeKind, address: string, repeater: Endpoint): Buffer | null {
-    return this.session.seal(this.ring, { kind, channelKey: this.config.channelKey, datagram: null, address, receiver: repeater.text });
-  }
-
-  /** One subscription per repeater, each naming where that repeater reaches us. */
-  private announceAll(kind: EnvelopeKind): void {
-    this.hints.review();
-    for (const l of this.links.values()) {
-      if (l.advertise === null) {
-        void this.advertiseFor(l.repeater).then(
-          (a) => (l.advertise = a),
-          () => undefined,
-        );
-        continue;
-      }
-      const frame = this.frameFor(kind, l.advertise, l.repeater);
-      if (frame === null) continue;
-      this.socket.send(frame, l.repeater.port, l.repeater.host);
-      l.sent++;
-      this.announcesSent++;
-      this.hints.announced(l.repeater.text);
-    }
+    this.log.info('config applied', { keys: this.seal.ring.describe(), repeaters: next.repeaters.map((r) => r.text) });
   }
 
   /**
@@ -301,17 +228,17 @@ export class Agent {
    */
   rejoin(): void {
     if (this.closed) return;
-    this.announceAll(EnvelopeKind.Unsubscribe);
-    this.announceAll(EnvelopeKind.Subscribe);
-    this.log.info('announced as new to the repeaters: the node will be warmed', { repeaters: [...this.links.values()].map((l) => l.repeater.text) });
+    this.member.announceAll(EnvelopeKind.Unsubscribe);
+    this.member.announceAll(EnvelopeKind.Subscribe);
+    this.log.info('announced as new to the repeaters: the node will be warmed', { repeaters: this.member.linkList().map((l) => l.repeater.text) });
   }
 
   /** A datagram that makes the code throw (a bug) is dropped, counted and logged, never fatal. */
-  private guarded(st: ChannelStats, handler: () => void): void {
+  private fromTheNode(msg: Buffer, from: Source): void {
     try {
-      handler();
+      this.onLocal(msg, from);
     } catch (err) {
-      st.dropped[D.internal_error]++;
+      this.toRepeater.dropped[DropSlot.internal_error]++;
       this.log.throttle('error', 'internal-error', 'internal error handling a datagram; dropped', { error: (err as Error).message, stack: (err as Error).stack });
     }
   }
@@ -328,139 +255,75 @@ export class Agent {
     const kind = peekKind(msg);
     st.received[kind]++;
     if (!this.senders.judge(from)) {
-      st.dropped[D.not_node]++;
+      st.dropped[DropSlot.not_node]++;
       return;
     }
     if (msg.length > this.config.maxDatagram) {
-      st.dropped[D.too_large]++;
+      st.dropped[DropSlot.too_large]++;
       return;
     }
     const s = this.shape;
     const bad = inspectCacheUpdate(msg, s);
     if (bad !== undefined) {
-      st.dropped[D[bad]]++;
-      if (kind === K.subscribe || kind === K.unsubscribe) {
+      st.dropped[DropSlot[bad]]++;
+      if (kind === KindSlot.subscribe || kind === KindSlot.unsubscribe) {
         this.log.throttle('info', 'node-subscribes', 'the node sends uWSGI subscriptions to the agent; they are not needed behind an agent', { source: from.address }, 600_000);
       }
       return;
     }
     if (s.traceAt >= 0) {
-      st.dropped[readTrace(msg, s.traceAt) === null ? D.malformed : D.loop]++;
+      st.dropped[readTrace(msg, s.traceAt) === null ? DropSlot.malformed : DropSlot.loop]++;
       return;
     }
-    const trace = this.loops.stamp();
-    const frame = this.session.seal(this.ring, { kind: EnvelopeKind.CacheDatagram, channelKey: this.config.channelKey, datagram: contentOf(msg, s), trace, address: null });
-    if (frame === null) {
-      st.dropped[D.too_large]++;
+    const out = this.member.publish(contentOf(msg, s), this.loops.stamp());
+    if (out === null) {
+      st.dropped[DropSlot.too_large]++;
       return;
     }
-    const sent = this.toRepeaters(frame);
-    if (sent === 0) st.dropped[D.queue_full]++;
-    st.forwarded += sent;
-    st.bytesForwarded += sent * frame.length;
+    if (out.sent === 0) st.dropped[DropSlot.queue_full]++;
+    st.forwarded += out.sent;
+    st.bytesForwarded += out.sent * out.bytes;
     this.fanoutTime.observe((performance.now() - t0) / 1000);
   }
 
-  private onSealed(msg: Buffer, from: Source): void {
+  /** A cache datagram a repeater sealed (opened and checked by the member): judged, then handed to the node. */
+  private toTheNode(d: Buffer, arrived: TraceFields | null): void {
     const st = this.toNode;
-    st.bytesReceived += msg.length;
-    st.received[K.sealed]++;
-    const link = this.linkFrom(from);
-    if (link === undefined) {
-      st.dropped[D.not_allowed]++;
-      this.hints.stranger(msg, from.address, this.config.bind.text);
-      return;
-    }
-    if (msg.length > this.config.maxDatagram) {
-      st.dropped[D.too_large]++;
-      return;
-    }
-    // Frames sealed for another receiver, and group frames sealed before we were a member, are refused here.
-    const env = this.session.open(this.ring, msg, this.config.maxSkewMs, Date.now(), link.me);
-    if (typeof env === 'string') {
-      st.dropped[D[env]]++;
-      return;
-    }
-    if (env.channelKey !== this.config.channelKey) {
-      st.dropped[D.key_mismatch]++;
-      return;
-    }
-    if (env.kind === EnvelopeKind.Membership) {
-      link.me.raise(env.origin, env.memberFrom!);
-      link.received++;
-      link.lastFrameAt = Date.now();
-      return;
-    }
-    if (env.kind === EnvelopeKind.TicketKeys && this.ticketFiles !== null) {
-      link.received++;
-      link.lastFrameAt = Date.now();
-      this.ticketFiles.receive(env.tickets!);
-      return;
-    }
-    if (env.kind !== EnvelopeKind.CacheDatagram) {
-      st.dropped[D.unknown_command]++;
-      return;
-    }
-    link.received++;
-    link.lastFrameAt = Date.now();
     if (this.deliver === null) {
-      st.dropped[D.no_subscribers]++;
+      st.dropped[DropSlot.no_subscribers]++;
       return;
     }
-    const d = env.datagram!;
     const s = this.shape;
     const bad = inspectCacheUpdate(d, s);
     if (bad !== undefined || s.traceAt >= 0) {
-      st.dropped[D[bad ?? 'malformed']]++;
+      st.dropped[DropSlot[bad ?? 'malformed']]++;
       return;
     }
-    const trace = this.traceFor(env.trace);
+    const trace = this.traceFor(arrived);
     if (typeof trace === 'string') {
-      st.dropped[D[trace]]++;
+      st.dropped[DropSlot[trace]]++;
       return;
     }
     const out = forwardForm(d, s, this.config.repairDeletes, trace, Math.min(this.config.maxDatagram, MAX_UDP_PAYLOAD));
     if (out === 'too_large') {
-      st.dropped[D.too_large]++;
+      st.dropped[DropSlot.too_large]++;
       return;
     }
     if (this.deliver.send(out)) {
       st.forwarded++;
       st.bytesForwarded += out.length;
-    } else st.dropped[D.queue_full]++;
+    } else st.dropped[DropSlot.queue_full]++;
   }
 
   /** Says goodbye to the repeaters (unsubscribe), then closes everything. */
   async stop(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (this.timer !== null) clearInterval(this.timer);
-    const byes = [...this.links.values()].flatMap((l) => {
-      const bye = l.advertise === null ? null : this.frameFor(EnvelopeKind.Unsubscribe, l.advertise, l.repeater);
-      return bye === null ? [] : [sendAndWait(this.socket, bye, l.repeater.port, l.repeater.host)];
-    });
-    for (const r of await Promise.allSettled(byes)) if (r.status === 'rejected') this.log.warn('unsubscribe not sent', { error: describe(r.reason) });
-    this.socket.close();
+    await this.member.leave();
     this.deliver?.close();
     await this.local.close();
     await this.fanout.close();
-    this.ring.destroy();
+    this.seal.ring.destroy();
     this.ticketFiles?.close();
   }
-}
-
-function newLink(repeater: Endpoint): Link {
-  const link: Link = { repeater, advertise: null, me: new Membership(() => link.advertise), sent: 0, received: 0, lastFrameAt: 0 };
-  return link;
-}
-
-function sendAndWait(sock: Socket, buf: Buffer, port: number, host: string, ms = 1000): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`send to ${host}:${port} timed out`)), ms);
-    sock.send(buf, port, host, (err) => {
-      clearTimeout(t);
-      if (err) reject(err);
-      else resolve();
-    });
-  });
 }

@@ -14,15 +14,15 @@
 //   old next key encrypts, the old encrypting key becomes the previous one.
 //
 // Invariants:
-// - The ring wanted is the fleet's [older, encrypting, next] (tickets.ts
+// - The ring wanted is the fleet's [older, encrypting, next] (crypto/ticket-schedule.ts
 //   view); a missing older or next is the encrypting key again. So the key
 //   HAProxy encrypts with is the fleet's, and the next key already decrypts.
 //   HAProxy holds one older key: with --ticket-lifetime above --ticket-rotate
 //   the oldest keys still decrypting elsewhere are left out.
 // - Secrets stay in Buffers (base64 included), so their holders can zero them.
 
-import type { TicketKey } from '../wire/tickets.js';
-import { nginxTicketKey, type TicketView } from '../crypto/tickets.js';
+import type { TicketKey } from '../wire/ticket-codec.js';
+import { nginxTicketKey, type TicketView } from '../crypto/ticket-schedule.js';
 
 /** Keys in an HAProxy ring (its build default, TLS_TICKETS_NO). */
 export const HAPROXY_RING = 3;

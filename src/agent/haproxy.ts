@@ -16,7 +16,7 @@ import { describe } from '../base/errors.js';
 import { writeAtomically } from '../base/files.js';
 import type { Logger } from '../base/log.js';
 import type { TicketFilesConfig } from '../config/agent-config.js';
-import { ticketKeyId, type TicketView } from '../crypto/tickets.js';
+import { ticketKeyId, type TicketView } from '../crypto/ticket-schedule.js';
 import { haproxyKeyLine, haproxyKeysFile, wantedRing } from './haproxy-keys.js';
 import { HaproxySocket } from './haproxy-socket.js';
 

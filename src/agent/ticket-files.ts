@@ -34,8 +34,8 @@ import { writeAtomically } from '../base/files.js';
 import type { Logger } from '../base/log.js';
 import { readTrusted } from '../base/trust.js';
 import type { TicketFilesConfig } from '../config/agent-config.js';
-import { nginxTicketKey, ticketKeyId, TicketKeys } from '../crypto/tickets.js';
-import type { TicketKey } from '../wire/tickets.js';
+import { nginxTicketKey, ticketKeyId, TicketKeys } from '../crypto/ticket-schedule.js';
+import type { TicketKey } from '../wire/ticket-codec.js';
 import { HaproxyFeed } from './haproxy.js';
 
 /** Output of the reload command kept for the log. */

@@ -1,6 +1,6 @@
 // Hints: the likely misconfiguration behind datagrams that are dropped, said
 // in a log line and in /healthz instead of only counted. The repeater and
-// the agent each define their kinds (repeater/hints.ts, agent/hints.ts).
+// the agent each define their kinds (path/drop-hints.ts, agent/hints.ts).
 //
 // Cost and bounds: `note` is called only on drop paths already taken; it
 // does one map lookup and a few increments, and logs at most once per source

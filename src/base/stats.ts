@@ -5,7 +5,7 @@
 /** What arrived, judged by the header alone. */
 export const KINDS = ['set', 'delete', 'subscribe', 'unsubscribe', 'sealed', 'other'] as const;
 export type Kind = (typeof KINDS)[number];
-export const K = indexOf(KINDS);
+export const KindSlot = indexOf(KINDS);
 
 /** Why a datagram (or one output copy, for queue_full and send_error) was not forwarded. */
 export const DROP_REASONS = [
@@ -61,11 +61,11 @@ export const DROP_REASONS = [
   'internal_error',
 ] as const;
 export type DropReason = (typeof DROP_REASONS)[number];
-export const D = indexOf(DROP_REASONS);
+export const DropSlot = indexOf(DROP_REASONS);
 
 export const EVENTS = ['subscribe', 'refresh', 'unsubscribe', 'expire', 'reject', 'evict', 'suspend', 'resume'] as const;
 export type SubscriptionEvent = (typeof EVENTS)[number];
-export const E = indexOf(EVENTS);
+export const EventSlot = indexOf(EVENTS);
 
 function indexOf<T extends string>(names: readonly T[]): Readonly<Record<T, number>> {
   const out = {} as Record<T, number>;
@@ -98,16 +98,17 @@ export class FastHistogram {
     this.counts = new Float64Array(bounds.length);
   }
 
-  observe(v: number): void {
+  /** Records `n` observations of `v` (a batch of datagrams that took the same time). */
+  observe(v: number, n = 1): void {
     const b = this.bounds;
     for (let i = 0; i < b.length; i++) {
       if (v <= b[i]!) {
-        this.counts[i]++;
+        this.counts[i] += n;
         break;
       }
     }
-    this.sum += v;
-    this.count++;
+    this.sum += v * n;
+    this.count += n;
   }
 }
 

@@ -1,15 +1,18 @@
 // Cluster mode: several repeaters act as one over a NATS bus
 // (docs/PROTOCOL.md, "The cluster bus"; README, "Cluster mode").
 //
+// The cluster plugs into the datagram path's doors (path/ports.ts): the
+// path publishes through it what its in door accepted from listeners
+// (BusDoor), and what comes off the bus enters the path's in door, one bus
+// message one batch (receive.ts).
+//
 // Invariants:
 // - One fan-out: every datagram a repeater accepts from its own listeners is
 //   forwarded to the subscribers it serves and published once on the bus;
 //   every other repeater forwards it to the subscribers it serves. What comes
 //   off the bus is never published again, so no topology can loop it.
-// - Exactly one server per subscriber: each repeater tells the others which
-//   subscribers it heard (and until when); the server of a subscriber is the
-//   rendezvous-hash winner among the live repeaters that heard it. Every
-//   repeater computes the same winner from the same facts, without a vote.
+// - Exactly one server per subscriber (ownership.ts): the rendezvous-hash
+//   winner among the live repeaters that heard it.
 // - Liveness: a heartbeat every peerTimeout/3; a repeater not heard from for
 //   peerTimeout is dead and the subscribers it served move to another that
 //   heard them. With the bus down, every peer is soon dead, so each repeater
@@ -24,7 +27,7 @@
 //   meanwhile is held until the peers said whether they took over
 //   (resume.ts).
 // - An update that came in through two repeaters (a node listing both) is
-//   delivered once: gate/copies.ts, in the repeater, pairs copies per
+//   delivered once: judge/copies.ts, in the repeater, pairs copies per
 //   ingress for the memory (maxAgeMs + --cluster-dedup-window), which
 //   outlasts the oldest bus datagram still delivered.
 // - The bus is untrusted: with keys, every message is a sealed frame (its own
@@ -46,11 +49,11 @@ import { randomBytes } from 'node:crypto';
 import { describe } from '../base/errors.js';
 import type { Logger } from '../base/log.js';
 import type { ClusterConfig } from '../config/cluster-config.js';
-import { owner } from '../gate/rendezvous.js';
-import type { Channel, Subscriber } from '../repeater/channel.js';
+import { owner } from '../judge/rendezvous.js';
+import type { Channel, Subscriber } from '../path/channel.js';
 import type { ClusterPort } from '../repeater/cluster-port.js';
-import type { EntryChange } from '../repeater/registry.js';
-import type { TicketService } from '../repeater/tickets.js';
+import type { EntryChange } from '../path/registry.js';
+import type { TicketService } from '../repeater/ticket-service.js';
 import type { Repeater } from '../repeater/repeater.js';
 import { type BusBody, type BusMessage, decodeBus, encodeBus } from '../wire/bus.js';
 import type { TraceFields } from '../wire/trace.js';
@@ -59,7 +62,8 @@ import { Outbox } from './outbox.js';
 import { ClusterCounters } from './counters.js';
 import type { BusSeal } from './bus-seal.js';
 import { degradedBecause, livePeerViews, type PeerView } from './health.js';
-import { HeardTable, idOf } from './heard.js';
+import { HeardTable } from './heard.js';
+import { Ownership } from './ownership.js';
 import { copyMemoryMs, maxAgeMs, PeerTable } from './peers.js';
 import { type Receiving, takeAnnouncement, takeDatagrams } from './receive.js';
 import { Resume, type ResumeHost } from './resume.js';
@@ -98,6 +102,8 @@ export class Cluster implements ClusterPort {
   readonly stateAnswers: StateAnswers;
   /** What a repeater that takes over subscribers sends them. */
   private readonly takeovers: Takeovers;
+  /** Who serves which subscriber. */
+  private readonly ownership: Ownership;
 
   /** @param seal the bus's sealing (null only with --cluster-insecure). */
   constructor(
@@ -113,6 +119,7 @@ export class Cluster implements ClusterPort {
     this.outbox = new Outbox((body, channel) => this.send(body, this.subject.data(channel)), this.counters);
     this.peers = new PeerTable(this.id, cfg.peerTimeoutMs);
     this.peers.onForget = (peer) => this.heard.forgetPeer(peer);
+    this.ownership = new Ownership(this.id, this.peers, this.heard, repeater, () => this.takeovers, this.counters, log);
     const resumeHost: ResumeHost = {
       log,
       peers: this.peers,
@@ -124,7 +131,7 @@ export class Cluster implements ClusterPort {
       },
     };
     this.resume = new Resume(this.id, resumeHost, cfg.peerTimeoutMs);
-    this.receiving = { peers: this.peers, heard: this.heard, repeater, counters: this.counters, maxAgeMs: maxAgeMs(cfg), reassignOne: (c, sealed, a, now, warmed) => this.reassignOne(c, sealed, a, now, warmed) };
+    this.receiving = { peers: this.peers, heard: this.heard, repeater, counters: this.counters, maxAgeMs: maxAgeMs(cfg), reassignOne: (c, sealed, a, now, warmed) => this.ownership.reassignOne(c, sealed, a, now, warmed) };
     const host: StateHost = {
       id: this.id,
       log,
@@ -133,7 +140,8 @@ export class Cluster implements ClusterPort {
       send: (body, subject) => this.send(body, subject),
       controlSubject: this.subject.control,
       stateSubject: (requester) => this.subject.state(requester),
-      readyPeers: () => this.readyPeers(),
+      // Live peers holding the state, steadiest first (on the bus without a gap for longest: it missed nothing since).
+      readyPeers: () => this.peers.readyPeers(),
     };
     // Each step of the fetch is bounded by the peer timeout: a live peer heartbeats three times within it.
     this.stateFetch = new StateFetch(host, cfg.peerTimeoutMs);
@@ -171,7 +179,7 @@ export class Cluster implements ClusterPort {
     this.timer = setInterval(() => this.tick(), this.cfg.peerTimeoutMs / 3);
     this.timer.unref();
     this.resume.watch.start();
-    this.reassign('start');
+    this.ownership.reassign('start');
   }
 
   // ---- what we send ----
@@ -197,16 +205,12 @@ export class Cluster implements ClusterPort {
     this.outbox.add(ch, datagram, stable, trace, origin, opaque);
   }
 
-  private flush(): void {
-    this.outbox.flush();
-  }
-
   /**
    * Says who we count live. What this turn accepted goes out first: the
    * datagrams we served under the previous view precede it on the bus.
    */
   private heartbeat(resumed = false): void {
-    this.flush();
+    this.outbox.flush();
     let subscribers = 0;
     for (const ch of this.repeater.channels.values()) subscribers += ch.size;
     const now = Date.now();
@@ -221,11 +225,6 @@ export class Cluster implements ClusterPort {
     return this.repeater.warm.enabled && !this.repeater.warm.holding;
   }
 
-  /** Live peers holding the state, steadiest first (on the bus without a gap for longest: it missed nothing since). */
-  private readyPeers(): bigint[] {
-    return this.peers.readyPeers();
-  }
-
   private announce(ch: Channel, e: Subscriber, gone: boolean): void {
     const deadlineMs = gone ? 0 : e.isStatic ? STATIC_DEADLINE : e.deadline;
     this.send(
@@ -236,7 +235,7 @@ export class Cluster implements ClusterPort {
 
   /**
    * One ticket-key schedule per cluster: every repeater merges every schedule
-   * it hears by one deterministic rule (crypto/tickets.ts), and only the
+   * it hears by one deterministic rule (crypto/ticket-schedule.ts), and only the
    * rendezvous owner of a period among the live repeaters generates its key
    * (anyone, once it is due within half a period: the owner's message may
    * have been lost). Schedules travel with every heartbeat, so a lost one or
@@ -245,7 +244,7 @@ export class Cluster implements ClusterPort {
   attachTickets(service: TicketService): void {
     this.tickets = service;
     service.peers = {
-      mayGenerate: (nb, now) => owner(this.live(now), `tickets|${nb}`) === this.id,
+      mayGenerate: (nb) => owner(this.ownership.live(), `tickets|${nb}`) === this.id,
       changed: (keys) => this.send({ type: 'tickets', keys }, this.subject.control),
     };
   }
@@ -263,7 +262,7 @@ export class Cluster implements ClusterPort {
   entryChanged(ch: Channel, e: Subscriber, change: EntryChange): void {
     if (this.closed) return;
     this.announce(ch, e, change === 'remove');
-    if (change === 'add') e.owned = this.owns(ch, e, Date.now());
+    if (change === 'add') e.owned = this.ownership.owns(ch, e, Date.now());
   }
 
   // ---- what we receive ----
@@ -323,11 +322,11 @@ export class Cluster implements ClusterPort {
         this.heartbeat();
         this.dumpHeard();
         this.sendTickets();
-        this.reassign('join');
+        this.ownership.reassign('join');
       } else {
         // Back from a stall, it asks who counts it live: tell it at once (its hold ends when everyone did).
         if (b.resumed === true && this.peers.answerResumed(m.sender, now)) this.heartbeat();
-        if (viewChanged) this.reassign(this.peers.get(m.sender)!.countsUs ? 'a peer hears us' : 'a peer stopped hearing us');
+        if (viewChanged) this.ownership.reassign(this.peers.get(m.sender)!.countsUs ? 'a peer hears us' : 'a peer stopped hearing us');
       }
       if (b.stateReady === true) this.stateFetch.peerReady(m.sender);
       return;
@@ -363,62 +362,6 @@ export class Cluster implements ClusterPort {
     return this.resume.ownArrival(ch, datagram, again);
   }
 
-  // ---- ownership ----
-
-  /** The live repeaters: ourselves and the peers not declared dead (peers.ts; `_now` kept for the callers). */
-  private live(_now: number): Set<bigint> {
-    return this.peers.live();
-  }
-
-  /** Whether we serve `e`: the rendezvous winner among the live repeaters that heard it. */
-  owns(ch: Channel, e: Subscriber, now: number, live = this.live(now)): boolean {
-    return this.ownerOf(idOf(ch.name, e.form === 'sealed', e.endpoint.text), now, live) === this.id;
-  }
-
-  /**
-   * The rendezvous winner among the live repeaters that heard it. When that
-   * is us, but the one that wins without us does not count us live yet, it
-   * serves it as if we were not there: its own, until the view it publishes
-   * next counts us (peers.ts).
-   */
-  private ownerOf(id: string, now: number, live: Set<bigint>): bigint | null {
-    const candidates = [this.id];
-    for (const [peer, deadline] of this.heard.peersOf(id)) if (deadline > now && live.has(peer)) candidates.push(peer);
-    const winner = owner(candidates, id);
-    if (winner !== this.id || candidates.length === 1) return winner;
-    const without = owner(candidates.slice(1), id);
-    return without !== null && this.peers.get(without)?.countsUs === false ? without : winner;
-  }
-
-  /** After a peer's announcement of a subscriber (`warmed`: the peer completed its warm join). */
-  private reassignOne(channel: string, sealed: boolean, address: string, now: number, warmed: boolean): void {
-    const ch = this.repeater.channels.get(channel);
-    const e = ch?.registry(sealed ? 'sealed' : 'plain').get(address);
-    if (ch === undefined || e === undefined) return;
-    if (warmed) this.repeater.warm.peerCompleted(e);
-    const live = this.live(now);
-    const mine = this.owns(ch, e, now, live);
-    if (mine !== e.owned) {
-      e.owned = mine;
-      ch.registry(e.form).touch();
-      if (mine) this.takeovers.one(ch, e, live, now);
-    }
-  }
-
-  private reassign(why: string): void {
-    const now = Date.now();
-    const live = this.live(now);
-    const gainedIn = new Map<Subscriber, Channel>();
-    const { gained, lost } = this.repeater.reassign((ch, e) => {
-      const mine = this.owns(ch, e, now, live);
-      if (mine && !e.owned) gainedIn.set(e, ch);
-      return mine;
-    });
-    this.takeovers.moved(gainedIn, live, now);
-    if (why === 'peer died') this.counters.failovers += gained.length;
-    if (gained.length + lost.length > 0) this.log.info('cluster: subscribers moved', { why, gained: gained.length, lost: lost.length });
-  }
-
   /**
    * Deaths first, then our heartbeat (which no longer lists them), then the
    * move: a peer reading our messages in order learns that we took its
@@ -441,7 +384,7 @@ export class Cluster implements ClusterPort {
     }
     // Forgotten (10 timeouts after falling silent) with everything it said it heard.
     this.heard.expire(now, (peer) => this.peers.has(peer));
-    this.reassign(died.length > 0 ? 'peer died' : 'tick');
+    this.ownership.reassign(died.length > 0 ? 'peer died' : 'tick');
   }
 
   // ---- views ----
@@ -453,19 +396,11 @@ export class Cluster implements ClusterPort {
 
   /** Who serves a subscriber and who heard it (for /subscribers). */
   describeEntry(ch: Channel, e: Subscriber): { servedBy: string | null; heardBy: string[] } {
-    const now = Date.now();
-    const id = idOf(ch.name, e.form === 'sealed', e.endpoint.text);
-    const name = (peer: bigint) => (peer === this.id ? `${this.name} (this repeater)` : (this.peers.get(peer)?.name ?? peer.toString(16)));
-    const live = this.live(now);
-    const served = this.ownerOf(id, now, live);
-    const heardBy = [this.id, ...[...this.heard.peersOf(id)].filter(([p, d]) => d > now && live.has(p)).map(([p]) => p)];
-    return { servedBy: served === null ? null : name(served), heardBy: heardBy.map(name) };
+    return this.ownership.describe(ch, e, (peer) => (peer === this.id ? `${this.name} (this repeater)` : (this.peers.get(peer)?.name ?? peer.toString(16))));
   }
 
   ownedSubscribers(): number {
-    let n = 0;
-    for (const ch of this.repeater.channels.values()) for (const e of ch.subscribers()) if (e.owned) n++;
-    return n;
+    return this.ownership.served();
   }
 
   /** Why this repeater is not a full member of the cluster now (health.ts); empty: it is. */
@@ -477,6 +412,7 @@ export class Cluster implements ClusterPort {
     return this.degradedBecause().length > 0;
   }
 
+  /** What /healthz says of the cluster. */
   health(): Record<string, unknown> {
     const reasons = this.degradedBecause();
     return {
@@ -500,7 +436,7 @@ export class Cluster implements ClusterPort {
   }
 
   async close(): Promise<void> {
-    this.flush();
+    this.outbox.flush();
     this.closed = true;
     if (this.timer !== null) clearInterval(this.timer);
     this.resume.close();

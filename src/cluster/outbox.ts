@@ -8,7 +8,7 @@
 // `flush` publishes everything queued, so a control message sent after a
 // flush follows every datagram accepted before it.
 
-import type { Channel } from '../repeater/channel.js';
+import type { Channel } from '../path/channel.js';
 import { type BusBody, type BusDatagram, MAX_BATCH } from '../wire/bus.js';
 import type { TraceFields } from '../wire/trace.js';
 import type { ClusterCounters } from './counters.js';

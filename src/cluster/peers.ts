@@ -38,7 +38,7 @@ export function maxAgeMs(cfg: Pick<ClusterConfig, 'peerTimeoutMs'>): number {
   return Math.round(cfg.peerTimeoutMs + cfg.peerTimeoutMs / 3 + 1_000);
 }
 
-/** How long the exactly-once memory (gate/copies.ts) remembers a copy: past the oldest datagram delivered, by the dedup window. */
+/** How long the exactly-once memory (judge/copies.ts) remembers a copy: past the oldest datagram delivered, by the dedup window. */
 export function copyMemoryMs(cfg: Pick<ClusterConfig, 'peerTimeoutMs' | 'dedupWindowMs'>): number {
   return maxAgeMs(cfg) + cfg.dedupWindowMs;
 }

@@ -62,12 +62,16 @@ export function takeDatagrams(r: Receiving, m: BusMessage, b: BusDatagram | BusB
     // be in order), but the live state learns it: a delete must not be undone in what fetches and later
     // warm joins send. Learnt as delivered: a warm join in progress does not send it late either.
     r.counters.bump(r.counters.dropped, stale ? 'stale' : 'stalled');
-    for (const d of datagrams) if (!d.opaque) r.repeater.warm.applyUpdate(d.channel, d.datagram, true);
+    for (const d of datagrams) if (!d.opaque) r.repeater.path.learnOnly(d.channel, d.datagram, true);
     return;
   }
   r.counters.datagramsReceived += datagrams.length;
-  for (const d of datagrams) {
-    const why = r.repeater.acceptFromBus(d.channel, d.datagram, d.trace, d.origin === 0n ? null : d.origin, d.opaque, m.sender);
-    if (why !== null) r.counters.bump(r.counters.dropped, 'not_deliverable');
-  }
+  // Into the datagram path's door: one bus message is one batch (its copies leave together, one sendmmsg per socket).
+  const path = r.repeater.path;
+  path.inBatch(() => {
+    for (const d of datagrams) {
+      const why = path.fromBus(d.channel, d.datagram, d.trace, d.origin === 0n ? null : d.origin, d.opaque, m.sender);
+      if (why !== null) r.counters.bump(r.counters.dropped, 'not_deliverable');
+    }
+  });
 }

@@ -28,8 +28,8 @@
 // anything queued).
 
 import type { Logger } from '../base/log.js';
-import { D } from '../base/stats.js';
-import type { Channel } from '../repeater/channel.js';
+import { DropSlot } from '../base/stats.js';
+import type { Channel } from '../path/channel.js';
 import type { BusDatagram, BusMessage } from '../wire/bus.js';
 import type { PeerTable } from './peers.js';
 import { type Stall, StallWatch } from './stall.js';
@@ -112,7 +112,7 @@ export class Resume {
     const burst = this.watch.check();
     if (!this.holding) return true;
     const copy = Buffer.from(datagram);
-    this.holdOwn(() => again(copy), () => ch.stats.dropped[D.stalled]++, burst, copy.length);
+    this.holdOwn(() => again(copy), () => ch.stats.dropped[DropSlot.stalled]++, burst, copy.length);
     return false;
   }
 

@@ -5,7 +5,7 @@
 // Invariants:
 // - Every repeater keeps the live state of the whole cluster: what comes off
 //   the bus goes through the same acceptance path as what its own listeners
-//   get, and that path updates the live state (repeater.ts, acceptCache).
+//   get, and that path updates the live state (path/cache-judge.ts, through the path's door from the bus).
 //   So any peer that is "ready" holds it all; the fetch fills the gap before
 //   this repeater was on the bus.
 // - Joins are held until the fetch ends, whatever its outcome (warm-join.ts,
@@ -37,8 +37,8 @@
 //   back.
 
 import type { Logger } from '../base/log.js';
-import type { Channel } from '../repeater/channel.js';
-import type { LiveEntry, LiveState, Tombstone } from '../repeater/live-state.js';
+import type { Channel } from '../path/channel.js';
+import type { LiveEntry, LiveState, Tombstone } from '../path/live-state.js';
 import type { WarmJoins } from '../repeater/warm-join.js';
 import { type BusBody, type BusDatagram, type BusStateChunk, type BusStateRequest, MAX_BATCH } from '../wire/bus.js';
 import { cacheKeyText } from '../wire/cache-fields.js';

@@ -34,7 +34,7 @@
 //   (`warmed`), so a completed join is not sent again.
 
 import type { Logger } from '../base/log.js';
-import type { Channel, Subscriber } from '../repeater/channel.js';
+import type { Channel, Subscriber } from '../path/channel.js';
 import type { WarmJoins } from '../repeater/warm-join.js';
 
 /** Repaired beyond the dead repeater's last heartbeat. */

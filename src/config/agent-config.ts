@@ -4,7 +4,7 @@ import { accessSync, constants, mkdirSync, readFileSync, statSync } from 'node:f
 import { join, resolve } from 'node:path';
 import { ConfigError, describe } from '../base/errors.js';
 import { checkTrustedDir, checkTrustedFile } from '../base/trust.js';
-import { MAX_TICKET_KEYS } from '../wire/tickets.js';
+import { MAX_TICKET_KEYS } from '../wire/ticket-codec.js';
 import { type Endpoint, isLoopback } from '../wire/address.js';
 import { type CommonSettings, commonSettings, endpointOption, list, need, num, str } from './checks.js';
 import type { RawOptions } from './options.js';

@@ -30,7 +30,7 @@ export interface ClusterConfig {
   readonly tlsCa: string | null;
   readonly tlsCert: string | null;
   readonly tlsKey: string | null;
-  /** How long past the oldest bus datagram still delivered a copy of an update is remembered (gate/copies.ts). */
+  /** How long past the oldest bus datagram still delivered a copy of an update is remembered (judge/copies.ts). */
   readonly dedupWindowMs: number;
   /** A repeater not heard from for this long is taken for dead: its subscribers move. */
   readonly peerTimeoutMs: number;

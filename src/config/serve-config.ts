@@ -11,8 +11,8 @@ import { bool, type CommonSettings, commonSettings, endpointOption, list, num, s
 import { buildClusterConfig, type ClusterConfig, SUBJECT_TOKEN } from './cluster-config.js';
 import type { RawOptions } from './options.js';
 import { buildWarmConfig, type WarmConfig } from './warm-config.js';
-import { keysHeld, type TicketParams } from '../crypto/tickets.js';
-import { MAX_TICKET_KEYS } from '../wire/tickets.js';
+import { keysHeld, type TicketParams } from '../crypto/ticket-schedule.js';
+import { MAX_TICKET_KEYS } from '../wire/ticket-codec.js';
 
 export type { LogFormat, LogLevel };
 
@@ -32,7 +32,7 @@ export interface ListenerConfig {
   /**
    * Sealed listeners (`public=`): the address agents reach it at when that is
    * not one of this host's (NAT, a port forward, a UDP proxy); agents' frames
-   * naming it are ours too (repeater/listener-name.ts). Null: none.
+   * naming it are ours too (path/listener-name.ts). Null: none.
    */
   readonly publicAddress?: Endpoint | null;
 }

@@ -34,7 +34,7 @@
 //   needs e_i (crypto/link-responder.ts).
 
 import sodium from 'libsodium-wrappers';
-import { ReplayWindow } from '../gate/replay.js';
+import { ReplayWindow } from '../judge/replay.js';
 import type { Identity, PeerKey } from './identity.js';
 import { MAC_BYTES, NONCE_BYTES } from '../wire/frame.js';
 import {

@@ -13,17 +13,17 @@
 // (Envelope.receiver) and is refused by any other (`wrong_receiver`); a group
 // frame (one seal for every subscriber of a channel key) names nobody, and a
 // receiver that knows from which sequence it is a member of an origin's
-// groups (a MEMBERSHIP frame, gate/membership.ts) refuses older ones
+// groups (a MEMBERSHIP frame, judge/membership.ts) refuses older ones
 // (`before_join`). docs/PROTOCOL.md, "Sealed frames".
 
 import { randomBytes } from 'node:crypto';
 import { type Envelope, EnvelopeKind, Role, bigintToLong, decodeEnvelope, encodeEnvelope } from '../wire/envelope.js';
-import type { TicketKey } from '../wire/tickets.js';
+import type { TicketKey } from '../wire/ticket-codec.js';
 import type { TraceFields } from '../wire/trace.js';
 import { FRAME_HEADER, FRAME_OVERHEAD, MAX_UDP_PAYLOAD, NONCE_BYTES, frameKeyId, writeFrameHeader } from '../wire/frame.js';
 import type { KeyRing } from './keyring.js';
 import { NonceSource } from './nonce.js';
-import { ReplayGuard } from '../gate/replay.js';
+import { ReplayGuard } from '../judge/replay.js';
 import { Secretbox } from './secretbox.js';
 
 /** Why a sealed frame was refused. Stable strings: they become metric labels. */
@@ -45,7 +45,7 @@ export type OpenError =
 /**
  * Who opens a frame: the name frames sealed for it carry, and from which
  * sequence it is a member of each origin's group frames. Structural, so the
- * layers below (gate/membership.ts) and beside (the repeater's listeners) can
+ * layers below (judge/membership.ts) and beside (the repeater's listeners) can
  * provide one without importing this file.
  */
 export interface Receiver {

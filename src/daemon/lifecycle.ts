@@ -4,7 +4,7 @@ import { describe } from '../base/errors.js';
 import { Logger } from '../base/log.js';
 import { VERSION } from '../base/package.js';
 import type { LogFormat, LogLevel } from '../config/serve-config.js';
-import { describeBackend } from '../net/backend.js';
+import { describeBackend } from '../net/io.js';
 import type { Backend } from '../net/io.js';
 
 /** Resolves on the first SIGTERM or SIGINT. */

@@ -19,7 +19,7 @@
 //   however it ends; finishNow() applies the rest at once (at stop, so
 //   that a save right after it loses nothing).
 
-import type { LiveState } from '../repeater/live-state.js';
+import type { LiveState } from '../path/live-state.js';
 import { cacheKeyText } from '../wire/cache-fields.js';
 import { CACHE_SET, inspectCacheUpdate, newShape } from '../wire/cache.js';
 import { type OpenedLiveState, SetCursor } from '../wire/live-state-file.js';

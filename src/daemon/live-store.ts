@@ -45,7 +45,7 @@ export class LiveStore {
   /** A restore still in progress. */
   private restoring: LiveRestore | null = null;
 
-  /** `dir` was checked (created, writable, ours) by the StateStore of the same --state-dir. */
+  /** `dir` was checked (created, writable, ours) by the RegistryStore of the same --state-dir. */
   constructor(
     readonly dir: string,
     private readonly log: Logger,

@@ -1,5 +1,5 @@
 // Prometheus metrics via prom-client. The datagram path only bumps plain
-// numbers (see repeater/stats.ts); everything here runs on scrape.
+// numbers (see base/stats.ts); everything here runs on scrape.
 
 import { collectDefaultMetrics, type Metric, Registry } from 'prom-client';
 import { counterFrom, gaugeFrom } from '../base/prom.js';

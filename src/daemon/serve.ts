@@ -27,10 +27,10 @@ import { Repeater, type RepeaterHooks } from '../repeater/repeater.js';
 import type { Backend } from '../net/io.js';
 import { Cluster } from '../cluster/cluster.js';
 import { BusSeal } from '../cluster/bus-seal.js';
-import { SealedGate } from '../repeater/sealed-gate.js';
+import { DataSeal } from '../path/data-seal.js';
 import { Role } from '../wire/envelope.js';
 import { UwsgiSignatureCheck } from '../repeater/signcheck.js';
-import { StateStore } from './state-store.js';
+import { RegistryStore } from './registry-store.js';
 import { LiveStore } from './live-store.js';
 import { registerWarmMetrics } from './warm-metrics.js';
 import { TicketStore } from './ticket-store.js';
@@ -94,7 +94,7 @@ export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { sess
       const ring = KeyRing.load(config.keyFiles);
       session ??= new SecureSession(Role.Repeater);
       log.info('key ring loaded', { keys: ring.describe(), origin: session.origin.toString(16) });
-      return new SealedGate(session, ring, { maxSkewMs: config.maxSkewMs });
+      return new DataSeal(session, ring, { maxSkewMs: config.maxSkewMs });
     },
     signatures: (config) => (config.signCheck === null ? null : new UwsgiSignatureCheck(config.signCheck, log, signedClocks)),
   };
@@ -108,7 +108,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   const busSeal = config.cluster === null || config.cluster.keyFiles.length === 0 ? null : BusSeal.load(config.cluster.keyFiles, config.keyFiles, config.maxSkewMs);
   if (busSeal !== null) log.info('cluster key ring loaded', { keys: busSeal.keyIds() });
   // An unusable state dir refuses the start, before any socket is opened.
-  const store = config.stateDir === null ? null : new StateStore(config.stateDir, log);
+  const store = config.stateDir === null ? null : new RegistryStore(config.stateDir, log);
   const ticketStore = config.stateDir === null ? null : new TicketStore(config.stateDir, log);
   let repeater: Repeater;
   try {
@@ -137,7 +137,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   registerSubscriptionMetrics(register, channels);
   const ops = new OpsMetrics(register, 'udprepeater', VERSION);
   const session = 'session' in h ? (h as { session(): SecureSession | null }).session : () => null;
-  registerKeyMetrics(register, 'udprepeater_keys', () => repeater.sealedGate?.keyIds() ?? []);
+  registerKeyMetrics(register, 'udprepeater_keys', () => repeater.dataSeal?.keyIds() ?? []);
   counterFrom(register, 'udprepeater_sealed_frames_total', 'Secure mode: frames sealed (once per datagram and subscriber key)', [], () => [[{}, session()?.framesSealed ?? 0]]);
   registerListenerKernelMetrics(register, () => repeater.listenerSockets());
   registerWarmMetrics(register, repeater);
@@ -159,7 +159,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
         uptimeSeconds: Math.round((Date.now() - started) / 1000),
         listeners: repeater.listeners(),
         channels: repeater.channels.size,
-        keys: repeater.sealedGate?.keyIds() ?? [],
+        keys: repeater.dataSeal?.keyIds() ?? [],
         hints: repeater.hints.view(),
         ...(repeater.tickets === null ? {} : { ticketKeys: repeater.tickets.keys.describe(Date.now()) }),
         ...(cluster === null ? {} : { status: cluster.degraded ? 'degraded' : 'ok', cluster: cluster.health() }),

@@ -2,7 +2,7 @@
 
 import type { Registry } from 'prom-client';
 import { counterFrom, gaugeFrom } from '../base/prom.js';
-import type { TicketService } from '../repeater/tickets.js';
+import type { TicketService } from '../repeater/ticket-service.js';
 
 /** The repeater's schedule (registered always; zero while no listener has `tickets`). */
 export function registerTicketMetrics(register: Registry, service: () => TicketService | null, store: { saves: number; saveErrors: number } | null): void {

@@ -10,8 +10,8 @@ import { ConfigError, describe } from '../base/errors.js';
 import { writeAtomically } from '../base/files.js';
 import type { Logger } from '../base/log.js';
 import { readTrusted } from '../base/trust.js';
-import type { TicketPersistence } from '../repeater/tickets.js';
-import { decodeTicketSchedule, encodeTicketSchedule, type TicketKey } from '../wire/tickets.js';
+import type { TicketPersistence } from '../repeater/ticket-service.js';
+import { decodeTicketSchedule, encodeTicketSchedule, type TicketKey } from '../wire/ticket-codec.js';
 
 export const TICKETS_FILE = 'tickets.pb';
 
@@ -20,7 +20,7 @@ export class TicketStore implements TicketPersistence {
   saves = 0;
   saveErrors = 0;
 
-  /** `dir` was checked (created, writable, ours) by the StateStore. */
+  /** `dir` was checked (created, writable, ours) by the RegistryStore. */
   constructor(
     dir: string,
     private readonly log: Logger,

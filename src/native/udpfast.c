@@ -5,7 +5,9 @@
 //    ArrayBuffer and JS is entered once per batch, not once per datagram;
 //  - send one datagram to many destinations: sendmmsg() on a shared,
 //    unconnected sender socket, one message per destination, up to
-//    SEND_CHUNK messages per system call.
+//    SEND_CHUNK messages per system call; and a whole receive batch's
+//    outputs at once (sendMany: many datagrams, many destinations, one
+//    sendmmsg per sender socket).
 // Everything else (parsing, policy, registry, crypto) stays in TypeScript.
 // The pure TypeScript path (node:dgram) is used when this addon is missing.
 //
@@ -759,10 +761,12 @@ static napi_value js_listener_stats(napi_env env, napi_callback_info info) {
 
 /* ---- senders ----------------------------------------------------------- */
 
-/* Scratch space for sendBatch, one per env (workers have their own). */
+/* Scratch space for sendBatch and sendMany, one per env (workers have their own). */
 typedef struct {
   struct mmsghdr hdrs[SEND_CHUNK];
   inet_addr_t names[SEND_CHUNK];
+  struct iovec iovs[SEND_CHUNK];
+  size_t idx[SEND_CHUNK];
 } send_scratch_t;
 
 static void free_scratch(napi_env env, void *data, void *hint) {
@@ -940,6 +944,130 @@ static napi_value js_send_batch(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* Sends the cnt messages prepared in s->hdrs (s->idx[j]: the caller's index
+ * of message j) on fd, retrying what the kernel did not take. Returns the
+ * failures; errs[idx] is set for every message; *full_err is set when the
+ * socket's buffer was found full (the messages left then fail with it). */
+static size_t send_prepared(send_scratch_t *s, int fd, size_t cnt, int32_t *errs, int *full_err, int32_t *hints,
+                            int32_t *calls) {
+  size_t off = 0, retried = SIZE_MAX, failures = 0;
+  while (off < cnt) {
+    int r = sendmmsg(fd, s->hdrs + off, (unsigned int)(cnt - off), MSG_DONTWAIT | MSG_NOSIGNAL);
+    (*calls)++;
+    if (r > 0) {
+      for (size_t j = off; j < off + (size_t)r; j++) errs[s->idx[j]] = 0;
+      if ((size_t)r < cnt - off) (*hints)++;
+      off += (size_t)r;
+      continue;
+    }
+    int e = r == 0 ? EAGAIN : errno;
+    if (e == EINTR) continue;
+    if (is_pending_icmp(e) && retried != off) {
+      retried = off;
+      (*hints)++;
+      continue;
+    }
+    if (is_full(e)) {
+      for (size_t j = off; j < cnt; j++) errs[s->idx[j]] = e;
+      *full_err = e;
+      return failures + (cnt - off);
+    }
+    errs[s->idx[off]] = e;
+    failures++;
+    off++;
+  }
+  return failures;
+}
+
+/* sendMany(fds: Int32Array, dests: Uint8Array, offs: Int32Array,
+ *          lens: Int32Array, n, data: Uint8Array, errs: Int32Array) -> failures
+ * Message i is data[offs[i], offs[i] + lens[i]) to dests[i] on fds[i]. The
+ * messages of one fd go out in their order, with one sendmmsg per
+ * SEND_CHUNK of them: a receive batch's outputs cost one system call per
+ * sender socket, not one per datagram. errs as for sendBatch; if errs has
+ * n + 2 entries, errs[n + 1] = the sendmmsg calls made. */
+static napi_value js_send_many(napi_env env, napi_callback_info info) {
+  static const char *fn = "sendMany";
+  size_t argc = 7, nfds, ndests, noffs, nlens, len, nerrs;
+  napi_value argv[7], out;
+  void *fds_p, *dests_p, *offs_p, *lens_p, *data_p, *errs_p, *scratch = NULL;
+  int64_t n64;
+  char msg[120];
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok) return throw_pending_or(env, fn);
+  if (argc < 7) return throw_type(env, fn, "sendMany(fds, dests, offs, lens, n, data, errs)");
+  if (arg_typed(env, argv[0], napi_int32_array, fn, "fds", &fds_p, &nfds) != 0 ||
+      arg_typed(env, argv[1], napi_uint8_array, fn, "dests", &dests_p, &ndests) != 0 ||
+      arg_typed(env, argv[2], napi_int32_array, fn, "offs", &offs_p, &noffs) != 0 ||
+      arg_typed(env, argv[3], napi_int32_array, fn, "lens", &lens_p, &nlens) != 0 ||
+      arg_int(env, argv[4], fn, "n", 0, INT_MAX, 0, &n64) != 0 ||
+      arg_typed(env, argv[5], napi_uint8_array, fn, "data", &data_p, &len) != 0 ||
+      arg_typed(env, argv[6], napi_int32_array, fn, "errs", &errs_p, &nerrs) != 0)
+    return NULL;
+  size_t n = (size_t)n64;
+  if (n > nfds || n > noffs || n > nlens) return throw_range(env, fn, "n exceeds fds, offs or lens");
+  if (n > ndests / DEST_BYTES) return throw_range(env, fn, "n exceeds dests.length / 20");
+  if (n > nerrs) return throw_range(env, fn, "n exceeds errs.length");
+  if (overlaps(errs_p, nerrs * 4, fds_p, n * 4) || overlaps(errs_p, nerrs * 4, dests_p, n * DEST_BYTES) ||
+      overlaps(errs_p, nerrs * 4, offs_p, n * 4) || overlaps(errs_p, nerrs * 4, lens_p, n * 4) ||
+      overlaps(errs_p, nerrs * 4, data_p, len))
+    return throw_range(env, fn, "errs must not share memory with fds, dests, offs, lens or data");
+  const int32_t *fds = fds_p, *offs = offs_p, *lens = lens_p;
+  const uint8_t *dests = dests_p;
+  int32_t *errs = errs_p;
+  /* Every message is checked before anything is sent. */
+  for (size_t i = 0; i < n; i++) {
+    const uint8_t *d = dests + i * DEST_BYTES;
+    int port = d[2] | (d[3] << 8);
+    if ((d[0] != 4 && d[0] != 6) || d[1] != 0 || port == 0) {
+      snprintf(msg, sizeof msg, "destination %zu: family must be 4 or 6, byte 1 zero, port 1-65535", i);
+      return throw_type(env, fn, msg);
+    }
+    if (offs[i] < 0 || lens[i] < 0 || (size_t)offs[i] + (size_t)lens[i] > len) {
+      snprintf(msg, sizeof msg, "message %zu: offs and lens must lie within data", i);
+      return throw_range(env, fn, msg);
+    }
+    errs[i] = -1; /* not sent yet */
+  }
+  if (napi_get_instance_data(env, &scratch) != napi_ok || scratch == NULL)
+    return throw_errno(env, "sendMany scratch", ENOMEM);
+  send_scratch_t *s = scratch;
+  uint8_t *data = data_p;
+  size_t failures = 0;
+  int32_t hints = 0, calls = 0;
+  /* One fd at a time, in the order fds first appear; each fd's messages in their order. */
+  for (size_t first = 0; first < n; first++) {
+    if (errs[first] != -1) continue;
+    int fd = fds[first], full = 0;
+    size_t cnt = 0;
+    for (size_t i = first; i < n; i++) {
+      if (fds[i] != fd || errs[i] != -1) continue;
+      if (full != 0) { /* found full earlier in this call: no more system calls on it */
+        errs[i] = full;
+        failures++;
+        continue;
+      }
+      s->iovs[cnt].iov_base = data + offs[i];
+      s->iovs[cnt].iov_len = (size_t)lens[i];
+      struct msghdr *m = &s->hdrs[cnt].msg_hdr;
+      memset(m, 0, sizeof *m);
+      m->msg_name = &s->names[cnt];
+      m->msg_namelen = dest_addr(dests + i * DEST_BYTES, &s->names[cnt]);
+      m->msg_iov = &s->iovs[cnt];
+      m->msg_iovlen = 1;
+      s->idx[cnt++] = i;
+      if (cnt == SEND_CHUNK) {
+        failures += send_prepared(s, fd, cnt, errs, &full, &hints, &calls);
+        cnt = 0;
+      }
+    }
+    if (cnt > 0) failures += send_prepared(s, fd, cnt, errs, &full, &hints, &calls);
+  }
+  if (nerrs > n) errs[n] = hints;
+  if (nerrs > n + 1) errs[n + 1] = calls;
+  napi_create_int32(env, (int32_t)failures, &out);
+  return out;
+}
+
 /* The sock_extended_err of an error-queue message, if it carries one. */
 static const struct sock_extended_err *extended_err(struct msghdr *m) {
   for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c != NULL; c = CMSG_NXTHDR(m, c)) {
@@ -1059,6 +1187,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"listenerStats", NULL, js_listener_stats, NULL, NULL, NULL, napi_default, NULL},
       {"openSender", NULL, js_open_sender, NULL, NULL, NULL, napi_default, NULL},
       {"sendBatch", NULL, js_send_batch, NULL, NULL, NULL, napi_default, NULL},
+      {"sendMany", NULL, js_send_many, NULL, NULL, NULL, napi_default, NULL},
       {"drainSender", NULL, js_drain_sender, NULL, NULL, NULL, napi_default, NULL},
       {"socketBuffers", NULL, js_socket_buffers, NULL, NULL, NULL, napi_default, NULL},
       {"closeFd", NULL, js_close_fd, NULL, NULL, NULL, napi_default, NULL},

@@ -5,7 +5,7 @@
 
 import { createSocket, type RemoteInfo, type Socket } from 'node:dgram';
 import { canonicalIp, type Endpoint, formatEndpoint } from '../wire/address.js';
-import { type DatagramHandler, type DatagramListener, type ListenOptions, MAX_SOCKET_BUFFER, type Source } from './io.js';
+import { type BatchEndHandler, type DatagramHandler, type DatagramListener, type ListenOptions, MAX_SOCKET_BUFFER, type Source } from './socket-api.js';
 
 const SOURCE_CACHE_LIMIT = 4096;
 
@@ -31,12 +31,20 @@ export function checkBufferSize(name: string, n: number): void {
 
 /**
  * Binds a UDP socket for `ep` and resolves once it is listening. The handler
- * gets canonical sources.
+ * gets canonical sources; `onBatchEnd`, when given, runs after each datagram,
+ * as a microtask: node:dgram hands datagrams over one by one, each in a
+ * callback of its own, so a batch is one datagram (and what its sends meet,
+ * an ICMP answer reported on the next send, is heard before the next one).
  */
-export function bindUdp(ep: Endpoint, opts: ListenOptions & { multicast: boolean }, onMessage: DatagramHandler): Promise<Socket> {
+export function bindUdp(ep: Endpoint, opts: ListenOptions & { multicast: boolean }, onMessage: DatagramHandler, onBatchEnd: BatchEndHandler | null = null): Promise<Socket> {
   checkBufferSize('recv-buffer', opts.recvBuffer);
   const names = new SourceNames();
   const src: Source = { address: '', port: 0, family: 4 };
+  let ending = false;
+  const end = (): void => {
+    ending = false;
+    onBatchEnd!();
+  };
   return new Promise((resolve, reject) => {
     const socket = createSocket({
       type: ep.family === 6 ? 'udp6' : 'udp4',
@@ -58,6 +66,10 @@ export function bindUdp(ep: Endpoint, opts: ListenOptions & { multicast: boolean
       }
       src.port = rinfo.port;
       onMessage(msg, src);
+      if (onBatchEnd !== null && !ending) {
+        ending = true;
+        queueMicrotask(end);
+      }
     });
     const address = opts.multicast && ep.family === 6 ? '::' : ep.host;
     socket.bind({ port: ep.port, address, exclusive: true }, () => {
@@ -102,8 +114,8 @@ export class DgramListener implements DatagramListener {
     return typeof handle?.fd === 'number' && handle.fd >= 0 ? handle.fd : null;
   }
 
-  static async open(ep: Endpoint, multicast: boolean, opts: ListenOptions, onMessage: DatagramHandler): Promise<DgramListener> {
-    return new DgramListener(ep, await bindUdp(ep, { ...opts, multicast }, onMessage));
+  static async open(ep: Endpoint, multicast: boolean, opts: ListenOptions, onMessage: DatagramHandler, onBatchEnd: BatchEndHandler | null = null): Promise<DgramListener> {
+    return new DgramListener(ep, await bindUdp(ep, { ...opts, multicast }, onMessage, onBatchEnd));
   }
 
   onError(handler: (err: Error) => void): void {

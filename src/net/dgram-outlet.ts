@@ -3,10 +3,13 @@
 // is full). A connected socket learns of ICMP errors (ECONNREFUSED...) on a
 // later send, which loses that copy: the native backend retries it instead.
 // Multicast outputs always use this backend (TTL and interface per outlet).
+// Within a batch (begin/flush) group sends are queued and handed to the
+// sockets at the flush, in order: the same semantics as the native batch
+// (node:dgram has no call that sends many datagrams at once).
 
 import { createSocket, type Socket } from 'node:dgram';
 import type { Endpoint } from '../wire/address.js';
-import type { Fanout, FanoutOptions, Outlet, OutletErrorHandler, OutletGroup, OutletOptions, SendTally } from './io.js';
+import type { Fanout, FanoutOptions, Outlet, OutletErrorHandler, OutletGroup, OutletOptions, SendSink, SendTally } from './socket-api.js';
 
 /** Errors that say the destination does not take datagrams (ICMP answers). */
 export const UNREACHABLE_CODES: ReadonlySet<string> = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'EHOSTDOWN']);
@@ -132,18 +135,35 @@ export class DgramOutlet implements Outlet {
   }
 }
 
+/** One queued group send of a batch. */
+interface Queued {
+  readonly outlets: readonly Outlet[];
+  readonly buf: Buffer;
+  readonly sink: SendSink | null;
+}
+
 class DgramGroup implements OutletGroup {
-  constructor(private readonly outlets: readonly Outlet[]) {}
+  constructor(
+    private readonly outlets: readonly Outlet[],
+    private readonly owner: DgramFanout,
+  ) {}
 
   get size(): number {
     return this.outlets.length;
   }
 
-  send(buf: Buffer, stable: boolean, tally: SendTally): void {
+  send(buf: Buffer, stable: boolean, tally: SendTally, sink: SendSink | null = null): void {
     const outs = this.outlets;
     if (outs.length === 0) return;
     // Queued sends keep the buffer: a volatile one (a native receive arena view) is copied once.
     const b = stable ? buf : Buffer.from(buf);
+    const batch = this.owner.batch;
+    if (batch !== null) {
+      batch.push({ outlets: outs, buf: b, sink });
+      tally.sent += outs.length;
+      return;
+    }
+    this.owner.sendCalls += outs.length;
     for (let i = 0; i < outs.length; i++) {
       if (outs[i]!.send(b)) tally.sent++;
       else tally.full++;
@@ -153,18 +173,36 @@ class DgramGroup implements OutletGroup {
 
 export class DgramFanout implements Fanout {
   readonly backend = 'dgram' as const;
+  /** The batch in progress (begin/flush); null outside one. */
+  batch: Queued[] | null = null;
+  sendCalls = 0;
 
   constructor(private readonly opts: FanoutOptions) {}
+
+  begin(): void {
+    this.batch ??= [];
+  }
+
+  flush(): void {
+    const queued = this.batch;
+    this.batch = null;
+    if (queued === null) return;
+    for (const q of queued) {
+      this.sendCalls += q.outlets.length;
+      for (const o of q.outlets) if (!o.send(q.buf)) q.sink?.lateLoss(true, q.buf.length);
+    }
+  }
 
   open(ep: Endpoint, onError: OutletErrorHandler, opts?: OutletOptions): DgramOutlet {
     return new DgramOutlet(ep, this.opts.sendQueue, this.opts.sendBuffer, onError, opts);
   }
 
   group(outlets: readonly Outlet[]): OutletGroup {
-    return new DgramGroup(outlets);
+    return new DgramGroup(outlets, this);
   }
 
   async close(): Promise<void> {
     // Outlets are closed by their owners.
+    this.flush();
   }
 }

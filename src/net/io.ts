@@ -1,125 +1,45 @@
-// The socket layer's whole surface, in the spirit of wireguard-go's conn.Bind:
-// listeners hand datagrams in, a Fanout sends one datagram to many outlets.
-// Two backends implement it (native: recvmmsg/sendmmsg through the udpfast
-// addon; dgram: node:dgram), and nothing above this folder ever asks which
-// one it has. Both report sources in canonical form (wire/address.ts) and
-// count, drop and refuse alike.
+// The socket layer's whole surface: everything above net/ that sends or
+// receives a datagram does it through this file (test/architecture.test.ts
+// checks it). It chooses and opens a backend, and is the only place that
+// knows both; what a backend implements is in socket-api.ts.
 
-import type { Endpoint } from '../wire/address.js';
+import { isMulticast, type Endpoint } from '../wire/address.js';
+import { checkBufferSize, DgramListener } from './dgram-listener.js';
+import { DgramFanout } from './dgram-outlet.js';
+import { DgramPort, sendOnce } from './dgram-port.js';
+import type { Backend, BatchEndHandler, DatagramHandler, DatagramListener, DatagramPort, Fanout, FanoutOptions, ListenOptions, PortOptions } from './socket-api.js';
+import { DEFAULT_BACKEND, NATIVE_PATH, native, nativeStatus, requireNative } from './native.js';
+import { NativeFanout } from './native-fanout.js';
+import { NativeListener } from './native-listener.js';
 
-export type Backend = 'native' | 'dgram';
+export * from './socket-api.js';
+export { checkBufferSize, DEFAULT_BACKEND, sendOnce };
 
-/** Where a datagram came from, canonical. Reused between calls: copy what you keep. */
-export interface Source {
-  address: string;
-  port: number;
-  family: 4 | 6;
+/**
+ * Opens a listener. Multicast groups always use node:dgram (the group is
+ * joined per socket); everything else follows `backend`. `onBatchEnd` runs
+ * after the last datagram of each receive batch (socket-api.ts).
+ */
+export async function openListener(backend: Backend, ep: Endpoint, opts: ListenOptions, onMessage: DatagramHandler, onBatchEnd: BatchEndHandler | null = null): Promise<DatagramListener> {
+  const multicast = isMulticast(ep.host);
+  if (backend === 'native' && !multicast) return new NativeListener(ep, requireNative(), opts, onMessage, onBatchEnd);
+  return DgramListener.open(ep, multicast, opts, onMessage, onBatchEnd);
 }
 
-/** Called once per datagram; `msg` is valid only during the call unless the listener is `stable`. */
-export type DatagramHandler = (msg: Buffer, from: Source) => void;
-
-export interface ListenOptions {
-  /** SO_RCVBUF to ask for (0 keeps the kernel default); at most MAX_SOCKET_BUFFER. */
-  readonly recvBuffer: number;
-  /** Joins `endpoint` as a multicast group on this local address (multicast listeners). */
-  readonly multicastInterface: string | null;
-  /** Called for a datagram the socket layer could not read whole (counted as too_large). */
-  readonly onTruncated?: (from: Source) => void;
+/** Opens a port (socket-api.ts DatagramPort) bound to `ep`: node:dgram on every backend. */
+export function openPort(ep: Endpoint, opts: PortOptions, onMessage: DatagramHandler): Promise<DatagramPort> {
+  return DgramPort.open(ep, opts, onMessage);
 }
 
-export interface DatagramListener {
-  /** The address as configured. */
-  readonly endpoint: Endpoint;
-  /** The address actually bound (differs from the config when port 0 was asked). */
-  readonly bound: string;
-  readonly port: number;
-  /** The socket's file descriptor, when known (for kernel statistics). */
-  readonly fd: number | null;
-  /** True when datagrams handed to the handler may be kept after it returns. */
-  readonly stable: boolean;
-  /** SO_RCVBUF as the kernel set it (Linux reports twice what was asked, capped by rmem_max). */
-  readonly recvBuffer: number;
-  /** Socket-level errors (never fatal); the listener keeps reading or restarts itself. */
-  onError(handler: (err: Error) => void): void;
-  /** Resolves once the socket is closed and its port can be bound again. */
-  close(): Promise<void>;
-}
-
-/** Largest socket buffer size a socket option takes (a C int). */
-export const MAX_SOCKET_BUFFER = 0x7fffffff;
-
-/** What an outlet has done, for /subscribers. */
-export interface OutletCounters {
-  sent: number;
-  bytes: number;
-  /** Copies dropped: buffer or queue full, or the socket is broken. */
-  dropped: number;
-  errors: number;
-  lastError: string | null;
-  lastErrorAt: number;
+export function createFanout(backend: Backend, opts: FanoutOptions): Fanout {
+  return backend === 'native' ? new NativeFanout(requireNative(), opts) : new DgramFanout(opts);
 }
 
 /**
- * Why an outlet reports an error:
- * - unreachable: the destination answered with ICMP (port or host unreachable);
- * - send: a copy could not be handed to the kernel (it is lost);
- * - broken: the outlet can never send (no socket, no route): remove it.
+ * What a daemon's start line says about its sockets: the backend, and why
+ * (the addon loaded; or why node:dgram runs instead).
  */
-export type OutletFault = 'unreachable' | 'send' | 'broken';
-/**
- * `lostLater`: a copy already counted as sent was lost after all (node:dgram
- * learns of send errors asynchronously); losses a group send saw at once are
- * in its SendTally instead, never both.
- */
-export type OutletErrorHandler = (outlet: Outlet, code: string, fault: OutletFault, lostLater: boolean) => void;
-
-/** One destination of a fan-out. */
-export interface Outlet extends OutletCounters {
-  readonly endpoint: Endpoint;
-  /** Sends one copy on its own; false when it was dropped. Never throws. */
-  send(buf: Buffer): boolean;
-  close(): void;
-}
-
-export interface OutletOptions {
-  /** Multicast outputs: TTL and the local interface to send from. */
-  readonly ttl?: number;
-  readonly multicastInterface?: string | null;
-}
-
-/** Counts of one group send, added to by OutletGroup.send. */
-export interface SendTally {
-  sent: number;
-  /** Dropped because a buffer or queue was full. */
-  full: number;
-  /** Lost to a send error. */
-  failed: number;
-}
-
-/** A fixed list of outlets that receive the same datagrams; rebuilt when membership changes. */
-export interface OutletGroup {
-  readonly size: number;
-  /** Sends `buf` to every outlet of the group. `stable`: buf may be kept after the call. */
-  send(buf: Buffer, stable: boolean, tally: SendTally): void;
-}
-
-/** The fan-out backend. */
-export interface Fanout {
-  readonly backend: Backend;
-  /** Opens an outlet; throws when no socket can be had (too many open files, no free port). */
-  open(ep: Endpoint, onError: OutletErrorHandler, opts?: OutletOptions): Outlet;
-  group(outlets: readonly Outlet[]): OutletGroup;
-  close(): Promise<void>;
-}
-
-export interface FanoutOptions {
-  /** SO_SNDBUF (0: kernel default). */
-  readonly sendBuffer: number;
-  /** Copies node:dgram may queue per outlet while its socket buffer is full. */
-  readonly sendQueue: number;
-}
-
-export function newTally(): SendTally {
-  return { sent: 0, full: 0, failed: 0 };
+export function describeBackend(backend: Backend): { backend: 'native' | 'node:dgram'; native: string } {
+  if (backend === 'native') return { backend: 'native', native: `loaded ${NATIVE_PATH}` };
+  return { backend: 'node:dgram', native: native === null ? nativeStatus : 'loaded, but node:dgram was asked for' };
 }

@@ -15,12 +15,16 @@
 //   that meet no error cost no extra system call.
 // - Pool sockets live until the fan-out closes: a group built before an
 //   outlet closed may still name its socket.
+// - Within a batch (begin/flush) group sends are queued (native-batch.ts)
+//   and a receive batch's outputs go out with one sendmmsg per pool socket;
+//   outside one, each group send is one call into C, as before.
 
 import { formatEndpoint, formatIp, ipBytes, type Endpoint } from '../wire/address.js';
 import { checkBufferSize } from './dgram-listener.js';
 import { DgramFanout, UNREACHABLE_CODES } from './dgram-outlet.js';
-import type { Fanout, FanoutOptions, Outlet, OutletErrorHandler, OutletGroup, OutletOptions, SendTally } from './io.js';
+import type { Fanout, FanoutOptions, Outlet, OutletErrorHandler, OutletGroup, OutletOptions, SendSink, SendTally } from './socket-api.js';
 import { DEST_BYTES, ERR_WORDS, errnoName, FULL, type UdpFast } from './native.js';
+import { MAX_COPIES, NativeBatch } from './native-batch.js';
 
 const PER_SOCKET = 256;
 const DRAIN_MS = 100;
@@ -67,13 +71,16 @@ export class NativeOutlet implements Outlet {
     this.onError(this, code, icmp || UNREACHABLE_CODES.has(code) ? 'unreachable' : 'send', false);
   }
 
+  private alone: NativeGroup | null = null;
+
   send(buf: Buffer): boolean {
     if (this.closed) {
       this.dropped++;
       return false;
     }
     const tally = { sent: 0, full: 0, failed: 0 };
-    this.owner.group([this]).send(buf, true, tally);
+    this.alone ??= this.owner.group([this]) as NativeGroup;
+    this.alone.send(buf, true, tally);
     return tally.sent === 1;
   }
 
@@ -112,10 +119,19 @@ class NativeGroup implements OutletGroup {
     return this.outs.length;
   }
 
-  send(buf: Buffer, _stable: boolean, tally: SendTally): void {
+  send(buf: Buffer, _stable: boolean, tally: SendTally, sink: SendSink | null = null): void {
     const outs = this.outs;
     const n = outs.length;
     if (n === 0) return;
+    const batch = this.owner.batch;
+    if (batch !== null && n <= MAX_COPIES) {
+      if (!batch.fits(n, buf.length)) batch.flush();
+      batch.add(buf, outs, this.fds, this.dests, tally, sink);
+      return;
+    }
+    // Not in a batch (or a group larger than one): at once, queued copies first so the order holds.
+    batch?.flush();
+    this.owner.immediateCalls += this.used.length;
     const failures = this.api.sendBatch(this.fds, this.dests, n, buf, this.errs);
     if (this.errs[n] !== 0) this.owner.icmpPending(this.used);
     if (failures === 0) {
@@ -147,8 +163,8 @@ class MixedGroup implements OutletGroup {
     return this.parts.reduce((n, p) => n + p.size, 0);
   }
 
-  send(buf: Buffer, stable: boolean, tally: SendTally): void {
-    for (const p of this.parts) p.send(buf, stable, tally);
+  send(buf: Buffer, stable: boolean, tally: SendTally, sink: SendSink | null = null): void {
+    for (const p of this.parts) p.send(buf, stable, tally, sink);
   }
 }
 
@@ -165,6 +181,11 @@ export class NativeFanout implements Fanout {
   /** Pool sockets that met an ICMP answer; drained on the next turn of the event loop. */
   private readonly dirty = new Set<number>();
   private drainScheduled = false;
+  /** The batch in progress (begin/flush); null outside one. */
+  batch: NativeBatch | null = null;
+  private readonly batcher: NativeBatch;
+  /** Calls into the kernel's send path made outside batches (one per sending socket per group send). */
+  immediateCalls = 0;
   private readonly drainDirty = (): void => {
     this.drainScheduled = false;
     for (const fd of this.dirty) this.drainOne(fd);
@@ -177,6 +198,7 @@ export class NativeFanout implements Fanout {
   ) {
     checkBufferSize('send-buffer', opts.sendBuffer);
     this.multicast = new DgramFanout(opts);
+    this.batcher = new NativeBatch(api, (fds) => this.icmpPending(fds));
     this.drainer = setInterval(() => this.drain(), DRAIN_MS);
     this.drainer.unref();
   }
@@ -223,6 +245,21 @@ export class NativeFanout implements Fanout {
     return others.length === 0 ? g : new MixedGroup([g, this.multicast.group(others)]);
   }
 
+  begin(): void {
+    this.batch = this.batcher;
+    this.multicast.begin();
+  }
+
+  flush(): void {
+    this.batch = null;
+    this.batcher.flush();
+    this.multicast.flush();
+  }
+
+  get sendCalls(): number {
+    return this.batcher.calls + this.immediateCalls + this.multicast.sendCalls;
+  }
+
   /** Called by groups that met a pending ICMP answer: their sockets are drained on the next turn. */
   icmpPending(fds: readonly number[]): void {
     for (let i = 0; i < fds.length; i++) this.dirty.add(fds[i]!);
@@ -257,6 +294,7 @@ export class NativeFanout implements Fanout {
   private closed = false;
 
   async close(): Promise<void> {
+    this.flush();
     this.closed = true;
     clearInterval(this.drainer);
     for (const pool of this.pools.values()) for (const s of pool) this.api.closeFd(s.fd);

@@ -1,10 +1,11 @@
 // A listener on the native backend: the kernel hands over up to 32 datagrams
 // per recvmmsg() and JS is entered once per batch. Each datagram is passed to
-// the handler as a view into the receive arena, valid only during the call.
+// the handler as a view into the receive arena, valid until the batch's end
+// handler has returned.
 
 import { formatEndpoint, formatIp, ipBytes, type Endpoint } from '../wire/address.js';
 import { checkBufferSize } from './dgram-listener.js';
-import type { DatagramHandler, DatagramListener, ListenOptions, Source } from './io.js';
+import type { BatchEndHandler, DatagramHandler, DatagramListener, ListenOptions, Source } from './socket-api.js';
 import { errnoName, type NativeListenerHandle, type UdpFast } from './native.js';
 
 const V4_CACHE_LIMIT = 4096;
@@ -29,6 +30,7 @@ export class NativeListener implements DatagramListener {
     private readonly api: UdpFast,
     private readonly opts: ListenOptions,
     private readonly onMessage: DatagramHandler,
+    private readonly onBatchEnd: BatchEndHandler | null = null,
   ) {
     checkBufferSize('recv-buffer', opts.recvBuffer);
     try {
@@ -91,6 +93,7 @@ export class NativeListener implements DatagramListener {
       }
       this.onMessage(this.arena.subarray(i * slotSize, i * slotSize + len), src);
     }
+    this.onBatchEnd?.();
     if (this.errorHandler !== null) {
       const [count, last] = this.api.listenerStats(this.h.handle);
       if (count > this.reportedErrors) {

@@ -5,7 +5,7 @@
 import { constants } from 'node:os';
 import { join } from 'node:path';
 import { PACKAGE_ROOT } from '../base/package.js';
-import type { Backend } from './io.js';
+import type { Backend } from './socket-api.js';
 
 export interface NativeListenerHandle {
   readonly handle: unknown;
@@ -28,6 +28,8 @@ export interface UdpFast {
   listenerStats(handle: unknown): [number, number, number, number];
   openSender(family: 4 | 6, sndbuf: number, rcvbuf: number): number;
   sendBatch(fds: Int32Array, dests: Uint8Array, n: number, data: Uint8Array, errs: Int32Array): number;
+  /** Message i is data[offs[i], offs[i] + lens[i]) to dests[i] on fds[i]; one sendmmsg per fd (per 1024). errs[n]: ICMP hints, errs[n + 1]: sendmmsg calls. */
+  sendMany(fds: Int32Array, dests: Uint8Array, offs: Int32Array, lens: Int32Array, n: number, data: Uint8Array, errs: Int32Array): number;
   drainSender(fd: number, out: Int32Array): [number, number];
   socketBuffers(fd: number): [number, number];
   closeFd(fd: number): void;
@@ -46,7 +48,7 @@ function load(): { api: UdpFast | null; why: string } {
   try {
     const api = require(NATIVE_PATH) as Partial<UdpFast>;
     // An addon from an older build has another API: using it would crash.
-    if (typeof api.openSender !== 'function' || typeof api.drainSender !== 'function') return { api: null, why: 'an outdated build; run npm run build:native' };
+    if (typeof api.openSender !== 'function' || typeof api.drainSender !== 'function' || typeof api.sendMany !== 'function') return { api: null, why: 'an outdated build; run npm run build:native' };
     return { api: api as UdpFast, why: 'loaded' };
   } catch (err) {
     // npm runs the install script (node-gyp) unless scripts are off (--ignore-scripts, npm 12's allowScripts) or the compile failed.

@@ -5,15 +5,13 @@
 // - every other source shares a bounded table: idle entries are swept, and
 //   when it is full a new stranger is refused rather than letting a spoofed
 //   flood grow memory.
+// The buckets are judge/token-bucket.ts, like the warm joins' pacers.
 
-interface Bucket {
-  tokens: number;
-  last: number;
-}
+import { TokenBucket } from '../judge/token-bucket.js';
 
 export class RateLimiter {
-  private readonly strangers = new Map<string, Bucket>();
-  private readonly known = new Map<string, Bucket>();
+  private readonly strangers = new Map<string, TokenBucket>();
+  private readonly known = new Map<string, TokenBucket>();
 
   constructor(
     private rate: number,
@@ -46,15 +44,10 @@ export class RateLimiter {
       // Full: refused at once. Idle entries go in the periodic sweep; sweeping
       // here would cost a pass over the table per stranger, under a flood.
       if (!known && table.size >= this.maxStrangers) return false;
-      b = { tokens: this.burst, last: now };
+      b = new TokenBucket(this.burst, now);
       table.set(source, b);
-    } else {
-      b.tokens = Math.min(this.burst, b.tokens + ((Math.max(0, now - b.last)) * this.rate) / 1000);
-      b.last = now;
     }
-    if (b.tokens < 1) return false;
-    b.tokens -= 1;
-    return true;
+    return b.tryTake(now, this.rate, this.burst);
   }
 
   /** Forgets sources whose bucket has refilled: they are indistinguishable from new ones. */

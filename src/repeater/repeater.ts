@@ -1,53 +1,44 @@
-// The repeater: listeners feed channels, channels fan out to subscribers.
-// Owns the datagram path and applies configs (first start and reloads)
-// atomically: a config that cannot be applied leaves the running one intact.
+// The repeater: the config applier around the datagram path (path/). It
+// opens and closes the listeners, keeps the channels and their registries,
+// the subscription desk, the warm-join scheduler and the ticket keys, and at
+// every apply hands the path one frozen configuration (path/path-config.ts).
+// A config that cannot be applied leaves the running one intact: everything
+// that can fail (keys, signature dir, static outputs, new sockets) is
+// checked first; only then is anything swapped.
 //
-// The path of one datagram (docs/ARCHITECTURE.md):
-//   listener -> size, allow-list -> [sealed: open the frame]
-//   -> cache update: inspect, loop guard (trace or content window), forward form
-//   -> channel fan-out (plain copies, sealed frames)
-//   subscriptions -> the desk -> the registries; nothing is ever answered.
+// What a datagram goes through is the path's business (docs/ARCHITECTURE.md,
+// "The path of one datagram"); subscriptions come back up through the
+// control door (control.ts) to the desk; nothing is ever answered.
 
-import { ConfigError, describe } from '../base/errors.js';
+import { describe, ConfigError } from '../base/errors.js';
 import type { Logger } from '../base/log.js';
-import { D, type DropReason, E, FANOUT_BUCKETS, FastHistogram, K } from '../base/stats.js';
-import type { ListenerConfig, ServeConfig } from '../config/serve-config.js';
-import { ContentWindow } from '../gate/dedup.js';
-import { CopyMemory } from '../gate/copies.js';
-import { LoopGuard } from '../gate/loop-guard.js';
-import { createFanout, DEFAULT_BACKEND, openListener } from '../net/backend.js';
-import type { Backend, DatagramListener, Fanout, Source } from '../net/io.js';
+import { type DropReason, EventSlot, type FastHistogram } from '../base/stats.js';
+import type { ServeConfig } from '../config/serve-config.js';
+import { AccessList } from '../judge/access-list.js';
+import type { LoopGuard } from '../judge/loop-guard.js';
+import { type Backend, createFanout, DEFAULT_BACKEND, type Fanout } from '../net/io.js';
 import { OwnAddresses } from '../net/local.js';
+import { Channel, type ChannelEvents, type ChannelOptions, type Subscriber } from '../path/channel.js';
+import type { DataSeal } from '../path/data-seal.js';
+import { DatagramPath } from '../path/datagram-path.js';
+import type { DropHints } from '../path/drop-hints.js';
+import { freezePathConfig } from '../path/path-config.js';
 import type { Endpoint } from '../wire/address.js';
-import { canCarryTrace, contentOf, forwardForm, inspectCacheUpdate, newShape } from '../wire/cache.js';
-import { type Envelope, EnvelopeKind } from '../wire/envelope.js';
 import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
-import type { SavedSubscriber } from '../wire/state.js';
-import { decodeSubscription, type Subscription } from '../wire/subscription.js';
-import { readTrace, type TraceFields } from '../wire/trace.js';
-import { checkHeader, peekKind } from '../wire/uwsgi.js';
-import { AccessList } from './acl.js';
-import { RepeaterHints } from './hints.js';
-import { Channel, type ChannelEvents, type ChannelOptions, type Subscriber } from './channel.js';
-import { ListenerName } from './listener-name.js';
-import { type Arrival, type ClusterPort, OWN_INGRESS } from './cluster-port.js';
+import type { SavedSubscriber } from '../wire/registry-file.js';
+import type { TicketKey } from '../wire/ticket-codec.js';
+import type { ClusterPort } from './cluster-port.js';
+import { SubscriptionControl } from './control.js';
+import { type Listening, Listeners } from './listeners.js';
 import { RateLimiter } from './ratelimit.js';
-import type { SealedGate } from './sealed-gate.js';
+import { applyStatics, checkStatics, ensureStatics } from './statics.js';
 import { type SignatureCheck, SubscriptionDesk } from './subscriptions.js';
-import { type TicketPersistence, TicketService } from './tickets.js';
-import type { TicketKey } from '../wire/tickets.js';
+import { type TicketPersistence, TicketService } from './ticket-service.js';
 import { WarmJoins } from './warm-join.js';
 
-/** A listener's current place in the config; mutated in place on reload. */
-interface Route {
-  config: ListenerConfig;
-  channel: Channel;
-  listener: DatagramListener;
-}
-
 export interface RepeaterHooks {
-  /** Builds the sealed gate for a config (loads keys); throws to refuse the config. */
-  sealed?: (config: ServeConfig) => SealedGate | null;
+  /** Builds the data seal for a config (loads keys); throws to refuse the config. */
+  sealed?: (config: ServeConfig) => DataSeal | null;
   /** Builds the uWSGI signature checker for a config; throws to refuse it. */
   signatures?: (config: ServeConfig) => SignatureCheck | null;
   /** Socket backend (default: native when the addon is built). */
@@ -60,48 +51,48 @@ export interface RepeaterHooks {
 const FUTURE_SLACK_MS = 60_000;
 
 export class Repeater {
-  readonly fanoutTime = new FastHistogram(FANOUT_BUCKETS);
-  readonly channels = new Map<string, Channel>();
+  readonly backend: Backend;
+  /** The datagram path: judges, keeps the live state, builds, seals and sends every output. */
+  readonly path: DatagramPath;
+  /** Warm joins of new subscribers (warm-join.ts): a scheduler that asks the path to deliver. */
+  readonly warm: WarmJoins;
   /** Listener socket errors and outlet errors, all channels. */
   socketErrors = 0;
-  readonly backend: Backend;
-  readonly loops = new LoopGuard();
-  /** Live state per channel and warm joins of new subscribers (warm-join.ts). */
-  readonly warm: WarmJoins;
-  /** Likely misconfigurations seen in dropped datagrams (hints.ts). */
-  readonly hints: RepeaterHints;
 
   private config!: ServeConfig;
-
-  /** The running limits (they change on reload). */
-  get limits(): ServeConfig['limits'] {
-    return this.config.limits;
-  }
+  private readonly fanout: Fanout;
+  private readonly channelMap = new Map<string, Channel>();
   private acl!: AccessList;
   private readonly limiter = new RateLimiter(1, 1);
   private desk!: SubscriptionDesk;
-  private gate: SealedGate | null = null;
-  private dedup!: ContentWindow;
-  private fanout: Fanout | null = null;
-  private readonly routes = new Map<string, Route>();
+  private seal: DataSeal | null = null;
+  private readonly listening: Listeners;
   private sweeper: NodeJS.Timeout | null = null;
   private closed = false;
-  private readonly shape = newShape();
   private readonly events: ChannelEvents;
-  /** Cluster mode: updates delivered once though they came in through two repeaters. */
-  clusterDuplicates = 0;
-  /** Cluster mode only: null standalone, so the datagram path pays one null check. */
+  /** Cluster mode only. */
   private cluster: ClusterPort | null = null;
-  private recent: CopyMemory | null = null;
   private ticketService: TicketService | null = null;
 
-  constructor(
+  private constructor(
     readonly log: Logger,
-    private readonly hooks: RepeaterHooks = {},
+    private readonly hooks: RepeaterHooks,
+    first: ServeConfig,
   ) {
     this.backend = hooks.backend ?? DEFAULT_BACKEND;
-    this.warm = new WarmJoins(this);
-    this.hints = new RepeaterHints(log, () => this.acl?.cidrs ?? null, (l) => this.routes.get(l)?.channel.name ?? null);
+    this.fanout = createFanout(this.backend, { sendBuffer: first.sendBuffer, sendQueue: first.limits.sendQueue });
+    this.path = new DatagramPath(
+      this.fanout,
+      log,
+      new SubscriptionControl(
+        () => this.desk,
+        () => this.ticketService,
+      ),
+    );
+    const path = this.path;
+    this.listening = new Listeners(this.backend, path, log, () => this.socketErrors++);
+    this.warm = new WarmJoins({ channels: this.channelMap, log, out: path.out, live: path.live });
+    path.live.watch = this.warm;
     this.events = {
       outOfService: (c, e, event, why) => {
         if (event === 'suspend') {
@@ -117,8 +108,32 @@ export class Repeater {
     };
   }
 
+  static async start(config: ServeConfig, log: Logger, hooks: RepeaterHooks = {}): Promise<Repeater> {
+    const r = new Repeater(log, hooks, config);
+    // Cluster mode: no warm join before the cluster's live state was fetched
+    // from a peer (the cluster releases them); held before any listener opens.
+    if (config.cluster !== null && config.warm.enabled) r.warm.hold();
+    try {
+      await r.apply(config);
+    } catch (err) {
+      await r.close();
+      throw err;
+    }
+    return r;
+  }
+
   get current(): ServeConfig {
     return this.config;
+  }
+
+  /** The running limits (they change on reload). */
+  get limits(): ServeConfig['limits'] {
+    return this.config.limits;
+  }
+
+  /** The channels, by name. */
+  get channels(): ReadonlyMap<string, Channel> {
+    return this.channelMap;
   }
 
   /** No output may be larger than this (a trace or a repaired delete makes it grow). */
@@ -126,8 +141,8 @@ export class Repeater {
     return Math.min(this.config.limits.maxDatagram, MAX_UDP_PAYLOAD);
   }
 
-  get sealedGate(): SealedGate | null {
-    return this.gate;
+  get dataSeal(): DataSeal | null {
+    return this.seal;
   }
 
   /** The fleet's ticket-key schedule; null when no listener has `tickets`. */
@@ -147,61 +162,50 @@ export class Repeater {
     return this.acl;
   }
 
+  /** The path's loop guard (its traces). */
+  get loops(): LoopGuard {
+    return this.path.loops;
+  }
+
+  /** Likely misconfigurations seen in dropped datagrams. */
+  get hints(): DropHints {
+    return this.path.hints;
+  }
+
+  /** Receive to send, per datagram forwarded. */
+  get fanoutTime(): FastHistogram {
+    return this.path.fanoutTime;
+  }
+
+  /** Cluster mode: updates delivered once though they came in through two repeaters. */
+  get clusterDuplicates(): number {
+    return this.path.clusterDuplicates;
+  }
+
   /** Each listener: configured and bound address, channel, form, receive buffer. */
   listeners(): Array<{ address: string; bound: string; channel: string; sealed: boolean; recvBuffer: number }> {
-    return [...this.routes.values()].map((r) => ({
-      address: r.config.endpoint.text,
-      bound: r.listener.bound,
-      channel: r.channel.name,
-      sealed: r.config.sealed,
-      recvBuffer: r.listener.recvBuffer,
-    }));
+    return this.listening.describe();
   }
 
   /** Each listener's address and socket, for kernel statistics. */
   listenerSockets(): Array<{ address: string; fd: number | null }> {
-    return [...this.routes.values()].map((r) => ({ address: r.config.endpoint.text, fd: r.listener.fd }));
+    return this.listening.sockets();
   }
 
   /** Port actually bound for a configured listener address. */
   portOf(address: string): number {
-    const r = this.routes.get(address);
-    if (r === undefined) throw new Error(`no listener ${address}`);
-    return r.listener.port;
-  }
-
-  static async start(config: ServeConfig, log: Logger, hooks: RepeaterHooks = {}): Promise<Repeater> {
-    const r = new Repeater(log, hooks);
-    // Cluster mode: no warm join before the cluster's live state was fetched
-    // from a peer (the cluster releases them); held before any listener opens.
-    if (config.cluster !== null && config.warm.enabled) r.warm.hold();
-    try {
-      await r.apply(config);
-    } catch (err) {
-      await r.close();
-      throw err;
-    }
-    return r;
-  }
-
-  /** Static outputs must never be our own listeners (that would loop). */
-  private static checkStatics(next: ServeConfig, own: OwnAddresses): void {
-    for (const s of next.statics) {
-      const problem = own.problem(s.endpoint);
-      if (problem === 'own_listener') throw new ConfigError(`--to ${s.endpoint.text} reaches one of our own listeners: that would loop`);
-      if (problem === 'not_unicast' && !s.multicast) throw new ConfigError(`--to ${s.endpoint.text} is a broadcast or unspecified address`);
-    }
+    return this.listening.portOf(address);
   }
 
   /**
-   * Applies a config. Everything that can fail (keys, signature dir, static
-   * outputs, new sockets) is checked first; only then is the running state
-   * swapped, so a failure leaves the previous config running untouched.
+   * Applies a config. Everything that can fail is checked first; only then
+   * is the running state swapped, so a failure leaves the previous config
+   * running untouched.
    */
   async apply(next: ServeConfig): Promise<void> {
     if (this.closed) throw new Error('repeater is closed');
     const own = new OwnAddresses(next.listeners.map((l) => l.endpoint));
-    Repeater.checkStatics(next, own);
+    checkStatics(next, own);
     const signatures = this.hooks.signatures?.(next) ?? null;
     const sealed = this.hooks.sealed?.(next) ?? null;
     if (sealed === null && (next.listeners.some((l) => l.sealed) || next.statics.some((s) => s.sealed))) {
@@ -210,41 +214,13 @@ export class Repeater {
     // Read before anything is swapped: a schedule file we cannot trust refuses the config.
     const savedTickets = next.tickets !== null && this.ticketService === null ? (this.hooks.ticketStore?.load() ?? []) : [];
     const first = this.config === undefined;
-    if (first) this.fanout = createFanout(this.backend, { sendBuffer: next.sendBuffer, sendQueue: next.limits.sendQueue });
-    else if (next.sendBuffer !== this.config.sendBuffer || next.limits.sendQueue !== this.config.limits.sendQueue) {
+    if (!first && (next.sendBuffer !== this.config.sendBuffer || next.limits.sendQueue !== this.config.limits.sendQueue)) {
       this.log.warn('--send-buffer and --send-queue changes take effect at the next restart');
     }
-
-    const opened: Route[] = [];
-    const kept = new Set<string>();
+    let opened: Listening[];
     try {
-      for (const lc of next.listeners) {
-        if (this.routes.has(lc.endpoint.text)) {
-          kept.add(lc.endpoint.text);
-          continue;
-        }
-        // The channel is set when the config is swapped in; until then its datagrams are ignored.
-        const route = { config: lc } as Route;
-        route.listener = await openListener(
-          this.backend,
-          lc.endpoint,
-          {
-            recvBuffer: next.recvBuffer,
-            multicastInterface: next.multicastInterface,
-            onTruncated: () => {
-              if (route.channel !== undefined) route.channel.stats.dropped[D.too_large]++;
-            },
-          },
-          (msg, from) => this.onDatagram(route, msg, from),
-        );
-        route.listener.onError((err) => {
-          this.socketErrors++;
-          this.log.throttle('warn', `listener:${lc.endpoint.text}`, 'listener socket error', { address: lc.endpoint.text, error: err.message });
-        });
-        opened.push(route);
-      }
+      opened = await this.listening.openNew(next);
     } catch (err) {
-      for (const r of opened) await r.listener.close();
       sealed?.dispose();
       throw err;
     }
@@ -252,23 +228,42 @@ export class Repeater {
     // Nothing below can fail: swap in the new state.
     this.config = next;
     this.acl = new AccessList(next.allow);
-    this.dedup = new ContentWindow(next.dedupWindowMs);
     this.limiter.configure(next.limits.subscribeRate, next.limits.subscribeBurst);
-    if (this.gate !== sealed) this.gate?.dispose();
-    this.gate = sealed;
-    const deskDeps = {
-      acl: this.acl,
-      limiter: this.limiter,
-      log: this.log,
-      own,
-      signatures,
-      channels: () => this.channels.values(),
-      warm: this.warm,
-    };
+    if (this.seal !== sealed) this.seal?.dispose();
+    this.seal = sealed;
+    const deskDeps = { acl: this.acl, limiter: this.limiter, log: this.log, own, signatures, channels: () => this.channelMap.values(), warm: this.warm };
     if (this.desk === undefined) this.desk = new SubscriptionDesk(deskDeps);
     else this.desk.configure(deskDeps);
+    this.applyChannels(next);
+    this.listening.swap(next, opened);
+    for (const ch of this.channelMap.values()) ch.tickets = next.tickets !== null && next.listeners.some((l) => l.tickets && l.channel === ch.name);
+    this.path.configure(
+      freezePathConfig({
+        maxDatagram: next.limits.maxDatagram,
+        outLimit: this.outLimit,
+        forwardUnknown: next.forwardUnknown,
+        repairDeletes: next.repairDeletes,
+        acl: this.acl,
+        seal: sealed,
+        dedupWindowMs: next.dedupWindowMs,
+        routes: this.listening.routes(this.channelMap),
+        channels: this.channelMap.values(),
+        live: { enabled: next.warm.enabled, maxBytes: next.warm.maxBytes },
+      }),
+    );
+    this.applyTickets(next, savedTickets);
+    applyStatics(next, this.channelMap.values(), this.log);
+    this.evictInvalid();
+    this.warm.configure(next.warm, this.fanout);
+    if (this.sweeper === null) {
+      this.sweeper = setInterval(() => this.sweep(Date.now()), Math.min(1000, Math.max(50, next.toleranceMs / 4)));
+    }
+    if (!first) this.log.info('config applied', { listeners: next.listeners.length, channels: this.channelMap.size });
+  }
 
-    const chOpts: ChannelOptions = {
+  /** Creates the channels `next` names, configures the kept ones, closes the others. */
+  private applyChannels(next: ServeConfig): void {
+    const opts: ChannelOptions = {
       maxSubscribers: next.limits.maxSubscribers,
       toleranceMs: next.toleranceMs,
       deadAfter: next.limits.deadAfter,
@@ -279,55 +274,20 @@ export class Repeater {
     const wanted = new Map<string, string | null>();
     for (const l of next.listeners) wanted.set(l.channel, l.key);
     for (const [name, key] of wanted) {
-      const ch = this.channels.get(name);
-      if (ch !== undefined) ch.configure(key, chOpts);
+      const ch = this.channelMap.get(name);
+      if (ch !== undefined) ch.configure(key, opts);
       else {
-        const created = new Channel(name, key, chOpts, this.fanout!, this.events);
-        this.channels.set(name, created);
+        const created = new Channel(name, key, opts, this.fanout, this.events);
+        this.channelMap.set(name, created);
         this.observe(created);
       }
     }
-    for (const [name, ch] of this.channels) {
+    for (const [name, ch] of this.channelMap) {
       if (wanted.has(name)) continue;
       this.log.info('channel removed', { channel: name, subscribers: ch.size });
       ch.close();
-      this.channels.delete(name);
+      this.channelMap.delete(name);
     }
-
-    for (const [address, route] of this.routes) {
-      if (kept.has(address)) continue;
-      void route.listener.close();
-      this.routes.delete(address);
-      this.log.info('listener closed', { address });
-    }
-    for (const lc of next.listeners) {
-      const existing = this.routes.get(lc.endpoint.text);
-      const route = existing ?? opened.find((r) => r.config === lc)!;
-      route.config = lc;
-      route.channel = this.channels.get(lc.channel)!;
-      if (existing === undefined) {
-        this.routes.set(lc.endpoint.text, route);
-        const recvBuffer = route.listener.recvBuffer;
-        this.log.info('listening', { address: lc.endpoint.text, bound: route.listener.bound, channel: lc.channel, sealed: lc.sealed, backend: this.backend, recvBuffer });
-        // Linux reports twice the size it was asked for; less than that means rmem_max capped it.
-        if (next.recvBuffer > 0 && recvBuffer < next.recvBuffer) {
-          this.log.warn('receive buffer smaller than asked: raise net.core.rmem_max', { address: lc.endpoint.text, asked: next.recvBuffer, got: recvBuffer });
-        }
-      }
-    }
-
-    for (const ch of this.channels.values()) {
-      ch.tickets = next.tickets !== null && next.listeners.some((l) => l.tickets && l.channel === ch.name);
-      ch.sealer = sealed;
-    }
-    this.applyTickets(next, savedTickets);
-    this.applyStatics(next);
-    this.evictInvalid();
-    this.warm.configure(next.warm, this.fanout!);
-    if (this.sweeper === null) {
-      this.sweeper = setInterval(() => this.sweep(Date.now()), Math.min(1000, Math.max(50, next.toleranceMs / 4)));
-    }
-    if (!first) this.log.info('config applied', { listeners: next.listeners.length, channels: this.channels.size });
   }
 
   private applyTickets(next: ServeConfig, saved: readonly TicketKey[]): void {
@@ -341,53 +301,19 @@ export class Repeater {
       this.ticketService.configure(next.tickets);
       return;
     }
-    this.ticketService = new TicketService(next.tickets, { channels: () => this.channels.values(), gate: () => this.gate, store: this.hooks.ticketStore ?? null, log: this.log });
+    const out = this.path.out;
+    this.ticketService = new TicketService(next.tickets, { channels: () => this.channelMap.values(), send: (ch, keys, e) => out.tickets(ch, keys, e), store: this.hooks.ticketStore ?? null, log: this.log });
     if (this.cluster !== null) this.cluster.attachTickets(this.ticketService);
     this.ticketService.start(saved);
   }
 
-  private applyStatics(next: ServeConfig): void {
-    for (const ch of this.channels.values()) {
-      const want = next.statics.filter((s) => s.channel === null || s.channel === ch.name);
-      const wantKey = new Set(want.map((s) => `${s.endpoint.text}/${s.sealed ? 'sealed' : 'plain'}/${s.ttl}`));
-      for (const r of [ch.plain, ch.sealed]) {
-        r.removeWhere((e) => e.isStatic && !wantKey.has(`${e.endpoint.text}/${e.form}/${ch.staticTtl.get(e.endpoint.text) ?? next.multicastTtl}`));
-      }
-      ch.staticTtl.clear();
-      for (const s of want) ch.staticTtl.set(s.endpoint.text, s.ttl);
-    }
-    this.ensureStatics();
-  }
-
-  /**
-   * Adds every configured static output that is missing: at apply time, and
-   * again on each sweep for those whose outlet could not be opened or was
-   * evicted (no free port, too many open files).
-   */
-  private ensureStatics(): void {
-    const now = Date.now();
-    for (const ch of this.channels.values()) {
-      for (const s of this.config.statics) {
-        if (s.channel !== null && s.channel !== ch.name) continue;
-        const registry = ch.registry(s.sealed ? 'sealed' : 'plain');
-        const e = registry.get(s.endpoint.text);
-        if (e !== undefined && e.isStatic) continue;
-        try {
-          registry.addStatic(s.endpoint, now, s.sealed ? (s.key ?? ch.key ?? ch.name) : '');
-        } catch (err) {
-          this.log.throttle('error', `static:${s.endpoint.text}`, 'cannot open a socket for a static output; retrying', { channel: ch.name, address: s.endpoint.text, error: describe(err) }, 60_000);
-        }
-      }
-    }
-  }
-
   /** After a reload, dynamic subscribers the new config would refuse go (allow-list, own listeners). */
   private evictInvalid(): void {
-    for (const ch of this.channels.values()) {
+    for (const ch of this.channelMap.values()) {
       for (const r of [ch.plain, ch.sealed]) {
         const gone = r.removeWhere((e) => !e.isStatic && typeof this.desk.vetAddress(e.endpoint.text) === 'string');
         for (const e of gone) {
-          ch.stats.events[E.evict]++;
+          ch.stats.events[EventSlot.evict]++;
           this.log.info('subscriber evicted: the new config refuses its address', { channel: ch.name, address: e.endpoint.text, reason: this.desk.vetAddress(e.endpoint.text) });
         }
       }
@@ -395,15 +321,15 @@ export class Repeater {
   }
 
   sweep(now: number): void {
-    this.ensureStatics();
-    for (const ch of this.channels.values()) {
+    ensureStatics(this.config, this.channelMap.values(), this.log);
+    for (const ch of this.channelMap.values()) {
       for (const r of [ch.plain, ch.sealed]) {
         for (const e of r.resumeDue(now)) {
-          ch.stats.events[E.resume]++;
+          ch.stats.events[EventSlot.resume]++;
           this.log.info('subscriber resumed', { channel: ch.name, address: e.endpoint.text, form: e.form });
         }
         for (const e of r.sweep(now)) {
-          ch.stats.events[E.expire]++;
+          ch.stats.events[EventSlot.expire]++;
           this.log.info('subscriber expired', { channel: ch.name, address: e.endpoint.text, key: e.key, form: e.form, lastSeen: new Date(e.lastSeen).toISOString() });
         }
       }
@@ -412,224 +338,16 @@ export class Repeater {
   }
 
   /**
-   * Last line of defence: a datagram that makes the code throw (a bug) is
-   * dropped, counted and logged with its stack; it must not take the
-   * process, and every other node's sync, down with it.
-   */
-  private onDatagram(route: Route, msg: Buffer, from: Source): void {
-    // A listener opened by an apply still in progress has no channel yet:
-    // until the new config is swapped in, its datagrams are not ours to judge.
-    if (route.channel === undefined || this.closed) return;
-    try {
-      this.handle(route, msg, from);
-    } catch (err) {
-      route.channel.stats.dropped[D.internal_error]++;
-      this.log.throttle('error', 'internal-error', 'internal error handling a datagram; dropped', {
-        error: (err as Error).message,
-        stack: (err as Error).stack,
-        listener: route.config.endpoint.text,
-      });
-    }
-  }
-
-  private handle(route: Route, msg: Buffer, from: Source): void {
-    const t0 = performance.now();
-    const ch = route.channel;
-    const st = ch.stats;
-    st.bytesReceived += msg.length;
-    const sealed = route.config.sealed;
-    const kind = sealed ? K.sealed : peekKind(msg);
-    st.received[kind]++;
-    if (msg.length > this.config.limits.maxDatagram) {
-      st.dropped[D.too_large]++;
-      return;
-    }
-    if (!this.acl.allows(from.address)) {
-      st.dropped[D.not_allowed]++;
-      this.hints.notAllowed.note(from.address, route.config.endpoint.text);
-      return;
-    }
-    if (sealed) {
-      const env = this.gate!.open(ch, msg, ListenerName.of(route.config, route.listener));
-      if (typeof env !== 'string') this.onEnvelope(ch, env, from, t0);
-      else this.hints.unopened(msg, env, from.address, route.config.endpoint.text);
-      return;
-    }
-    if (kind === K.set || kind === K.delete) {
-      this.acceptCache(ch, msg, route.listener.stable, null, t0);
-      return;
-    }
-    if (kind === K.subscribe || kind === K.unsubscribe) {
-      const now = Date.now();
-      const known = this.desk.knownSource(from.address);
-      if (!known && !this.desk.admitStranger(ch, from.address, now)) return;
-      const sub = decodeSubscription(msg);
-      if (typeof sub !== 'string') {
-        this.desk.applyPlain(ch, sub, from.address, now, known, route.config.warmAnySource);
-        return;
-      }
-      if (!this.config.forwardUnknown) {
-        st.dropped[D[sub]]++;
-        return;
-      }
-    }
-    if (this.config.forwardUnknown) {
-      this.forwardOpaque(ch, msg, route.listener.stable, null, t0);
-      return;
-    }
-    const bad = checkHeader(msg);
-    st.dropped[bad === undefined ? D.unknown_type : D[bad]]++;
-    this.hints.unknownOnPlain(msg, from.address, route.config.endpoint.text);
-  }
-
-  private onEnvelope(ch: Channel, env: Envelope, from: Source, t0: number): void {
-    if (ch.key !== null && env.channelKey !== ch.key) {
-      if (env.kind === EnvelopeKind.CacheDatagram) ch.stats.dropped[D.key_mismatch]++;
-      else this.desk.refuse(ch, 'key_mismatch', from.address);
-      return;
-    }
-    if (env.kind === EnvelopeKind.CacheDatagram) {
-      this.acceptCache(ch, env.datagram!, true, { trace: env.trace, origin: env.origin, fromBus: false, ingress: OWN_INGRESS }, t0);
-      return;
-    }
-    if (env.kind !== EnvelopeKind.Subscribe && env.kind !== EnvelopeKind.Unsubscribe) {
-      ch.stats.dropped[D.bad_payload]++;
-      return;
-    }
-    const sub: Subscription = {
-      unsubscribe: env.kind === EnvelopeKind.Unsubscribe,
-      key: env.channelKey,
-      address: env.address!,
-      modifier1: 0,
-      modifier2: 0,
-      cores: 0,
-      load: 0,
-      weight: 0,
-      unix: null,
-      sign: null,
-      signed: null,
-    };
-    const refused = this.desk.apply(ch, sub, 'sealed', from.address, Date.now(), env.origin);
-    if (refused !== null || sub.unsubscribe) return;
-    const ep = this.desk.vetAddress(sub.address);
-    const e = typeof ep === 'string' ? undefined : ch.sealed.get(ep.text);
-    // An agent that names its frame's receiver knows MEMBERSHIP frames: it learns from which of our sequences it is a member.
-    if (e !== undefined && env.receiver.length > 0) ch.confirmMember(e);
-    // Every subscribe and refresh of a ticket channel gets the schedule: UDP may have lost the last one.
-    if (e !== undefined && ch.tickets && this.ticketService !== null) this.ticketService.send(ch, e);
-  }
-
-  /**
-   * A cache update: plain (its trace, if any, in its bytes), or opened from a
-   * frame or taken off the bus (`given`: its trace and origin; the bytes must
-   * carry no trace). What came off the bus is never published again.
-   * `held`: a replay of one the cluster held (never held twice).
-   */
-  private acceptCache(ch: Channel, buf: Buffer, stable: boolean, given: Arrival | null, t0: number, held = false): void {
-    if (this.cluster !== null && given?.fromBus !== true && !held && !this.cluster.ownArrival(ch, buf, (copy) => this.acceptCache(ch, copy, true, given, performance.now(), true))) return;
-    const st = ch.stats;
-    const s = this.shape;
-    const bad = inspectCacheUpdate(buf, s);
-    if (bad !== undefined || (given !== null && s.traceAt >= 0)) {
-      if (this.config.forwardUnknown) this.forwardOpaque(ch, buf, stable, given, t0);
-      else st.dropped[D[bad ?? 'malformed']]++;
-      return;
-    }
-    let arrived: TraceFields | null = given?.trace ?? null;
-    if (s.traceAt >= 0) {
-      arrived = readTrace(buf, s.traceAt);
-      if (arrived === null) {
-        st.dropped[D.malformed]++;
-        return;
-      }
-    }
-    // Cluster mode: the same update may come in through another repeater too (node=R1;R2): copies are paired per ingress.
-    if (this.recent !== null && !this.recent.admit(this.recent.hasher.hash(buf, 6, 6 + buf.readUInt16LE(4)), this.recent.hasher.hash(buf, 3, s.contentEnd), given?.ingress ?? OWN_INGRESS, Date.now())) {
-      st.dropped[D.duplicate]++;
-      this.clusterDuplicates++;
-      return;
-    }
-    let next: TraceFields;
-    if (arrived !== null) {
-      const v = this.loops.pass(arrived);
-      if (typeof v === 'string') {
-        st.dropped[D[v]]++;
-        return;
-      }
-      next = v;
-    } else next = this.loops.stamp();
-    // An unpadded delete forwarded unrepaired cannot carry a trace (uWSGI would
-    // apply it), nor can a datagram with no room left to grow: their plain
-    // copies go as they came, and the content window stops them coming round.
-    const repair = this.config.repairDeletes;
-    let traced = canCarryTrace(s, repair);
-    let plainOut = forwardForm(buf, s, repair, traced ? next : null, this.outLimit);
-    if (plainOut === 'too_large' && traced && arrived === null) {
-      traced = false;
-      plainOut = forwardForm(buf, s, repair, null, this.outLimit);
-    }
-    if (plainOut === 'too_large') {
-      st.dropped[D.too_large]++;
-      return;
-    }
-    if (!traced && !this.dedup.admit(buf.subarray(0, s.contentEnd), Date.now())) {
-      st.dropped[D.duplicate]++;
-      return;
-    }
-    this.warm.learn(ch, buf, s);
-    const content = this.gate === null && this.cluster === null ? null : contentOf(buf, s);
-    const sealing = this.gate === null ? null : { content: content!, trace: next };
-    const sent = ch.forward(plainOut, stable || plainOut !== buf, this.gate, sealing, given?.origin ?? null);
-    if (sent > 0) this.fanoutTime.observe((performance.now() - t0) / 1000);
-    if (this.cluster !== null && given?.fromBus !== true) this.cluster.publish(ch, content!, stable || content !== buf, next, given?.origin ?? null, false);
-  }
-
-  /** --forward-unknown: any datagram, byte for byte; loops stopped by the content window. */
-  private forwardOpaque(ch: Channel, buf: Buffer, stable: boolean, given: Arrival | null, t0: number, held = false): void {
-    if (this.cluster !== null && given?.fromBus !== true && !held && !this.cluster.ownArrival(ch, buf, (copy) => this.forwardOpaque(ch, copy, true, given, performance.now(), true))) return;
-    const now = Date.now();
-    if (!this.dedup.admit(buf, now)) {
-      ch.stats.dropped[D.duplicate]++;
-      return;
-    }
-    if (this.recent !== null && !this.recent.admit(this.recent.hasher.hash(buf), 0, given?.ingress ?? OWN_INGRESS, now)) {
-      ch.stats.dropped[D.duplicate]++;
-      this.clusterDuplicates++;
-      return;
-    }
-    const sealing = this.gate === null ? null : { content: buf, trace: null };
-    const sent = ch.forward(buf, stable, this.gate, sealing, given?.origin ?? null);
-    if (sent > 0) this.fanoutTime.observe((performance.now() - t0) / 1000);
-    if (this.cluster !== null && given?.fromBus !== true) this.cluster.publish(ch, buf, stable, null, given?.origin ?? null, true);
-  }
-
-  /**
-   * Cluster mode: a datagram the repeater `sender` accepted, for the
-   * subscribers this one serves. Returns why it was dropped, or null.
-   */
-  acceptFromBus(channel: string, datagram: Buffer, trace: TraceFields | null, origin: bigint | null, opaque: boolean, sender: bigint): string | null {
-    const ch = this.channels.get(channel);
-    if (ch === undefined || this.closed) return 'no such channel';
-    const t0 = performance.now();
-    const arrival: Arrival = { trace, origin, fromBus: true, ingress: sender };
-    if (opaque) {
-      if (!this.config.forwardUnknown) return 'opaque datagrams are not forwarded here';
-      this.forwardOpaque(ch, datagram, true, arrival, t0);
-    } else this.acceptCache(ch, datagram, true, arrival, t0);
-    return null;
-  }
-
-  /**
-   * Cluster mode: from now on every accepted datagram is offered to `port`
-   * (to be published), every registry change is reported to it, and the
-   * copies of an update that came in through two ingresses within
-   * `memoryMs` are delivered once (gate/copies.ts).
+   * Cluster mode: from now on the path offers every accepted datagram to
+   * `port` (to be published), every registry change is reported to it, and
+   * the copies of an update that came in through two ingresses within
+   * `memoryMs` are delivered once (judge/copies.ts).
    */
   attachCluster(port: ClusterPort, memoryMs: number): void {
     this.cluster = port;
-    this.recent = new CopyMemory(memoryMs);
+    this.path.attachBus(port, memoryMs);
     if (this.ticketService !== null) port.attachTickets(this.ticketService);
-    for (const ch of this.channels.values()) this.observe(ch);
+    for (const ch of this.channelMap.values()) this.observe(ch);
   }
 
   private observe(ch: Channel): void {
@@ -642,7 +360,7 @@ export class Repeater {
   reassign(owns: (ch: Channel, e: Subscriber) => boolean): { gained: Subscriber[]; lost: Subscriber[] } {
     const gained: Subscriber[] = [];
     const lost: Subscriber[] = [];
-    for (const ch of this.channels.values()) {
+    for (const ch of this.channelMap.values()) {
       for (const r of [ch.plain, ch.sealed]) {
         let moved = false;
         for (const e of r.values()) {
@@ -664,14 +382,14 @@ export class Repeater {
    * old, foreign or crafted). Returns null when restored, else why not.
    */
   restore(s: SavedSubscriber, now: number): string | null {
-    const ch = this.channels.get(s.channel);
+    const ch = this.channelMap.get(s.channel);
     if (ch === undefined) return 'no such channel';
     const form = s.sealed ? 'sealed' : 'plain';
-    if (form === 'sealed' && (this.gate === null || s.origin === 0n)) return 'sealed without keys or origin';
+    if (form === 'sealed' && (this.seal === null || s.origin === 0n)) return 'sealed without keys or origin';
     if (s.key.length === 0 || s.key.length > 255 || (ch.key !== null && s.key !== ch.key)) return 'key_mismatch';
     const ep: Endpoint | DropReason = this.desk.vetAddress(s.address);
     if (typeof ep === 'string') return ep;
-    if (form === 'plain' && [...this.channels.values()].some((c) => c.sealed.get(ep.text) !== undefined)) return 'form_conflict';
+    if (form === 'plain' && [...this.channelMap.values()].some((c) => c.sealed.get(ep.text) !== undefined)) return 'form_conflict';
     const ok = (t: number) => Number.isSafeInteger(t) && t > 0 && t <= now + FUTURE_SLACK_MS;
     if (!ok(s.firstSeenMs) || !ok(s.lastSeenMs) || s.firstSeenMs > s.lastSeenMs) return 'bad timestamps';
     if (!Number.isSafeInteger(s.deadlineMs) || s.deadlineMs <= now) return 'expired';
@@ -692,13 +410,13 @@ export class Repeater {
     if (this.sweeper !== null) clearInterval(this.sweeper);
     this.ticketService?.close();
     this.ticketService = null;
-    const closing = [...this.routes.values()].map((r) => r.listener.close());
-    this.routes.clear();
-    for (const ch of this.channels.values()) ch.close();
-    this.channels.clear();
-    this.gate?.dispose();
-    this.gate = null;
-    await Promise.all(closing);
-    await this.fanout?.close();
+    const closing = this.listening.close();
+    this.path.close();
+    for (const ch of this.channelMap.values()) ch.close();
+    this.channelMap.clear();
+    this.seal?.dispose();
+    this.seal = null;
+    await closing;
+    await this.fanout.close();
   }
 }

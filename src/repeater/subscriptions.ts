@@ -24,14 +24,14 @@
 //   that source. Sealed subscriptions are authenticated: none of this applies.
 
 import type { Logger } from '../base/log.js';
-import { D, type DropReason, E } from '../base/stats.js';
+import { DropSlot, type DropReason, EventSlot } from '../base/stats.js';
 import type { OwnAddresses } from '../net/local.js';
 import { type Endpoint, parseEndpoint } from '../wire/address.js';
 import type { Subscription } from '../wire/subscription.js';
-import type { AccessList } from './acl.js';
-import type { Channel, Subscriber } from './channel.js';
+import type { AccessList } from '../judge/access-list.js';
+import type { Channel, Subscriber } from '../path/channel.js';
 import type { RateLimiter } from './ratelimit.js';
-import type { Form } from './registry.js';
+import type { Form } from '../path/registry.js';
 
 /** Verifies uWSGI signatures; returns a drop reason or null when valid. */
 export interface SignatureCheck {
@@ -183,7 +183,7 @@ export class SubscriptionDesk {
     if (sub.unsubscribe) {
       const existing = registry.get(ep.text);
       if (existing === undefined || existing.isStatic) {
-        ch.stats.dropped[D.not_subscribed]++;
+        ch.stats.dropped[DropSlot.not_subscribed]++;
         return 'not_subscribed';
       }
       if (form === 'plain' && source !== ep.host && source !== existing.source) {
@@ -191,7 +191,7 @@ export class SubscriptionDesk {
         return 'foreign_unsubscribe';
       }
       registry.remove(ep.text);
-      ch.stats.events[E.unsubscribe]++;
+      ch.stats.events[EventSlot.unsubscribe]++;
       log.info('unsubscribed', { channel: ch.name, address: ep.text, key: sub.key, form, source });
       return null;
     }
@@ -214,7 +214,7 @@ export class SubscriptionDesk {
       this.refuse(ch, 'registry_full', source, sub);
       return 'registry_full';
     }
-    ch.stats.events[E[r.event]]++;
+    ch.stats.events[EventSlot[r.event]]++;
     this.warm(ch, r.entry, r.event === 'subscribe', suspended, fromAddress || anySource);
     if (r.event === 'subscribe') log.info('subscribed', { channel: ch.name, address: ep.text, key: sub.key, form, source });
     else log.debug('refreshed', { channel: ch.name, address: ep.text, key: sub.key, form });
@@ -244,15 +244,15 @@ export class SubscriptionDesk {
       const e = ch.plain.get(address);
       if (e === undefined || e.isStatic) continue;
       ch.plain.remove(address);
-      ch.stats.events[E.evict]++;
+      ch.stats.events[EventSlot.evict]++;
       this.deps.log.info('plain subscriber replaced by a sealed one', { channel: ch.name, address, source });
     }
   }
 
   /** Counts and records a refused subscription (decoded, or only its source known). */
   refuse(ch: Channel, reason: DropReason, source: string, sub: Subscription | null = null): void {
-    ch.stats.dropped[D[reason]]++;
-    ch.stats.events[E.reject]++;
+    ch.stats.dropped[DropSlot[reason]]++;
+    ch.stats.events[EventSlot.reject]++;
     this.remember({ at: Date.now(), channel: ch.name, reason, source, key: sub?.key ?? null, address: sub?.address ?? null });
     this.deps.log.throttle('warn', `refuse:${reason}`, 'subscription refused', { channel: ch.name, reason, source, key: sub?.key, address: sub?.address });
   }

@@ -22,10 +22,11 @@
 //   toward a new destination: refusing costs a node its warm join, evicting
 //   would hand a spoofer a second full join.
 
-/** Tokens per second, at most `burstSeconds` of them saved up. Pure over the clock it is given (ms). */
+import { TokenBucket } from '../judge/token-bucket.js';
+
+/** Tokens per second, at most `burstSeconds` of them saved up (judge/token-bucket.ts). Pure over the clock it is given (ms). */
 export class Pacer {
-  private tokens = 0;
-  private last = 0;
+  private readonly bucket = new TokenBucket(0, 0);
 
   constructor(
     public rate: number,
@@ -34,26 +35,23 @@ export class Pacer {
 
   /** Starts from empty at `nowMs`: a pause is not saved up as a burst. */
   reset(nowMs: number): void {
-    this.tokens = 0;
-    this.last = nowMs;
+    this.bucket.tokens = 0;
+    this.bucket.last = nowMs;
   }
 
   /** Whole tokens available at `nowMs` (negative while a debt is being repaid). */
   available(nowMs: number): number {
-    const burst = Math.max(1, this.rate * this.burstSeconds);
-    this.tokens = Math.min(burst, this.tokens + ((nowMs - this.last) * this.rate) / 1000);
-    this.last = nowMs;
-    return Math.floor(this.tokens);
+    return Math.floor(this.bucket.refill(nowMs, this.rate, Math.max(1, this.rate * this.burstSeconds)));
   }
 
   /** Takes `n` tokens, possibly more than are left (a debt). */
   take(n: number): void {
-    this.tokens -= n;
+    this.bucket.take(n);
   }
 
   /** Milliseconds from the last `available` call until one whole token is there. */
   msUntilOne(): number {
-    return this.tokens >= 1 ? 0 : ((1 - this.tokens) * 1000) / this.rate;
+    return this.bucket.msUntilOne(this.rate);
   }
 }
 

@@ -1,9 +1,11 @@
 // Warm joins (README.md, "Warm join"): every channel keeps its live state
-// (live-state.ts), and a subscriber new to its channel is sent that state,
-// one datagram per live key, so a node that starts (or restarts) holds the
-// cluster's cache at once instead of costing a full handshake per session.
-// This file decides who is warmed and from where; warm-runner.ts sends, and
-// warm-budget.ts holds the pacers and the accounting per destination.
+// (path/live-state.ts, kept and learnt by the datagram path), and a
+// subscriber new to its channel is sent that state, one datagram per live
+// key, so a node that starts (or restarts) holds the cluster's cache at once
+// instead of costing a full handshake per session. This file is the
+// scheduler: it decides who is warmed and from where; warm-runner.ts paces
+// the joins and asks the path's out door to deliver, and warm-budget.ts
+// holds the pacers and the accounting per destination.
 //
 // Invariants:
 // - Warm joins are not an amplifier (SECURITY.md, "No circulation, and the
@@ -43,11 +45,12 @@
 import type { Logger } from '../base/log.js';
 import type { WarmConfig } from '../config/warm-config.js';
 import type { Fanout } from '../net/io.js';
+import type { Channel, Subscriber } from '../path/channel.js';
+import type { LiveChange, LiveState } from '../path/live-state.js';
+import type { LiveWatch } from '../path/ports.js';
 import { cacheKeyText } from '../wire/cache-fields.js';
 import { type CacheShape, inspectCacheUpdate, newShape } from '../wire/cache.js';
 import type { WireError } from '../wire/uwsgi.js';
-import type { Channel, Subscriber } from './channel.js';
-import { type LiveChange, LiveState } from './live-state.js';
 import { Destinations, privateDestination } from './warm-budget.js';
 import { WarmRepairs } from './warm-repair.js';
 import { joinId, WarmRunner } from './warm-runner.js';
@@ -65,9 +68,10 @@ const SWEEP_MS = 1000;
 
 const nowSeconds = () => Math.floor(Date.now() / 1000);
 
-export class WarmJoins {
+export class WarmJoins implements LiveWatch {
   private config: WarmConfig = { enabled: false, rate: 1, byteRate: 1, cooldownMs: 0, maxBytes: 0, save: false };
   private fanout: Fanout | null = null;
+  /** The live states joins were started on, by channel: one the path no longer keeps ends its joins. */
   private readonly states = new Map<string, LiveState>();
   private readonly stats = new Map<string, WarmStats>();
   private readonly runner: WarmRunner;
@@ -79,7 +83,7 @@ export class WarmJoins {
   /** Subscribers whose join waits for release() (cluster mode start); null: joins start at once. */
   private held: Map<string, { ch: Channel; e: Subscriber; why: 'new' | 'resumed' | 'takeover'; at: number; since: number }> | null = null;
   /** During a fetch: the keys the live path touched, per channel; null: no fetch. */
-  private touched: Map<string, Set<string>> | null = null;
+  private touchedKeys: Map<string, Set<string>> | null = null;
   private touchedCount = 0;
   /** What takeovers owe (cluster mode). */
   private readonly repairs = new WarmRepairs();
@@ -104,7 +108,7 @@ export class WarmJoins {
     return this.host.log;
   }
 
-  /** Applies a config (first start and reloads), after the repeater's channels were updated. */
+  /** Applies a config (first start and reloads), after the path took the new one (it keeps the live states). */
   configure(cfg: WarmConfig, fanout: Fanout): void {
     this.fanout = fanout;
     this.config = cfg;
@@ -113,11 +117,8 @@ export class WarmJoins {
     this.destinations.cooldownMs = cfg.cooldownMs;
     for (const name of this.host.channels.keys()) if (!this.stats.has(name)) this.stats.set(name, new WarmStats());
     for (const [name, state] of this.states) {
-      if (cfg.enabled && this.host.channels.has(name)) {
-        state.setMaxBytes(cfg.maxBytes);
-        continue;
-      }
-      // Turned off, or the channel is gone: nothing may keep session secrets for nobody.
+      if (this.host.live.get(name) === state) continue;
+      // Turned off, or the channel is gone (the path wiped its state): its joins end.
       this.runner.endAll(state, cfg.enabled ? 'channel removed' : 'warm joins turned off');
       this.destinations.dropChannel(name);
       const stats = this.stats.get(name);
@@ -125,15 +126,14 @@ export class WarmJoins {
         stats.evicted += state.evictions;
         stats.expired += state.expired;
       }
-      state.clear();
       this.states.delete(name);
     }
+    for (const [name, state] of this.host.live.entries()) this.states.set(name, state);
     if (!cfg.enabled) {
       if (this.sweeper !== null) clearInterval(this.sweeper);
       this.sweeper = null;
       return;
     }
-    for (const name of this.host.channels.keys()) if (!this.states.has(name)) this.states.set(name, new LiveState(cfg.maxBytes));
     if (this.sweeper === null) {
       this.sweeper = setInterval(() => this.sweep(nowSeconds()), SWEEP_MS);
       this.sweeper.unref();
@@ -142,7 +142,7 @@ export class WarmJoins {
 
   /** The live state of a channel, when one is kept. */
   state(channel: string): LiveState | undefined {
-    return this.states.get(channel);
+    return this.host.live.get(channel);
   }
 
   /** Per-channel counters (kept across reloads while the channel exists). */
@@ -155,13 +155,15 @@ export class WarmJoins {
     return this.runner.activeIn(channel);
   }
 
-  /** Hot path: an update the repeater accepted and is about to forward (inspected into `s`). */
-  learn(ch: Channel, buf: Buffer, s: CacheShape): void {
-    const state = this.states.get(ch.name);
-    if (state === undefined) return;
-    if (this.touched !== null) this.touch(ch.name, cacheKeyText(buf));
-    const nowMs = Date.now();
-    state.learn(buf, s, Math.floor(nowMs / 1000));
+  /** LiveWatch: while a fetch runs, every key the live path touches is remembered. */
+  get touched(): ((channel: string, datagram: Buffer) => void) | null {
+    return this.touchedKeys === null ? null : this.touchKey;
+  }
+
+  private readonly touchKey = (channel: string, datagram: Buffer): void => this.touch(channel, cacheKeyText(datagram));
+
+  /** LiveWatch: the live path changed `state` at `nowMs` (once per receive batch). */
+  changed(state: LiveState, nowMs: number): void {
     this.repairs.note(state, nowMs);
   }
 
@@ -190,13 +192,13 @@ export class WarmJoins {
 
   /** A fetch begins: from now on the keys the live path touches are remembered, so fetched entries never overwrite them. */
   beginFetch(): void {
-    this.touched = new Map();
+    this.touchedKeys = new Map();
     this.touchedCount = 0;
   }
 
   /** The fetch is over (any outcome): the remembered keys are forgotten. */
   endFetch(): void {
-    this.touched = null;
+    this.touchedKeys = null;
     this.touchedCount = 0;
   }
 
@@ -207,8 +209,8 @@ export class WarmJoins {
 
   private touch(channel: string, key: string): void {
     if (this.touchedCount > MAX_TOUCHED) return;
-    let keys = this.touched!.get(channel);
-    if (keys === undefined) this.touched!.set(channel, (keys = new Set()));
+    let keys = this.touchedKeys!.get(channel);
+    if (keys === undefined) this.touchedKeys!.set(channel, (keys = new Set()));
     const before = keys.size;
     keys.add(key);
     this.touchedCount += keys.size - before;
@@ -221,11 +223,11 @@ export class WarmJoins {
    * held), so nothing needs to send it.
    */
   applyFetched(channel: string, datagram: Buffer): FetchedChange {
-    const state = this.states.get(channel);
+    const state = this.host.live.get(channel);
     if (state === undefined) return 'no_state';
     const bad = inspectCacheUpdate(datagram, this.shape);
     if (bad !== undefined) return bad;
-    if (this.touched === null || this.touchedCount > MAX_TOUCHED || this.touched.get(channel)?.has(cacheKeyText(datagram)) === true) return 'live_newer';
+    if (this.touchedKeys === null || this.touchedCount > MAX_TOUCHED || this.touchedKeys.get(channel)?.has(cacheKeyText(datagram)) === true) return 'live_newer';
     // Not delivered: the joins held since before it send it, whatever its version.
     return state.learn(datagram, this.shape, nowSeconds(), false);
   }
@@ -239,13 +241,13 @@ export class WarmJoins {
    * channel's subscribers) warm joins in progress still send it.
    */
   applyUpdate(channel: string, datagram: Buffer, delivered = true): LiveChange | WireError | 'no_state' {
-    const state = this.states.get(channel);
+    const state = this.host.live.get(channel);
     if (state === undefined) return 'no_state';
     return state.apply(datagram, nowSeconds(), delivered);
   }
 
   sweep(nowSec: number): void {
-    for (const state of this.states.values()) state.sweep(nowSec);
+    for (const [, state] of this.host.live.entries()) state.sweep(nowSec);
     this.destinations.prune(this.clock());
   }
 
@@ -258,7 +260,7 @@ export class WarmJoins {
    */
   subscribed(ch: Channel, e: Subscriber, why: 'new' | 'resumed' | 'takeover', since: number | null = null): void {
     if (!this.config.enabled || this.closed || e.isStatic || this.fanout === null) return;
-    const state = this.states.get(ch.name);
+    const state = this.host.live.get(ch.name);
     if (state === undefined) return;
     if (this.held !== null) {
       // Bounded: one per subscriber of the registries, and dropped with them at release().
@@ -294,7 +296,7 @@ export class WarmJoins {
    */
   takeover(ch: Channel, e: Subscriber, ageMs: number): void {
     if (!this.config.enabled || this.closed || this.fanout === null) return;
-    const state = this.states.get(ch.name);
+    const state = this.host.live.get(ch.name);
     if (state === undefined) return;
     // Still fetching the state at start: an owed join waits for it like a new one; the state cannot repair yet.
     if (this.held !== null) {
@@ -347,9 +349,9 @@ export class WarmJoins {
     if (this.sweeper !== null) clearInterval(this.sweeper);
     this.sweeper = null;
     this.held = null;
-    this.touched = null;
+    this.touchedKeys = null;
     this.destinations.clear();
-    for (const state of this.states.values()) state.clear();
+    // The states are the path's: it wipes them when it closes.
     this.states.clear();
   }
 }

@@ -24,8 +24,8 @@
 //   they go with the entries (a node that subscribes again is a new entry),
 //   so they are bounded by the registries.
 
-import type { Subscriber } from './channel.js';
-import type { LiveState } from './live-state.js';
+import type { Subscriber } from '../path/channel.js';
+import type { LiveState } from '../path/live-state.js';
 
 /** At most one mark per this long. */
 export const MARK_MS = 100;

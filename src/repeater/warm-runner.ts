@@ -1,6 +1,8 @@
-// The warm joins in progress, and the timer that sends them (README.md,
+// The warm joins in progress, and the timer that paces them (README.md,
 // "Warm join"). warm-join.ts decides who is warmed and from where; this file
-// walks the live state for each join, paced.
+// walks the live state for each join, paced, and asks the datagram path's
+// out door to deliver each entry (path/out-door.ts builds, seals and sends;
+// a slice of the pacer is one batch of the fan-out).
 //
 // Invariants:
 // - A datagram sent by a warm join carries the value current when it is
@@ -18,10 +20,10 @@
 //   bytes per second for all joins together (round robin, so many joins
 //   share the rates instead of multiplying them), in slices of about a
 //   millisecond's worth; the datagram path runs between slices.
-// - Warm datagrams are forwarder outputs like any other: each gets a fresh
-//   trace from the repeater's LoopGuard and the forward form of
-//   wire/cache.ts (plain), or is sealed under the subscriber's key (sealed),
-//   and goes to that one subscriber only.
+// - Warm datagrams are forwarder outputs like any other: the out door gives
+//   each a fresh trace from the path's LoopGuard and the forward form of
+//   wire/cache.ts (plain), or seals it under the subscriber's key (sealed),
+//   and sends it to that one subscriber only.
 // - At most one join per subscriber; a join ends when its subscriber goes
 //   away (unsubscribed, expired, evicted, replaced). A suspended subscriber's
 //   join waits, and goes on where it was when the subscriber is back.
@@ -34,11 +36,10 @@
 // - A repair (cluster mode, warm-repair.ts) is a join that sends only the
 //   entries above its floor; the rules above hold for it as for any join.
 
-import { D } from '../base/stats.js';
-import { type Fanout, newTally, type OutletGroup } from '../net/io.js';
-import { type CacheShape, forwardForm, inspectCacheUpdate, newShape } from '../wire/cache.js';
-import type { Channel, Subscriber } from './channel.js';
-import type { LiveEntry, LiveState } from './live-state.js';
+import { DropSlot } from '../base/stats.js';
+import type { Fanout, OutletGroup, SendSink } from '../net/io.js';
+import type { Channel, Subscriber } from '../path/channel.js';
+import type { LiveEntry, LiveState } from '../path/live-state.js';
 import type { WarmHost, WarmProgress, WarmStats } from './warm-stats.js';
 import { type Destination, Pacer } from './warm-budget.js';
 import { emptyRange, inRange, type Range, Redo, RUN_MS, widen } from './warm-redo.js';
@@ -92,6 +93,8 @@ interface Join {
   rewind: boolean;
   /** When it last sent (clock ms): a join ends RUN_MS after, once an ICMP answer to its last datagrams would have been seen. */
   lastSentAt: number;
+  /** Told of a warm datagram lost when its batch went out (counted as sent when queued). */
+  readonly sink: SendSink;
 }
 
 /** A join of a subscriber new to its channel, a repair, or a join finished for a repeater that died before it completed. */
@@ -129,8 +132,6 @@ export class WarmRunner {
   private timer: NodeJS.Timeout | null = null;
   /** The soonest a paused join may send again (clock ms), found by the last pump. */
   private wake = Infinity;
-  private readonly shape: CacheShape = newShape();
-  private readonly tally = newTally();
   private closed = false;
 
   constructor(
@@ -189,6 +190,16 @@ export class WarmRunner {
       redo: new Redo(now, startVersion),
       rewind: false,
       lastSentAt: -Infinity,
+      sink: {
+        lateLoss: (full, bytes) => {
+          j.sent--;
+          j.dropped++;
+          j.bytes -= bytes;
+          j.stats.datagrams--;
+          j.stats.bytes -= bytes;
+          ch.stats.dropped[full ? DropSlot.queue_full : DropSlot.send_error]++;
+        },
+      },
     };
     s.dest.joins++;
     s.stats.started++;
@@ -247,6 +258,16 @@ export class WarmRunner {
   private readonly pump = (): void => {
     this.timer = null;
     this.wake = Infinity;
+    // One slice is one batch of the fan-out: its datagrams leave together at its end.
+    this.host.out.begin();
+    try {
+      this.slice();
+    } finally {
+      this.host.out.flush();
+    }
+  };
+
+  private slice(): void {
     const now = this.clock();
     let datagrams = this.pacer.available(now);
     let bytes = this.bytePacer.available(now);
@@ -284,7 +305,7 @@ export class WarmRunner {
     }
     // Out of tokens: sleep until both pacers have one again (a large datagram leaves a debt).
     this.schedule(Math.max(TICK_MS, Math.min(PAUSED_TICK_MS, Math.ceil(Math.max(this.pacer.msUntilOne(), this.bytePacer.msUntilOne())))));
-  };
+  }
 
   /** One entry of a join: the bytes it sent (0: dropped on the way out), or why nothing was sent. */
   private step(j: Join, nowSec: number): number | Step {
@@ -355,50 +376,17 @@ export class WarmRunner {
     this.host.log.info('warm join restarted', { channel: j.ch.name, address: j.entry.endpoint.text, form: j.entry.form, reason: 'datagrams met a closed port', sent: j.sent, redoLeft: j.dest.redoLeft });
   }
 
-  /** Sends one entry to the join's subscriber; returns the bytes handed to the socket (0: dropped). */
+  /** Asks the out door to send one entry to the join's subscriber; returns the bytes charged (0: dropped). */
   private send(j: Join, entry: LiveEntry): number {
-    const st = j.ch.stats;
-    const e = j.entry;
-    const s = this.shape;
-    // Validated when it was learned; checked again because a shape must describe this very buffer.
-    if (inspectCacheUpdate(entry.content, s) !== undefined) {
-      j.dropped++;
-      return 0;
-    }
-    const trace = this.host.loops.stamp();
-    let out: Buffer;
-    if (e.form === 'plain') {
-      const f = forwardForm(entry.content, s, this.host.current.repairDeletes, trace, this.host.outLimit);
-      if (f === 'too_large') {
-        st.dropped[D.too_large]++;
-        j.dropped++;
-        return 0;
-      }
-      out = f;
-    } else {
-      const frame = this.host.sealedGate?.sealDatagram(e.key, { content: entry.content, trace }, e.endpoint.text) ?? null;
-      if (frame === null) {
-        st.dropped[D.sealed_too_large]++;
-        j.dropped++;
-        return 0;
-      }
-      out = frame;
-    }
-    const t = this.tally;
-    t.sent = 0;
-    t.full = 0;
-    t.failed = 0;
-    j.group.send(out, true, t);
-    if (t.sent > 0) {
+    const r = this.host.out.warm(j.ch, j.entry, j.group, entry.content, j.sink);
+    if (r.sent) {
       j.sent++;
-      j.bytes += out.length;
+      j.bytes += r.bytes;
       j.stats.datagrams++;
-      j.stats.bytes += out.length;
+      j.stats.bytes += r.bytes;
     } else j.dropped++;
-    st.dropped[D.queue_full] += t.full;
-    st.dropped[D.send_error] += t.failed;
-    // Charged whether the kernel took it or not: the pacers bound what is attempted.
-    return out.length;
+    // Charged whether the kernel takes it or not: the pacers bound what is attempted.
+    return r.bytes;
   }
 
   private complete(j: Join): void {

@@ -1,20 +1,27 @@
 // What warm joins report (metrics, /subscribers) and what they need of the
-// repeater.
+// datagram path.
 
 import type { Logger } from '../base/log.js';
-import type { LoopGuard } from '../gate/loop-guard.js';
-import type { Channel, FrameSealer } from './channel.js';
+import type { OutletGroup, SendSink } from '../net/io.js';
+import type { Channel, Subscriber } from '../path/channel.js';
+import type { LiveState } from '../path/live-state.js';
+import type { WarmSent } from '../path/out-door.js';
 
-/** What the warm-join service needs of the repeater (structurally: the Repeater itself). */
+/** Where warm datagrams leave: the datagram path's out door (path/out-door.ts). */
+export interface WarmOut {
+  begin(): void;
+  flush(): void;
+  warm(ch: Channel, e: Subscriber, group: OutletGroup, content: Buffer, sink: SendSink): WarmSent;
+}
+
+/** What the warm-join scheduler needs of the datagram path. */
 export interface WarmHost {
   readonly channels: ReadonlyMap<string, Channel>;
-  readonly loops: LoopGuard;
   readonly log: Logger;
-  /** The sealer of the running config; null without keys. */
-  readonly sealedGate: FrameSealer | null;
-  /** No output may be larger than this. */
-  readonly outLimit: number;
-  readonly current: { readonly repairDeletes: boolean };
+  /** Asked to build, seal and send each warm datagram. */
+  readonly out: WarmOut;
+  /** The live states the path keeps. */
+  readonly live: { get(channel: string): LiveState | undefined; entries(): IterableIterator<[string, LiveState]> };
 }
 
 /** Counters of one channel, read by the metrics on scrape. */

@@ -9,12 +9,14 @@
 //
 // Two ways in, like a node: plain (uWSGI cache datagrams to the repeater's
 // plain listener and a subscribe2 announce naming our socket) or sealed
-// (frames to a sealed listener, exactly like an agent: same Envelope, same
-// gate). Ticket keys only ever arrive sealed.
+// (frames to a sealed listener, exactly like an agent). Joining the channel
+// (the socket, the announces, the sealed intake with its receiver and
+// membership checks) is the agent's own code: member/channel-member.ts.
+// Ticket keys only ever arrive sealed.
 //
 // Invariants:
 // - Nothing from the network is believed before it authenticated (sealed:
-//   the session gate) or, plain, before it came from the repeater's IP; then
+//   the session's gate) or, plain, before it came from the repeater's IP; then
 //   it is parsed by the pure codecs, bounded (key, value, store) and can
 //   never throw out of a handler: a bug is counted and logged.
 // - Session data is secret: it is never logged, and zeroed when dropped.
@@ -22,7 +24,6 @@
 //   expiry the datagram carries and now + sessionTimeout.
 
 import { createHash } from 'node:crypto';
-import { createSocket, type Socket } from 'node:dgram';
 import { EventEmitter } from 'node:events';
 import type { Server as TlsServer } from 'node:tls';
 import { ConfigError, describe } from '../base/errors.js';
@@ -30,15 +31,13 @@ import { Logger } from '../base/log.js';
 import { KeyRing } from '../crypto/keyring.js';
 import { sodiumReady } from '../crypto/secretbox.js';
 import { SecureSession } from '../crypto/session.js';
-import { nodeTicketKey, ticketKeyId, TicketKeys } from '../crypto/tickets.js';
-import { Membership } from '../gate/membership.js';
-import { checkBufferSize } from '../net/dgram-listener.js';
-import { advertiseAddress } from '../net/local.js';
-import { canonicalIp, type Endpoint, parseEndpoint } from '../wire/address.js';
+import { nodeTicketKey, ticketKeyId, TicketKeys } from '../crypto/ticket-schedule.js';
+import { ChannelMember, type MemberEvents, type MemberSeal } from '../member/channel-member.js';
+import { checkBufferSize } from '../net/io.js';
+import { type Endpoint, parseEndpoint } from '../wire/address.js';
 import { decodeCacheUpdate, encodeCacheSet } from '../wire/cache.js';
 import { EnvelopeKind, Role } from '../wire/envelope.js';
-import { encodeSubscription } from '../wire/subscription.js';
-import type { TicketKey } from '../wire/tickets.js';
+import type { TicketKey } from '../wire/ticket-codec.js';
 import { sessionProtocol, TLS1_3 } from '../wire/tls-session.js';
 import { SessionStore } from './store.js';
 
@@ -117,7 +116,10 @@ export function sessionIdContext(channelKey = 'ssl'): string {
   return createHash('sha256').update(`udprepeater session id context\0${channelKey}`).digest('hex').slice(0, 32);
 }
 
+/** Publications that may wait in the socket's queue. */
 const SEND_QUEUE = 256;
+/** Nothing a repeater sends is refused for its size here: the store bounds what is kept. */
+const ANY_SIZE = 65_535;
 
 export class SessionCache extends EventEmitter {
   readonly stats: SessionCacheStats = { hits: 0, misses: 0, stored: 0, skippedTls13: 0, applied: 0, dropped: {}, publishFailed: 0, ticketKeyChanges: 0, announces: 0 };
@@ -126,21 +128,16 @@ export class SessionCache extends EventEmitter {
   private readonly tickets = new TicketKeys();
   private readonly servers = new Map<TlsServer, { sessions: boolean; tickets: boolean; detach: () => void }>();
   private appliedTicketKey: bigint | null = null;
-  private announceTimer: NodeJS.Timeout | null = null;
   private ticketTimer: NodeJS.Timeout | null = null;
   private sweepTimer: NodeJS.Timeout | null = null;
   private closed = false;
-  private advertised: string | null = null;
-  /** Sealed: our name in the repeater's frames (the advertised address), our membership fences. */
-  private readonly me = new Membership(() => this.advertised);
+  /** The channel membership: the socket, the announces, the sealed intake (member/channel-member.ts). */
+  private member!: ChannelMember;
 
   private constructor(
     private readonly opts: Required<Pick<SessionCacheOptions, 'sessionTimeout' | 'subscribeInterval' | 'maxSkew'>>,
-    private readonly repeater: Endpoint,
-    private readonly socket: Socket,
-    private readonly sealed: { session: SecureSession; ring: KeyRing } | null,
+    private readonly sealed: MemberSeal | null,
     private readonly log: Logger,
-    private readonly advertiseConfigured: string | null,
     channelKey: string,
     limits: { maxEntries: number; maxBytes: number },
   ) {
@@ -174,44 +171,45 @@ export class SessionCache extends EventEmitter {
     if (bind.family !== repeater.family) throw new ConfigError(`bind ${bind.text} is not of the repeater's address family`);
     const advertise = options.advertise === undefined ? null : endpoint('advertise', options.advertise).text;
     const log = options.logger ?? new Logger('warn', 'json');
-    let sealed: { session: SecureSession; ring: KeyRing } | null = null;
+    let sealed: MemberSeal | null = null;
     if (options.keyFiles !== undefined && options.keyFiles.length > 0) {
       await sodiumReady();
       sealed = { session: new SecureSession(Role.Agent), ring: KeyRing.load(options.keyFiles) };
     }
-    const socket = createSocket({ type: bind.family === 6 ? 'udp6' : 'udp4', ipv6Only: bind.family === 6 });
-    let cache: SessionCache | null = null;
+    const c = new SessionCache({ sessionTimeout, subscribeInterval, maxSkew }, sealed, log, channelKey, { maxEntries, maxBytes });
+    const member = { repeaters: [repeater], bind, advertise, channelKey, maxSkewMs: maxSkew * 1000, maxDatagram: ANY_SIZE, subscribeIntervalMs: subscribeInterval * 1000, port: { recvBuffer, sendBuffer: 0, sendQueue: SEND_QUEUE } };
     try {
-      await new Promise<void>((resolve, reject) => {
-        socket.once('error', reject);
-        socket.bind({ port: bind.port, address: bind.host, exclusive: true }, () => {
-          socket.off('error', reject);
-          resolve();
-        });
-      });
-      if (recvBuffer > 0) socket.setRecvBufferSize(recvBuffer);
-      cache = new SessionCache({ sessionTimeout, subscribeInterval, maxSkew }, repeater, socket, sealed, log, advertise, channelKey, { maxEntries, maxBytes });
-      const c = cache;
-      socket.on('message', (msg, rinfo) => c.guarded(() => c.onDatagram(msg, rinfo.address)));
-      socket.on('error', (err) => log.throttle('warn', 'tls-cache-socket', 'session cache socket error', { error: err.message }));
-      await c.announce(false);
+      const events: MemberEvents = {
+        // Plain, the repeater's loop trace may come with it; opened from a frame, it may not.
+        datagram: (d, _trace, fromFrame) => c.applyUpdate(d, !fromFrame),
+        tickets: (keys) => {
+          c.onTicketKeys(keys);
+          return true;
+        },
+        drop: (reason) => c.drop(reason),
+        announced: () => c.stats.announces++,
+      };
+      c.member = await ChannelMember.open(member, sealed, events, log);
+      try {
+        await c.member.announceAndWait(EnvelopeKind.Subscribe);
+      } catch (err) {
+        await c.member.close();
+        throw err;
+      }
     } catch (err) {
-      socket.close();
       sealed?.ring.destroy();
       throw err instanceof ConfigError ? err : new ConfigError(`session cache: cannot join ${repeater.text}: ${describe(err)}`);
     }
-    const c = cache;
-    c.announceTimer = setInterval(() => void c.announce(false).catch(() => undefined), subscribeInterval * 1000);
+    c.member.start();
     c.sweepTimer = setInterval(() => c.store.sweep(Date.now()), 30_000);
-    c.announceTimer.unref();
     c.sweepTimer.unref();
-    log.info('session cache joined the repeater', { repeater: repeater.text, advertise: c.advertised, channelKey, sealed: sealed !== null });
+    log.info('session cache joined the repeater', { repeater: repeater.text, advertise: c.address, channelKey, sealed: sealed !== null });
     return c;
   }
 
   /** Where the repeater sends to us (named in every announce). */
   get address(): string | null {
-    return this.advertised;
+    return this.member.linkList()[0]?.advertise ?? null;
   }
 
   /** Entries held now. */
@@ -294,12 +292,8 @@ export class SessionCache extends EventEmitter {
   }
 
   private publish(datagram: Buffer): void {
-    const out = this.sealed === null ? datagram : this.sealed.session.seal(this.sealed.ring, { kind: EnvelopeKind.CacheDatagram, channelKey: this.channelKey, datagram, address: null });
-    if (out === null || this.socket.getSendQueueCount() >= SEND_QUEUE) {
-      this.stats.publishFailed++;
-      return;
-    }
-    this.socket.send(out, this.repeater.port, this.repeater.host);
+    const out = this.member.publish(datagram, null);
+    if (out === null || out.sent === 0) this.stats.publishFailed++;
   }
 
   private drop(reason: string): void {
@@ -314,27 +308,6 @@ export class SessionCache extends EventEmitter {
       this.drop('internal_error');
       this.log.throttle('error', 'tls-cache-internal', 'session cache: internal error; dropped', { error: describe(err) });
     }
-  }
-
-  private onDatagram(msg: Buffer, fromIp: string): void {
-    if (this.closed) return;
-    // Only the repeater speaks to us (any port of it): anything else is not even parsed.
-    if (canonicalIp(fromIp)?.host !== this.repeater.host) {
-      this.drop('not_allowed');
-      return;
-    }
-    if (this.sealed === null) {
-      this.applyUpdate(msg, true);
-      return;
-    }
-    // The gate refuses frames sealed for another receiver, and group frames sealed before we were a member.
-    const env = this.sealed.session.open(this.sealed.ring, msg, this.opts.maxSkew * 1000, Date.now(), this.me);
-    if (typeof env === 'string') this.drop(env);
-    else if (env.channelKey !== this.channelKey) this.drop('key_mismatch');
-    else if (env.kind === EnvelopeKind.CacheDatagram) this.applyUpdate(env.datagram!, false);
-    else if (env.kind === EnvelopeKind.TicketKeys) this.onTicketKeys(env.tickets!);
-    else if (env.kind === EnvelopeKind.Membership) this.me.raise(env.origin, env.memberFrom!);
-    else this.drop('unknown_command');
   }
 
   /** A cache set or delete (plain: it may carry the repeater's loop trace; sealed: it may not). */
@@ -405,38 +378,19 @@ export class SessionCache extends EventEmitter {
     k.fill(0);
   }
 
-  private async announce(unsubscribe: boolean): Promise<void> {
-    this.advertised = await advertiseAddress(this.socket, this.repeater, this.advertiseConfigured);
-    const address = this.advertised;
-    const out =
-      this.sealed === null
-        ? encodeSubscription({ key: this.channelKey, address, unsubscribe })
-        : this.sealed.session.seal(this.sealed.ring, { kind: unsubscribe ? EnvelopeKind.Unsubscribe : EnvelopeKind.Subscribe, channelKey: this.channelKey, datagram: null, address, receiver: this.repeater.text });
-    if (out === null) return;
-    await new Promise<void>((resolve, reject) => {
-      const t = setTimeout(() => reject(new Error(`announce to ${this.repeater.text} timed out`)), 1000);
-      this.socket.send(out, this.repeater.port, this.repeater.host, (err) => {
-        clearTimeout(t);
-        if (err) reject(err);
-        else resolve();
-      });
-    });
-    this.stats.announces++;
-  }
-
   /** Says goodbye to the repeater (unsubscribe), detaches every server and forgets everything. */
   async close(): Promise<void> {
     if (this.closed) return;
-    for (const t of [this.announceTimer, this.sweepTimer]) if (t !== null) clearInterval(t);
+    if (this.sweepTimer !== null) clearInterval(this.sweepTimer);
     if (this.ticketTimer !== null) clearTimeout(this.ticketTimer);
     try {
-      await this.announce(true);
+      await this.member.announceAndWait(EnvelopeKind.Unsubscribe);
     } catch (err) {
       this.log.warn('session cache: unsubscribe not sent', { error: describe(err) });
     }
     this.closed = true;
     for (const s of [...this.servers.values()]) s.detach();
-    this.socket.close();
+    await this.member.close();
     this.store.clear();
     this.tickets.clear();
     this.sealed?.ring.destroy();

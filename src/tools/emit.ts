@@ -1,7 +1,7 @@
 // Operator tools share this: send one datagram from a fresh unbound socket
 // (as uWSGI does) and print exactly what went out.
 
-import { createSocket } from 'node:dgram';
+import { sendOnce } from '../net/io.js';
 import type { Endpoint } from '../wire/address.js';
 
 export function hex(buf: Uint8Array): string {
@@ -13,21 +13,6 @@ export function hex(buf: Uint8Array): string {
     lines.push(`${i.toString(16).padStart(4, '0')}  ${bytes.padEnd(47)}  ${text}`);
   }
   return lines.join('\n');
-}
-
-export function sendOnce(to: Endpoint, buf: Buffer): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const s = createSocket(to.family === 6 ? 'udp6' : 'udp4');
-    s.once('error', (err) => {
-      s.close();
-      reject(err);
-    });
-    s.send(buf, to.port, to.host, (err) => {
-      s.close();
-      if (err) reject(err);
-      else resolve();
-    });
-  });
 }
 
 export async function emit(to: Endpoint, buf: Buffer, what: string, out: NodeJS.WritableStream = process.stdout): Promise<void> {

@@ -4,7 +4,7 @@
 
 import { bigintToLong, type LongLike, longToBigint, longToNumber } from './longs.js';
 import { protoRoot } from './proto.js';
-import { type TicketKey, ticketsFromProto, ticketsToProto } from './tickets.js';
+import { type TicketKey, ticketsFromProto, ticketsToProto } from './ticket-codec.js';
 import type { TraceFields } from './trace.js';
 
 const BusType = protoRoot.lookupType('udprepeater.BusMessage');

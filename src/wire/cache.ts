@@ -165,9 +165,10 @@ export function encodeCacheDelete(key: Uint8Array, padded: boolean): Buffer {
  * without expires given "0" (never, as uWSGI reads an absent block), then
  * `trace`. An unpadded delete that is not repaired is sent as it came, with no
  * trace: any appended bytes would make uWSGI apply it. Returns 'too_large'
- * when the result would exceed `limit` bytes.
+ * when the result would exceed `limit` bytes. Built in `into` when given
+ * (then valid until the caller's next use of it), else in a new buffer.
  */
-export function forwardForm(buf: Buffer, s: CacheShape, repair: boolean, trace: TraceFields | null, limit: number): Buffer | 'too_large' {
+export function forwardForm(buf: Buffer, s: CacheShape, repair: boolean, trace: TraceFields | null, limit: number, into: Buffer | null = null): Buffer | 'too_large' {
   const unpaddedDelete = s.cmd === CACHE_DELETE && !s.padded;
   const pad = unpaddedDelete && repair ? 2 : 0;
   const traced = trace !== null && canCarryTrace(s, repair);
@@ -175,7 +176,8 @@ export function forwardForm(buf: Buffer, s: CacheShape, repair: boolean, trace: 
   const length = s.contentEnd + pad + never + (traced ? TRACE_BYTES : 0);
   if (length > limit || length - HEADER_SIZE > 0xffff) return 'too_large';
   if (length === buf.length && s.traceAt < 0) return buf;
-  const out = Buffer.allocUnsafe(length);
+  // `into` (a caller's scratch, at least 64 KiB): no allocation per datagram; the result is a view of it.
+  const out = into === null ? Buffer.allocUnsafe(length) : into.subarray(0, length);
   buf.copy(out, 0, 0, s.contentEnd);
   let at = s.contentEnd;
   if (pad > 0) {

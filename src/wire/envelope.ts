@@ -4,7 +4,7 @@
 
 import { bigintToLong, type LongLike, longToBigint, longToNumber } from './longs.js';
 import { protoRoot } from './proto.js';
-import { type TicketKey, ticketsFromProto, ticketsToProto } from './tickets.js';
+import { type TicketKey, ticketsFromProto, ticketsToProto } from './ticket-codec.js';
 import type { TraceFields } from './trace.js';
 
 export { bigintToLong, type LongLike, longToBigint, longToNumber };
@@ -15,7 +15,7 @@ export enum EnvelopeKind {
   Unsubscribe = 3,
   /** Cluster mode: a BusMessage (wire/bus.ts) between repeaters. */
   Bus = 4,
-  /** The fleet's TLS ticket keys (wire/tickets.ts): repeater to sealed subscribers only. */
+  /** The fleet's TLS ticket keys (wire/ticket-codec.ts): repeater to sealed subscribers only. */
   TicketKeys = 5,
   /** Repeater to one subscriber: the sequence from which it receives that repeater's group frames. */
   Membership = 6,
@@ -42,7 +42,7 @@ export interface Envelope {
   readonly address: string | null;
   /** BUS: the encoded BusMessage. */
   readonly bus?: Uint8Array | null;
-  /** TICKET_KEYS: the schedule, checked (wire/tickets.ts). */
+  /** TICKET_KEYS: the schedule, checked (wire/ticket-codec.ts). */
   readonly tickets?: readonly TicketKey[] | null;
   /** The one receiver the frame is sealed for, canonical as its sender addresses it; '' for a group frame. */
   readonly receiver: string;

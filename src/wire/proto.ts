@@ -1,8 +1,7 @@
-// The protobuf schema shipped in proto/, loaded once with protobufjs.
+// The protobuf schema of proto/udprepeater.proto, parsed once from its
+// embedded text (schema.ts): no file is read at import.
 
-import { join } from 'node:path';
 import protobuf from 'protobufjs';
-import { PACKAGE_ROOT } from '../base/package.js';
+import { UDPREPEATER_PROTO } from './schema.js';
 
-export const PROTO_FILE = join(PACKAGE_ROOT, 'proto', 'udprepeater.proto');
-export const protoRoot = protobuf.loadSync(PROTO_FILE);
+export const protoRoot = protobuf.parse(UDPREPEATER_PROTO).root.resolveAll();

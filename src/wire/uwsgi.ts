@@ -3,7 +3,7 @@
 // functions over Buffers; nothing here throws on hostile input: decoders
 // return a drop reason instead.
 
-import { K } from '../base/stats.js';
+import { KindSlot } from '../base/stats.js';
 
 export const HEADER_SIZE = 4;
 /** Largest body a u16 datasize can describe. */
@@ -104,12 +104,12 @@ export function peekKind(msg: Uint8Array): number {
     const m1 = msg[0];
     const m2 = msg[3];
     if (m1 === MODIFIER1_CACHE) {
-      if (m2 === 10) return K.set;
-      if (m2 === 11) return K.delete;
+      if (m2 === 10) return KindSlot.set;
+      if (m2 === 11) return KindSlot.delete;
     } else if (m1 === MODIFIER1_SUBSCRIPTION) {
-      if (m2 === 0) return K.subscribe;
-      if (m2 === 1) return K.unsubscribe;
+      if (m2 === 0) return KindSlot.subscribe;
+      if (m2 === 1) return KindSlot.unsubscribe;
     }
   }
-  return K.other;
+  return KindSlot.other;
 }

@@ -1,4 +1,4 @@
-// The live state at size (src/repeater/live-state.ts, src/daemon/live-restore.ts):
+// The live state at size (src/path/live-state.ts, src/daemon/live-restore.ts):
 // - evicting the oldest key costs the same with 60,000 or 100,000 entries
 //   as with 1,000 (timed: medians of several runs, a generous bound; the
 //   old Map walked the slots it had deleted since its last rehash);
@@ -21,7 +21,7 @@ import { after, describe, test } from 'node:test';
 import { runInNewContext } from 'node:vm';
 import { setFlagsFromString } from 'node:v8';
 import { LIVE_STATE_FILE } from '../../src/daemon/live-store.js';
-import { LiveState } from '../../src/repeater/live-state.js';
+import { LiveState } from '../../src/path/live-state.js';
 import { encodeCacheSet, forwardForm, inspectCacheUpdate, newShape } from '../../src/wire/cache.js';
 import { encodeLiveState } from '../../src/wire/live-state-file.js';
 import { Daemon } from '../helpers/daemon.js';

@@ -3,7 +3,7 @@
 // k=A, k=B, k=A and j=X, deletes j, sets j=X, 150 ms apart, through its own
 // repeater or through both (node=R1;R2), must leave every node with k=A and
 // j=X, and so must the live state a late joiner is warmed with: the exactly-
-// once memory pairs copies per ingress (gate/copies.ts), so a node's own
+// once memory pairs copies per ingress (judge/copies.ts), so a node's own
 // repetitions are never taken for the copy another repeater brought.
 
 import assert from 'node:assert/strict';

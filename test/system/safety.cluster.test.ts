@@ -16,7 +16,7 @@ import { after, afterEach, before, describe, test } from 'node:test';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import { BusSeal } from '../../src/cluster/bus-seal.js';
 import { idOf } from '../../src/cluster/heard.js';
-import { owner } from '../../src/gate/rendezvous.js';
+import { owner } from '../../src/judge/rendezvous.js';
 import { sodiumReady } from '../../src/crypto/secretbox.js';
 import { type BusBody, encodeBus } from '../../src/wire/bus.js';
 import { encodeCacheSet } from '../../src/wire/cache.js';

@@ -16,7 +16,7 @@ import { connect } from '@nats-io/transport-node';
 import { BusSeal } from '../../src/cluster/bus-seal.js';
 import { sodiumReady } from '../../src/crypto/secretbox.js';
 import { type BusBody, encodeBus } from '../../src/wire/bus.js';
-import { encodeTicketSchedule, type TicketKey } from '../../src/wire/tickets.js';
+import { encodeTicketSchedule, type TicketKey } from '../../src/wire/ticket-codec.js';
 import { httpGet, keygen, type Running, serve } from '../helpers/attack.js';
 import { NATS_HINT, NatsCluster, natsAvailability } from '../helpers/nats.js';
 import { eventually, freePort } from '../helpers/net.js';

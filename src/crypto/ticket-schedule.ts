@@ -16,7 +16,7 @@
 //   generated first wins (ties: the smaller id, then the smaller secret). A key that has been out for
 //   a while therefore beats a fresh one made by a restarted or partitioned
 //   repeater. Merging is commutative, associative and idempotent.
-// - Nothing here trusts its input beyond the structure wire/tickets.ts
+// - Nothing here trusts its input beyond the structure wire/ticket-codec.ts
 //   checked: keys already expired or starting implausibly far ahead are
 //   ignored, and at most MAX_TICKET_KEYS are held. A holder that knows the
 //   schedule's parameters (a repeater) also refuses keys outside what that
@@ -25,7 +25,7 @@
 //   next one: keys further ahead go first, then the oldest still decrypting.
 
 import { hkdfSync, randomBytes } from 'node:crypto';
-import { MAX_TICKET_KEYS, TICKET_SECRET_BYTES, type TicketKey } from '../wire/tickets.js';
+import { MAX_TICKET_KEYS, TICKET_SECRET_BYTES, type TicketKey } from '../wire/ticket-codec.js';
 
 /** A key may be announced at most this long before it starts encrypting. */
 export const MAX_TICKET_LEAD_MS = 31 * 86_400_000;

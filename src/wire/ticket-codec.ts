@@ -2,7 +2,7 @@
 // carried by an Envelope of kind TICKET_KEYS and by the cluster bus;
 // docs/PROTOCOL.md, "Ticket keys". Pure codec: structure is checked here
 // (count, sizes, ranges); what depends on the clock is judged by the holder
-// (crypto/tickets.ts). Decoding garbage returns 'bad_payload', never throws.
+// (crypto/ticket-schedule.ts). Decoding garbage returns 'bad_payload', never throws.
 
 import { bigintToLong, type LongLike, longToBigint, longToNumber } from './longs.js';
 import { protoRoot } from './proto.js';

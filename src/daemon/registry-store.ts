@@ -12,14 +12,14 @@ import { ConfigError, describe } from '../base/errors.js';
 import { writeAtomically } from '../base/files.js';
 import type { Logger } from '../base/log.js';
 import { checkTrustedDir, checkTrustedFile, readTrusted } from '../base/trust.js';
-import { decodeState, encodeState, type RegistryState, type SavedSubscriber } from '../wire/state.js';
+import { decodeRegistry, encodeRegistry, type RegistryFile, type SavedSubscriber } from '../wire/registry-file.js';
 import type { Repeater } from '../repeater/repeater.js';
 import { LIVE_STATE_FILE } from './live-store.js';
 import { TICKETS_FILE } from './ticket-store.js';
 
-export const STATE_FILE = 'registry.pb';
+export const REGISTRY_FILE = 'registry.pb';
 
-export class StateStore {
+export class RegistryStore {
   readonly file: string;
   saves = 0;
   saveErrors = 0;
@@ -40,7 +40,7 @@ export class StateStore {
       throw new ConfigError(`--state-dir ${dir}: not a writable directory (${describe(err)})`);
     }
     this.check();
-    this.file = join(dir, STATE_FILE);
+    this.file = join(dir, REGISTRY_FILE);
   }
 
   /**
@@ -51,7 +51,7 @@ export class StateStore {
    */
   check(): void {
     checkTrustedDir(this.dir, '--state-dir');
-    checkTrustedFile(join(this.dir, STATE_FILE), 'saved state');
+    checkTrustedFile(join(this.dir, REGISTRY_FILE), 'saved state');
     checkTrustedFile(join(this.dir, TICKETS_FILE), 'saved ticket keys', { secret: true, noun: 'the ticket keys' });
     checkTrustedFile(join(this.dir, LIVE_STATE_FILE), 'saved live state', { checkMode: false });
   }
@@ -61,7 +61,7 @@ export class StateStore {
    * (logged). Throws a ConfigError for a file that is not ours (a symbolic
    * link, another user's, writable by group or others).
    */
-  load(): RegistryState | null {
+  load(): RegistryFile | null {
     let buf: Buffer | null;
     try {
       buf = readTrusted(this.file, 'saved state');
@@ -71,19 +71,19 @@ export class StateStore {
       return null;
     }
     if (buf === null) return null;
-    const state = decodeState(buf);
-    if (state === null) this.log.warn('saved state is corrupt; starting empty', { file: this.file });
-    return state;
+    const registry = decodeRegistry(buf);
+    if (registry === null) this.log.warn('saved state is corrupt; starting empty', { file: this.file });
+    return registry;
   }
 
   /**
    * Puts saved subscribers back, each after the checks a live subscription
    * passes and range checks on every field; a bad entry is skipped and logged.
    */
-  restore(repeater: Repeater, state: RegistryState, now = Date.now()): number {
+  restore(repeater: Repeater, registry: RegistryFile, now = Date.now()): number {
     let restored = 0;
     const skipped = new Map<string, number>();
-    for (const s of state.subscribers) {
+    for (const s of registry.subscribers) {
       const why = repeater.restore(s, now);
       if (why === null) {
         restored++;
@@ -92,12 +92,12 @@ export class StateStore {
       skipped.set(why, (skipped.get(why) ?? 0) + 1);
       this.log.throttle('warn', `restore:${why}`, 'saved subscriber skipped', { file: this.file, channel: s.channel, address: s.address, reason: why });
     }
-    const savedAt = Number.isSafeInteger(state.savedAtMs) && state.savedAtMs > 0 && state.savedAtMs < 8.64e15 ? new Date(state.savedAtMs).toISOString() : null;
-    this.log.info('restored subscribers from saved state', { file: this.file, saved: state.subscribers.length, restored, skipped: Object.fromEntries(skipped), savedAt });
+    const savedAt = Number.isSafeInteger(registry.savedAtMs) && registry.savedAtMs > 0 && registry.savedAtMs < 8.64e15 ? new Date(registry.savedAtMs).toISOString() : null;
+    this.log.info('restored subscribers from saved state', { file: this.file, saved: registry.subscribers.length, restored, skipped: Object.fromEntries(skipped), savedAt });
     return restored;
   }
 
-  snapshot(repeater: Repeater, now = Date.now()): RegistryState {
+  snapshot(repeater: Repeater, now = Date.now()): RegistryFile {
     const subscribers: SavedSubscriber[] = [];
     for (const ch of repeater.channels.values()) {
       for (const e of ch.subscribers()) {
@@ -136,7 +136,7 @@ export class StateStore {
     const refreshed = refreshes !== this.savedRefreshes && now - this.lastSaveAt >= refreshEveryMs;
     if (!force && !changed && !refreshed) return false;
     try {
-      writeAtomically(this.file, Buffer.from(encodeState(this.snapshot(repeater, now))));
+      writeAtomically(this.file, Buffer.from(encodeRegistry(this.snapshot(repeater, now))));
       this.savedMembership = membership;
       this.savedRefreshes = refreshes;
       this.lastSaveAt = now;

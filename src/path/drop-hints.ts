@@ -1,4 +1,4 @@
-// The repeater's hints (base/hints.ts): mistakes recognised from datagrams it
+// The datagram path's hints (base/hints.ts): mistakes recognised from datagrams it
 // drops. Each check runs only once the datagram is already being dropped.
 //
 // - a sealed frame on a plain listener: an agent pointed at the plain port;
@@ -27,7 +27,7 @@ export interface AllowRefusal {
   count: number;
 }
 
-export class RepeaterHints {
+export class DropHints {
   readonly sealedOnPlain: HintTable;
   readonly plainOnSealed: HintTable;
   readonly notAllowed: HintTable;

@@ -1,13 +1,14 @@
 // A channel: the subscribers that receive everything its listeners accept, in
-// two registries, plain and sealed. The hot path sends through outlet groups
-// prepared by the socket layer, rebuilt only when membership changes, so
-// subscription traffic never slows forwarding and fan-out never asks which
-// socket backend it has.
+// two registries, plain and sealed, and the outlet groups the out door
+// (out-door.ts) sends through: prepared by the socket layer, rebuilt only
+// when membership changes, so subscription traffic never slows forwarding
+// and fan-out never asks which socket backend it has. A channel sends
+// nothing itself.
 
-import { ChannelStats, D, E } from '../base/stats.js';
-import type { Fanout, Outlet, OutletFault, OutletGroup, SendTally } from '../net/io.js';
-import { newTally } from '../net/io.js';
+import { ChannelStats, DropSlot, EventSlot } from '../base/stats.js';
+import type { Fanout, Outlet, OutletFault, OutletGroup, SendSink } from '../net/io.js';
 import { type Endpoint, isMulticast } from '../wire/address.js';
+import type { LiveState } from './live-state.js';
 import type { TraceFields } from '../wire/trace.js';
 import { type Entry, type Form, Registry } from './registry.js';
 
@@ -48,8 +49,11 @@ export interface SealingInput {
   readonly trace: TraceFields | null;
 }
 
+/** Tells one subscriber from which sequence of our group frames it is a member (the out door seals and sends it); false when not sent. */
+export type MembershipTeller = (ch: Channel, e: Subscriber, memberFrom: number) => boolean;
+
 /** Sealed subscribers sharing one channel key: one frame per datagram for all of them. */
-interface KeyGroup {
+export interface KeyGroup {
   readonly key: string;
   readonly members: readonly Subscriber[];
   readonly all: OutletGroup;
@@ -59,7 +63,7 @@ interface KeyGroup {
 
 const WITHOUT_CACHE = 256;
 
-export class Channel {
+export class Channel implements SendSink {
   readonly stats = new ChannelStats();
   readonly plain: Registry<Outlet>;
   readonly sealed: Registry<Outlet>;
@@ -70,11 +74,15 @@ export class Channel {
   /** TTLs of static multicast outputs, by endpoint text. */
   readonly staticTtl = new Map<string, number>();
 
-  /** Seals membership frames and dates memberships (the repeater sets it with its keys); null without keys. */
+  /** Dates memberships (the path sets it with the data seal of the running config); null without keys. */
   sealer: FrameSealer | null = null;
+  /** Sends membership frames (the path's out door). */
+  teller: MembershipTeller | null = null;
+  /** The channel's live state (the path keeps it: configure); null while warm joins are off. */
+  live: LiveState | null = null;
 
-  private plainGroup: OutletGroup;
-  private keyGroups: KeyGroup[] = [];
+  private plainMembers: OutletGroup;
+  private keyMembers: KeyGroup[] = [];
   /**
    * Each sealed subscriber in a key group, the group's key, and the sequence
    * from which it has been in it without a break (frames of ours below it
@@ -85,7 +93,6 @@ export class Channel {
   /** Subscribers whose subscription named its receiver: they know MEMBERSHIP frames. */
   private readonly fenced = new WeakSet<Subscriber>();
   private dirty = true;
-  private readonly tally: SendTally = newTally();
 
   constructor(
     readonly name: string,
@@ -99,7 +106,7 @@ export class Channel {
     const open = (ep: Endpoint, isStatic: boolean) => this.openOutlet(ep, isStatic);
     this.plain = new Registry<Outlet>('plain', open, mark, opts.maxSubscribers, opts.toleranceMs);
     this.sealed = new Registry<Outlet>('sealed', open, mark, opts.maxSubscribers, opts.toleranceMs);
-    this.plainGroup = fanout.group([]);
+    this.plainMembers = fanout.group([]);
   }
 
   registry(form: Form): Registry<Outlet> {
@@ -156,14 +163,14 @@ export class Channel {
   }
 
   private onOutletError(o: Outlet, code: string, fault: OutletFault, lostLater: boolean): void {
-    if (lostLater) this.stats.dropped[D.send_error]++;
+    if (lostLater) this.stats.dropped[DropSlot.send_error]++;
     const e = this.entryOf(o);
     if (e !== undefined) {
       if (fault === 'broken') {
         // An outlet that can never send: out (a dynamic subscriber comes back
         // with its next announce, a static one when the repeater retries it).
         this.registry(e.form).remove(e.endpoint.text);
-        this.stats.events[E.evict]++;
+        this.stats.events[EventSlot.evict]++;
         this.events.outOfService(this, e, 'evict', code);
         return;
       }
@@ -180,7 +187,7 @@ export class Channel {
     e.strikes++;
     if (this.opts.deadAfter > 0 && e.suspendedUntil === 0 && e.strikes >= this.opts.deadAfter) {
       this.registry(e.form).suspend(e, Date.now() + this.opts.deadRetryMs);
-      this.stats.events[E.suspend]++;
+      this.stats.events[EventSlot.suspend]++;
       this.events.outOfService(this, e, 'suspend', code);
     }
   }
@@ -205,8 +212,8 @@ export class Channel {
       if (!stays && this.fenced.has(e)) joined.push(e);
     }
     this.since = since;
-    this.plainGroup = this.fanout.group(plain);
-    this.keyGroups = [...byKey].map(([key, members]) => ({ key, members, all: this.fanout.group(members.map((m) => m.outlet)), without: new Map() }));
+    this.plainMembers = this.fanout.group(plain);
+    this.keyMembers = [...byKey].map(([key, members]) => ({ key, members, all: this.fanout.group(members.map((m) => m.outlet)), without: new Map() }));
     this.dirty = false;
     const told = new Set<Subscriber>();
     for (const e of joined) if (this.tellMembership(e)) told.add(e);
@@ -216,9 +223,8 @@ export class Channel {
   /** Sends `e` the sequence from which it has been a member; false when it is none now (or the send failed). */
   private tellMembership(e: Subscriber): boolean {
     const from = this.since.get(e)?.from;
-    if (from === undefined || from < 1 || this.sealer === null) return false;
-    const frame = this.sealer.sealMembership(e.key, from, e.endpoint.text);
-    return frame !== null && e.outlet.send(frame);
+    if (from === undefined || from < 1 || this.teller === null) return false;
+    return this.teller(this, e, from);
   }
 
   /**
@@ -236,10 +242,11 @@ export class Channel {
 
   subscribersOf(form: Form): number {
     if (this.dirty) this.rebuild();
-    return form === 'plain' ? this.plainGroup.size : this.keyGroups.reduce((n, g) => n + g.members.length, 0);
+    return form === 'plain' ? this.plainMembers.size : this.keyMembers.reduce((n, g) => n + g.members.length, 0);
   }
 
-  private groupFor(g: KeyGroup, origin: bigint | null): OutletGroup {
+  /** `g` without the member of `origin` (a frame never goes back to the agent it came from). */
+  groupFor(g: KeyGroup, origin: bigint | null): OutletGroup {
     if (origin === null || !g.members.some((m) => m.origin === origin)) return g.all;
     let out = g.without.get(origin);
     if (out === undefined) {
@@ -250,67 +257,27 @@ export class Channel {
     return out;
   }
 
-  /**
-   * Sends one accepted datagram to every subscriber: `plainOut` (with its
-   * trace) to plain subscribers; to sealed ones, a frame of `sealing` sealed
-   * once per subscriber key, skipping the subscriber whose origin is `origin`
-   * (a frame never goes back to the agent it came from). `stable` says
-   * `plainOut` may be kept after this call returns. Returns the copies handed
-   * to the kernel.
-   */
-  forward(plainOut: Buffer, stable: boolean, sealer: FrameSealer | null, sealing: SealingInput | null, origin: bigint | null): number {
+  /** The plain subscribers' group (rebuilt first when membership changed). */
+  plainGroup(): OutletGroup {
     if (this.dirty) this.rebuild();
-    const st = this.stats;
-    st.accepted++;
-    const t = this.tally;
-    t.sent = 0;
-    t.full = 0;
-    t.failed = 0;
-    this.plainGroup.send(plainOut, stable, t);
-    st.bytesForwarded += t.sent * plainOut.length;
-    let any = this.plainGroup.size > 0;
-    if (sealer !== null && sealing !== null) {
-      for (const g of this.keyGroups) {
-        any = true;
-        const group = this.groupFor(g, origin);
-        if (group.size === 0) continue;
-        const frame = sealer.sealDatagram(g.key, sealing);
-        if (frame === null) {
-          st.dropped[D.sealed_too_large]++;
-          continue;
-        }
-        const before = t.sent;
-        group.send(frame, true, t);
-        st.bytesForwarded += (t.sent - before) * frame.length;
-      }
-    }
-    st.dropped[D.queue_full] += t.full;
-    st.dropped[D.send_error] += t.failed;
-    st.forwarded += t.sent;
-    if (!any) st.dropped[D.no_subscribers]++;
-    return t.sent;
+    return this.plainMembers;
+  }
+
+  /** The sealed subscribers' groups, one per channel key (rebuilt first when membership changed). */
+  keyGroups(): readonly KeyGroup[] {
+    if (this.dirty) this.rebuild();
+    return this.keyMembers;
   }
 
   /**
-   * Sends a control frame (the ticket keys) to the sealed subscribers this
-   * repeater serves, sealed once per subscriber key by `frameFor` (a group
-   * frame: receiver ''); only to `e` when given, sealed for it alone (its
-   * address as receiver). Suspended subscribers are skipped. Returns the
-   * copies sent.
+   * A queued live copy was lost when its batch went out (net/socket-api.ts
+   * SendSink): it was counted as forwarded when queued.
    */
-  sendSealed(frameFor: (key: string, receiver: string) => Buffer | null, e: Subscriber | null = null): number {
-    if (e !== null) {
-      if (e.form !== 'sealed' || !e.owned || e.suspendedUntil !== 0) return 0;
-      const frame = frameFor(e.key, e.endpoint.text);
-      return frame !== null && e.outlet.send(frame) ? 1 : 0;
-    }
-    if (this.dirty) this.rebuild();
-    const t = newTally();
-    for (const g of this.keyGroups) {
-      const frame = frameFor(g.key, '');
-      if (frame !== null) g.all.send(frame, true, t);
-    }
-    return t.sent;
+  lateLoss(full: boolean, bytes: number): void {
+    const st = this.stats;
+    st.forwarded--;
+    st.bytesForwarded -= bytes;
+    st.dropped[full ? DropSlot.queue_full : DropSlot.send_error]++;
   }
 
   close(): void {

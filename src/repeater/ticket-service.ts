@@ -2,7 +2,7 @@
 // it (docs/PROTOCOL.md, "Ticket keys"; SECURITY.md, "Ticket keys (TLS session resumption)").
 //
 // - One schedule per repeater (per cluster: the repeaters merge theirs over
-//   the bus by the rule of crypto/tickets.ts, so they converge on one).
+//   the bus by the rule of crypto/ticket-schedule.ts, so they converge on one).
 // - A key is generated one rotation period before it encrypts and sent at
 //   once, so every server holds it before anyone encrypts with it.
 // - Distributed sealed only, never to plain subscribers: to the sealed
@@ -12,15 +12,14 @@
 // - Persisted (0600, atomically) on every change before it is sent, so a
 //   restart never invalidates tickets in flight.
 // - What comes from elsewhere (tickets.pb at start, the bus) is merged only
-//   within this schedule's horizon (crypto/tickets.ts `beyondHorizon`); the
+//   within this schedule's horizon (crypto/ticket-schedule.ts `beyondHorizon`); the
 //   rest is refused and counted by source.
 
 import { describe } from '../base/errors.js';
 import type { Logger } from '../base/log.js';
-import { beyondHorizon, type TicketParams, ticketKeyId, TicketKeys } from '../crypto/tickets.js';
-import type { TicketKey } from '../wire/tickets.js';
-import type { Channel, Subscriber } from './channel.js';
-import type { SealedGate } from './sealed-gate.js';
+import { beyondHorizon, type TicketParams, ticketKeyId, TicketKeys } from '../crypto/ticket-schedule.js';
+import type { TicketKey } from '../wire/ticket-codec.js';
+import type { Channel, Subscriber } from '../path/channel.js';
 
 /** Where the schedule is kept across restarts (daemon/ticket-store.ts). */
 export interface TicketPersistence {
@@ -52,7 +51,8 @@ export class TicketService {
     private params: TicketParams,
     private readonly deps: {
       readonly channels: () => Iterable<Channel>;
-      readonly gate: () => SealedGate | null;
+      /** Seals and sends the keys to `ch`'s sealed subscribers, or to `e` alone (the path's out door); returns the copies sent. */
+      readonly send: (ch: Channel, keys: readonly TicketKey[], e: Subscriber | null) => number;
       readonly store: TicketPersistence | null;
       readonly log: Logger;
     },
@@ -134,10 +134,8 @@ export class TicketService {
 
   /** To one subscriber that just subscribed or refreshed (or to all of `ch`'s when `e` is null). */
   send(ch: Channel, e: Subscriber | null): void {
-    const gate = this.deps.gate();
-    if (gate === null || !ch.tickets || this.keys.size === 0) return;
-    const keys = this.keys.keys;
-    this.framesSent += ch.sendSealed((key, receiver) => gate.sealTickets(key, keys, receiver), e);
+    if (!ch.tickets || this.keys.size === 0) return;
+    this.framesSent += this.deps.send(ch, this.keys.keys, e);
   }
 
   /** The rotation period, in seconds. */

@@ -25,7 +25,7 @@
 // forgotten first) and MAX_INGRESSES ingresses per content (a copy from one
 // more is then taken for a duplicate if any other brought one).
 
-import { randomBytes } from 'node:crypto';
+import { KeyedHash } from './keyed-hash.js';
 
 export const MAX_KEYS = 1 << 17;
 export const MAX_CONTENTS = 8;
@@ -39,33 +39,10 @@ interface Copies {
   readonly counts: number[];
 }
 
-/** Two seeded FNV-1a lanes folded into a 53-bit number. */
-export class Hasher {
-  private readonly seed1: number;
-  private readonly seed2: number;
-
-  constructor() {
-    const s = randomBytes(8);
-    this.seed1 = s.readUInt32LE(0);
-    this.seed2 = s.readUInt32LE(4);
-  }
-
-  hash(buf: Uint8Array, from = 0, to = buf.length): number {
-    let a = 0x811c9dc5 ^ this.seed1;
-    let b = 0x811c9dc5 ^ this.seed2;
-    for (let i = from; i < to; i++) {
-      const c = buf[i]!;
-      a = Math.imul(a ^ c, 0x01000193);
-      b = Math.imul(b ^ c ^ 0x5c, 0x01000193);
-    }
-    return (a >>> 0) * 0x200000 + (b >>> 11);
-  }
-}
-
 export class CopyMemory {
   /** Per key hash, the contents seen within the memory (oldest first); the Map's order: least recently updated key first. */
   private readonly seen = new Map<number, Copies[]>();
-  readonly hasher = new Hasher();
+  readonly hasher = new KeyedHash();
 
   constructor(public memoryMs: number) {}
 

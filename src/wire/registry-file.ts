@@ -1,11 +1,11 @@
-// The persisted subscriber registry: proto RegistryState, described in
+// The subscriber registry file (registry.pb): proto RegistryState, described in
 // docs/PROTOCOL.md, "The state file". Pure codec: decoding garbage returns
 // null instead of throwing.
 
 import { bigintToLong, type LongLike, longToBigint, longToNumber } from './longs.js';
 import { protoRoot } from './proto.js';
 
-const StateType = protoRoot.lookupType('udprepeater.RegistryState');
+const RegistryType = protoRoot.lookupType('udprepeater.RegistryState');
 
 export interface SavedSubscriber {
   readonly channel: string;
@@ -19,22 +19,22 @@ export interface SavedSubscriber {
   readonly origin: bigint;
 }
 
-export interface RegistryState {
+export interface RegistryFile {
   readonly savedAtMs: number;
   readonly subscribers: readonly SavedSubscriber[];
 }
 
-export function encodeState(s: RegistryState): Uint8Array {
-  return StateType.encode({
+export function encodeRegistry(s: RegistryFile): Uint8Array {
+  return RegistryType.encode({
     savedAtMs: s.savedAtMs,
     subscribers: s.subscribers.map((e) => ({ ...e, origin: bigintToLong(e.origin) })),
   }).finish();
 }
 
-export function decodeState(buf: Uint8Array): RegistryState | null {
+export function decodeRegistry(buf: Uint8Array): RegistryFile | null {
   let m: Record<string, unknown>;
   try {
-    m = StateType.decode(buf) as unknown as Record<string, unknown>;
+    m = RegistryType.decode(buf) as unknown as Record<string, unknown>;
   } catch {
     return null;
   }

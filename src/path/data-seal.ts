@@ -1,22 +1,21 @@
-// Secure mode in the repeater: a frame arriving on a sealed listener passes
-// the session's gate (one open, role, skew, start, replay) before anything in
-// it is believed. What comes out is handed back to the repeater; this file
-// never forwards and never answers.
+// The repeater's data keys and their session: opens the frames that arrive on
+// sealed listeners (the session's gate: one open, role, skew, start, replay,
+// before anything in it is believed) and seals what sealed subscribers get.
+// It never forwards and never answers; the bus has a seal of its own
+// (cluster/bus-seal.ts), under keys no agent holds.
 
-import { D } from '../base/stats.js';
+import { DropSlot } from '../base/stats.js';
 import type { KeyRing } from '../crypto/keyring.js';
 import type { OpenError, Receiver, SecureSession } from '../crypto/session.js';
 import { type Envelope, EnvelopeKind } from '../wire/envelope.js';
-import type { TicketKey } from '../wire/tickets.js';
+import type { TicketKey } from '../wire/ticket-codec.js';
 import type { Channel, FrameSealer, SealingInput } from './channel.js';
 
 export interface SealedOptions {
   readonly maxSkewMs: number;
 }
 
-// The cluster bus is sealed elsewhere (cluster/bus-seal.ts), with a key ring
-// of its own: the data keys sealed here are held by every agent.
-export class SealedGate implements FrameSealer {
+export class DataSeal implements FrameSealer {
   constructor(
     private readonly session: SecureSession,
     private readonly ring: KeyRing,
@@ -30,7 +29,7 @@ export class SealedGate implements FrameSealer {
    */
   open(ch: Channel, msg: Buffer, listener: Receiver): Envelope | OpenError {
     const env = this.session.open(this.ring, msg, this.opts.maxSkewMs, Date.now(), listener);
-    if (typeof env === 'string') ch.stats.dropped[D[env]]++;
+    if (typeof env === 'string') ch.stats.dropped[DropSlot[env]]++;
     return env;
   }
 
@@ -54,7 +53,7 @@ export class SealedGate implements FrameSealer {
     return this.session.nextSequence;
   }
 
-  /** Releases the key ring once this gate is no longer used. */
+  /** Releases the key ring once this seal is no longer used. */
   dispose(): void {
     this.ring.destroy();
   }
