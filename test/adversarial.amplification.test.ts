@@ -404,8 +404,9 @@ describe('plain mode: warm joins are not an amplifier', () => {
       packets++;
       await spoofer.send(encodeSubscription({ key: 'ssl', address }), port);
       await r.tap.waitFor(round === 0 ? 'subscribed' : 'refreshed', { address }, { from: mark });
-      const done = () => r.tap.matching('warm join completed', { address }, mark).length > 0;
-      await until(`round ${round}: suspended again, or a join over`, () => (ch.find(address)?.suspendedUntil ?? 0) !== 0 || done(), 10_000);
+      await until(`round ${round}: suspended again, or a join over`, () => (ch.find(address)?.suspendedUntil ?? 0) !== 0 || completed(), 10_000);
+      // Over: an announce now brings nothing to send, so nothing to be suspended for (a loaded machine reads the ICMP late and gets there in fewer rounds).
+      if (completed()) break;
     }
     const stats = warm.statsOf(ch.name)!;
     console.log(JSON.stringify({ stateBytes, packets, warmBytes: stats.bytes, restarted: stats.restarted, redoBudget: REDO_BYTES, completed: completed() }));
