@@ -2,6 +2,7 @@
 // fails the test quickly instead of hanging the run.
 
 import { createSocket, type Socket } from 'node:dgram';
+import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { contentOf, inspectCacheUpdate, newShape } from '../../src/wire/cache.js';
 import { readTrace, type TraceFields } from '../../src/wire/trace.js';
@@ -133,37 +134,61 @@ export class Sender {
   }
 }
 
-/** A port nobody listens on right now (UDP and TCP), for configs that need a fixed one. */
 /**
- * Ports handed out by freePort in this process, most recent last: the kernel
- * may offer a port again at once, and two calls in a row must not name the
- * same one (a test asking for two listeners would get "given twice").
+ * Ports handed out by freePort in this process, most recent last: two calls
+ * in a row must not name the same one (a test asking for two listeners would
+ * get "given twice").
  */
 const given = new Set<number>();
 const GIVEN_MAX = 4096;
 
-export function freePort(host = '127.0.0.1'): Promise<number> {
-  return new Promise((resolve, reject) => {
+/**
+ * Where freePort draws from: below the kernel's ephemeral range, so that no
+ * socket bound to port 0 (a bench beside the tests opens thousands) can take
+ * a port between the moment it is handed out and the moment a daemon binds
+ * it. Null when the range starts too low to leave room (then port 0 is used).
+ */
+const BELOW_EPHEMERAL: readonly [number, number] | null = (() => {
+  try {
+    const low = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]);
+    return Number.isInteger(low) && low > 12_000 ? [10_000, low - 1] : null;
+  } catch {
+    return null;
+  }
+})();
+
+/** Resolves whether `port` (0: any) can be bound for TCP and UDP on `host` right now, with the port bound. */
+function tryPort(host: string, port: number): Promise<number | null> {
+  return new Promise((resolve) => {
     const srv = createServer();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const port = (srv.address() as { port: number }).port;
+    srv.once('error', () => resolve(null));
+    srv.listen(port, host, () => {
+      const got = (srv.address() as { port: number }).port;
       srv.close(() => {
-        if (given.has(port)) {
-          resolve(freePort(host));
-          return;
-        }
-        given.add(port);
-        if (given.size > GIVEN_MAX) given.delete(given.values().next().value as number);
         const u = createSocket(host.includes(':') ? 'udp6' : 'udp4');
         u.once('error', () => {
           u.close();
-          resolve(freePort(host));
+          resolve(null);
         });
-        u.bind(port, host, () => u.close(() => resolve(port)));
+        u.bind(got, host, () => u.close(() => resolve(got)));
       });
     });
   });
+}
+
+/** A port nobody listens on right now (UDP and TCP), for configs that need a fixed one. */
+export async function freePort(host = '127.0.0.1'): Promise<number> {
+  for (let attempt = 0; attempt < 200; attempt++) {
+    const range = attempt < 100 ? BELOW_EPHEMERAL : null;
+    const want = range === null ? 0 : range[0] + Math.floor(Math.random() * (range[1] - range[0] + 1));
+    if (want !== 0 && given.has(want)) continue;
+    const port = await tryPort(host, want);
+    if (port === null || given.has(port)) continue;
+    given.add(port);
+    if (given.size > GIVEN_MAX) given.delete(given.values().next().value as number);
+    return port;
+  }
+  throw new Error(`no free port on ${host} after 200 attempts`);
 }
 
 /** Polls `check` until it returns a value other than undefined, or fails after `ms`. */
