@@ -28,6 +28,8 @@ import type { Backend } from '../net/io.js';
 import { Cluster } from '../cluster/cluster.js';
 import { BusSeal } from '../cluster/bus-seal.js';
 import { DataSeal } from '../path/data-seal.js';
+import { LinkDoor } from '../path/link-door.js';
+import { IdentityFiles } from './identity-files.js';
 import { Role } from '../wire/envelope.js';
 import { UwsgiSignatureCheck } from '../repeater/signcheck.js';
 import { RegistryStore } from './registry-store.js';
@@ -83,12 +85,31 @@ export function subscribersView(r: Repeater, cluster: Cluster | null = null): un
  * sequence, replay windows) and the signed-subscription clocks live as long
  * as the process; key rings and public keys are re-read on every reload.
  */
-export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { session(): SecureSession | null }> {
+export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { session(): SecureSession | null; door(): LinkDoor | null }> {
   await sodiumReady();
   let session: SecureSession | null = null;
   const signedClocks = new Map<string, number>();
+  const files = new IdentityFiles(log);
+  let door: LinkDoor | null = null;
+  let maxSkewMs = 0;
   return {
     session: () => session,
+    door: () => door,
+    links(config) {
+      const table = files.read(config);
+      if (table === null) return null;
+      maxSkewMs = config.maxSkewMs;
+      door ??= new LinkDoor(
+        files.identity!,
+        {
+          linked: (peer, address) => log.info('link confirmed', { peer, address }),
+          revoked: (peers, subscribers) => log.info('identities revoked: links dropped', { peers, subscribers }),
+        },
+        () => maxSkewMs,
+      );
+      door.stage(table);
+      return door;
+    },
     sealed(config) {
       if (config.keyFiles.length === 0) return null;
       const ring = KeyRing.load(config.keyFiles);
@@ -160,6 +181,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
         listeners: repeater.listeners(),
         channels: repeater.channels.size,
         keys: repeater.dataSeal?.keyIds() ?? [],
+        ...(repeater.path.config.links === null ? {} : { identity: { peersFingerprint: repeater.path.config.links.fingerprint, links: repeater.path.config.links.links } }),
         hints: repeater.hints.view(),
         ...(repeater.tickets === null ? {} : { ticketKeys: repeater.tickets.keys.describe(Date.now()) }),
         ...(cluster === null ? {} : { status: cluster.degraded ? 'degraded' : 'ok', cluster: cluster.health() }),

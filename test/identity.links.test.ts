@@ -1,0 +1,267 @@
+// Identity mode end to end (docs/PROTOCOL.md, "Identities and links"; issue
+// 18): real `serve` and `agent` daemons started through the CLI, each with
+// its own identity (`keygen --identity`) and peers file, no shared key; real
+// UDP on loopback. Captures are taken on the wire by relays, never built by
+// the test.
+
+import assert from 'node:assert/strict';
+import { createSocket, type Socket } from 'node:dgram';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { encodeCacheSet } from '../src/wire/cache.js';
+import { agent, type Running, serve, Tap } from './helpers/attack.js';
+import { runCli } from './helpers/daemon.js';
+import { eventually, freePort, type Receiver } from './helpers/net.js';
+import { Scope } from './helpers/scope.js';
+
+const scope = new Scope();
+const { sender } = scope;
+const dir = mkdtempSync(join(tmpdir(), 'udprepeater-links-'));
+const set = (k: string) => encodeCacheSet(Buffer.from(k), Buffer.from(`session ${k};`), 0);
+const keyOf = (b: Buffer) => {
+  const m = /session ([^;]+);/.exec(b.toString('latin1'));
+  return m === null ? null : m[1]!;
+};
+let files = 0;
+
+function track<T extends { stop(): Promise<unknown> } | { close(): unknown }>(r: T): T {
+  scope.track({ close: () => ('stop' in r ? r.stop() : r.close()) });
+  return r;
+}
+
+/** A new identity written by the CLI, and its public key as `pubkey` prints it. */
+async function identity(): Promise<{ file: string; pub: string }> {
+  const file = join(dir, `id${files++}`);
+  const k = await runCli(['keygen', '--identity', file]);
+  assert.equal(k.code, 0, k.stderr);
+  const p = await runCli(['pubkey', file]);
+  assert.equal(p.code, 0, p.stderr);
+  return { file, pub: p.stdout.trim() };
+}
+
+function peersFile(lines: string[], file = join(dir, `peers${files++}`)): string {
+  writeFileSync(file, lines.join('\n') + '\n', { mode: 0o644 });
+  return file;
+}
+
+interface Fleet {
+  repeaterId: { file: string; pub: string };
+  sp: number;
+  repeaterArgs: string[];
+  repeaterPeers: string;
+}
+
+async function fleet(nodes: Array<{ name: string; pub: string }>, extra: string[] = []): Promise<Fleet> {
+  const repeaterId = await identity();
+  const sp = await freePort();
+  const repeaterPeers = peersFile(nodes.map((n) => `${n.pub} ${n.name}`));
+  const repeaterArgs = ['--listen-sealed', `127.0.0.1:${sp},channel=ssl,key=ssl`, '--identity', repeaterId.file, '--peers', repeaterPeers, ...extra];
+  return { repeaterId, sp, repeaterArgs, repeaterPeers };
+}
+
+/** An agent by identity, trusting the fleet's repeater only, delivering to `node`. */
+async function linkedAgent(f: Fleet, id: { file: string }, node: Receiver, more: string[] = [], repeaterPort = f.sp): Promise<Running & { local: number }> {
+  const local = await freePort();
+  const peers = peersFile([`${f.repeaterId.pub} repeater-a role=repeater`]);
+  const a = track(await agent(['--repeater', `127.0.0.1:${repeaterPort}`, '--identity', id.file, '--peers', peers, '--local', `127.0.0.1:${local}`, '--deliver', node.address, '--channel-key', 'ssl', '--subscribe-interval', '0.5', ...more]));
+  return Object.assign(a, { local });
+}
+
+/** Both directions between one agent and its repeater, a copy of each datagram kept (the repeater answers the source: this relay). */
+class Relay {
+  readonly toRepeater: Buffer[] = [];
+  readonly toAgent: Buffer[] = [];
+  private agentPort = 0;
+  private constructor(
+    private readonly s: Socket,
+    target: number,
+  ) {
+    s.on('message', (m, r) => {
+      if (this.agentPort === 0) this.agentPort = r.port;
+      if (r.port === this.agentPort) {
+        this.toRepeater.push(m);
+        s.send(m, target, '127.0.0.1');
+      } else {
+        this.toAgent.push(m);
+        s.send(m, this.agentPort, '127.0.0.1');
+      }
+    });
+  }
+
+  static open(target: number): Promise<Relay> {
+    return new Promise((resolve) => {
+      const s = createSocket('udp4');
+      s.bind(0, '127.0.0.1', () => resolve(new Relay(s, target)));
+    });
+  }
+
+  get port(): number {
+    return this.s.address().port;
+  }
+
+  close(): void {
+    this.s.close();
+  }
+}
+
+/** Link frames (version 3, type 3) of a capture. */
+const linkFrames = (c: readonly Buffer[]) => c.filter((b) => b.length > 32 && b[0] === 0x75 && b[1] === 0x72 && b[2] === 3 && b[3] === 3);
+
+const agentDropped = async (a: Running, reason: string) => (await a.metrics()).value('udprepeater_agent_datagrams_dropped_total', { reason });
+
+describe('identity mode: agents and a repeater by identity, no shared key', () => {
+  test('a datagram from agent A reaches agent B; a frame captured on A\'s link is refused by the repeater from another source and by B\'s agent; an unknown identity is refused and counted', async () => {
+    const [ia, ib, ic] = [await identity(), await identity(), await identity()];
+    const f = await fleet([
+      { name: 'node-a', pub: ia.pub },
+      { name: 'node-b', pub: ib.pub },
+    ]);
+    const r = track(await serve(f.repeaterArgs));
+    const relay = track(await Relay.open(f.sp));
+    const [na, nb, nc] = [await scope.receiver(), await scope.receiver(), await scope.receiver()];
+    const a = await linkedAgent(f, ia, na, [], relay.port);
+    const b = await linkedAgent(f, ib, nb);
+    await r.d.log.waitFor('subscribed', { form: 'sealed' }, { count: 2 });
+    await sender.send(set('one'), a.local);
+    const got = await nb.waitFor(1);
+    assert.equal(keyOf(got[0]!), 'one');
+    assert.equal(na.received.length, 0, 'the repeater sent A its own update back');
+
+    // Replays: A's frames to the repeater (its SUBSCRIBE and the set) from another socket, and the repeater's frames for A to B's agent.
+    const fromA = linkFrames(relay.toRepeater);
+    const forA = linkFrames(relay.toAgent);
+    assert.ok(fromA.length >= 2 && forA.length >= 1, `captured ${fromA.length} frames from A and ${forA.length} for A`);
+    const before = { replay: (await r.metrics()).dropped('replay'), bUnknown: await agentDropped(b, 'unknown_link') };
+    const attacker = track(await Tap.open(f.sp));
+    for (const m of fromA) await attacker.replay(m);
+    const bPort = Number(String((await b.d.log.waitFor('agent started'))['advertised']).split(':').pop());
+    for (const m of forA) await attacker.replay(m, bPort);
+    await eventually('the replays counted', async () => ((await r.metrics()).dropped('replay') >= before.replay + fromA.length && (await agentDropped(b, 'unknown_link')) >= before.bUnknown + forA.length ? true : undefined));
+    // A marker after the replays: nothing replayed reached B's node before it.
+    await sender.send(set('marker'), a.local);
+    const after = await nb.waitFor(2);
+    assert.deepEqual(after.map(keyOf), ['one', 'marker'], 'a replayed frame was delivered');
+
+    // An identity the repeater does not list: refused before any DH, counted, never linked.
+    const c = await linkedAgent(f, ic, nc);
+    await eventually('unknown_peer counted', async () => ((await r.metrics()).dropped('unknown_peer') > 0 ? true : undefined));
+    await sender.send(set('from-c'), c.local);
+    await sender.send(set('marker2'), a.local);
+    const third = await nb.waitFor(3);
+    assert.equal(keyOf(third[2]!), 'marker2', 'the unknown identity got an update through');
+    assert.equal(nc.received.length, 0, 'the unknown identity was sent updates');
+    assert.equal(c.d.log.matching('link confirmed').length, 0, 'the unknown identity made a link');
+    assert.ok((await agentDropped(c, 'no_link')) >= 1, 'the unlinked agent did not count its update as no_link');
+  });
+});
+
+describe('identity mode: revocation and restarts', () => {
+  test('removing a node\'s line and reloading: its link drops, it gets nothing sent more than 1 s later, its frames are refused (revoked), nothing sealed for the others opens with its keys; the remaining agent loses no update', async () => {
+    const [ib, ir] = [await identity(), await identity()];
+    const pp = await freePort();
+    const f = await fleet(
+      [
+        { name: 'node-b', pub: ib.pub },
+        { name: 'node-r', pub: ir.pub },
+      ],
+      ['--listen', `127.0.0.1:${pp},channel=ssl,key=ssl`],
+    );
+    const r = track(await serve(f.repeaterArgs));
+    const [nb, nr] = [await scope.receiver(), await scope.receiver()];
+    // B's copies pass a tap (its advertise) that keeps them; R binds a known port (the replay target).
+    const bBind = await freePort();
+    const tapB = track(await Tap.open(bBind));
+    const rBind = await freePort();
+    await linkedAgent(f, ib, nb, ['--bind', `127.0.0.1:${bBind}`, '--advertise', `127.0.0.1:${tapB.port}`]);
+    const rev = await linkedAgent(f, ir, nr, ['--bind', `127.0.0.1:${rBind}`]);
+    await r.d.log.waitFor('subscribed', { form: 'sealed' }, { count: 2 });
+    const rTimes: Array<{ key: string; at: number }> = [];
+    nr.socket.on('message', (m: Buffer) => rTimes.push({ key: keyOf(m) ?? '?', at: Date.now() }));
+
+    // ~30 sets a second through the plain listener, for 2 s before the reload and 3 s after.
+    const sentAt = new Map<string, number>();
+    let i = 0;
+    const stream = setInterval(() => {
+      const k = `k${i++}`;
+      sentAt.set(k, Date.now());
+      void sender.send(set(k), pp);
+    }, 33);
+    await new Promise((res) => setTimeout(res, 2000));
+    assert.ok(rTimes.length > 20, `the node to be revoked got ${rTimes.length} updates before the reload`);
+    peersFile([`${ib.pub} node-b`], f.repeaterPeers);
+    const capturedBefore = tapB.captured.length;
+    const reloadAt = Date.now();
+    r.d.signal('SIGHUP');
+    await r.d.log.waitFor('identities revoked: links dropped');
+    // Reload to first refused frame of the revoked agent (it announces every 0.5 s).
+    const refusedAt = await eventually('a revoked frame refused', async () => ((await r.metrics()).dropped('revoked') > 0 ? Date.now() : undefined), 5000);
+    await new Promise((res) => setTimeout(res, 3000));
+    clearInterval(stream);
+    const total = i;
+    const bKeys = await eventually('B got every update', () => {
+      const keys = new Set(nb.received.map(keyOf));
+      return keys.size >= total ? keys : undefined;
+    });
+    for (let n = 0; n < total; n++) assert.ok(bKeys.has(`k${n}`), `the remaining node lost k${n}`);
+    const late = rTimes.filter((t) => (sentAt.get(t.key) ?? 0) > reloadAt + 1000);
+    const lastR = rTimes.length === 0 ? null : rTimes[rTimes.length - 1]!;
+    console.log(JSON.stringify({ sent: total, remainingGot: bKeys.size, revokedGot: rTimes.length, revokedLastAfterReloadMs: lastR === null ? null : lastR.at - reloadAt, reloadToFirstRefusedMs: refusedAt - reloadAt, revokedRefused: (await r.metrics()).dropped('revoked') }));
+    assert.deepEqual(late, [], 'the revoked node got updates sent more than 1 s after the reload');
+
+    // What the repeater sealed for B after the reload, given to the revoked agent (which still holds its own link keys): nothing opens.
+    const forB = linkFrames(tapB.captured.slice(capturedBefore));
+    assert.ok(forB.length > 20, `captured ${forB.length} frames for B after the reload`);
+    const seen = nr.received.length;
+    const refusedBefore = await agentDropped(rev, 'unknown_link');
+    const attacker = track(await Tap.open(rBind));
+    for (const m of forB) await attacker.replay(m);
+    await eventually('the revoked agent refused them', async () => ((await agentDropped(rev, 'unknown_link')) >= refusedBefore + forB.length ? true : undefined));
+    assert.equal(nr.received.length, seen, 'a frame sealed for B after the reload opened with the revoked node\'s keys');
+    // Its re-subscription stays refused: no sealed subscriber but B.
+    const subs = JSON.parse((await (await import('./helpers/attack.js')).httpGet(r.metricsPort, '/subscribers')).body) as Array<{ form: string; address: string }>;
+    assert.deepEqual(
+      subs.filter((s) => s.form === 'sealed').map((s) => s.address),
+      [`127.0.0.1:${tapB.port}`],
+    );
+  });
+
+  test('after a repeater restart both agents link again and sync resumes; a bad peers file is refused at start (exit 78, file and line) and at reload (the running links kept)', async () => {
+    const [ia, ib] = [await identity(), await identity()];
+    const f = await fleet([
+      { name: 'node-a', pub: ia.pub },
+      { name: 'node-b', pub: ib.pub },
+    ]);
+    let r = await serve(f.repeaterArgs);
+    const [na, nb] = [await scope.receiver(), await scope.receiver()];
+    const a = await linkedAgent(f, ia, na);
+    await linkedAgent(f, ib, nb);
+    await r.d.log.waitFor('subscribed', { form: 'sealed' }, { count: 2 });
+    await r.stop();
+    r = track(await serve(f.repeaterArgs));
+    await r.d.log.waitFor('subscribed', { form: 'sealed' }, { count: 2 });
+    await sender.send(set('after-restart'), a.local);
+    assert.equal(keyOf((await nb.waitFor(1))[0]!), 'after-restart');
+
+    // A bad line at reload: refused, naming file and line; the links stay.
+    peersFile([`${ia.pub} node-a`, `${ib.pub} node-b role=admin`], f.repeaterPeers);
+    r.d.signal('SIGHUP');
+    const refused = await r.d.log.waitFor('reload refused; keeping the running config');
+    assert.match(String(refused['error']), new RegExp(`${f.repeaterPeers}:2`));
+    await sender.send(set('after-bad-reload'), a.local);
+    assert.equal(keyOf((await nb.waitFor(2))[1]!), 'after-bad-reload');
+
+    // The same file at start: exit 78 naming it and the line.
+    // (The peers file is read before any listener opens: the running repeater's port is no obstacle.)
+    const bad = await runCli(['serve', ...f.repeaterArgs]);
+    assert.equal(bad.code, 78, bad.stderr);
+    assert.match(bad.stderr, new RegExp(`${f.repeaterPeers}:2`));
+    // Identities and the shared key on one repeater: refused, saying why.
+    const key = join(dir, 'shared.key');
+    assert.equal((await runCli(['keygen', key])).code, 0);
+    const both = await runCli(['serve', '--listen-sealed', '127.0.0.1:0', '--identity', f.repeaterId.file, '--peers', peersFile([]), '--key-file', key]);
+    assert.equal(both.code, 78, both.stderr);
+    assert.match(both.stderr, /--identity and --key-file\/--key-dir: give one/);
+  });
+});
