@@ -16,8 +16,9 @@
 // - A linked subscriber is the identity's: its entry carries the identity's
 //   origin (originOf), so every copy for it is sealed under that identity's
 //   current link, and none once the identity is revoked (commit).
-// - Live datagrams are sealed per link (docs/PROTOCOL.md, "Per-link sealing
-//   first"): one envelope encoding per channel key, one seal per subscriber.
+// - Live datagrams are sealed per link (docs/PROTOCOL.md, "What runs now:
+//   per-link sealing"): one envelope encoding per channel key, one seal per
+//   subscriber.
 
 import { DropSlot, type DropReason } from '../base/stats.js';
 import type { PeerTable } from '../config/peers-file.js';
