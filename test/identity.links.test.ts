@@ -234,15 +234,23 @@ describe('identity mode: revocation and restarts', () => {
       { name: 'node-b', pub: ib.pub },
     ]);
     let r = await serve(f.repeaterArgs);
+    const relay = track(await Relay.open(f.sp));
     const [na, nb] = [await scope.receiver(), await scope.receiver()];
-    const a = await linkedAgent(f, ia, na);
+    const a = await linkedAgent(f, ia, na, [], relay.port);
     await linkedAgent(f, ib, nb);
     await r.d.log.waitFor('subscribed', { form: 'sealed' }, { count: 2 });
+    await sender.send(set('before-restart'), a.local);
+    assert.equal(keyOf((await nb.waitFor(1))[0]!), 'before-restart');
+    const fromA = linkFrames(relay.toRepeater);
     await r.stop();
     r = track(await serve(f.repeaterArgs));
     await r.d.log.waitFor('subscribed', { form: 'sealed' }, { count: 2 });
+    // A's frames from before the restart (its subscription, the set), replayed to the new process: no link of this start opens them.
+    const attacker = track(await Tap.open(f.sp));
+    for (const m of fromA) await attacker.replay(m);
+    await eventually('the old link\'s frames refused', async () => ((await r.metrics()).dropped('unknown_link') >= fromA.length ? true : undefined));
     await sender.send(set('after-restart'), a.local);
-    assert.equal(keyOf((await nb.waitFor(1))[0]!), 'after-restart');
+    assert.deepEqual((await nb.waitFor(2)).map(keyOf), ['before-restart', 'after-restart'], 'a frame from before the restart was delivered');
 
     // A bad line at reload: refused, naming file and line; the links stay.
     peersFile([`${ia.pub} node-a`, `${ib.pub} node-b role=admin`], f.repeaterPeers);
@@ -250,7 +258,7 @@ describe('identity mode: revocation and restarts', () => {
     const refused = await r.d.log.waitFor('reload refused; keeping the running config');
     assert.match(String(refused['error']), new RegExp(`${f.repeaterPeers}:2`));
     await sender.send(set('after-bad-reload'), a.local);
-    assert.equal(keyOf((await nb.waitFor(2))[1]!), 'after-bad-reload');
+    assert.equal(keyOf((await nb.waitFor(3))[2]!), 'after-bad-reload');
 
     // The same file at start: exit 78 naming it and the line.
     // (The peers file is read before any listener opens: the running repeater's port is no obstacle.)
@@ -260,7 +268,10 @@ describe('identity mode: revocation and restarts', () => {
     // Identities and the shared key on one repeater: refused, saying why.
     const key = join(dir, 'shared.key');
     assert.equal((await runCli(['keygen', key])).code, 0);
-    const both = await runCli(['serve', '--listen-sealed', '127.0.0.1:0', '--identity', f.repeaterId.file, '--peers', peersFile([]), '--key-file', key]);
+    // (In a config file: its keys are the flags' names.)
+    const conf = join(dir, 'both.conf');
+    writeFileSync(conf, `listen-sealed = 127.0.0.1:0\nidentity = ${f.repeaterId.file}\npeers = ${peersFile([])}\nkey-file = ${key}\n`, { mode: 0o600 });
+    const both = await runCli(['serve', '-c', conf]);
     assert.equal(both.code, 78, both.stderr);
     assert.match(both.stderr, /--identity and --key-file\/--key-dir: give one/);
   });
