@@ -227,7 +227,7 @@ describe('identity mode: revocation and restarts', () => {
     );
   });
 
-  test('after a repeater restart both agents link again and sync resumes; a bad peers file is refused at start (exit 78, file and line) and at reload (the running links kept)', async () => {
+  test('after a repeater restart both agents link again and sync resumes; frames from before a restart of either side are refused; a bad peers file is refused at start (exit 78, file and line) and at reload (the running links kept)', async () => {
     const [ia, ib] = [await identity(), await identity()];
     const f = await fleet([
       { name: 'node-a', pub: ia.pub },
@@ -236,7 +236,8 @@ describe('identity mode: revocation and restarts', () => {
     let r = await serve(f.repeaterArgs);
     const relay = track(await Relay.open(f.sp));
     const [na, nb] = [await scope.receiver(), await scope.receiver()];
-    const a = await linkedAgent(f, ia, na, [], relay.port);
+    const aBind = await freePort();
+    const a = await linkedAgent(f, ia, na, ['--bind', `127.0.0.1:${aBind}`], relay.port);
     await linkedAgent(f, ib, nb);
     await r.d.log.waitFor('subscribed', { form: 'sealed' }, { count: 2 });
     await sender.send(set('before-restart'), a.local);
@@ -252,12 +253,23 @@ describe('identity mode: revocation and restarts', () => {
     await sender.send(set('after-restart'), a.local);
     assert.deepEqual((await nb.waitFor(2)).map(keyOf), ['before-restart', 'after-restart'], 'a frame from before the restart was delivered');
 
+    // The agent restarts (same port): what the repeater sealed for its previous process does not open in the new one.
+    const forA = linkFrames(relay.toAgent);
+    assert.ok(forA.length >= 1, 'no frame for A captured');
+    await a.stop();
+    const a2 = await linkedAgent(f, ia, na, ['--bind', `127.0.0.1:${aBind}`], relay.port);
+    await a2.d.log.waitFor('link confirmed');
+    const before = await agentDropped(a2, 'unknown_link');
+    for (const m of forA) await attacker.replay(m, aBind);
+    await eventually('the new agent refused them', async () => ((await agentDropped(a2, 'unknown_link')) >= before + forA.length ? true : undefined));
+    assert.equal(na.received.length, 0, 'a frame sealed for the agent\'s previous process opened in the new one');
+
     // A bad line at reload: refused, naming file and line; the links stay.
     peersFile([`${ia.pub} node-a`, `${ib.pub} node-b role=admin`], f.repeaterPeers);
     r.d.signal('SIGHUP');
     const refused = await r.d.log.waitFor('reload refused; keeping the running config');
     assert.match(String(refused['error']), new RegExp(`${f.repeaterPeers}:2`));
-    await sender.send(set('after-bad-reload'), a.local);
+    await sender.send(set('after-bad-reload'), a2.local);
     assert.equal(keyOf((await nb.waitFor(3))[2]!), 'after-bad-reload');
 
     // The same file at start: exit 78 naming it and the line.
