@@ -113,10 +113,11 @@ const agentDropped = async (a: Running, reason: string) => (await a.metrics()).v
 
 describe('identity mode: agents and a repeater by identity, no shared key', () => {
   test('a datagram from agent A reaches agent B; a frame captured on A\'s link is refused by the repeater from another source and by B\'s agent; an unknown identity is refused and counted', async () => {
-    const [ia, ib, ic] = [await identity(), await identity(), await identity()];
+    const [ia, ib, ic, id] = [await identity(), await identity(), await identity(), await identity()];
     const f = await fleet([
       { name: 'node-a', pub: ia.pub },
       { name: 'node-b', pub: ib.pub },
+      { name: 'node-d', pub: id.pub },
     ]);
     const r = track(await serve(f.repeaterArgs));
     const relay = track(await Relay.open(f.sp));
@@ -154,6 +155,12 @@ describe('identity mode: agents and a repeater by identity, no shared key', () =
     assert.equal(nc.received.length, 0, 'the unknown identity was sent updates');
     assert.equal(c.d.log.matching('link confirmed').length, 0, 'the unknown identity made a link');
     assert.ok((await agentDropped(c, 'no_link')) >= 1, 'the unlinked agent did not count its update as no_link');
+
+    // A listed node that joins now is warmed under its own link: the live state, without what the unknown identity sent.
+    const nd = await scope.receiver();
+    await linkedAgent(f, id, nd);
+    const warmed = await nd.waitFor(3);
+    assert.deepEqual(warmed.map(keyOf).sort(), ['marker', 'marker2', 'one']);
   });
 });
 
