@@ -10,6 +10,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
+import { identityIdOf, parsePublicKey } from '../src/crypto/identity.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
 import { agent, type Running, serve, Tap } from './helpers/attack.js';
 import { runCli } from './helpers/daemon.js';
@@ -293,5 +294,55 @@ describe('identity mode: revocation and restarts', () => {
     const both = await runCli(['serve', '-c', conf]);
     assert.equal(both.code, 78, both.stderr);
     assert.match(both.stderr, /--identity and --key-file\/--key-dir: give one/);
+  });
+});
+
+describe('identity mode: hostile HELLOs', () => {
+  test('a flood of forged HELLOs naming a listed identity, and of its own captured HELLO replayed, costs no link and does not keep that node from linking', async () => {
+    const ia = await identity();
+    const f = await fleet([{ name: 'node-a', pub: ia.pub }]);
+    const r = track(await serve(f.repeaterArgs));
+    // Its real HELLO, captured on the wire, then the agent stopped.
+    const relay = track(await Relay.open(f.sp));
+    const na = await scope.receiver();
+    const first = await linkedAgent(f, ia, na, [], relay.port);
+    await r.d.log.waitFor('link confirmed', { peer: 'node-a' });
+    await first.stop();
+    const hello = relay.toRepeater.find((b) => b[0] === 0x75 && b[1] === 0x72 && b[2] === 3 && b[3] === 1);
+    assert.ok(hello !== undefined, 'no HELLO captured');
+    // Forged ones: the listed identity's id, random ephemeral and payload, so a wrong mac.
+    const id = identityIdOf(parsePublicKey(ia.pub) as Uint8Array);
+    const forged = () => {
+      const b = Buffer.alloc(128);
+      for (let i = 4; i < 128; i++) b[i] = (Math.random() * 256) | 0;
+      b.set([0x75, 0x72, 3, 1], 0);
+      b.set(id, 8);
+      b.writeBigUInt64LE(BigInt(Date.now()), 48);
+      return b;
+    };
+    const attacker = track(await Tap.open(f.sp));
+    let flooding = true;
+    let sent = 0;
+    const flood = (async () => {
+      while (flooding) {
+        for (let i = 0; i < 50; i++) {
+          await attacker.replay(i % 2 === 0 ? forged() : hello);
+          sent++;
+        }
+        await new Promise((res) => setImmediate(res));
+      }
+    })();
+    const from = r.d.log.matching('link confirmed', { peer: 'node-a' }).length;
+    const nb = await scope.receiver();
+    const again = await linkedAgent(f, ia, nb);
+    await r.d.log.waitFor('link confirmed', { peer: 'node-a' }, { count: from + 1 });
+    flooding = false;
+    await flood;
+    const m = await r.metrics();
+    console.log(JSON.stringify({ hostileHellos: sent, authFailed: m.dropped('auth_failed'), replay: m.dropped('replay'), rateLimited: m.dropped('rate_limited') }));
+    assert.ok(m.dropped('auth_failed') >= sent / 4 && m.dropped('replay') >= sent / 4, 'the hostile HELLOs were not refused as forged and replayed');
+    // The new link carried its subscription (the first agent's ended with its unsubscribe).
+    await r.d.log.waitFor('subscribed', { form: 'sealed' }, { count: 2 });
+    assert.equal(again.d.log.matching('link confirmed').length >= 1, true);
   });
 });
