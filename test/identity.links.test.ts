@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { identityIdOf, parsePublicKey } from '../src/crypto/identity.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
-import { agent, type Running, serve, Tap } from './helpers/attack.js';
+import { agent, httpGet, type Running, serve, Tap } from './helpers/attack.js';
 import { runCli } from './helpers/daemon.js';
 import { eventually, freePort, type Receiver } from './helpers/net.js';
 import { Scope } from './helpers/scope.js';
@@ -227,11 +227,11 @@ describe('identity mode: revocation and restarts', () => {
     for (const m of forB) await attacker.replay(m);
     await eventually('the revoked agent refused them', async () => ((await agentDropped(rev, 'unknown_link')) >= refusedBefore + forB.length ? true : undefined));
     assert.equal(nr.received.length, seen, 'a frame sealed for B after the reload opened with the revoked node\'s keys');
-    // Its re-subscription stays refused: no sealed subscriber but B.
-    const subs = JSON.parse((await (await import('./helpers/attack.js')).httpGet(r.metricsPort, '/subscribers')).body) as Array<{ form: string; address: string }>;
+    // Its re-subscription stays refused: no sealed subscriber but B, named by its identity.
+    const subs = JSON.parse((await httpGet(r.metricsPort, '/subscribers')).body) as Array<{ form: string; address: string; identity?: string }>;
     assert.deepEqual(
-      subs.filter((s) => s.form === 'sealed').map((s) => s.address),
-      [`127.0.0.1:${tapB.port}`],
+      subs.filter((s) => s.form === 'sealed').map((s) => [s.address, s.identity]),
+      [[`127.0.0.1:${tapB.port}`, 'node-b']],
     );
   });
 

@@ -60,6 +60,7 @@ export function subscribersView(r: Repeater, cluster: Cluster | null = null): un
         address: e.endpoint.text,
         key: e.key,
         form: e.form,
+        ...(r.path.config.links === null || e.form !== 'sealed' ? {} : { identity: r.path.config.links.nameOf(e.origin) }),
         static: e.isStatic,
         source: e.source,
         firstSeen: iso(e.firstSeen),

@@ -120,6 +120,11 @@ export class LinkDoor {
     return names;
   }
 
+  /** The peers-file name of the identity a linked subscriber belongs to (null: none listed). */
+  nameOf(origin: bigint | null): string | null {
+    return origin === null ? null : (this.byOrigin.get(origin)?.name ?? null);
+  }
+
   /** Identities with a confirmed link now. */
   get links(): number {
     let n = 0;
