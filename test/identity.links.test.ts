@@ -63,11 +63,11 @@ async function fleet(nodes: Array<{ name: string; pub: string }>, extra: string[
 }
 
 /** An agent by identity, trusting the fleet's repeater only, delivering to `node`. */
-async function linkedAgent(f: Fleet, id: { file: string }, node: Receiver, more: string[] = [], repeaterPort = f.sp): Promise<Running & { local: number }> {
+async function linkedAgent(f: Fleet, id: { file: string }, node: Receiver, more: string[] = [], repeaterPort = f.sp): Promise<Running & { local: number; peers: string }> {
   const local = await freePort();
   const peers = peersFile([`${f.repeaterId.pub} repeater-a role=repeater`]);
   const a = track(await agent(['--repeater', `127.0.0.1:${repeaterPort}`, '--identity', id.file, '--peers', peers, '--local', `127.0.0.1:${local}`, '--deliver', node.address, '--channel-key', 'ssl', '--subscribe-interval', '0.5', ...more]));
-  return Object.assign(a, { local });
+  return Object.assign(a, { local, peers });
 }
 
 /** Both directions between one agent and its repeater, a copy of each datagram kept (the repeater answers the source: this relay). */
@@ -344,5 +344,37 @@ describe('identity mode: hostile HELLOs', () => {
     // The new link carried its subscription (the first agent's ended with its unsubscribe).
     await r.d.log.waitFor('subscribed', { form: 'sealed' }, { count: 2 });
     assert.equal(again.d.log.matching('link confirmed').length >= 1, true);
+  });
+});
+
+describe('identity mode: the agent\'s peers file', () => {
+  test('removing the repeater\'s line from an agent\'s peers file and reloading drops its link: nothing from that repeater is delivered any more; a bad file is refused and the link kept', async () => {
+    const [ia, ib] = [await identity(), await identity()];
+    const f = await fleet([
+      { name: 'node-a', pub: ia.pub },
+      { name: 'node-b', pub: ib.pub },
+    ]);
+    const r = track(await serve(f.repeaterArgs));
+    const [na, nb] = [await scope.receiver(), await scope.receiver()];
+    const a = await linkedAgent(f, ia, na);
+    const b = await linkedAgent(f, ib, nb);
+    await r.d.log.waitFor('subscribed', { form: 'sealed' }, { count: 2 });
+    // A bad line: refused, naming the file and line; the link stays.
+    peersFile([`${f.repeaterId.pub} repeater-a role=repeater`, 'not-a-key x'], b.peers);
+    b.d.signal('SIGHUP');
+    const refused = await b.d.log.waitFor('reload refused; keeping the running config');
+    assert.match(String(refused['error']), new RegExp(`${b.peers}:2`));
+    await sender.send(set('kept'), a.local);
+    assert.equal(keyOf((await nb.waitFor(1))[0]!), 'kept');
+    // The repeater no longer trusted: its frames do not open any more.
+    peersFile(['# nobody'], b.peers);
+    b.d.signal('SIGHUP');
+    await b.d.log.waitFor('config reloaded');
+    const before = await agentDropped(b, 'unknown_link');
+    await sender.send(set('after'), a.local);
+    await eventually('its frames refused', async () => ((await agentDropped(b, 'unknown_link')) > before ? true : undefined));
+    await sender.send(set('after2'), a.local);
+    await eventually('its frames refused', async () => ((await agentDropped(b, 'unknown_link')) > before + 1 ? true : undefined));
+    assert.deepEqual(nb.received.map(keyOf), ['kept'], 'an update from the repeater no longer trusted was delivered');
   });
 });
