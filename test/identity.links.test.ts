@@ -130,6 +130,7 @@ describe('identity mode: agents and a repeater by identity, no shared key', () =
     const got = await nb.waitFor(1);
     assert.equal(keyOf(got[0]!), 'one');
     assert.equal(na.received.length, 0, 'the repeater sent A its own update back');
+    assert.ok((await r.metrics()).value('udprepeater_sealed_frames_total') >= 1, 'link seals are not counted');
 
     // Replays: A's frames to the repeater (its SUBSCRIBE and the set) from another socket, and the repeater's frames for A to B's agent.
     const fromA = linkFrames(relay.toRepeater);

@@ -160,7 +160,9 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   const ops = new OpsMetrics(register, 'udprepeater', VERSION);
   const session = 'session' in h ? (h as { session(): SecureSession | null }).session : () => null;
   registerKeyMetrics(register, 'udprepeater_keys', () => repeater.dataSeal?.keyIds() ?? []);
-  counterFrom(register, 'udprepeater_sealed_frames_total', 'Secure mode: frames sealed (once per datagram and subscriber key)', [], () => [[{}, session()?.framesSealed ?? 0]]);
+  counterFrom(register, 'udprepeater_sealed_frames_total', 'Secure mode: frames sealed (once per datagram and subscriber key; with --identity once per datagram and linked subscriber)', [], () => [
+    [{}, (session()?.framesSealed ?? 0) + (repeater.path.config.links?.framesSealed ?? 0)],
+  ]);
   registerListenerKernelMetrics(register, () => repeater.listenerSockets());
   registerWarmMetrics(register, repeater);
   counterFrom(register, 'udprepeater_state_saves_total', 'Registry state files written (--state-dir), by result', ['result'], () => [

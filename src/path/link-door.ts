@@ -64,6 +64,8 @@ export class LinkDoor {
   private readonly originLong: ReturnType<typeof bigintToLong>;
   /** Peers the next commit installs (staged by the reload before anything is swapped). */
   private staged: PeerTable | null = null;
+  /** Frames sealed under links (one per copy for a linked subscriber, and each MEMBERSHIP). */
+  framesSealed = 0;
   /** The running peers file's fingerprint. */
   fingerprint = '';
 
@@ -166,6 +168,7 @@ export class LinkDoor {
     if (env.kind === EnvelopeKind.Subscribe) {
       const m = this.encode({ kind: EnvelopeKind.Membership, channelKey: env.channelKey, memberFrom: 1, receiver: env.address! }, nowMs);
       reply(Buffer.from(r.link.cipher.seal(m)), from);
+      this.framesSealed++;
     }
     return { ...env, origin: originOf(r.link.peer), receiver: '' };
   }
@@ -213,6 +216,7 @@ export class LinkDoor {
     const link = this.responder.linkOf(listed.key);
     if (link === null) return null;
     const out = link.cipher.seal(plain);
+    this.framesSealed++;
     return Buffer.from(out.buffer, out.byteOffset, out.length);
   }
 }
