@@ -156,7 +156,10 @@ describe('identity mode: agents and a repeater by identity, no shared key', () =
     assert.equal(keyOf(third[2]!), 'marker2', 'the unknown identity got an update through');
     assert.equal(nc.received.length, 0, 'the unknown identity was sent updates');
     assert.equal(c.d.log.matching('link confirmed').length, 0, 'the unknown identity made a link');
-    assert.ok((await agentDropped(c, 'no_link')) >= 1, 'the unlinked agent did not count its update as no_link');
+    // Counted on the way out (to_repeater), not as something the repeaters sent (to_node).
+    const cm = await c.metrics();
+    assert.ok(cm.value('udprepeater_agent_datagrams_dropped_total', { reason: 'no_link', channel: 'to_repeater' }) >= 1, 'the unlinked agent did not count its update as no_link to_repeater');
+    assert.equal(cm.value('udprepeater_agent_datagrams_dropped_total', { reason: 'no_link', channel: 'to_node' }), 0, 'no_link counted as something from the repeaters');
 
     // A listed node that joins now is warmed under its own link: the live state, without what the unknown identity sent.
     const nd = await scope.receiver();

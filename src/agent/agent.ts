@@ -283,7 +283,9 @@ export class Agent {
       st.dropped[DropSlot.too_large]++;
       return;
     }
-    if (out.sent === 0) st.dropped[DropSlot.queue_full]++;
+    // A repeater with no link yet is a loss on the way to the repeaters, counted there (to_repeater).
+    st.dropped[DropSlot.no_link] += out.unlinked;
+    if (out.sent === 0 && out.unlinked === 0) st.dropped[DropSlot.queue_full]++;
     st.forwarded += out.sent;
     st.bytesForwarded += out.sent * out.bytes;
     this.fanoutTime.observe((performance.now() - t0) / 1000);

@@ -227,10 +227,11 @@ export class ChannelMember {
   /**
    * Sends a cache datagram to every repeater: sealed once for all of them
    * (with `trace`), or plain as it is. Returns how many repeaters it went to
-   * (0: the port's queue is full) and its size, or null when the frame
-   * would be too large.
+   * (0: the port's queue is full), its size, and how many repeaters got
+   * nothing for want of a link (identity mode: the owner counts them no_link
+   * on its way out), or null when the frame would be too large.
    */
-  publish(datagram: Buffer, trace: TraceFields | null): { sent: number; bytes: number } | null {
+  publish(datagram: Buffer, trace: TraceFields | null): { sent: number; bytes: number; unlinked: number } | null {
     if (this.linkKeys !== null) return this.publishLinked(datagram, trace);
     const out = this.seal === null ? datagram : this.seal.session.seal(this.seal.ring, { kind: EnvelopeKind.CacheDatagram, channelKey: this.cfg.channelKey, datagram, trace, address: null });
     if (out === null) return null;
@@ -240,17 +241,18 @@ export class ChannelMember {
       l.sent++;
       sent++;
     }
-    return { sent, bytes: out.length };
+    return { sent, bytes: out.length, unlinked: 0 };
   }
 
   /** Identity mode: one frame per repeater, each under its own link; a repeater with no link yet gets nothing (no_link). */
-  private publishLinked(datagram: Buffer, trace: TraceFields | null): { sent: number; bytes: number } | null {
+  private publishLinked(datagram: Buffer, trace: TraceFields | null): { sent: number; bytes: number; unlinked: number } | null {
     let sent = 0;
     let bytes = 0;
+    let unlinked = 0;
     for (const l of this.links.values()) {
       const out = this.linkKeys!.seal(l.repeater, { kind: EnvelopeKind.CacheDatagram, channelKey: this.cfg.channelKey, datagram, trace });
       if (out === null) {
-        this.events.drop('no_link');
+        unlinked++;
         continue;
       }
       bytes = out.length;
@@ -258,7 +260,7 @@ export class ChannelMember {
       l.sent++;
       sent++;
     }
-    return { sent, bytes };
+    return { sent, bytes, unlinked };
   }
 
   /** A link frame or WELCOME from `link`'s repeater: the envelope it holds, or null (taken or counted). */
