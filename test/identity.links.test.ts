@@ -382,3 +382,54 @@ describe('identity mode: the agent\'s peers file', () => {
     assert.deepEqual(nb.received.map(keyOf), ['kept'], 'an update from the repeater no longer trusted was delivered');
   });
 });
+
+describe('identity mode: a subscriber belongs to the identity that subscribed it', () => {
+  test('node A announcing node B\'s address is refused (owner_conflict) and changes nothing: B gets every update under its own link; revoking A leaves B subscribed and receiving', async () => {
+    const [ia, ib] = [await identity(), await identity()];
+    const pp = await freePort();
+    const f = await fleet(
+      [
+        { name: 'node-a', pub: ia.pub },
+        { name: 'node-b', pub: ib.pub },
+      ],
+      ['--listen', `127.0.0.1:${pp},channel=ssl,key=ssl`],
+    );
+    const r = track(await serve(f.repeaterArgs));
+    const [na, nb] = [await scope.receiver(), await scope.receiver()];
+    const bBind = await freePort();
+    await linkedAgent(f, ib, nb, ['--bind', `127.0.0.1:${bBind}`]);
+    await r.d.log.waitFor('subscribed', { form: 'sealed' });
+    // A's agent announces B's address as where it should be sent to: a SUBSCRIBE under A's link naming B's address.
+    await linkedAgent(f, ia, na, ['--advertise', `127.0.0.1:${bBind}`]);
+    await r.d.log.waitFor('link confirmed', { peer: 'node-a' });
+    await eventually('A\'s claim refused', async () => ((await r.metrics()).dropped('owner_conflict') >= 1 ? true : undefined));
+
+    // ~30 sets a second for 2 s while A keeps announcing (every 0.5 s): B opens every copy.
+    let i = 0;
+    const stream = setInterval(() => void sender.send(set(`k${i++}`), pp), 33);
+    await new Promise((res) => setTimeout(res, 2000));
+    clearInterval(stream);
+    const total = i;
+    const bKeys = await eventually('B got every update', () => {
+      const keys = new Set(nb.received.map(keyOf));
+      return keys.size >= total ? keys : undefined;
+    }).catch(() => new Set(nb.received.map(keyOf)));
+    const missing = Array.from({ length: total }, (_, n) => `k${n}`).filter((k) => !bKeys.has(k));
+    assert.deepEqual(missing, [], `B lost ${missing.length} of ${total} updates to A's claim`);
+    assert.ok((await r.metrics()).dropped('owner_conflict') >= 3, 'A\'s repeated claims were not all refused');
+    assert.equal(na.received.length, 0, 'A\'s node got an update');
+
+    // A revoked: B's entry is B's, so it stays, and B keeps receiving.
+    peersFile([`${ib.pub} node-b`], f.repeaterPeers);
+    r.d.signal('SIGHUP');
+    const revoked = await r.d.log.waitFor('identities revoked: links dropped');
+    const subs = JSON.parse((await httpGet(r.metricsPort, '/subscribers')).body) as Array<{ form: string; address: string; identity?: string }>;
+    assert.deepEqual(
+      subs.filter((s) => s.form === 'sealed').map((s) => [s.address, s.identity]),
+      [[`127.0.0.1:${bBind}`, 'node-b']],
+      `after the revocation (${JSON.stringify(revoked)})`,
+    );
+    await sender.send(set('after-revoke'), pp);
+    await eventually('B got the update after the revocation', () => (nb.received.some((m) => keyOf(m) === 'after-revoke') ? true : undefined));
+  });
+});

@@ -58,6 +58,7 @@ export const DROP_REASONS = [
   'revoked',
   'unknown_link',
   'no_link',
+  'owner_conflict',
   // output copies
   'queue_full',
   'send_error',
