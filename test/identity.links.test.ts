@@ -433,3 +433,28 @@ describe('identity mode: a subscriber belongs to the identity that subscribed it
     await eventually('B got the update after the revocation', () => (nb.received.some((m) => keyOf(m) === 'after-revoke') ? true : undefined));
   });
 });
+
+describe('identity mode: several repeaters on one host', () => {
+  test('one agent with two repeaters on 127.0.0.1 (two ports, each its own identity) links with both and gets what each forwards', async () => {
+    const ia = await identity();
+    const [r1, r2] = [await identity(), await identity()];
+    const start = async (id: { file: string }) => {
+      const sp = await freePort();
+      const pp = await freePort();
+      const peers = peersFile([`${ia.pub} node-a`]);
+      const d = track(await serve(['--listen-sealed', `127.0.0.1:${sp},channel=ssl,key=ssl`, '--listen', `127.0.0.1:${pp},channel=ssl,key=ssl`, '--identity', id.file, '--peers', peers]));
+      return { d, sp, pp };
+    };
+    const [one, two] = [await start(r1), await start(r2)];
+    const na = await scope.receiver();
+    const peers = peersFile([`${r1.pub} repeater-1 role=repeater`, `${r2.pub} repeater-2 role=repeater`]);
+    const local = await freePort();
+    track(await agent(['--repeater', `127.0.0.1:${one.sp}`, '--repeater', `127.0.0.1:${two.sp}`, '--identity', ia.file, '--peers', peers, '--local', `127.0.0.1:${local}`, '--deliver', na.address, '--channel-key', 'ssl', '--subscribe-interval', '0.5']));
+    await one.d.d.log.waitFor('subscribed', { form: 'sealed' });
+    await two.d.d.log.waitFor('subscribed', { form: 'sealed' });
+    await sender.send(set('via-1'), one.pp);
+    await sender.send(set('via-2'), two.pp);
+    const got = await na.waitFor(2);
+    assert.deepEqual(got.map(keyOf).sort(), ['via-1', 'via-2']);
+  });
+});

@@ -12,8 +12,9 @@
 //   published leaves from the same port, so the frames come back to it.
 // - Nothing is believed before it came from a repeater's IP (a repeater sends
 //   from sockets of its own, so any port of it; with several repeaters on one
-//   host, the one with that port if any): anything else is dropped before any
-//   crypto (not_allowed). Sealed, a frame is then opened by the session's gate
+//   host, the one with that port if any, else in identity mode the one whose
+//   link the frame names): anything else is dropped before any crypto
+//   (not_allowed). Sealed, a frame is then opened by the session's gate
 //   with this repeater's membership fence (judge/membership.ts): a frame
 //   sealed for another receiver, a group frame sealed before we were a
 //   member, a replay, a frame of another channel key: all refused, counted.
@@ -28,9 +29,9 @@ import type { SecureSession } from '../crypto/session.js';
 import { Membership } from '../judge/membership.js';
 import { advertiseAddress } from '../net/local.js';
 import { type DatagramPort, openPort, type PortOptions, type Source } from '../net/io.js';
-import type { Endpoint } from '../wire/address.js';
+import { canonicalIp, type Endpoint } from '../wire/address.js';
 import { type Envelope, EnvelopeKind } from '../wire/envelope.js';
-import { LinkType, linkTypeOf } from '../wire/handshake.js';
+import { LinkType, linkTypeOf, receiverLinkOf } from '../wire/handshake.js';
 import { encodeSubscription } from '../wire/subscription.js';
 import type { MemberLinks } from './member-links.js';
 import type { TicketKey } from '../wire/ticket-codec.js';
@@ -287,14 +288,33 @@ export class ChannelMember {
     return env;
   }
 
-  /** A repeater sends from sockets of its own, not its listener: matched by IP (several on one host: the first, unless one has that port). */
-  private linkFrom(from: Source): MemberLink | undefined {
+  /**
+   * The repeater a datagram came from. A repeater sends from sockets of its
+   * own, not its listener, so it is matched by IP (canonical): the one with
+   * that port if any; else, several on one host in identity mode, the one
+   * whose link (or pending handshake) the frame's receiver link id names;
+   * else the first on that host.
+   */
+  private linkFrom(from: Source, msg: Buffer): MemberLink | undefined {
+    const found = this.onHost(from.address, from.port, msg);
+    if (found !== undefined) return found;
+    const c = canonicalIp(from.address)?.host;
+    return c === undefined || c === from.address ? undefined : this.onHost(c, from.port, msg);
+  }
+
+  private onHost(host: string, port: number, msg: Buffer): MemberLink | undefined {
     let first: MemberLink | undefined;
+    let several = false;
     for (const l of this.links.values()) {
-      if (l.repeater.host !== from.address) continue;
-      if (l.repeater.port === from.port) return l;
-      first ??= l;
+      if (l.repeater.host !== host) continue;
+      if (l.repeater.port === port) return l;
+      if (first === undefined) first = l;
+      else several = true;
     }
+    if (!several || this.linkKeys === null) return first;
+    const id = receiverLinkOf(msg);
+    if (id === null) return first;
+    for (const l of this.links.values()) if (l.repeater.host === host && this.linkKeys.names(l.repeater, id)) return l;
     return first;
   }
 
@@ -311,7 +331,7 @@ export class ChannelMember {
   private take(msg: Buffer, from: Source): void {
     const ev = this.events;
     ev.arrived?.(msg.length);
-    const link = this.linkFrom(from);
+    const link = this.linkFrom(from, msg);
     if (link === undefined) {
       ev.drop('not_allowed');
       ev.stranger?.(msg, from.address);

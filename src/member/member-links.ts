@@ -108,6 +108,20 @@ export class MemberLinks {
     return st;
   }
 
+  /**
+   * True when `linkId` (a frame's receiver link id, wire/handshake.ts
+   * receiverLinkOf) is ours with `r`: its current link's, or the one its
+   * pending handshake's WELCOME echoes. Picks the repeater among several on
+   * one host (they send from sockets of their own); the frame is still
+   * opened under that link before anything is believed.
+   */
+  names(r: Endpoint, linkId: number): boolean {
+    const st = this.states.get(r.text);
+    if (st === undefined || linkId === 0) return false;
+    if (st.cipher?.secrets.localLink === linkId) return true;
+    return st.initiators.some((i) => i.init.pendingLink === linkId);
+  }
+
   /** The identity name of the repeater's current link, if any. */
   linkedTo(r: Endpoint): string | null {
     return this.states.get(r.text)?.peer ?? null;
