@@ -400,7 +400,7 @@ describe('identity mode: a subscriber belongs to the identity that subscribed it
     await linkedAgent(f, ib, nb, ['--bind', `127.0.0.1:${bBind}`]);
     await r.d.log.waitFor('subscribed', { form: 'sealed' });
     // A's agent announces B's address as where it should be sent to: a SUBSCRIBE under A's link naming B's address.
-    await linkedAgent(f, ia, na, ['--advertise', `127.0.0.1:${bBind}`]);
+    const a = await linkedAgent(f, ia, na, ['--advertise', `127.0.0.1:${bBind}`]);
     await r.d.log.waitFor('link confirmed', { peer: 'node-a' });
     await eventually('A\'s claim refused', async () => ((await r.metrics()).dropped('owner_conflict') >= 1 ? true : undefined));
 
@@ -418,6 +418,16 @@ describe('identity mode: a subscriber belongs to the identity that subscribed it
     assert.deepEqual(missing, [], `B lost ${missing.length} of ${total} updates to A's claim`);
     assert.ok((await r.metrics()).dropped('owner_conflict') >= 3, 'A\'s repeated claims were not all refused');
     assert.equal(na.received.length, 0, 'A\'s node got an update');
+
+    // A's agent leaving sends an UNSUBSCRIBE naming B's address under A's link: refused, B's entry stays.
+    const conflicts = (await r.metrics()).dropped('owner_conflict');
+    await a.stop();
+    await eventually('A\'s unsubscribe refused', async () => ((await r.metrics()).dropped('owner_conflict') > conflicts ? true : undefined));
+    assert.deepEqual(r.d.log.matching('unsubscribed', { address: `127.0.0.1:${bBind}` }), [], 'A\'s unsubscribe removed B\'s entry');
+    // A again (still listed), claiming B's address, for the revocation.
+    const linkedA = r.d.log.matching('link confirmed', { peer: 'node-a' }).length;
+    await linkedAgent(f, ia, na, ['--advertise', `127.0.0.1:${bBind}`]);
+    await r.d.log.waitFor('link confirmed', { peer: 'node-a' }, { count: linkedA + 1 });
 
     // A revoked: B's entry is B's, so it stays, and B keeps receiving.
     peersFile([`${ib.pub} node-b`], f.repeaterPeers);
