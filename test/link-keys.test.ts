@@ -15,7 +15,7 @@ import { LinkInitiator } from '../src/crypto/link-initiator.js';
 import { LinkCipher, PairSecret, readHello, readWelcome, writeHello, writeWelcome } from '../src/crypto/link-keys.js';
 import { type Link, LinkResponder } from '../src/crypto/link-responder.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
-import { decodeHello, decodeWelcome, encodeLinkHello, HELLO_CLEAR, HELLO_MIN, WELCOME_BYTES } from '../src/wire/handshake.js';
+import { decodeHello, decodeWelcome, encodeLinkHello, HELLO_CLEAR, HELLO_MIN, receiverLinkOf, WELCOME_BYTES } from '../src/wire/handshake.js';
 
 before(() => sodiumReady());
 
@@ -57,6 +57,23 @@ describe('the handshake', () => {
     assert.equal(text((agentSide.open(down) as { plain: Uint8Array }).plain), 'cache update');
     const up = agentSide.seal(Buffer.from('up'));
     assert.equal(agentSide.open(up), 'unknown_link');
+  });
+
+  test('the receiver link id an agent reads off a WELCOME and off the frames to it is its own link id (several repeaters on one host are told apart by it)', () => {
+    const [a, r] = [ident(), ident()];
+    const init = new LinkInitiator(a, r.peer);
+    const responder = new LinkResponder(r, [a.peer]);
+    const hello = init.hello(T0, ASK);
+    const pending = init.pendingLink;
+    assert.notEqual(pending, 0);
+    const { welcome } = responder.hello(hello, T0) as { welcome: Uint8Array };
+    assert.equal(receiverLinkOf(welcome), pending);
+    const { cipher } = init.welcome(welcome, T0) as { cipher: LinkCipher };
+    assert.equal(init.pendingLink, 0, 'the handshake is no longer pending');
+    const link = (responder.open(cipher.seal(Buffer.from('subscribe')), T0) as { link: Link }).link;
+    assert.equal(receiverLinkOf(link.cipher.seal(Buffer.from('update'))), cipher.secrets.localLink);
+    assert.equal(receiverLinkOf(hello), null, 'a HELLO is addressed to no link');
+    assert.equal(receiverLinkOf(Buffer.from('ur\x03\x03ab')), null, 'too short');
   });
 
   test('sizes: a HELLO is 128 bytes or more, a WELCOME 84, never more than the HELLO it answers', () => {

@@ -41,7 +41,7 @@ async function setup() {
   const gate = new DataSeal(repeater, ring, { maxSkewMs: 30_000 });
   const events = { outOfService: () => undefined, outletError: () => undefined };
   const ch = new Channel('ssl', 'ssl', { maxSubscribers: 16, toleranceMs: 60_000, deadAfter: 0, deadRetryMs: 1000, multicastTtl: 1, multicastInterface: null }, fanout, events);
-  const out = new OutDoor(fanout, new LoopGuard(), () => ({ seal: gate, repairDeletes: false, outLimit: 65_507 }));
+  const out = new OutDoor(fanout, new LoopGuard(), () => ({ seal: gate, links: null, repairDeletes: false, outLimit: 65_507 }));
   ch.sealer = gate;
   ch.teller = (c, e, from) => out.membership(c, e, from);
   scope.track({ close: () => ch.close() });

@@ -25,6 +25,7 @@ import type { AgentConfig } from '../config/agent-config.js';
 import { KeyRing } from '../crypto/keyring.js';
 import type { SecureSession } from '../crypto/session.js';
 import { LoopGuard } from '../judge/loop-guard.js';
+import type { MemberLinks } from '../member/member-links.js';
 import { ChannelMember, type MemberConfig, type MemberEvents, type MemberSeal } from '../member/channel-member.js';
 import { type Backend, createFanout, type DatagramListener, DEFAULT_BACKEND, type Fanout, openListener, type Outlet, type Source } from '../net/io.js';
 import { forwardForm, inspectCacheUpdate, newShape, contentOf } from '../wire/cache.js';
@@ -86,10 +87,11 @@ export class Agent {
     this.hints = new AgentHints(log, () => this.member?.linkList() ?? []);
   }
 
-  static async start(config: AgentConfig, log: Logger, session: SecureSession, backend: Backend = DEFAULT_BACKEND): Promise<Agent> {
-    const agent = new Agent(config, KeyRing.load(config.keyFiles), session, log, backend);
+  /** `links`: identity mode (every frame under a link with each repeater), built from --identity and --peers by the daemon. */
+  static async start(config: AgentConfig, log: Logger, session: SecureSession, backend: Backend = DEFAULT_BACKEND, links: MemberLinks | null = null): Promise<Agent> {
+    const agent = new Agent(config, ringOf(config), session, log, backend);
     try {
-      agent.member = await ChannelMember.open(memberConfig(config), agent.seal, agent.memberEvents(), log);
+      agent.member = await ChannelMember.open(memberConfig(config), links === null ? agent.seal : null, agent.memberEvents(), log, links);
       try {
         agent.local = await agent.bindLocal(config);
       } catch (err) {
@@ -156,9 +158,10 @@ export class Agent {
     return this.member.bound;
   }
 
-  repeaterLinks(): Array<{ repeater: string; advertise: string | null; sent: number; received: number; lastFrameAt: string | null }> {
+  repeaterLinks(): Array<{ repeater: string; advertise: string | null; sent: number; received: number; lastFrameAt: string | null; identity?: string | null }> {
     return this.member.linkList().map((l) => ({
       repeater: l.repeater.text,
+      ...(this.config.identity === null ? {} : { identity: l.identity }),
       advertise: l.advertise,
       sent: l.sent,
       received: l.received,
@@ -189,7 +192,7 @@ export class Agent {
 
   /** Applies a reloaded config: a new key ring, and any changed address. */
   async apply(next: AgentConfig): Promise<void> {
-    const ring = KeyRing.load(next.keyFiles);
+    const ring = ringOf(next);
     const old = this.config;
     let local: DatagramListener | null = null;
     try {
@@ -280,7 +283,9 @@ export class Agent {
       st.dropped[DropSlot.too_large]++;
       return;
     }
-    if (out.sent === 0) st.dropped[DropSlot.queue_full]++;
+    // A repeater with no link yet is a loss on the way to the repeaters, counted there (to_repeater).
+    st.dropped[DropSlot.no_link] += out.unlinked;
+    if (out.sent === 0 && out.unlinked === 0) st.dropped[DropSlot.queue_full]++;
     st.forwarded += out.sent;
     st.bytesForwarded += out.sent * out.bytes;
     this.fanoutTime.observe((performance.now() - t0) / 1000);
@@ -326,4 +331,9 @@ export class Agent {
     this.seal.ring.destroy();
     this.ticketFiles?.close();
   }
+}
+
+/** The shared-key ring; identity mode holds none. */
+function ringOf(config: AgentConfig): KeyRing {
+  return config.identity === null ? KeyRing.load(config.keyFiles) : KeyRing.empty();
 }

@@ -53,6 +53,12 @@ export const DROP_REASONS = [
   'before_start',
   'wrong_receiver',
   'before_join',
+  // identities and links (docs/PROTOCOL.md, "Identities and links")
+  'unknown_peer',
+  'revoked',
+  'unknown_link',
+  'no_link',
+  'owner_conflict',
   // output copies
   'queue_full',
   'send_error',

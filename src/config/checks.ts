@@ -70,6 +70,8 @@ export interface CommonSettings {
    */
   readonly keyFiles: readonly string[];
   readonly maxSkewMs: number;
+  /** Identity mode (--identity and --peers, both or neither; never with keys): the files, read at start and on reload. */
+  readonly identity: { readonly file: string; readonly peers: string } | null;
   readonly metrics: Endpoint | null;
   readonly logLevel: LogLevel;
   readonly logFormat: LogFormat;
@@ -91,6 +93,7 @@ export function commonSettings(raw: RawOptions): CommonSettings {
     maxDatagram: num(raw, 'max-datagram', 4, 65535),
     sendQueue: num(raw, 'send-queue', 1),
     keyFiles: keyFiles(raw),
+    identity: identityFiles(raw),
     maxSkewMs: num(raw, 'max-skew', 0, 86_400, true) * 1000,
     metrics: metricsText === 'off' ? null : endpointOption('metrics', metricsText, true),
     logLevel: logLevel as LogLevel,
@@ -119,4 +122,21 @@ function keyFiles(raw: RawOptions): readonly string[] {
     if (err instanceof ConfigError) throw new ConfigError(err.message, 'key-dir');
     throw err;
   }
+}
+
+/**
+ * --identity and --peers. Identity mode and shared-key mode exclude each
+ * other: a sealed listener (and an agent) either authenticates identities or
+ * holds the shared key, never both, so no frame is ever judged by two rules.
+ */
+function identityFiles(raw: RawOptions): CommonSettings['identity'] {
+  const file = str(raw, 'identity');
+  const peers = str(raw, 'peers');
+  if (file === undefined && peers === undefined) return null;
+  if (file === undefined || file === '') throw new ConfigError('--peers needs --identity (this host\'s own key pair: udprepeater keygen --identity FILE)', 'identity');
+  if (peers === undefined || peers === '') throw new ConfigError('--identity needs --peers (the identities this host trusts)', 'peers');
+  if (list(raw, 'key-file').length > 0 || str(raw, 'key-dir') !== undefined) {
+    throw new ConfigError('--identity and --key-file/--key-dir: give one; a sealed listener (or an agent) uses identities or the shared key, not both', 'identity');
+  }
+  return { file, peers };
 }

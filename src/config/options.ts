@@ -44,6 +44,8 @@ const sealing: OptionSpec[] = [
   { name: 'key-file', kind: 'list', arg: 'FILE', default: [], help: 'secretbox key (repeatable): the first seals, every listed key opens; SIGHUP reloads' },
   { name: 'key-dir', kind: 'string', arg: 'DIR', help: 'secretbox keys: every DIR/*.key opens, the file DIR/sealing names the one that seals; SIGHUP lists DIR again (instead of --key-file)' },
   { name: 'max-skew', kind: 'number', arg: 'SECONDS', default: 30, help: 'drop sealed frames whose send time is further than this from our clock' },
+  { name: 'identity', kind: 'string', arg: 'FILE', help: 'identity mode: this host\'s own key pair (udprepeater keygen --identity FILE); sealed traffic goes over per-link keys from a handshake with each peer (needs --peers; instead of --key-file/--key-dir)' },
+  { name: 'peers', kind: 'string', arg: 'FILE', help: 'identity mode: the identities trusted, one "PUBLICKEY NAME [role=node|repeater] [allow=CIDR]" line each: a repeater links with role=node ones, an agent with role=repeater ones; SIGHUP reloads it (a removed line is revoked)' },
 ];
 
 export const SERVE_OPTIONS: readonly OptionSpec[] = [

@@ -68,6 +68,11 @@ export class KeyRing {
     return this.byId.get(id);
   }
 
+  /** No key at all: identity mode, where every frame goes under a link's keys (never asked to seal or open). */
+  static empty(): KeyRing {
+    return new KeyRing([]);
+  }
+
   static load(files: readonly string[]): KeyRing {
     if (files.length === 0) throw new ConfigError('secure mode needs at least one --key-file');
     const raw = files.map((file) => ({ file, key: readKeyFile(file) }));

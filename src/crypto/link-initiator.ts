@@ -63,6 +63,11 @@ export class LinkInitiator {
     return { cipher: new LinkCipher(done.secrets), responderTimeMs: done.responderTimeMs };
   }
 
+  /** The link id of the pending handshake (the one its WELCOME echoes); 0 when none. */
+  get pendingLink(): number {
+    return this.pending?.initiatorLink ?? 0;
+  }
+
   /** Drops the pending handshake, if any. */
   abandon(): void {
     if (this.pending !== null) zeroPending(this.pending);

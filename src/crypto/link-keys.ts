@@ -35,6 +35,7 @@
 
 import sodium from 'libsodium-wrappers';
 import { ReplayWindow } from '../judge/replay.js';
+import { BoxKey, Secretbox } from './secretbox.js';
 import type { Identity, PeerKey } from './identity.js';
 import { MAC_BYTES, NONCE_BYTES } from '../wire/frame.js';
 import {
@@ -55,6 +56,9 @@ const enc = new TextEncoder();
 const PROTOCOL = enc.encode('udprepeater link v1');
 const MAC_LABEL = enc.encode('udprepeater link v1 mac');
 const ZERO_NONCE = new Uint8Array(NONCE_BYTES);
+/** The raw path's scratch space, one per process (made on first use: it needs sodiumReady()). */
+let box: Secretbox | null = null;
+const scratch = (): Secretbox => (box ??= new Secretbox());
 
 function concat(...parts: Uint8Array[]): Uint8Array {
   let n = 0;
@@ -304,22 +308,25 @@ export function readWelcome(pending: InitiatorPending, local: Identity, welcome:
 }
 
 /**
- * Sealing and opening frames under one link's keys (the public secretbox
- * API: the data path may move to crypto/secretbox.ts's raw one). Counters
- * start at 1 and never repeat under a key; received ones pass a replay
- * window after the MAC.
+ * Sealing and opening frames under one link's keys. Sealing is on the data
+ * path (a repeater seals each live datagram once per linked subscriber), so
+ * it uses crypto/secretbox.ts's raw path (the key kept in the wasm heap, no
+ * allocation but the frame); opening uses the public API. Counters start at
+ * 1 and never repeat under a key; received ones pass a replay window after
+ * the MAC.
  */
 export class LinkCipher {
   private counter = 0;
   private readonly window = new ReplayWindow();
+  private sendKey: BoxKey | null = null;
   constructor(readonly secrets: LinkSecrets) {}
 
   seal(plain: Uint8Array): Uint8Array {
     const header = encodeDataHeader({ type: LinkType.LinkData, id: this.secrets.remoteLink, counter: ++this.counter });
-    const boxed = sodium.crypto_secretbox_easy(plain, dataNonce(header), this.secrets.send);
-    const out = new Uint8Array(DATA_HEADER + boxed.length);
+    const out = new Uint8Array(DATA_HEADER + MAC_BYTES + plain.length);
     out.set(header);
-    out.set(boxed, DATA_HEADER);
+    this.sendKey ??= new BoxKey(this.secrets.send);
+    scratch().seal(this.sendKey, dataNonce(header), plain, out, DATA_HEADER);
     return out;
   }
 
@@ -345,5 +352,7 @@ export class LinkCipher {
   destroy(): void {
     this.secrets.send.fill(0);
     this.secrets.receive.fill(0);
+    this.sendKey?.destroy();
+    this.sendKey = null;
   }
 }

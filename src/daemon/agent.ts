@@ -15,6 +15,14 @@ import { Agent } from '../agent/agent.js';
 import type { Backend } from '../net/io.js';
 import { Role } from '../wire/envelope.js';
 import { registerHaproxyMetrics } from './haproxy-metrics.js';
+import { IdentityFiles } from './identity-files.js';
+import { MemberLinks, type RepeaterPeer } from '../member/member-links.js';
+import type { PeerTable } from '../config/peers-file.js';
+
+/** The repeaters an agent trusts: its peers file's role=repeater lines. */
+function repeatersOf(table: PeerTable): RepeaterPeer[] {
+  return table.withRole('repeater').map((p) => ({ name: p.name, key: p.key, allow: p.allow }));
+}
 
 export interface AgentHandle {
   readonly agent: Agent;
@@ -36,7 +44,10 @@ function logKeyRing(log: Logger, agent: Agent, config: AgentConfig): void {
 export async function startAgent(config: AgentConfig, log: Logger, session?: SecureSession, backend?: Backend): Promise<AgentHandle> {
   await sodiumReady();
   const s = session ?? new SecureSession(Role.Agent);
-  const agent = await Agent.start(config, log, s, backend);
+  const files = new IdentityFiles(log);
+  const table = files.read(config);
+  const links = table === null ? null : new MemberLinks(files.identity!, repeatersOf(table));
+  const agent = await Agent.start(config, log, s, backend, links);
   logKeyRing(log, agent, config);
   const register = newRegistry();
   registerChannelMetrics(
@@ -80,6 +91,7 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
         origin: s.origin.toString(16),
         keys: agent.keyIds,
         links: agent.repeaterLinks(),
+        ...(files.identity === null ? {} : { identity: files.identity.publicText }),
         ...(agent.ticketFiles === null ? {} : { ticketKeys: agent.ticketFiles.keys.describe(Date.now()) }),
         ...(agent.ticketFiles === null || agent.ticketFiles.haproxy.sockets.length === 0 ? {} : { haproxy: agent.ticketFiles.haproxy.sockets.map((s) => s.status()) }),
       }),
@@ -97,7 +109,9 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
     reload: (next) =>
       reloads.run(async () => {
         const cfg = next();
+        const peers = files.read(cfg);
         await agent.apply(cfg);
+        if (peers !== null) links?.setPeers(repeatersOf(peers));
         logKeyRing(log, agent, cfg);
         log.configure(cfg.logLevel, cfg.logFormat);
       }),

@@ -28,6 +28,8 @@ import type { Backend } from '../net/io.js';
 import { Cluster } from '../cluster/cluster.js';
 import { BusSeal } from '../cluster/bus-seal.js';
 import { DataSeal } from '../path/data-seal.js';
+import { LinkDoor } from '../path/link-door.js';
+import { IdentityFiles } from './identity-files.js';
 import { Role } from '../wire/envelope.js';
 import { UwsgiSignatureCheck } from '../repeater/signcheck.js';
 import { RegistryStore } from './registry-store.js';
@@ -58,6 +60,7 @@ export function subscribersView(r: Repeater, cluster: Cluster | null = null): un
         address: e.endpoint.text,
         key: e.key,
         form: e.form,
+        ...(r.path.config.links === null || e.form !== 'sealed' ? {} : { identity: r.path.config.links.nameOf(e.origin) }),
         static: e.isStatic,
         source: e.source,
         firstSeen: iso(e.firstSeen),
@@ -83,12 +86,31 @@ export function subscribersView(r: Repeater, cluster: Cluster | null = null): un
  * sequence, replay windows) and the signed-subscription clocks live as long
  * as the process; key rings and public keys are re-read on every reload.
  */
-export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { session(): SecureSession | null }> {
+export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { session(): SecureSession | null; door(): LinkDoor | null }> {
   await sodiumReady();
   let session: SecureSession | null = null;
   const signedClocks = new Map<string, number>();
+  const files = new IdentityFiles(log);
+  let door: LinkDoor | null = null;
+  let maxSkewMs = 0;
   return {
     session: () => session,
+    door: () => door,
+    links(config) {
+      const table = files.read(config);
+      if (table === null) return null;
+      maxSkewMs = config.maxSkewMs;
+      door ??= new LinkDoor(
+        files.identity!,
+        {
+          linked: (peer, address) => log.info('link confirmed', { peer, address }),
+          revoked: (peers, subscribers) => log.info('identities revoked: links dropped', { peers, subscribers }),
+        },
+        () => maxSkewMs,
+      );
+      door.stage(table);
+      return door;
+    },
     sealed(config) {
       if (config.keyFiles.length === 0) return null;
       const ring = KeyRing.load(config.keyFiles);
@@ -138,7 +160,9 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   const ops = new OpsMetrics(register, 'udprepeater', VERSION);
   const session = 'session' in h ? (h as { session(): SecureSession | null }).session : () => null;
   registerKeyMetrics(register, 'udprepeater_keys', () => repeater.dataSeal?.keyIds() ?? []);
-  counterFrom(register, 'udprepeater_sealed_frames_total', 'Secure mode: frames sealed (once per datagram and subscriber key)', [], () => [[{}, session()?.framesSealed ?? 0]]);
+  counterFrom(register, 'udprepeater_sealed_frames_total', 'Secure mode: frames sealed (once per datagram and subscriber key; with --identity once per datagram and linked subscriber)', [], () => [
+    [{}, (session()?.framesSealed ?? 0) + (repeater.path.config.links?.framesSealed ?? 0)],
+  ]);
   registerListenerKernelMetrics(register, () => repeater.listenerSockets());
   registerWarmMetrics(register, repeater);
   counterFrom(register, 'udprepeater_state_saves_total', 'Registry state files written (--state-dir), by result', ['result'], () => [
@@ -160,6 +184,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
         listeners: repeater.listeners(),
         channels: repeater.channels.size,
         keys: repeater.dataSeal?.keyIds() ?? [],
+        ...(repeater.path.config.links === null ? {} : { identity: { peersFingerprint: repeater.path.config.links.fingerprint, links: repeater.path.config.links.links } }),
         hints: repeater.hints.view(),
         ...(repeater.tickets === null ? {} : { ticketKeys: repeater.tickets.keys.describe(Date.now()) }),
         ...(cluster === null ? {} : { status: cluster.degraded ? 'degraded' : 'ok', cluster: cluster.health() }),

@@ -12,8 +12,9 @@
 //   published leaves from the same port, so the frames come back to it.
 // - Nothing is believed before it came from a repeater's IP (a repeater sends
 //   from sockets of its own, so any port of it; with several repeaters on one
-//   host, the one with that port if any): anything else is dropped before any
-//   crypto (not_allowed). Sealed, a frame is then opened by the session's gate
+//   host, the one with that port if any, else in identity mode the one whose
+//   link the frame names): anything else is dropped before any crypto
+//   (not_allowed). Sealed, a frame is then opened by the session's gate
 //   with this repeater's membership fence (judge/membership.ts): a frame
 //   sealed for another receiver, a group frame sealed before we were a
 //   member, a replay, a frame of another channel key: all refused, counted.
@@ -28,9 +29,11 @@ import type { SecureSession } from '../crypto/session.js';
 import { Membership } from '../judge/membership.js';
 import { advertiseAddress } from '../net/local.js';
 import { type DatagramPort, openPort, type PortOptions, type Source } from '../net/io.js';
-import type { Endpoint } from '../wire/address.js';
-import { EnvelopeKind } from '../wire/envelope.js';
+import { canonicalIp, type Endpoint } from '../wire/address.js';
+import { type Envelope, EnvelopeKind } from '../wire/envelope.js';
+import { LinkType, linkTypeOf, receiverLinkOf } from '../wire/handshake.js';
 import { encodeSubscription } from '../wire/subscription.js';
+import type { MemberLinks } from './member-links.js';
 import type { TicketKey } from '../wire/ticket-codec.js';
 import type { TraceFields } from '../wire/trace.js';
 
@@ -84,10 +87,12 @@ export interface MemberLink {
   received: number;
   /** When its last authentic frame came (ms; 0: never). */
   lastFrameAt: number;
+  /** Identity mode: the name of the repeater identity the link is with (null: none yet). */
+  identity: string | null;
 }
 
 function newLink(repeater: Endpoint): MemberLink {
-  const link: MemberLink = { repeater, advertise: null, me: new Membership(() => link.advertise), sent: 0, received: 0, lastFrameAt: 0 };
+  const link: MemberLink = { repeater, advertise: null, me: new Membership(() => link.advertise), sent: 0, received: 0, lastFrameAt: 0, identity: null };
   return link;
 }
 
@@ -104,13 +109,15 @@ export class ChannelMember {
     private readonly seal: MemberSeal | null,
     private readonly events: MemberEvents,
     private readonly log: Logger,
+    /** Identity mode (member-links.ts): every frame goes under a link; `seal` is then null. */
+    private readonly linkKeys: MemberLinks | null,
   ) {}
 
   /** Binds the port and finds where each repeater should send; announces nothing yet (start). */
-  static async open(cfg: MemberConfig, seal: MemberSeal | null, events: MemberEvents, log: Logger): Promise<ChannelMember> {
+  static async open(cfg: MemberConfig, seal: MemberSeal | null, events: MemberEvents, log: Logger, links: MemberLinks | null = null): Promise<ChannelMember> {
     let member: ChannelMember | null = null;
     const port = await openPort(cfg.bind, cfg.port, (msg, from) => member?.intake(msg, from));
-    member = new ChannelMember(cfg, port, seal, events, log);
+    member = new ChannelMember(cfg, port, seal, events, log, links);
     port.onError((err) => log.throttle('warn', 'member-port', 'socket error (repeater side)', { error: err.message }));
     await member.setRepeaters(cfg.repeaters);
     return member;
@@ -171,6 +178,7 @@ export class ChannelMember {
   private announceFor(kind: EnvelopeKind, link: MemberLink): Buffer | null {
     const address = link.advertise;
     if (address === null) return null;
+    if (this.linkKeys !== null) return this.linkKeys.seal(link.repeater, { kind, channelKey: this.cfg.channelKey, address });
     if (this.seal === null) return encodeSubscription({ key: this.cfg.channelKey, address, unsubscribe: kind === EnvelopeKind.Unsubscribe });
     return this.seal.session.seal(this.seal.ring, { kind, channelKey: this.cfg.channelKey, datagram: null, address, receiver: link.repeater.text });
   }
@@ -187,6 +195,7 @@ export class ChannelMember {
         );
         continue;
       }
+      if (this.linkKeys !== null) for (const h of this.linkKeys.hellos(l.repeater, this.cfg.channelKey, l.advertise, this.cfg.subscribeIntervalMs)) this.port.send(Buffer.from(h), l.repeater);
       const frame = this.announceFor(kind, l);
       if (frame === null || !this.port.send(frame, l.repeater)) continue;
       l.sent++;
@@ -204,6 +213,8 @@ export class ChannelMember {
     const sends = [...this.links.values()].map(async (l) => {
       l.advertise ??= await advertiseAddress(this.port, l.repeater, this.cfg.advertise);
       const frame = this.announceFor(kind, l);
+      // Identity mode: a repeater with no link has nothing of ours to forget.
+      if (frame === null && this.linkKeys !== null) return;
       if (frame === null) throw new Error(`the announce to ${l.repeater.text} cannot be sealed`);
       await this.port.sendAndWait(frame, l.repeater);
       l.sent++;
@@ -217,10 +228,12 @@ export class ChannelMember {
   /**
    * Sends a cache datagram to every repeater: sealed once for all of them
    * (with `trace`), or plain as it is. Returns how many repeaters it went to
-   * (0: the port's queue is full) and its size, or null when the frame
-   * would be too large.
+   * (0: the port's queue is full), its size, and how many repeaters got
+   * nothing for want of a link (identity mode: the owner counts them no_link
+   * on its way out), or null when the frame would be too large.
    */
-  publish(datagram: Buffer, trace: TraceFields | null): { sent: number; bytes: number } | null {
+  publish(datagram: Buffer, trace: TraceFields | null): { sent: number; bytes: number; unlinked: number } | null {
+    if (this.linkKeys !== null) return this.publishLinked(datagram, trace);
     const out = this.seal === null ? datagram : this.seal.session.seal(this.seal.ring, { kind: EnvelopeKind.CacheDatagram, channelKey: this.cfg.channelKey, datagram, trace, address: null });
     if (out === null) return null;
     let sent = 0;
@@ -229,17 +242,79 @@ export class ChannelMember {
       l.sent++;
       sent++;
     }
-    return { sent, bytes: out.length };
+    return { sent, bytes: out.length, unlinked: 0 };
   }
 
-  /** A repeater sends from sockets of its own, not its listener: matched by IP (several on one host: the first, unless one has that port). */
-  private linkFrom(from: Source): MemberLink | undefined {
-    let first: MemberLink | undefined;
+  /** Identity mode: one frame per repeater, each under its own link; a repeater with no link yet gets nothing (no_link). */
+  private publishLinked(datagram: Buffer, trace: TraceFields | null): { sent: number; bytes: number; unlinked: number } | null {
+    let sent = 0;
+    let bytes = 0;
+    let unlinked = 0;
     for (const l of this.links.values()) {
-      if (l.repeater.host !== from.address) continue;
-      if (l.repeater.port === from.port) return l;
-      first ??= l;
+      const out = this.linkKeys!.seal(l.repeater, { kind: EnvelopeKind.CacheDatagram, channelKey: this.cfg.channelKey, datagram, trace });
+      if (out === null) {
+        unlinked++;
+        continue;
+      }
+      bytes = out.length;
+      if (!this.port.send(out, l.repeater)) break;
+      l.sent++;
+      sent++;
     }
+    return { sent, bytes, unlinked };
+  }
+
+  /** A link frame or WELCOME from `link`'s repeater: the envelope it holds, or null (taken or counted). */
+  private openLinked(link: MemberLink, msg: Buffer): Envelope | null {
+    const links = this.linkKeys!;
+    if (linkTypeOf(msg) === LinkType.Welcome) {
+      const made = links.welcome(link.repeater, msg);
+      if (made !== true) {
+        this.events.drop(made);
+        return null;
+      }
+      link.identity = links.linkedTo(link.repeater);
+      this.log.info('link confirmed', { repeater: link.repeater.text, peer: link.identity });
+      // The first frame under the new link confirms it at the repeater: the subscription.
+      const frame = this.announceFor(EnvelopeKind.Subscribe, link);
+      if (frame !== null && this.port.send(frame, link.repeater)) link.sent++;
+      return null;
+    }
+    const env = links.open(link.repeater, msg, this.cfg.maxSkewMs);
+    if (typeof env === 'string') {
+      this.events.drop(env);
+      return null;
+    }
+    return env;
+  }
+
+  /**
+   * The repeater a datagram came from. A repeater sends from sockets of its
+   * own, not its listener, so it is matched by IP (canonical): the one with
+   * that port if any; else, several on one host in identity mode, the one
+   * whose link (or pending handshake) the frame's receiver link id names;
+   * else the first on that host.
+   */
+  private linkFrom(from: Source, msg: Buffer): MemberLink | undefined {
+    const found = this.onHost(from.address, from.port, msg);
+    if (found !== undefined) return found;
+    const c = canonicalIp(from.address)?.host;
+    return c === undefined || c === from.address ? undefined : this.onHost(c, from.port, msg);
+  }
+
+  private onHost(host: string, port: number, msg: Buffer): MemberLink | undefined {
+    let first: MemberLink | undefined;
+    let several = false;
+    for (const l of this.links.values()) {
+      if (l.repeater.host !== host) continue;
+      if (l.repeater.port === port) return l;
+      if (first === undefined) first = l;
+      else several = true;
+    }
+    if (!several || this.linkKeys === null) return first;
+    const id = receiverLinkOf(msg);
+    if (id === null) return first;
+    for (const l of this.links.values()) if (l.repeater.host === host && this.linkKeys.names(l.repeater, id)) return l;
     return first;
   }
 
@@ -256,7 +331,7 @@ export class ChannelMember {
   private take(msg: Buffer, from: Source): void {
     const ev = this.events;
     ev.arrived?.(msg.length);
-    const link = this.linkFrom(from);
+    const link = this.linkFrom(from, msg);
     if (link === undefined) {
       ev.drop('not_allowed');
       ev.stranger?.(msg, from.address);
@@ -266,21 +341,29 @@ export class ChannelMember {
       ev.drop('too_large');
       return;
     }
-    if (this.seal === null) {
-      ev.datagram(msg, null, false);
-      return;
-    }
-    const env = this.seal.session.open(this.seal.ring, msg, this.cfg.maxSkewMs, Date.now(), link.me);
-    if (typeof env === 'string') {
-      ev.drop(env);
-      return;
+    let env: Envelope;
+    if (this.linkKeys !== null) {
+      const opened = this.openLinked(link, msg);
+      if (opened === null) return;
+      env = opened;
+    } else {
+      if (this.seal === null) {
+        ev.datagram(msg, null, false);
+        return;
+      }
+      const opened = this.seal.session.open(this.seal.ring, msg, this.cfg.maxSkewMs, Date.now(), link.me);
+      if (typeof opened === 'string') {
+        ev.drop(opened);
+        return;
+      }
+      env = opened;
     }
     if (env.channelKey !== this.cfg.channelKey) {
       ev.drop('key_mismatch');
       return;
     }
     if (env.kind === EnvelopeKind.Membership) {
-      link.me.raise(env.origin, env.memberFrom!);
+      if (this.linkKeys === null) link.me.raise(env.origin, env.memberFrom!);
     } else if (env.kind === EnvelopeKind.TicketKeys && ev.tickets(env.tickets!)) {
       // taken
     } else if (env.kind !== EnvelopeKind.CacheDatagram) {
@@ -299,6 +382,7 @@ export class ChannelMember {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
     await this.port.close();
+    this.linkKeys?.destroy();
   }
 
   /** Says goodbye to every repeater (an unsubscribe each, confirmed or logged), then closes. */

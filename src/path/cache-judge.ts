@@ -111,8 +111,9 @@ export class CacheJudge {
       return;
     }
     this.host.live.queue(ch, buf);
-    const content = cfg.seal === null && bus === null ? null : contentOf(buf, s);
-    const sealing = cfg.seal === null ? null : { content: content!, trace: next };
+    const sealed = cfg.seal !== null || cfg.links !== null;
+    const content = !sealed && bus === null ? null : contentOf(buf, s);
+    const sealing = !sealed ? null : { content: content!, trace: next };
     // The forward form is the datagram itself (kept as it is) or a view of the out door's scratch (never kept).
     if (out.live(ch, plainOut, plainOut === buf && stable, sealing, given?.origin ?? null) > 0) this.host.forwarded();
     if (bus !== null && given?.fromBus !== true) bus.publish(ch, content!, stable || content !== buf, next, given?.origin ?? null, false);
@@ -133,7 +134,7 @@ export class CacheJudge {
       this.clusterDuplicates++;
       return;
     }
-    const sealing = this.host.config.seal === null ? null : { content: buf, trace: null };
+    const sealing = this.host.config.seal === null && this.host.config.links === null ? null : { content: buf, trace: null };
     if (this.host.out.live(ch, buf, stable, sealing, given?.origin ?? null) > 0) this.host.forwarded();
     if (bus !== null && given?.fromBus !== true) bus.publish(ch, buf, stable, null, given?.origin ?? null, true);
   }

@@ -30,6 +30,7 @@ import { CacheJudge, type JudgeHost } from './cache-judge.js';
 import type { Channel, MembershipTeller } from './channel.js';
 import { DropHints } from './drop-hints.js';
 import { InDoor, type InHost } from './in-door.js';
+import type { Reply } from './link-door.js';
 import type { LiveChange } from './live-state.js';
 import { LiveStates } from './live-states.js';
 import { OutDoor } from './out-door.js';
@@ -54,6 +55,8 @@ export class DatagramPath implements JudgeHost, InHost {
   private forwardedInBatch = 0;
   private closed = false;
   private readonly teller: MembershipTeller;
+  /** Handshake answers and link control frames go out through the out door. */
+  readonly reply: Reply = (frame, to) => this.out.reply(frame, to);
 
   constructor(
     fanout: Fanout,

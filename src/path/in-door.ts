@@ -15,6 +15,7 @@ import { checkHeader, peekKind } from '../wire/uwsgi.js';
 import type { CacheJudge } from './cache-judge.js';
 import type { Channel } from './channel.js';
 import type { DropHints } from './drop-hints.js';
+import type { Reply } from './link-door.js';
 import type { PathConfig, PathRoute } from './path-config.js';
 import { type ControlDoor, OWN_INGRESS } from './ports.js';
 
@@ -24,6 +25,8 @@ export interface InHost {
   readonly judge: CacheJudge;
   readonly hints: DropHints;
   readonly control: ControlDoor;
+  /** Sends a handshake answer or link control frame back to a source (the out door). */
+  readonly reply: Reply;
   /** Learns what the batch accepted so far: a subscription is a boundary for the live state (live-states.ts). */
   settle(): void;
 }
@@ -47,6 +50,11 @@ export class InDoor {
     if (!cfg.acl.allows(from.address)) {
       st.dropped[DropSlot.not_allowed]++;
       hints.notAllowed.note(from.address, route.key);
+      return;
+    }
+    if (sealed && cfg.links !== null) {
+      const env = cfg.links.open(ch, msg, from, this.host.reply);
+      if (env !== null) this.envelope(ch, env, from);
       return;
     }
     if (sealed) {

@@ -21,17 +21,21 @@
 
 import { DropSlot } from '../base/stats.js';
 import type { LoopGuard } from '../judge/loop-guard.js';
-import { type Fanout, newTally, type OutletGroup, type SendSink } from '../net/io.js';
+import { type Fanout, newTally, type Outlet, type OutletGroup, type SendSink, type Source } from '../net/io.js';
+import { endpointOf } from '../wire/address.js';
 import { type CacheShape, forwardForm, inspectCacheUpdate, newShape } from '../wire/cache.js';
 import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
 import type { TicketKey } from '../wire/ticket-codec.js';
 import type { TraceFields } from '../wire/trace.js';
 import type { Channel, SealingInput, Subscriber } from './channel.js';
 import type { DataSeal } from './data-seal.js';
+import type { LinkDoor } from './link-door.js';
 
 /** What the out door reads of the running configuration (path-config.ts). */
 export interface OutSettings {
   readonly seal: DataSeal | null;
+  /** Identity mode: sealed subscribers get copies under their own link (link-door.ts); null in shared-key mode. */
+  readonly links: LinkDoor | null;
   readonly repairDeletes: boolean;
   /** No output may be larger than this. */
   readonly outLimit: number;
@@ -43,12 +47,19 @@ export interface WarmSent {
   sent: boolean;
 }
 
+/** Handshake answers go to at most this many addresses at once (each holds an outlet). */
+const MAX_REPLY_OUTLETS = 1024;
+
 export class OutDoor {
   private readonly tally = newTally();
   /** Forward forms are built here (a trace or a repaired delete makes a datagram grow, never past 64 KiB). */
   private readonly scratch = Buffer.allocUnsafe(MAX_UDP_PAYLOAD + 64);
   private readonly shape: CacheShape = newShape();
   private readonly warmResult: WarmSent = { bytes: 0, sent: false };
+  /** One-outlet groups of linked subscribers (each copy is sealed for one link). */
+  private readonly single = new WeakMap<Outlet, OutletGroup>();
+  /** Outlets for handshake answers, by address; bounded (the oldest closed first). */
+  private readonly replies = new Map<string, Outlet>();
 
   constructor(
     private readonly fanout: Fanout,
@@ -88,9 +99,9 @@ export class OutDoor {
    * queued (or sent).
    */
   live(ch: Channel, plainOut: Buffer, stable: boolean, sealing: SealingInput | null, origin: bigint | null): number {
-    const seal = this.settings().seal;
+    const { seal, links } = this.settings();
     const plain = ch.plainGroup();
-    const keys = seal !== null && sealing !== null ? ch.keyGroups() : null;
+    const keys = (seal !== null || links !== null) && sealing !== null ? ch.keyGroups() : null;
     const st = ch.stats;
     st.accepted++;
     const t = this.tally;
@@ -103,6 +114,10 @@ export class OutDoor {
     if (keys !== null) {
       for (const g of keys) {
         any = true;
+        if (links !== null) {
+          this.perLink(ch, g.key, g.members, sealing!, origin, links);
+          continue;
+        }
         const group = ch.groupFor(g, origin);
         if (group.size === 0) continue;
         const frame = seal!.sealDatagram(g.key, sealing!);
@@ -148,7 +163,9 @@ export class OutDoor {
       }
       out = f;
     } else {
-      const frame = this.settings().seal?.sealDatagram(e.key, { content, trace }, e.endpoint.text) ?? null;
+      const links = this.settings().links;
+      const plain = links?.datagram(e.key, { content, trace }) ?? null;
+      const frame = links !== null ? (plain === null ? null : links.sealFor(e, plain)) : (this.settings().seal?.sealDatagram(e.key, { content, trace }, e.endpoint.text) ?? null);
       if (frame === null) {
         st.dropped[DropSlot.sealed_too_large]++;
         return r;
@@ -194,6 +211,50 @@ export class OutDoor {
       if (frame !== null) g.all.send(frame, true, t, null);
     }
     return t.sent;
+  }
+
+  /**
+   * Identity mode: one datagram to the linked members of one key, each
+   * sealed under its own link (the envelope encoded once); a member with no
+   * link now (not confirmed yet, or revoked) gets nothing.
+   */
+  private perLink(ch: Channel, key: string, members: readonly Subscriber[], sealing: SealingInput, origin: bigint | null, links: LinkDoor): void {
+    const st = ch.stats;
+    const t = this.tally;
+    const plain = links.datagram(key, sealing);
+    if (plain === null) {
+      st.dropped[DropSlot.sealed_too_large]++;
+      return;
+    }
+    for (const m of members) {
+      if (m.origin === origin && origin !== null) continue;
+      const frame = links.sealFor(m, plain);
+      if (frame === null) continue;
+      let group = this.single.get(m.outlet);
+      if (group === undefined) this.single.set(m.outlet, (group = this.fanout.group([m.outlet])));
+      const before = t.sent;
+      group.send(frame, true, t, ch);
+      st.bytesForwarded += (t.sent - before) * frame.length;
+    }
+  }
+
+  /** A handshake answer or a link control frame to the source it answers (link-door.ts Reply). */
+  reply(frame: Buffer, to: Source): void {
+    const key = `${to.address}|${to.port}`;
+    let o = this.replies.get(key);
+    if (o === undefined) {
+      if (this.replies.size >= MAX_REPLY_OUTLETS) {
+        const [oldest, outlet] = this.replies.entries().next().value!;
+        outlet.close();
+        this.replies.delete(oldest);
+      }
+      o = this.fanout.open(endpointOf(to.address, to.port, to.family), () => undefined);
+      this.replies.set(key, o);
+    }
+    const t = newTally();
+    let group = this.single.get(o);
+    if (group === undefined) this.single.set(o, (group = this.fanout.group([o])));
+    group.send(frame, true, t, null);
   }
 
   /** One control frame to one subscriber, in order with the batch when one is open. */

@@ -8,6 +8,7 @@ import type { ListenerConfig } from '../config/serve-config.js';
 import type { AccessList } from '../judge/access-list.js';
 import type { Channel } from './channel.js';
 import type { DataSeal } from './data-seal.js';
+import type { LinkDoor } from './link-door.js';
 import type { ListenerName } from './listener-name.js';
 
 /** One listener's place in the path. */
@@ -33,6 +34,8 @@ export interface PathConfig {
   readonly acl: AccessList;
   /** The data keys: opens frames on sealed listeners and seals for sealed subscribers; null without keys. */
   readonly seal: DataSeal | null;
+  /** Identity mode: the links of the sealed listeners (link-door.ts); null in shared-key mode. */
+  readonly links: LinkDoor | null;
   /** The content window's span (--dedup-window). */
   readonly dedupWindowMs: number;
   /** Every listener, by its configured address. */

@@ -20,6 +20,7 @@ import { type Backend, createFanout, DEFAULT_BACKEND, type Fanout } from '../net
 import { OwnAddresses } from '../net/local.js';
 import { Channel, type ChannelEvents, type ChannelOptions, type Subscriber } from '../path/channel.js';
 import type { DataSeal } from '../path/data-seal.js';
+import type { LinkDoor } from '../path/link-door.js';
 import { DatagramPath } from '../path/datagram-path.js';
 import type { DropHints } from '../path/drop-hints.js';
 import { freezePathConfig } from '../path/path-config.js';
@@ -39,6 +40,8 @@ import { WarmJoins } from './warm-join.js';
 export interface RepeaterHooks {
   /** Builds the data seal for a config (loads keys); throws to refuse the config. */
   sealed?: (config: ServeConfig) => DataSeal | null;
+  /** Identity mode: the process's one link door with the config's peers staged (loads them); throws to refuse the config. */
+  links?: (config: ServeConfig) => LinkDoor | null;
   /** Builds the uWSGI signature checker for a config; throws to refuse it. */
   signatures?: (config: ServeConfig) => SignatureCheck | null;
   /** Socket backend (default: native when the addon is built). */
@@ -208,7 +211,8 @@ export class Repeater {
     checkStatics(next, own);
     const signatures = this.hooks.signatures?.(next) ?? null;
     const sealed = this.hooks.sealed?.(next) ?? null;
-    if (sealed === null && (next.listeners.some((l) => l.sealed) || next.statics.some((s) => s.sealed))) {
+    const links = this.hooks.links?.(next) ?? null;
+    if (sealed === null && links === null && (next.listeners.some((l) => l.sealed) || next.statics.some((s) => s.sealed))) {
       throw new ConfigError('sealed listeners and outputs need --key-file');
     }
     // Read before anything is swapped: a schedule file we cannot trust refuses the config.
@@ -231,7 +235,7 @@ export class Repeater {
     this.limiter.configure(next.limits.subscribeRate, next.limits.subscribeBurst);
     if (this.seal !== sealed) this.seal?.dispose();
     this.seal = sealed;
-    const deskDeps = { acl: this.acl, limiter: this.limiter, log: this.log, own, signatures, channels: () => this.channelMap.values(), warm: this.warm };
+    const deskDeps = { acl: this.acl, limiter: this.limiter, log: this.log, own, signatures, channels: () => this.channelMap.values(), warm: this.warm, identities: links !== null };
     if (this.desk === undefined) this.desk = new SubscriptionDesk(deskDeps);
     else this.desk.configure(deskDeps);
     this.applyChannels(next);
@@ -245,12 +249,14 @@ export class Repeater {
         repairDeletes: next.repairDeletes,
         acl: this.acl,
         seal: sealed,
+        links,
         dedupWindowMs: next.dedupWindowMs,
         routes: this.listening.routes(this.channelMap),
         channels: this.channelMap.values(),
         live: { enabled: next.warm.enabled, maxBytes: next.warm.maxBytes },
       }),
     );
+    links?.commit(this.channelMap.values());
     this.applyTickets(next, savedTickets);
     applyStatics(next, this.channelMap.values(), this.log);
     this.evictInvalid();
@@ -322,6 +328,7 @@ export class Repeater {
 
   sweep(now: number): void {
     ensureStatics(this.config, this.channelMap.values(), this.log);
+    this.path.config.links?.expire(now);
     for (const ch of this.channelMap.values()) {
       for (const r of [ch.plain, ch.sealed]) {
         for (const e of r.resumeDue(now)) {

@@ -22,6 +22,12 @@
 //   unsubscribe is believed only from the IP the entry names or the source
 //   that announced it, and a refresh from any other source does not make it
 //   that source. Sealed subscriptions are authenticated: none of this applies.
+// - Identity mode: a sealed entry belongs to the identity that subscribed it
+//   (its origin). While it lives, a subscribe or unsubscribe for its address
+//   under another identity is refused (owner_conflict) and changes nothing:
+//   not its owner, so not the link its copies are sealed under, and revoking
+//   the other identity does not remove it. Once it expired or its owner
+//   unsubscribed, any listed identity may take the address.
 
 import type { Logger } from '../base/log.js';
 import { DropSlot, type DropReason, EventSlot } from '../base/stats.js';
@@ -48,6 +54,8 @@ export interface DeskDeps {
   channels: () => Iterable<Channel>;
   /** The warm joins (warm-join.ts), told of subscribers that hold none of what they missed. */
   warm?: WarmDesk;
+  /** Identity mode: a sealed subscriber's origin is its identity's, and the entry is that identity's. */
+  identities?: boolean;
 }
 
 export interface WarmDesk {
@@ -180,6 +188,10 @@ export class SubscriptionDesk {
     const ep = vetted;
     const registry = ch.registry(form);
     const { log } = this.deps;
+    if (form === 'sealed' && this.deps.identities === true && this.ownedByAnother(registry.get(ep.text), origin, now)) {
+      this.refuse(ch, 'owner_conflict', source, sub);
+      return 'owner_conflict';
+    }
     if (sub.unsubscribe) {
       const existing = registry.get(ep.text);
       if (existing === undefined || existing.isStatic) {
@@ -219,6 +231,11 @@ export class SubscriptionDesk {
     if (r.event === 'subscribe') log.info('subscribed', { channel: ch.name, address: ep.text, key: sub.key, form, source });
     else log.debug('refreshed', { channel: ch.name, address: ep.text, key: sub.key, form });
     return null;
+  }
+
+  /** True when `e` is a live entry another identity subscribed (identity mode: origins are identities). */
+  private ownedByAnother(e: Subscriber | undefined, origin: bigint | null, now: number): boolean {
+    return e !== undefined && !e.isStatic && e.origin !== null && e.origin !== origin && e.deadline > now;
   }
 
   /** Tells the warm joins of a subscriber new to its channel, or back from a suspension, when it may be warmed. */

@@ -94,6 +94,17 @@ export function linkTypeOf(buf: Uint8Array): number | HandshakeError {
   return buf[3]!;
 }
 
+/**
+ * The link id a WELCOME or link frame is addressed to (bytes 4..8: the
+ * initiator's link id, which is the receiver's on a link frame to an agent),
+ * unauthenticated; null for any other message.
+ */
+export function receiverLinkOf(buf: Uint8Array): number | null {
+  const t = linkTypeOf(buf);
+  if ((t !== LinkType.Welcome && t !== LinkType.LinkData) || buf.length < 8) return null;
+  return view(buf).getUint32(4, true);
+}
+
 function writeHead(out: Uint8Array, type: number): void {
   out[0] = FRAME_MAGIC0;
   out[1] = FRAME_MAGIC1;

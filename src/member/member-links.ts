@@ -1,0 +1,197 @@
+// Identity mode for a channel member (docs/PROTOCOL.md, "Identities and
+// links"): the initiator's side of the link handshake with each repeater,
+// and every frame to and from it under that link's keys.
+//
+// Invariants:
+// - A repeater is trusted only by a key the peers file lists with
+//   role=repeater (narrowed by its allow= to the repeater's address when
+//   given): a WELCOME that opens under none of them makes no link.
+// - Nothing from a repeater is believed before it opened under the current
+//   link's receive key and passed its counter window; a frame of another
+//   link (another agent's, or from before a restart of either side) does not
+//   open (unknown_link / auth_failed).
+// - A new handshake starts when the link is missing or unanswered for two
+//   announce intervals (the repeater answers every SUBSCRIBE under the link);
+//   until the new link is up the old one keeps being used.
+// - State is one entry per configured repeater: nothing here grows with
+//   what arrives.
+
+import { randomBytes } from 'node:crypto';
+import type { DropReason } from '../base/stats.js';
+import type { Identity, PeerKey } from '../crypto/identity.js';
+import { LinkInitiator } from '../crypto/link-initiator.js';
+import type { LinkCipher } from '../crypto/link-keys.js';
+import { AccessList } from '../judge/access-list.js';
+import type { Endpoint } from '../wire/address.js';
+import { bigintToLong, decodeEnvelope, encodeEnvelope, type Envelope, type EnvelopeKind, Role } from '../wire/envelope.js';
+import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
+import { DATA_OVERHEAD } from '../wire/handshake.js';
+import type { TraceFields } from '../wire/trace.js';
+
+/** A repeater the agent trusts: a role=repeater line of its peers file. */
+export interface RepeaterPeer {
+  readonly name: string;
+  readonly key: PeerKey;
+  /** Canonical CIDRs; empty: any address. */
+  readonly allow: readonly string[];
+}
+
+interface RepeaterState {
+  /** One handshake per candidate key (the keys whose allow= admits this repeater's address). */
+  initiators: Array<{ peer: RepeaterPeer; init: LinkInitiator }>;
+  cipher: LinkCipher | null;
+  /** The name of the identity the link is with. */
+  peer: string | null;
+  helloAt: number;
+  /** When the link was made, and when an authentic frame last came under it. */
+  linkedAt: number;
+  answeredAt: number;
+}
+
+const HANDSHAKE_DROPS: Readonly<Record<string, DropReason>> = { not_link: 'unsealed', bad_type: 'unknown_type', bad_key: 'auth_failed' };
+
+/** A refusal as the member counts it. */
+export function linkDrop(reason: string): DropReason {
+  return (HANDSHAKE_DROPS[reason] ?? reason) as DropReason;
+}
+
+export class MemberLinks {
+  private readonly originLong: ReturnType<typeof bigintToLong>;
+  private sequence = 0;
+  private readonly states = new Map<string, RepeaterState>();
+  private peers: readonly RepeaterPeer[];
+
+  constructor(
+    private readonly identity: Identity,
+    peers: readonly RepeaterPeer[],
+  ) {
+    this.peers = peers;
+    let o = randomBytes(8).readBigUInt64LE(0);
+    if (o === 0n) o = 1n;
+    this.originLong = bigintToLong(o);
+  }
+
+  /** A reload: repeaters whose key is no longer listed lose their link and handshakes at once. */
+  setPeers(peers: readonly RepeaterPeer[]): void {
+    this.peers = peers;
+    const keys = new Set(peers.map((p) => p.key.hex));
+    for (const st of this.states.values()) {
+      st.initiators = st.initiators.filter((i) => {
+        if (keys.has(i.peer.key.hex)) return true;
+        i.init.destroy();
+        return false;
+      });
+      const linkedTo = st.cipher?.secrets.peer.hex;
+      if (linkedTo !== undefined && !keys.has(linkedTo)) {
+        st.cipher!.destroy();
+        st.cipher = null;
+        st.peer = null;
+      }
+    }
+    // Candidates are chosen again at the next handshake.
+    for (const [text, st] of this.states) {
+      if (st.cipher !== null) continue;
+      for (const i of st.initiators) i.init.destroy();
+      this.states.delete(text);
+    }
+  }
+
+  private state(r: Endpoint): RepeaterState {
+    let st = this.states.get(r.text);
+    if (st === undefined) {
+      const initiators = this.peers
+        .filter((p) => p.allow.length === 0 || new AccessList(p.allow).allows(r.host))
+        .map((peer) => ({ peer, init: new LinkInitiator(this.identity, peer.key) }));
+      st = { initiators, cipher: null, peer: null, helloAt: 0, linkedAt: 0, answeredAt: 0 };
+      this.states.set(r.text, st);
+    }
+    return st;
+  }
+
+  /**
+   * True when `linkId` (a frame's receiver link id, wire/handshake.ts
+   * receiverLinkOf) is ours with `r`: its current link's, or the one its
+   * pending handshake's WELCOME echoes. Picks the repeater among several on
+   * one host (they send from sockets of their own); the frame is still
+   * opened under that link before anything is believed.
+   */
+  names(r: Endpoint, linkId: number): boolean {
+    const st = this.states.get(r.text);
+    if (st === undefined || linkId === 0) return false;
+    if (st.cipher?.secrets.localLink === linkId) return true;
+    return st.initiators.some((i) => i.init.pendingLink === linkId);
+  }
+
+  /** The identity name of the repeater's current link, if any. */
+  linkedTo(r: Endpoint): string | null {
+    return this.states.get(r.text)?.peer ?? null;
+  }
+
+  /**
+   * HELLOs to send to `r` now: when it has no link, or its link went
+   * unanswered for two intervals (at most one round per `intervalMs`).
+   */
+  hellos(r: Endpoint, channelKey: string, address: string, intervalMs: number, nowMs = Date.now()): Uint8Array[] {
+    const st = this.state(r);
+    const quiet = st.cipher === null || nowMs - Math.max(st.answeredAt, st.linkedAt) > 2 * intervalMs;
+    if (!quiet || nowMs - st.helloAt < Math.min(intervalMs, 1000)) return [];
+    st.helloAt = nowMs;
+    return st.initiators.map((i) => i.init.hello(nowMs, { channelKey, address }));
+  }
+
+  /** A WELCOME from `r`: true when it made the link, else why not. */
+  welcome(r: Endpoint, msg: Uint8Array, nowMs = Date.now()): true | DropReason {
+    const st = this.states.get(r.text);
+    if (st === undefined) return 'unknown_link';
+    let why: string = 'unknown_link';
+    for (const i of st.initiators) {
+      const done = i.init.welcome(msg, nowMs);
+      if (typeof done === 'string') {
+        if (done !== 'unknown_link') why = done;
+        continue;
+      }
+      st.cipher?.destroy();
+      st.cipher = done.cipher;
+      st.peer = i.peer.name;
+      st.linkedAt = nowMs;
+      for (const other of st.initiators) if (other !== i) other.init.abandon();
+      return true;
+    }
+    return linkDrop(why);
+  }
+
+  /** An envelope sealed under `r`'s link; null without a link (or too large). */
+  seal(r: Endpoint, f: { kind: EnvelopeKind; channelKey: string; datagram?: Buffer | null; trace?: TraceFields | null; address?: string | null }, nowMs = Date.now()): Buffer | null {
+    const cipher = this.states.get(r.text)?.cipher ?? null;
+    if (cipher === null) return null;
+    const plain = encodeEnvelope(
+      { kind: f.kind, channelKey: f.channelKey, sequence: ++this.sequence, sentAtMs: nowMs, role: Role.Agent, datagram: f.datagram ?? null, trace: f.trace ?? null, address: f.address ?? null, receiver: r.text },
+      this.originLong,
+    );
+    if (plain.length + DATA_OVERHEAD > MAX_UDP_PAYLOAD) return null;
+    const out = cipher.seal(plain);
+    return Buffer.from(out.buffer, out.byteOffset, out.length);
+  }
+
+  /** A link frame from `r`: its envelope once it opened under the link and passed the checks, else why not. */
+  open(r: Endpoint, msg: Uint8Array, maxSkewMs: number, nowMs = Date.now()): Envelope | DropReason {
+    const st = this.states.get(r.text);
+    if (st === undefined || st.cipher === null) return 'unknown_link';
+    const opened = st.cipher.open(msg);
+    if (typeof opened === 'string') return linkDrop(opened);
+    const env = decodeEnvelope(opened.plain);
+    if (typeof env === 'string') return env;
+    if (env.role !== Role.Repeater) return 'wrong_role';
+    if (Math.abs(nowMs - env.sentAtMs) > maxSkewMs) return 'stale';
+    st.answeredAt = nowMs;
+    return env;
+  }
+
+  destroy(): void {
+    for (const st of this.states.values()) {
+      st.cipher?.destroy();
+      for (const i of st.initiators) i.init.destroy();
+    }
+    this.states.clear();
+  }
+}

@@ -1,0 +1,222 @@
+// Identity mode on the repeater's sealed listeners (docs/PROTOCOL.md,
+// "Identities and links"): the responder's side of the link handshake over
+// the real listener, the frames agents send under their link keys, and the
+// seal of everything sent to a linked subscriber under that subscriber's link.
+//
+// Invariants:
+// - Only identities the peers file lists with role=node can link (a
+//   role=repeater key is not an agent); a HELLO from outside a peer's allow=
+//   is refused before any crypto (not_allowed).
+// - Every handshake table is keyed by listed identities (crypto/link-responder.ts):
+//   bounded by the peers file, whatever spoofed HELLOs arrive; an unlisted
+//   identity costs a map lookup and is counted (unknown_peer).
+// - A frame is believed once it opened under a link's receive key and passed
+//   that link's counter window: a frame of another link, of a link from
+//   before either side restarted, or replayed from any source is refused.
+// - A linked subscriber is the identity's: its entry carries the identity's
+//   origin (originOf), so every copy for it is sealed under that identity's
+//   current link, and none once the identity is revoked (commit).
+// - Live datagrams are sealed per link (docs/PROTOCOL.md, "What runs now:
+//   per-link sealing"): one envelope encoding per channel key, one seal per
+//   subscriber.
+
+import { DropSlot, type DropReason } from '../base/stats.js';
+import type { PeerTable } from '../config/peers-file.js';
+import type { Identity, PeerKey } from '../crypto/identity.js';
+import { type Link, LinkResponder } from '../crypto/link-responder.js';
+import { AccessList } from '../judge/access-list.js';
+import type { Source } from '../net/io.js';
+import { bigintToLong, decodeEnvelope, encodeEnvelope, type Envelope, EnvelopeKind, Role } from '../wire/envelope.js';
+import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
+import { DATA_OVERHEAD, decodeHello, linkTypeOf, LinkType } from '../wire/handshake.js';
+import type { Channel, SealingInput, Subscriber } from './channel.js';
+
+/** Where a handshake answer or a control frame goes: the source the agent sent from (its one port). */
+export type Reply = (frame: Buffer, to: Source) => void;
+
+/** What the door tells the daemon (logs). */
+export interface LinkEvents {
+  linked(peer: string, address: string): void;
+  revoked(peers: readonly string[], subscribers: number): void;
+}
+
+interface Listed {
+  readonly name: string;
+  readonly key: PeerKey;
+  readonly allow: AccessList | null;
+}
+
+/** The origin a linked identity's frames and subscriber entries carry: its identity id, never 0. */
+export function originOf(peer: PeerKey): bigint {
+  const o = Buffer.from(peer.id).readBigUInt64LE(0);
+  return o === 0n ? 1n : o;
+}
+
+const HANDSHAKE_DROPS: Readonly<Record<string, DropReason>> = { not_link: 'unsealed', bad_type: 'unknown_type', bad_key: 'auth_failed' };
+
+export class LinkDoor {
+  private readonly responder: LinkResponder;
+  private byId = new Map<string, Listed>();
+  private byOrigin = new Map<bigint, Listed>();
+  /** Links seen confirmed (logged once each). */
+  private readonly announced = new WeakSet<Link>();
+  private sequence = 0;
+  private readonly originLong: ReturnType<typeof bigintToLong>;
+  /** Peers the next commit installs (staged by the reload before anything is swapped). */
+  private staged: PeerTable | null = null;
+  /** Frames sealed under links (one per copy for a linked subscriber, and each MEMBERSHIP). */
+  framesSealed = 0;
+  /** The running peers file's fingerprint. */
+  fingerprint = '';
+
+  constructor(
+    identity: Identity,
+    private readonly events: LinkEvents,
+    private readonly maxSkewMs: () => number,
+  ) {
+    this.responder = new LinkResponder(identity, []);
+    this.originLong = bigintToLong(originOf(identity.peer));
+  }
+
+  /** The table the next commit installs: checked already (a bad file never reaches here). */
+  stage(table: PeerTable): void {
+    this.staged = table;
+  }
+
+  /**
+   * Installs the staged peers. A node key no longer listed is revoked: its
+   * links dropped and their keys zeroed (crypto/link-responder.ts), its
+   * subscriptions removed from every channel. Nothing is sealed for it
+   * after this returns. Returns the names revoked.
+   */
+  commit(channels: Iterable<Channel>, nowMs = Date.now()): string[] {
+    const table = this.staged;
+    if (table === null) return [];
+    this.staged = null;
+    this.fingerprint = table.fingerprint;
+    const nodes = table.withRole('node');
+    this.responder.setPeers(
+      nodes.map((p) => p.key),
+      nowMs,
+    );
+    const next = new Map<string, Listed>();
+    for (const p of nodes) next.set(p.key.idHex, { name: p.name, key: p.key, allow: p.allow.length === 0 ? null : new AccessList(p.allow) });
+    const gone: Listed[] = [];
+    for (const [id, l] of this.byId) if (next.get(id)?.key.hex !== l.key.hex) gone.push(l);
+    this.byId = next;
+    this.byOrigin = new Map([...next.values()].map((l) => [originOf(l.key), l] as const));
+    const origins = new Set(gone.map((l) => originOf(l.key)));
+    let removed = 0;
+    if (origins.size > 0) {
+      for (const ch of channels) {
+        for (const e of [...ch.sealed.values()]) {
+          if (e.origin !== null && origins.has(e.origin) && !this.byOrigin.has(e.origin)) {
+            ch.sealed.remove(e.endpoint.text);
+            removed++;
+          }
+        }
+      }
+    }
+    const names = gone.map((l) => l.name);
+    if (names.length > 0) this.events.revoked(names, removed);
+    return names;
+  }
+
+  /** The peers-file name of the identity a linked subscriber belongs to (null: none listed). */
+  nameOf(origin: bigint | null): string | null {
+    return origin === null ? null : (this.byOrigin.get(origin)?.name ?? null);
+  }
+
+  /** Identities with a confirmed link now. */
+  get links(): number {
+    let n = 0;
+    for (const l of this.byId.values()) if (this.responder.linkOf(l.key) !== null) n++;
+    return n;
+  }
+
+  /** Forgets unconfirmed links past their time (the sweep). */
+  expire(nowMs: number): void {
+    this.responder.expire(nowMs);
+  }
+
+  /**
+   * A datagram on a sealed listener: a HELLO is answered (a WELCOME to its
+   * source) and null returned; a link frame that opens is returned as the
+   * envelope it holds, its origin the identity's. Every refusal is counted.
+   */
+  open(ch: Channel, msg: Buffer, from: Source, reply: Reply, nowMs = Date.now()): Envelope | null {
+    const t = linkTypeOf(msg);
+    if (t === LinkType.Hello) {
+      this.hello(ch, msg, from, reply, nowMs);
+      return null;
+    }
+    if (typeof t === 'string' || t !== LinkType.LinkData) return this.drop(ch, typeof t === 'string' ? t : 'bad_type');
+    const r = this.responder.open(msg, nowMs);
+    if (typeof r === 'string') return this.drop(ch, r);
+    const listed = this.byId.get(r.link.peer.idHex);
+    if (listed === undefined) return this.drop(ch, 'revoked');
+    if (listed.allow !== null && !listed.allow.allows(from.address)) return this.drop(ch, 'not_allowed');
+    const env = decodeEnvelope(r.plain);
+    if (typeof env === 'string') return this.drop(ch, env);
+    if (env.role !== Role.Agent) return this.drop(ch, 'wrong_role');
+    if (Math.abs(nowMs - env.sentAtMs) > this.maxSkewMs()) return this.drop(ch, 'stale');
+    if (!this.announced.has(r.link)) {
+      this.announced.add(r.link);
+      this.events.linked(listed.name, `${from.address}:${from.port}`);
+    }
+    // Every SUBSCRIBE is answered under the link: the agent's sign that its link is alive.
+    if (env.kind === EnvelopeKind.Subscribe) {
+      const m = this.encode({ kind: EnvelopeKind.Membership, channelKey: env.channelKey, memberFrom: 1, receiver: env.address! }, nowMs);
+      reply(Buffer.from(r.link.cipher.seal(m)), from);
+      this.framesSealed++;
+    }
+    return { ...env, origin: originOf(r.link.peer), receiver: '' };
+  }
+
+  private hello(ch: Channel, msg: Buffer, from: Source, reply: Reply, nowMs: number): void {
+    const h = decodeHello(msg);
+    if (typeof h !== 'string') {
+      const listed = this.byId.get(Buffer.from(h.identityId).toString('hex'));
+      if (listed?.allow != null && !listed.allow.allows(from.address)) {
+        this.drop(ch, 'not_allowed');
+        return;
+      }
+    }
+    const r = this.responder.hello(msg, nowMs);
+    if (typeof r === 'string') {
+      this.drop(ch, r);
+      return;
+    }
+    reply(Buffer.from(r.welcome), from);
+  }
+
+  private drop(ch: Channel, reason: string): null {
+    const r = (HANDSHAKE_DROPS[reason] ?? reason) as DropReason;
+    ch.stats.dropped[DropSlot[r] ?? DropSlot.bad_payload]++;
+    return null;
+  }
+
+  private encode(f: { kind: EnvelopeKind; channelKey: string; datagram?: Buffer | null; trace?: SealingInput['trace']; memberFrom?: number; receiver?: string }, nowMs: number): Uint8Array {
+    return encodeEnvelope(
+      { kind: f.kind, channelKey: f.channelKey, sequence: ++this.sequence, sentAtMs: nowMs, role: Role.Repeater, datagram: f.datagram ?? null, trace: f.trace ?? null, address: null, receiver: f.receiver ?? '', ...(f.memberFrom === undefined ? {} : { memberFrom: f.memberFrom }) },
+      this.originLong,
+    );
+  }
+
+  /** A cache datagram's envelope for the linked subscribers of one key: encoded once, sealed per link (sealFor); null when too large. */
+  datagram(channelKey: string, input: SealingInput, nowMs = Date.now()): Uint8Array | null {
+    const plain = this.encode({ kind: EnvelopeKind.CacheDatagram, channelKey, datagram: input.content, trace: input.trace }, nowMs);
+    return plain.length + DATA_OVERHEAD > MAX_UDP_PAYLOAD ? null : plain;
+  }
+
+  /** `plain` sealed under the link of the identity `e` belongs to; null when it has none (not linked, or revoked). */
+  sealFor(e: Subscriber, plain: Uint8Array): Buffer | null {
+    const listed = e.origin === null ? undefined : this.byOrigin.get(e.origin);
+    if (listed === undefined) return null;
+    const link = this.responder.linkOf(listed.key);
+    if (link === null) return null;
+    const out = link.cipher.seal(plain);
+    this.framesSealed++;
+    return Buffer.from(out.buffer, out.byteOffset, out.length);
+  }
+}
