@@ -825,14 +825,19 @@ static socklen_t dest_addr(const uint8_t *d, inet_addr_t *a) {
   return make_addr(d[0], d + 4, d[2] | (d[3] << 8), a);
 }
 
-/* Sends data to destinations [from, to), all on fd. Returns the failures;
- * *full_err is set when the socket's buffer was found full. */
+static size_t send_prepared(send_scratch_t *s, int fd, size_t cnt, int32_t *errs, int *full_err, int32_t *hints,
+                            int32_t *calls);
+
+/* Sends data to destinations [from, to), all on fd, in chunks of SEND_CHUNK
+ * (send_prepared retries what the kernel did not take). Returns the failures;
+ * *full_err is set when the socket's buffer was found full (every copy left
+ * then fails with it, without another system call). */
 static size_t send_run(send_scratch_t *s, int fd, const uint8_t *dests, size_t from, size_t to, struct iovec *iov,
                        int32_t *errs, int *full_err, int32_t *hints) {
   size_t failures = 0;
+  int32_t calls = 0;
   for (size_t base = from; base < to; base += SEND_CHUNK) {
     size_t cnt = to - base < SEND_CHUNK ? to - base : SEND_CHUNK;
-    size_t off = 0, retried = SIZE_MAX;
     for (size_t j = 0; j < cnt; j++) {
       struct msghdr *m = &s->hdrs[j].msg_hdr;
       memset(m, 0, sizeof *m);
@@ -840,32 +845,12 @@ static size_t send_run(send_scratch_t *s, int fd, const uint8_t *dests, size_t f
       m->msg_namelen = dest_addr(dests + (base + j) * DEST_BYTES, &s->names[j]);
       m->msg_iov = iov;
       m->msg_iovlen = 1;
+      s->idx[j] = base + j;
     }
-    while (off < cnt) {
-      int r = sendmmsg(fd, s->hdrs + off, (unsigned int)(cnt - off), MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (r > 0) {
-        for (size_t j = off; j < off + (size_t)r; j++) errs[base + j] = 0;
-        /* A short count: the kernel met an error (often a pending ICMP answer) and did not say which. */
-        if ((size_t)r < cnt - off) (*hints)++;
-        off += (size_t)r;
-        continue;
-      }
-      /* Message off failed (r == 0 cannot happen; taken as a full buffer). */
-      int e = r == 0 ? EAGAIN : errno;
-      if (e == EINTR) continue;
-      if (is_pending_icmp(e) && retried != off) {
-        retried = off;
-        (*hints)++;
-        continue;
-      }
-      if (is_full(e)) {
-        for (size_t j = base + off; j < to; j++) errs[j] = e;
-        *full_err = e;
-        return failures + (to - base - off);
-      }
-      errs[base + off] = e;
-      failures++;
-      off++;
+    failures += send_prepared(s, fd, cnt, errs, full_err, hints, &calls);
+    if (*full_err != 0) {
+      for (size_t j = base + cnt; j < to; j++) errs[j] = *full_err;
+      return failures + (to - base - cnt);
     }
   }
   return failures;
