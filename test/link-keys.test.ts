@@ -12,7 +12,7 @@ import fc from 'fast-check';
 import sodium from 'libsodium-wrappers';
 import { Identity, type PeerKey } from '../src/crypto/identity.js';
 import { LinkInitiator } from '../src/crypto/link-initiator.js';
-import { LinkCipher, PairSecret, readHello, readWelcome, writeHello, writeWelcome } from '../src/crypto/link-keys.js';
+import { LinkCipher, PairSecret, readHello, readWelcome, stageForLinks, writeHello, writeWelcome } from '../src/crypto/link-keys.js';
 import { type Link, LinkResponder } from '../src/crypto/link-responder.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
 import { decodeHello, decodeWelcome, encodeLinkHello, HELLO_CLEAR, HELLO_MIN, receiverLinkOf, WELCOME_BYTES } from '../src/wire/handshake.js';
@@ -111,6 +111,28 @@ describe('the handshake', () => {
     assert.equal(A.agentSide.open(bumped), 'auth_failed');
     assert.equal(typeof A.agentSide.open(again), 'object');
     assert.equal(A.agentSide.open(again), 'replay');
+  });
+
+  test('one plaintext staged once and sealed for several links: each frame opens on its own link only, with the counters of that link', () => {
+    const [a, b, r] = [ident(), ident(), ident()];
+    const repeater = new LinkResponder(r, [a.peer, b.peer]);
+    const A = connect(new LinkInitiator(a, r.peer), repeater);
+    const B = connect(new LinkInitiator(b, r.peer), repeater);
+    const plain = Buffer.from('one datagram for every linked member, 2^32 + 5 counters apart'.repeat(4));
+    // Past 2^32 on A's counter: the header's high word is written too.
+    (A.repeaterSide.cipher as unknown as { counter: number }).counter = 2 ** 32 + 4;
+    const staged = stageForLinks(plain);
+    const toA = A.repeaterSide.cipher.sealStaged(staged);
+    const toB = B.repeaterSide.cipher.sealStaged(staged);
+    assert.equal(new DataView(toA.buffer, toA.byteOffset).getBigUint64(8, true), 2n ** 32n + 5n);
+    assert.deepEqual(Buffer.from((A.agentSide.open(toA) as { plain: Uint8Array }).plain), plain);
+    assert.deepEqual(Buffer.from((B.agentSide.open(toB) as { plain: Uint8Array }).plain), plain);
+    assert.equal(B.agentSide.open(toA), 'unknown_link');
+    // A seal in between takes the scratch: the earlier stage is refused, never sealed as whatever the scratch holds now.
+    const earlier = stageForLinks(plain);
+    const between = A.repeaterSide.cipher.seal(Buffer.from('in between'));
+    assert.throws(() => B.repeaterSide.cipher.sealStaged(earlier), /replaced before it was sealed/);
+    assert.equal(text((A.agentSide.open(between) as { plain: Uint8Array }).plain), 'in between');
   });
 
   test('a HELLO replayed to the same repeater does nothing; after the repeater restarts it yields a link nobody can use', () => {

@@ -35,14 +35,13 @@
 
 import sodium from 'libsodium-wrappers';
 import { ReplayWindow } from '../judge/replay.js';
-import { BoxKey, Secretbox } from './secretbox.js';
+import { BoxKey, Secretbox, type Staged } from './secretbox.js';
 import type { Identity, PeerKey } from './identity.js';
 import { MAC_BYTES, NONCE_BYTES } from '../wire/frame.js';
 import {
   decodeDataHeader,
   dataNonce,
   DATA_HEADER,
-  encodeDataHeader,
   encodeHello,
   encodeWelcome,
   HANDSHAKE_MAC_BYTES,
@@ -50,6 +49,7 @@ import {
   type Hello,
   LinkType,
   type Welcome,
+  writeDataHeader,
 } from '../wire/handshake.js';
 
 const enc = new TextEncoder();
@@ -59,6 +59,11 @@ const ZERO_NONCE = new Uint8Array(NONCE_BYTES);
 /** The raw path's scratch space, one per process (made on first use: it needs sodiumReady()). */
 let box: Secretbox | null = null;
 const scratch = (): Secretbox => (box ??= new Secretbox());
+
+/** Puts one plaintext in the scratch box for LinkCipher.sealStaged on several links (nothing else may seal or open in between). */
+export function stageForLinks(plain: Uint8Array): Staged {
+  return scratch().stage(plain);
+}
 
 function concat(...parts: Uint8Array[]): Uint8Array {
   let n = 0;
@@ -321,12 +326,20 @@ export class LinkCipher {
   private sendKey: BoxKey | null = null;
   constructor(readonly secrets: LinkSecrets) {}
 
-  seal(plain: Uint8Array): Uint8Array {
-    const header = encodeDataHeader({ type: LinkType.LinkData, id: this.secrets.remoteLink, counter: ++this.counter });
-    const out = new Uint8Array(DATA_HEADER + MAC_BYTES + plain.length);
-    out.set(header);
+  seal(plain: Uint8Array): Buffer {
+    return this.sealStaged(scratch().stage(plain));
+  }
+
+  /**
+   * The plaintext stageForLinks() put in the scratch box, sealed as this
+   * link's next frame: one copy of a datagram into the box, then one seal
+   * per link. Throws if anything used the box since.
+   */
+  sealStaged(staged: Staged): Buffer {
+    const out = Buffer.allocUnsafe(DATA_HEADER + MAC_BYTES + staged.length);
+    writeDataHeader(out, { type: LinkType.LinkData, id: this.secrets.remoteLink, counter: ++this.counter });
     this.sendKey ??= new BoxKey(this.secrets.send);
-    scratch().seal(this.sendKey, dataNonce(header), plain, out, DATA_HEADER);
+    scratch().sealStaged(this.sendKey, out.subarray(0, DATA_HEADER), out, DATA_HEADER, staged);
     return out;
   }
 

@@ -121,11 +121,20 @@ export class BoxKey {
   }
 }
 
+/** A plaintext in the scratch space, for Secretbox.sealStaged. */
+export interface Staged {
+  readonly ticket: number;
+  readonly length: number;
+}
+
 /** Scratch space for seal/open; one per process is enough. */
 export class Secretbox {
   private readonly nonce: number;
   private readonly input: number;
   private readonly output: number;
+  /** The plaintext stage() left in the input scratch; any later stage, seal or open replaces the ticket. */
+  private staged: Staged = { ticket: 0, length: -1 };
+  private tickets = 0;
 
   constructor() {
     const l = lib();
@@ -149,20 +158,54 @@ export class Secretbox {
    * (plain.length + 16 bytes) into `out` at `at`.
    */
   seal(key: BoxKey, nonce: Uint8Array, plain: Uint8Array, out: Uint8Array, at: number): void {
-    if (plain.length + MAC_BYTES > SCRATCH) throw new RangeError('plaintext too large to seal');
+    const staged = this.stage(plain);
     const l = lib();
     l.HEAPU8.set(nonce, this.nonce);
-    l.HEAPU8.set(plain, this.input);
-    if (l._crypto_secretbox_easy(this.output, this.input, plain.length, 0, this.nonce, key.pointer) !== 0) {
+    this.sealStagedAt(key, out, at, staged);
+  }
+
+  /**
+   * Copies `plain` into the scratch space once, for any number of
+   * sealStaged() calls under different keys (one datagram to many links).
+   * Any stage(), seal() or open() in between takes the scratch: the ticket
+   * returned here is then refused.
+   */
+  stage(plain: Uint8Array): Staged {
+    if (plain.length + MAC_BYTES > SCRATCH) throw new RangeError('plaintext too large to seal');
+    lib().HEAPU8.set(plain, this.input);
+    this.staged = { ticket: ++this.tickets, length: plain.length };
+    return this.staged;
+  }
+
+  /**
+   * Seals the staged plaintext under `key`, with the nonce `prefix` (16
+   * bytes, a frame header) followed by 8 zero bytes, writing MAC +
+   * ciphertext into `out` at `at`. Throws when `staged` is not what the
+   * scratch holds now.
+   */
+  sealStaged(key: BoxKey, prefix: Uint8Array, out: Uint8Array, at: number, staged: Staged): void {
+    if (prefix.length !== NONCE_BYTES - 8) throw new RangeError('a staged nonce prefix is 16 bytes');
+    const heap = lib().HEAPU8;
+    heap.set(prefix, this.nonce);
+    heap.fill(0, this.nonce + NONCE_BYTES - 8, this.nonce + NONCE_BYTES);
+    this.sealStagedAt(key, out, at, staged);
+  }
+
+  private sealStagedAt(key: BoxKey, out: Uint8Array, at: number, staged: Staged): void {
+    if (staged.ticket !== this.staged.ticket) throw new Error('the staged plaintext was replaced before it was sealed');
+    const n = staged.length;
+    const l = lib();
+    // The input scratch stays as staged: crypto_secretbox_easy writes only the output.
+    if (l._crypto_secretbox_easy(this.output, this.input, n, 0, this.nonce, key.pointer) !== 0) {
       throw new Error('crypto_secretbox_easy failed');
     }
-    const heap = l.HEAPU8;
-    out.set(heap.subarray(this.output, this.output + plain.length + MAC_BYTES), at);
+    out.set(l.HEAPU8.subarray(this.output, this.output + n + MAC_BYTES), at);
   }
 
   /** Opens `boxed` (MAC + ciphertext); null when it is not authentic. */
   open(key: BoxKey, nonce: Uint8Array, boxed: Uint8Array): Buffer | null {
     if (boxed.length < MAC_BYTES || boxed.length > SCRATCH) return null;
+    this.staged = { ticket: ++this.tickets, length: -1 };
     const l = lib();
     l.HEAPU8.set(nonce, this.nonce);
     l.HEAPU8.set(boxed, this.input);

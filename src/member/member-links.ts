@@ -169,8 +169,7 @@ export class MemberLinks {
       this.originLong,
     );
     if (plain.length + DATA_OVERHEAD > MAX_UDP_PAYLOAD) return null;
-    const out = cipher.seal(plain);
-    return Buffer.from(out.buffer, out.byteOffset, out.length);
+    return cipher.seal(plain);
   }
 
   /** A link frame from `r`: its envelope once it opened under the link and passed the checks, else why not. */

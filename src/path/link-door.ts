@@ -23,6 +23,8 @@
 import { DropSlot, type DropReason } from '../base/stats.js';
 import type { PeerTable } from '../config/peers-file.js';
 import type { Identity, PeerKey } from '../crypto/identity.js';
+import { stageForLinks } from '../crypto/link-keys.js';
+import type { Staged } from '../crypto/secretbox.js';
 import { type Link, LinkResponder } from '../crypto/link-responder.js';
 import { AccessList } from '../judge/access-list.js';
 import type { Source } from '../net/io.js';
@@ -167,7 +169,7 @@ export class LinkDoor {
     // Every SUBSCRIBE is answered under the link: the agent's sign that its link is alive.
     if (env.kind === EnvelopeKind.Subscribe) {
       const m = this.encode({ kind: EnvelopeKind.Membership, channelKey: env.channelKey, memberFrom: 1, receiver: env.address! }, nowMs);
-      reply(Buffer.from(r.link.cipher.seal(m)), from);
+      reply(r.link.cipher.seal(m), from);
       this.framesSealed++;
     }
     return { ...env, origin: originOf(r.link.peer), receiver: '' };
@@ -211,12 +213,25 @@ export class LinkDoor {
 
   /** `plain` sealed under the link of the identity `e` belongs to; null when it has none (not linked, or revoked). */
   sealFor(e: Subscriber, plain: Uint8Array): Buffer | null {
+    return this.sealStagedFor(e, stageForLinks(plain));
+  }
+
+  /**
+   * One plaintext for several links (OutDoor.live): copied into the sealing
+   * scratch once by stagePlain(), then sealed per member by sealStagedFor()
+   * in the same synchronous run (any other seal or open in between discards it).
+   */
+  stagePlain(plain: Uint8Array): Staged {
+    return stageForLinks(plain);
+  }
+
+  /** The staged plaintext sealed under `e`'s link; null when it has none. */
+  sealStagedFor(e: Subscriber, staged: Staged): Buffer | null {
     const listed = e.origin === null ? undefined : this.byOrigin.get(e.origin);
     if (listed === undefined) return null;
     const link = this.responder.linkOf(listed.key);
     if (link === null) return null;
-    const out = link.cipher.seal(plain);
     this.framesSealed++;
-    return Buffer.from(out.buffer, out.byteOffset, out.length);
+    return link.cipher.sealStaged(staged);
   }
 }

@@ -226,9 +226,10 @@ export class OutDoor {
       st.dropped[DropSlot.sealed_too_large]++;
       return;
     }
+    const staged = links.stagePlain(plain);
     for (const m of members) {
       if (m.origin === origin && origin !== null) continue;
-      const frame = links.sealFor(m, plain);
+      const frame = links.sealStagedFor(m, staged);
       if (frame === null) continue;
       let group = this.single.get(m.outlet);
       if (group === undefined) this.single.set(m.outlet, (group = this.fanout.group([m.outlet])));

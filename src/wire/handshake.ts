@@ -188,13 +188,26 @@ export function decodeWelcome(buf: Uint8Array): Welcome | HandshakeError {
 
 /** The 16 header bytes of a link or group frame. */
 export function encodeDataHeader(h: DataHeader): Uint8Array {
-  if (h.id === 0 || h.counter < 1 || !Number.isSafeInteger(h.counter)) throw new RangeError('frame: id 0 or counter out of range');
   const out = new Uint8Array(DATA_HEADER);
-  writeHead(out, h.type);
-  const v = view(out);
-  v.setUint32(4, h.id >>> 0, true);
-  v.setBigUint64(8, BigInt(h.counter), true);
+  writeDataHeader(out, h);
   return out;
+}
+
+/** Writes the 16 header bytes of a link or group frame at the start of `out` (no allocation: the sealing loop's form). */
+export function writeDataHeader(out: Uint8Array, h: DataHeader): void {
+  if (h.id === 0 || h.counter < 1 || !Number.isSafeInteger(h.counter)) throw new RangeError('frame: id 0 or counter out of range');
+  writeHead(out, h.type);
+  out[4] = h.id & 0xff;
+  out[5] = (h.id >>> 8) & 0xff;
+  out[6] = (h.id >>> 16) & 0xff;
+  out[7] = (h.id >>> 24) & 0xff;
+  // A safe integer: the low 32 bits and the high 21, little-endian, without a BigInt per frame.
+  const lo = h.counter % 0x1_0000_0000;
+  const hi = (h.counter - lo) / 0x1_0000_0000;
+  for (let i = 0; i < 4; i++) {
+    out[8 + i] = (lo >>> (8 * i)) & 0xff;
+    out[12 + i] = (hi >>> (8 * i)) & 0xff;
+  }
 }
 
 export function decodeDataHeader(buf: Uint8Array): DataHeader | HandshakeError {
