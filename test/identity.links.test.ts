@@ -5,7 +5,6 @@
 // the test.
 
 import assert from 'node:assert/strict';
-import { createSocket, type Socket } from 'node:dgram';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,6 +14,7 @@ import { encodeCacheSet } from '../src/wire/cache.js';
 import { agent, httpGet, type Running, serve, Tap } from './helpers/attack.js';
 import { runCli } from './helpers/daemon.js';
 import { eventually, freePort, type Receiver } from './helpers/net.js';
+import { linkFrames, Relay } from './helpers/relay.js';
 import { Scope } from './helpers/scope.js';
 
 const scope = new Scope();
@@ -70,45 +70,6 @@ async function linkedAgent(f: Fleet, id: { file: string }, node: Receiver, more:
   return Object.assign(a, { local, peers });
 }
 
-/** Both directions between one agent and its repeater, a copy of each datagram kept (the repeater answers the source: this relay). */
-class Relay {
-  readonly toRepeater: Buffer[] = [];
-  readonly toAgent: Buffer[] = [];
-  private agentPort = 0;
-  private constructor(
-    private readonly s: Socket,
-    target: number,
-  ) {
-    s.on('message', (m, r) => {
-      if (this.agentPort === 0) this.agentPort = r.port;
-      if (r.port === this.agentPort) {
-        this.toRepeater.push(m);
-        s.send(m, target, '127.0.0.1');
-      } else {
-        this.toAgent.push(m);
-        s.send(m, this.agentPort, '127.0.0.1');
-      }
-    });
-  }
-
-  static open(target: number): Promise<Relay> {
-    return new Promise((resolve) => {
-      const s = createSocket('udp4');
-      s.bind(0, '127.0.0.1', () => resolve(new Relay(s, target)));
-    });
-  }
-
-  get port(): number {
-    return this.s.address().port;
-  }
-
-  close(): void {
-    this.s.close();
-  }
-}
-
-/** Link frames (version 3, type 3) of a capture. */
-const linkFrames = (c: readonly Buffer[]) => c.filter((b) => b.length > 32 && b[0] === 0x75 && b[1] === 0x72 && b[2] === 3 && b[3] === 3);
 
 const agentDropped = async (a: Running, reason: string) => (await a.metrics()).value('udprepeater_agent_datagrams_dropped_total', { reason });
 
