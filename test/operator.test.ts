@@ -5,7 +5,7 @@
 // option, keygen into a missing folder, a metrics port already in use.
 
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createSocket } from 'node:dgram';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -241,5 +241,23 @@ describe('misconfigurations said, not only counted', () => {
     await other.send(encodeCacheSet(Buffer.from('x'), Buffer.from('v'), 0), port);
     await waitHintLine(repeater, 'not_allowed', { source: '127.0.0.4' });
     assert.equal(hintLines(repeater, 'not_allowed', { source: '127.0.0.3' }).length, 1);
+  });
+});
+
+describe('a receive buffer the kernel caps', () => {
+  test('asking for more than net.core.rmem_max is said, with what the socket got; asking for less is not', async () => {
+    const rmemMax = Number(readFileSync('/proc/sys/net/core/rmem_max', 'utf8'));
+    // Linux reports twice what it grants: asked 1.5x the cap, it reports 2x the cap, more than was asked.
+    const over = Math.floor(rmemMax * 1.5);
+    const capped = await Daemon.serve(['--listen', '127.0.0.1:0', '--recv-buffer', String(over), '--metrics', 'off', '--log-level', 'debug']);
+    daemons.push(capped);
+    const warned = await capped.log.waitFor('receive buffer smaller than asked: raise net.core.rmem_max');
+    assert.equal(warned['asked'], over);
+    assert.equal(warned['got'], rmemMax);
+    const under = Math.floor(rmemMax / 2);
+    const fine = await Daemon.serve(['--listen', '127.0.0.1:0', '--recv-buffer', String(under), '--metrics', 'off', '--log-level', 'debug']);
+    daemons.push(fine);
+    await fine.log.waitFor('listening');
+    assert.equal(fine.log.matching('receive buffer smaller than asked: raise net.core.rmem_max').length, 0);
   });
 });

@@ -72,9 +72,10 @@ export class Listeners {
       this.open.set(lc.endpoint.text, l);
       const recvBuffer = l.listener.recvBuffer;
       this.log.info('listening', { address: lc.endpoint.text, bound: l.listener.bound, channel: lc.channel, sealed: lc.sealed, backend: this.backend, recvBuffer });
-      // Linux reports twice the size it was asked for; less than that means rmem_max capped it.
-      if (next.recvBuffer > 0 && recvBuffer < next.recvBuffer) {
-        this.log.warn('receive buffer smaller than asked: raise net.core.rmem_max', { address: lc.endpoint.text, asked: next.recvBuffer, got: recvBuffer });
+      // Linux reports twice the size it was asked for (its bookkeeping share);
+      // less than twice means rmem_max capped it. `got` is what data can use.
+      if (next.recvBuffer > 0 && recvBuffer < 2 * next.recvBuffer) {
+        this.log.warn('receive buffer smaller than asked: raise net.core.rmem_max', { address: lc.endpoint.text, asked: next.recvBuffer, got: Math.floor(recvBuffer / 2) });
       }
     }
   }
