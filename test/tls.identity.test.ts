@@ -59,7 +59,7 @@ describe('Node.js servers share TLS sessions through a repeater by identity', { 
     const rid = await identity();
     repeaterPub = rid.pub;
     // One identity per cache: two caches of one identity would take each other's link.
-    for (const name of ['t12-a', 't12-b', 'witness', 'as-node', 'rev-a', 'rev-b', 'rev-c']) caches.push({ name, id: await identity() });
+    for (const name of ['t12-a', 't12-b', 'witness', 'as-node', 'rev-a', 'rev-b', 'rev-c', 'reload', 'reload-witness']) caches.push({ name, id: await identity() });
     repeaterPeers = peersFile(caches.map((c) => `${c.id.pub} ${c.name}`));
     port = await freePort();
     repeater = await serve(['--listen-sealed', `127.0.0.1:${port},channel=ssl,key=ssl,tickets`, '--identity', rid.file, '--peers', repeaterPeers, '--state-dir', fresh('state'), '--no-warm-join']);
@@ -122,6 +122,32 @@ describe('Node.js servers share TLS sessions through a repeater by identity', { 
     assert.deepEqual(asNode.ticketKeys(), []);
     assert.equal(asNode.stats.applied, 0);
     assert.equal(repeater.d.log.matching('subscribed', { address: asNode.address }).length, 0, 'it subscribed: it linked to a key listed as role=node');
+  });
+
+  test('reloadPeers: a bad file is refused (file and line) and the link kept; the repeater\'s line removed, its link drops and nothing more is taken', async () => {
+    const peers = trusting('repeater');
+    const c = await cacheOf('reload', peers);
+    const witness = await cacheOf('reload-witness');
+    await Promise.all([subscribed(c), untilTicketKey(c), untilTicketKey(witness)]);
+    const s = track(await httpsServer(cert, c, { tickets: false }));
+    const w = track(await httpsServer(cert, witness, { tickets: false }));
+    writeFileSync(peers, `${repeaterPub} repeater-a role=king\n`);
+    assert.throws(() => c.reloadPeers(), (e) => e instanceof ConfigError && e.message.includes(`${peers}:1`));
+    const s0 = await sClient(w.port, { version: '1.2', noTicket: true });
+    await untilApplied(c, Buffer.from(s0.sessionId, 'hex'));
+
+    writeFileSync(peers, '# no repeater\n');
+    c.reloadPeers();
+    const before = (await repeater.metrics()).value('udprepeater_datagrams_forwarded_total');
+    const s1 = await sClient(w.port, { version: '1.2', noTicket: true });
+    // The repeater still sends to the subscriber (until its tolerance); the cache no longer opens it.
+    await eventually('the copy to the cache sent', async () => ((await repeater.metrics()).value('udprepeater_datagrams_forwarded_total') > before ? true : undefined));
+    await eventually('the frame refused', () => ((c.stats.dropped['unknown_link'] ?? 0) > 0 ? true : undefined));
+    assert.equal(c.get(Buffer.from(s1.sessionId, 'hex')), undefined, 'a session came through after the repeater\'s line was removed');
+    // What its own server makes now goes nowhere: no link to seal it under.
+    const failed = c.stats.publishFailed;
+    await sClient(s.port, { version: '1.2', noTicket: true });
+    assert.equal(c.stats.publishFailed, failed + 1, 'the cache published without a link to a repeater');
   });
 
   test('revoking a cache\'s identity (its line removed, SIGHUP) stops its sync both ways; the others go on', async () => {
