@@ -18,7 +18,8 @@
 //   current link, and none once the identity is revoked (commit).
 // - Live datagrams are sealed per link (docs/PROTOCOL.md, "What runs now:
 //   per-link sealing"): one envelope encoding per channel key, one seal per
-//   subscriber.
+//   subscriber. So are a ticket channel's keys (link-tickets.ts): only ever
+//   under a member's own link key, never anything a node could seal.
 
 import { DropSlot, type DropReason } from '../base/stats.js';
 import type { PeerTable } from '../config/peers-file.js';
