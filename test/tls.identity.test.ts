@@ -7,7 +7,8 @@
 // Skipped loudly without openssl (required under CI).
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer as createTlsServer } from 'node:tls';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, describe, test } from 'node:test';
@@ -84,6 +85,8 @@ describe('Node.js servers share TLS sessions through a repeater by identity', { 
     const [ka, kb] = await Promise.all([untilTicketKey(ca), untilTicketKey(cb)]);
     assert.equal(ka, kb, 'both servers encrypt with the same fleet key');
     const outsider = track(await httpsServer(cert, null));
+    // Sessions come only from an authenticated repeater: a server asking for client certificates may share them.
+    ca.attach(createTlsServer({ cert: readFileSync(cert.cert), key: readFileSync(cert.key), requestCert: true, rejectUnauthorized: false }))();
 
     // Session ids: stored on A, published over A's link, delivered over B's.
     const a = track(await httpsServer(cert, ca, { tickets: false }));
