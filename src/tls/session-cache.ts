@@ -257,7 +257,7 @@ export class SessionCache extends EventEmitter {
     if (sessions && this.sealed === null && this.linked === null && (server as { requestCert?: boolean }).requestCert === true && options.plainWithClientCertificates !== true) {
       throw new Error(
         'this server asks for client certificates, and this cache is on a plain channel: anyone who can send as the repeater could plant a session carrying any client identity. ' +
-          'Join a sealed listener (keyFiles), or attach with { sessions: false } or { plainWithClientCertificates: true }',
+          'Join a sealed listener (keyFiles, or identity and peers), or attach with { sessions: false } or { plainWithClientCertificates: true }',
       );
     }
     const onNew = (id: Buffer, data: Buffer, done: () => void) => {
