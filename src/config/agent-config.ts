@@ -66,7 +66,6 @@ export function buildAgentConfig(raw: RawOptions): AgentConfig {
   const advertiseText = str(raw, 'advertise');
   const advertise = advertiseText === undefined ? null : endpointOption('advertise', advertiseText).text;
   if (common.keyFiles.length === 0 && common.identity === null) throw new ConfigError('agent needs at least one --key-file (or a --key-dir), or --identity and --peers', 'key-file');
-  if (common.identity !== null && str(raw, 'ticket-key-dir') !== undefined) throw new ConfigError('--ticket-key-dir with --identity is not built yet: ticket keys travel under the shared key', 'ticket-key-dir');
   const tickets = ticketFiles(raw);
   if (deliver === null && tickets === null) throw new ConfigError('agent needs --deliver (or, on a host without a node, --ticket-key-dir: ticket keys only)', 'deliver');
   return {

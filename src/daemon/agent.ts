@@ -16,13 +16,7 @@ import type { Backend } from '../net/io.js';
 import { Role } from '../wire/envelope.js';
 import { registerHaproxyMetrics } from './haproxy-metrics.js';
 import { IdentityFiles } from './identity-files.js';
-import { MemberLinks, type RepeaterPeer } from '../member/member-links.js';
-import type { PeerTable } from '../config/peers-file.js';
-
-/** The repeaters an agent trusts: its peers file's role=repeater lines. */
-function repeatersOf(table: PeerTable): RepeaterPeer[] {
-  return table.withRole('repeater').map((p) => ({ name: p.name, key: p.key, allow: p.allow }));
-}
+import { MemberLinks } from '../member/member-links.js';
 
 export interface AgentHandle {
   readonly agent: Agent;
@@ -46,7 +40,7 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
   const s = session ?? new SecureSession(Role.Agent);
   const files = new IdentityFiles(log);
   const table = files.read(config);
-  const links = table === null ? null : new MemberLinks(files.identity!, repeatersOf(table));
+  const links = table === null ? null : new MemberLinks(files.identity!, table.list());
   const agent = await Agent.start(config, log, s, backend, links);
   logKeyRing(log, agent, config);
   const register = newRegistry();
@@ -111,7 +105,7 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
         const cfg = next();
         const peers = files.read(cfg);
         await agent.apply(cfg);
-        if (peers !== null) links?.setPeers(repeatersOf(peers));
+        if (peers !== null) links?.setPeers(peers.list());
         logKeyRing(log, agent, cfg);
         log.configure(cfg.logLevel, cfg.logFormat);
       }),

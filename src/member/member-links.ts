@@ -5,7 +5,10 @@
 // Invariants:
 // - A repeater is trusted only by a key the peers file lists with
 //   role=repeater (narrowed by its allow= to the repeater's address when
-//   given): a WELCOME that opens under none of them makes no link.
+//   given): a WELCOME that opens under none of them makes no link. A
+//   role=node line is never a candidate (trustedRepeaters): no HELLO is
+//   made for it, so a node key can never become a link, nor speak as a
+//   repeater over one (membership, ticket keys).
 // - Nothing from a repeater is believed before it opened under the current
 //   link's receive key and passed its counter window; a frame of another
 //   link (another agent's, or from before a restart of either side) does not
@@ -36,6 +39,16 @@ export interface RepeaterPeer {
   readonly allow: readonly string[];
 }
 
+/** A line of the member's peers file (config/peers-file.ts Peer), as far as the member reads it. */
+export interface ListedPeer extends RepeaterPeer {
+  readonly role: 'node' | 'repeater';
+}
+
+/** The repeaters a member may link to: the role=repeater lines, and only those. */
+export function trustedRepeaters(listed: readonly ListedPeer[]): RepeaterPeer[] {
+  return listed.filter((p) => p.role === 'repeater').map((p) => ({ name: p.name, key: p.key, allow: p.allow }));
+}
+
 interface RepeaterState {
   /** One handshake per candidate key (the keys whose allow= admits this repeater's address). */
   initiators: Array<{ peer: RepeaterPeer; init: LinkInitiator }>;
@@ -63,16 +76,17 @@ export class MemberLinks {
 
   constructor(
     private readonly identity: Identity,
-    peers: readonly RepeaterPeer[],
+    listed: readonly ListedPeer[],
   ) {
-    this.peers = peers;
+    this.peers = trustedRepeaters(listed);
     let o = randomBytes(8).readBigUInt64LE(0);
     if (o === 0n) o = 1n;
     this.originLong = bigintToLong(o);
   }
 
-  /** A reload: repeaters whose key is no longer listed lose their link and handshakes at once. */
-  setPeers(peers: readonly RepeaterPeer[]): void {
+  /** A reload: repeaters whose key is no longer listed as a repeater lose their link and handshakes at once. */
+  setPeers(listed: readonly ListedPeer[]): void {
+    const peers = trustedRepeaters(listed);
     this.peers = peers;
     const keys = new Set(peers.map((p) => p.key.hex));
     for (const st of this.states.values()) {

@@ -18,7 +18,8 @@
 //   current link, and none once the identity is revoked (commit).
 // - Live datagrams are sealed per link (docs/PROTOCOL.md, "What runs now:
 //   per-link sealing"): one envelope encoding per channel key, one seal per
-//   subscriber.
+//   subscriber. So are a ticket channel's keys (link-tickets.ts): only ever
+//   under a member's own link key, never anything a node could seal.
 
 import { DropSlot, type DropReason } from '../base/stats.js';
 import type { PeerTable } from '../config/peers-file.js';
@@ -31,6 +32,7 @@ import type { Source } from '../net/io.js';
 import { bigintToLong, decodeEnvelope, encodeEnvelope, type Envelope, EnvelopeKind, Role } from '../wire/envelope.js';
 import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
 import { DATA_OVERHEAD, decodeHello, linkTypeOf, LinkType } from '../wire/handshake.js';
+import type { TicketKey } from '../wire/ticket-codec.js';
 import type { Channel, SealingInput, Subscriber } from './channel.js';
 
 /** Where a handshake answer or a control frame goes: the source the agent sent from (its one port). */
@@ -198,11 +200,33 @@ export class LinkDoor {
     return null;
   }
 
-  private encode(f: { kind: EnvelopeKind; channelKey: string; datagram?: Buffer | null; trace?: SealingInput['trace']; memberFrom?: number; receiver?: string }, nowMs: number): Uint8Array {
+  private encode(f: { kind: EnvelopeKind; channelKey: string; datagram?: Buffer | null; trace?: SealingInput['trace']; memberFrom?: number; receiver?: string; tickets?: readonly TicketKey[] }, nowMs: number): Uint8Array {
     return encodeEnvelope(
-      { kind: f.kind, channelKey: f.channelKey, sequence: ++this.sequence, sentAtMs: nowMs, role: Role.Repeater, datagram: f.datagram ?? null, trace: f.trace ?? null, address: null, receiver: f.receiver ?? '', ...(f.memberFrom === undefined ? {} : { memberFrom: f.memberFrom }) },
+      {
+        kind: f.kind,
+        channelKey: f.channelKey,
+        sequence: ++this.sequence,
+        sentAtMs: nowMs,
+        role: Role.Repeater,
+        datagram: f.datagram ?? null,
+        trace: f.trace ?? null,
+        address: null,
+        receiver: f.receiver ?? '',
+        ...(f.memberFrom === undefined ? {} : { memberFrom: f.memberFrom }),
+        ...(f.tickets === undefined ? {} : { tickets: f.tickets }),
+      },
       this.originLong,
     );
+  }
+
+  /**
+   * The fleet's ticket keys for the linked members of one key: encoded once,
+   * sealed per link (sealFor), that is under each member's k_ri alone, a key
+   * no node holds but the member itself. Null when too large.
+   */
+  tickets(channelKey: string, keys: readonly TicketKey[], nowMs = Date.now()): Uint8Array | null {
+    const plain = this.encode({ kind: EnvelopeKind.TicketKeys, channelKey, tickets: keys }, nowMs);
+    return plain.length + DATA_OVERHEAD > MAX_UDP_PAYLOAD ? null : plain;
   }
 
   /** A cache datagram's envelope for the linked subscribers of one key: encoded once, sealed per link (sealFor); null when too large. */

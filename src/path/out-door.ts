@@ -30,6 +30,7 @@ import type { TraceFields } from '../wire/trace.js';
 import type { Channel, SealingInput, Subscriber } from './channel.js';
 import type { DataSeal } from './data-seal.js';
 import type { LinkDoor } from './link-door.js';
+import { linkedTickets } from './link-tickets.js';
 
 /** What the out door reads of the running configuration (path-config.ts). */
 export interface OutSettings {
@@ -195,10 +196,13 @@ export class OutDoor {
   /**
    * The fleet's ticket keys to the sealed subscribers of `ch` this repeater
    * serves, sealed once per channel key; to `e` alone when given, sealed for
-   * it. Suspended subscribers are skipped. Returns the copies sent.
+   * it; in identity mode each copy under its member's link. Suspended
+   * subscribers are skipped. Returns the copies sent.
    */
   tickets(ch: Channel, keys: readonly TicketKey[], e: Subscriber | null = null): number {
-    const seal = this.settings().seal;
+    const { seal, links } = this.settings();
+    // Identity mode: under each member's link key alone (link-tickets.ts).
+    if (links !== null) return linkedTickets(ch, keys, e, links, (m, frame) => this.one(m, frame));
     if (seal === null) return 0;
     if (e !== null) {
       if (e.form !== 'sealed' || !e.owned || e.suspendedUntil !== 0) return 0;

@@ -7,12 +7,15 @@
 //   repeater      -> cache sets and deletes into the local store;
 //                    (sealed only) the fleet's ticket keys -> setTicketKeys
 //
-// Two ways in, like a node: plain (uWSGI cache datagrams to the repeater's
-// plain listener and a subscribe2 announce naming our socket) or sealed
-// (frames to a sealed listener, exactly like an agent). Joining the channel
-// (the socket, the announces, the sealed intake with its receiver and
-// membership checks) is the agent's own code: member/channel-member.ts.
-// Ticket keys only ever arrive sealed.
+// Three ways in, like a node: plain (uWSGI cache datagrams to the repeater's
+// plain listener and a subscribe2 announce naming our socket), sealed
+// (frames to a sealed listener under the shared key, exactly like an agent)
+// or by identity (a link to a repeater identity of the peers file, like
+// `agent --identity --peers`: identity-links.ts). Joining the channel (the
+// socket, the announces, the sealed intake with its receiver and
+// membership checks, the links) is the agent's own code:
+// member/channel-member.ts. Ticket keys only ever arrive sealed; by
+// identity, only under a link with a role=repeater identity.
 //
 // Invariants:
 // - Nothing from the network is believed before it authenticated (sealed:
@@ -39,6 +42,7 @@ import { decodeCacheUpdate, encodeCacheSet } from '../wire/cache.js';
 import { EnvelopeKind, Role } from '../wire/envelope.js';
 import type { TicketKey } from '../wire/ticket-codec.js';
 import { sessionProtocol, TLS1_3 } from '../wire/tls-session.js';
+import { type CacheLinks, identityLinks } from './identity-links.js';
 import { SessionStore } from './store.js';
 
 /** uWSGI's largest cache key (its `keysize` default); TLS session ids are at most 32 bytes. */
@@ -51,6 +55,10 @@ export interface SessionCacheOptions {
   readonly channelKey?: string;
   /** Sealed mode: secretbox key files, as for `udprepeater agent --key-file` (first seals, all open). */
   readonly keyFiles?: readonly string[];
+  /** Identity mode (with `peers`, without `keyFiles`): this cache's identity file, as for `udprepeater agent --identity`. */
+  readonly identity?: string;
+  /** Identity mode: the peers file; only its role=repeater lines are linked to and believed. */
+  readonly peers?: string;
   /** Local address of the socket that talks to the repeater. Default: any address, any port. */
   readonly bind?: string;
   /** Where the repeater should send. Default: this host's address on the route to it, and the port of bind. */
@@ -137,6 +145,7 @@ export class SessionCache extends EventEmitter {
   private constructor(
     private readonly opts: Required<Pick<SessionCacheOptions, 'sessionTimeout' | 'subscribeInterval' | 'maxSkew'>>,
     private readonly sealed: MemberSeal | null,
+    private readonly linked: CacheLinks | null,
     private readonly log: Logger,
     channelKey: string,
     limits: { maxEntries: number; maxBytes: number },
@@ -172,11 +181,12 @@ export class SessionCache extends EventEmitter {
     const advertise = options.advertise === undefined ? null : endpoint('advertise', options.advertise).text;
     const log = options.logger ?? new Logger('warn', 'json');
     let sealed: MemberSeal | null = null;
-    if (options.keyFiles !== undefined && options.keyFiles.length > 0) {
+    const linked = await identityLinks(options, log);
+    if (linked === null && options.keyFiles !== undefined && options.keyFiles.length > 0) {
       await sodiumReady();
       sealed = { session: new SecureSession(Role.Agent), ring: KeyRing.load(options.keyFiles) };
     }
-    const c = new SessionCache({ sessionTimeout, subscribeInterval, maxSkew }, sealed, log, channelKey, { maxEntries, maxBytes });
+    const c = new SessionCache({ sessionTimeout, subscribeInterval, maxSkew }, sealed, linked, log, channelKey, { maxEntries, maxBytes });
     const member = { repeaters: [repeater], bind, advertise, channelKey, maxSkewMs: maxSkew * 1000, maxDatagram: ANY_SIZE, subscribeIntervalMs: subscribeInterval * 1000, port: { recvBuffer, sendBuffer: 0, sendQueue: SEND_QUEUE } };
     try {
       const events: MemberEvents = {
@@ -189,7 +199,7 @@ export class SessionCache extends EventEmitter {
         drop: (reason) => c.drop(reason),
         announced: () => c.stats.announces++,
       };
-      c.member = await ChannelMember.open(member, sealed, events, log);
+      c.member = await ChannelMember.open(member, sealed, events, log, linked?.links ?? null);
       try {
         await c.member.announceAndWait(EnvelopeKind.Subscribe);
       } catch (err) {
@@ -198,12 +208,13 @@ export class SessionCache extends EventEmitter {
       }
     } catch (err) {
       sealed?.ring.destroy();
+      linked?.links.destroy();
       throw err instanceof ConfigError ? err : new ConfigError(`session cache: cannot join ${repeater.text}: ${describe(err)}`);
     }
     c.member.start();
     c.sweepTimer = setInterval(() => c.store.sweep(Date.now()), 30_000);
     c.sweepTimer.unref();
-    log.info('session cache joined the repeater', { repeater: repeater.text, advertise: c.address, channelKey, sealed: sealed !== null });
+    log.info('session cache joined the repeater', { repeater: repeater.text, advertise: c.address, channelKey, sealed: sealed !== null || linked !== null, identity: linked !== null });
     return c;
   }
 
@@ -243,10 +254,10 @@ export class SessionCache extends EventEmitter {
     const sessions = options.sessions !== false;
     const tickets = options.tickets !== false;
     // tls.Server keeps its requestCert option as a property (Node's _tls_wrap.js).
-    if (sessions && this.sealed === null && (server as { requestCert?: boolean }).requestCert === true && options.plainWithClientCertificates !== true) {
+    if (sessions && this.sealed === null && this.linked === null && (server as { requestCert?: boolean }).requestCert === true && options.plainWithClientCertificates !== true) {
       throw new Error(
         'this server asks for client certificates, and this cache is on a plain channel: anyone who can send as the repeater could plant a session carrying any client identity. ' +
-          'Join a sealed listener (keyFiles), or attach with { sessions: false } or { plainWithClientCertificates: true }',
+          'Join a sealed listener (keyFiles, or identity and peers), or attach with { sessions: false } or { plainWithClientCertificates: true }',
       );
     }
     const onNew = (id: Buffer, data: Buffer, done: () => void) => {
@@ -376,6 +387,12 @@ export class SessionCache extends EventEmitter {
     const k = nodeTicketKey(enc);
     server.setTicketKeys(k);
     k.fill(0);
+  }
+
+  /** Identity mode: reads the peers file again (a repeater no longer listed as one loses its link); throws a ConfigError to refuse it. */
+  reloadPeers(): void {
+    if (this.linked === null) throw new ConfigError('this session cache has no identity: reloadPeers needs the identity and peers options');
+    this.linked.reload();
   }
 
   /** Says goodbye to the repeater (unsubscribe), detaches every server and forgets everything. */
