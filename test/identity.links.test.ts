@@ -14,7 +14,7 @@ import { encodeCacheSet } from '../src/wire/cache.js';
 import { agent, httpGet, type Running, serve, Tap } from './helpers/attack.js';
 import { runCli } from './helpers/daemon.js';
 import { eventually, freePort, type Receiver } from './helpers/net.js';
-import { linkFrames, Relay } from './helpers/relay.js';
+import { groupFrames, linkFrames, Relay } from './helpers/relay.js';
 import { Scope } from './helpers/scope.js';
 
 const scope = new Scope();
@@ -183,14 +183,18 @@ describe('identity mode: revocation and restarts', () => {
     console.log(JSON.stringify({ sent: total, remainingGot: bKeys.size, revokedGot: rTimes.length, revokedLastAfterReloadMs: lastR === null ? null : lastR.at - reloadAt, reloadToFirstRefusedMs: refusedAt - reloadAt, revokedRefused: (await r.metrics()).dropped('revoked') }));
     assert.deepEqual(late, [], 'the revoked node got updates sent more than 1 s after the reload');
 
-    // What the repeater sealed for B after the reload, given to the revoked agent (which still holds its own link keys): nothing opens.
-    const forB = linkFrames(tapB.captured.slice(capturedBefore));
-    assert.ok(forB.length > 20, `captured ${forB.length} frames for B after the reload`);
+    // What the repeater sealed for B after the reload (under B's link until B took the new group key, then
+    // under that key), given to the revoked agent, which still holds its own link keys and the old group key: nothing opens.
+    const after = tapB.captured.slice(capturedBefore);
+    const forB = [...linkFrames(after), ...groupFrames(after)];
+    assert.ok(groupFrames(after).length > 20, `captured ${groupFrames(after).length} group frames for B after the reload`);
     const seen = nr.received.length;
-    const refusedBefore = await agentDropped(rev, 'unknown_link');
+    // (`replay`: a group frame sealed under the old key just before the reload, captured just after, which the revoked agent had.)
+    const refusedNow = async () => (await agentDropped(rev, 'unknown_link')) + (await agentDropped(rev, 'unknown_key')) + (await agentDropped(rev, 'replay'));
+    const refusedBefore = await refusedNow();
     const attacker = track(await Tap.open(rBind));
     for (const m of forB) await attacker.replay(m);
-    await eventually('the revoked agent refused them', async () => ((await agentDropped(rev, 'unknown_link')) >= refusedBefore + forB.length ? true : undefined));
+    await eventually('the revoked agent refused them', async () => ((await refusedNow()) >= refusedBefore + forB.length ? true : undefined));
     assert.equal(nr.received.length, seen, 'a frame sealed for B after the reload opened with the revoked node\'s keys');
     // Its re-subscription stays refused: no sealed subscriber but B, named by its identity.
     const subs = JSON.parse((await httpGet(r.metricsPort, '/subscribers')).body) as Array<{ form: string; address: string; identity?: string }>;
@@ -335,11 +339,13 @@ describe('identity mode: the agent\'s peers file', () => {
     peersFile(['# nobody'], b.peers);
     b.d.signal('SIGHUP');
     await b.d.log.waitFor('config reloaded');
-    const before = await agentDropped(b, 'unknown_link');
+    // Its live datagrams come as group frames under a key the agent dropped with the link (unknown_key), or under the dropped link (unknown_link).
+    const refusedFrames = async () => (await agentDropped(b, 'unknown_link')) + (await agentDropped(b, 'unknown_key'));
+    const before = await refusedFrames();
     await sender.send(set('after'), a.local);
-    await eventually('its frames refused', async () => ((await agentDropped(b, 'unknown_link')) > before ? true : undefined));
+    await eventually('its frames refused', async () => ((await refusedFrames()) > before ? true : undefined));
     await sender.send(set('after2'), a.local);
-    await eventually('its frames refused', async () => ((await agentDropped(b, 'unknown_link')) > before + 1 ? true : undefined));
+    await eventually('its frames refused', async () => ((await refusedFrames()) > before + 1 ? true : undefined));
     assert.deepEqual(nb.received.map(keyOf), ['kept'], 'an update from the repeater no longer trusted was delivered');
   });
 });

@@ -35,7 +35,7 @@
 
 import sodium from 'libsodium-wrappers';
 import { ReplayWindow } from '../judge/replay.js';
-import { BoxKey, Secretbox, type Staged } from './secretbox.js';
+import { BoxKey, scratchBox, type Staged } from './secretbox.js';
 import type { Identity, PeerKey } from './identity.js';
 import { MAC_BYTES, NONCE_BYTES } from '../wire/frame.js';
 import {
@@ -57,8 +57,7 @@ const PROTOCOL = enc.encode('udprepeater link v1');
 const MAC_LABEL = enc.encode('udprepeater link v1 mac');
 const ZERO_NONCE = new Uint8Array(NONCE_BYTES);
 /** The raw path's scratch space, one per process (made on first use: it needs sodiumReady()). */
-let box: Secretbox | null = null;
-const scratch = (): Secretbox => (box ??= new Secretbox());
+const scratch = scratchBox;
 
 /** Puts one plaintext in the scratch box for LinkCipher.sealStaged on several links (nothing else may seal or open in between). */
 export function stageForLinks(plain: Uint8Array): Staged {

@@ -214,3 +214,13 @@ export class Secretbox {
     return Buffer.from(l.HEAPU8.subarray(this.output, this.output + n));
   }
 }
+
+let shared: Secretbox | null = null;
+
+/**
+ * The process's one sealing scratch: a plaintext staged for several links
+ * and group keys (Secretbox.stage) must be sealed in the box it was staged in.
+ */
+export function scratchBox(): Secretbox {
+  return (shared ??= new Secretbox());
+}

@@ -163,6 +163,10 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   counterFrom(register, 'udprepeater_sealed_frames_total', 'Secure mode: frames sealed (once per datagram and subscriber key; with --identity once per datagram and linked subscriber)', [], () => [
     [{}, (session()?.framesSealed ?? 0) + (repeater.path.config.links?.framesSealed ?? 0)],
   ]);
+  counterFrom(register, 'udprepeater_group_frames_total', 'Identity mode: group frames sealed (one per live datagram and channel key, for every member holding its group key)', [], () => [
+    [{}, repeater.path.config.links?.groupFramesSealed ?? 0],
+  ]);
+  gaugeFrom(register, 'udprepeater_group_keys', 'Identity mode: channel group keys in use (replaced all at once by a revocation)', [], () => [[{}, repeater.path.config.links?.groups.size ?? 0]]);
   registerListenerKernelMetrics(register, () => repeater.listenerSockets());
   registerWarmMetrics(register, repeater);
   counterFrom(register, 'udprepeater_state_saves_total', 'Registry state files written (--state-dir), by result', ['result'], () => [

@@ -267,7 +267,16 @@ export class ChannelMember {
   /** A link frame or WELCOME from `link`'s repeater: the envelope it holds, or null (taken or counted). */
   private openLinked(link: MemberLink, msg: Buffer): Envelope | null {
     const links = this.linkKeys!;
-    if (linkTypeOf(msg) === LinkType.Welcome) {
+    const type = linkTypeOf(msg);
+    if (type === LinkType.GroupData) {
+      const env = links.openGroup(link.repeater, msg, this.cfg.maxSkewMs);
+      if (typeof env === 'string') {
+        this.events.drop(env);
+        return null;
+      }
+      return env;
+    }
+    if (type === LinkType.Welcome) {
       const made = links.welcome(link.repeater, msg);
       if (made !== true) {
         this.events.drop(made);
@@ -364,6 +373,10 @@ export class ChannelMember {
     }
     if (env.kind === EnvelopeKind.Membership) {
       if (this.linkKeys === null) link.me.raise(env.origin, env.memberFrom!);
+    } else if (env.kind === EnvelopeKind.GroupKey && this.linkKeys !== null) {
+      // Only under this repeater's link (a group frame carries cache datagrams only): acknowledged under the link.
+      const ack = this.linkKeys.takeGroupKey(link.repeater, env);
+      if (ack !== null && this.port.send(ack, link.repeater)) link.sent++;
     } else if (env.kind === EnvelopeKind.TicketKeys && ev.tickets(env.tickets!)) {
       // taken
     } else if (env.kind !== EnvelopeKind.CacheDatagram) {

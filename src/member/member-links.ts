@@ -25,8 +25,9 @@ import type { Identity, PeerKey } from '../crypto/identity.js';
 import { LinkInitiator } from '../crypto/link-initiator.js';
 import type { LinkCipher } from '../crypto/link-keys.js';
 import { AccessList } from '../judge/access-list.js';
+import { MemberGroups } from './member-groups.js';
 import type { Endpoint } from '../wire/address.js';
-import { bigintToLong, decodeEnvelope, encodeEnvelope, type Envelope, type EnvelopeKind, Role } from '../wire/envelope.js';
+import { bigintToLong, decodeEnvelope, encodeEnvelope, type Envelope, EnvelopeKind, type GroupKeyAckFields, Role } from '../wire/envelope.js';
 import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
 import { DATA_OVERHEAD } from '../wire/handshake.js';
 import type { TraceFields } from '../wire/trace.js';
@@ -72,6 +73,8 @@ export class MemberLinks {
   private readonly originLong: ReturnType<typeof bigintToLong>;
   private sequence = 0;
   private readonly states = new Map<string, RepeaterState>();
+  /** The group keys each linked repeater handed over (member-groups.ts). */
+  private readonly groups = new MemberGroups();
   private peers: readonly RepeaterPeer[];
 
   constructor(
@@ -102,6 +105,7 @@ export class MemberLinks {
         st.peer = null;
       }
     }
+    for (const [text, st] of this.states) if (st.cipher === null) this.groups.forget(text);
     // Candidates are chosen again at the next handshake.
     for (const [text, st] of this.states) {
       if (st.cipher !== null) continue;
@@ -168,6 +172,7 @@ export class MemberLinks {
       st.cipher = done.cipher;
       st.peer = i.peer.name;
       st.linkedAt = nowMs;
+      this.groups.relinked(r.text);
       for (const other of st.initiators) if (other !== i) other.init.abandon();
       return true;
     }
@@ -175,11 +180,22 @@ export class MemberLinks {
   }
 
   /** An envelope sealed under `r`'s link; null without a link (or too large). */
-  seal(r: Endpoint, f: { kind: EnvelopeKind; channelKey: string; datagram?: Buffer | null; trace?: TraceFields | null; address?: string | null }, nowMs = Date.now()): Buffer | null {
+  seal(r: Endpoint, f: { kind: EnvelopeKind; channelKey: string; datagram?: Buffer | null; trace?: TraceFields | null; address?: string | null; groupKeyAck?: GroupKeyAckFields }, nowMs = Date.now()): Buffer | null {
     const cipher = this.states.get(r.text)?.cipher ?? null;
     if (cipher === null) return null;
     const plain = encodeEnvelope(
-      { kind: f.kind, channelKey: f.channelKey, sequence: ++this.sequence, sentAtMs: nowMs, role: Role.Agent, datagram: f.datagram ?? null, trace: f.trace ?? null, address: f.address ?? null, receiver: r.text },
+      {
+        kind: f.kind,
+        channelKey: f.channelKey,
+        sequence: ++this.sequence,
+        sentAtMs: nowMs,
+        role: Role.Agent,
+        datagram: f.datagram ?? null,
+        trace: f.trace ?? null,
+        address: f.address ?? null,
+        receiver: r.text,
+        ...(f.groupKeyAck === undefined ? {} : { groupKeyAck: f.groupKeyAck }),
+      },
       this.originLong,
     );
     if (plain.length + DATA_OVERHEAD > MAX_UDP_PAYLOAD) return null;
@@ -200,7 +216,35 @@ export class MemberLinks {
     return env;
   }
 
+  /**
+   * A GROUP_KEY that opened under `r`'s link: the acknowledgement to send
+   * back under the link, or null (an older key than the one held).
+   */
+  takeGroupKey(r: Endpoint, env: Envelope, nowMs = Date.now()): Buffer | null {
+    const g = env.groupKey!;
+    if (this.states.get(r.text)?.cipher == null) return null;
+    if (this.groups.take(r.text, g, nowMs) === 'stale') return null;
+    return this.seal(r, { kind: EnvelopeKind.GroupKeyAck, channelKey: env.channelKey, groupKeyAck: { keyId: g.keyId, epoch: g.epoch } }, nowMs);
+  }
+
+  /** A group frame from `r`: its envelope once it opened under a key `r` handed over and passed the checks (a cache datagram only), else why not. */
+  openGroup(r: Endpoint, msg: Uint8Array, maxSkewMs: number, nowMs = Date.now()): Envelope | DropReason {
+    const st = this.states.get(r.text);
+    if (st === undefined || st.cipher === null) return 'unknown_key';
+    const plain = this.groups.open(r.text, msg, nowMs);
+    if (typeof plain === 'string') return linkDrop(plain);
+    const env = decodeEnvelope(plain);
+    if (typeof env === 'string') return env;
+    if (env.role !== Role.Repeater) return 'wrong_role';
+    // Under a group key only live datagrams: everything else for a member comes under its own link.
+    if (env.kind !== EnvelopeKind.CacheDatagram) return 'unknown_command';
+    if (Math.abs(nowMs - env.sentAtMs) > maxSkewMs) return 'stale';
+    st.answeredAt = nowMs;
+    return env;
+  }
+
   destroy(): void {
+    this.groups.destroy();
     for (const st of this.states.values()) {
       st.cipher?.destroy();
       for (const i of st.initiators) i.init.destroy();

@@ -16,10 +16,11 @@
 // - A linked subscriber is the identity's: its entry carries the identity's
 //   origin (originOf), so every copy for it is sealed under that identity's
 //   current link, and none once the identity is revoked (commit).
-// - Live datagrams are sealed per link (docs/PROTOCOL.md, "What runs now:
-//   per-link sealing"): one envelope encoding per channel key, one seal per
-//   subscriber. So are a ticket channel's keys (link-tickets.ts): only ever
-//   under a member's own link key, never anything a node could seal.
+// - Live datagrams are sealed once per channel key under its group key for
+//   the members that acknowledged it, and under the member's own link key
+//   for the others (group-keys.ts, out-door.ts). Everything else for one
+//   member (MEMBERSHIP, GROUP_KEY, ticket keys: link-tickets.ts) only ever
+//   under that member's link key, never anything a node could seal.
 
 import { DropSlot, type DropReason } from '../base/stats.js';
 import type { PeerTable } from '../config/peers-file.js';
@@ -29,11 +30,12 @@ import type { Staged } from '../crypto/secretbox.js';
 import { type Link, LinkResponder } from '../crypto/link-responder.js';
 import { AccessList } from '../judge/access-list.js';
 import type { Source } from '../net/io.js';
-import { bigintToLong, decodeEnvelope, encodeEnvelope, type Envelope, EnvelopeKind, Role } from '../wire/envelope.js';
+import { bigintToLong, decodeEnvelope, encodeEnvelope, type Envelope, EnvelopeKind, type GroupKeyFields, Role } from '../wire/envelope.js';
 import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
 import { DATA_OVERHEAD, decodeHello, linkTypeOf, LinkType } from '../wire/handshake.js';
 import type { TicketKey } from '../wire/ticket-codec.js';
 import type { Channel, SealingInput, Subscriber } from './channel.js';
+import { GroupKeys } from './group-keys.js';
 
 /** Where a handshake answer or a control frame goes: the source the agent sent from (its one port). */
 export type Reply = (frame: Buffer, to: Source) => void;
@@ -64,12 +66,16 @@ export class LinkDoor {
   private byOrigin = new Map<bigint, Listed>();
   /** Links seen confirmed (logged once each). */
   private readonly announced = new WeakSet<Link>();
+  /** The channels' group keys and which links hold them (group-keys.ts). */
+  readonly groups = new GroupKeys();
   private sequence = 0;
   private readonly originLong: ReturnType<typeof bigintToLong>;
   /** Peers the next commit installs (staged by the reload before anything is swapped). */
   private staged: PeerTable | null = null;
-  /** Frames sealed under links (one per copy for a linked subscriber, and each MEMBERSHIP). */
+  /** Frames sealed under links (one per copy for a linked subscriber not holding the group key, each MEMBERSHIP and GROUP_KEY). */
   framesSealed = 0;
+  /** Group frames sealed (one per live datagram per channel key whose group key someone holds). */
+  groupFramesSealed = 0;
   /** The running peers file's fingerprint. */
   fingerprint = '';
 
@@ -122,6 +128,9 @@ export class LinkDoor {
       }
     }
     const names = gone.map((l) => l.name);
+    // A revocation replaces every group key before the reload returns (group-keys.ts).
+    if (names.length > 0) this.groups.rotate();
+    else this.groups.linksChanged();
     if (names.length > 0) this.events.revoked(names, removed);
     return names;
   }
@@ -166,13 +175,22 @@ export class LinkDoor {
     if (Math.abs(nowMs - env.sentAtMs) > this.maxSkewMs()) return this.drop(ch, 'stale');
     if (!this.announced.has(r.link)) {
       this.announced.add(r.link);
+      this.groups.linksChanged();
       this.events.linked(listed.name, `${from.address}:${from.port}`);
     }
-    // Every SUBSCRIBE is answered under the link: the agent's sign that its link is alive.
+    // The member holds the group key it names: from now on it gets group frames.
+    if (env.kind === EnvelopeKind.GroupKeyAck) {
+      this.groups.ack(r.link, env.channelKey, env.groupKeyAck!);
+      return null;
+    }
+    // Every SUBSCRIBE is answered under the link: the agent's sign that its link is alive;
+    // with the channel's group key until the member acknowledged it.
     if (env.kind === EnvelopeKind.Subscribe) {
       const m = this.encode({ kind: EnvelopeKind.Membership, channelKey: env.channelKey, memberFrom: 1, receiver: env.address! }, nowMs);
       reply(r.link.cipher.seal(m), from);
       this.framesSealed++;
+      const g = ch.key === null || ch.key === env.channelKey ? this.groupKeyFor(r.link, env.channelKey, nowMs) : null;
+      if (g !== null) reply(g, from);
     }
     return { ...env, origin: originOf(r.link.peer), receiver: '' };
   }
@@ -200,7 +218,7 @@ export class LinkDoor {
     return null;
   }
 
-  private encode(f: { kind: EnvelopeKind; channelKey: string; datagram?: Buffer | null; trace?: SealingInput['trace']; memberFrom?: number; receiver?: string; tickets?: readonly TicketKey[] }, nowMs: number): Uint8Array {
+  private encode(f: { kind: EnvelopeKind; channelKey: string; datagram?: Buffer | null; trace?: SealingInput['trace']; memberFrom?: number; receiver?: string; tickets?: readonly TicketKey[]; groupKey?: GroupKeyFields }, nowMs: number): Uint8Array {
     return encodeEnvelope(
       {
         kind: f.kind,
@@ -214,6 +232,7 @@ export class LinkDoor {
         receiver: f.receiver ?? '',
         ...(f.memberFrom === undefined ? {} : { memberFrom: f.memberFrom }),
         ...(f.tickets === undefined ? {} : { tickets: f.tickets }),
+        ...(f.groupKey === undefined ? {} : { groupKey: f.groupKey }),
       },
       this.originLong,
     );
@@ -251,11 +270,23 @@ export class LinkDoor {
 
   /** The staged plaintext sealed under `e`'s link; null when it has none. */
   sealStagedFor(e: Subscriber, staged: Staged): Buffer | null {
-    const listed = e.origin === null ? undefined : this.byOrigin.get(e.origin);
-    if (listed === undefined) return null;
-    const link = this.responder.linkOf(listed.key);
+    const link = this.linkOf(e);
     if (link === null) return null;
     this.framesSealed++;
     return link.cipher.sealStaged(staged);
+  }
+
+  /** The confirmed link of the identity `e` belongs to; null when none (not linked, or revoked). */
+  linkOf(e: Subscriber): Link | null {
+    const listed = e.origin === null ? undefined : this.byOrigin.get(e.origin);
+    return listed === undefined ? null : this.responder.linkOf(listed.key);
+  }
+
+  /** A GROUP_KEY for `link` (channel key `channelKey`), sealed under the link; null when it holds the current key already. */
+  groupKeyFor(link: Link, channelKey: string, nowMs = Date.now()): Buffer | null {
+    const groupKey = this.groups.offer(link, channelKey);
+    if (groupKey === null) return null;
+    this.framesSealed++;
+    return link.cipher.seal(this.encode({ kind: EnvelopeKind.GroupKey, channelKey, groupKey }, nowMs));
   }
 }

@@ -27,8 +27,9 @@ import { type CacheShape, forwardForm, inspectCacheUpdate, newShape } from '../w
 import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
 import type { TicketKey } from '../wire/ticket-codec.js';
 import type { TraceFields } from '../wire/trace.js';
-import type { Channel, SealingInput, Subscriber } from './channel.js';
+import type { Channel, KeyGroup, SealingInput, Subscriber } from './channel.js';
 import type { DataSeal } from './data-seal.js';
+import { GroupSplits } from './group-split.js';
 import type { LinkDoor } from './link-door.js';
 import { linkedTickets } from './link-tickets.js';
 
@@ -59,6 +60,8 @@ export class OutDoor {
   private readonly warmResult: WarmSent = { bytes: 0, sent: false };
   /** One-outlet groups of linked subscribers (each copy is sealed for one link). */
   private readonly single = new WeakMap<Outlet, OutletGroup>();
+  /** Identity mode: the group-key holders and the others, per key group (made on first use). */
+  private splits: GroupSplits | null = null;
   /** Outlets for handshake answers, by address; bounded (the oldest closed first). */
   private readonly replies = new Map<string, Outlet>();
 
@@ -116,7 +119,7 @@ export class OutDoor {
       for (const g of keys) {
         any = true;
         if (links !== null) {
-          this.perLink(ch, g.key, g.members, sealing!, origin, links);
+          this.perLink(ch, g, sealing!, origin, links);
           continue;
         }
         const group = ch.groupFor(g, origin);
@@ -218,29 +221,64 @@ export class OutDoor {
   }
 
   /**
-   * Identity mode: one datagram to the linked members of one key, each
-   * sealed under its own link (the envelope encoded once); a member with no
-   * link now (not confirmed yet, or revoked) gets nothing.
+   * Identity mode: one datagram to the linked members of one key (the
+   * envelope encoded once and staged once): one group frame to those holding
+   * the channel key's group key, and a copy under its own link to each other
+   * linked member (group-split.ts); a member with no link now gets nothing.
    */
-  private perLink(ch: Channel, key: string, members: readonly Subscriber[], sealing: SealingInput, origin: bigint | null, links: LinkDoor): void {
+  private perLink(ch: Channel, g: KeyGroup, sealing: SealingInput, origin: bigint | null, links: LinkDoor): void {
     const st = ch.stats;
     const t = this.tally;
-    const plain = links.datagram(key, sealing);
+    const plain = links.datagram(g.key, sealing);
     if (plain === null) {
       st.dropped[DropSlot.sealed_too_large]++;
       return;
     }
+    const split = (this.splits ??= new GroupSplits(this.fanout)).of(g, origin, links);
     const staged = links.stagePlain(plain);
-    for (const m of members) {
-      if (m.origin === origin && origin !== null) continue;
-      const frame = links.sealStagedFor(m, staged);
-      if (frame === null) continue;
-      let group = this.single.get(m.outlet);
-      if (group === undefined) this.single.set(m.outlet, (group = this.fanout.group([m.outlet])));
+    if (split.holders !== null) {
+      const frame = split.cipher!.sealStaged(staged);
+      links.groupFramesSealed++;
       const before = t.sent;
-      group.send(frame, true, t, ch);
+      split.holders.send(frame, true, t, ch);
       st.bytesForwarded += (t.sent - before) * frame.length;
     }
+    for (const m of split.rest) {
+      const frame = links.sealStagedFor(m, staged);
+      if (frame === null) continue;
+      const before = t.sent;
+      this.singleOf(m).send(frame, true, t, ch);
+      st.bytesForwarded += (t.sent - before) * frame.length;
+    }
+  }
+
+  /**
+   * Identity mode, after a revocation replaced the group keys: each linked
+   * member of `channels` is sent the new key of its channel key under its
+   * own link at once (not at its next SUBSCRIBE), so it stops accepting
+   * frames under the old key, which the revoked node holds, as soon as it
+   * can. Returns the frames sent.
+   */
+  groupKeys(channels: Iterable<Channel>): number {
+    const links = this.settings().links;
+    if (links === null) return 0;
+    let sent = 0;
+    for (const ch of channels) {
+      for (const g of ch.keyGroups()) {
+        for (const m of g.members) {
+          const link = links.linkOf(m);
+          const frame = link === null ? null : links.groupKeyFor(link, g.key);
+          if (frame !== null && this.one(m, frame)) sent++;
+        }
+      }
+    }
+    return sent;
+  }
+
+  private singleOf(m: Subscriber): OutletGroup {
+    let group = this.single.get(m.outlet);
+    if (group === undefined) this.single.set(m.outlet, (group = this.fanout.group([m.outlet])));
+    return group;
   }
 
   /** A handshake answer or a link control frame to the source it answers (link-door.ts Reply). */

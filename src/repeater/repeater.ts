@@ -256,7 +256,8 @@ export class Repeater {
         live: { enabled: next.warm.enabled, maxBytes: next.warm.maxBytes },
       }),
     );
-    links?.commit(this.channelMap.values());
+    // A revocation replaced the group keys: every remaining member gets its new one now.
+    if ((links?.commit(this.channelMap.values()).length ?? 0) > 0) this.path.inBatch(() => this.path.out.groupKeys(this.channelMap.values()));
     this.applyTickets(next, savedTickets);
     applyStatics(next, this.channelMap.values(), this.log);
     this.evictInvalid();

@@ -19,6 +19,27 @@ export enum EnvelopeKind {
   TicketKeys = 5,
   /** Repeater to one subscriber: the sequence from which it receives that repeater's group frames. */
   Membership = 6,
+  /** Identity mode, repeater to one member under its link: the channel's group key. */
+  GroupKey = 7,
+  /** Identity mode, member to repeater under its link: the group key it holds. */
+  GroupKeyAck = 8,
+}
+
+/** A channel's group key as a GROUP_KEY hands it over (proto GroupKey). */
+export interface GroupKeyFields {
+  readonly keyId: number;
+  readonly key: Uint8Array;
+  /** Per channel and repeater start, from 1, one more on each replacement. */
+  readonly epoch: number;
+  /** A replacement: the key it replaces (0: none) and that key's first counter never sealed. */
+  readonly replacesKeyId: number;
+  readonly replacesUntilCounter: number;
+}
+
+/** What a GROUP_KEY_ACK says the member holds. */
+export interface GroupKeyAckFields {
+  readonly keyId: number;
+  readonly epoch: number;
 }
 
 /** Who sealed a frame (proto Role). */
@@ -48,6 +69,10 @@ export interface Envelope {
   readonly receiver: string;
   /** MEMBERSHIP: the first sequence of the origin's group frames the receiver is a member for. */
   readonly memberFrom?: number;
+  /** GROUP_KEY: the key. */
+  readonly groupKey?: GroupKeyFields;
+  /** GROUP_KEY_ACK: the key held. */
+  readonly groupKeyAck?: GroupKeyAckFields;
 }
 
 /** What encodeEnvelope takes: an Envelope without origin (given pre-converted), receiver optional. */
@@ -72,6 +97,11 @@ export function encodeEnvelope(e: EnvelopeFields, originLong: unknown): Uint8Arr
   if (e.tickets != null) msg['tickets'] = ticketsToProto(e.tickets);
   if (e.receiver !== undefined && e.receiver.length > 0) msg['receiver'] = e.receiver;
   if (e.memberFrom !== undefined) msg['memberFrom'] = e.memberFrom;
+  if (e.groupKey !== undefined) {
+    const g = e.groupKey;
+    msg['groupKey'] = { channelKey: e.channelKey, keyId: g.keyId, key: g.key, epoch: g.epoch, replacesKeyId: g.replacesKeyId, replacesUntilCounter: g.replacesUntilCounter };
+  }
+  if (e.groupKeyAck !== undefined) msg['groupKeyAck'] = { channelKey: e.channelKey, keyId: e.groupKeyAck.keyId, epoch: e.groupKeyAck.epoch };
   return EnvelopeType.encode(msg).finish();
 }
 
@@ -136,6 +166,25 @@ export function decodeEnvelope(buf: Uint8Array): Envelope | 'bad_payload' {
     const memberFrom = longToNumber(m['memberFrom'] as LongLike);
     if (role !== Role.Repeater || receiver.length === 0 || channelKey.length === 0 || memberFrom < 1 || !Number.isSafeInteger(memberFrom)) return 'bad_payload';
     return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: null, trace: null, address: null, receiver, memberFrom };
+  }
+  if (kind === EnvelopeKind.GroupKey) {
+    // Only a repeater hands out group keys, for the channel the envelope names.
+    const g = m['groupKey'] as { channelKey?: string; keyId?: number; key?: Uint8Array; epoch?: LongLike; replacesKeyId?: number; replacesUntilCounter?: LongLike } | null | undefined;
+    if (role !== Role.Repeater || g == null || channelKey.length === 0 || g.channelKey !== channelKey) return 'bad_payload';
+    const keyId = (g.keyId ?? 0) >>> 0;
+    const epoch = longToNumber(g.epoch);
+    const until = longToNumber(g.replacesUntilCounter);
+    if (keyId === 0 || g.key == null || g.key.length !== 32 || epoch < 1 || !Number.isSafeInteger(epoch) || !Number.isSafeInteger(until) || until < 0) return 'bad_payload';
+    const groupKey = { keyId, key: Uint8Array.from(g.key), epoch, replacesKeyId: (g.replacesKeyId ?? 0) >>> 0, replacesUntilCounter: until };
+    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: null, trace: null, address: null, receiver, groupKey };
+  }
+  if (kind === EnvelopeKind.GroupKeyAck) {
+    const a = m['groupKeyAck'] as { channelKey?: string; keyId?: number; epoch?: LongLike } | null | undefined;
+    if (role !== Role.Agent || a == null || channelKey.length === 0 || a.channelKey !== channelKey) return 'bad_payload';
+    const keyId = (a.keyId ?? 0) >>> 0;
+    const epoch = longToNumber(a.epoch);
+    if (keyId === 0 || epoch < 1 || !Number.isSafeInteger(epoch)) return 'bad_payload';
+    return { kind, channelKey, origin, sequence, sentAtMs, role, datagram: null, trace: null, address: null, receiver, groupKeyAck: { keyId, epoch } };
   }
   return 'bad_payload';
 }

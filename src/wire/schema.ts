@@ -37,6 +37,12 @@ message Envelope {
     // sealed for others. Sent only to subscribers whose subscription named
     // its receiver (they know this kind).
     MEMBERSHIP = 6;
+    // Identity mode, repeater to one member under its link key: the
+    // channel's group key, in \`group_key\` (docs/PROTOCOL.md, "Group keys and revocation").
+    GROUP_KEY = 7;
+    // Identity mode, member to repeater under its link key: it holds the
+    // group key named in \`group_key_ack\`.
+    GROUP_KEY_ACK = 8;
   }
   Kind kind = 1;
   // The channel's subscription key (uWSGI's \`key\`, e.g. the cache name).
@@ -74,6 +80,10 @@ message Envelope {
   // MEMBERSHIP: the first sequence of this origin's group frames the
   // receiver is a member for (from 1).
   uint64 member_from = 13;
+  // GROUP_KEY: the key (only ever under the member's own link key).
+  GroupKey group_key = 14;
+  // GROUP_KEY_ACK: which key the member holds now.
+  GroupKeyAck group_key_ack = 15;
 }
 
 // The fleet's rotating TLS session-ticket keys (docs/PROTOCOL.md, "Ticket keys").

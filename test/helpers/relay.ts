@@ -42,3 +42,6 @@ class Relay {
 
 /** Link frames (version 3, type 3) of a capture. */
 export const linkFrames = (c: readonly Buffer[]) => c.filter((b) => b.length > 32 && b[0] === 0x75 && b[1] === 0x72 && b[2] === 3 && b[3] === 3);
+
+/** Group frames (version 3, type 4: one seal for every member holding a channel's group key) of a capture. */
+export const groupFrames = (c: readonly Buffer[]) => c.filter((b) => b.length > 32 && b[0] === 0x75 && b[1] === 0x72 && b[2] === 3 && b[3] === 4);
