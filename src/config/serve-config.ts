@@ -195,7 +195,6 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
     if (out !== undefined) throw new ConfigError(`--to ${out.endpoint.text},sealed: a sealed static output needs the shared key; with --identity every sealed subscriber links itself`, 'to');
     const tl = all.find((l) => l.tickets);
     if (tl !== undefined) throw new ConfigError(`--listen-sealed ${tl.endpoint.text},tickets: ticket keys over identity links are not built yet; use the shared key for a ticket channel`, 'listen-sealed');
-    if (list(raw, 'cluster').length > 0) throw new ConfigError('--identity with --cluster is not built yet: a cluster uses the shared key', 'identity');
   } else if (needsKeys && keyFiles.length === 0) throw new ConfigError('sealed listeners and sealed --to outputs need at least one --key-file (or a --key-dir), or --identity and --peers');
 
   const ifaceText = str(raw, 'multicast-interface') ?? null;
