@@ -13,6 +13,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { identityIdOf, parsePublicKey } from '../../src/crypto/identity.js';
 import { encodeCacheSet } from '../../src/wire/cache.js';
 import { encodeSubscription } from '../../src/wire/subscription.js';
 import { httpGet, type Running, serve } from '../helpers/attack.js';
@@ -29,6 +30,7 @@ const scope = new Scope();
 const { sender } = scope;
 const WAIT = 10_000;
 const CLUSTER = 'idb';
+const FETCH_OVER = 'cluster: live state fetch over; warm joins start';
 const dir = mkdtempSync(join(tmpdir(), 'udprepeater-idbus-'));
 const set = (k: string, v = `value of ${k}`) => encodeCacheSet(Buffer.from(k), Buffer.from(v), 0);
 const keyOf = (d: Buffer) => {
@@ -83,7 +85,7 @@ describe('the cluster bus by identity: only role=repeater keys speak', { skip, t
     for (const r of reps) await r.r.stop();
   });
 
-  async function start(i: number): Promise<Rep> {
+  async function start(i: number, waitFetch = true): Promise<Rep> {
     const id = ids3[i]!;
     const [port, sp] = [await freePort(), await freePort()];
     const peers = peersFile(join(dir, `${id.name}-peers`), fleet);
@@ -96,6 +98,8 @@ describe('the cluster bus by identity: only role=repeater keys speak', { skip, t
     ]);
     const rep = { name: id.name, r, port, peers };
     reps.push(rep);
+    // Held until its fetch at start is over: a peer still fetching is not ready to be asked.
+    if (waitFetch) await r.d.log.waitFor(FETCH_OVER, {}, { ms: WAIT });
     return rep;
   }
 
@@ -127,7 +131,7 @@ describe('the cluster bus by identity: only role=repeater keys speak', { skip, t
 
     // r3 starts later: it learns the others' keys from their answers to its announcement, and fetches their state.
     const r3 = await start(2);
-    const over = await r3.r.d.log.waitFor('cluster: live state fetch over; warm joins start', {}, { ms: WAIT });
+    const over = await r3.r.d.log.waitFor(FETCH_OVER, {}, { ms: WAIT });
     assert.equal(over['result'], 'complete', JSON.stringify(over));
     const m3 = await r3.r.metrics();
     assert.equal(m3.value('udprepeater_cluster_state_entries_received_total', { outcome: 'set' }), 2, 'the peer sent both live entries');
@@ -206,14 +210,17 @@ describe('the cluster bus by identity: only role=repeater keys speak', { skip, t
     intruder.heartbeat('intruder');
     // Its key, announced again and again so the newcomer hears it too.
     const spam = setInterval(() => void intruder.announce().catch(() => undefined), 200);
-    const again = await start(2);
-    const r3id = BigInt(`0x${(await health(again)).cluster.id}`);
-    // Chunks for the first request of the newcomer's fetch, every 50 ms until it is over.
+    // Chunks for the first request of the newcomer's fetch, every 50 ms from its key announcement (its bus origin) on.
+    const r3IdHex = Buffer.from(identityIdOf(parsePublicKey(ids3[2]!.pub) as Uint8Array)).toString('hex');
+    intruder.origins.delete(r3IdHex);
     const chunks = setInterval(() => {
+      const to = intruder.origins.get(r3IdHex);
+      if (to === undefined) return;
       const entries = [{ type: 'datagram' as const, channel: 'ssl', datagram: set('poison', 'from the node'), trace: null, origin: 0n, opaque: false }];
-      void intruder.publish({ type: 'state_chunk', request: 1, seq: 0, entries, last: true, total: 1, declined: false }, `${CLUSTER}.st.${r3id.toString(16)}`).catch(() => undefined);
+      void intruder.publish({ type: 'state_chunk', request: 1, seq: 0, entries, last: true, total: 1, declined: false }, `${CLUSTER}.st.${to.toString(16)}`).catch(() => undefined);
     }, 50);
-    const over = await again.r.d.log.waitFor('cluster: live state fetch over; warm joins start', {}, { ms: WAIT });
+    const again = await start(2, false);
+    const over = await again.r.d.log.waitFor(FETCH_OVER, {}, { ms: WAIT });
     clearInterval(chunks);
     clearInterval(spam);
     await intruder.close();
