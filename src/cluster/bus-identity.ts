@@ -122,7 +122,7 @@ export class IdentityBusSeal implements BusSealer {
   }
 
   /** Publishes our sending key for every listed repeater. */
-  private announce(): void {
+  announce(): void {
     if (this.host === null) return;
     const payload = writeBusKey(this.identity, this.recipients(), this.sendingKey, this.session.origin, Date.now());
     if (this.host.publish(payload)) this.host.count('published', 'bus_key');
