@@ -32,7 +32,7 @@ import type { Identity } from '../crypto/identity.js';
 import { formatKeyId, keyIdOf, type KeyLookup, type RingKey } from '../crypto/keyring.js';
 import { BoxKey } from '../crypto/secretbox.js';
 import { SecureSession } from '../crypto/session.js';
-import { decodeBusKey, isBusKey } from '../wire/bus-key.js';
+import { decodeBusKey, isBusKey, MAX_RECIPIENTS } from '../wire/bus-key.js';
 import { type Envelope, EnvelopeKind, Role } from '../wire/envelope.js';
 import { frameKeyId } from '../wire/frame.js';
 import type { BusSealer, SealHost } from './bus-seal.js';
@@ -118,7 +118,8 @@ export class IdentityBusSeal implements BusSealer {
 
   /** The repeaters our key goes to: every listed role=repeater identity but us. */
   private recipients() {
-    return this.peers.withRole('repeater').filter((p) => p.key.idHex !== this.identity.peer.idHex).map((p) => p.key);
+    // At most MAX_RECIPIENTS, the first in file order (a cluster tracks 64 peers: cluster/peers.ts).
+    return this.peers.withRole('repeater').filter((p) => p.key.idHex !== this.identity.peer.idHex).slice(0, MAX_RECIPIENTS).map((p) => p.key);
   }
 
   /** Publishes our sending key for every listed repeater. */
