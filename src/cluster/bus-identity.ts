@@ -80,6 +80,7 @@ export class IdentityBusSeal implements BusSealer {
   private pending: NodeJS.Timeout | null = null;
   private periodic: NodeJS.Timeout | null = null;
   private readonly lookup: KeyLookup;
+  private lastSentAtMs = 0;
 
   constructor(
     private readonly identity: Identity,
@@ -125,7 +126,9 @@ export class IdentityBusSeal implements BusSealer {
   /** Publishes our sending key for every listed repeater. */
   announce(): void {
     if (this.host === null) return;
-    const payload = writeBusKey(this.identity, this.recipients(), this.sendingKey, this.session.origin, Date.now());
+    // Strictly increasing: a receiver takes only a newer announcement than the last (a new key within the same ms included).
+    this.lastSentAtMs = Math.max(Date.now(), this.lastSentAtMs + 1);
+    const payload = writeBusKey(this.identity, this.recipients(), this.sendingKey, this.session.origin, this.lastSentAtMs);
     if (this.host.publish(payload)) this.host.count('published', 'bus_key');
   }
 

@@ -233,6 +233,22 @@ describe('the cluster bus by identity: only role=repeater keys speak', { skip, t
     assert.ok((await dropped(again, 'unknown_key')) > 0, 'the node\'s frames were not refused as unknown_key');
   });
 
+  test('a bad peers file at reload is refused and the bus goes on under the running table and keys', async () => {
+    const [r1, r2] = reps as [Rep, Rep];
+    const keys = (await health(r1)).cluster.keys;
+    const rx = await scope.receiver();
+    await subscribe(r1, rx);
+    peersFile(r1.peers, [...fleet, 'not a peers line']);
+    const from = r1.r.d.log.length;
+    r1.r.d.signal('SIGHUP');
+    const refused = await r1.r.d.log.waitFor('reload refused; keeping the running config', {}, { from, ms: WAIT });
+    assert.match(String(refused['error']), /peers/);
+    assert.deepEqual((await health(r1)).cluster.keys, keys, 'the refused reload changed the bus keys');
+    await sender.send(set('after-a-bad-reload'), r2.port);
+    await eventually('after-a-bad-reload at r1\'s subscriber', () => (got(rx, 'after-a-bad-reload') ? true : undefined), WAIT);
+    peersFile(r1.peers, fleet);
+  });
+
   test('a repeater removed from the others\' peers files (SIGHUP) is revoked: its frames are refused as revoked, it is forgotten as a peer, and it cannot read what follows', async () => {
     const [r1, r2, r3] = reps as [Rep, Rep, Rep];
     const r3id = (await health(r3)).cluster.id;
