@@ -56,11 +56,21 @@ describe('serve config', () => {
     ['a cluster channel that is not a subject token', ['--listen', '127.0.0.1:1,channel=a*', '--cluster', 'nats://h:1', '--cluster-insecure'], /a\*/],
     ['a password file without a user', ['--listen', '127.0.0.1:1,channel=c', '--cluster', 'nats://h:1', '--cluster-insecure', '--cluster-password-file', '/etc/hostname'], /needs --cluster-user/],
     ['a cluster TLS certificate without its key', ['--listen', '127.0.0.1:1,channel=c', '--cluster', 'nats://h:1', '--cluster-insecure', '--cluster-tls-cert', '/etc/hostname'], /go together/],
+    ['--identity with --cluster-key-file (the identity bus needs no shared key)', ['--listen-sealed', '127.0.0.1:1,channel=c,key=c', '--identity', '/i', '--peers', '/p', '--cluster', 'nats://h:1', '--cluster-key-file', '/c'], /--cluster-key-file with --identity: the bus is sealed by identity/],
+    ['--identity with --cluster-insecure', ['--listen-sealed', '127.0.0.1:1,channel=c,key=c', '--identity', '/i', '--peers', '/p', '--cluster', 'nats://h:1', '--cluster-insecure'], /--cluster-insecure with --identity/],
     ['an unreadable cluster token file', ['--listen', '127.0.0.1:1,channel=c', '--cluster', 'nats://h:1', '--cluster-insecure', '--cluster-token-file', '/nonexistent/token'], /cluster-token-file \/nonexistent\/token/],
   ];
   for (const [name, args, why] of refusals) {
     test(`refuses ${name}`, () => assert.throws(() => configOf(args), why));
   }
+
+  test('cluster mode by identity: no cluster key, the bus sealed by the peers file', () => {
+    const c = configOf(['--listen-sealed', '127.0.0.1:1,channel=ssl,key=ssl', '--identity', '/i', '--peers', '/p', '--cluster', 'nats://h:1']).cluster;
+    assert.ok(c !== null);
+    assert.equal(c.byIdentity, true);
+    assert.deepEqual(c.keyFiles, []);
+    assert.equal(c.insecure, false);
+  });
 
   test('cluster mode: servers, name, timeouts; standalone without --cluster', () => {
     assert.equal(configOf([]).cluster, null);

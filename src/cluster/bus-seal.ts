@@ -35,7 +35,32 @@ function checkDistinct(clusterFiles: readonly string[], dataFiles: readonly stri
   }
 }
 
-export class BusSeal {
+/** What a sealer with keys of its own to hand out needs from the cluster (bus-identity.ts). */
+export interface SealHost {
+  /** Publishes on the control subject; false while the bus is down. */
+  publish(payload: Uint8Array): boolean;
+  /** Runs `fn` on every (re)connection, before the cluster's heartbeat goes out. */
+  whenConnected(fn: () => void): void;
+  /** Counts a message the sealer published or took itself, or refused (`dropped`). */
+  count(what: 'published' | 'received' | 'dropped', reason: string): void;
+  /** Forgets a peer by its bus origin (a revoked repeater). */
+  forget(origin: bigint): void;
+}
+
+/**
+ * How the cluster seals and opens the bus: the shared ring (BusSeal) or
+ * identities (IdentityBusSeal). `open` returns null for what the sealer
+ * took itself (a key announcement).
+ */
+export interface BusSealer {
+  readonly origin: bigint;
+  seal(message: Uint8Array): Buffer | null;
+  open(frame: Buffer): Envelope | string | null;
+  keyIds(): string[];
+  attach?(host: SealHost): void;
+}
+
+export class BusSeal implements BusSealer {
   private constructor(
     private readonly session: SecureSession,
     private ring: KeyRing,

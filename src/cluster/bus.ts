@@ -66,6 +66,8 @@ export class Bus {
   published = 0;
   disconnects = 0;
   private onChange: ((connected: boolean) => void) | null = null;
+  /** Told of every connection before `onChange` (the identity bus announces its key first). */
+  private readonly connectHooks: Array<() => void> = [];
 
   constructor(
     private readonly cfg: ClusterConfig,
@@ -160,9 +162,16 @@ export class Bus {
     const was = this.connected;
     this.connected = connected;
     this.server = server;
-    if (connected) this.log.info('cluster bus connected', { server, cluster: this.cfg.name });
-    else if (was) this.log.warn('cluster bus disconnected: serving our own listeners to the subscribers we heard', { cluster: this.cfg.name });
+    if (connected) {
+      this.log.info('cluster bus connected', { server, cluster: this.cfg.name });
+      for (const fn of this.connectHooks) fn();
+    } else if (was) this.log.warn('cluster bus disconnected: serving our own listeners to the subscribers we heard', { cluster: this.cfg.name });
     this.onChange?.(connected);
+  }
+
+  /** Runs `fn` on every connection, before the cluster hears of it. */
+  whenConnected(fn: () => void): void {
+    this.connectHooks.push(fn);
   }
 
   /** Listens to `subject` on this and every later connection. */

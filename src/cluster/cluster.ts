@@ -30,10 +30,8 @@
 //   delivered once: judge/copies.ts, in the repeater, pairs copies per
 //   ingress for the memory (maxAgeMs + --cluster-dedup-window), which
 //   outlasts the oldest bus datagram still delivered.
-// - The bus is untrusted: with keys, every message is a sealed frame (its own
-//   origin, replay window, start fence) under the bus's own key ring
-//   (bus-seal.ts: never a data key, which agents hold), and datagrams older
-//   than maxAgeMs (by the sender's offset) are not delivered.
+// - The bus is untrusted: every message is sealed (origin, replay, start fence) under the bus's own ring (bus-seal.ts, no data
+//   key) or a key a listed role=repeater identity handed out (bus-identity.ts); older than maxAgeMs: not delivered.
 // - No downgrade across the cluster: an address any repeater serves sealed is
 //   refused to plain subscriptions on every repeater, and a peer's sealed
 //   announcement removes our plain entries for its address (heard.ts is the
@@ -60,7 +58,7 @@ import type { TraceFields } from '../wire/trace.js';
 import { Bus } from './bus.js';
 import { Outbox } from './outbox.js';
 import { ClusterCounters } from './counters.js';
-import type { BusSeal } from './bus-seal.js';
+import type { BusSealer } from './bus-seal.js';
 import { degradedBecause, livePeerViews, type PeerView } from './health.js';
 import { HeardTable } from './heard.js';
 import { Ownership } from './ownership.js';
@@ -110,12 +108,13 @@ export class Cluster implements ClusterPort {
     private readonly cfg: ClusterConfig,
     private readonly repeater: Repeater,
     private readonly log: Logger,
-    private readonly seal: BusSeal | null,
+    private readonly seal: BusSealer | null,
   ) {
     // Sealed, our id is the origin of our frames: a message cannot claim another sender.
     this.id = seal?.origin ?? (randomBytes(8).readBigUInt64LE(0) || 1n);
     this.name = `${hostname()}/${process.pid}`;
     this.bus = new Bus(cfg, log);
+    seal?.attach?.({ publish: (p) => this.bus.publish(this.subject.control, p), whenConnected: (fn) => this.bus.whenConnected(fn), count: (w, r) => this.counters.bump(this.counters[w], r), forget: (o) => this.peers.forget(o) });
     this.outbox = new Outbox((body, channel) => this.send(body, this.subject.data(channel)), this.counters);
     this.peers = new PeerTable(this.id, cfg.peerTimeoutMs);
     this.peers.onForget = (peer) => this.heard.forgetPeer(peer);
@@ -273,6 +272,7 @@ export class Cluster implements ClusterPort {
     if (this.seal === null) m = decodeBus(data);
     else {
       const env = this.seal.open(Buffer.from(data.buffer, data.byteOffset, data.length));
+      if (env === null) return;
       if (typeof env === 'string') {
         this.counters.bump(this.counters.dropped, env);
         return;

@@ -204,7 +204,12 @@ export class PeerTable {
     return true;
   }
 
-  /** Told of every peer forgotten to make room (the cluster forgets what it announced). */
+  /** Forgets a peer at once (a revoked repeater), with what it announced. */
+  forget(id: bigint): void {
+    if (this.peers.delete(id)) this.onForget?.(id);
+  }
+
+  /** Told of every peer forgotten (to make room, or revoked): the cluster forgets what it announced. */
   onForget: ((id: bigint) => void) | null = null;
 }
 

@@ -23,6 +23,12 @@ export interface ClusterConfig {
   readonly keyFiles: readonly string[];
   /** The operator accepts an unsealed bus (no cluster key). */
   readonly insecure: boolean;
+  /**
+   * --identity: the bus is sealed by identity (cluster/bus-identity.ts): each
+   * repeater hands its own sending key to the role=repeater identities of its
+   * peers file. No --cluster-key-file (refused with it), never insecure.
+   */
+  readonly byIdentity: boolean;
   readonly credsFile: string | null;
   readonly user: string | null;
   readonly passwordFile: string | null;
@@ -69,7 +75,12 @@ export function buildClusterConfig(raw: RawOptions): ClusterConfig | null {
   if ((tlsCert === null) !== (tlsKey === null)) throw new ConfigError('--cluster-tls-cert and --cluster-tls-key go together', 'cluster-tls-cert');
   const keyFiles = list(raw, 'cluster-key-file');
   const insecure = bool(raw, 'cluster-insecure');
-  if (keyFiles.length === 0 && !insecure) {
+  const byIdentity = str(raw, 'identity') !== undefined;
+  if (byIdentity) {
+    // Refused rather than preferred: two answers to "who may speak on the bus" would leave the operator guessing which holds.
+    if (keyFiles.length > 0) throw new ConfigError('--cluster-key-file with --identity: the bus is sealed by identity (the role=repeater keys of --peers); drop --cluster-key-file', 'cluster-key-file');
+    if (insecure) throw new ConfigError('--cluster-insecure with --identity: the bus is sealed by identity (the role=repeater keys of --peers); drop --cluster-insecure', 'cluster-insecure');
+  } else if (keyFiles.length === 0 && !insecure) {
     throw new ConfigError('cluster mode needs --cluster-key-file, a key of its own for the bus (never a --key-file), or an explicit --cluster-insecure', 'cluster-key-file');
   }
   if (keyFiles.length > 0 && insecure) throw new ConfigError('--cluster-insecure and --cluster-key-file contradict each other: say one', 'cluster-insecure');
@@ -78,6 +89,7 @@ export function buildClusterConfig(raw: RawOptions): ClusterConfig | null {
     name,
     keyFiles,
     insecure,
+    byIdentity,
     credsFile: readable('cluster-creds', str(raw, 'cluster-creds')),
     user,
     passwordFile,

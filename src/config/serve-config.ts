@@ -189,11 +189,10 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
   const keyFiles = common.keyFiles;
   const needsKeys = all.some((l) => l.sealed) || outs.some((s) => s.sealed);
   if (common.identity !== null) {
-    // Identity mode seals per link: what has no link (a static output, the bus, ticket keys) needs a later step.
+    // Identity mode seals per link or group key: a static output has no link, so it keeps the shared key.
     if (!all.some((l) => l.sealed)) throw new ConfigError('--identity needs a --listen-sealed listener: agents link to it', 'identity');
     const out = outs.find((s) => s.sealed);
     if (out !== undefined) throw new ConfigError(`--to ${out.endpoint.text},sealed: a sealed static output needs the shared key; with --identity every sealed subscriber links itself`, 'to');
-    if (list(raw, 'cluster').length > 0) throw new ConfigError('--identity with --cluster is not built yet: a cluster uses the shared key', 'identity');
   } else if (needsKeys && keyFiles.length === 0) throw new ConfigError('sealed listeners and sealed --to outputs need at least one --key-file (or a --key-dir), or --identity and --peers');
 
   const ifaceText = str(raw, 'multicast-interface') ?? null;

@@ -52,6 +52,9 @@ export function readKeyFile(file: string): Uint8Array {
   return key;
 }
 
+/** What a session seals and opens with: a ring, or the identity bus's table of sending keys (cluster/bus-identity.ts). */
+export type KeyLookup = Pick<KeyRing, 'sealing' | 'get'>;
+
 export class KeyRing {
   private readonly byId: Map<number, RingKey>;
 

@@ -21,7 +21,7 @@ import { type Envelope, EnvelopeKind, Role, bigintToLong, decodeEnvelope, encode
 import type { TicketKey } from '../wire/ticket-codec.js';
 import type { TraceFields } from '../wire/trace.js';
 import { FRAME_HEADER, FRAME_OVERHEAD, MAX_UDP_PAYLOAD, NONCE_BYTES, frameKeyId, writeFrameHeader } from '../wire/frame.js';
-import type { KeyRing } from './keyring.js';
+import type { KeyLookup } from './keyring.js';
 import { NonceSource } from './nonce.js';
 import { ReplayGuard } from '../judge/replay.js';
 import { Secretbox } from './secretbox.js';
@@ -108,7 +108,7 @@ export class SecureSession {
   }
 
   /** Seals one Envelope under the ring's first key; null when it would not fit a UDP datagram. */
-  seal(ring: KeyRing, f: SealFields, nowMs = Date.now()): Buffer | null {
+  seal(ring: KeyLookup, f: SealFields, nowMs = Date.now()): Buffer | null {
     const plain = encodeEnvelope(
       { kind: f.kind, channelKey: f.channelKey, sequence: this.sequence + 1, sentAtMs: nowMs, role: this.role, datagram: f.datagram, trace: f.trace ?? null, address: f.address, bus: f.bus ?? null, tickets: f.tickets ?? null, receiver: f.receiver, memberFrom: f.memberFrom },
       this.originLong,
@@ -130,7 +130,7 @@ export class SecureSession {
    * for frames that pass all else. `me` null (the cluster bus) refuses every
    * frame that names a receiver.
    */
-  open(ring: KeyRing, frame: Buffer, maxSkewMs: number, nowMs = Date.now(), me: Receiver | null = null): Envelope | OpenError {
+  open(ring: KeyLookup, frame: Buffer, maxSkewMs: number, nowMs = Date.now(), me: Receiver | null = null): Envelope | OpenError {
     const id = frameKeyId(frame);
     if (typeof id === 'string') return id === 'unknown_version' ? 'bad_version' : id;
     const key = ring.get(id);

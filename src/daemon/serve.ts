@@ -27,6 +27,9 @@ import { Repeater, type RepeaterHooks } from '../repeater/repeater.js';
 import type { Backend } from '../net/io.js';
 import { Cluster } from '../cluster/cluster.js';
 import { BusSeal } from '../cluster/bus-seal.js';
+import { IdentityBusSeal } from '../cluster/bus-identity.js';
+import type { PeerTable } from '../config/peers-file.js';
+import type { Identity } from '../crypto/identity.js';
 import { DataSeal } from '../path/data-seal.js';
 import { LinkDoor } from '../path/link-door.js';
 import { IdentityFiles } from './identity-files.js';
@@ -86,19 +89,22 @@ export function subscribersView(r: Repeater, cluster: Cluster | null = null): un
  * sequence, replay windows) and the signed-subscription clocks live as long
  * as the process; key rings and public keys are re-read on every reload.
  */
-export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { session(): SecureSession | null; door(): LinkDoor | null }> {
+export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { session(): SecureSession | null; door(): LinkDoor | null; identityPeers(): IdentityPeers | null }> {
   await sodiumReady();
   let session: SecureSession | null = null;
   const signedClocks = new Map<string, number>();
   const files = new IdentityFiles(log);
   let door: LinkDoor | null = null;
   let maxSkewMs = 0;
+  let peers: PeerTable | null = null;
   return {
     session: () => session,
     door: () => door,
+    identityPeers: () => (files.identity === null || peers === null ? null : { identity: files.identity, peers }),
     links(config) {
       const table = files.read(config);
       if (table === null) return null;
+      peers = table;
       maxSkewMs = config.maxSkewMs;
       door ??= new LinkDoor(
         files.identity!,
@@ -122,6 +128,22 @@ export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { sess
   };
 }
 
+/** Identity mode: our identity and the peers table last read (the identity bus hands its key to the repeaters it lists). */
+interface IdentityPeers {
+  readonly identity: Identity;
+  readonly peers: PeerTable;
+}
+
+/** The identity bus, once the repeater read the peers file (null unless --identity with --cluster). */
+function identityBus(config: ServeConfig, hooks: RepeaterHooks, log: Logger): IdentityBusSeal | null {
+  if (config.cluster === null || !config.cluster.byIdentity) return null;
+  const ip = 'identityPeers' in hooks ? (hooks as { identityPeers(): IdentityPeers | null }).identityPeers() : null;
+  if (ip === null) throw new ConfigError('--cluster with --identity: the repeater read no peers file', 'identity');
+  const seal = new IdentityBusSeal(ip.identity, ip.peers, config.maxSkewMs, log);
+  log.info('cluster bus sealed by identity', { key: seal.keyIds()[0], repeaters: ip.peers.withRole('repeater').map((p) => p.name) });
+  return seal;
+}
+
 /** Starts a repeater with its status server; used by the CLI and by tests. */
 export async function startServe(config: ServeConfig, log: Logger, hooks?: RepeaterHooks, backend?: Backend): Promise<ServeHandle> {
   const h = hooks ?? (await repeaterHooks(log));
@@ -139,7 +161,14 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
     busSeal?.dispose();
     throw err;
   }
-  const cluster = config.cluster === null ? null : new Cluster(config.cluster, repeater, log, busSeal);
+  let idSeal: IdentityBusSeal | null;
+  try {
+    idSeal = identityBus(config, h, log);
+  } catch (err) {
+    await repeater.close();
+    throw err;
+  }
+  const cluster = config.cluster === null ? null : new Cluster(config.cluster, repeater, log, busSeal ?? idSeal);
   if (store !== null) {
     const saved = store.load();
     if (saved !== null) store.restore(repeater, saved);
@@ -204,6 +233,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
       await cluster?.close();
       await repeater.close();
       busSeal?.dispose();
+      idSeal?.dispose();
     },
   );
 
@@ -232,6 +262,8 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
           busRing?.destroy();
           throw err;
         }
+        // The peers file the repeater just took: a repeater no longer listed is revoked on the bus too.
+        if (idSeal !== null) idSeal.usePeers((h as { identityPeers(): IdentityPeers | null }).identityPeers()!.peers, cfg.maxSkewMs);
         if (busRing !== null) {
           busSeal!.use(busRing, cfg.maxSkewMs);
           log.info('cluster key ring loaded', { keys: busSeal!.keyIds() });
@@ -244,6 +276,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
       await cluster?.close();
       await repeater.close();
       busSeal?.dispose();
+      idSeal?.dispose();
       if (status !== null) await status.close();
     },
   };
