@@ -97,7 +97,7 @@ export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { sess
     session: () => session,
     door: () => door,
     links(config) {
-      const table = files.read(config);
+      const table = files.read(config, true);
       if (table === null) return null;
       maxSkewMs = config.maxSkewMs;
       door ??= new LinkDoor(

@@ -127,6 +127,11 @@ export class LinkDoor {
     return origin === null ? null : (this.byOrigin.get(origin)?.name ?? null);
   }
 
+  /** True when `origin` is a listed identity's: its subscribers are sealed for under its link, never under the shared key. */
+  owns(origin: bigint | null): boolean {
+    return origin !== null && this.byOrigin.has(origin);
+  }
+
   /** Identities with a confirmed link now. */
   get links(): number {
     let n = 0;

@@ -114,10 +114,8 @@ export class OutDoor {
     if (keys !== null) {
       for (const g of keys) {
         any = true;
-        if (links !== null) {
-          this.perLink(ch, g.key, g.members, sealing!, origin, links);
-          continue;
-        }
+        if (links !== null && g.linked.length > 0) this.perLink(ch, g.key, g.linked, sealing!, origin, links);
+        if (seal === null || g.members.length === 0) continue;
         const group = ch.groupFor(g, origin);
         if (group.size === 0) continue;
         const frame = seal!.sealDatagram(g.key, sealing!);
@@ -164,8 +162,9 @@ export class OutDoor {
       out = f;
     } else {
       const links = this.settings().links;
-      const plain = links?.datagram(e.key, { content, trace }) ?? null;
-      const frame = links !== null ? (plain === null ? null : links.sealFor(e, plain)) : (this.settings().seal?.sealDatagram(e.key, { content, trace }, e.endpoint.text) ?? null);
+      const linked = links !== null && links.owns(e.origin);
+      const plain = linked ? links.datagram(e.key, { content, trace }) : null;
+      const frame = linked ? (plain === null ? null : links.sealFor(e, plain)) : (this.settings().seal?.sealDatagram(e.key, { content, trace }, e.endpoint.text) ?? null);
       if (frame === null) {
         st.dropped[DropSlot.sealed_too_large]++;
         return r;
@@ -187,6 +186,7 @@ export class OutDoor {
 
   /** Tells `e` from which of our group frames of its key it is a member (channel.ts MembershipTeller). */
   membership(_ch: Channel, e: Subscriber, memberFrom: number): boolean {
+    if (this.settings().links?.owns(e.origin) === true) return false;
     const frame = this.settings().seal?.sealMembership(e.key, memberFrom, e.endpoint.text) ?? null;
     if (frame === null) return false;
     return this.one(e, frame);
