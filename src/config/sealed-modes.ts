@@ -12,9 +12,16 @@
 
 import { ConfigError } from '../base/errors.js';
 import type { CommonSettings } from './checks.js';
-import type { ListenerConfig } from './serve-config.js';
+import type { Endpoint } from '../wire/address.js';
 
-export function sealedModes(all: readonly ListenerConfig[], common: CommonSettings): ListenerConfig[] {
+/** A listener as config/serve-config.ts builds it (not imported: serve-config imports this file). */
+interface Listener {
+  readonly endpoint: Endpoint;
+  readonly sealed: boolean;
+  readonly linked?: boolean;
+}
+
+export function sealedModes<L extends Listener>(all: readonly L[], common: CommonSettings): L[] {
   const marked = all.find((l) => l.linked === true);
   if (marked !== undefined && common.identity === null) {
     throw new ConfigError(`--listen-sealed ${marked.endpoint.text},identity needs --identity and --peers`, 'listen-sealed');

@@ -17,9 +17,11 @@
 //   what arrives.
 
 import { randomBytes } from 'node:crypto';
+import { type PeerRow, PeerStats } from '../base/peer-stats.js';
 import type { DropReason } from '../base/stats.js';
 import type { Identity, PeerKey } from '../crypto/identity.js';
 import { LinkInitiator } from '../crypto/link-initiator.js';
+import { REVOKED_MEMORY_MS } from '../crypto/link-responder.js';
 import type { LinkCipher } from '../crypto/link-keys.js';
 import { AccessList } from '../judge/access-list.js';
 import type { Endpoint } from '../wire/address.js';
@@ -55,17 +57,22 @@ export function linkDrop(reason: string): DropReason {
   return (HANDSHAKE_DROPS[reason] ?? reason) as DropReason;
 }
 
+const listed = (p: RepeaterPeer) => ({ name: p.name, role: 'repeater', key: p.key.text, allow: p.allow });
+
 export class MemberLinks {
   private readonly originLong: ReturnType<typeof bigintToLong>;
   private sequence = 0;
   private readonly states = new Map<string, RepeaterState>();
   private peers: readonly RepeaterPeer[];
+  /** Per trusted repeater identity: last seen, refusals pinned on it (base/peer-stats.ts); bounded by the peers file. */
+  readonly stats = new PeerStats(REVOKED_MEMORY_MS);
 
   constructor(
     private readonly identity: Identity,
     peers: readonly RepeaterPeer[],
   ) {
     this.peers = peers;
+    this.stats.list(peers.map(listed));
     let o = randomBytes(8).readBigUInt64LE(0);
     if (o === 0n) o = 1n;
     this.originLong = bigintToLong(o);
@@ -74,6 +81,7 @@ export class MemberLinks {
   /** A reload: repeaters whose key is no longer listed lose their link and handshakes at once. */
   setPeers(peers: readonly RepeaterPeer[]): void {
     this.peers = peers;
+    this.stats.list(peers.map(listed));
     const keys = new Set(peers.map((p) => p.key.hex));
     for (const st of this.states.values()) {
       st.initiators = st.initiators.filter((i) => {
@@ -157,7 +165,16 @@ export class MemberLinks {
       for (const other of st.initiators) if (other !== i) other.init.abandon();
       return true;
     }
+    // Pinned on the repeater identity only when it is the one this address may be.
+    if (why !== 'unknown_link' && st.initiators.length === 1) this.stats.refused(st.initiators[0]!.peer.name, linkDrop(why));
     return linkDrop(why);
+  }
+
+  /** Every trusted repeater identity (and those removed within their revoked window), and whether a link with it is up now. */
+  peerView(nowMs = Date.now()): Array<{ row: PeerRow; linked: boolean }> {
+    const up = new Set<string>();
+    for (const st of this.states.values()) if (st.cipher !== null && st.peer !== null) up.add(st.cipher.secrets.peer.text);
+    return this.stats.view(nowMs).map((row) => ({ row, linked: row.revokedUntilMs === 0 && up.has(row.key) }));
   }
 
   /** An envelope sealed under `r`'s link; null without a link (or too large). */
@@ -177,14 +194,21 @@ export class MemberLinks {
   open(r: Endpoint, msg: Uint8Array, maxSkewMs: number, nowMs = Date.now()): Envelope | DropReason {
     const st = this.states.get(r.text);
     if (st === undefined || st.cipher === null) return 'unknown_link';
+    const peer = st.peer ?? '';
     const opened = st.cipher.open(msg);
-    if (typeof opened === 'string') return linkDrop(opened);
+    if (typeof opened === 'string') return this.refuse(peer, linkDrop(opened));
     const env = decodeEnvelope(opened.plain);
-    if (typeof env === 'string') return env;
-    if (env.role !== Role.Repeater) return 'wrong_role';
-    if (Math.abs(nowMs - env.sentAtMs) > maxSkewMs) return 'stale';
+    if (typeof env === 'string') return this.refuse(peer, env);
+    if (env.role !== Role.Repeater) return this.refuse(peer, 'wrong_role');
+    if (Math.abs(nowMs - env.sentAtMs) > maxSkewMs) return this.refuse(peer, 'stale');
     st.answeredAt = nowMs;
+    this.stats.seen(peer, nowMs);
     return env;
+  }
+
+  private refuse(peer: string, reason: DropReason): DropReason {
+    this.stats.refused(peer, reason);
+    return reason;
   }
 
   destroy(): void {

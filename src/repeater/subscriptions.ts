@@ -55,7 +55,7 @@ export interface DeskDeps {
   /** The warm joins (warm-join.ts), told of subscribers that hold none of what they missed. */
   warm?: WarmDesk;
   /** Identity mode: whether an origin is a listed identity's (a subscriber with it is that identity's); null without identities. */
-  identities?: ((origin: bigint | null) => boolean) | null;
+  identities?: { owns(origin: bigint | null): boolean; refusedFor(origin: bigint | null, reason: DropReason): void } | null;
 }
 
 export interface WarmDesk {
@@ -188,8 +188,10 @@ export class SubscriptionDesk {
     const ep = vetted;
     const registry = ch.registry(form);
     const { log } = this.deps;
-    if (form === 'sealed' && this.deps.identities != null && this.ownedByAnother(registry.get(ep.text), origin, now, this.deps.identities)) {
+    const ids = this.deps.identities;
+    if (form === 'sealed' && ids != null && this.ownedByAnother(registry.get(ep.text), origin, now, (o) => ids.owns(o))) {
       this.refuse(ch, 'owner_conflict', source, sub);
+      ids.refusedFor(origin, 'owner_conflict');
       return 'owner_conflict';
     }
     if (sub.unsubscribe) {
