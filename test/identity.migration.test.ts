@@ -11,8 +11,13 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
+import { identityIdOf, parsePublicKey } from '../src/crypto/identity.js';
+import { KeyRing } from '../src/crypto/keyring.js';
+import { sodiumReady } from '../src/crypto/secretbox.js';
+import { SecureSession } from '../src/crypto/session.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
-import { agent, httpGet, keygen, type Running, serve } from './helpers/attack.js';
+import { EnvelopeKind, Role } from '../src/wire/envelope.js';
+import { agent, httpGet, keygen, type Running, serve, Tap } from './helpers/attack.js';
 import { runCli } from './helpers/daemon.js';
 import { eventually, freePort, type Receiver } from './helpers/net.js';
 import { Scope } from './helpers/scope.js';
@@ -152,5 +157,50 @@ describe('migration: shared key to identities under traffic', () => {
     assert.deepEqual(subs.filter((s) => s.form === 'sealed').map((s) => s.identity).sort(), ['node-a', 'node-b']);
     const health = JSON.parse((await httpGet(r.metricsPort, '/healthz')).body) as { keys: string[] };
     assert.deepEqual(health.keys, [], 'the shared key is still loaded');
+  });
+});
+
+describe('migration: what the shared key cannot do beside identities', () => {
+  test('a holder of the shared key can neither take an identity\'s subscriber nor pass for an identity (its origin); the identity\'s node keeps every update', async () => {
+    await sodiumReady();
+    const key = await keygen();
+    const [ir, ia] = [await identity(), await identity()];
+    const [pp, sp, ip] = [await freePort(), await freePort(), await freePort()];
+    const r = track(
+      await serve([
+        '--listen', `127.0.0.1:${pp},channel=ssl,key=ssl`,
+        '--listen-sealed', `127.0.0.1:${sp},channel=ssl,key=ssl`,
+        '--listen-sealed', `127.0.0.1:${ip},channel=ssl,key=ssl,identity`,
+        '--key-file', key, '--identity', ir.file, '--peers', write([`${ia.pub} node-a`]),
+      ]),
+    );
+    const na = await scope.receiver();
+    const a = track(
+      await agent(['--local', `127.0.0.1:${await freePort()}`, '--repeater', `127.0.0.1:${ip}`, '--identity', ia.file, '--peers', write([`${ir.pub} repeater-a role=repeater`]), '--deliver', na.address, '--channel-key', 'ssl', '--subscribe-interval', '0.5']),
+    );
+    await r.d.log.waitFor('subscribed', { form: 'sealed' });
+    const address = String((await a.d.log.waitFor('agent started'))['advertised']);
+    const ring = KeyRing.load([key]);
+    const attacker = await Tap.open(sp);
+    scope.track(attacker);
+    const origin = Buffer.from(identityIdOf(parsePublicKey(ia.pub) as Uint8Array)).readBigUInt64LE(0);
+    const before = await r.metrics();
+    // Its own origin: a subscription naming node-a's address is refused (the entry is node-a's); node-a's origin: refused before anything is believed.
+    for (const o of [undefined, origin]) {
+      const s = new SecureSession(Role.Agent, o === undefined ? {} : { origin: o });
+      await attacker.replay(s.seal(ring, { kind: EnvelopeKind.Subscribe, channelKey: 'ssl', datagram: null, address, receiver: `127.0.0.1:${sp}` })!);
+      await attacker.replay(s.seal(ring, { kind: EnvelopeKind.CacheDatagram, channelKey: 'ssl', datagram: set(o === undefined ? 'injected' : 'as-node-a'), address: null, receiver: '' })!);
+    }
+    await eventually('both refused', async () => {
+      const m = await r.metrics();
+      return m.dropped('owner_conflict') > before.dropped('owner_conflict') && m.dropped('wrong_role') >= before.dropped('wrong_role') + 2 ? m : undefined;
+    });
+    await sender.send(set('marker'), pp);
+    await eventually('the marker reached node-a', () => (na.received.some((b) => keyOf(b) === 'marker') ? true : undefined));
+    // What a key holder may still do, as without identities: inject its own update (node-a gets it, under its link).
+    assert.ok(na.received.some((b) => keyOf(b) === 'injected'), 'the shared-key update did not reach the identity\'s node');
+    assert.ok(!na.received.some((b) => keyOf(b) === 'as-node-a'), 'a frame passing for node-a was accepted');
+    const subs = JSON.parse((await httpGet(r.metricsPort, '/subscribers')).body) as Array<{ form: string; address: string; identity?: string | null }>;
+    assert.deepEqual(subs.filter((e) => e.form === 'sealed').map((e) => [e.address, e.identity]), [[address, 'node-a']]);
   });
 });
