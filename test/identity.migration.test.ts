@@ -161,22 +161,23 @@ describe('migration: shared key to identities under traffic', () => {
 });
 
 describe('migration: what the shared key cannot do beside identities', () => {
-  test('a holder of the shared key can neither take an identity\'s subscriber nor pass for an identity (its origin); the identity\'s node keeps every update', async () => {
+  test('a holder of the shared key can neither take an identity\'s subscriber nor pass for an identity (its origin), and an identity takes no live shared-key subscriber; both nodes keep their updates', async () => {
     await sodiumReady();
     const key = await keygen();
-    const [ir, ia] = [await identity(), await identity()];
+    const [ir, ia, ib] = [await identity(), await identity(), await identity()];
     const [pp, sp, ip] = [await freePort(), await freePort(), await freePort()];
+    const agentPeers = write([`${ir.pub} repeater-a role=repeater`]);
     const r = track(
       await serve([
         '--listen', `127.0.0.1:${pp},channel=ssl,key=ssl`,
         '--listen-sealed', `127.0.0.1:${sp},channel=ssl,key=ssl`,
         '--listen-sealed', `127.0.0.1:${ip},channel=ssl,key=ssl,identity`,
-        '--key-file', key, '--identity', ir.file, '--peers', write([`${ia.pub} node-a`]),
+        '--key-file', key, '--identity', ir.file, '--peers', write([`${ia.pub} node-a`, `${ib.pub} node-b`]),
       ]),
     );
     const na = await scope.receiver();
     const a = track(
-      await agent(['--local', `127.0.0.1:${await freePort()}`, '--repeater', `127.0.0.1:${ip}`, '--identity', ia.file, '--peers', write([`${ir.pub} repeater-a role=repeater`]), '--deliver', na.address, '--channel-key', 'ssl', '--subscribe-interval', '0.5']),
+      await agent(['--local', `127.0.0.1:${await freePort()}`, '--repeater', `127.0.0.1:${ip}`, '--identity', ia.file, '--peers', agentPeers, '--deliver', na.address, '--channel-key', 'ssl', '--subscribe-interval', '0.5']),
     );
     await r.d.log.waitFor('subscribed', { form: 'sealed' });
     const address = String((await a.d.log.waitFor('agent started'))['advertised']);
@@ -200,7 +201,22 @@ describe('migration: what the shared key cannot do beside identities', () => {
     // What a key holder may still do, as without identities: inject its own update (node-a gets it, under its link).
     assert.ok(na.received.some((b) => keyOf(b) === 'injected'), 'the shared-key update did not reach the identity\'s node');
     assert.ok(!na.received.some((b) => keyOf(b) === 'as-node-a'), 'a frame passing for node-a was accepted');
-    const subs = JSON.parse((await httpGet(r.metricsPort, '/subscribers')).body) as Array<{ form: string; address: string; identity?: string | null }>;
+    let subs = JSON.parse((await httpGet(r.metricsPort, '/subscribers')).body) as Array<{ form: string; address: string; identity?: string | null }>;
     assert.deepEqual(subs.filter((e) => e.form === 'sealed').map((e) => [e.address, e.identity]), [[address, 'node-a']]);
+
+    // The other way: an identity announcing a live shared-key agent's address is refused too; that agent's node keeps its updates.
+    const ns = await scope.receiver();
+    const s = track(await agent(['--local', `127.0.0.1:${await freePort()}`, '--repeater', `127.0.0.1:${sp}`, '--key-file', key, '--deliver', ns.address, '--channel-key', 'ssl', '--subscribe-interval', '0.5']));
+    const sharedAddress = String((await s.d.log.waitFor('agent started'))['advertised']);
+    await r.d.log.waitFor('subscribed', { form: 'sealed', address: sharedAddress });
+    const conflicts = (await r.metrics()).dropped('owner_conflict');
+    track(
+      await agent(['--local', `127.0.0.1:${await freePort()}`, '--repeater', `127.0.0.1:${ip}`, '--identity', ib.file, '--peers', agentPeers, '--advertise', sharedAddress, '--channel-key', 'ssl', '--subscribe-interval', '0.5', '--deliver', (await scope.receiver()).address]),
+    );
+    await eventually('the identity\'s claim refused', async () => ((await r.metrics()).dropped('owner_conflict') > conflicts ? true : undefined));
+    await sender.send(set('marker2'), pp);
+    await eventually('the shared-key node got the marker', () => (ns.received.some((b) => keyOf(b) === 'marker2') ? true : undefined));
+    subs = JSON.parse((await httpGet(r.metricsPort, '/subscribers')).body) as typeof subs;
+    assert.deepEqual(subs.filter((e) => e.form === 'sealed').map((e) => [e.address, e.identity]).sort(), [[address, 'node-a'], [sharedAddress, null]].sort());
   });
 });
