@@ -155,8 +155,9 @@ describe('migration: shared key to identities under traffic', () => {
     // Both nodes are served by identity now, and named; nothing sealed under the shared key is left.
     const subs = JSON.parse((await httpGet(r.metricsPort, '/subscribers')).body) as Array<{ form: string; identity?: string | null }>;
     assert.deepEqual(subs.filter((s) => s.form === 'sealed').map((s) => s.identity).sort(), ['node-a', 'node-b']);
-    const health = JSON.parse((await httpGet(r.metricsPort, '/healthz')).body) as { keys: string[] };
+    const health = JSON.parse((await httpGet(r.metricsPort, '/healthz')).body) as { keys: string[]; listeners: Array<{ address: string; sealed: boolean; identity?: boolean }> };
     assert.deepEqual(health.keys, [], 'the shared key is still loaded');
+    assert.deepEqual(health.listeners.filter((l) => l.sealed).map((l) => [l.address, l.identity]), [[`127.0.0.1:${ip}`, true]]);
   });
 });
 

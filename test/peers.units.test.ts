@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { peerJson, PeerStats } from '../src/base/peer-stats.js';
-import { formatIdentities, peersJson } from '../src/tools/status-format.js';
+import { formatIdentities, formatStatus, peersJson } from '../src/tools/status-format.js';
 
 const a = { name: 'node-a', role: 'node', key: 'urid1aaaa', allow: [] };
 const b = { name: 'node-b', role: 'node', key: 'urid1bbbb', allow: ['10.0.0.0/24'] };
@@ -67,4 +67,17 @@ test('the identity table: one row per identity, revoked ones marked, strings fro
   assert.equal(formatIdentities('repeater', {}), '');
   assert.deepEqual(peersJson('repeater', {}), []);
   assert.deepEqual(peersJson('agent', { links: [{ repeater: 'x' }], ...health }), { identity: health.identity, repeaters: [{ repeater: 'x' }] });
+});
+
+test('status: a listener agents link to by identity says so', () => {
+  const health = {
+    version: '0',
+    status: 'ok',
+    listeners: [
+      { address: '10.0.0.1:7272', bound: '10.0.0.1:7272', channel: 'ssl', sealed: true },
+      { address: '10.0.0.1:7273', bound: '10.0.0.1:7273', channel: 'ssl', sealed: true, identity: true },
+    ],
+  };
+  const out = formatStatus({ address: 'x', kind: 'repeater', health, subscribers: [], metrics: null });
+  assert.match(out, /\n {2}10\.0\.0\.1:7272 {2}sealed {2}channel ssl\n {2}10\.0\.0\.1:7273 {2}sealed {2}channel ssl, by identity\n/);
 });

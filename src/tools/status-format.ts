@@ -162,7 +162,8 @@ export function formatStatus(s: Snapshot): string {
     lines.push(`listeners: ${listeners.length === 0 ? 'none' : ''}`.trimEnd());
     for (const l of listeners) {
       const bound = str(l['bound']) !== str(l['address']) ? ` (bound ${clean(l['bound'])})` : '';
-      lines.push(`  ${clean(l['address'])}  ${l['sealed'] === true ? 'sealed' : 'plain '}  channel ${clean(l['channel'])}${bound}`);
+      const mode = l['identity'] === true ? ', by identity' : '';
+      lines.push(`  ${clean(l['address'])}  ${l['sealed'] === true ? 'sealed' : 'plain '}  channel ${clean(l['channel'])}${mode}${bound}`);
     }
     const channels = perChannel(s);
     const total = (s.subscribers ?? []).length;
