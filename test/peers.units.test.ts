@@ -79,5 +79,6 @@ test('status: a listener agents link to by identity says so', () => {
     ],
   };
   const out = formatStatus({ address: 'x', kind: 'repeater', health, subscribers: [], metrics: null });
+  assert.match(formatStatus({ address: 'x', kind: 'agent', health: { version: '0', status: 'ok', links: [], identity: { peersFingerprint: 'ab'.repeat(32), links: 1, peers: [{}, {}] } }, subscribers: null, metrics: null }), /\nidentities: 2 listed, 1 linked \(peers file abababababababa…; udprepeater peers for each\)\n/);
   assert.match(out, /\n {2}10\.0\.0\.1:7272 {2}sealed {2}channel ssl\n {2}10\.0\.0\.1:7273 {2}sealed {2}channel ssl, by identity\n/);
 });

@@ -185,6 +185,10 @@ export function formatStatus(s: Snapshot): string {
       lines.push(`  ${clean(l['repeater'])}  sent ${num(l['sent'])}, received ${num(l['received'])}, ${last}`);
     }
   }
+  if (h['identity'] !== null && typeof h['identity'] === 'object') {
+    const id = obj(h['identity']);
+    lines.push(`identities: ${arr(id['peers']).length} listed, ${num(id['links'])} linked (peers file ${clean(id['peersFingerprint'], 16)}; udprepeater peers for each)`);
+  }
   lines.push(...keyLines(h), dropLine(s));
   return lines.join('\n') + '\n';
 }
