@@ -36,6 +36,20 @@ describe('serve config', () => {
     ]);
   });
 
+  test('identities beside the shared key (a fleet migrating): each sealed listener in one mode', () => {
+    const ids = ['--identity', '/id', '--peers', '/peers'];
+    const mixed = configOf(['--listen-sealed', '127.0.0.1:1,channel=c', '--listen-sealed', '127.0.0.1:2,channel=c,identity', '--key-file', '/k', ...ids]);
+    assert.deepEqual(mixed.listeners.map((l) => [l.endpoint.text, l.linked]), [['127.0.0.1:1', false], ['127.0.0.1:2', true]]);
+    // Identities alone: every sealed listener links; the shared key alone: none.
+    assert.deepEqual(configOf(['--listen-sealed', '127.0.0.1:1', '--listen', '127.0.0.1:3', ...ids]).listeners.map((l) => l.linked), [false, true]);
+    assert.deepEqual(configOf(['--listen-sealed', '127.0.0.1:1', '--key-file', '/k']).listeners.map((l) => l.linked), [false]);
+    assert.throws(() => configOf(['--listen-sealed', '127.0.0.1:1', '--key-file', '/k', ...ids]), /--identity and --key-file\/--key-dir: give one; or, to move a fleet/);
+    assert.throws(() => configOf(['--listen-sealed', '127.0.0.1:1,identity', '--key-file', '/k']), /127\.0\.0\.1:1,identity needs --identity and --peers/);
+    assert.throws(() => configOf(['--listen-sealed', '127.0.0.1:1,identity=yes', ...ids]), /"identity" takes no value/);
+    // An agent speaks one or the other.
+    assert.throws(() => agentConfigOf(['--repeater', '127.0.0.1:1', '--key-file', '/k', ...ids]), /--identity and --key-file\/--key-dir: give one/);
+  });
+
   const refusals: Array<[string, string[], RegExp]> = [
     ['multicast listener without --allow', ['--listen', '239.1.1.1:7171'], /refusing to listen on 239\.1\.1\.1:7171/],
     ['channel keys that disagree', ['--listen', '127.0.0.1:1,channel=c,key=a', '--listen', '127.0.0.1:2,channel=c,key=b'], /disagree on key/],
@@ -138,6 +152,20 @@ describe('agent config', () => {
     assert.equal(c.bind.text, '0.0.0.0:0');
     assert.equal(c.subscribeIntervalMs, 10_000);
     assert.equal(c.advertise, null);
+  });
+
+  test('identities beside the shared key (a fleet migrating): each sealed listener in one mode', () => {
+    const ids = ['--identity', '/id', '--peers', '/peers'];
+    const mixed = configOf(['--listen-sealed', '127.0.0.1:1,channel=c', '--listen-sealed', '127.0.0.1:2,channel=c,identity', '--key-file', '/k', ...ids]);
+    assert.deepEqual(mixed.listeners.map((l) => [l.endpoint.text, l.linked]), [['127.0.0.1:1', false], ['127.0.0.1:2', true]]);
+    // Identities alone: every sealed listener links; the shared key alone: none.
+    assert.deepEqual(configOf(['--listen-sealed', '127.0.0.1:1', '--listen', '127.0.0.1:3', ...ids]).listeners.map((l) => l.linked), [false, true]);
+    assert.deepEqual(configOf(['--listen-sealed', '127.0.0.1:1', '--key-file', '/k']).listeners.map((l) => l.linked), [false]);
+    assert.throws(() => configOf(['--listen-sealed', '127.0.0.1:1', '--key-file', '/k', ...ids]), /--identity and --key-file\/--key-dir: give one; or, to move a fleet/);
+    assert.throws(() => configOf(['--listen-sealed', '127.0.0.1:1,identity', '--key-file', '/k']), /127\.0\.0\.1:1,identity needs --identity and --peers/);
+    assert.throws(() => configOf(['--listen-sealed', '127.0.0.1:1,identity=yes', ...ids]), /"identity" takes no value/);
+    // An agent speaks one or the other.
+    assert.throws(() => agentConfigOf(['--repeater', '127.0.0.1:1', '--key-file', '/k', ...ids]), /--identity and --key-file\/--key-dir: give one/);
   });
 
   const refusals: Array<[string, string[], RegExp]> = [

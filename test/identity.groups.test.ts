@@ -175,7 +175,9 @@ describe('group keys: real daemons by identity', () => {
     for (let i = 0; i < 20; i++) await scope.sender.send(set(`g${i}`), a.local);
     for (const node of [nb, nc, nd]) await node.waitFor(n + 20);
     assert.equal((await groupSeals()) - g0, 20);
-    assert.equal((await r.metrics()).value('udprepeater_sealed_frames_total') - l0, 0, 'copies sealed per link for members holding the key');
+    // (Link seals meanwhile: only MEMBERSHIP answers to the agents' SUBSCRIBEs, every 0.5 s; per-link copies would be 60.)
+    const linkSeals = (await r.metrics()).value('udprepeater_sealed_frames_total') - l0;
+    assert.ok(linkSeals < 10, `${linkSeals} frames sealed per link while members held the key`);
     assert.equal((await r.metrics()).value('udprepeater_group_keys'), 1);
     const keyBefore = keyIdOf(groupFrames(relay.toAgent).at(-1)!);
 

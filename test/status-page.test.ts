@@ -119,7 +119,11 @@ describe('the status page in a real Chromium', { skip: chromium.skip }, () => {
     // The page as the daemon serves it, with JSON a cluster member with identities would answer.
     const health = {
       status: 'ok', version: '9.9.9', uptimeSeconds: 3, channels: 1, keys: ['ab12cd34'],
-      listeners: [{ address: '127.0.0.1:7171', bound: '127.0.0.1:7171', channel: 'ssl', sealed: false, recvBuffer: 1 }],
+      listeners: [
+        { address: '127.0.0.1:7171', bound: '127.0.0.1:7171', channel: 'ssl', sealed: false, recvBuffer: 1 },
+        { address: '127.0.0.1:7273', bound: '127.0.0.1:7273', channel: 'ssl', sealed: true, identity: true, recvBuffer: 1 },
+      ],
+      identity: { publicKey: 'urid1self', peersFingerprint: 'f00d', links: 1, peers: [{ name: '<em>node-a</em>', role: 'node', key: 'urid1abcdefghijklmnopq', allow: [], linked: true, lastSeen: null, refused: { '<s>replay</s>': 2 } }] },
       ticketKeys: [{ id: 'feedface', notBefore: '2026-01-01T00:00:00.000Z', notAfter: '2026-01-01T02:00:00.000Z', encrypting: true }],
       cluster: { name: 'prod', id: '1', node: 'a', connected: true, server: 'nats://x', degraded: false, ownedSubscribers: 1, stateFetch: { phase: 'done', result: 'complete' },
         peers: [{ id: '2', name: '<b>peer</b>', lastHeardMs: 100, subscribers: 0, identity: '<i>node-b</i>' }] },
@@ -129,10 +133,11 @@ describe('the status page in a real Chromium', { skip: chromium.skip }, () => {
     const dom = await renderDom(`http://127.0.0.1:${fake.port}/`);
     assert.match(dom, /<body[^>]*data-state="ok"/, dom);
     const td = cells(dom);
-    for (const text of ['<b>peer</b>', '<i>node-b</i>', '<script>x()</script>', '<u>x</u>', 'a (this repeater)', 'feedface']) assert.ok(td.includes(text), `${text} is not shown as text`);
+    for (const text of ['<b>peer</b>', '<i>node-b</i>', '<script>x()</script>', '<u>x</u>', 'a (this repeater)', 'feedface', '<em>node-a</em>', '<s>replay</s> 2', 'linked', 'sealed, by identity', 'urid1abcdefghijk\u2026']) assert.ok(td.includes(text), `${text} is not shown as text`);
+    assert.match(dom, /<h2[^>]*>Identities<\/h2>/);
     assert.match(dom, /<th>identity<\/th>/);
     const elements = elementNames(dom);
-    for (const tag of ['b', 'i', 'u']) assert.ok(!elements.has(tag), `<${tag}> from the network became an element`);
+    for (const tag of ['b', 'i', 'u', 'em', 's']) assert.ok(!elements.has(tag), `<${tag}> from the network became an element`);
     assert.equal(dom.match(/<script\b/g)?.length, 1, 'only the page\'s own script element exists');
   });
 

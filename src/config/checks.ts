@@ -81,7 +81,7 @@ const LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'];
 const FORMATS: readonly LogFormat[] = ['json', 'text'];
 
 /** The options serve and agent have in common, checked alike. */
-export function commonSettings(raw: RawOptions): CommonSettings {
+export function commonSettings(raw: RawOptions, opts: { keysWithIdentity?: boolean } = {}): CommonSettings {
   const logLevel = str(raw, 'log-level') ?? 'info';
   if (!(LEVELS as readonly string[]).includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}": want debug, info, warn or error`, 'log-level');
   const logFormat = str(raw, 'log-format') ?? 'json';
@@ -93,7 +93,7 @@ export function commonSettings(raw: RawOptions): CommonSettings {
     maxDatagram: num(raw, 'max-datagram', 4, 65535),
     sendQueue: num(raw, 'send-queue', 1),
     keyFiles: keyFiles(raw),
-    identity: identityFiles(raw),
+    identity: identityFiles(raw, opts.keysWithIdentity === true),
     maxSkewMs: num(raw, 'max-skew', 0, 86_400, true) * 1000,
     metrics: metricsText === 'off' ? null : endpointOption('metrics', metricsText, true),
     logLevel: logLevel as LogLevel,
@@ -125,17 +125,19 @@ function keyFiles(raw: RawOptions): readonly string[] {
 }
 
 /**
- * --identity and --peers. Identity mode and shared-key mode exclude each
- * other: a sealed listener (and an agent) either authenticates identities or
- * holds the shared key, never both, so no frame is ever judged by two rules.
+ * --identity and --peers. A sealed listener (and an agent) either
+ * authenticates identities or holds the shared key, never both, so no frame
+ * is ever judged by two rules. An agent takes one or the other; a repeater
+ * may take both (`keysWithIdentity`) while a fleet migrates, each sealed
+ * listener then in one mode (config/sealed-modes.ts).
  */
-function identityFiles(raw: RawOptions): CommonSettings['identity'] {
+function identityFiles(raw: RawOptions, keysWithIdentity: boolean): CommonSettings['identity'] {
   const file = str(raw, 'identity');
   const peers = str(raw, 'peers');
   if (file === undefined && peers === undefined) return null;
   if (file === undefined || file === '') throw new ConfigError('--peers needs --identity (this host\'s own key pair: udprepeater keygen --identity FILE)', 'identity');
   if (peers === undefined || peers === '') throw new ConfigError('--identity needs --peers (the identities this host trusts)', 'peers');
-  if (list(raw, 'key-file').length > 0 || str(raw, 'key-dir') !== undefined) {
+  if (!keysWithIdentity && (list(raw, 'key-file').length > 0 || str(raw, 'key-dir') !== undefined)) {
     throw new ConfigError('--identity and --key-file/--key-dir: give one; a sealed listener (or an agent) uses identities or the shared key, not both', 'identity');
   }
   return { file, peers };

@@ -44,14 +44,14 @@ const sealing: OptionSpec[] = [
   { name: 'key-file', kind: 'list', arg: 'FILE', default: [], help: 'secretbox key (repeatable): the first seals, every listed key opens; SIGHUP reloads' },
   { name: 'key-dir', kind: 'string', arg: 'DIR', help: 'secretbox keys: every DIR/*.key opens, the file DIR/sealing names the one that seals; SIGHUP lists DIR again (instead of --key-file)' },
   { name: 'max-skew', kind: 'number', arg: 'SECONDS', default: 30, help: 'drop sealed frames whose send time is further than this from our clock' },
-  { name: 'identity', kind: 'string', arg: 'FILE', help: 'identity mode: this host\'s own key pair (udprepeater keygen --identity FILE); sealed traffic goes over per-link keys from a handshake with each peer (needs --peers; instead of --key-file/--key-dir)' },
+  { name: 'identity', kind: 'string', arg: 'FILE', help: 'identity mode: this host\'s own key pair (udprepeater keygen --identity FILE); sealed traffic goes over per-link keys from a handshake with each peer (needs --peers; instead of --key-file/--key-dir, or, on serve while a fleet migrates, beside them for the listeners marked identity)' },
   { name: 'peers', kind: 'string', arg: 'FILE', help: 'identity mode: the identities trusted, one "PUBLICKEY NAME [role=node|repeater] [allow=CIDR]" line each: a repeater links with role=node ones, an agent with role=repeater ones; SIGHUP reloads it (a removed line is revoked)' },
 ];
 
 export const SERVE_OPTIONS: readonly OptionSpec[] = [
   ...common,
   { name: 'listen', kind: 'list', arg: 'ADDR[,channel=NAME][,key=KEY][,warm-any-source]', default: [DEFAULT_LISTEN], help: 'plain UDP listener (repeatable); each address is a channel unless channel= groups several; key= refuses subscriptions for any other key; warm-any-source: warm subscribers whose subscription came from another address (nodes behind NAT)' },
-  { name: 'listen-sealed', kind: 'list', arg: 'ADDR[,channel=NAME][,key=KEY][,tickets][,public=ADDR]', default: [], help: "sealed (secretbox) listener (repeatable); needs --key-file or --key-dir; tickets: the channel's sealed subscribers get the fleet's TLS ticket keys (needs --state-dir); public: the address agents' --repeater names when it is not this host's (NAT, a port forward)" },
+  { name: 'listen-sealed', kind: 'list', arg: 'ADDR[,channel=NAME][,key=KEY][,tickets][,public=ADDR][,identity]', default: [], help: "sealed listener (repeatable); needs --identity and --peers, or --key-file or --key-dir; identity: agents link to it by identity while the others keep the shared key (both given: a fleet migrating); tickets: the channel's sealed subscribers get the fleet's TLS ticket keys (needs --state-dir); public: the address agents' --repeater names when it is not this host's (NAT, a port forward)" },
   { name: 'to', kind: 'list', arg: 'ADDR[,channel=NAME][,ttl=N][,sealed[,key=K]]', default: [], help: 'static subscriber that never expires (repeatable); without channel= it receives every channel; sealed sends frames (key= is the channel key they carry)' },
   { name: 'allow', kind: 'list', arg: 'CIDR', default: LOOPBACK_ALLOW, help: 'who may send, subscribe, and be subscribed (repeatable); default loopback only' },
   { name: 'allow-any', kind: 'bool', default: false, help: 'accept every source and subscriber address (needed for a non-loopback listener without --allow)' },

@@ -11,6 +11,7 @@ import { bool, type CommonSettings, commonSettings, endpointOption, list, num, s
 import { buildClusterConfig, type ClusterConfig, SUBJECT_TOKEN } from './cluster-config.js';
 import type { RawOptions } from './options.js';
 import { buildWarmConfig, type WarmConfig } from './warm-config.js';
+import { sealedModes } from './sealed-modes.js';
 import { keysHeld, type TicketParams } from '../crypto/ticket-schedule.js';
 import { MAX_TICKET_KEYS } from '../wire/ticket-codec.js';
 
@@ -35,6 +36,8 @@ export interface ListenerConfig {
    * naming it are ours too (path/listener-name.ts). Null: none.
    */
   readonly publicAddress?: Endpoint | null;
+  /** Sealed listeners: agents link to it by identity (config/sealed-modes.ts); else its frames are under the shared key. */
+  readonly linked?: boolean;
 }
 
 export interface StaticConfig {
@@ -112,16 +115,16 @@ export function checkCidrs(name: string, cidrs: readonly string[]): string[] {
 
 function listeners(raw: RawOptions, name: string, sealed: boolean): ListenerConfig[] {
   return list(raw, name).map((text) => {
-    const { addr, params } = splitSpec(name, text, sealed ? ['channel', 'key', 'tickets', 'public'] : ['channel', 'key', 'warm-any-source']);
+    const { addr, params } = splitSpec(name, text, sealed ? ['channel', 'key', 'tickets', 'public', 'identity'] : ['channel', 'key', 'warm-any-source']);
     const endpoint = endpointOption(name, addr, true);
     const channel = params.get('channel') ?? endpoint.text;
     if (channel === '') throw new ConfigError(`--${name} ${text}: empty channel name`);
     const key = params.has('key') ? params.get('key')! : null;
     if (key === '') throw new ConfigError(`--${name} ${text}: empty key`);
-    for (const flag of ['tickets', 'warm-any-source']) if (params.has(flag) && params.get(flag) !== '') throw new ConfigError(`--${name} ${text}: "${flag}" takes no value`, name);
+    for (const flag of ['tickets', 'warm-any-source', 'identity']) if (params.has(flag) && params.get(flag) !== '') throw new ConfigError(`--${name} ${text}: "${flag}" takes no value`, name);
     const pub = params.has('public') ? endpointOption(name, params.get('public')!) : null;
     if (pub !== null && (isUnspecified(pub.host) || isMulticast(pub.host) || isLimitedBroadcast(pub.host))) throw new ConfigError(`--${name} ${text}: public= must be a unicast address`, name);
-    return { endpoint, channel, key, sealed, multicast: isMulticast(endpoint.host), named: params.has('channel'), tickets: params.has('tickets'), warmAnySource: params.has('warm-any-source'), publicAddress: pub };
+    return { endpoint, channel, key, sealed, multicast: isMulticast(endpoint.host), named: params.has('channel'), tickets: params.has('tickets'), warmAnySource: params.has('warm-any-source'), publicAddress: pub, linked: params.has('identity') };
   });
 }
 
@@ -151,7 +154,7 @@ function statics(raw: RawOptions, defaultTtl: number): StaticConfig[] {
 export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>): ServeConfig {
   // The default plain listener applies only when no listener was asked for.
   const plain = explicit.has('listen-sealed') && !explicit.has('listen') ? [] : listeners(raw, 'listen', false);
-  const all = [...plain, ...listeners(raw, 'listen-sealed', true)];
+  let all = [...plain, ...listeners(raw, 'listen-sealed', true)];
   if (all.length === 0) throw new ConfigError('no listener: give at least one --listen or --listen-sealed', 'listen');
   const seen = new Set<string>();
   const keys = new Map<string, string | null>();
@@ -185,8 +188,9 @@ export function buildServeConfig(raw: RawOptions, explicit: ReadonlySet<string>)
     if (s.channel !== null && !keys.has(s.channel)) throw new ConfigError(`--to ${s.endpoint.text}: no channel named "${s.channel}"`);
   }
 
-  const common = commonSettings(raw);
+  const common = commonSettings(raw, { keysWithIdentity: true });
   const keyFiles = common.keyFiles;
+  all = sealedModes(all, common);
   const needsKeys = all.some((l) => l.sealed) || outs.some((s) => s.sealed);
   if (common.identity !== null) {
     // Identity mode seals per link or group key: a static output has no link, so it keeps the shared key.

@@ -169,6 +169,11 @@ export class LinkResponder {
     return this.byLinkId.size;
   }
 
+  /** The peer a link id (confirmed or pending) belongs to, to tell whose frame was refused; null: none. */
+  peerOfLink(id: number): PeerKey | null {
+    return this.byLinkId.get(id)?.peer ?? null;
+  }
+
   /** Handles a HELLO; on success, what to send back and the pending link it made. */
   hello(bytes: Uint8Array, nowMs: number): { welcome: Uint8Array; pending: Link } | HelloRefusal {
     const hello = decodeHello(bytes);

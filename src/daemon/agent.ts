@@ -16,6 +16,7 @@ import type { Backend } from '../net/io.js';
 import { Role } from '../wire/envelope.js';
 import { registerHaproxyMetrics } from './haproxy-metrics.js';
 import { IdentityFiles } from './identity-files.js';
+import { identityHealth, registerPeerMetrics } from './peer-metrics.js';
 import { MemberLinks } from '../member/member-links.js';
 
 export interface AgentHandle {
@@ -41,6 +42,7 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
   const files = new IdentityFiles(log);
   const table = files.read(config);
   const links = table === null ? null : new MemberLinks(files.identity!, table.list());
+  let fingerprint = table?.fingerprint ?? '';
   const agent = await Agent.start(config, log, s, backend, links);
   logKeyRing(log, agent, config);
   const register = newRegistry();
@@ -58,6 +60,7 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
     agent.repeaterLinks().map((l) => [{ repeater: l.repeater }, l.lastFrameAt === null ? 0 : Date.parse(l.lastFrameAt) / 1000] as const),
   );
   registerKeyMetrics(register, 'udprepeater_agent_keys', () => agent.keyIds);
+  registerPeerMetrics(register, 'udprepeater_agent', () => links?.peerView() ?? []);
   gaugeFrom(register, 'udprepeater_agent_ticket_keys', 'TLS ticket keys held for the ticket key files', [], () => [[{}, agent.ticketFiles?.keys.size ?? 0]]);
   counterFrom(register, 'udprepeater_agent_ticket_key_writes_total', 'Rewrites of the ticket key files (--ticket-key-dir, haproxy.keys included), by result', ['result'], () => [
     [{ result: 'ok' }, (agent.ticketFiles?.writes ?? 0) + (agent.ticketFiles?.haproxy.writes ?? 0)],
@@ -85,7 +88,7 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
         origin: s.origin.toString(16),
         keys: agent.keyIds,
         links: agent.repeaterLinks(),
-        ...(files.identity === null ? {} : { identity: files.identity.publicText }),
+        ...(files.identity === null || links === null ? {} : { identity: identityHealth(files.identity.publicText, fingerprint, () => links.peerView()) }),
         ...(agent.ticketFiles === null ? {} : { ticketKeys: agent.ticketFiles.keys.describe(Date.now()) }),
         ...(agent.ticketFiles === null || agent.ticketFiles.haproxy.sockets.length === 0 ? {} : { haproxy: agent.ticketFiles.haproxy.sockets.map((s) => s.status()) }),
       }),
@@ -105,7 +108,10 @@ export async function startAgent(config: AgentConfig, log: Logger, session?: Sec
         const cfg = next();
         const peers = files.read(cfg);
         await agent.apply(cfg);
-        if (peers !== null) links?.setPeers(peers.list());
+        if (peers !== null) {
+          links?.setPeers(peers.list());
+          fingerprint = peers.fingerprint;
+        }
         logKeyRing(log, agent, cfg);
         log.configure(cfg.logLevel, cfg.logFormat);
       }),

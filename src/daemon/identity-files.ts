@@ -20,11 +20,17 @@ export class IdentityFiles {
 
   constructor(private readonly log: Logger) {}
 
-  /** The peers table `config` names, checked (null in shared-key mode); throws a ConfigError to refuse the config. */
-  read(config: CommonSettings): PeerTable | null {
+  /**
+   * The peers table `config` names, checked (null in shared-key mode); throws
+   * a ConfigError to refuse the config. `addIdentities` (the repeater): a
+   * reload may add identities to a shared-key process that keeps its keys
+   * (the migration's first step); never drop them.
+   */
+  read(config: CommonSettings, addIdentities = false): PeerTable | null {
     const files = config.identity;
     const mode = files === null ? 'keys' : 'identity';
-    if (this.started !== null && this.started !== mode) {
+    const adding = addIdentities && this.started === 'keys' && mode === 'identity' && config.keyFiles.length > 0;
+    if (this.started !== null && this.started !== mode && !adding) {
       throw new ConfigError(`a reload cannot switch between --identity and --key-file (running: ${this.started === 'keys' ? 'the shared key' : 'identities'}); restart to change modes`, 'identity');
     }
     if (files === null) {

@@ -33,6 +33,7 @@ import type { Identity } from '../crypto/identity.js';
 import { DataSeal } from '../path/data-seal.js';
 import { LinkDoor } from '../path/link-door.js';
 import { IdentityFiles } from './identity-files.js';
+import { identityHealth, registerPeerMetrics } from './peer-metrics.js';
 import { Role } from '../wire/envelope.js';
 import { UwsgiSignatureCheck } from '../repeater/signcheck.js';
 import { RegistryStore } from './registry-store.js';
@@ -102,7 +103,7 @@ export async function repeaterHooks(log: Logger): Promise<RepeaterHooks & { sess
     door: () => door,
     identityPeers: () => (files.identity === null || peers === null ? null : { identity: files.identity, peers }),
     links(config) {
-      const table = files.read(config);
+      const table = files.read(config, true);
       if (table === null) return null;
       peers = table;
       maxSkewMs = config.maxSkewMs;
@@ -197,6 +198,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
   ]);
   gaugeFrom(register, 'udprepeater_group_keys', 'Identity mode: channel group keys in use (replaced all at once by a revocation)', [], () => [[{}, repeater.path.config.links?.groups.size ?? 0]]);
   registerListenerKernelMetrics(register, () => repeater.listenerSockets());
+  registerPeerMetrics(register, 'udprepeater', () => repeater.path.config.links?.peerView() ?? []);
   registerWarmMetrics(register, repeater);
   counterFrom(register, 'udprepeater_state_saves_total', 'Registry state files written (--state-dir), by result', ['result'], () => [
     [{ result: 'ok' }, store?.saves ?? 0],
@@ -217,7 +219,7 @@ export async function startServe(config: ServeConfig, log: Logger, hooks?: Repea
         listeners: repeater.listeners(),
         channels: repeater.channels.size,
         keys: repeater.dataSeal?.keyIds() ?? [],
-        ...(repeater.path.config.links === null ? {} : { identity: { peersFingerprint: repeater.path.config.links.fingerprint, links: repeater.path.config.links.links } }),
+        ...(repeater.path.config.links === null ? {} : { identity: identityHealth(repeater.path.config.links.publicKey, repeater.path.config.links.fingerprint, () => repeater.path.config.links?.peerView() ?? []) }),
         hints: repeater.hints.view(),
         ...(repeater.tickets === null ? {} : { ticketKeys: repeater.tickets.keys.describe(Date.now()) }),
         ...(cluster === null ? {} : { status: cluster.degraded ? 'degraded' : 'ok', cluster: cluster.health() }),

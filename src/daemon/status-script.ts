@@ -145,7 +145,7 @@ export const STATUS_JS = String.raw`'use strict';
     out.push(section('Overview', [pairs([['daemon', 'repeater'], ['version', h.version], ['status', h.status], ['uptime', duration(h.uptimeSeconds)],
       ['channels', h.channels], ['subscribers', subs.length], cluster ? ['cluster', str(cluster.name) + (cluster.connected ? ', connected' : ', bus down')] : null])]));
     out.push(section('Listeners', [table([['address', function (l) { return l.address; }], ['bound', function (l) { return l.bound; }],
-      ['channel', function (l) { return l.channel; }], ['form', function (l) { return l.sealed ? 'sealed' : 'plain'; }],
+      ['channel', function (l) { return l.channel; }], ['form', function (l) { return l.sealed ? (l.identity ? 'sealed, by identity' : 'sealed') : 'plain'; }],
       ['receive buffer', function (l) { return l.recvBuffer; }, 'n']], listeners, 'no listeners')]));
     out.push(section('Channels', [channelTable(samples, 'udprepeater', names, [['subscribers', function (c) { return count.get(c.name) || 0; }, 'n'],
       ['suspended', function (c) { return susp.get(c.name) || 0; }, 'n'], ['warm joins', function (c) { return warm.get(c.name) || 0; }, 'n']])]));
@@ -163,12 +163,28 @@ export const STATUS_JS = String.raw`'use strict';
       ['dropped', function (s) { return obj(s.warmJoin).dropped; }, 'n'], ['entries', function (s) { return obj(s.warmJoin).total; }, 'n'],
       ['started', function (s) { return when(obj(s.warmJoin).startedAt); }], ['waiting for', function (s) { return obj(s.warmJoin).waiting; }]], joins, 'none')]));
     if (cluster) out.push(clusterSection(cluster, subs));
+    var ids = identitySection(h);
+    if (ids) out.push(ids);
     out.push(keySections(h));
     out.push(dropSection(samples, 'udprepeater'));
     out.push(section('Recent refused subscriptions', [table([['at', function (r) { return when(r.at); }], ['channel', function (r) { return r.channel; }],
       ['reason', function (r) { return r.reason; }], ['source', function (r) { return r.source; }], ['key', function (r) { return r.key; }],
       ['address', function (r) { return r.address; }]], refusals.slice().reverse(), 'none')]));
     return out;
+  }
+
+  // Identity mode: one row per identity the peers file lists (and one removed lately, marked revoked).
+  function identitySection(h) {
+    if (!h.identity || typeof h.identity !== 'object') return null;
+    var id = obj(h.identity), peers = arr(id.peers);
+    return section('Identities', [
+      pairs([['this host', id.publicKey], ['peers file', id.peersFingerprint], ['linked', id.links]]),
+      table([['name', function (p) { return p.name; }], ['role', function (p) { return p.role; }], ['key', function (p) { return str(p.key).slice(0, 16) + '\u2026'; }],
+        ['allow', function (p) { return arr(p.allow).length === 0 ? 'any' : arr(p.allow).map(str).join(', '); }],
+        ['state', function (p) { return p.revokedUntil ? 'revoked until ' + when(p.revokedUntil) : p.linked ? 'linked' : 'not linked'; }],
+        ['last seen', function (p) { return when(p.lastSeen) || 'never'; }],
+        ['refused', function (p) { var r = obj(p.refused); return Object.keys(r).map(function (k) { return k + ' ' + num(r[k]); }).join(', ') || '-'; }]], peers, 'no identities listed'),
+    ]);
   }
 
   function clusterSection(c, subs) {
@@ -198,9 +214,10 @@ export const STATUS_JS = String.raw`'use strict';
       section('Overview', [pairs([['daemon', 'agent'], ['version', h.version], ['status', h.status], ['channel key', h.channelKey], ['origin', h.origin]])]),
       section('Repeaters', [table(cols, links, 'no repeaters')]),
       section('Directions', [channelTable(samples, 'udprepeater_agent', [], [])]),
+    ].concat(identitySection(h) || []).concat([
       keySections(h),
       dropSection(samples, 'udprepeater_agent'),
-    ];
+    ]);
   }
 
   var METRICS = ['datagrams_received_total', 'datagrams_accepted_total', 'datagrams_forwarded_total', 'datagrams_dropped_total'];

@@ -301,7 +301,8 @@ export class ChannelMember {
    * The repeater a datagram came from. A repeater sends from sockets of its
    * own, not its listener, so it is matched by IP (canonical): the one with
    * that port if any; else, several on one host in identity mode, the one
-   * whose link (or pending handshake) the frame's receiver link id names;
+   * whose link (or pending handshake) the frame's receiver link id names,
+   * or for a group frame the one that handed over the key it names;
    * else the first on that host.
    */
   private linkFrom(from: Source, msg: Buffer): MemberLink | undefined {
@@ -321,9 +322,11 @@ export class ChannelMember {
       else several = true;
     }
     if (!several || this.linkKeys === null) return first;
-    const id = receiverLinkOf(msg);
+    // A group frame names its key id where a link frame names the receiver's link id.
+    const group = linkTypeOf(msg) === LinkType.GroupData && msg.length >= 8;
+    const id = group ? msg.readUInt32LE(4) : receiverLinkOf(msg);
     if (id === null) return first;
-    for (const l of this.links.values()) if (l.repeater.host === host && this.linkKeys.names(l.repeater, id)) return l;
+    for (const l of this.links.values()) if (l.repeater.host === host && this.linkKeys.names(l.repeater, id, group)) return l;
     return first;
   }
 

@@ -79,6 +79,12 @@ export class MemberGroups {
     return old.counter < prev.until ? old.plain : 'unknown_key';
   }
 
+  /** Whether `keyId` is a key `r` handed over (picks the repeater among several on one host; the frame must still open). */
+  holds(r: string, keyId: number): boolean {
+    const held = this.byRepeater.get(r);
+    return held !== undefined && (held.current.cipher.keyId === keyId || held.previous?.cipher.keyId === keyId);
+  }
+
   /** A new link with `r`: the next key it hands over replaces the held one whatever its epoch. */
   relinked(r: string): void {
     const held = this.byRepeater.get(r);

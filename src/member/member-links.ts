@@ -20,9 +20,11 @@
 //   what arrives.
 
 import { randomBytes } from 'node:crypto';
+import { type PeerRow, PeerStats } from '../base/peer-stats.js';
 import type { DropReason } from '../base/stats.js';
 import type { Identity, PeerKey } from '../crypto/identity.js';
 import { LinkInitiator } from '../crypto/link-initiator.js';
+import { REVOKED_MEMORY_MS } from '../crypto/link-responder.js';
 import type { LinkCipher } from '../crypto/link-keys.js';
 import { AccessList } from '../judge/access-list.js';
 import { MemberGroups } from './member-groups.js';
@@ -69,6 +71,8 @@ export function linkDrop(reason: string): DropReason {
   return (HANDSHAKE_DROPS[reason] ?? reason) as DropReason;
 }
 
+const statsRow = (p: RepeaterPeer) => ({ name: p.name, role: 'repeater', key: p.key.text, allow: p.allow });
+
 export class MemberLinks {
   private readonly originLong: ReturnType<typeof bigintToLong>;
   private sequence = 0;
@@ -76,12 +80,15 @@ export class MemberLinks {
   /** The group keys each linked repeater handed over (member-groups.ts). */
   private readonly groups = new MemberGroups();
   private peers: readonly RepeaterPeer[];
+  /** Per trusted repeater identity: last seen, refusals pinned on it (base/peer-stats.ts); bounded by the peers file. */
+  readonly stats = new PeerStats(REVOKED_MEMORY_MS);
 
   constructor(
     private readonly identity: Identity,
     listed: readonly ListedPeer[],
   ) {
     this.peers = trustedRepeaters(listed);
+    this.stats.list(this.peers.map(statsRow));
     let o = randomBytes(8).readBigUInt64LE(0);
     if (o === 0n) o = 1n;
     this.originLong = bigintToLong(o);
@@ -91,6 +98,7 @@ export class MemberLinks {
   setPeers(listed: readonly ListedPeer[]): void {
     const peers = trustedRepeaters(listed);
     this.peers = peers;
+    this.stats.list(peers.map(statsRow));
     const keys = new Set(peers.map((p) => p.key.hex));
     for (const st of this.states.values()) {
       st.initiators = st.initiators.filter((i) => {
@@ -133,7 +141,8 @@ export class MemberLinks {
    * one host (they send from sockets of their own); the frame is still
    * opened under that link before anything is believed.
    */
-  names(r: Endpoint, linkId: number): boolean {
+  names(r: Endpoint, linkId: number, group = false): boolean {
+    if (group) return this.groups.holds(r.text, linkId);
     const st = this.states.get(r.text);
     if (st === undefined || linkId === 0) return false;
     if (st.cipher?.secrets.localLink === linkId) return true;
@@ -176,7 +185,16 @@ export class MemberLinks {
       for (const other of st.initiators) if (other !== i) other.init.abandon();
       return true;
     }
+    // Pinned on the repeater identity only when it is the one this address may be.
+    if (why !== 'unknown_link' && st.initiators.length === 1) this.stats.refused(st.initiators[0]!.peer.name, linkDrop(why));
     return linkDrop(why);
+  }
+
+  /** Every trusted repeater identity (and those removed within their revoked window), and whether a link with it is up now. */
+  peerView(nowMs = Date.now()): Array<{ row: PeerRow; linked: boolean }> {
+    const up = new Set<string>();
+    for (const st of this.states.values()) if (st.cipher !== null && st.peer !== null) up.add(st.cipher.secrets.peer.text);
+    return this.stats.view(nowMs).map((row) => ({ row, linked: row.revokedUntilMs === 0 && up.has(row.key) }));
   }
 
   /** An envelope sealed under `r`'s link; null without a link (or too large). */
@@ -206,13 +224,15 @@ export class MemberLinks {
   open(r: Endpoint, msg: Uint8Array, maxSkewMs: number, nowMs = Date.now()): Envelope | DropReason {
     const st = this.states.get(r.text);
     if (st === undefined || st.cipher === null) return 'unknown_link';
+    const peer = st.peer ?? '';
     const opened = st.cipher.open(msg);
-    if (typeof opened === 'string') return linkDrop(opened);
+    if (typeof opened === 'string') return this.refuse(peer, linkDrop(opened));
     const env = decodeEnvelope(opened.plain);
-    if (typeof env === 'string') return env;
-    if (env.role !== Role.Repeater) return 'wrong_role';
-    if (Math.abs(nowMs - env.sentAtMs) > maxSkewMs) return 'stale';
+    if (typeof env === 'string') return this.refuse(peer, env);
+    if (env.role !== Role.Repeater) return this.refuse(peer, 'wrong_role');
+    if (Math.abs(nowMs - env.sentAtMs) > maxSkewMs) return this.refuse(peer, 'stale');
     st.answeredAt = nowMs;
+    this.stats.seen(peer, nowMs);
     return env;
   }
 
@@ -231,16 +251,25 @@ export class MemberLinks {
   openGroup(r: Endpoint, msg: Uint8Array, maxSkewMs: number, nowMs = Date.now()): Envelope | DropReason {
     const st = this.states.get(r.text);
     if (st === undefined || st.cipher === null) return 'unknown_key';
+    const peer = st.peer ?? '';
     const plain = this.groups.open(r.text, msg, nowMs);
-    if (typeof plain === 'string') return linkDrop(plain);
+    // A key id nobody handed over names no identity: not pinned on the repeater.
+    if (plain === 'unknown_key') return plain;
+    if (typeof plain === 'string') return this.refuse(peer, linkDrop(plain));
     const env = decodeEnvelope(plain);
-    if (typeof env === 'string') return env;
-    if (env.role !== Role.Repeater) return 'wrong_role';
+    if (typeof env === 'string') return this.refuse(peer, env);
+    if (env.role !== Role.Repeater) return this.refuse(peer, 'wrong_role');
     // Under a group key only live datagrams: everything else for a member comes under its own link.
-    if (env.kind !== EnvelopeKind.CacheDatagram) return 'unknown_command';
-    if (Math.abs(nowMs - env.sentAtMs) > maxSkewMs) return 'stale';
+    if (env.kind !== EnvelopeKind.CacheDatagram) return this.refuse(peer, 'unknown_command');
+    if (Math.abs(nowMs - env.sentAtMs) > maxSkewMs) return this.refuse(peer, 'stale');
     st.answeredAt = nowMs;
+    this.stats.seen(peer, nowMs);
     return env;
+  }
+
+  private refuse(peer: string, reason: DropReason): DropReason {
+    this.stats.refused(peer, reason);
+    return reason;
   }
 
   destroy(): void {

@@ -55,7 +55,10 @@ export type MembershipTeller = (ch: Channel, e: Subscriber, memberFrom: number) 
 /** Sealed subscribers sharing one channel key: one frame per datagram for all of them. */
 export interface KeyGroup {
   readonly key: string;
+  /** Under the shared key: one frame for all of them (`all`). */
   readonly members: readonly Subscriber[];
+  /** Identity mode: the subscribers an identity owns, each sealed for under its own link (path/link-door.ts). */
+  readonly linked: readonly Subscriber[];
   readonly all: OutletGroup;
   /** The group without the member of a given origin (never send a frame back to its agent); small cache. */
   readonly without: Map<bigint, OutletGroup>;
@@ -78,6 +81,12 @@ export class Channel implements SendSink {
   sealer: FrameSealer | null = null;
   /** Sends membership frames (the path's out door). */
   teller: MembershipTeller | null = null;
+  /**
+   * Identity mode: whether a sealed subscriber is an identity's (the path
+   * sets it with the link door of the running config); such a subscriber is
+   * in no shared-key group. Null without identities.
+   */
+  linkedBy: ((e: Subscriber) => boolean) | null = null;
   /** The channel's live state (the path keeps it: configure); null while warm joins are off. */
   live: LiveState | null = null;
 
@@ -197,11 +206,18 @@ export class Channel implements SendSink {
     const plain: Outlet[] = [];
     for (const e of this.plain.values()) if (e.suspendedUntil === 0 && e.owned) plain.push(e.outlet);
     const byKey = new Map<string, Subscriber[]>();
+    const linked = new Map<string, Subscriber[]>();
     const since = new Map<Subscriber, { key: string; from: number }>();
     const joined: Subscriber[] = [];
     const next = this.sealer?.nextSequence ?? 0;
     for (const e of this.sealed.values()) {
       if (e.suspendedUntil !== 0 || !e.owned) continue;
+      if (this.linkedBy?.(e) === true) {
+        const l = linked.get(e.key);
+        if (l === undefined) linked.set(e.key, [e]);
+        else l.push(e);
+        continue;
+      }
       const list = byKey.get(e.key);
       if (list === undefined) byKey.set(e.key, [e]);
       else list.push(e);
@@ -213,7 +229,8 @@ export class Channel implements SendSink {
     }
     this.since = since;
     this.plainMembers = this.fanout.group(plain);
-    this.keyMembers = [...byKey].map(([key, members]) => ({ key, members, all: this.fanout.group(members.map((m) => m.outlet)), without: new Map() }));
+    for (const key of linked.keys()) if (!byKey.has(key)) byKey.set(key, []);
+    this.keyMembers = [...byKey].map(([key, members]) => ({ key, members, linked: linked.get(key) ?? [], all: this.fanout.group(members.map((m) => m.outlet)), without: new Map() }));
     this.dirty = false;
     const told = new Set<Subscriber>();
     for (const e of joined) if (this.tellMembership(e)) told.add(e);
@@ -242,7 +259,7 @@ export class Channel implements SendSink {
 
   subscribersOf(form: Form): number {
     if (this.dirty) this.rebuild();
-    return form === 'plain' ? this.plainMembers.size : this.keyMembers.reduce((n, g) => n + g.members.length, 0);
+    return form === 'plain' ? this.plainMembers.size : this.keyMembers.reduce((n, g) => n + g.members.length + g.linked.length, 0);
   }
 
   /** `g` without the member of `origin` (a frame never goes back to the agent it came from). */
@@ -261,6 +278,12 @@ export class Channel implements SendSink {
   plainGroup(): OutletGroup {
     if (this.dirty) this.rebuild();
     return this.plainMembers;
+  }
+
+  /** The link door changed (a reload): who is an identity's is judged again at the next send. */
+  relink(by: ((e: Subscriber) => boolean) | null): void {
+    this.linkedBy = by;
+    this.dirty = true;
   }
 
   /** The sealed subscribers' groups, one per channel key (rebuilt first when membership changed). */

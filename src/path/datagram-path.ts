@@ -81,6 +81,8 @@ export class DatagramPath implements JudgeHost, InHost {
     for (const ch of next.channels.values()) {
       ch.sealer = next.seal;
       ch.teller = this.teller;
+      const links = next.links;
+      ch.relink(links === null ? null : (e) => links.owns(e.origin));
     }
     this.live.configure(next);
     this.cfg = next;

@@ -50,7 +50,7 @@ export class GroupSplits {
     const current = links.groups.current(g.key);
     const holders: Subscriber[] = [];
     const rest: Subscriber[] = [];
-    for (const m of g.members) {
+    for (const m of g.linked) {
       if (origin !== null && m.origin === origin) continue;
       const link = links.linkOf(m);
       if (link === null) continue;

@@ -52,15 +52,19 @@ export class InDoor {
       hints.notAllowed.note(from.address, route.key);
       return;
     }
-    if (sealed && cfg.links !== null) {
+    if (sealed && route.config.linked === true) {
+      if (cfg.links === null) return void st.dropped[DropSlot.unknown_key]++;
       const env = cfg.links.open(ch, msg, from, this.host.reply);
       if (env !== null) this.envelope(ch, env, from);
       return;
     }
     if (sealed) {
-      const env = cfg.seal!.open(ch, msg, route.names!);
-      if (typeof env !== 'string') this.envelope(ch, env, from);
-      else hints.unopened(msg, env, from.address, route.key);
+      if (cfg.seal === null) return void st.dropped[DropSlot.unknown_key]++;
+      const env = cfg.seal.open(ch, msg, route.names!);
+      if (typeof env === 'string') hints.unopened(msg, env, from.address, route.key);
+      // Beside identity listeners (a fleet migrating), a shared-key frame may not pass for an identity: origins name owners.
+      else if (cfg.links?.owns(env.origin) === true) st.dropped[DropSlot.wrong_role]++;
+      else this.envelope(ch, env, from);
       return;
     }
     if (kind === KindSlot.set || kind === KindSlot.delete) {

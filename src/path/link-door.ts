@@ -22,17 +22,18 @@
 //   member (MEMBERSHIP, GROUP_KEY, ticket keys: link-tickets.ts) only ever
 //   under that member's link key, never anything a node could seal.
 
+import { type PeerRow, PeerStats } from '../base/peer-stats.js';
 import { DropSlot, type DropReason } from '../base/stats.js';
 import type { PeerTable } from '../config/peers-file.js';
 import type { Identity, PeerKey } from '../crypto/identity.js';
 import { stageForLinks } from '../crypto/link-keys.js';
 import type { Staged } from '../crypto/secretbox.js';
-import { type Link, LinkResponder } from '../crypto/link-responder.js';
+import { type Link, LinkResponder, REVOKED_MEMORY_MS } from '../crypto/link-responder.js';
 import { AccessList } from '../judge/access-list.js';
 import type { Source } from '../net/io.js';
 import { bigintToLong, decodeEnvelope, encodeEnvelope, type Envelope, EnvelopeKind, type GroupKeyFields, Role } from '../wire/envelope.js';
 import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
-import { DATA_OVERHEAD, decodeHello, linkTypeOf, LinkType } from '../wire/handshake.js';
+import { DATA_OVERHEAD, decodeDataHeader, decodeHello, linkTypeOf, LinkType } from '../wire/handshake.js';
 import type { TicketKey } from '../wire/ticket-codec.js';
 import type { Channel, SealingInput, Subscriber } from './channel.js';
 import { GroupKeys } from './group-keys.js';
@@ -78,6 +79,10 @@ export class LinkDoor {
   groupFramesSealed = 0;
   /** The running peers file's fingerprint. */
   fingerprint = '';
+  /** Per listed identity: last seen, refusals pinned on it (base/peer-stats.ts); bounded by the peers file. */
+  readonly peers = new PeerStats(REVOKED_MEMORY_MS);
+  /** Identity ids (hex) and link ids of identities removed lately -> their name and until when; bounded by the removed peers. */
+  private readonly revokedNames = new Map<string | number, { name: string; untilMs: number }>();
 
   constructor(
     identity: Identity,
@@ -86,7 +91,11 @@ export class LinkDoor {
   ) {
     this.responder = new LinkResponder(identity, []);
     this.originLong = bigintToLong(originOf(identity.peer));
+    this.publicKey = identity.publicText;
   }
+
+  /** This repeater's own public key (`urid1...`). */
+  readonly publicKey: string;
 
   /** The table the next commit installs: checked already (a bad file never reaches here). */
   stage(table: PeerTable): void {
@@ -104,15 +113,27 @@ export class LinkDoor {
     if (table === null) return [];
     this.staged = null;
     this.fingerprint = table.fingerprint;
+    this.peers.list(
+      table.list().map((p) => ({ name: p.name, role: p.role, key: p.key.text, allow: p.allow })),
+      nowMs,
+    );
     const nodes = table.withRole('node');
-    this.responder.setPeers(
+    const before = this.byId;
+    const dropped = this.responder.setPeers(
       nodes.map((p) => p.key),
       nowMs,
     );
+    const untilMs = nowMs + REVOKED_MEMORY_MS;
+    for (const l of dropped) {
+      const name = before.get(l.peer.idHex)?.name;
+      if (name !== undefined) this.revokedNames.set(l.cipher.secrets.localLink, { name, untilMs });
+    }
     const next = new Map<string, Listed>();
     for (const p of nodes) next.set(p.key.idHex, { name: p.name, key: p.key, allow: p.allow.length === 0 ? null : new AccessList(p.allow) });
     const gone: Listed[] = [];
     for (const [id, l] of this.byId) if (next.get(id)?.key.hex !== l.key.hex) gone.push(l);
+    for (const l of gone) this.revokedNames.set(l.key.idHex, { name: l.name, untilMs });
+    for (const id of next.keys()) this.revokedNames.delete(id);
     this.byId = next;
     this.byOrigin = new Map([...next.values()].map((l) => [originOf(l.key), l] as const));
     const origins = new Set(gone.map((l) => originOf(l.key)));
@@ -140,6 +161,11 @@ export class LinkDoor {
     return origin === null ? null : (this.byOrigin.get(origin)?.name ?? null);
   }
 
+  /** True when `origin` is a listed identity's: its subscribers are sealed for under its link, never under the shared key. */
+  owns(origin: bigint | null): boolean {
+    return origin !== null && this.byOrigin.has(origin);
+  }
+
   /** Identities with a confirmed link now. */
   get links(): number {
     let n = 0;
@@ -147,9 +173,40 @@ export class LinkDoor {
     return n;
   }
 
-  /** Forgets unconfirmed links past their time (the sweep). */
+  /** Forgets unconfirmed links past their time, and removed identities past their revoked window (the sweep). */
   expire(nowMs: number): void {
     this.responder.expire(nowMs);
+    for (const [id, r] of this.revokedNames) if (r.untilMs <= nowMs) this.revokedNames.delete(id);
+  }
+
+  /** A refusal of what `origin`'s identity sent, decided above the path (the desk's owner_conflict). */
+  refusedFor(origin: bigint | null, reason: DropReason): void {
+    const l = origin === null ? undefined : this.byOrigin.get(origin);
+    if (l !== undefined) this.peers.refused(l.name, reason);
+  }
+
+  /** Every listed identity (and those removed within their revoked window), and whether it has a link now. */
+  peerView(nowMs = Date.now()): Array<{ row: PeerRow; linked: boolean }> {
+    const byName = new Map([...this.byId.values()].map((l) => [l.name, l] as const));
+    return this.peers.view(nowMs).map((row) => {
+      const l = byName.get(row.name);
+      return { row, linked: row.revokedUntilMs === 0 && l !== undefined && l.key.text === row.key && this.responder.linkOf(l.key) !== null };
+    });
+  }
+
+  /** The name a refused frame can be pinned on: a listed identity (or one removed lately) it names or whose link it came under. */
+  private whose(msg: Buffer, t: number): string | null {
+    if (t === LinkType.Hello) {
+      const h = decodeHello(msg);
+      if (typeof h === 'string') return null;
+      const idHex = Buffer.from(h.identityId).toString('hex');
+      return this.byId.get(idHex)?.name ?? this.revokedNames.get(idHex)?.name ?? null;
+    }
+    if (t !== LinkType.LinkData) return null;
+    const d = decodeDataHeader(msg);
+    if (typeof d === 'string') return null;
+    const peer = this.responder.peerOfLink(d.id);
+    return peer !== null ? (this.byId.get(peer.idHex)?.name ?? null) : (this.revokedNames.get(d.id)?.name ?? null);
   }
 
   /**
@@ -165,14 +222,15 @@ export class LinkDoor {
     }
     if (typeof t === 'string' || t !== LinkType.LinkData) return this.drop(ch, typeof t === 'string' ? t : 'bad_type');
     const r = this.responder.open(msg, nowMs);
-    if (typeof r === 'string') return this.drop(ch, r);
+    if (typeof r === 'string') return this.drop(ch, r, this.whose(msg, t));
     const listed = this.byId.get(r.link.peer.idHex);
-    if (listed === undefined) return this.drop(ch, 'revoked');
-    if (listed.allow !== null && !listed.allow.allows(from.address)) return this.drop(ch, 'not_allowed');
+    if (listed === undefined) return this.drop(ch, 'revoked', this.whose(msg, t));
+    if (listed.allow !== null && !listed.allow.allows(from.address)) return this.drop(ch, 'not_allowed', listed.name);
     const env = decodeEnvelope(r.plain);
-    if (typeof env === 'string') return this.drop(ch, env);
-    if (env.role !== Role.Agent) return this.drop(ch, 'wrong_role');
-    if (Math.abs(nowMs - env.sentAtMs) > this.maxSkewMs()) return this.drop(ch, 'stale');
+    if (typeof env === 'string') return this.drop(ch, env, listed.name);
+    if (env.role !== Role.Agent) return this.drop(ch, 'wrong_role', listed.name);
+    if (Math.abs(nowMs - env.sentAtMs) > this.maxSkewMs()) return this.drop(ch, 'stale', listed.name);
+    this.peers.seen(listed.name, nowMs);
     if (!this.announced.has(r.link)) {
       this.announced.add(r.link);
       this.groups.linksChanged();
@@ -200,21 +258,24 @@ export class LinkDoor {
     if (typeof h !== 'string') {
       const listed = this.byId.get(Buffer.from(h.identityId).toString('hex'));
       if (listed?.allow != null && !listed.allow.allows(from.address)) {
-        this.drop(ch, 'not_allowed');
+        this.drop(ch, 'not_allowed', listed.name);
         return;
       }
     }
     const r = this.responder.hello(msg, nowMs);
     if (typeof r === 'string') {
-      this.drop(ch, r);
+      this.drop(ch, r, r === 'unknown_peer' ? null : this.whose(msg, LinkType.Hello));
       return;
     }
     reply(Buffer.from(r.welcome), from);
   }
 
-  private drop(ch: Channel, reason: string): null {
+  /** Counts a refusal on the channel, and on the identity it can be pinned on (`peer`), if any. */
+  private drop(ch: Channel, reason: string, peer: string | null = null): null {
     const r = (HANDSHAKE_DROPS[reason] ?? reason) as DropReason;
-    ch.stats.dropped[DropSlot[r] ?? DropSlot.bad_payload]++;
+    const slot = DropSlot[r] ?? DropSlot.bad_payload;
+    ch.stats.dropped[slot]++;
+    if (peer !== null) this.peers.refused(peer, DropSlot[r] === undefined ? 'bad_payload' : r);
     return null;
   }
 

@@ -29,7 +29,7 @@ export function linkedTickets(ch: Channel, keys: readonly TicketKey[], e: Subscr
   for (const g of ch.keyGroups()) {
     const plain = links.tickets(g.key, keys);
     if (plain === null) continue;
-    for (const m of g.members) {
+    for (const m of g.linked) {
       const frame = links.sealFor(m, plain);
       if (frame !== null && send(m, frame)) sent++;
     }

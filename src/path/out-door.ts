@@ -118,10 +118,8 @@ export class OutDoor {
     if (keys !== null) {
       for (const g of keys) {
         any = true;
-        if (links !== null) {
-          this.perLink(ch, g, sealing!, origin, links);
-          continue;
-        }
+        if (links !== null && g.linked.length > 0) this.perLink(ch, g, sealing!, origin, links);
+        if (seal === null || g.members.length === 0) continue;
         const group = ch.groupFor(g, origin);
         if (group.size === 0) continue;
         const frame = seal!.sealDatagram(g.key, sealing!);
@@ -168,8 +166,9 @@ export class OutDoor {
       out = f;
     } else {
       const links = this.settings().links;
-      const plain = links?.datagram(e.key, { content, trace }) ?? null;
-      const frame = links !== null ? (plain === null ? null : links.sealFor(e, plain)) : (this.settings().seal?.sealDatagram(e.key, { content, trace }, e.endpoint.text) ?? null);
+      const linked = links !== null && links.owns(e.origin);
+      const plain = linked ? links.datagram(e.key, { content, trace }) : null;
+      const frame = linked ? (plain === null ? null : links.sealFor(e, plain)) : (this.settings().seal?.sealDatagram(e.key, { content, trace }, e.endpoint.text) ?? null);
       if (frame === null) {
         st.dropped[DropSlot.sealed_too_large]++;
         return r;
@@ -191,6 +190,7 @@ export class OutDoor {
 
   /** Tells `e` from which of our group frames of its key it is a member (channel.ts MembershipTeller). */
   membership(_ch: Channel, e: Subscriber, memberFrom: number): boolean {
+    if (this.settings().links?.owns(e.origin) === true) return false;
     const frame = this.settings().seal?.sealMembership(e.key, memberFrom, e.endpoint.text) ?? null;
     if (frame === null) return false;
     return this.one(e, frame);
@@ -204,20 +204,23 @@ export class OutDoor {
    */
   tickets(ch: Channel, keys: readonly TicketKey[], e: Subscriber | null = null): number {
     const { seal, links } = this.settings();
-    // Identity mode: under each member's link key alone (link-tickets.ts).
-    if (links !== null) return linkedTickets(ch, keys, e, links, (m, frame) => this.one(m, frame));
-    if (seal === null) return 0;
+    // Identity mode: under each linked member's link key alone (link-tickets.ts); the shared key's members (a migration) as before.
+    const linkedOne = e !== null && links !== null && ch.linkedBy?.(e) === true;
+    let sent = links !== null && (e === null || linkedOne) ? linkedTickets(ch, keys, e, links, (m, frame) => this.one(m, frame)) : 0;
+    if (seal === null || linkedOne) return sent;
     if (e !== null) {
-      if (e.form !== 'sealed' || !e.owned || e.suspendedUntil !== 0) return 0;
+      if (e.form !== 'sealed' || !e.owned || e.suspendedUntil !== 0) return sent;
       const frame = seal.sealTickets(e.key, keys, e.endpoint.text);
-      return frame !== null && this.one(e, frame) ? 1 : 0;
+      return frame !== null && this.one(e, frame) ? sent + 1 : sent;
     }
     const t = newTally();
     for (const g of ch.keyGroups()) {
+      if (g.members.length === 0) continue;
       const frame = seal.sealTickets(g.key, keys, '');
       if (frame !== null) g.all.send(frame, true, t, null);
     }
-    return t.sent;
+    sent += t.sent;
+    return sent;
   }
 
   /**
@@ -265,7 +268,7 @@ export class OutDoor {
     let sent = 0;
     for (const ch of channels) {
       for (const g of ch.keyGroups()) {
-        for (const m of g.members) {
+        for (const m of g.linked) {
           const link = links.linkOf(m);
           const frame = link === null ? null : links.groupKeyFor(link, g.key);
           if (frame !== null && this.one(m, frame)) sent++;

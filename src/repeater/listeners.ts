@@ -92,12 +92,14 @@ export class Listeners {
   }
 
   /** Each listener: configured and bound address, channel, form, receive buffer. */
-  describe(): Array<{ address: string; bound: string; channel: string; sealed: boolean; recvBuffer: number }> {
+  describe(): Array<{ address: string; bound: string; channel: string; sealed: boolean; identity?: true; recvBuffer: number }> {
     return [...this.open.values()].map((l) => ({
       address: l.config.endpoint.text,
       bound: l.listener.bound,
       channel: l.config.channel,
       sealed: l.config.sealed,
+      // Identity mode: agents link to it by identity (config/sealed-modes.ts); absent under the shared key.
+      ...(l.config.linked === true ? { identity: true as const } : {}),
       recvBuffer: l.listener.recvBuffer,
     }));
   }

@@ -235,7 +235,7 @@ export class Repeater {
     this.limiter.configure(next.limits.subscribeRate, next.limits.subscribeBurst);
     if (this.seal !== sealed) this.seal?.dispose();
     this.seal = sealed;
-    const deskDeps = { acl: this.acl, limiter: this.limiter, log: this.log, own, signatures, channels: () => this.channelMap.values(), warm: this.warm, identities: links !== null };
+    const deskDeps = { acl: this.acl, limiter: this.limiter, log: this.log, own, signatures, channels: () => this.channelMap.values(), warm: this.warm, identities: links };
     if (this.desk === undefined) this.desk = new SubscriptionDesk(deskDeps);
     else this.desk.configure(deskDeps);
     this.applyChannels(next);

@@ -54,8 +54,8 @@ export interface DeskDeps {
   channels: () => Iterable<Channel>;
   /** The warm joins (warm-join.ts), told of subscribers that hold none of what they missed. */
   warm?: WarmDesk;
-  /** Identity mode: a sealed subscriber's origin is its identity's, and the entry is that identity's. */
-  identities?: boolean;
+  /** Identity mode: whether an origin is a listed identity's (a subscriber with it is that identity's); null without identities. */
+  identities?: { owns(origin: bigint | null): boolean; refusedFor(origin: bigint | null, reason: DropReason): void } | null;
 }
 
 export interface WarmDesk {
@@ -188,8 +188,10 @@ export class SubscriptionDesk {
     const ep = vetted;
     const registry = ch.registry(form);
     const { log } = this.deps;
-    if (form === 'sealed' && this.deps.identities === true && this.ownedByAnother(registry.get(ep.text), origin, now)) {
+    const ids = this.deps.identities;
+    if (form === 'sealed' && ids != null && this.ownedByAnother(registry.get(ep.text), origin, now, (o) => ids.owns(o))) {
       this.refuse(ch, 'owner_conflict', source, sub);
+      ids.refusedFor(origin, 'owner_conflict');
       return 'owner_conflict';
     }
     if (sub.unsubscribe) {
@@ -233,9 +235,16 @@ export class SubscriptionDesk {
     return null;
   }
 
-  /** True when `e` is a live entry another identity subscribed (identity mode: origins are identities). */
-  private ownedByAnother(e: Subscriber | undefined, origin: bigint | null, now: number): boolean {
-    return e !== undefined && !e.isStatic && e.origin !== null && e.origin !== origin && e.deadline > now;
+  /**
+   * True when `e` is a live entry another owner subscribed and an identity is
+   * involved: an identity's entry is its alone, and an identity takes no live
+   * entry of a shared-key agent (that one's goodbye, or its expiry, frees the
+   * address). Between shared-key agents nothing changes: any holder of the key
+   * may refresh or remove any entry, as without identities.
+   */
+  private ownedByAnother(e: Subscriber | undefined, origin: bigint | null, now: number, identity: (o: bigint | null) => boolean): boolean {
+    if (e === undefined || e.isStatic || e.origin === null || e.origin === origin || e.deadline <= now) return false;
+    return identity(e.origin) || identity(origin);
   }
 
   /** Tells the warm joins of a subscriber new to its channel, or back from a suspension, when it may be warmed. */

@@ -162,7 +162,8 @@ export function formatStatus(s: Snapshot): string {
     lines.push(`listeners: ${listeners.length === 0 ? 'none' : ''}`.trimEnd());
     for (const l of listeners) {
       const bound = str(l['bound']) !== str(l['address']) ? ` (bound ${clean(l['bound'])})` : '';
-      lines.push(`  ${clean(l['address'])}  ${l['sealed'] === true ? 'sealed' : 'plain '}  channel ${clean(l['channel'])}${bound}`);
+      const mode = l['identity'] === true ? ', by identity' : '';
+      lines.push(`  ${clean(l['address'])}  ${l['sealed'] === true ? 'sealed' : 'plain '}  channel ${clean(l['channel'])}${mode}${bound}`);
     }
     const channels = perChannel(s);
     const total = (s.subscribers ?? []).length;
@@ -183,6 +184,10 @@ export function formatStatus(s: Snapshot): string {
       const last = l['lastFrameAt'] === null ? 'no frame yet' : `last frame ${clean(when(l['lastFrameAt']))}`;
       lines.push(`  ${clean(l['repeater'])}  sent ${num(l['sent'])}, received ${num(l['received'])}, ${last}`);
     }
+  }
+  if (h['identity'] !== null && typeof h['identity'] === 'object') {
+    const id = obj(h['identity']);
+    lines.push(`identities: ${arr(id['peers']).length} listed, ${num(id['links'])} linked (peers file ${clean(id['peersFingerprint'], 16)}; udprepeater peers for each)`);
   }
   lines.push(...keyLines(h), dropLine(s));
   return lines.join('\n') + '\n';
@@ -263,7 +268,37 @@ export function formatPeers(kind: DaemonKind, h: Obj): string {
   return head + table(cols, peers);
 }
 
-/** `peers --json`: the peers as the daemon listed them (cluster peers, or an agent's links). */
-export function peersJson(kind: DaemonKind, h: Obj): unknown[] {
-  return kind === 'agent' ? arr(h['links']) : arr(obj(h['cluster'])['peers']);
+/** `peers --json`: the peers as the daemon listed them (cluster peers, or an agent's links); with identities, an object with its identity table too. */
+export function peersJson(kind: DaemonKind, h: Obj): unknown {
+  const list = kind === 'agent' ? arr(h['links']) : arr(obj(h['cluster'])['peers']);
+  if (h['identity'] === undefined || typeof h['identity'] !== 'object') return list;
+  return { identity: h['identity'], [kind === 'agent' ? 'repeaters' : 'cluster']: list };
+}
+
+/**
+ * Identity mode: one row per identity the daemon's peers file lists (and
+ * those removed within their revoked window), before what formatPeers
+ * prints; '' without identities.
+ */
+export function formatIdentities(kind: DaemonKind, h: Obj): string {
+  if (h['identity'] === undefined || typeof h['identity'] !== 'object' || h['identity'] === null) return '';
+  const id = obj(h['identity']);
+  const peers = arr(id['peers']);
+  const head = `identities: this ${kind} is ${clean(id['publicKey'], 24)}, peers file ${clean(id['peersFingerprint'], 16)} (${peers.length} listed, ${num(id['links'])} linked)\n`;
+  if (peers.length === 0) return `${head}\n`;
+  const cols: Column[] = [
+    { title: 'NAME', get: (p) => p['name'] },
+    { title: 'ROLE', get: (p) => p['role'] },
+    { title: 'KEY', get: (p) => `${[...str(p['key'])].slice(0, 16).join('')}…` },
+    { title: 'ALLOW', get: (p) => (arr(p['allow']).length === 0 ? 'any' : arr(p['allow']).map(str).join(',')) },
+    { title: 'STATE', get: (p) => (p['revokedUntil'] !== undefined ? `revoked (until ${when(p['revokedUntil'])})` : p['linked'] === true ? 'linked' : 'not linked') },
+    { title: 'LAST SEEN', get: (p) => (p['lastSeen'] === null || p['lastSeen'] === undefined ? 'never' : when(p['lastSeen'])) },
+    { title: 'REFUSED', get: refusedCell },
+  ];
+  return `${head}${table(cols, peers)}\n`;
+}
+
+function refusedCell(p: Obj): string {
+  const r = Object.entries(obj(p['refused'])).filter(([, n]) => num(n) > 0);
+  return r.length === 0 ? '-' : r.map(([reason, n]) => `${reason} ${num(n)}`).join(', ');
 }

@@ -13,7 +13,7 @@
 import { request } from 'node:http';
 import { ConfigError } from '../base/errors.js';
 import { parseEndpoint } from '../wire/address.js';
-import { clean, type DaemonKind, formatPeers, formatStatus, formatSubscribers, identify, peersJson, type Snapshot, statusJson } from './status-format.js';
+import { clean, type DaemonKind, formatIdentities, formatPeers, formatStatus, formatSubscribers, identify, peersJson, type Snapshot, statusJson } from './status-format.js';
 
 /** sysexits.h */
 export const EX_USAGE = 64;
@@ -168,5 +168,5 @@ export async function subscribersCommand(t: StatusTarget, o: StatusOptions): Pro
 export async function peersCommand(t: StatusTarget, o: StatusOptions): Promise<void> {
   const s = await readSnapshot(t, o.timeoutMs, {});
   if (o.json) json(peersJson(s.kind, s.health));
-  else print(formatPeers(s.kind, s.health));
+  else print(formatIdentities(s.kind, s.health) + formatPeers(s.kind, s.health));
 }
