@@ -31,6 +31,7 @@ import { Progress } from './lib/progress.js';
 import { clusterNotes, type RunInfo, summarize, targetList, writeReports } from './lib/report.js';
 import { checkSecure, type KeyInfo, keygen, keyIdOfFile } from './lib/secure-check.js';
 import { identityMode, makeIdentities } from './lib/identity-mode.js';
+import { checkIdentity } from './lib/identity-check.js';
 import { measureRevocation, type RevocationResult } from './lib/revocation.js';
 import { selftest, selftestCluster } from './lib/selftest.js';
 import { selftestFigures } from './lib/selftest-figures.js';
@@ -420,6 +421,14 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
   progress.setTotal(caps.length * capRepeats + plan.reduce((n, s) => n + s.repeats * s.targets.length, 0) + (wantSecure ? 1 : 0) + memChecks.length + (wantRevocation ? 1 : 0));
   progress.note(`udprepeater datagram path: ${repeaterPath()}`);
   const secureCheck: string[] = [];
+  const identityCheck: string[] = [];
+  if (identity !== null && identityScenarios.length > 0) {
+    progress.note('identity mode: checking interoperability (link frames, C helpers against the project\'s LinkCipher)');
+    await checkIdentity(ctx, identity, (l) => {
+      identityCheck.push(l);
+      progress.note(`  ${l}`);
+    }, { thorough: false });
+  }
   if (secure !== null) {
     progress.note(`secure mode: key ${relative(ROOT, secure.key.file)} (key id ${secure.key.id}), libsodium ${tools.sodium}; checking interoperability`);
     progress.next('secure mode interoperability check');
@@ -480,7 +489,7 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
       peers: peers.map((p) => ({ name: p.name, command: p.template })),
       loadEnd: loadavg().map((x) => Math.round(x * 100) / 100),
       gcStats: ctx.gcStats,
-      ...(identity === null ? {} : { identity: { revocation } }),
+      ...(identity === null ? {} : { identity: { revocation, check: identityCheck } }),
       cluster:
         natsServer === null
           ? null
@@ -575,7 +584,9 @@ async function selftestCmd(opts: Opts): Promise<void> {
   const modeSel = modeSelection(opts, 'both');
   const withSecure = modeSel === 'secure' || modeSel === 'both';
   const secure = withSecure && tools.sodium !== null ? await prepareSecure(opts, scratch, tools) : null;
-  if (modeSel === 'secure') requireSodium(tools);
+  if (modeSel === 'secure' || modeSel === 'identity') requireSodium(tools);
+  const withIdentity = modeSel === 'identity' || modeSel === 'both';
+  const identity = withIdentity && tools.sodium !== null ? await makeIdentities(scratch, 2, 1) : null;
   // The cluster check needs nats-server: required with --mode cluster, skipped (and said so) without one otherwise.
   let nats: string | null = null;
   let natsProblem = '';
@@ -587,7 +598,7 @@ async function selftestCmd(opts: Opts): Promise<void> {
       natsProblem = err instanceof Error ? err.message.split('\n')[0]! : String(err);
     }
   }
-  const ctx = makeContext(opts, progress, scratch, tools, true, secure?.mode ?? null, nats);
+  const ctx = makeContext(opts, progress, scratch, tools, true, secure?.mode ?? null, nats, [], identity === null ? null : identityMode(identity));
   const capture = opts.has('--no-replay') ? null : resolve(one(opts, '--capture') ?? DEFAULT_CAPTURE);
   const log = (s: string) => process.stdout.write(`${s}\n`);
   if (modeSel === 'plain' || modeSel === 'both' || modeSel === 'figures') {
@@ -599,6 +610,12 @@ async function selftestCmd(opts: Opts): Promise<void> {
     await checkSecure(ctx, secure.key, log, { thorough: true });
   } else if (withSecure) {
     log(`secure mode NOT checked: ${SODIUM_HINT} (${tools.sodiumProblem ?? 'libsodium not found'})`);
+  }
+  if (identity !== null) {
+    log(`identity mode: identities from udprepeater keygen --identity, libsodium ${tools.sodium}`);
+    await checkIdentity(ctx, identity, log, { thorough: true });
+  } else if (withIdentity) {
+    log(`identity mode NOT checked: ${SODIUM_HINT} (${tools.sodiumProblem ?? 'libsodium not found'})`);
   }
   if (nats !== null) {
     log(`cluster mode: ${natsVersion(nats)}; ${clusterPinning(opts, pinning(opts.has('--no-pin'), machineFacts(tools.compiler).nproc)).text}`);

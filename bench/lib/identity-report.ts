@@ -68,6 +68,8 @@ export function identitySection(info: RunInfo, sums: readonly ScenarioSummary[])
       '',
     );
   }
+  const check = info.identity?.check ?? [];
+  if (check.length > 0) L.push('Interoperability checked before measuring:', '', ...check.map((l) => `- ${l}`), '');
   if (rev !== null) L.push('### Revocation latency', '', ...revocationLines(rev));
   return L;
 }

@@ -18,7 +18,7 @@ import { isCluster, type TargetKind, targetName } from './targets.js';
 export interface RunInfo {
   readonly command: string;
   /** Identity mode: the revocation latency (null: not measured in this run). */
-  readonly identity?: { readonly revocation: RevocationResult | null };
+  readonly identity?: { readonly revocation: RevocationResult | null; readonly check?: readonly string[] };
   readonly mode: string;
   readonly quick: boolean;
   readonly started: string;
