@@ -373,7 +373,7 @@ export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityRe
   L.push('');
   L.push('Sources:', '');
   for (const s of sums) {
-    const how = s.dynamic ? '; receivers subscribed with uWSGI subscription packets (224/0)' : '; static --to subscribers';
+    const how = s.mode === 'identity' ? '; receivers linked by node identity (sealed SUBSCRIBE under each link)' : s.dynamic ? '; receivers subscribed with uWSGI subscription packets (224/0)' : '; static --to subscribers';
     const order = s.interleaved
       ? s.measuredWith.length > 0
         ? `; measured alternating with ${s.measuredWith.join(', ')} (all fan-outs side by side)`
