@@ -128,7 +128,7 @@ export class LinkHarness {
   }
 
   static open(repeaterPort: number): Promise<LinkHarness> {
-    const s = createSocket('udp4');
+    const s = createSocket({ type: 'udp4', recvBufferSize: 1 << 20 });
     return new Promise((resolve, reject) => {
       s.once('error', reject);
       s.bind(0, '127.0.0.1', () => {

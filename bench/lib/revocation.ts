@@ -48,7 +48,7 @@ export interface RevocationResult {
 const RATE_PER_MS = 1;
 
 async function udp(): Promise<Socket> {
-  const s = createSocket('udp4');
+  const s = createSocket({ type: 'udp4', recvBufferSize: 4 << 20 });
   s.on('error', () => undefined);
   await new Promise<void>((resolve) => s.bind(0, '127.0.0.1', resolve));
   return s;
