@@ -31,6 +31,8 @@ export interface RevocationRep {
   sent: number;
   firstRefused: number;
   latencyMs: number;
+  /** The send time of the last frame that got through (the one before the first refused), after the SIGHUP (ms). */
+  lastAcceptedMs: number;
   /** Frames from the first refused one on; the repeater's count of revoked drops meanwhile. */
   after: number;
   revokedDrops: number;
@@ -121,7 +123,7 @@ export async function measureRevocation(s: IdentitySetup, mode: BenchMode, opts:
       const line = log.lines.slice(logsBefore).find((r) => String(r['msg']).startsWith('identities revoked'));
       const logTime = typeof line?.['time'] === 'string' || typeof line?.['time'] === 'number' ? new Date(line['time']).getTime() : NaN;
       const hupWall = Date.now() - (performance.now() - hupAt);
-      reps.push({ sent, firstRefused: first, latencyMs: sentAt[first]! - hupAt, after: sent - first, revokedDrops: drops1 - drops0, logMs: logTime - hupWall });
+      reps.push({ sent, firstRefused: first, latencyMs: sentAt[first]! - hupAt, lastAcceptedMs: sentAt[first - 1]! - hupAt, after: sent - first, revokedDrops: drops1 - drops0, logMs: logTime - hupWall });
     }
   } finally {
     h.close();
@@ -143,9 +145,10 @@ export function revocationLines(r: RevocationResult): string[] {
     `**revocation latency: reload to first refused frame = ${f(r.medianMs)} ms** (median of ${r.reps.length}; ${r.reps.map((x) => f(x.latencyMs)).join(', ')} ms)`,
     '',
     `${r.note}. The first refused frame is the first sequence number from which on the observer (a linked, subscribed node) got no copy; its latency is its send time minus the SIGHUP's. ` +
-      'Per repetition: frames sent, first refused, frames from it on / the repeater\'s count of `revoked` drops, its "identities revoked" log line after the SIGHUP (ms, its clock):',
+      'A frame still queued at the listener when the reload lands is refused too, so a repetition can come out slightly negative: the reload took effect between the last frame that got through and the first refused one. ' +
+      'Per repetition: frames sent, first refused, the last that got through, frames from the first refused on / the repeater\'s count of `revoked` drops, its "identities revoked" log line after the SIGHUP (ms, its clock):',
     '',
-    ...r.reps.map((x, i) => `- ${i + 1}: ${x.sent} sent, first refused #${x.firstRefused} at ${f(x.latencyMs)} ms; ${x.after} from it on / ${x.revokedDrops} counted revoked; log line at ${f(x.logMs)} ms`),
+    ...r.reps.map((x, i) => `- ${i + 1}: ${x.sent} sent, first refused #${x.firstRefused} sent at ${f(x.latencyMs)} ms, the last through at ${f(x.lastAcceptedMs)} ms; ${x.after} from it on / ${x.revokedDrops} counted revoked; log line at ${f(x.logMs)} ms`),
     '',
     `udprepeater: \`${r.command}\``,
     '',
