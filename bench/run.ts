@@ -4,6 +4,7 @@
 //   npm run bench -- --quick      the same questions, smaller (about 3 minutes)
 //   npm run bench -- --mode secure  only the secure scenarios and their plain twins
 //   npm run bench -- --mode cluster only the cluster scenarios (two repeaters over NATS)
+//   npm run bench -- --mode identity only the identity scenarios, their plain twins and the revocation latency
 //   npm run bench -- --mode figures only what the figures table needs (bench/README.md "The figures")
 //   npm run bench -- --peer-cmd 'samplicator=/path/samplicate -s 127.0.0.1 -p {port} 127.0.0.1/{rport}'
 //   npm run bench -- replay --capture FILE --to 127.0.0.1:PORT [--speed 10]
@@ -29,6 +30,9 @@ import { BenchError, installCleanup, setLauncher } from './lib/procs.js';
 import { Progress } from './lib/progress.js';
 import { clusterNotes, type RunInfo, summarize, targetList, writeReports } from './lib/report.js';
 import { checkSecure, type KeyInfo, keygen, keyIdOfFile } from './lib/secure-check.js';
+import { identityMode, makeIdentities } from './lib/identity-mode.js';
+import { checkIdentity } from './lib/identity-check.js';
+import { measureRevocation, type RevocationResult } from './lib/revocation.js';
 import { selftest, selftestCluster } from './lib/selftest.js';
 import { selftestFigures } from './lib/selftest-figures.js';
 import { parseSize, type SyntheticSpec } from './lib/synthetic.js';
@@ -57,11 +61,13 @@ suite options:
   --big N                 subscribers of the one-channel dynamic run (default 10000; quick 1000; 0 = skip)
   --targets LIST          floor,udprepeater,udprepeater-dgram (default floor,udprepeater; udprepeater-dgram
                           is udprepeater with UDPREPEATER_NATIVE=0, its pure node:dgram path)
-  --mode plain|secure|cluster|figures|both
+  --mode plain|secure|identity|cluster|figures|both
                           plain: the plain matrix and the figures' plain scenarios; secure: only the secure points and
-                          their plain twins; cluster: only the cluster scenarios; figures: only what the figures table
-                          needs (1 and 8 subscribers at 20k/s, 8 at 60k/s, a full live state, its memory, secure mode at
-                          1 and 8 subscribers, the cluster at 5k/s); both (default): all of it
+                          their plain twins; identity: only the identity points, their plain twins and the revocation
+                          latency; cluster: only the cluster scenarios; figures: only what the figures table
+                          needs (1 and 8 subscribers at 20k/s, 8 at 60k/s, a full live state, its memory, secure mode and
+                          secure with identities at 1 and 8 subscribers, the revocation latency, the cluster at 5k/s);
+                          both (default): all of it
   --peer-cmd 'NAME=CMD'   another fan-out program measured beside udprepeater in the figures' plain scenarios
                           (repeatable). CMD is run without a shell, pinned like every fan-out; placeholders: {port}
                           (where it must listen, on 127.0.0.1), {to} / {rport} (a word repeated for each receiver, with
@@ -73,6 +79,9 @@ suite options:
   --no-gc-stats           do not load the GC-pause counter into udprepeater (NODE_OPTIONS=--require gc-preload.js)
   --secure POINTS         secure points, SUBSCRIBERSxRATE (input datagrams/s), comma-separated, or none
                           (default 1x20000,1x160000,8x20000,64x2500,8x60000; quick 8x20000)
+  --identity POINTS       identity points (secure with identities: link frames, udprepeater --identity --peers),
+                          SUBSCRIBERSxRATE, comma-separated, or none (default 1x20000,8x20000; quick 8x20000)
+  --revocations N         repetitions of the revocation latency (id revocation; default 5; quick 3; 0 = skip)
   --cluster VARIANTS      cluster scenarios (two repeaters A and B over a nats-server, each serving about half of the
                           same static subscribers, next to the floor and a standalone udprepeater): one (input to A,
                           bus in clear), sealed (the same with the bus sealed, --cluster-key-file), split (input split
@@ -215,7 +224,7 @@ function pinning(noPin: boolean, nproc: number): { fan: string | undefined; load
 /** Which scenarios --mode asks for. */
 function modeSelection(opts: Opts, dflt: ModeSelection): ModeSelection {
   const m = one(opts, '--mode') ?? dflt;
-  if (m !== 'plain' && m !== 'secure' && m !== 'both' && m !== 'cluster' && m !== 'figures') throw new BenchError(`--mode ${m}: want plain, secure, cluster, figures or both`);
+  if (m !== 'plain' && m !== 'secure' && m !== 'identity' && m !== 'both' && m !== 'cluster' && m !== 'figures') throw new BenchError(`--mode ${m}: want plain, secure, identity, cluster, figures or both`);
   return m;
 }
 
@@ -259,9 +268,11 @@ function makeContext(
   secure: BenchMode | null,
   natsServer: string | null = null,
   peers: readonly PeerSpec[] = [],
+  identity: BenchMode | null = null,
 ): Context {
   const modes: Partial<Record<ModeName, BenchMode>> = { plain: PLAIN };
   if (secure !== null) modes.secure = secure;
+  if (identity !== null) modes.identity = identity;
   const pin = pinning(opts.has('--no-pin'), machineFacts(tools.compiler).nproc);
   const repeaterArgs = [...(opts.get('--repeater-arg') ?? [])];
   const sq = one(opts, '--send-queue');
@@ -319,6 +330,12 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
   } catch (err) {
     throw new BenchError(`--secure ${(err as Error).message}`);
   }
+  let identityPoints: Array<[number, number]>;
+  try {
+    identityPoints = parsePoints(one(opts, '--identity') ?? (quick ? '8x20000' : '1x20000,8x20000'));
+  } catch (err) {
+    throw new BenchError(`--identity ${(err as Error).message}`);
+  }
   let clusterVariants: ClusterVariant[];
   let clusterPoints: Array<[number, number]>;
   try {
@@ -365,6 +382,7 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
         replayPort: one(opts, '--replay-port') === undefined ? undefined : num(opts, '--replay-port', 0, 1),
         targets,
         secure: securePoints,
+        identity: identityPoints,
         mode: modeSel,
         cluster: { points: clusterPoints, variants: clusterVariants },
         peers: peers.map((p) => p.kind),
@@ -373,6 +391,9 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
   if (only !== undefined) plan = plan.filter((s) => new RegExp(only).test(s.id));
   const withFigures = modeSel === 'plain' || modeSel === 'both' || modeSel === 'figures';
   const memChecks = capacityOnly || !withFigures ? [] : memSizes.map((mb) => ({ id: `memory-${mb}m`, bytes: mb << 20 })).filter((m) => only === undefined || new RegExp(only).test(m.id));
+  // The revocation latency: with the identity scenarios (unless --only picks scenarios), or when asked for.
+  const revocations = capacityOnly || !['identity', 'figures', 'both'].includes(modeSel) ? 0 : num(opts, '--revocations', quick ? 3 : 5, 0);
+  const wantRevocation = revocations > 0 && (only === undefined || new RegExp(only).test('revocation'));
   // nats-server is looked for only when a cluster scenario will run.
   const natsServer = plan.some((s) => s.cluster !== undefined) ? findNatsServer(one(opts, '--nats-server')) : null;
   // Secure mode is prepared (key, libsodium, interoperability check) only when something will run in it.
@@ -384,14 +405,30 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
     );
   }
   const secure = wantSecure ? await prepareSecure(opts, scratch, tools) : null;
-  const ctx = makeContext(opts, progress, scratch, tools, quick, secure?.mode ?? null, natsServer, peers);
+  // Identity mode: every identity made by the real CLI, the repeater's peers file listing the nodes.
+  const identityScenarios = plan.filter((s) => s.mode === 'identity');
+  const wantIdentity = identityScenarios.length > 0 || wantRevocation;
+  if (wantIdentity && tools.sodium === null) throw new BenchError(`${SODIUM_HINT}.\n(${tools.sodiumProblem ?? 'libsodium not found'})\nThis run has identity scenarios.`);
+  const identity = wantIdentity
+    ? await makeIdentities(scratch, Math.max(1, ...identityScenarios.map((s) => s.subscribers)), wantRevocation ? revocations : 0)
+    : null;
+  const identityModeOf = identity === null ? null : identityMode(identity);
+  const ctx = makeContext(opts, progress, scratch, tools, quick, secure?.mode ?? null, natsServer, peers, identityModeOf);
   // --mode figures needs no capacity check (ask with capacity).
   const caps = capacityOnly || (!opts.has('--no-capacity') && modeSel !== 'figures') ? capacityCases(quick, wantSecure) : [];
   const capRepeats = quick ? 1 : 3;
   const capDuration = quick ? 1 : 2;
-  progress.setTotal(caps.length * capRepeats + plan.reduce((n, s) => n + s.repeats * s.targets.length, 0) + (wantSecure ? 1 : 0) + memChecks.length);
+  progress.setTotal(caps.length * capRepeats + plan.reduce((n, s) => n + s.repeats * s.targets.length, 0) + (wantSecure ? 1 : 0) + memChecks.length + (wantRevocation ? 1 : 0));
   progress.note(`udprepeater datagram path: ${repeaterPath()}`);
   const secureCheck: string[] = [];
+  const identityCheck: string[] = [];
+  if (identity !== null && identityScenarios.length > 0) {
+    progress.note('identity mode: checking interoperability (link frames, C helpers against the project\'s LinkCipher)');
+    await checkIdentity(ctx, identity, (l) => {
+      identityCheck.push(l);
+      progress.note(`  ${l}`);
+    }, { thorough: false });
+  }
   if (secure !== null) {
     progress.note(`secure mode: key ${relative(ROOT, secure.key.file)} (key id ${secure.key.id}), libsodium ${tools.sodium}; checking interoperability`);
     progress.next('secure mode interoperability check');
@@ -417,6 +454,7 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
   }
   const results: ScenarioResult[] = [];
   const memory: MemoryResult[] = [];
+  let revocation: RevocationResult | null = null;
   // A quick run does not overwrite the full run's results.
   const name = one(opts, '--name') ?? (quick ? 'quick' : 'latest');
   mkdirSync(RESULTS_DIR, { recursive: true });
@@ -451,6 +489,7 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
       peers: peers.map((p) => ({ name: p.name, command: p.template })),
       loadEnd: loadavg().map((x) => Math.round(x * 100) / 100),
       gcStats: ctx.gcStats,
+      ...(identity === null ? {} : { identity: { revocation, check: identityCheck } }),
       cluster:
         natsServer === null
           ? null
@@ -467,7 +506,7 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
   const groups: Scenario[][] = [];
   for (const sc of plan) {
     const last = groups.at(-1);
-    if (sc.twin !== undefined && last?.length === 1 && last[0]!.id === sc.twin) last.push(sc);
+    if (sc.twin !== undefined && last?.[0]?.id === sc.twin) last.push(sc);
     else groups.push([sc]);
   }
   for (const group of groups) {
@@ -481,6 +520,12 @@ async function suite(argv: string[], opts: Opts, capacityOnly: boolean): Promise
       for (const line of clusterNotes(s)) progress.note(`    ${line}`);
     }
     write(); // keep partial results if a later scenario fails
+  }
+  if (wantRevocation && identity !== null && identityModeOf !== null) {
+    progress.next('revocation latency');
+    revocation = await measureRevocation(identity, identityModeOf, { cpu: ctx.cpuFanout, recvBuffer: ctx.recvBuffer }, (x) => progress.tick(x));
+    progress.note(`  revocation latency: reload to first refused frame ${revocation.medianMs.toFixed(1)} ms (median of ${revocation.reps.length})`);
+    write();
   }
   for (const m of memChecks) {
     progress.next(`memory check ${m.id}`);
@@ -539,7 +584,9 @@ async function selftestCmd(opts: Opts): Promise<void> {
   const modeSel = modeSelection(opts, 'both');
   const withSecure = modeSel === 'secure' || modeSel === 'both';
   const secure = withSecure && tools.sodium !== null ? await prepareSecure(opts, scratch, tools) : null;
-  if (modeSel === 'secure') requireSodium(tools);
+  if (modeSel === 'secure' || modeSel === 'identity') requireSodium(tools);
+  const withIdentity = modeSel === 'identity' || modeSel === 'both';
+  const identity = withIdentity && tools.sodium !== null ? await makeIdentities(scratch, 2, 1) : null;
   // The cluster check needs nats-server: required with --mode cluster, skipped (and said so) without one otherwise.
   let nats: string | null = null;
   let natsProblem = '';
@@ -551,7 +598,7 @@ async function selftestCmd(opts: Opts): Promise<void> {
       natsProblem = err instanceof Error ? err.message.split('\n')[0]! : String(err);
     }
   }
-  const ctx = makeContext(opts, progress, scratch, tools, true, secure?.mode ?? null, nats);
+  const ctx = makeContext(opts, progress, scratch, tools, true, secure?.mode ?? null, nats, [], identity === null ? null : identityMode(identity));
   const capture = opts.has('--no-replay') ? null : resolve(one(opts, '--capture') ?? DEFAULT_CAPTURE);
   const log = (s: string) => process.stdout.write(`${s}\n`);
   if (modeSel === 'plain' || modeSel === 'both' || modeSel === 'figures') {
@@ -563,6 +610,12 @@ async function selftestCmd(opts: Opts): Promise<void> {
     await checkSecure(ctx, secure.key, log, { thorough: true });
   } else if (withSecure) {
     log(`secure mode NOT checked: ${SODIUM_HINT} (${tools.sodiumProblem ?? 'libsodium not found'})`);
+  }
+  if (identity !== null) {
+    log(`identity mode: identities from udprepeater keygen --identity, libsodium ${tools.sodium}`);
+    await checkIdentity(ctx, identity, log, { thorough: true });
+  } else if (withIdentity) {
+    log(`identity mode NOT checked: ${SODIUM_HINT} (${tools.sodiumProblem ?? 'libsodium not found'})`);
   }
   if (nats !== null) {
     log(`cluster mode: ${natsVersion(nats)}; ${clusterPinning(opts, pinning(opts.has('--no-pin'), machineFacts(tools.compiler).nproc)).text}`);

@@ -8,6 +8,7 @@
 // A row whose scenario did not run says so; nothing is estimated.
 
 import type { MemoryResult } from './state.js';
+import type { RevocationResult } from './revocation.js';
 import { fmtRate } from './measure.js';
 import { FIGURE_CLUSTER, kfmt, STATE_ID } from './plan.js';
 import type { RunInfo, ScenarioSummary, TargetSummary } from './report.js';
@@ -25,6 +26,8 @@ export const FIGURE_TARGETS = {
   /** Memory growth of a filled state against the bytes it counts. */
   memory: 1.5,
   secure: 1.1,
+  /** Secure with identities (per-link sealing) against plain mode, 8 subscribers (issue 18). */
+  identity: 1.3,
   cluster: 1.3,
   clusterAddedP50Us: 1000,
 } as const;
@@ -60,7 +63,7 @@ function maxLoad(ts: Array<TargetSummary | undefined>): number {
 }
 
 /** Builds the rows from the run's summaries; a missing scenario gives a row saying so. */
-function rows(sums: readonly ScenarioSummary[], memory: readonly MemoryResult[], peers: readonly TargetKind[]): Row[] {
+function rows(sums: readonly ScenarioSummary[], memory: readonly MemoryResult[], peers: readonly TargetKind[], revocation: RevocationResult | null): Row[] {
   const by = new Map(sums.map((s) => [s.id, s]));
   const out: Row[] = [];
   const missing = (figure: string, scenario: string, target: string): Row => ({ figure, cells: { udprepeater: 'not measured in this run' }, target, met: null, scenario, otherLoad: NaN });
@@ -209,6 +212,37 @@ function rows(sums: readonly ScenarioSummary[], memory: readonly MemoryResult[],
       otherLoad: maxLoad([u, pu, f, pf]),
     });
   }
+  for (const [n, limit] of [
+    [8, T.identity],
+    [1, null],
+  ] as const) {
+    const id = `s${n}-in20k`;
+    const idn = by.get(`${id}-identity`);
+    const plain = by.get(id);
+    const figure = `secure with identities, ${n} subscriber${n > 1 ? 's' : ''} at 20k/s in: CPU per output datagram vs plain`;
+    const lim = limit === null ? '(reported: what one link seal per datagram costs)' : `udprepeater ≤ ${limit}x`;
+    const u = idn?.targets.udprepeater;
+    const pu = plain?.targets.udprepeater;
+    if (u === undefined || pu === undefined) {
+      out.push(missing(figure, `${id}-identity`, lim));
+      continue;
+    }
+    const r = u.cpuPerOutUs / pu.cpuPerOutUs;
+    out.push({
+      figure,
+      cells: { udprepeater: `${rx(r)} (${cpu(u.cpuPerOutUs)} / ${cpu(pu.cpuPerOutUs)})` },
+      target: lim,
+      met: limit === null || !Number.isFinite(r) ? null : r <= limit,
+      scenario: `${id}-identity`,
+      otherLoad: maxLoad([u, pu]),
+    });
+  }
+  {
+    const r = revocation;
+    const figure = 'secure with identities: revocation latency, reload (SIGHUP) to the first refused frame (median)';
+    if (r === null) out.push(missing(figure, 'revocation', '(reported)'));
+    else out.push({ figure, cells: { udprepeater: `${r.medianMs.toFixed(1)} ms (of ${r.reps.map((x) => x.latencyMs.toFixed(1)).join(', ')})` }, target: '(reported)', met: null, scenario: 'revocation', otherLoad: NaN });
+  }
   {
     const [n, rate] = FIGURE_CLUSTER;
     const id = `cluster-s${n}-in${kfmt(rate)}`;
@@ -247,13 +281,14 @@ function rows(sums: readonly ScenarioSummary[], memory: readonly MemoryResult[],
 function rerun(info: RunInfo, scenario: string): string {
   if (scenario.startsWith('memory-')) return `\`npm run bench -- --mode figures --only '^${scenario}$' --state-memory ${scenario.slice(7, -1)}\``;
   const peers = (info.peers ?? []).map((p) => ` --peer-cmd '${p.name}=${p.command.replace(/'/g, "'\\''")}'`).join('');
-  const only = scenario.endsWith('-secure') ? `^${scenario.slice(0, -7)}(-secure)?$` : `^${scenario}$`;
+  if (scenario === 'revocation') return `\`npm run bench -- --mode identity --only '^revocation$'\``;
+  const only = scenario.endsWith('-secure') ? `^${scenario.slice(0, -7)}(-secure)?$` : scenario.endsWith('-identity') ? `^${scenario.slice(0, -9)}(-identity)?$` : `^${scenario}$`;
   return `\`npm run bench -- --mode figures${info.quick ? ' --quick' : ''} --only '${only}'${scenario.startsWith('s') && !scenario.startsWith('state') ? peers : ''}\``;
 }
 
 export function figuresSection(info: RunInfo, sums: readonly ScenarioSummary[], memory: readonly MemoryResult[]): string[] {
   const peers = peerKinds(sums);
-  const rs = rows(sums, memory, peers);
+  const rs = rows(sums, memory, peers, info.identity?.revocation ?? null);
   if (rs.every((r) => r.met === null && r.cells.udprepeater === 'not measured in this run')) return [];
   const L: string[] = ['## The figures', ''];
   const m = info.machine;
@@ -287,6 +322,9 @@ export function figuresSection(info: RunInfo, sums: readonly ScenarioSummary[], 
     if (s !== undefined) {
       cmd.push(`- **${id}** (${s.title}; ${s.source}); measure again: ${rerun(info, id)}`);
       for (const t of Object.values(s.targets)) if (t?.command) cmd.push(`  - ${targetName(t.target)}: \`${t.command}\`${t.stateNote ? ` (${t.stateNote})` : ''}`);
+    } else if (id === 'revocation' && info.identity?.revocation) {
+      cmd.push(`- **revocation** (${info.identity.revocation.note}); measure again: ${rerun(info, id)}`);
+      cmd.push(`  - udprepeater: \`${info.identity.revocation.command}\``);
     } else if (mem !== undefined) {
       cmd.push(`- **${id}** (${mem.keys} keys of ${mem.valueSize} B values, then ${mem.laps} laps of re-sets at ${fmtRate(mem.rate)}/s; memory read after a full collection asked of the GC preload); measure again: ${rerun(info, id)}`);
       cmd.push(`  - udprepeater: \`${mem.command}\``);

@@ -246,7 +246,7 @@ export function modeOf(ctx: Context, sc: { readonly mode?: ModeName }): BenchMod
 }
 
 /** Sealed-gate drop reasons of udprepeater (src/base/stats.ts): any of them in a measurement is a bench or repeater bug. */
-export const SEALED_GATE_DROPS = ['unsealed', 'bad_version', 'unknown_key', 'auth_failed', 'stale', 'replay', 'bad_payload', 'own_origin', 'key_mismatch'];
+export const SEALED_GATE_DROPS = ['unsealed', 'bad_version', 'unknown_key', 'auth_failed', 'stale', 'replay', 'bad_payload', 'own_origin', 'key_mismatch', 'unknown_link', 'unknown_peer', 'revoked', 'wrong_role', 'not_allowed', 'rate_limited'];
 
 let runId = (Math.floor(Math.random() * 0x3fffffff) + 1) >>> 0;
 export interface PoolFile {
@@ -415,7 +415,7 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
     ctx,
     pool.path,
     fan.inputPorts ?? [fan.inputPort],
-    [...args, ...spreadArgs(fan)],
+    [...args, ...spreadArgs(fan), ...(fan.genArgs?.() ?? [])],
     sc.duration,
     cap,
     id,
@@ -466,7 +466,7 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
   if (gen.errors > 0) flags.push(`generator send errors: ${gen.errors} (${gen.last_error})`);
   if (recvCpu / window > 0.85) flags.push(`receivers busy ${(recvCpu / window * 100).toFixed(0)}% of a core`);
   if (t.drops > 0) flags.push(`receiver sockets overflowed: ${t.drops} dropped by the kernel at the receivers`);
-  if (mode.name === 'secure') {
+  if (mode.name !== 'plain') {
     // Frames that do not open, or a fan-out refusing the generator's frames, are a bench or repeater bug, never load.
     const bad = [t.unopened ? `${t.unopened} did not open` : '', t.badenv ? `${t.badenv} held no valid Envelope` : '', t.unsealed ? `${t.unsealed} were not frames` : ''].filter(Boolean);
     if (bad.length > 0) flags.push(`BUG: of the datagrams the receivers got, ${bad.join(', ')}`);
@@ -493,7 +493,7 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
     duplicates: t.dup,
     reordered: t.ooo,
     receiverKernelDrops: t.drops,
-    ...(mode.name === 'secure' ? { recvUnopened: t.unopened, recvBadEnvelope: t.badenv, recvUnsealed: t.unsealed } : {}),
+    ...(mode.name !== 'plain' ? { recvUnopened: t.unopened, recvBadEnvelope: t.badenv, recvUnsealed: t.unsealed } : {}),
     window,
     deliveredRate: t.uniq / window,
     offeredOutRate: (gen.stamped * n) / Math.max(gen.elapsed_s, 1e-9),
@@ -577,7 +577,7 @@ async function warm(ctx: Context, sc: Scenario, fan: FanOut, pool: ReturnType<ty
   if (ctx.warmup <= 0) return;
   const { args } = pacing(sc.source, pool, ctx.warmup);
   // A run id the receivers are not armed for: its arrivals are counted as foreign and ignored.
-  await runGen(ctx, pool.path, fan.inputPorts ?? [fan.inputPort], [...args, ...spreadArgs(fan)], ctx.warmup, Math.ceil(2e6 * ctx.warmup), 0, ctx.cpuLoad, undefined, modeOf(ctx, sc));
+  await runGen(ctx, pool.path, fan.inputPorts ?? [fan.inputPort], [...args, ...spreadArgs(fan), ...(fan.genArgs?.() ?? [])], ctx.warmup, Math.ceil(2e6 * ctx.warmup), 0, ctx.cpuLoad, undefined, modeOf(ctx, sc));
   await sleep(100);
 }
 
@@ -700,6 +700,15 @@ export async function runGroup(ctx: Context, scs: readonly Scenario[]): Promise<
         kind,
       );
       live.push(rep);
+      if (mode.link !== undefined) {
+        // Identity mode: the keys exist once this repeater runs; the harness links the writer and every receiver.
+        ctx.progress.tick(`linking ${sc.subscribers} node identities and the writer`);
+        const linked = await mode.link(rep, ports, lane.recv);
+        const linkedRep: RepeaterFanOut = { ...rep, genArgs: linked.genArgs, stop: async () => (linked.close(), rep.stop()) };
+        live.splice(live.indexOf(rep), 1, linkedRep);
+        lane.stateNotes.set(kind, linked.note);
+        fan = linkedRep;
+      } else fan = rep;
       const fill = REPEATER_VARIANTS[kind].fillState;
       if (fill !== undefined) {
         if (sc.source.kind !== 'synthetic') throw new BenchError(`internal: ${kind} needs a synthetic source to fill its state`);
@@ -709,7 +718,6 @@ export async function runGroup(ctx: Context, scs: readonly Scenario[]): Promise<
         ctx.progress.tick(`subscribing ${sc.subscribers} receivers`);
         await subscribeAll(rep, mode, ports, CHANNEL_KEY, (n) => ctx.progress.tick(`subscribed ${n}/${sc.subscribers}`));
       }
-      fan = rep;
     }
     if (!live.includes(fan)) live.push(fan);
     if (stateNote !== undefined) lane.stateNotes.set(kind, stateNote);

@@ -16,6 +16,10 @@
 //           once per input datagram and sends that one frame to every
 //           output, the same cryptographic work DESIGN.md asks of the
 //           repeater. See native/sealed.h for the codec.
+//   identity  link frames (docs/PROTOCOL.md "Identities and links"): the
+//           repeater with --identity/--peers, a node identity per
+//           subscriber and one for the writer, the handshakes made by the
+//           bench (identity-mode.ts), the keys handed to the C helpers.
 //
 // The driver (measure.ts) talks to a mode only through this interface; which
 // mode a scenario runs in is part of the scenario (plan.ts).
@@ -25,9 +29,12 @@ import { sodiumReady } from '../../src/crypto/secretbox.js';
 import { SecureSession } from '../../src/crypto/session.js';
 import { EnvelopeKind, Role } from '../../src/wire/envelope.js';
 import { encodeSubscription } from '../../src/wire/subscription.js';
+import type { Linked } from './identity-mode.js';
+import type { Child } from './procs.js';
+import type { RepeaterFanOut } from './targets.js';
 
-export type ModeName = 'plain' | 'secure';
-export const MODE_NAMES: readonly ModeName[] = ['plain', 'secure'];
+export type ModeName = 'plain' | 'secure' | 'identity';
+export const MODE_NAMES: readonly ModeName[] = ['plain', 'secure', 'identity'];
 
 /** The channel key every frame and subscription of the bench carries (uWSGI's cache name in the capture). */
 export const CHANNEL_KEY = 'ssl';
@@ -43,6 +50,8 @@ export interface BenchMode {
   genArgs(): string[];
   recvArgs(): string[];
   floorArgs(): string[];
+  /** Identity mode: links the generator and every receiver with a repeater once it started (keys per repeater start). */
+  link?(rep: RepeaterFanOut, ports: readonly number[], recv: Child): Promise<Linked>;
 }
 
 export const PLAIN: BenchMode = {

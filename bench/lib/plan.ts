@@ -18,6 +18,11 @@
 //   cluster-split-s8-in20k  the input split between A and B (gen --spread)
 // --mode cluster runs only these; --mode plain and --mode secure none of them.
 //
+// Identity mode (identity-mode.ts): each identity point runs next to its
+// plain twin (and its secure twin when that point has one), one group
+// measured in turn, udprepeater only; --mode identity keeps only them and
+// their twins.
+//
 // The figures (figures.ts: one table of udprepeater against the floor, its
 // variants and any --peer-cmd program): 1 subscriber at 20k/s in, 8 at 20k/s
 // and 8 at 60k/s (saturation), each measured with udprepeater, udprepeater
@@ -36,7 +41,7 @@ import type { ClusterKind, PeerKind, TargetKind } from './targets.js';
 export type ClusterVariant = 'one' | 'sealed' | 'split';
 export const CLUSTER_VARIANTS: readonly ClusterVariant[] = ['one', 'sealed', 'split'];
 
-export type ModeSelection = 'plain' | 'secure' | 'both' | 'cluster' | 'figures';
+export type ModeSelection = 'plain' | 'secure' | 'identity' | 'both' | 'cluster' | 'figures';
 
 /** The points (subscribers, input datagrams/s) of the figures table measured against udprepeater's variants and the peers. */
 export const FIGURE_POINTS: ReadonlyArray<readonly [number, number]> = [
@@ -46,6 +51,11 @@ export const FIGURE_POINTS: ReadonlyArray<readonly [number, number]> = [
 ];
 /** Secure points of the figures table (--mode figures runs these). */
 export const FIGURE_SECURE: ReadonlyArray<readonly [number, number]> = [
+  [1, 20000],
+  [8, 20000],
+];
+/** Identity points of the figures table: secure with identities (link frames) against the plain twin. */
+export const FIGURE_IDENTITY: ReadonlyArray<readonly [number, number]> = [
   [1, 20000],
   [8, 20000],
 ];
@@ -75,6 +85,8 @@ export interface PlanOptions {
   readonly targets: readonly TargetKind[];
   /** Secure points (subscribers, input rate), each measured next to its plain twin. */
   readonly secure: ReadonlyArray<readonly [number, number]>;
+  /** Identity points (subscribers, input rate), each measured next to its plain twin (and its secure twin when that runs). */
+  readonly identity: ReadonlyArray<readonly [number, number]>;
   /** Which scenarios: the plain matrix, the secure points and the cluster points ('both'), or one of them. */
   readonly mode: ModeSelection;
   /** Cluster points (subscribers, input rate) and which variants to measure there (none: no cluster scenario). */
@@ -98,7 +110,7 @@ export function buildPlan(o: PlanOptions): Scenario[] {
     seen.add(id);
     out.push({ ...base, id, title: `${subs} subscriber${subs > 1 ? 's' : ''} at ${kfmt(rate)}/s in`, series, subscribers: subs, source: synth(rate) });
   };
-  const matrix = o.mode === 'plain' || o.mode === 'both' || o.mode === 'secure';
+  const matrix = o.mode === 'plain' || o.mode === 'both' || o.mode === 'secure' || o.mode === 'identity';
   const figures = o.mode === 'plain' || o.mode === 'both' || o.mode === 'figures';
   if (matrix) {
     for (const s of o.series) for (const n of o.subscribers) point(n, Math.round(s / n), s);
@@ -143,7 +155,7 @@ export function buildPlan(o: PlanOptions): Scenario[] {
       targets: ['floor', 'udprepeater-nowarm', ...o.stateTargets],
     });
   }
-  if (o.mode !== 'plain' && o.mode !== 'cluster') {
+  if (o.mode !== 'plain' && o.mode !== 'cluster' && o.mode !== 'identity') {
     for (const [n, rate] of o.mode === 'figures' ? FIGURE_SECURE : o.secure) {
       const twinId = `s${n}-in${kfmt(rate)}`;
       if (!seen.has(twinId)) point(n, rate, null);
@@ -155,6 +167,22 @@ export function buildPlan(o: PlanOptions): Scenario[] {
       // Secure mode: the fan-outs that speak it (the floor and udprepeater as built, or on node:dgram).
       const targets = twin.targets.filter((k) => k === 'floor' || k === 'udprepeater' || k === 'udprepeater-dgram');
       out.splice(at + 1, 0, { ...twin, id, title: `${twin.title}, secure`, mode: 'secure', twin: twinId, targets });
+    }
+  }
+  if (o.mode === 'both' || o.mode === 'figures' || o.mode === 'identity') {
+    for (const [n, rate] of o.mode === 'figures' ? FIGURE_IDENTITY : o.identity) {
+      const twinId = `s${n}-in${kfmt(rate)}`;
+      if (!seen.has(twinId)) point(n, rate, null);
+      const id = `${twinId}-identity`;
+      if (seen.has(id)) continue;
+      seen.add(id);
+      let at = out.findIndex((s) => s.id === twinId);
+      const twin = out[at]!;
+      // After the twin's other companions (its secure twin): one group, measured in turn.
+      while (out[at + 1]?.twin === twinId) at++;
+      // Identity mode: udprepeater only (the floor speaks no links).
+      const targets = twin.targets.filter((k) => k === 'udprepeater' || k === 'udprepeater-dgram');
+      out.splice(at + 1, 0, { ...twin, id, title: `${twin.title}, secure with identities`, mode: 'identity', twin: twinId, targets });
     }
   }
   if (matrix && o.capture !== null) {
@@ -170,9 +198,9 @@ export function buildPlan(o: PlanOptions): Scenario[] {
       });
     }
   }
-  if (o.mode === 'secure') {
-    const twins = new Set(out.filter((s) => s.mode === 'secure').map((s) => s.twin));
-    return out.filter((s) => s.mode === 'secure' || twins.has(s.id));
+  if (o.mode === 'secure' || o.mode === 'identity') {
+    const twins = new Set(out.filter((s) => s.mode === o.mode).map((s) => s.twin));
+    return out.filter((s) => s.mode === o.mode || twins.has(s.id));
   }
   const cl =
     o.mode === 'figures' ? { points: [FIGURE_CLUSTER], variants: ['one' as const] } : o.mode === 'both' || o.mode === 'cluster' ? o.cluster : { points: [], variants: [] };

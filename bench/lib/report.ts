@@ -3,6 +3,9 @@
 // <name>.svg (delivered rate and CPU per output datagram against the number
 // of subscribers). Hand-written SVG: no dependencies.
 
+import { identitySection } from './identity-report.js';
+import type { ModeName } from './modes.js';
+import type { RevocationResult } from './revocation.js';
 import { writeFileSync } from 'node:fs';
 import type { CapacityResult } from './capacity.js';
 import type { Machine } from './machine.js';
@@ -14,6 +17,8 @@ import { isCluster, type TargetKind, targetName } from './targets.js';
 
 export interface RunInfo {
   readonly command: string;
+  /** Identity mode: the revocation latency (null: not measured in this run). */
+  readonly identity?: { readonly revocation: RevocationResult | null; readonly check?: readonly string[] };
   readonly mode: string;
   readonly quick: boolean;
   readonly started: string;
@@ -140,8 +145,8 @@ export interface ScenarioSummary {
   dynamic: boolean;
   interleaved: boolean;
   source: string;
-  mode: 'plain' | 'secure';
-  /** Secure scenarios: the plain scenario with the same load. */
+  mode: ModeName;
+  /** Secure and identity scenarios: the plain scenario with the same load. */
   twin: string | null;
   /** Scenarios whose measurements alternated with this one's. */
   measuredWith: string[];
@@ -321,6 +326,7 @@ export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityRe
 
   L.push(...figuresSection(info, sums, memory));
   L.push(...secureSection(info, sums));
+  L.push(...identitySection(info, sums));
   L.push(...clusterSection(info, sums));
 
   L.push('## udprepeater against the floor', '');
@@ -367,7 +373,7 @@ export function markdown(info: RunInfo, sums: ScenarioSummary[], cap: CapacityRe
   L.push('');
   L.push('Sources:', '');
   for (const s of sums) {
-    const how = s.dynamic ? '; receivers subscribed with uWSGI subscription packets (224/0)' : '; static --to subscribers';
+    const how = s.mode === 'identity' ? '; receivers linked by node identity (sealed SUBSCRIBE under each link)' : s.dynamic ? '; receivers subscribed with uWSGI subscription packets (224/0)' : '; static --to subscribers';
     const order = s.interleaved
       ? s.measuredWith.length > 0
         ? `; measured alternating with ${s.measuredWith.join(', ')} (all fan-outs side by side)`

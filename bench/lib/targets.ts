@@ -138,6 +138,8 @@ export interface FanOut {
   readonly warnings: string[];
   /** The command line that started it (displayCommand), for the report. */
   readonly command?: string;
+  /** Identity mode: the generator's flags for this fan-out's link (a new counter each run). */
+  readonly genArgs?: () => string[];
   /** udprepeater: the file its GC preload writes (gcstats.ts). */
   readonly gcFile?: string;
   /**

@@ -31,6 +31,11 @@
  * and sealed into a udprepeater frame (sealed.h) with a fresh nonce; the
  * same frame goes to every target. A pool of pre-sealed frames could not
  * be cycled: the repeater's replay window would drop the second lap.
+ *
+ * Identity mode (--link-key FILE --link-id ID --link-counter N): the same,
+ * sealed as a link frame (sealed.h) under the writer's link key k_ir (32 raw
+ * bytes in FILE, from the bench's handshake), carrying the repeater's link
+ * id, counters from N + 1 (above anything sealed on that link before).
  * Prints one JSON object on stdout when done (duration, --count, end of
  * pool, or SIGTERM/SIGINT). */
 #include "common.h"
@@ -118,7 +123,8 @@ static void usage(void) {
           "usage: gen --pool FILE --to 127.0.0.1:PORT [--to ...] (--rate N | --timeline [--speed X] [--loop])\n"
           "           [--duration S] [--count N] [--run ID] [--batch N] [--tick-us N] [--sndbuf BYTES] [--spread]\n"
           "           [--unique-keys] [--expires-in S]\n"
-          "           [--key-file K [--channel-key KEY]]   (secure mode: send sealed frames)\n");
+          "           [--key-file K [--channel-key KEY]]   (secure mode: send sealed frames)\n"
+          "           [--link-key FILE --link-id ID --link-counter N [--channel-key KEY]]   (identity mode: send link frames)\n");
   exit(2);
 }
 
@@ -131,7 +137,9 @@ int main(int argc, char **argv) {
   uint32_t run = 1;
   unsigned batch = 64, tick_us = 50;
   int sndbuf = 4 << 20;
-  const char *key_file = NULL, *channel_key = "ssl";
+  const char *key_file = NULL, *channel_key = "ssl", *link_key = NULL;
+  uint32_t link_id = 0;
+  uint64_t link_counter = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
     const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -154,6 +162,9 @@ int main(int argc, char **argv) {
     else if (ARG("--sndbuf")) sndbuf = atoi(v);
     else if (ARG("--key-file")) key_file = v;
     else if (ARG("--channel-key")) channel_key = v;
+    else if (ARG("--link-key")) link_key = v;
+    else if (ARG("--link-id")) link_id = (uint32_t)strtoul(v, NULL, 10);
+    else if (ARG("--link-counter")) link_counter = strtoull(v, NULL, 10);
     else usage();
 #undef ARG
   }
@@ -176,7 +187,10 @@ int main(int argc, char **argv) {
   if (connected && connect(fd, (struct sockaddr *)&to[0], sizeof to[0]) != 0) die("connect: %s", strerror(errno));
 
   /* Secure mode: the stamped datagram goes into an Envelope in `plain`, sealed into `slots`. */
-  int secure = key_file != NULL;
+  if (key_file != NULL && link_key != NULL) die("--key-file or --link-key, not both");
+  int secure = key_file != NULL || link_key != NULL;
+  const int link = link_key != NULL;
+  (void)link;
 #ifdef BENCH_SODIUM
   static struct sealer sealer;
 #endif
@@ -185,7 +199,16 @@ int main(int argc, char **argv) {
   if (secure) {
     sodium_up();
 #ifdef BENCH_SODIUM
-    sealer_init(&sealer, key_file, channel_key);
+    if (link) {
+      /* A link sealer: its own origin and channel as sealer_init draws them, the link's key, id and counter. */
+      memset(&sealer, 0, sizeof sealer);
+      randombytes_buf(&sealer.origin, sizeof sealer.origin);
+      if (sealer.origin == 0) sealer.origin = 1;
+      sealer.channel_len = strlen(channel_key);
+      if (sealer.channel_len > MAX_CHANNEL) die("channel key longer than %d bytes", MAX_CHANNEL);
+      memcpy(sealer.channel, channel_key, sealer.channel_len);
+      sealer_link(&sealer, link_key, link_id, link_counter);
+    } else sealer_init(&sealer, key_file, channel_key);
     if ((size_t)maxlen + ENVELOPE_MAX_HEAD + FRAME_OVERHEAD > MAX_UDP_PAYLOAD)
       die("a pool datagram of %u bytes would not fit a sealed frame (at most %d)", maxlen, MAX_UDP_PAYLOAD - ENVELOPE_MAX_HEAD - FRAME_OVERHEAD);
     plain = malloc((size_t)maxlen + ENVELOPE_MAX_HEAD);
@@ -194,6 +217,8 @@ int main(int argc, char **argv) {
   }
   (void)plain;
   (void)channel_key;
+  (void)link_id;
+  (void)link_counter;
   uint8_t *slots = malloc((size_t)batch * slot_len + 1);
   struct iovec *iov = calloc(batch, sizeof *iov);
   struct mmsghdr *msgs = calloc((size_t)batch * nto, sizeof *msgs);
@@ -250,7 +275,7 @@ int main(int argc, char **argv) {
           write_stamp(plain + head + r->stamp, run, sent + j, ts);
           stamped++;
         }
-        len = seal_frame(&sealer, slot, plain, head + r->len);
+        len = link ? seal_link_frame(&sealer, slot, plain, head + r->len) : seal_frame(&sealer, slot, plain, head + r->len);
 #endif
       }
       iov[j].iov_base = slot;
@@ -286,11 +311,11 @@ int main(int argc, char **argv) {
     t_last = mono_ns();
   }
   double elapsed = (double)(t_last - t0) / 1e9;
-  char sealed_info[96] = "";
+  char sealed_info[160] = "";
 #ifdef BENCH_SODIUM
   if (secure)
-    snprintf(sealed_info, sizeof sealed_info, "\"key_id\":\"%08x\",\"origin\":\"%016llx\",\"sealed\":%llu,", sealer.key_id,
-             (unsigned long long)sealer.origin, (unsigned long long)sealer.sequence);
+    snprintf(sealed_info, sizeof sealed_info, "\"key_id\":\"%08x\",\"origin\":\"%016llx\",\"sealed\":%llu,\"counter\":%llu,", sealer.key_id,
+             (unsigned long long)sealer.origin, (unsigned long long)sealer.sequence, (unsigned long long)sealer.counter);
 #endif
   printf("{%s\"sent\":%llu,\"stamped\":%llu,\"copies\":%llu,\"errors\":%llu,\"last_error\":\"%s\",\"targets\":%zu,\"spread\":%d,"
          "\"bursts\":%llu,\"t0_ns\":%llu,\"t_end_ns\":%llu,\"elapsed_s\":%.6f,\"rate\":%.1f,\"max_lag_ms\":%.3f,\"cpu_s\":%.3f}\n",

@@ -22,6 +22,14 @@
  * otherwise need a core of their own at 480k frames/s). --open-every
  * turns that off.
  *
+ * Identity mode (--links): every datagram must be a link frame (sealed.h),
+ * opened under the key of the socket's link its header names (LINK command
+ * below: the bench's harness made the handshake and hands the keys over).
+ * Frames of no link of the socket count as "unopened"; frames that open to
+ * something other than a cache datagram (a MEMBERSHIP) as "control", which
+ * is neither loss nor corruption. Each copy is sealed for one subscriber,
+ * so no copy is byte-identical to another: there is nothing to cache.
+ *
  * Control, one line each on stdin (answers on stdout):
  *   RUN <id> <maxseq>   reset counters, accept only stamps of run <id>  -> "OK RUN <id>"
  *   DUMP                one JSON line of figures (per socket and total)
@@ -31,6 +39,9 @@
  *                       or PORT:P (only sequence numbers of parity P, 0 or 1: with a
  *                       generator alternating between two inputs, what came in
  *                       through one of them)  -> one JSON line
+ *   LINK <port> <id> <hex key>  identity mode: socket <port> opens link frames naming
+ *                       link <id> under <key> (up to 4 links a socket: one per repeater)
+ *                       -> "OK LINK <port> <id>"
  *   QUIT / EOF          exit */
 #include "common.h"
 #include "sealed.h"
@@ -46,20 +57,24 @@
 
 struct sock {
   int fd, port;
-  uint64_t count, uniq, dup, ooo, foreign, bytes, beyond, unopened, badenv, unsealed;
+  uint64_t count, uniq, dup, ooo, foreign, bytes, beyond, unopened, badenv, unsealed, control;
   uint64_t last_seq, max_lat, first_ns, last_ns;
   uint32_t ovfl_base, ovfl_last;
   int ovfl_seen;
   uint32_t *hist; /* two histograms: even sequence numbers, then odd ones (PART) */
   uint64_t pcount[2], puniq[2], pmax[2];
   uint8_t *seen;
+  /* Identity mode: the links this socket is a subscriber of (one per repeater). */
+  int nlinks;
+  uint32_t link_id[4];
+  uint8_t link_key[4][32];
 };
 
 static struct sock *socks;
 static int nsocks;
 static uint32_t cur_run;
 static uint64_t maxseq;
-static int secure, open_every;
+static int secure, open_every, links;
 static uint64_t opens, cache_hits;
 /* Origins of the Envelopes that opened since RUN: the first and the last one
  * seen, and whether there were others (a fan-out seals with its own origin). */
@@ -100,7 +115,7 @@ static void reset(uint32_t run, uint64_t mseq) {
   opens = cache_hits = 0;
   for (int i = 0; i < nsocks; i++) {
     struct sock *s = &socks[i];
-    s->count = s->uniq = s->dup = s->ooo = s->foreign = s->bytes = s->beyond = s->unopened = s->badenv = s->unsealed = 0;
+    s->count = s->uniq = s->dup = s->ooo = s->foreign = s->bytes = s->beyond = s->unopened = s->badenv = s->unsealed = s->control = 0;
     s->last_seq = s->max_lat = s->first_ns = s->last_ns = 0;
     s->pcount[0] = s->pcount[1] = s->puniq[0] = s->puniq[1] = s->pmax[0] = s->pmax[1] = 0;
     s->ovfl_base = s->ovfl_last;
@@ -115,7 +130,7 @@ static void dump(int full) {
   static uint64_t tot_hist[NBUCKETS];
   uint64_t h64[NBUCKETS];
   memset(tot_hist, 0, sizeof tot_hist);
-  uint64_t c = 0, u = 0, d = 0, o = 0, f = 0, by = 0, bey = 0, mx = 0, first = 0, last = 0, drops = 0, uo = 0, be = 0, us = 0;
+  uint64_t c = 0, u = 0, d = 0, o = 0, f = 0, by = 0, bey = 0, mx = 0, first = 0, last = 0, drops = 0, uo = 0, be = 0, us = 0, ctl = 0;
   printf("{\"run\":%u", cur_run);
   if (full) printf(",\"sockets\":[");
   for (int i = 0; i < nsocks; i++) {
@@ -134,18 +149,18 @@ static void dump(int full) {
            percentile(h64, s->count, 0.99, s->max_lat), (unsigned long long)s->max_lat, (unsigned long long)s->first_ns,
            (unsigned long long)s->last_ns);
     c += s->count; u += s->uniq; d += s->dup; o += s->ooo; f += s->foreign; by += s->bytes; bey += s->beyond; drops += dr;
-    uo += s->unopened; be += s->badenv; us += s->unsealed;
+    uo += s->unopened; be += s->badenv; us += s->unsealed; ctl += s->control;
     if (s->max_lat > mx) mx = s->max_lat;
     if (s->first_ns && (!first || s->first_ns < first)) first = s->first_ns;
     if (s->last_ns > last) last = s->last_ns;
   }
   printf("%s\"total\":{\"count\":%llu,\"uniq\":%llu,\"dup\":%llu,\"ooo\":%llu,\"foreign\":%llu,\"bytes\":%llu,\"beyond\":%llu,"
-         "\"drops\":%llu,\"unopened\":%llu,\"badenv\":%llu,\"unsealed\":%llu,\"p50\":%.0f,\"p90\":%.0f,\"p99\":%.0f,\"p999\":%.0f,"
+         "\"drops\":%llu,\"unopened\":%llu,\"badenv\":%llu,\"unsealed\":%llu,\"control\":%llu,\"p50\":%.0f,\"p90\":%.0f,\"p99\":%.0f,\"p999\":%.0f,"
          "\"max\":%llu,\"first\":%llu,\"last\":%llu},\"secure\":%d,\"opens\":%llu,\"cache_hits\":%llu,"
          "\"origin_first\":\"%016llx\",\"origin_last\":\"%016llx\",\"origin_changes\":%llu,\"cpu_s\":%.3f}\n",
          full ? "]," : ",", (unsigned long long)c, (unsigned long long)u, (unsigned long long)d, (unsigned long long)o, (unsigned long long)f,
          (unsigned long long)by, (unsigned long long)bey, (unsigned long long)drops, (unsigned long long)uo, (unsigned long long)be,
-         (unsigned long long)us, percentile(tot_hist, c, 0.5, mx),
+         (unsigned long long)us, (unsigned long long)ctl, percentile(tot_hist, c, 0.5, mx),
          percentile(tot_hist, c, 0.9, mx), percentile(tot_hist, c, 0.99, mx), percentile(tot_hist, c, 0.999, mx),
          (unsigned long long)mx, (unsigned long long)first, (unsigned long long)last, secure, (unsigned long long)opens,
          (unsigned long long)cache_hits, (unsigned long long)origin_first, (unsigned long long)origin_last,
@@ -187,6 +202,36 @@ static void part(const char *spec) {
   fflush(stdout);
 }
 
+/* LINK <port> <id> <hex key>: socket <port> opens link frames of link <id> under <key>. */
+static void link_command(const char *args) {
+  int port = 0;
+  unsigned long id = 0;
+  char hex[65] = "";
+  struct sock *s = NULL;
+  if (sscanf(args, "%d %lu %64s", &port, &id, hex) == 3 && id != 0 && id <= 0xffffffffUL && strlen(hex) == 64)
+    for (int i = 0; i < nsocks; i++)
+      if (socks[i].port == port) s = &socks[i];
+  if (s == NULL) {
+    fprintf(stderr, "recv: bad LINK \"%s\"\n", args);
+    return;
+  }
+  int at = 0;
+  while (at < s->nlinks && s->link_id[at] != (uint32_t)id) at++;
+  if (at == 4) {
+    fprintf(stderr, "recv: socket %d holds 4 links already\n", port);
+    return;
+  }
+  for (int k = 0; k < 32; k++) {
+    unsigned v;
+    sscanf(hex + 2 * k, "%2x", &v);
+    s->link_key[at][k] = (uint8_t)v;
+  }
+  s->link_id[at] = (uint32_t)id;
+  if (at == s->nlinks) s->nlinks++;
+  printf("OK LINK %d %lu\n", port, id);
+  fflush(stdout);
+}
+
 /* Handles complete lines in the stdin buffer; returns 0 to quit. */
 static int commands(char *buf, size_t *len) {
   char *nl;
@@ -204,6 +249,8 @@ static int commands(char *buf, size_t *len) {
       dump(0);
     } else if (strncmp(buf, "PART ", 5) == 0) {
       part(buf + 5);
+    } else if (strncmp(buf, "LINK ", 5) == 0) {
+      link_command(buf + 5);
     } else if (strcmp(buf, "QUIT") == 0) {
       return 0;
     } else if (buf[0] != 0) {
@@ -322,10 +369,40 @@ static void on_frame(struct sock *s, const uint8_t *f, size_t len, uint64_t now)
     c->origin = e.origin;
   }
 }
+
+/* Identity mode: a link frame for this socket, opened under the key of the link it names. */
+static void on_link_frame(struct sock *s, const uint8_t *f, size_t len, uint64_t now) {
+  static uint8_t plain[BUFSZ];
+  if (len < 2 || f[0] != 0x75 || f[1] != 0x72) {
+    s->unsealed++;
+    return;
+  }
+  uint32_t id = len >= LINK_HEADER ? get_u32(f + 4) : 0;
+  int at = 0;
+  while (at < s->nlinks && s->link_id[at] != id) at++;
+  if (at == s->nlinks) {
+    s->unopened++;
+    return;
+  }
+  struct envelope e;
+  opens++;
+  int r = open_link_frame(s->link_key[at], id, f, len, plain, &e);
+  if (r == NOT_DATA) s->control++;
+  else if (r == BAD_ENVELOPE) s->badenv++;
+  else if (r != OPENED) s->unopened++;
+  else {
+    saw_origin(e.origin);
+    on_datagram(s, e.datagram, e.dlen, now);
+  }
+}
 #endif
 
 static inline void on_input(struct sock *s, const uint8_t *p, size_t len, uint64_t now) {
 #ifdef BENCH_SODIUM
+  if (links) {
+    on_link_frame(s, p, len, now);
+    return;
+  }
   if (secure) {
     on_frame(s, p, len, now);
     return;
@@ -334,7 +411,7 @@ static inline void on_input(struct sock *s, const uint8_t *p, size_t len, uint64
   on_datagram(s, p, len, now);
 }
 
-#define USAGE "usage: recv --count N --ports-out FILE [--rcvbuf BYTES] [--key-file K [--open-every]]"
+#define USAGE "usage: recv --count N --ports-out FILE [--rcvbuf BYTES] [--key-file K [--open-every] | --links]"
 
 int main(int argc, char **argv) {
   int count = 1, rcvbuf = 4 << 20;
@@ -342,6 +419,11 @@ int main(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--open-every") == 0) {
       open_every = 1;
+      continue;
+    }
+    if (strcmp(argv[i], "--links") == 0) {
+      sodium_up();
+      links = secure = 1;
       continue;
     }
     if (i + 1 >= argc) die(USAGE);

@@ -182,6 +182,7 @@ struct envelope {
   size_t channel_len;
   const uint8_t *datagram;
   size_t dlen;
+  int parsed; /* the protobuf read to its end, whatever its kind */
 };
 
 static inline int get_varint(const uint8_t **p, const uint8_t *end, uint64_t *v) {
@@ -242,6 +243,7 @@ __attribute__((unused)) static int parse_envelope(const uint8_t *p, size_t len, 
     default: break; /* unknown (or the subscription): skipped */
     }
   }
+  e->parsed = 1;
   return e->kind == KIND_CACHE_DATAGRAM && e->sequence >= 1 && e->datagram != NULL && e->dlen > 0;
 }
 
@@ -253,6 +255,72 @@ __attribute__((unused)) static int open_frame(const uint8_t *key, uint32_t key_i
   if (crypto_secretbox_open_easy(plain, f + FRAME_HEADER + NONCE_BYTES, len - FRAME_HEADER - NONCE_BYTES, f + FRAME_HEADER, key) != 0)
     return AUTH_FAILED;
   return parse_envelope(plain, len - FRAME_OVERHEAD, e) ? OPENED : BAD_ENVELOPE;
+}
+
+/* Identity mode: a link frame (docs/PROTOCOL.md, "Link and group frames"),
+ * sealed under one link's key in one direction:
+ *
+ *   offset size
+ *   0      4    "ur", version 3, type 3 (link frame)
+ *   4      4    the receiver's link id, u32 LE
+ *   8      8    counter, u64 LE, never repeated under the key
+ *   16     n+16 crypto_secretbox_easy of the Envelope; nonce: these 16 bytes || 8 zero bytes
+ *
+ * The generator seals as the writer's agent does (k_ir, the repeater's link
+ * id); each receiver opens under its own link's k_ri (its own link id). The
+ * keys come from the bench's Node harness, which made the handshakes with
+ * the project's own code (bench/lib/identity-mode.ts). */
+#define LINK_VERSION 3
+#define LINK_TYPE_DATA 3
+#define LINK_HEADER 16
+#define LINK_OVERHEAD (LINK_HEADER + MAC_BYTES)
+
+/* Turns a sealer into a link sealer: key (32 raw bytes from `key_file`), the
+ * repeater's link id, and the counter to start above. */
+__attribute__((unused)) static void sealer_link(struct sealer *s, const char *key_file, uint32_t link_id, uint64_t counter) {
+  FILE *f = fopen(key_file, "rb");
+  if (f == NULL) die("link key %s: %s", key_file, strerror(errno));
+  size_t n = fread(s->key, 1, sizeof s->key, f);
+  fclose(f);
+  if (n != sizeof s->key) die("link key %s: want 32 raw bytes", key_file);
+  if (link_id == 0) die("a link id is never 0");
+  s->key_id = link_id;
+  s->counter = counter;
+}
+
+static inline void link_nonce(const uint8_t *header, uint8_t nonce[NONCE_BYTES]) {
+  memcpy(nonce, header, LINK_HEADER);
+  memset(nonce + LINK_HEADER, 0, NONCE_BYTES - LINK_HEADER);
+}
+
+/* Seals `plen` bytes of Envelope into `out` (plen + LINK_OVERHEAD bytes) as a link frame. */
+static inline size_t seal_link_frame(struct sealer *s, uint8_t *out, const uint8_t *plain, size_t plen) {
+  uint8_t nonce[NONCE_BYTES];
+  out[0] = 0x75;
+  out[1] = 0x72;
+  out[2] = LINK_VERSION;
+  out[3] = LINK_TYPE_DATA;
+  put_u32(out + 4, s->key_id);
+  put_u64(out + 8, ++s->counter);
+  link_nonce(out, nonce);
+  crypto_secretbox_easy(out + LINK_HEADER, plain, plen, nonce, s->key);
+  return plen + LINK_OVERHEAD;
+}
+
+/* Opens a link frame under the key of link `id` into `plain` (len -
+ * LINK_OVERHEAD bytes). Returns OPENED with the Envelope parsed into `e`
+ * when it holds a valid CACHE_DATAGRAM; NOT_DATA when it opened to anything
+ * else (a MEMBERSHIP, say: not loss, not corruption); else why not. */
+#define NOT_DATA 100
+__attribute__((unused)) static int open_link_frame(const uint8_t *key, uint32_t id, const uint8_t *f, size_t len, uint8_t *plain, struct envelope *e) {
+  uint8_t nonce[NONCE_BYTES];
+  if (len < 2 || f[0] != 0x75 || f[1] != 0x72) return NOT_A_FRAME;
+  if (len < LINK_OVERHEAD || f[2] != LINK_VERSION || f[3] != LINK_TYPE_DATA || get_u64(f + 8) == 0) return BAD_HEADER;
+  if (get_u32(f + 4) != id) return UNKNOWN_KEY;
+  link_nonce(f, nonce);
+  if (crypto_secretbox_open_easy(plain, f + LINK_HEADER, len - LINK_HEADER, nonce, key) != 0) return AUTH_FAILED;
+  if (parse_envelope(plain, len - LINK_OVERHEAD, e)) return OPENED;
+  return e->parsed && e->kind != KIND_CACHE_DATAGRAM ? NOT_DATA : BAD_ENVELOPE;
 }
 
 #else /* no libsodium */
