@@ -24,6 +24,7 @@ import { decodeTicketSchedule, type TicketKey } from '../src/wire/ticket-codec.j
 import { agent, type Running, serve } from './helpers/attack.js';
 import { runCli } from './helpers/daemon.js';
 import { eventually, freePort } from './helpers/net.js';
+import { Relay } from './helpers/relay.js';
 import { Scope } from './helpers/scope.js';
 
 const scope = new Scope();
@@ -69,40 +70,6 @@ function saved(state: string): { keys: readonly TicketKey[]; encrypting: TicketK
   const enc = held.view(Date.now()).encrypting;
   assert.ok(enc !== null);
   return { keys, encrypting: enc };
-}
-
-/** Both directions between one agent and its repeater, a copy of each kept. */
-class Relay {
-  readonly toAgent: Buffer[] = [];
-  private agentPort = 0;
-  private constructor(
-    private readonly s: Socket,
-    target: number,
-  ) {
-    s.on('message', (m, r) => {
-      if (this.agentPort === 0) this.agentPort = r.port;
-      if (r.port === this.agentPort) s.send(m, target, '127.0.0.1');
-      else {
-        this.toAgent.push(m);
-        s.send(m, this.agentPort, '127.0.0.1');
-      }
-    });
-  }
-
-  static open(target: number): Promise<Relay> {
-    return new Promise((resolve) => {
-      const s = createSocket('udp4');
-      s.bind(0, '127.0.0.1', () => resolve(new Relay(s, target)));
-    });
-  }
-
-  get port(): number {
-    return this.s.address().port;
-  }
-
-  close(): void {
-    this.s.close();
-  }
 }
 
 /**
