@@ -382,9 +382,9 @@ export async function linkRepeater(s: IdentitySetup, rep: RepeaterFanOut, ports:
     let setup = true;
     h.onGroupKey = (k) => {
       const port = portOf.get(k.link);
-      if (port === undefined) return;
+      if (port === undefined) return undefined;
       recv.send(`GROUP ${port} ${k.keyId} ${k.hexKey}`);
-      if (setup) return recv.nextLine((l) => l === `OK GROUP ${port} ${k.keyId}`, 10_000, `OK GROUP ${port} from the receivers`);
+      return setup ? recv.nextLine((l) => l === `OK GROUP ${port} ${k.keyId}`, 10_000, `OK GROUP ${port} from the receivers`) : undefined;
     };
     const keyIds = new Set<number>();
     for (const [i, port] of ports.entries()) {
