@@ -26,7 +26,7 @@ export const FIGURE_TARGETS = {
   /** Memory growth of a filled state against the bytes it counts. */
   memory: 1.5,
   secure: 1.1,
-  /** Secure with identities (per-link sealing) against plain mode, 8 subscribers (issue 18). */
+  /** Secure with identities (group frames) against plain mode, 8 subscribers (issue 18). */
   identity: 1.3,
   cluster: 1.3,
   clusterAddedP50Us: 1000,
