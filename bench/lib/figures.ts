@@ -220,7 +220,7 @@ function rows(sums: readonly ScenarioSummary[], memory: readonly MemoryResult[],
     const idn = by.get(`${id}-identity`);
     const plain = by.get(id);
     const figure = `secure with identities, ${n} subscriber${n > 1 ? 's' : ''} at 20k/s in: CPU per output datagram vs plain`;
-    const lim = limit === null ? '(reported: what one link seal per datagram costs)' : `udprepeater ≤ ${limit}x`;
+    const lim = limit === null ? '(reported: what one seal per datagram costs)' : `udprepeater ≤ ${limit}x`;
     const u = idn?.targets.udprepeater;
     const pu = plain?.targets.udprepeater;
     if (u === undefined || pu === undefined) {
