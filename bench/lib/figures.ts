@@ -26,7 +26,7 @@ export const FIGURE_TARGETS = {
   /** Memory growth of a filled state against the bytes it counts. */
   memory: 1.5,
   secure: 1.1,
-  /** Secure with identities (per-link sealing) against plain mode, 8 subscribers (issue 18). */
+  /** Secure with identities (group frames) against plain mode, 8 subscribers (issue 18). */
   identity: 1.3,
   cluster: 1.3,
   clusterAddedP50Us: 1000,
@@ -220,7 +220,7 @@ function rows(sums: readonly ScenarioSummary[], memory: readonly MemoryResult[],
     const idn = by.get(`${id}-identity`);
     const plain = by.get(id);
     const figure = `secure with identities, ${n} subscriber${n > 1 ? 's' : ''} at 20k/s in: CPU per output datagram vs plain`;
-    const lim = limit === null ? '(reported: what one link seal per datagram costs)' : `udprepeater ≤ ${limit}x`;
+    const lim = limit === null ? '(reported: what one seal per datagram costs)' : `udprepeater ≤ ${limit}x`;
     const u = idn?.targets.udprepeater;
     const pu = plain?.targets.udprepeater;
     if (u === undefined || pu === undefined) {

@@ -10,9 +10,13 @@
 //   2. frames LinkCipher seals open in recv.c (LINK command); a MEMBERSHIP
 //      is counted as control (neither loss nor corruption), a tampered
 //      frame and a frame of a link the socket does not hold as unopened;
-//   3. (thorough) the writer and two node identities linked by the harness:
-//      every stamped datagram reaches both receivers, opened under their own
-//      links, nothing refused at udprepeater;
+//      group frames the project's GroupCipher seals open in recv.c (GROUP
+//      command, counted as group data), one under a key id the socket does
+//      not hold and a tampered one as unopened;
+//   3. (thorough) the writer and two node identities linked by the harness,
+//      each subscriber's group key taken and acknowledged: every stamped
+//      datagram reaches both receivers, nearly all as group frames, nothing
+//      refused at udprepeater;
 //   4. (thorough) one revocation: from the first refused frame on, every
 //      frame is counted `revoked` by udprepeater.
 
@@ -20,6 +24,7 @@ import { randomBytes } from 'node:crypto';
 import { createSocket } from 'node:dgram';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { GroupCipher } from '../../src/crypto/group-cipher.js';
 import { LinkCipher } from '../../src/crypto/link-keys.js';
 import { bigintToLong, decodeEnvelope, encodeEnvelope, EnvelopeKind, Role } from '../../src/wire/envelope.js';
 import { type IdentitySetup, linkRepeater } from './identity-mode.js';
@@ -106,33 +111,74 @@ async function projectToRecv(s: IdentitySetup, recv: Child, port: number): Promi
     const originLong = bigintToLong(7n);
     const env = (kind: EnvelopeKind, datagram: Buffer | null, seq: number) =>
       encodeEnvelope({ kind, channelKey: CHANNEL_KEY, sequence: seq, sentAtMs: Date.now(), role: Role.Repeater, datagram, trace: null, address: null, receiver: '', ...(kind === EnvelopeKind.Membership ? { memberFrom: 1 } : {}) }, originLong);
-    const frames = syntheticPool(spec())
-      .slice(0, 10)
-      .map((r, seq) => {
-        const d = Buffer.from(r.data);
-        const at = stampOffset(d);
-        d.writeUInt32LE(0x42504455, at);
-        d.writeUInt32LE(run, at + 4);
-        d.writeBigUInt64LE(BigInt(seq), at + 8);
-        d.writeBigUInt64LE(process.hrtime.bigint(), at + 16);
-        return Buffer.from(tx.seal(env(EnvelopeKind.CacheDatagram, d, seq + 1)));
-      });
+    const frames = stamped(run, 10).map((d, seq) => Buffer.from(tx.seal(env(EnvelopeKind.CacheDatagram, d, seq + 1))));
     const membership = Buffer.from(tx.seal(env(EnvelopeKind.Membership, null, 100)));
     const tampered = Buffer.from(frames[0]!);
     tampered[tampered.length - 1]! ^= 1;
     const foreign = Buffer.from(other.seal(env(EnvelopeKind.CacheDatagram, frames[1]!, 101)));
     await new Promise<void>((resolve) => sock.bind(0, '127.0.0.1', resolve));
     for (const f of [...frames, membership, tampered, foreign]) await new Promise<void>((res, rej) => sock.send(f, port, '127.0.0.1', (e) => (e ? rej(e) : res())));
-    const t = (await drain(recv, 2000)).total as { uniq: number; unopened: number; badenv: number; control?: number };
-    if (t.uniq !== frames.length) fail(`link frames sealed by LinkCipher: recv.c found ${t.uniq} of ${frames.length} stamps (${t.unopened} did not open, ${t.badenv} bad Envelopes)`);
+    const t = (await drain(recv, 2000)).total as RecvCounts;
+    if (t.uniq !== frames.length || t.link_data !== frames.length) fail(`link frames sealed by LinkCipher: recv.c found ${t.uniq} of ${frames.length} stamps, ${t.link_data} as link data (${t.unopened} did not open, ${t.badenv} bad Envelopes)`);
     if (t.control !== 1) fail(`a MEMBERSHIP under the link: recv.c counted ${t.control} control frames, expected 1`);
     if (t.unopened !== 2) fail(`a tampered frame and one of another link: recv.c counted ${t.unopened} unopened, expected 2`);
-    return `${frames.length} link frames sealed by the project's LinkCipher open in recv.c; a MEMBERSHIP counts as control, a tampered frame and another link's as unopened: ok`;
+
+    // Group frames: the project's GroupCipher seals, recv.c opens under the key the GROUP command gave that socket.
+    const gkey = randomBytes(32);
+    const gid = linkId();
+    const group = new GroupCipher(gid, Uint8Array.from(gkey));
+    const otherGroup = new GroupCipher(gid ^ 0x20, randomBytes(32));
+    try {
+      recv.send(`GROUP ${port} ${gid} ${gkey.toString('hex')}`);
+      await recv.nextLine((l) => l === `OK GROUP ${port} ${gid}`, 10_000, 'OK GROUP from the receivers');
+      const run2 = nextRun++;
+      await arm(recv, run2, 100);
+      const gframes = stamped(run2, 10).map((d, seq) => group.seal(env(EnvelopeKind.CacheDatagram, d, seq + 1)));
+      const gtampered = Buffer.from(gframes[0]!);
+      gtampered[gtampered.length - 1]! ^= 1;
+      const gforeign = otherGroup.seal(env(EnvelopeKind.CacheDatagram, stamped(run2, 11)[10]!, 50));
+      for (const f of [...gframes, gtampered, gforeign]) await new Promise<void>((res, rej) => sock.send(f, port, '127.0.0.1', (e) => (e ? rej(e) : res())));
+      const g = (await drain(recv, 2000)).total as RecvCounts;
+      if (g.uniq !== gframes.length || g.group_data !== gframes.length) fail(`group frames sealed by GroupCipher: recv.c found ${g.uniq} of ${gframes.length} stamps, ${g.group_data} as group data (${g.unopened} did not open, ${g.badenv} bad Envelopes)`);
+      if (g.unopened !== 2) fail(`a tampered group frame and one under key id ${gid ^ 0x20} the socket does not hold: recv.c counted ${g.unopened} unopened, expected 2`);
+    } finally {
+      group.destroy();
+      otherGroup.destroy();
+    }
+    return (
+      `${frames.length} link frames sealed by the project's LinkCipher open in recv.c; a MEMBERSHIP counts as control, a tampered frame and another link's as unopened; ` +
+      `10 group frames sealed by GroupCipher (key id ${gid}) open in recv.c as group data, a tampered one and one under another key id as unopened: ok`
+    );
   } finally {
     sock.close();
     tx.destroy();
     other.destroy();
   }
+}
+
+interface RecvCounts {
+  uniq: number;
+  unopened: number;
+  badenv: number;
+  unsealed: number;
+  control?: number;
+  link_data?: number;
+  group_data?: number;
+}
+
+/** `n` datagrams of the synthetic pool carrying run `run`'s stamp (sequence numbers 0..n-1). */
+function stamped(run: number, n: number): Buffer[] {
+  return syntheticPool(spec())
+    .slice(0, n)
+    .map((r, seq) => {
+      const d = Buffer.from(r.data);
+      const at = stampOffset(d);
+      d.writeUInt32LE(0x42504455, at);
+      d.writeUInt32LE(run, at + 4);
+      d.writeBigUInt64LE(BigInt(seq), at + 8);
+      d.writeBigUInt64LE(process.hrtime.bigint(), at + 16);
+      return d;
+    });
 }
 
 /** 3: generator -> udprepeater --identity -> receivers, every stamp at every receiver, nothing refused. */
@@ -145,18 +191,24 @@ async function endToEnd(ctx: Context, s: IdentitySetup, recv: Child, ports: read
       const count = 2000;
       const pool = poolFor(ctx, { kind: 'synthetic', rate: 20000, spec: spec() });
       const before = await rep.counters();
+      let groupData = 0;
+      let linkData = 0;
       for (const lap of [0, 1]) {
         const run = nextRun++;
         await arm(recv, run, count + 1);
         const g = await runGen(ctx, pool.path, [rep.inputPort], ['--rate', '10000', ...linked.genArgs()], 5, count, run, ctx.cpuLoad);
-        const t = (await drain(recv, 3000)).total as { uniq: number; unopened: number; badenv: number; unsealed: number };
+        const t = (await drain(recv, 3000)).total as RecvCounts;
         if (t.uniq !== g.stamped * ports.length || t.unopened + t.badenv + t.unsealed !== 0)
           fail(`run ${lap + 1}: the receivers found ${t.uniq} of ${g.stamped * ports.length} stamps (${t.unopened} unopened, ${t.badenv} bad Envelopes, ${t.unsealed} not frames)`);
+        // Every subscriber acknowledged the group key before the run: the repeater seals group frames for them.
+        groupData += t.group_data ?? 0;
+        linkData += t.link_data ?? 0;
+        if ((t.group_data ?? 0) < 0.9 * t.uniq) fail(`run ${lap + 1}: of ${t.uniq} stamps only ${t.group_data} came as group frames (${t.link_data} as link frames)`);
       }
       const after = await rep.counters();
       const refused = Object.entries(after.drops).filter(([k, v]) => v > (before.drops[k] ?? 0));
       if (refused.length > 0) fail(`udprepeater refused frames: ${refused.map(([k, v]) => `${k} ${v - (before.drops[k] ?? 0)}`).join(', ')}`);
-      return `generator -> udprepeater --identity (writer and ${ports.length} node identities linked by the harness) -> receivers: two runs of ${count}, every stamp at every receiver, each opened under its own link, nothing refused: ok`;
+      return `generator -> udprepeater --identity (writer and ${ports.length} node identities linked by the harness) -> receivers: two runs of ${count}, every stamp at every receiver (${groupData} as group frames under the key the harness took and acknowledged, ${linkData} as link frames), nothing refused: ok`;
     } finally {
       linked.close();
     }

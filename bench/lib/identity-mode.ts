@@ -19,6 +19,13 @@
 //     receiver socket, answered by a MEMBERSHIP to the harness; the C
 //     receivers get each link's receive key k_ri and link id (recv's LINK
 //     command) and open the copies sealed for them;
+//   - with the MEMBERSHIP comes the channel's group key (GROUP_KEY, under the
+//     link): the harness takes it as an agent does (member/member-groups.ts:
+//     a stale one is ignored, the same one acknowledged again), hands it to
+//     that subscriber's receiver socket (recv's GROUP command) and only then
+//     acknowledges it under the link (GROUP_KEY_ACK, the agent's fields), so
+//     no group frame reaches a receiver before it holds the key; from the ack
+//     on the repeater sends that subscriber group frames (type 4);
 //   - the harness sends every subscriber's SUBSCRIBE again each announce
 //     interval (10 s, the agent's default; the repeater forgets after 30 s).
 // Keys go to the C helpers over a stdin pipe (receivers) or a mode-0600
@@ -33,9 +40,10 @@ import { type Identity, loadIdentity, type PeerKey, peerKeyFromText } from '../.
 import { LinkInitiator } from '../../src/crypto/link-initiator.js';
 import type { LinkCipher } from '../../src/crypto/link-keys.js';
 import { sodiumReady } from '../../src/crypto/secretbox.js';
+import { MemberGroups } from '../../src/member/member-groups.js';
 import { encodeCacheSet } from '../../src/wire/cache.js';
-import { bigintToLong, decodeEnvelope, encodeEnvelope, type Envelope, EnvelopeKind, Role } from '../../src/wire/envelope.js';
-import { receiverLinkOf } from '../../src/wire/handshake.js';
+import { bigintToLong, decodeEnvelope, encodeEnvelope, type Envelope, EnvelopeKind, type GroupKeyAckFields, Role } from '../../src/wire/envelope.js';
+import { decodeDataHeader, LinkType, receiverLinkOf } from '../../src/wire/handshake.js';
 import { type BenchMode, CHANNEL_KEY } from './modes.js';
 import { REPEATER_CLI } from './paths.js';
 import { BenchError, type Child, sleep } from './procs.js';
@@ -104,20 +112,39 @@ export class LogWatch {
   }
 }
 
+/** A group key the harness took for one subscriber's link, as recv's GROUP command wants it. */
+export interface TakenKey {
+  readonly link: number;
+  readonly keyId: number;
+  readonly hexKey: string;
+}
+
 /**
  * One UDP socket speaking for many node identities to one repeater: the
  * handshakes, frames sealed under each link, and what the repeater answers
- * (WELCOMEs by the HELLO's link id, MEMBERSHIPs opened under their link).
+ * (WELCOMEs by the HELLO's link id; MEMBERSHIPs and GROUP_KEYs opened under
+ * their link, each GROUP_KEY taken and acknowledged as an agent does).
  */
 export class LinkHarness {
   private readonly waiting = new Map<number, (msg: Buffer) => void>();
   private readonly ciphers = new Map<number, LinkCipher>();
   private readonly originLong = bigintToLong(randomBytes(8).readBigUInt64LE(0) | 1n);
   private sequence = 0;
-  /** MEMBERSHIP answers that opened, and frames for us that did not. */
+  /** The group keys each link was handed (keyed by its link id, as an agent keys them by repeater). */
+  private readonly groups = new MemberGroups();
+  /** MEMBERSHIP answers that opened, GROUP_KEYs taken (new) and acknowledged, and frames for us that did not. */
   memberships = 0;
+  groupKeys = 0;
+  acks = 0;
   refused = 0;
   private lastMembership = new Map<number, number>();
+  /** The key id each link acknowledged last. */
+  private readonly acked = new Map<number, number>();
+  /**
+   * Called with a new group key before it is acknowledged (the ack waits for
+   * its promise): where the linkRepeater hands it to the receiver socket.
+   */
+  onGroupKey: ((k: TakenKey) => Promise<unknown> | void) | null = null;
 
   private constructor(
     private readonly sock: Socket,
@@ -149,12 +176,73 @@ export class LinkHarness {
     if (w !== undefined) return w(msg);
     const c = this.ciphers.get(id);
     const opened = c?.open(msg);
-    if (opened === undefined || typeof opened === 'string') return void this.refused++;
+    if (c === undefined || opened === undefined || typeof opened === 'string') return void this.refused++;
     const env = decodeEnvelope(opened.plain);
     if (typeof env !== 'string' && env.kind === EnvelopeKind.Membership) {
       this.memberships++;
       this.lastMembership.set(id, Date.now());
-    } else this.refused++;
+    } else if (typeof env === 'string' || !this.takeGroupKey(c, env)) this.refused++;
+  }
+
+  /**
+   * A GROUP_KEY that opened under `cipher`'s link (to the harness, or pushed
+   * to a subscription address after a revocation): taken as an agent takes
+   * it (member/member-links.ts takeGroupKey: a stale one is not acknowledged,
+   * the same one is again), handed on (onGroupKey) and acknowledged under the
+   * link. False when `env` is no GROUP_KEY.
+   */
+  takeGroupKey(cipher: LinkCipher, env: Envelope): boolean {
+    if (env.kind !== EnvelopeKind.GroupKey || env.groupKey === undefined || env.role !== Role.Repeater) return false;
+    const g = env.groupKey;
+    const link = cipher.secrets.localLink;
+    const taken: TakenKey = { link, keyId: g.keyId, hexKey: Buffer.from(g.key).toString('hex') };
+    const took = this.groups.take(String(link), g, Date.now());
+    if (took === 'stale') return true;
+    const ack: GroupKeyAckFields = { keyId: g.keyId, epoch: g.epoch };
+    const send = () => {
+      this.send(this.seal(cipher, { kind: EnvelopeKind.GroupKeyAck, channelKey: env.channelKey, groupKeyAck: ack }));
+      this.acks++;
+      this.acked.set(link, g.keyId);
+    };
+    if (took === 'same') return void send(), true;
+    this.groupKeys++;
+    void Promise.resolve(this.onGroupKey?.(taken)).then(send, () => undefined);
+    return true;
+  }
+
+  /** Waits until `cipher`'s link acknowledged a group key (at most `ms`); its key id. */
+  async groupAcked(cipher: LinkCipher, ms: number, what: string): Promise<number> {
+    const deadline = Date.now() + ms;
+    for (;;) {
+      const k = this.acked.get(cipher.secrets.localLink);
+      if (k !== undefined) return k;
+      if (Date.now() > deadline) throw new BenchError(`identity mode: no GROUP_KEY for ${what} within ${ms} ms`);
+      await sleep(10);
+    }
+  }
+
+  /**
+   * What reached a subscription address of `cipher`'s link (the revocation
+   * measurement's observer, opened in Node): a link frame under the link, or
+   * a group frame under a key the link took, as its Envelope; a GROUP_KEY
+   * pushed there is taken and acknowledged. Null for anything else.
+   */
+  openAt(cipher: LinkCipher, msg: Uint8Array): { env: Envelope; group: boolean } | null {
+    const h = decodeDataHeader(msg);
+    if (typeof h === 'string') return null;
+    let plain: Uint8Array;
+    if (h.type === LinkType.GroupData) {
+      const o = this.groups.open(String(cipher.secrets.localLink), msg, Date.now());
+      if (typeof o === 'string') return null;
+      plain = o;
+    } else {
+      const o = cipher.open(msg);
+      if (typeof o === 'string') return null;
+      plain = o.plain;
+    }
+    const env = decodeEnvelope(plain);
+    if (typeof env === 'string' || this.takeGroupKey(cipher, env)) return null;
+    return { env, group: h.type === LinkType.GroupData };
   }
 
   send(buf: Uint8Array): void {
@@ -190,10 +278,21 @@ export class LinkHarness {
     }
   }
 
-  /** An Envelope sealed under `cipher`, as an agent seals it. */
-  seal(cipher: LinkCipher, f: { kind: EnvelopeKind; datagram?: Buffer; address?: string }): Buffer {
+  /** An Envelope sealed under `cipher`, as an agent seals it (member/member-links.ts seal). */
+  seal(cipher: LinkCipher, f: { kind: EnvelopeKind; datagram?: Buffer; address?: string; channelKey?: string; groupKeyAck?: GroupKeyAckFields }): Buffer {
     const plain = encodeEnvelope(
-      { kind: f.kind, channelKey: CHANNEL_KEY, sequence: ++this.sequence, sentAtMs: Date.now(), role: Role.Agent, datagram: f.datagram ?? null, trace: null, address: f.address ?? null, receiver: `127.0.0.1:${this.repeaterPort}` },
+      {
+        kind: f.kind,
+        channelKey: f.channelKey ?? CHANNEL_KEY,
+        sequence: ++this.sequence,
+        sentAtMs: Date.now(),
+        role: Role.Agent,
+        datagram: f.datagram ?? null,
+        trace: null,
+        address: f.address ?? null,
+        receiver: `127.0.0.1:${this.repeaterPort}`,
+        ...(f.groupKeyAck === undefined ? {} : { groupKeyAck: f.groupKeyAck }),
+      },
       this.originLong,
     );
     return Buffer.from(cipher.seal(plain));
@@ -213,15 +312,9 @@ export class LinkHarness {
     throw new BenchError(`identity mode: no MEMBERSHIP answered the SUBSCRIBE for ${address}`);
   }
 
-  /** Opens a link frame sealed for `cipher`'s link (the revocation measurement's observer). */
-  static open1(cipher: LinkCipher, msg: Uint8Array): Envelope | null {
-    const o = cipher.open(msg);
-    if (typeof o === 'string') return null;
-    const env = decodeEnvelope(o.plain);
-    return typeof env === 'string' ? null : env;
-  }
-
   close(): void {
+    this.onGroupKey = null;
+    this.groups.destroy();
     for (const c of this.ciphers.values()) c.destroy();
     this.ciphers.clear();
     try {
@@ -281,15 +374,31 @@ export async function linkRepeater(s: IdentitySetup, rep: RepeaterFanOut, ports:
     h.send(h.seal(writer, { kind: EnvelopeKind.CacheDatagram, datagram: confirmSet(String(rep.inputPort)) }));
     await log.wait((r) => r['msg'] === 'link confirmed' && r['peer'] === s.writer.name, 5000, `"link confirmed" for ${s.writer.name}`);
     const subs: Array<{ cipher: LinkCipher; address: string }> = [];
+    // Which receiver socket each link subscribed; during the setup a key is acknowledged only once
+    // recv holds it (one command at a time: recv's answers are read in order). Later keys (the
+    // repeater hands new ones only after a restart or revocation, neither of which happens during
+    // a measurement) are handed over without waiting, so no answer interleaves with a DUMP.
+    const portOf = new Map<number, number>();
+    let setup = true;
+    h.onGroupKey = (k) => {
+      const port = portOf.get(k.link);
+      if (port === undefined) return undefined;
+      recv.send(`GROUP ${port} ${k.keyId} ${k.hexKey}`);
+      return setup ? recv.nextLine((l) => l === `OK GROUP ${port} ${k.keyId}`, 10_000, `OK GROUP ${port} from the receivers`) : undefined;
+    };
+    const keyIds = new Set<number>();
     for (const [i, port] of ports.entries()) {
       const address = `127.0.0.1:${port}`;
       const cipher = await h.link(s.nodes[i]!, s.repeater.key, address);
-      await h.subscribe(cipher, address);
       const id = cipher.secrets.localLink;
       recv.send(`LINK ${port} ${id} ${Buffer.from(cipher.secrets.receive).toString('hex')}`);
       await recv.nextLine((l) => l === `OK LINK ${port} ${id}`, 10_000, `OK LINK ${port} from the receivers`);
+      portOf.set(id, port);
+      await h.subscribe(cipher, address);
+      keyIds.add(await h.groupAcked(cipher, 5000, `${s.nodes[i]!.name}'s link`));
       subs.push({ cipher, address });
     }
+    setup = false;
     const deadline = Date.now() + 10_000;
     while (((await rep.metrics()).get('udprepeater_subscribers') ?? 0) < ports.length) {
       if (Date.now() > deadline) throw new BenchError(`identity mode: udprepeater does not count ${ports.length} subscribers`);
@@ -304,7 +413,7 @@ export async function linkRepeater(s: IdentitySetup, rep: RepeaterFanOut, ports:
     const remote = writer.secrets.remoteLink;
     // Counters the generator starts above: far above the one the harness used, and above every earlier run's (each sends < 1000 frames per ms).
     let last = 1;
-    const note = `identity mode: writer and ${ports.length} node identities linked in ${Date.now() - t0} ms (handshakes by the harness, keys to gen and recv)`;
+    const note = `identity mode: writer and ${ports.length} node identities linked in ${Date.now() - t0} ms (handshakes by the harness, keys to gen and recv; group key ${[...keyIds].join(', ')} taken and acknowledged for every subscriber)`;
     return {
       note,
       genArgs: () => {
@@ -330,7 +439,7 @@ export function identityMode(s: IdentitySetup): BenchMode {
   };
   return {
     name: 'identity',
-    summary: `link frames (sealed listener with --identity/--peers; a writer and one node identity per subscriber, handshakes by the bench; channel key "${CHANNEL_KEY}")`,
+    summary: `link and group frames (sealed listener with --identity/--peers; a writer and one node identity per subscriber, handshakes by the bench; channel key "${CHANNEL_KEY}")`,
     repeaterArgs: (listen) => ['--listen-sealed', `${listen},key=${CHANNEL_KEY}`, '--identity', s.repeater.file, '--peers', s.peersFile],
     subscribeDatagram: fail('subscription datagram (the harness links and subscribes)'),
     genArgs: () => [],

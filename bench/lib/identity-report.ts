@@ -1,6 +1,6 @@
 // The report's "Secure with identities against plain mode" section: udprepeater
-// in identity mode (link frames: each live datagram sealed once per linked
-// subscriber) over its plain twin, CPU per output datagram, same run; and the
+// in identity mode (group frames: each live datagram sealed once for every
+// subscriber that acknowledged the channel's group key) over its plain twin, CPU per output datagram, same run; and the
 // revocation latency (revocation.ts).
 
 import { fmtRate, SEALED_GATE_DROPS } from './measure.js';
@@ -30,8 +30,9 @@ export function identitySection(info: RunInfo, sums: readonly ScenarioSummary[])
     '',
     'Identity mode: `udprepeater serve --listen-sealed ...,key=ssl --identity FILE --peers FILE`, identities from `udprepeater keygen --identity`, a writer and one node identity per subscriber ' +
       'in its peers file. The bench makes every handshake with the project\'s own code (HELLO, WELCOME, a sealed SUBSCRIBE naming the receiver\'s socket, answered by a MEMBERSHIP; ' +
-      'the SUBSCRIBE again every 10 s) and hands the keys to the C helpers: the generator seals every datagram as a link frame under the writer\'s link, ' +
-      'each receiver opens the copies sealed for it under its own link. udprepeater opens each frame once and seals each copy once per subscriber (per-link sealing). ' +
+      'the SUBSCRIBE again every 10 s; the GROUP_KEY that comes with it taken and acknowledged under the link as an agent does) and hands the keys to the C helpers: ' +
+      'the generator seals every datagram as a link frame under the writer\'s link, each receiver opens group frames under the group key and link frames under its own link. ' +
+      'udprepeater opens each frame once and seals it once for every subscriber that acknowledged the group key (a group frame; under a link key only for one that does not hold it yet). ' +
       'Measured in the same group as the plain twin (and the secure twin when it ran), in turn; udprepeater only (the C floor speaks no links).',
     '',
     '| scenario | udprepeater CPU µs per output: identity / plain | ratio | target | delivered out/s: identity / plain | loss: identity / plain | p50: identity / plain | p99: identity / plain |',

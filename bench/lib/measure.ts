@@ -138,6 +138,9 @@ export interface Sample {
   recvBadEnvelope?: number;
   /** ... and datagrams that were no frame at all. */
   recvUnsealed?: number;
+  /** Identity mode: data frames that opened at the receivers as link frames (type 3) and group frames (type 4). */
+  recvLinkFrames?: number;
+  recvGroupFrames?: number;
   /** [port, delivered, p50 µs, p99 µs, max µs] per receiver (scenarios up to 256 subscribers). */
   receivers?: Array<[number, number, number, number, number]>;
   /** Cluster targets: each repeater's share, nats-server's CPU, the direct and the bus path apart. */
@@ -215,6 +218,9 @@ export interface RecvTotal {
   unopened: number;
   badenv: number;
   unsealed: number;
+  /** Identity mode: data frames that opened, link frames (type 3) and group frames (type 4). */
+  link_data?: number;
+  group_data?: number;
   p50: number;
   p90: number;
   p99: number;
@@ -473,6 +479,9 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
     const gate = Object.entries(drops).filter(([k]) => SEALED_GATE_DROPS.includes(k) || k === 'unopened' || k === 'badenv');
     if (gate.length > 0) flags.push(`BUG: ${fan.kind} refused frames of the generator: ${gate.map(([k, v]) => `${k} ${v}`).join(', ')}`);
   }
+  // Identity mode: every subscriber acknowledged the group key before the run, so nearly all data comes as group frames.
+  if (mode.name === 'identity' && t.uniq > 0 && (t.group_data ?? 0) < 0.9 * ((t.group_data ?? 0) + (t.link_data ?? 0)))
+    flags.push(`only ${t.group_data ?? 0} of ${(t.group_data ?? 0) + (t.link_data ?? 0)} data frames at the receivers were group frames`);
   const sockets = dump.sockets ?? [];
   const worstLoss = sockets.length ? Math.max(...sockets.map((s) => (gen.stamped ? 1 - s.uniq / gen.stamped : 0))) : expected ? 1 - t.uniq / expected : 0;
   const sample: Sample = {
@@ -494,6 +503,7 @@ async function measureOnce(ctx: Context, sc: Scenario, fan: FanOut, recv: Child,
     reordered: t.ooo,
     receiverKernelDrops: t.drops,
     ...(mode.name !== 'plain' ? { recvUnopened: t.unopened, recvBadEnvelope: t.badenv, recvUnsealed: t.unsealed } : {}),
+    ...(mode.name === 'identity' ? { recvLinkFrames: t.link_data ?? 0, recvGroupFrames: t.group_data ?? 0 } : {}),
     window,
     deliveredRate: t.uniq / window,
     offeredOutRate: (gen.stamped * n) / Math.max(gen.elapsed_s, 1e-9),

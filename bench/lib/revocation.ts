@@ -3,14 +3,20 @@
 // refuses that node's frames.
 //
 // One repeater (--identity, --peers: a file of its own, the run's node
-// identities); an observer node linked and subscribed (the harness's own
-// socket); per repetition a writer identity linked, sending a cache set
+// identities); an observer node linked and subscribed at a socket of the
+// bench, holding the channel's group key (taken and acknowledged by the
+// harness as an agent does), so it opens group frames and, where the
+// repeater sends them, link frames; per repetition a writer identity linked, sending a cache set
 // under its link every millisecond (1000/s, each set's key names its
 // sequence number). After 300 ms of steady traffic its line is removed from
 // the peers file and the repeater gets SIGHUP; the writer goes on sending
 // until the repeater logged the reload's revocation, and 300 ms more.
 // The first refused frame is the first sequence number from which on the
 // observer got no copy; its latency is its send time minus the SIGHUP's.
+// The reload also replaces the group key (docs/PROTOCOL.md, "Group keys and
+// revocation"): the observer is sent the new one at its socket, takes and
+// acknowledges it, and is sent link frames until then; it opens both, so a
+// missing copy is a refused frame, not a key change.
 // The repeater's own count (udprepeater_datagrams_dropped_total, reason
 // revoked) must equal the frames from there on, and its log line's time
 // is given beside it. Median over the repetitions.
@@ -38,6 +44,10 @@ export interface RevocationRep {
   revokedDrops: number;
   /** The repeater's "identities revoked" log line, ms after the SIGHUP (its own clock, ms resolution). */
   logMs: number;
+  /** The writer's frames the observer got as group frames and as link frames; the group keys it took (the reload's new one among them). */
+  groupCopies: number;
+  linkCopies: number;
+  keysTaken: number;
 }
 
 export interface RevocationResult {
@@ -73,19 +83,25 @@ export async function measureRevocation(s: IdentitySetup, mode: BenchMode, opts:
     const obsAddress = `127.0.0.1:${observer.address().port}`;
     const obs = await h.link(s.nodes[0]!, s.repeater.key, obsAddress);
     await h.subscribe(obs, obsAddress);
+    await h.groupAcked(obs, 5000, 'the observer');
     let got = new Set<number>();
     let tag = '';
+    let copies = { group: 0, link: 0 };
     observer.on('message', (m) => {
-      const env = LinkHarness.open1(obs, m);
-      const d = env?.datagram;
+      const o = h.openAt(obs, m);
+      const d = o?.env.datagram;
       if (d == null) return;
       const k = /rev-(\w+)-(\d+)\b/.exec(d.toString('latin1'));
-      if (k !== null && k[1] === tag) got.add(Number(k[2]));
+      if (k === null || k[1] !== tag) return;
+      got.add(Number(k[2]));
+      copies[o!.group ? 'group' : 'link']++;
     });
     for (const [i, w] of s.revocable.entries()) {
       onTick(`revocation ${i + 1}/${s.revocable.length}`);
       tag = `r${i}`;
       got = new Set();
+      copies = { group: 0, link: 0 };
+      const keys0 = h.groupKeys;
       const cipher = await h.link(w, s.repeater.key, `127.0.0.1:${h.port}`);
       const logsBefore = log.lines.length;
       const drops0 = (await rep.metrics()).get('udprepeater_datagrams_dropped_total{revoked}') ?? 0;
@@ -123,7 +139,7 @@ export async function measureRevocation(s: IdentitySetup, mode: BenchMode, opts:
       const line = log.lines.slice(logsBefore).find((r) => String(r['msg']).startsWith('identities revoked'));
       const logTime = typeof line?.['time'] === 'string' || typeof line?.['time'] === 'number' ? new Date(line['time']).getTime() : NaN;
       const hupWall = Date.now() - (performance.now() - hupAt);
-      reps.push({ sent, firstRefused: first, latencyMs: sentAt[first]! - hupAt, lastAcceptedMs: sentAt[first - 1]! - hupAt, after: sent - first, revokedDrops: drops1 - drops0, logMs: logTime - hupWall });
+      reps.push({ sent, firstRefused: first, latencyMs: sentAt[first]! - hupAt, lastAcceptedMs: sentAt[first - 1]! - hupAt, after: sent - first, revokedDrops: drops1 - drops0, logMs: logTime - hupWall, groupCopies: copies.group, linkCopies: copies.link, keysTaken: h.groupKeys - keys0 });
     }
   } finally {
     h.close();
@@ -134,7 +150,7 @@ export async function measureRevocation(s: IdentitySetup, mode: BenchMode, opts:
     reps,
     medianMs: median(reps.map((r) => r.latencyMs)),
     command: rep.command ?? '',
-    note: `${reps.length} repetitions, a writer identity sending a cache set every ms under its link; its peers-file line removed and SIGHUP sent after 300 ms; channel key "${CHANNEL_KEY}"`,
+    note: `${reps.length} repetitions, a writer identity sending a cache set every ms under its link; its peers-file line removed and SIGHUP sent after 300 ms; the observer holding the channel's group key; channel key "${CHANNEL_KEY}"`,
   };
 }
 
@@ -146,9 +162,10 @@ export function revocationLines(r: RevocationResult): string[] {
     '',
     `${r.note}. The first refused frame is the first sequence number from which on the observer (a linked, subscribed node) got no copy; its latency is its send time minus the SIGHUP's. ` +
       'A frame still queued at the listener when the reload lands is refused too, so a repetition can come out slightly negative: the reload took effect between the last frame that got through and the first refused one. ' +
-      'Per repetition: frames sent, first refused, the last that got through, frames from the first refused on / the repeater\'s count of `revoked` drops, its "identities revoked" log line after the SIGHUP (ms, its clock):',
+      'The reload also replaces the group key: the observer takes the new one (pushed to its socket) and acknowledges it; it opens group and link frames alike, so a missing copy is a refused frame. ' +
+      'Per repetition: frames sent, first refused, the last that got through, frames from the first refused on / the repeater\'s count of `revoked` drops, its "identities revoked" log line after the SIGHUP (ms, its clock), the copies the observer got as group / link frames and the group keys it took:',
     '',
-    ...r.reps.map((x, i) => `- ${i + 1}: ${x.sent} sent, first refused #${x.firstRefused} sent at ${f(x.latencyMs)} ms, the last through at ${f(x.lastAcceptedMs)} ms; ${x.after} from it on / ${x.revokedDrops} counted revoked; log line at ${f(x.logMs)} ms`),
+    ...r.reps.map((x, i) => `- ${i + 1}: ${x.sent} sent, first refused #${x.firstRefused} sent at ${f(x.latencyMs)} ms, the last through at ${f(x.lastAcceptedMs)} ms; ${x.after} from it on / ${x.revokedDrops} counted revoked; log line at ${f(x.logMs)} ms; ${x.groupCopies} group / ${x.linkCopies} link copies, ${x.keysTaken} key(s) taken`),
     '',
     `udprepeater: \`${r.command}\``,
     '',

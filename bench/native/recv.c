@@ -22,13 +22,18 @@
  * otherwise need a core of their own at 480k frames/s). --open-every
  * turns that off.
  *
- * Identity mode (--links): every datagram must be a link frame (sealed.h),
+ * Identity mode (--links): every datagram must be a link frame (type 3),
  * opened under the key of the socket's link its header names (LINK command
- * below: the bench's harness made the handshake and hands the keys over).
- * Frames of no link of the socket count as "unopened"; frames that open to
- * something other than a cache datagram (a MEMBERSHIP) as "control", which
- * is neither loss nor corruption. Each copy is sealed for one subscriber,
- * so no copy is byte-identical to another: there is nothing to cache.
+ * below: the bench's harness made the handshake and hands the keys over), or
+ * a group frame (type 4), opened under the group key its header names (GROUP
+ * command: the harness took the key under the socket's link and acknowledged
+ * it). Frames of no link or group key the socket holds count as "unopened";
+ * frames that open to something other than a cache datagram (a MEMBERSHIP, a
+ * GROUP_KEY) as "control", which is neither loss nor corruption. Data frames
+ * that opened are counted by type ("link_data", "group_data"). A link frame
+ * is sealed for one subscriber, so nothing to cache; a group frame goes to
+ * every member alike and uses the cache above (unless --open-every), once
+ * the socket is known to hold its key.
  *
  * Control, one line each on stdin (answers on stdout):
  *   RUN <id> <maxseq>   reset counters, accept only stamps of run <id>  -> "OK RUN <id>"
@@ -42,6 +47,9 @@
  *   LINK <port> <id> <hex key>  identity mode: socket <port> opens link frames naming
  *                       link <id> under <key> (up to 4 links a socket: one per repeater)
  *                       -> "OK LINK <port> <id>"
+ *   GROUP <port> <id> <hex key>  identity mode: socket <port> opens group frames of key
+ *                       <id> under <key> (up to 4 a socket: a new one replaces the oldest)
+ *                       -> "OK GROUP <port> <id>"
  *   QUIT / EOF          exit */
 #include "common.h"
 #include "sealed.h"
@@ -57,7 +65,7 @@
 
 struct sock {
   int fd, port;
-  uint64_t count, uniq, dup, ooo, foreign, bytes, beyond, unopened, badenv, unsealed, control;
+  uint64_t count, uniq, dup, ooo, foreign, bytes, beyond, unopened, badenv, unsealed, control, link_data, group_data;
   uint64_t last_seq, max_lat, first_ns, last_ns;
   uint32_t ovfl_base, ovfl_last;
   int ovfl_seen;
@@ -68,6 +76,10 @@ struct sock {
   int nlinks;
   uint32_t link_id[4];
   uint8_t link_key[4][32];
+  /* Identity mode: the group keys this socket's member holds (current, replaced ones). */
+  int ngroups, group_next;
+  uint32_t group_id[4];
+  uint8_t group_key[4][32];
 };
 
 static struct sock *socks;
@@ -115,7 +127,7 @@ static void reset(uint32_t run, uint64_t mseq) {
   opens = cache_hits = 0;
   for (int i = 0; i < nsocks; i++) {
     struct sock *s = &socks[i];
-    s->count = s->uniq = s->dup = s->ooo = s->foreign = s->bytes = s->beyond = s->unopened = s->badenv = s->unsealed = s->control = 0;
+    s->count = s->uniq = s->dup = s->ooo = s->foreign = s->bytes = s->beyond = s->unopened = s->badenv = s->unsealed = s->control = s->link_data = s->group_data = 0;
     s->last_seq = s->max_lat = s->first_ns = s->last_ns = 0;
     s->pcount[0] = s->pcount[1] = s->puniq[0] = s->puniq[1] = s->pmax[0] = s->pmax[1] = 0;
     s->ovfl_base = s->ovfl_last;
@@ -130,7 +142,7 @@ static void dump(int full) {
   static uint64_t tot_hist[NBUCKETS];
   uint64_t h64[NBUCKETS];
   memset(tot_hist, 0, sizeof tot_hist);
-  uint64_t c = 0, u = 0, d = 0, o = 0, f = 0, by = 0, bey = 0, mx = 0, first = 0, last = 0, drops = 0, uo = 0, be = 0, us = 0, ctl = 0;
+  uint64_t c = 0, u = 0, d = 0, o = 0, f = 0, by = 0, bey = 0, mx = 0, first = 0, last = 0, drops = 0, uo = 0, be = 0, us = 0, ctl = 0, ld = 0, gd = 0;
   printf("{\"run\":%u", cur_run);
   if (full) printf(",\"sockets\":[");
   for (int i = 0; i < nsocks; i++) {
@@ -149,18 +161,18 @@ static void dump(int full) {
            percentile(h64, s->count, 0.99, s->max_lat), (unsigned long long)s->max_lat, (unsigned long long)s->first_ns,
            (unsigned long long)s->last_ns);
     c += s->count; u += s->uniq; d += s->dup; o += s->ooo; f += s->foreign; by += s->bytes; bey += s->beyond; drops += dr;
-    uo += s->unopened; be += s->badenv; us += s->unsealed; ctl += s->control;
+    uo += s->unopened; be += s->badenv; us += s->unsealed; ctl += s->control; ld += s->link_data; gd += s->group_data;
     if (s->max_lat > mx) mx = s->max_lat;
     if (s->first_ns && (!first || s->first_ns < first)) first = s->first_ns;
     if (s->last_ns > last) last = s->last_ns;
   }
   printf("%s\"total\":{\"count\":%llu,\"uniq\":%llu,\"dup\":%llu,\"ooo\":%llu,\"foreign\":%llu,\"bytes\":%llu,\"beyond\":%llu,"
-         "\"drops\":%llu,\"unopened\":%llu,\"badenv\":%llu,\"unsealed\":%llu,\"control\":%llu,\"p50\":%.0f,\"p90\":%.0f,\"p99\":%.0f,\"p999\":%.0f,"
+         "\"drops\":%llu,\"unopened\":%llu,\"badenv\":%llu,\"unsealed\":%llu,\"control\":%llu,\"link_data\":%llu,\"group_data\":%llu,\"p50\":%.0f,\"p90\":%.0f,\"p99\":%.0f,\"p999\":%.0f,"
          "\"max\":%llu,\"first\":%llu,\"last\":%llu},\"secure\":%d,\"opens\":%llu,\"cache_hits\":%llu,"
          "\"origin_first\":\"%016llx\",\"origin_last\":\"%016llx\",\"origin_changes\":%llu,\"cpu_s\":%.3f}\n",
          full ? "]," : ",", (unsigned long long)c, (unsigned long long)u, (unsigned long long)d, (unsigned long long)o, (unsigned long long)f,
          (unsigned long long)by, (unsigned long long)bey, (unsigned long long)drops, (unsigned long long)uo, (unsigned long long)be,
-         (unsigned long long)us, (unsigned long long)ctl, percentile(tot_hist, c, 0.5, mx),
+         (unsigned long long)us, (unsigned long long)ctl, (unsigned long long)ld, (unsigned long long)gd, percentile(tot_hist, c, 0.5, mx),
          percentile(tot_hist, c, 0.9, mx), percentile(tot_hist, c, 0.99, mx), percentile(tot_hist, c, 0.999, mx),
          (unsigned long long)mx, (unsigned long long)first, (unsigned long long)last, secure, (unsigned long long)opens,
          (unsigned long long)cache_hits, (unsigned long long)origin_first, (unsigned long long)origin_last,
@@ -232,6 +244,35 @@ static void link_command(const char *args) {
   fflush(stdout);
 }
 
+/* GROUP <port> <id> <hex key>: socket <port> opens group frames of key <id> under <key>. */
+static void group_command(const char *args) {
+  int port = 0;
+  unsigned long id = 0;
+  char hex[65] = "";
+  struct sock *s = NULL;
+  if (sscanf(args, "%d %lu %64s", &port, &id, hex) == 3 && id != 0 && id <= 0xffffffffUL && strlen(hex) == 64)
+    for (int i = 0; i < nsocks; i++)
+      if (socks[i].port == port) s = &socks[i];
+  if (s == NULL) {
+    fprintf(stderr, "recv: bad GROUP \"%s\"\n", args);
+    return;
+  }
+  int at = 0;
+  while (at < s->ngroups && s->group_id[at] != (uint32_t)id) at++;
+  if (at == s->ngroups) {
+    if (s->ngroups < 4) s->ngroups++;
+    else at = s->group_next, s->group_next = (s->group_next + 1) % 4;
+  }
+  for (int k = 0; k < 32; k++) {
+    unsigned v;
+    sscanf(hex + 2 * k, "%2x", &v);
+    s->group_key[at][k] = (uint8_t)v;
+  }
+  s->group_id[at] = (uint32_t)id;
+  printf("OK GROUP %d %lu\n", port, id);
+  fflush(stdout);
+}
+
 /* Handles complete lines in the stdin buffer; returns 0 to quit. */
 static int commands(char *buf, size_t *len) {
   char *nl;
@@ -251,6 +292,8 @@ static int commands(char *buf, size_t *len) {
       part(buf + 5);
     } else if (strncmp(buf, "LINK ", 5) == 0) {
       link_command(buf + 5);
+    } else if (strncmp(buf, "GROUP ", 6) == 0) {
+      group_command(buf + 6);
     } else if (strcmp(buf, "QUIT") == 0) {
       return 0;
     } else if (buf[0] != 0) {
@@ -312,16 +355,34 @@ struct cached {
 };
 static struct cached cache[CACHE_SLOTS];
 
-static inline unsigned nonce_slot(const uint8_t *f) {
-  uint64_t a = get_u64(f + FRAME_HEADER + 16), b = get_u64(f + FRAME_HEADER);
+static inline unsigned slot_of(uint64_t a, uint64_t b) {
   uint64_t h = (a ^ (b * 0x9e3779b97f4a7c15ull)) * 0xff51afd7ed558ccdull;
   return (unsigned)(h >> 54) & (CACHE_SLOTS - 1);
 }
+
+static inline unsigned nonce_slot(const uint8_t *f) { return slot_of(get_u64(f + FRAME_HEADER + 16), get_u64(f + FRAME_HEADER)); }
 
 static inline void saw_origin(uint64_t o) {
   if (origin_first == 0) origin_first = o;
   else if (o != origin_last) origins_changed++;
   origin_last = o;
+}
+
+/* Keeps an opened frame and where its datagram lies in `plain`, for byte-identical copies. */
+static void remember(struct cached *c, const uint8_t *f, size_t len, const uint8_t *plain, size_t plen, const struct envelope *e) {
+  if (c->cap < len) {
+    free(c->frame);
+    free(c->plain);
+    c->cap = len;
+    c->frame = malloc(len);
+    c->plain = malloc(len);
+  }
+  memcpy(c->frame, f, len);
+  memcpy(c->plain, plain, plen);
+  c->len = len;
+  c->doff = (size_t)(e->datagram - plain);
+  c->dlen = e->dlen;
+  c->origin = e->origin;
 }
 
 static void on_frame(struct sock *s, const uint8_t *f, size_t len, uint64_t now) {
@@ -353,28 +414,55 @@ static void on_frame(struct sock *s, const uint8_t *f, size_t len, uint64_t now)
   }
   saw_origin(e.origin);
   on_datagram(s, e.datagram, e.dlen, now);
-  if (c != NULL) {
-    if (c->cap < len) {
-      free(c->frame);
-      free(c->plain);
-      c->cap = len;
-      c->frame = malloc(len);
-      c->plain = malloc(len);
+  if (c != NULL) remember(c, f, len, plain, len - FRAME_OVERHEAD, &e);
+}
+
+/* Identity mode: a group frame, opened under the group key it names if this
+ * socket holds it (a byte-identical copy another socket opened is taken from
+ * the cache: as authentic as the first, and under a key this socket holds). */
+static void on_group_frame(struct sock *s, const uint8_t *f, size_t len, uint64_t now) {
+  static uint8_t plain[BUFSZ];
+  uint32_t id = get_u32(f + 4);
+  int at = 0;
+  while (at < s->ngroups && s->group_id[at] != id) at++;
+  if (at == s->ngroups) {
+    s->unopened++;
+    return;
+  }
+  struct cached *c = NULL;
+  if (!open_every) {
+    c = &cache[slot_of(get_u64(f + 8), id)];
+    if (c->len == len && memcmp(c->frame, f, len) == 0) {
+      cache_hits++;
+      s->group_data++;
+      saw_origin(c->origin);
+      on_datagram(s, c->plain + c->doff, c->dlen, now);
+      return;
     }
-    memcpy(c->frame, f, len);
-    memcpy(c->plain, plain, len - FRAME_OVERHEAD);
-    c->len = len;
-    c->doff = (size_t)(e.datagram - plain);
-    c->dlen = e.dlen;
-    c->origin = e.origin;
+  }
+  struct envelope e;
+  opens++;
+  int r = open_group_frame(s->group_key[at], id, f, len, plain, &e);
+  if (r == NOT_DATA) s->control++;
+  else if (r == BAD_ENVELOPE) s->badenv++;
+  else if (r != OPENED) s->unopened++;
+  else {
+    s->group_data++;
+    saw_origin(e.origin);
+    on_datagram(s, e.datagram, e.dlen, now);
+    if (c != NULL) remember(c, f, len, plain, len - LINK_OVERHEAD, &e);
   }
 }
 
-/* Identity mode: a link frame for this socket, opened under the key of the link it names. */
+/* Identity mode: a link frame for this socket, opened under the key of the link it names; or a group frame. */
 static void on_link_frame(struct sock *s, const uint8_t *f, size_t len, uint64_t now) {
   static uint8_t plain[BUFSZ];
   if (len < 2 || f[0] != 0x75 || f[1] != 0x72) {
     s->unsealed++;
+    return;
+  }
+  if (len >= LINK_OVERHEAD && f[2] == LINK_VERSION && f[3] == GROUP_TYPE_DATA) {
+    on_group_frame(s, f, len, now);
     return;
   }
   uint32_t id = len >= LINK_HEADER ? get_u32(f + 4) : 0;
@@ -391,6 +479,7 @@ static void on_link_frame(struct sock *s, const uint8_t *f, size_t len, uint64_t
   else if (r == BAD_ENVELOPE) s->badenv++;
   else if (r != OPENED) s->unopened++;
   else {
+    s->link_data++;
     saw_origin(e.origin);
     on_datagram(s, e.datagram, e.dlen, now);
   }
