@@ -13,7 +13,7 @@ import { GroupCipher } from '../src/crypto/group-cipher.js';
 import type { Link } from '../src/crypto/link-responder.js';
 import { sodiumReady } from '../src/crypto/secretbox.js';
 import { MemberGroups } from '../src/member/member-groups.js';
-import { GroupKeys } from '../src/path/group-keys.js';
+import { GroupKeys, groupScope } from '../src/path/group-keys.js';
 import { encodeCacheSet } from '../src/wire/cache.js';
 import { decodeEnvelope, encodeEnvelope, EnvelopeKind, Role } from '../src/wire/envelope.js';
 import { agent, type Running, serve } from './helpers/attack.js';
@@ -74,6 +74,8 @@ describe('group keys: the rules', () => {
     assert.notEqual(next.keyId, offer.keyId);
     assert.equal(next.epoch, 2);
     assert.deepEqual([next.replacesKeyId, next.replacesUntilCounter], [offer.keyId, 3]);
+    // Two channels with the same channel key: keys of their own (a member of one cannot open the other's frames).
+    assert.notEqual(g.offer(a, groupScope('one', 'ssl'))!.keyId, g.offer(a, groupScope('two', 'ssl'))!.keyId);
   });
 
   test('the member: a newer epoch replaces the key, the old one opens only what was sealed before, for 2 s; an older epoch is ignored unless the link was made again', () => {

@@ -1,5 +1,5 @@
 // Identity mode's group keys on the repeater (docs/PROTOCOL.md, "Group keys
-// and revocation"): one per channel key, handed to each linked member under its own
+// and revocation"): one per channel key of each channel, handed to each linked member under its own
 // link; a live datagram is sealed once under it for every member whose link
 // acknowledged it, and under the member's link key for the others.
 //
@@ -11,8 +11,9 @@
 //   the reload returns: the old ones are zeroed and never seal again, the new
 //   ones are held by nobody yet; so nothing sealed after the reload opens with
 //   what the revoked node holds.
-// - Bounded: at most MAX_KEYS channel keys get a group key (a listed node
-//   naming many channel keys costs per-link sealing beyond that, never memory).
+// - One key per scope (groupScope: a channel and one of its channel keys).
+// - Bounded: at most MAX_KEYS scopes get a group key (a listed node naming
+//   many channel keys costs per-link sealing beyond that, never memory).
 // - `version` changes whenever which links hold which key may have changed
 //   (an ack, a new key, a new or dropped link): cached holder groups compare it.
 
@@ -21,6 +22,14 @@ import type { Link } from '../crypto/link-responder.js';
 import type { GroupKeyAckFields, GroupKeyFields } from '../wire/envelope.js';
 
 const MAX_KEYS = 4096;
+
+/**
+ * What a group key is for: one channel key on one channel. Two channels that
+ * happen to use the same channel key get keys of their own.
+ */
+export function groupScope(channel: string, channelKey: string): string {
+  return JSON.stringify([channel, channelKey]);
+}
 
 interface Current {
   readonly cipher: GroupCipher;
@@ -31,48 +40,48 @@ interface Current {
 }
 
 export class GroupKeys {
-  private readonly byChannel = new Map<string, Current>();
-  /** The last epoch per channel key (epochs only grow within a start). */
+  private readonly byScope = new Map<string, Current>();
+  /** The last epoch per scope (epochs only grow within a start). */
   private readonly epochs = new Map<string, number>();
   private readonly replaced = new Map<string, { keyId: number; until: number }>();
   version = 0;
-  /** Keys drawn since start (one per channel key, and again after each revocation). */
+  /** Keys drawn since start (one per scope, and again after each revocation). */
   drawn = 0;
 
-  /** The channel key's group key, drawn on first use; null past the bound. */
-  current(channelKey: string): Current | null {
-    let c = this.byChannel.get(channelKey);
+  /** The scope's group key, drawn on first use; null past the bound. */
+  current(scope: string): Current | null {
+    let c = this.byScope.get(scope);
     if (c !== undefined) return c;
-    if (this.byChannel.size >= MAX_KEYS || (!this.epochs.has(channelKey) && this.epochs.size >= MAX_KEYS)) return null;
-    const epoch = (this.epochs.get(channelKey) ?? 0) + 1;
-    this.epochs.set(channelKey, epoch);
-    c = { cipher: GroupCipher.draw((id) => this.uses(id)), epoch, holders: new WeakSet(), replaces: this.replaced.get(channelKey) ?? null };
-    this.byChannel.set(channelKey, c);
+    if (this.byScope.size >= MAX_KEYS || (!this.epochs.has(scope) && this.epochs.size >= MAX_KEYS)) return null;
+    const epoch = (this.epochs.get(scope) ?? 0) + 1;
+    this.epochs.set(scope, epoch);
+    c = { cipher: GroupCipher.draw((id) => this.uses(id)), epoch, holders: new WeakSet(), replaces: this.replaced.get(scope) ?? null };
+    this.byScope.set(scope, c);
     this.drawn++;
     this.version++;
     return c;
   }
 
   private uses(id: number): boolean {
-    for (const c of this.byChannel.values()) if (c.cipher.keyId === id) return true;
+    for (const c of this.byScope.values()) if (c.cipher.keyId === id) return true;
     return false;
   }
 
-  /** Whether `link` acknowledged the channel key's current key. */
-  holds(link: Link, channelKey: string): boolean {
-    return this.byChannel.get(channelKey)?.holders.has(link) ?? false;
+  /** Whether `link` acknowledged the scope's current key. */
+  holds(link: Link, scope: string): boolean {
+    return this.byScope.get(scope)?.holders.has(link) ?? false;
   }
 
-  /** What to hand `link` for `channelKey` (null: it holds the current key, or there is none). */
-  offer(link: Link, channelKey: string): GroupKeyFields | null {
-    const c = this.current(channelKey);
+  /** What to hand `link` for `scope` (null: it holds the current key, or there is none). */
+  offer(link: Link, scope: string): GroupKeyFields | null {
+    const c = this.current(scope);
     if (c === null || c.holders.has(link)) return null;
     return { keyId: c.cipher.keyId, key: c.cipher.secret, epoch: c.epoch, replacesKeyId: c.replaces?.keyId ?? 0, replacesUntilCounter: c.replaces?.until ?? 0 };
   }
 
   /** An acknowledgement over `link`: it holds the key only if it names the current key and epoch. */
-  ack(link: Link, channelKey: string, a: GroupKeyAckFields): boolean {
-    const c = this.byChannel.get(channelKey);
+  ack(link: Link, scope: string, a: GroupKeyAckFields): boolean {
+    const c = this.byScope.get(scope);
     if (c === undefined || c.cipher.keyId !== a.keyId || c.epoch !== a.epoch) return false;
     if (!c.holders.has(link)) {
       c.holders.add(link);
@@ -83,11 +92,11 @@ export class GroupKeys {
 
   /** Every key replaced (a revocation): the old ones zeroed, the new ones drawn on next use and held by nobody. */
   rotate(): void {
-    for (const [channelKey, c] of this.byChannel) {
-      this.replaced.set(channelKey, { keyId: c.cipher.keyId, until: c.cipher.nextCounter });
+    for (const [scope, c] of this.byScope) {
+      this.replaced.set(scope, { keyId: c.cipher.keyId, until: c.cipher.nextCounter });
       c.cipher.destroy();
     }
-    this.byChannel.clear();
+    this.byScope.clear();
     this.version++;
   }
 
@@ -97,11 +106,11 @@ export class GroupKeys {
   }
 
   get size(): number {
-    return this.byChannel.size;
+    return this.byScope.size;
   }
 
   destroy(): void {
-    for (const c of this.byChannel.values()) c.cipher.destroy();
-    this.byChannel.clear();
+    for (const c of this.byScope.values()) c.cipher.destroy();
+    this.byScope.clear();
   }
 }

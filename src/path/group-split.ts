@@ -14,6 +14,7 @@
 import type { GroupCipher } from '../crypto/group-cipher.js';
 import type { Fanout, OutletGroup } from '../net/io.js';
 import type { KeyGroup, Subscriber } from './channel.js';
+import { groupScope } from './group-keys.js';
 import type { LinkDoor } from './link-door.js';
 
 export interface Split {
@@ -32,13 +33,13 @@ export class GroupSplits {
 
   constructor(private readonly fanout: Fanout) {}
 
-  of(g: KeyGroup, origin: bigint | null, links: LinkDoor): Split {
+  of(channel: string, g: KeyGroup, origin: bigint | null, links: LinkDoor): Split {
     const version = links.groups.version;
     let c = this.cache.get(g);
     if (c === undefined || c.version !== version) this.cache.set(g, (c = { version, byOrigin: new Map() }));
     const known = c.byOrigin.get(origin);
     if (known !== undefined) return known;
-    const split = this.compute(g, origin, links);
+    const split = this.compute(groupScope(channel, g.key), g, origin, links);
     // compute() may draw the key (a new version): cache under the version it was computed at.
     if (links.groups.version !== version) this.cache.set(g, (c = { version: links.groups.version, byOrigin: new Map() }));
     if (c.byOrigin.size >= PER_GROUP) c.byOrigin.clear();
@@ -46,15 +47,15 @@ export class GroupSplits {
     return split;
   }
 
-  private compute(g: KeyGroup, origin: bigint | null, links: LinkDoor): Split {
-    const current = links.groups.current(g.key);
+  private compute(scope: string, g: KeyGroup, origin: bigint | null, links: LinkDoor): Split {
+    const current = links.groups.current(scope);
     const holders: Subscriber[] = [];
     const rest: Subscriber[] = [];
     for (const m of g.linked) {
       if (origin !== null && m.origin === origin) continue;
       const link = links.linkOf(m);
       if (link === null) continue;
-      if (current !== null && links.groups.holds(link, g.key)) holders.push(m);
+      if (current !== null && links.groups.holds(link, scope)) holders.push(m);
       else rest.push(m);
     }
     return {

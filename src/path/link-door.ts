@@ -36,7 +36,7 @@ import { MAX_UDP_PAYLOAD } from '../wire/frame.js';
 import { DATA_OVERHEAD, decodeDataHeader, decodeHello, linkTypeOf, LinkType } from '../wire/handshake.js';
 import type { TicketKey } from '../wire/ticket-codec.js';
 import type { Channel, SealingInput, Subscriber } from './channel.js';
-import { GroupKeys } from './group-keys.js';
+import { GroupKeys, groupScope } from './group-keys.js';
 
 /** Where a handshake answer or a control frame goes: the source the agent sent from (its one port). */
 export type Reply = (frame: Buffer, to: Source) => void;
@@ -238,7 +238,7 @@ export class LinkDoor {
     }
     // The member holds the group key it names: from now on it gets group frames.
     if (env.kind === EnvelopeKind.GroupKeyAck) {
-      this.groups.ack(r.link, env.channelKey, env.groupKeyAck!);
+      this.groups.ack(r.link, groupScope(ch.name, env.channelKey), env.groupKeyAck!);
       return null;
     }
     // Every SUBSCRIBE is answered under the link: the agent's sign that its link is alive;
@@ -247,7 +247,7 @@ export class LinkDoor {
       const m = this.encode({ kind: EnvelopeKind.Membership, channelKey: env.channelKey, memberFrom: 1, receiver: env.address! }, nowMs);
       reply(r.link.cipher.seal(m), from);
       this.framesSealed++;
-      const g = ch.key === null || ch.key === env.channelKey ? this.groupKeyFor(r.link, env.channelKey, nowMs) : null;
+      const g = ch.key === null || ch.key === env.channelKey ? this.groupKeyFor(r.link, ch.name, env.channelKey, nowMs) : null;
       if (g !== null) reply(g, from);
     }
     return { ...env, origin: originOf(r.link.peer), receiver: '' };
@@ -343,9 +343,9 @@ export class LinkDoor {
     return listed === undefined ? null : this.responder.linkOf(listed.key);
   }
 
-  /** A GROUP_KEY for `link` (channel key `channelKey`), sealed under the link; null when it holds the current key already. */
-  groupKeyFor(link: Link, channelKey: string, nowMs = Date.now()): Buffer | null {
-    const groupKey = this.groups.offer(link, channelKey);
+  /** A GROUP_KEY for `link` (channel key `channelKey` of `channel`), sealed under the link; null when it holds the current key already. */
+  groupKeyFor(link: Link, channel: string, channelKey: string, nowMs = Date.now()): Buffer | null {
+    const groupKey = this.groups.offer(link, groupScope(channel, channelKey));
     if (groupKey === null) return null;
     this.framesSealed++;
     return link.cipher.seal(this.encode({ kind: EnvelopeKind.GroupKey, channelKey, groupKey }, nowMs));

@@ -237,7 +237,7 @@ export class OutDoor {
       st.dropped[DropSlot.sealed_too_large]++;
       return;
     }
-    const split = (this.splits ??= new GroupSplits(this.fanout)).of(g, origin, links);
+    const split = (this.splits ??= new GroupSplits(this.fanout)).of(ch.name, g, origin, links);
     const staged = links.stagePlain(plain);
     if (split.holders !== null) {
       const frame = split.cipher!.sealStaged(staged);
@@ -270,7 +270,7 @@ export class OutDoor {
       for (const g of ch.keyGroups()) {
         for (const m of g.linked) {
           const link = links.linkOf(m);
-          const frame = link === null ? null : links.groupKeyFor(link, g.key);
+          const frame = link === null ? null : links.groupKeyFor(link, ch.name, g.key);
           if (frame !== null && this.one(m, frame)) sent++;
         }
       }
