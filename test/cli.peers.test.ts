@@ -6,7 +6,7 @@
 // its revoked window.
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -16,6 +16,7 @@ import { agent, frames, httpGet, type Running, serve, Tap } from './helpers/atta
 import { runCli } from './helpers/daemon.js';
 import { eventually, freePort } from './helpers/net.js';
 import { Scope } from './helpers/scope.js';
+import { writePeers } from './helpers/identities.js';
 
 const scope = new Scope();
 const { sender } = scope;
@@ -36,8 +37,7 @@ async function identity(): Promise<{ file: string; pub: string }> {
 }
 
 function peersFile(lines: string[], file = join(dir, `peers${files++}`)): string {
-  writeFileSync(file, lines.join('\n') + '\n', { mode: 0o644 });
-  return file;
+  return writePeers(file, lines);
 }
 
 /** A HELLO naming `pub`'s identity with a mac nobody could verify. */

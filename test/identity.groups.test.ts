@@ -5,7 +5,7 @@
 // and a revocation replaces the key before the reload returns.
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { before, describe, test } from 'node:test';
@@ -21,6 +21,7 @@ import { runCli } from './helpers/daemon.js';
 import { eventually, freePort, type Receiver } from './helpers/net.js';
 import { groupFrames, linkFrames, Relay } from './helpers/relay.js';
 import { Scope } from './helpers/scope.js';
+import { writePeers } from './helpers/identities.js';
 
 before(() => sodiumReady());
 
@@ -131,8 +132,7 @@ describe('group keys: real daemons by identity', () => {
     return { file, pub: (await runCli(['pubkey', file])).stdout.trim() };
   }
   const peers = (lines: string[], file = join(dir, `peers${files++}`)) => {
-    writeFileSync(file, lines.join('\n') + '\n', { mode: 0o644 });
-    return file;
+    return writePeers(file, lines);
   };
   function track<T extends { stop(): Promise<unknown> } | { close(): unknown }>(r: T): T {
     scope.track({ close: () => ('stop' in r ? r.stop() : r.close()) });

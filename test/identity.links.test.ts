@@ -16,6 +16,7 @@ import { runCli } from './helpers/daemon.js';
 import { eventually, freePort, type Receiver } from './helpers/net.js';
 import { groupFrames, linkFrames, Relay } from './helpers/relay.js';
 import { Scope } from './helpers/scope.js';
+import { makeIdentity, writePeers } from './helpers/identities.js';
 
 const scope = new Scope();
 const { sender } = scope;
@@ -35,16 +36,11 @@ function track<T extends { stop(): Promise<unknown> } | { close(): unknown }>(r:
 /** A new identity written by the CLI, and its public key as `pubkey` prints it. */
 async function identity(): Promise<{ file: string; pub: string }> {
   const file = join(dir, `id${files++}`);
-  const k = await runCli(['keygen', '--identity', file]);
-  assert.equal(k.code, 0, k.stderr);
-  const p = await runCli(['pubkey', file]);
-  assert.equal(p.code, 0, p.stderr);
-  return { file, pub: p.stdout.trim() };
+  return makeIdentity(file);
 }
 
 function peersFile(lines: string[], file = join(dir, `peers${files++}`)): string {
-  writeFileSync(file, lines.join('\n') + '\n', { mode: 0o644 });
-  return file;
+  return writePeers(file, lines);
 }
 
 interface Fleet {

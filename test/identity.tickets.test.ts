@@ -8,7 +8,7 @@
 
 import assert from 'node:assert/strict';
 import { createSocket, type Socket } from 'node:dgram';
-import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
@@ -22,10 +22,10 @@ import { parseEndpoint, type Endpoint } from '../src/wire/address.js';
 import { bigintToLong, encodeEnvelope, EnvelopeKind, Role } from '../src/wire/envelope.js';
 import { decodeTicketSchedule, type TicketKey } from '../src/wire/ticket-codec.js';
 import { agent, type Running, serve } from './helpers/attack.js';
-import { runCli } from './helpers/daemon.js';
 import { eventually, freePort } from './helpers/net.js';
 import { Relay } from './helpers/relay.js';
 import { Scope } from './helpers/scope.js';
+import { makeIdentity, writePeers } from './helpers/identities.js';
 
 const scope = new Scope();
 const dir = mkdtempSync(join(tmpdir(), 'udprepeater-id-tickets-'));
@@ -40,17 +40,12 @@ function track<T extends { stop(): Promise<unknown> } | { close(): unknown }>(r:
 /** A new identity written by the CLI, and its public key as `pubkey` prints it. */
 async function identity(): Promise<{ file: string; pub: string }> {
   const file = fresh('id');
-  const k = await runCli(['keygen', '--identity', file]);
-  assert.equal(k.code, 0, k.stderr);
-  const p = await runCli(['pubkey', file]);
-  assert.equal(p.code, 0, p.stderr);
-  return { file, pub: p.stdout.trim() };
+  return makeIdentity(file);
 }
 
 function peersFile(lines: string[]): string {
   const file = fresh('peers');
-  writeFileSync(file, lines.join('\n') + '\n', { mode: 0o644 });
-  return file;
+  return writePeers(file, lines);
 }
 
 /** A repeater by identity with a `tickets` channel and a state dir; `nodes` are the peers it links. */

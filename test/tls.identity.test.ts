@@ -16,12 +16,12 @@ import { ConfigError } from '../src/base/errors.js';
 import { Logger } from '../src/base/log.js';
 import { SessionCache } from '../src/tls/session-cache.js';
 import { keygen, type Running, serve } from './helpers/attack.js';
-import { runCli } from './helpers/daemon.js';
 import { eventually, freePort } from './helpers/net.js';
 import { requirement } from './helpers/requirement.js';
 import { Scope } from './helpers/scope.js';
 import { type Cert, makeCert, OPENSSL_HINT, opensslAvailability, sClient } from './helpers/tls.js';
 import { httpsServer, untilApplied, untilTicketKey } from './helpers/tls-cache.js';
+import { makeIdentity, writePeers } from './helpers/identities.js';
 
 const { skip, require: requireOpenssl } = requirement('openssl', 'the TLS session cache by identity (test/tls.identity.test.ts)', 'TLS session sharing by identity is NOT being tested.', opensslAvailability(), OPENSSL_HINT);
 
@@ -34,16 +34,11 @@ const fresh = (name: string) => join(dir, `${name}-${files++}`);
 
 async function identity(): Promise<{ file: string; pub: string }> {
   const file = fresh('id');
-  const k = await runCli(['keygen', '--identity', file]);
-  assert.equal(k.code, 0, k.stderr);
-  const p = await runCli(['pubkey', file]);
-  assert.equal(p.code, 0, p.stderr);
-  return { file, pub: p.stdout.trim() };
+  return makeIdentity(file);
 }
 
 function peersFile(lines: string[], file = fresh('peers')): string {
-  writeFileSync(file, lines.join('\n') + '\n', { mode: 0o644 });
-  return file;
+  return writePeers(file, lines);
 }
 
 describe('Node.js servers share TLS sessions through a repeater by identity', { skip, timeout: 90_000 }, () => {

@@ -12,16 +12,16 @@
 // UDPREPEATER_REQUIRE_UWSGI=1 (CI), where anything missing fails the run.
 
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { agent, httpGet, type Running, serve, Tap } from '../helpers/attack.js';
-import { runCli } from '../helpers/daemon.js';
 import { eventually, freePort } from '../helpers/net.js';
 import { linkFrames, Relay } from '../helpers/relay.js';
 import { requirement } from '../helpers/requirement.js';
 import { INSTALL_HINT, killAllUwsgi, UwsgiNode, untilSynced, uwsgiAvailability } from '../helpers/uwsgi.js';
+import { makeIdentity, writePeers } from '../helpers/identities.js';
 
 const { skip, require: requireUwsgi } = requirement(
   'real uWSGI interop',
@@ -59,15 +59,10 @@ describe('identity mode with real uWSGI nodes: three nodes by identity, no share
 
   async function identity(name: string): Promise<{ file: string; pub: string }> {
     const file = join(work, `${name}.identity`);
-    const k = await runCli(['keygen', '--identity', file]);
-    assert.equal(k.code, 0, k.stderr);
-    const p = await runCli(['pubkey', file]);
-    assert.equal(p.code, 0, p.stderr);
-    return { file, pub: p.stdout.trim() };
+    return makeIdentity(file);
   }
 
-  const writePeers = (file: string, lines: string[]) => writeFileSync(file, lines.join('\n') + '\n', { mode: 0o644 });
-
+  
   before(async () => {
     if (skip) return;
     requireUwsgi();
@@ -176,7 +171,8 @@ describe('identity mode with real uWSGI nodes: three nodes by identity, no share
       rep.d.signal('SIGHUP');
       await rep.d.log.waitFor('identities revoked: links dropped');
       firstRefused = await eventually('node 3 refused (revoked)', async () => ((await rep.metrics()).dropped('revoked') > refusedBefore ? Date.now() : undefined), 5000);
-      // Long enough for node 3's agent to take its link for dead and handshake again (two intervals).
+      // Traffic goes on for 2.5 s after the reload (a window, not a wait for an event): updates node 3 must not
+      // get, and time for its agent to take its link for dead and try a new handshake (two intervals), which must fail.
       await new Promise((r) => setTimeout(r, 2500));
     } finally {
       writing = false;

@@ -15,7 +15,6 @@ import { haproxyTicketKey } from '../../src/agent/haproxy-keys.js';
 import { nginxTicketKey, TicketKeys } from '../../src/crypto/ticket-schedule.js';
 import { decodeTicketSchedule, type TicketKey } from '../../src/wire/ticket-codec.js';
 import { agent, type Running, serve } from '../helpers/attack.js';
-import { runCli } from '../helpers/daemon.js';
 import { freePort } from '../helpers/net.js';
 import { Haproxy, haproxyAvailability } from '../helpers/haproxy.js';
 import { Nginx, NGINX_HINT, nginxAvailability } from '../helpers/nginx.js';
@@ -23,6 +22,7 @@ import { requirement } from '../helpers/requirement.js';
 import { Scope } from '../helpers/scope.js';
 import { fetchTicket } from '../helpers/tickets.js';
 import { type Cert, makeCert, opensslAvailability, sClient } from '../helpers/tls.js';
+import { makeIdentity, writePeers } from '../helpers/identities.js';
 
 const openssl = opensslAvailability();
 const nginxOk = openssl.ok ? nginxAvailability() : openssl;
@@ -37,17 +37,12 @@ const fresh = (name: string) => join(root, `${name}-${++n}`);
 
 async function identity(): Promise<{ file: string; pub: string }> {
   const file = fresh('id');
-  const k = await runCli(['keygen', '--identity', file]);
-  assert.equal(k.code, 0, k.stderr);
-  const p = await runCli(['pubkey', file]);
-  assert.equal(p.code, 0, p.stderr);
-  return { file, pub: p.stdout.trim() };
+  return makeIdentity(file);
 }
 
 function peersFile(lines: string[]): string {
   const file = fresh('peers');
-  writeFileSync(file, lines.join('\n') + '\n', { mode: 0o644 });
-  return file;
+  return writePeers(file, lines);
 }
 
 function fleetEncrypting(state: string): TicketKey {
